@@ -1,0 +1,1 @@
+"""The `smx` command: one module per command group, each exposing `register(subparsers)`."""
