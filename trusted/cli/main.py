@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "trusted.cli.core_cmd",
     "trusted.cli.client_cmd",
     "trusted.cli.audit_cmd",
+    "trusted.cli.policy_cmd",
     "trusted.cli.demo_cmd",
 )
 

@@ -1,0 +1,93 @@
+"""Connecting to the core: a secure channel from certificate files, and error reasons.
+
+Used by the `smx` CLI, the extension SDK and tests alike; it depends on the generated API only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from smx.v1 import (
+    admin_service_pb2_grpc,
+    control_service_pb2_grpc,
+    identity_service_pb2_grpc,
+    point_service_pb2_grpc,
+)
+
+__all__ = ["SERVER_NAME", "Credentials", "Stubs", "error_reason", "unix_target"]
+
+# DNS name in the core's server certificate. Over a Unix socket the target name would be the
+# socket path, so the client must name the server explicitly.
+SERVER_NAME = "smxcore"
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", SERVER_NAME),
+    ("grpc.default_authority", SERVER_NAME),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+def unix_target(path: Path | str) -> str:
+    return f"unix://{Path(path).resolve()}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_site(cls, home: Path, name: str) -> Credentials:
+        """The files `smx pki issue NAME` wrote under the site directory."""
+        pki = home / "pki"
+        return cls(pki / "ca.crt", pki / "clients" / f"{name}.crt", pki / "clients" / f"{name}.key")
+
+    def check(self) -> None:
+        for what, path in (("CA certificate", self.ca), ("certificate", self.cert),
+                           ("private key", self.key)):
+            if not path.is_file():
+                raise FileNotFoundError(f"{what} not found: {path}")
+
+    def grpc(self) -> grpc.ChannelCredentials:
+        self.check()
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+
+    def aio_channel(self, target: str) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(target, self.grpc(), options=CHANNEL_OPTIONS)
+
+    def channel(self, target: str) -> grpc.Channel:
+        return grpc.secure_channel(target, self.grpc(), options=CHANNEL_OPTIONS)
+
+
+class Stubs:
+    """The four SMX services on one channel (sync or aio)."""
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.points = point_service_pb2_grpc.PointServiceStub(channel)
+        self.control = control_service_pb2_grpc.ControlServiceStub(channel)
+        self.identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
+        self.admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+
+
+def error_reason(err: grpc.RpcError) -> str | None:
+    """The stable ErrorInfo reason of an SMX error (e.g. "PERMISSION_NOT_GRANTED"), from the
+    status details the core attaches; None for errors raised by grpc itself."""
+    metadata = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key != "grpc-status-details-bin":
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info.reason
+    return None

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites (certificates, ...); imported as `tests.support.*`."""

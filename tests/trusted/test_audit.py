@@ -1,0 +1,380 @@
+"""The core's audit log: chained JSON lines, queries, write summaries, denial coalescing."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from trusted import audit as audit_mod
+from trusted.audit import GENESIS, AuditError, AuditLog, AuditRecord
+
+ALICE = "spiffe://usm-0017/trusted/fronius"
+BOB = "spiffe://usm-0017/untrusted/lessag"
+
+
+async def started(path: Path, **kw: float) -> AuditLog:
+    log = AuditLog(path, **kw)
+    await log.start()
+    return log
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "audit" / "audit.jsonl"
+
+
+@pytest.fixture
+async def audit(path: Path) -> AsyncIterator[AuditLog]:
+    log = await started(path, write_summary_interval=60, fsync_interval=0.05, denial_window=0.2)
+    yield log
+    await log.close()
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+# -- appending and the file ------------------------------------------------------------------
+
+
+async def test_append_writes_one_chained_line_per_record(audit: AuditLog, path: Path) -> None:
+    r1 = audit.append("setpoint_request", BOB, method="RequestSetpoint", point="ess1.P_set")
+    r2 = audit.append("policy_reload", "", detail={"roles": 3})
+    r3 = audit.append("setpoint_report", ALICE, point="ess1.P_set", reason="APPLIED")
+
+    assert [r.seq for r in (r1, r2, r3)] == [1, 2, 3]
+    assert r2.detail == {"roles": 3}
+    rows = lines(path)
+    assert [list(row) for row in rows] == [
+        ["seq", "ts_ms", "kind", "identity", "method", "point", "reason", "detail", "prev", "hash"]
+    ] * 3
+    assert rows[0]["prev"] == GENESIS
+    assert rows[1]["prev"] == rows[0]["hash"] and rows[2]["prev"] == rows[1]["hash"]
+    assert rows[2]["kind"] == "setpoint_report" and rows[2]["reason"] == "APPLIED"
+    assert abs(rows[0]["ts_ms"] - time.time() * 1000) < 10_000
+    assert audit.verify() == 3
+
+
+async def test_file_is_created_0600_and_a_loose_mode_is_tightened(tmp_path: Path) -> None:
+    fresh = tmp_path / "a.jsonl"
+    log = await started(fresh)
+    await log.close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+    loose = tmp_path / "b.jsonl"
+    loose.touch()
+    loose.chmod(0o644)
+    log = await started(loose)
+    await log.close()
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600
+
+
+async def test_detail_with_odd_values_is_stored_and_still_verifies(
+    audit: AuditLog, path: Path
+) -> None:
+    rec = audit.append(
+        "setpoint_report",
+        ALICE,
+        detail={"value": float("nan"), "tags": ("a", "b"), 3: Path("/x"), "nested": {"ok": 1.5}},
+    )
+    assert rec.detail == {"value": "nan", "tags": ["a", "b"], "3": "/x", "nested": {"ok": 1.5}}
+    assert lines(path)[0]["detail"] == rec.detail
+    assert audit.verify() == 1
+
+
+async def test_append_before_start_and_after_close_is_refused(path: Path) -> None:
+    log = AuditLog(path)
+    with pytest.raises(AuditError, match="not started"):
+        log.append("policy_reload", "")
+    await log.start()
+    await log.close()
+    await log.close()  # idempotent
+    with pytest.raises(AuditError, match="closed"):
+        log.append("policy_reload", "")
+    with pytest.raises(AuditError, match="closed"):
+        log.record_write(ALICE, ["a"], 1)
+
+
+async def test_a_second_writer_on_the_same_file_is_refused(audit: AuditLog, path: Path) -> None:
+    other = AuditLog(path)
+    with pytest.raises(AuditError, match="in use"):
+        await other.start()
+
+
+async def test_fsync_runs_in_the_background_at_most_every_interval(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(audit_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    for i in range(200):
+        audit.append("setpoint_request", BOB, point=f"p{i}")
+    await wait_for(lambda: len(calls) >= 1)
+    await asyncio.sleep(0.3)
+    # 200 records, fsync_interval 0.05 s: one or a few fsyncs, not one per record.
+    assert 1 <= len(calls) <= 3
+
+
+# -- query -----------------------------------------------------------------------------------
+
+
+async def test_query_filters_by_kind_identity_point_and_time(
+    audit: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter(range(1000, 2000, 100))
+    monkeypatch.setattr(audit_mod, "_now_ms", lambda: next(clock))
+    audit.append("setpoint_request", BOB, point="ess1.P_set")  # 1000
+    audit.append("setpoint_report", ALICE, point="ess1.P_set")  # 1100
+    audit.append("setpoint_request", BOB, point="evse1.I_max")  # 1200
+    audit.append("policy_reload", "")  # 1300
+    audit.append("setpoint_expired", ALICE, point="ess1.P_set")  # 1400
+
+    def seqs(**kw: object) -> list[int]:
+        return [r.seq for r in audit.query(**kw)]
+
+    assert seqs() == [1, 2, 3, 4, 5]
+    assert seqs(kind="setpoint_request") == [1, 3]
+    assert seqs(identity=ALICE) == [2, 5]
+    assert seqs(kind="setpoint_request", identity=ALICE) == []
+    assert seqs(point_glob=lambda p: fnmatch.fnmatchcase(p, "ess1.*")) == [1, 2, 5]
+    assert seqs(start_ms=1100, end_ms=1400) == [2, 3, 4]  # start inclusive, end exclusive
+    assert seqs(start_ms=1500) == []
+    rec = audit.query(kind="policy_reload")[0]
+    assert rec == AuditRecord(4, 1300, "policy_reload", "")
+
+
+async def test_query_limit_returns_the_newest_matches_oldest_first(audit: AuditLog) -> None:
+    for i in range(50):
+        audit.append("setpoint_request" if i % 2 else "setpoint_report", BOB, point=f"p{i}")
+    newest = audit.query(limit=10)
+    assert [r.seq for r in newest] == list(range(41, 51))
+    reports = audit.query(kind="setpoint_report", limit=3)
+    assert [r.point for r in reports] == ["p44", "p46", "p48"]
+    with pytest.raises(ValueError):
+        audit.query(limit=0)
+
+
+async def test_query_skips_unreadable_lines(
+    audit: AuditLog, path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit.append("policy_reload", "")
+    with path.open("a") as f:
+        f.write("this is not json\n")
+    audit.append("policy_reload", "")
+    with caplog.at_level(logging.WARNING):
+        assert [r.seq for r in audit.query()] == [1, 2]
+    assert "unreadable" in caplog.text
+
+
+async def test_query_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert AuditLog(tmp_path / "none.jsonl").query() == []
+
+
+# -- write summaries -------------------------------------------------------------------------
+
+
+async def test_many_write_batches_become_one_record_per_identity(path: Path) -> None:
+    log = await started(path, write_summary_interval=0.3, fsync_interval=0.05)
+    try:
+        for i in range(400):
+            log.record_write(ALICE, [f"fronius.P_{i % 30:02d}", "fronius.E_tot"], 100 + i)
+        log.record_write(BOB, iter(["ess1.soc"]), 7)  # any iterable
+        assert log.query(kind="write") == []  # nothing on disk before the interval ends
+        await wait_for(lambda: len(log.query(kind="write")) == 2)
+        await asyncio.sleep(0.05)
+        alice = log.query(kind="write", identity=ALICE)
+        assert len(alice) == 1
+        assert alice[0].detail == {
+            "batches": 400,
+            "points": 800,
+            "first_revision": 100,
+            "last_revision": 499,
+            "names": sorted(["fronius.E_tot"] + [f"fronius.P_{i:02d}" for i in range(19)]),
+            "distinct_names": 31,
+        }
+        bob = log.query(kind="write", identity=BOB)[0]
+        assert bob.detail["batches"] == 1 and bob.detail["names"] == ["ess1.soc"]
+        # The next interval starts from zero.
+        log.record_write(ALICE, ["fronius.P_00"], 600)
+        await wait_for(lambda: len(log.query(kind="write")) == 3)
+        last = log.query(kind="write")[-1]
+        assert last.detail["batches"] == 1 and last.detail["first_revision"] == 600
+    finally:
+        await log.close()
+
+
+async def test_pending_write_summary_is_written_on_close(path: Path) -> None:
+    log = await started(path, write_summary_interval=3600)
+    log.record_write(ALICE, ["fronius.P"], 1)
+    log.record_write(ALICE, ["fronius.P"], 2)
+    await log.close()
+    (rec,) = log.query(kind="write")
+    assert rec.detail["batches"] == 2 and rec.detail["last_revision"] == 2
+
+
+# -- denial coalescing -----------------------------------------------------------------------
+
+
+async def test_identical_denials_are_coalesced_within_the_window(audit: AuditLog) -> None:
+    def deny(point: str = "ess1.P_set") -> AuditRecord:
+        return audit.append(
+            "denied", BOB, method="/smx.v1.PointService/WritePoints", point=point,
+            reason="PERMISSION_NOT_GRANTED",
+        )  # fmt: skip
+
+    first = deny()
+    assert first.seq == 1
+    for _ in range(99):
+        assert deny() == first  # repeats are counted, not written
+    other = deny("ess1.Q_set")  # another point is another key: written at once
+    assert other.seq == 2
+    assert [r.seq for r in audit.query(kind="denied")] == [1, 2]
+
+    await wait_for(lambda: len(audit.query(kind="denied")) == 3)
+    summary = audit.query(kind="denied")[-1]
+    assert summary.point == "ess1.P_set" and summary.reason == "PERMISSION_NOT_GRANTED"
+    assert summary.detail["repeats"] == 99
+    # The ess1.Q_set window had no repeats, so it closes without a record.
+    await asyncio.sleep(0.3)
+    assert len(audit.query(kind="denied")) == 3
+    # After the window a new denial is written immediately again.
+    assert deny().seq == 4
+
+
+async def test_pending_denial_repeats_are_written_on_close(path: Path) -> None:
+    log = await started(path, denial_window=60)
+    for _ in range(5):
+        log.append("denied", BOB, method="m", reason="R")
+    await log.close()
+    recs = log.query(kind="denied")
+    assert [r.detail.get("repeats") for r in recs] == [None, 4]
+    assert log.verify() == 2
+
+
+async def test_a_flood_of_distinct_denials_keeps_memory_and_records_bounded(path: Path) -> None:
+    log = await started(path, denial_window=60, max_denial_keys=10)
+    for i in range(1000):
+        log.append("denied", BOB, method="m", point=f"p{i}", reason="R")
+    # Only the first 10 keys got records; the other 990 are only counted.
+    assert len(log.query()) == 10
+    assert len(log._denials) == 10 and len(log._overflow) == 1
+    await log.close()
+    recs = log.query(kind="denied")
+    assert len(recs) == 11
+    accounted = sum(r.detail.get("repeats", 0) or 1 for r in recs)
+    assert accounted == 1000
+    assert recs[-1].detail == {"repeats": 990, "points_omitted": True}
+
+
+# -- hash chain, restart, torn lines ---------------------------------------------------------
+
+
+async def test_verify_detects_an_edited_line(audit: AuditLog, path: Path) -> None:
+    for point in ("a", "b", "c", "d"):
+        audit.append("setpoint_request", BOB, point=point)
+    assert audit.verify() == 4
+    rows = path.read_text().splitlines()
+    rows[2] = rows[2].replace('"point":"c"', '"point":"x"')
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(AuditError, match="seq 3") as exc:
+        audit.verify()
+    assert exc.value.seq == 3
+
+
+async def test_verify_detects_a_deleted_or_recomputed_line(path: Path) -> None:
+    log = await started(path)
+    for point in ("a", "b", "c"):
+        log.append("setpoint_request", BOB, point=point)
+    await log.close()
+    rows = path.read_text().splitlines()
+
+    path.write_text("\n".join([rows[0], rows[2]]) + "\n")
+    with pytest.raises(AuditError, match="seq 2") as exc:
+        log.verify()
+    assert exc.value.seq == 2
+
+    # A forger who recomputes the edited line's own hash still breaks the link to the next one.
+    row = json.loads(rows[1])
+    row["point"] = "x"
+    body = {k: v for k, v in row.items() if k != "hash"}
+    row["hash"] = audit_mod._record_hash(body)
+    path.write_text("\n".join([rows[0], json.dumps(row), rows[2]]) + "\n")
+    with pytest.raises(AuditError, match="seq 3"):
+        log.verify()
+
+
+async def test_restart_continues_seq_and_chain(path: Path) -> None:
+    log = await started(path)
+    log.append("policy_reload", "")
+    log.append("setpoint_request", BOB, point="a")
+    await log.close()
+
+    log = await started(path)
+    assert log.last_seq == 2
+    rec = log.append("setpoint_report", ALICE, point="a")
+    await log.close()
+    assert rec.seq == 3
+    rows = lines(path)
+    assert rows[2]["prev"] == rows[1]["hash"]
+    assert log.verify() == 3
+
+
+async def test_torn_last_line_is_cut_away_on_start(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = await started(path)
+    log.append("policy_reload", "")
+    log.append("setpoint_request", BOB, point="a")
+    await log.close()
+    whole = path.read_bytes()
+    torn = b'{"seq":3,"ts_ms":17000000,"kind":"setpo'  # kill -9 in the middle of a write
+    path.write_bytes(whole + torn)
+    with pytest.raises(AuditError, match="torn"):
+        log.verify()
+
+    with caplog.at_level(logging.WARNING):
+        log = await started(path)
+    assert "torn" in caplog.text
+    assert path.read_bytes() == whole
+    rec = log.append("setpoint_report", ALICE)
+    await log.close()
+    assert rec.seq == 3
+    assert log.verify() == 3
+
+
+async def test_a_file_that_is_only_a_torn_line_starts_a_new_chain(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00\x00\x00")  # power cut: size grew, data never reached the card
+    log = await started(path)
+    rec = log.append("policy_reload", "")
+    await log.close()
+    assert rec.seq == 1
+    assert log.verify() == 1
+
+
+async def test_long_lines_are_found_when_reading_the_tail(path: Path) -> None:
+    log = await started(path)
+    log.append("policy_reload", "", detail={"blob": "x" * 200_000})
+    log.append("policy_reload", "", detail={"blob": "y" * 150_000})
+    await log.close()
+    log = await started(path)
+    assert log.last_seq == 2
+    log.append("policy_reload", "")
+    await log.close()
+    assert log.verify() == 3

@@ -1,0 +1,133 @@
+"""`smx pki`: create the site CA, issue, revoke and list client certificates."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from trusted.cli.main import site_home
+from trusted.identity import DOMAINS
+from trusted.pki import PkiError, SiteCA
+
+__all__ = ["register"]
+
+
+def _pki_dir(args: argparse.Namespace) -> Path:
+    return site_home(args) / "pki"
+
+
+def _fail(message: str) -> int:
+    print(f"smx pki: {message}", file=sys.stderr)
+    return 2
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    ca = SiteCA.init(_pki_dir(args), args.site, days=args.days)
+    not_after = ca.ca_certificate.not_valid_after_utc
+    print(f"site CA for {ca.site} created in {ca.pki_dir} (valid until {not_after:%Y-%m-%d})")
+    print(f"  CA certificate:     {ca.ca_cert_path}")
+    print(f"  CA key (keep safe): {ca.ca_key_path}")
+    print(f"  CRL:                {ca.crl_path}")
+    print(f"  core certificate:   {ca.server_cert_path}")
+    print(f"  core key:           {ca.server_key_path}")
+    return 0
+
+
+def _cmd_issue(args: argparse.Namespace) -> int:
+    ca = SiteCA.load(_pki_dir(args))
+    issued = ca.issue(args.name, args.domain, days=args.days, replace=args.replace)
+    print(f"issued {issued.identity} serial {issued.serial:x} valid until {issued.not_after:%F}")
+    print(f"  certificate: {issued.cert_path}")
+    print(f"  key:         {issued.key_path}")
+    if args.replace:
+        print("  any previous certificate of this name is revoked")
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    ca = SiteCA.load(_pki_dir(args))
+    revoked = ca.revoke(args.name)
+    print(f"revoked {revoked.identity} serial {revoked.serial:x}")
+    print(f"  CRL updated: {ca.crl_path} (a running core picks it up within a second)")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    ca = SiteCA.load(_pki_dir(args))
+    certs = ca.list()
+    if not certs:
+        print(f"no client certificates issued yet in {ca.pki_dir}")
+        return 0
+    header = ("NAME", "DOMAIN", "IDENTITY", "SERIAL", "NOT AFTER (UTC)", "STATUS")
+    rows = [
+        (
+            c.name,
+            c.domain,
+            c.identity,
+            f"{c.serial:x}",
+            f"{c.not_after:%Y-%m-%d %H:%M}",
+            c.status,
+        )
+        for c in certs
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(func: Handler) -> Handler:
+    """Turn PKI and file errors into one `smx pki: <message>` line and exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except PkiError as err:
+            return _fail(str(err))
+        except OSError as err:
+            where = f" {err.filename}" if err.filename else ""
+            return _fail(f"{err.strerror or err}{where}")
+
+    return run
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from err
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 day, got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `smx pki init|issue|revoke|list` to the top-level sub-command parsers."""
+    pki = sub.add_parser("pki", help="site CA and client certificates")
+    actions = pki.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+
+    p = actions.add_parser("init", help="create the site CA and the core's certificate")
+    p.add_argument("--site", required=True, help="site id, e.g. usm-0017")
+    p.add_argument("--days", type=_positive, default=3650, help="CA lifetime (default 3650)")
+    p.set_defaults(func=_guarded(_cmd_init))
+
+    p = actions.add_parser("issue", help="issue a client certificate")
+    p.add_argument("name", help="client name, e.g. fronius")
+    p.add_argument("--domain", required=True, choices=DOMAINS, help="trust domain")
+    p.add_argument("--days", type=_positive, default=365, help="lifetime (default 365)")
+    p.add_argument(
+        "--replace", action="store_true", help="revoke the current certificate of NAME first"
+    )
+    p.set_defaults(func=_guarded(_cmd_issue))
+
+    p = actions.add_parser("revoke", help="revoke the current certificate of a client")
+    p.add_argument("name", help="client name")
+    p.set_defaults(func=_guarded(_cmd_revoke))
+
+    p = actions.add_parser("list", help="list issued client certificates")
+    p.set_defaults(func=_guarded(_cmd_list))

@@ -1,0 +1,330 @@
+"""The realtime database: the current value of every point, revisions, watchers, staleness.
+
+Everything here runs on the core's single asyncio loop, so a write is atomic without locks:
+it validates the whole batch first, then stores it under one new revision and hands each
+changed point to the matching watchers. A watcher only keeps the latest value per point
+(`Watcher.pending`), so a slow consumer costs memory bounded by the number of points and
+never blocks writers or the other watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from smx.v1 import point_pb2
+
+from .convert import KIND_OF_FIELD, duration_s, ms_to_ts, now_ms, ts_to_ms
+from .errors import CoreError
+from .names import Glob, InvalidName, validate_point_name
+
+__all__ = ["RealtimeDB", "Watcher", "HistorySink", "RESTART_REVISION_GAP"]
+
+log = logging.getLogger(__name__)
+
+# After a restart the revision jumps by this much, so no revision handed out before a crash
+# (possibly lost with the last flush interval) is ever handed out again for other data.
+RESTART_REVISION_GAP = 1 << 20
+
+
+class HistorySink(Protocol):
+    def append(self, name: str, ts_ms: int, value: object, quality: int, snapshot: bytes) -> None: ...
+    def put_metadata(self, name: str, blob: bytes) -> None: ...
+
+
+class Watcher:
+    """One WatchPoints stream: a name filter and the latest not-yet-sent value per point."""
+
+    __slots__ = ("_match", "_cache", "pending", "event")
+
+    def __init__(self, match: Callable[[str], bool]) -> None:
+        self._match = match
+        self._cache: dict[str, bool] = {}
+        self.pending: dict[str, point_pb2.Point] = {}
+        self.event = asyncio.Event()
+
+    def matches(self, name: str) -> bool:
+        hit = self._cache.get(name)
+        if hit is None:
+            hit = self._cache[name] = self._match(name)
+        return hit
+
+    def offer(self, point: point_pb2.Point) -> None:
+        # pop first so the dict stays in revision order when a point is overwritten.
+        self.pending.pop(point.name, None)
+        self.pending[point.name] = point
+        self.event.set()
+
+    def take(self) -> list[point_pb2.Point]:
+        points = list(self.pending.values())
+        self.pending.clear()
+        self.event.clear()
+        return points
+
+
+class RealtimeDB:
+    def __init__(
+        self,
+        *,
+        core_identity: str,
+        history: HistorySink | None = None,
+        backlog: int = 100_000,
+        stale_factor: float = 2.0,
+    ) -> None:
+        self.core_identity = core_identity
+        self.history = history
+        self.stale_factor = stale_factor
+        self.revision = 0
+        self.points: dict[str, point_pb2.Point] = {}
+        self.meta: dict[str, point_pb2.PointMetadata] = {}
+        # (revision, name) of recent changes, for resuming a watch; older ones are compacted.
+        self._changes: deque[tuple[int, str]] = deque(maxlen=backlog)
+        self._compacted = 0
+        self._watchers: set[Watcher] = set()
+        # name -> stale deadline (ms) for points with an expected period.
+        self._deadlines: dict[str, int] = {}
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def restore(self, last: dict[str, bytes], meta: dict[str, bytes]) -> None:
+        """Load the persisted last values and metadata; revisions continue past a safe gap."""
+        for name, blob in meta.items():
+            self.meta[name] = point_pb2.PointMetadata.FromString(blob)
+        top = 0
+        for name, blob in last.items():
+            point = point_pb2.Point.FromString(blob)
+            self.points[name] = point
+            top = max(top, point.revision)
+            self._arm_deadline(name, ts_to_ms(point.receive_time))
+        if last:
+            self.revision = top + RESTART_REVISION_GAP
+        self._compacted = self.revision
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def declare(self, identity: str, metas: Iterable[point_pb2.PointMetadata]) -> int:
+        checked = []
+        for m in metas:
+            name = _valid_name(m.name)
+            current = self.meta.get(name)
+            if current is not None and current.owner and current.owner != identity:
+                raise CoreError(
+                    "POINT_OWNED_BY_OTHER",
+                    f"point {name} is declared by {current.owner}",
+                    point=name,
+                    owner=current.owner,
+                )
+            if m.expected_period.seconds < 0 or m.expected_period.nanos < 0:
+                raise CoreError("INVALID_ARGUMENT", f"{name}: expected_period must be >= 0")
+            checked.append(m)
+        for m in checked:
+            stored = point_pb2.PointMetadata()
+            stored.CopyFrom(m)
+            stored.owner = identity
+            self.meta[m.name] = stored
+            point = self.points.get(m.name)
+            if point is not None:
+                self._arm_deadline(m.name, ts_to_ms(point.receive_time))
+            if self.history is not None:
+                self.history.put_metadata(m.name, stored.SerializeToString())
+        return len(checked)
+
+    def list(self, pattern: str) -> list[point_pb2.PointMetadata]:
+        glob = _glob(pattern or "**")
+        names = {n for n in self.meta if glob.match(n)} | {n for n in self.points if glob.match(n)}
+        out = []
+        for name in sorted(names):
+            m = self.meta.get(name)
+            if m is None:
+                # Written but never declared: metadata is only its name and the value kind seen.
+                field = self.points[name].value.WhichOneof("kind")
+                m = point_pb2.PointMetadata(name=name, kind=KIND_OF_FIELD.get(field, 0))
+            out.append(m)
+        return out
+
+    # -- values -------------------------------------------------------------------------------
+
+    def write(self, identity: str, samples: Iterable[point_pb2.PointSample]) -> int:
+        """Validate the whole batch, then store it under one new revision."""
+        batch = list(samples)
+        seen: set[str] = set()
+        for s in batch:
+            name = _valid_name(s.name)
+            if name in seen:
+                raise CoreError("INVALID_ARGUMENT", f"point {name} appears twice in one batch")
+            seen.add(name)
+            field = s.value.WhichOneof("kind")
+            if field is None:
+                raise CoreError("INVALID_ARGUMENT", f"point {name}: no value", point=name)
+            meta = self.meta.get(name)
+            if meta is not None and meta.kind and KIND_OF_FIELD[field] != meta.kind:
+                declared = point_pb2.ValueKind.Name(meta.kind)
+                raise CoreError(
+                    "VALUE_KIND_MISMATCH",
+                    f"point {name} is declared {declared}, got {field}",
+                    point=name,
+                )
+            if s.quality == point_pb2.QUALITY_STALE:
+                raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
+            if s.quality not in _WRITABLE_QUALITIES:
+                raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {s.quality}")
+        self.revision += 1
+        rev = self.revision
+        now = now_ms()
+        receive = ms_to_ts(now)
+        for s in batch:
+            self._store(s, identity, rev, now, receive)
+        return rev
+
+    def _store(
+        self, s: point_pb2.PointSample, identity: str, rev: int, now: int, receive: object
+    ) -> None:
+        name = s.name
+        meta = self.meta.get(name)
+        point = point_pb2.Point(
+            name=name,
+            value=s.value,
+            unit=meta.unit if meta is not None else "",
+            source_time=s.source_time if s.HasField("source_time") else receive,
+            receive_time=receive,
+            quality=s.quality or point_pb2.QUALITY_GOOD,
+            writer=identity,
+            revision=rev,
+        )
+        self.points[name] = point
+        self._log_change(rev, name)
+        if meta is not None and meta.HasField("expected_period"):
+            self._arm_deadline(name, now)
+        for w in self._watchers:
+            if w.matches(name):
+                w.offer(point)
+        if self.history is not None:
+            field = s.value.WhichOneof("kind")
+            self.history.append(
+                name,
+                ts_to_ms(point.source_time),
+                getattr(s.value, field),
+                point.quality,
+                point.SerializeToString(),
+            )
+
+    def _log_change(self, rev: int, name: str) -> None:
+        if len(self._changes) == self._changes.maxlen:
+            # The oldest entry falls out: resuming from before it is no longer possible.
+            self._compacted = self._changes[0][0]
+        self._changes.append((rev, name))
+
+    def get(self, names: Iterable[str]) -> list[point_pb2.Point]:
+        out = []
+        for name in names:
+            point = self.points.get(_valid_name(name))
+            if point is None:
+                raise CoreError("POINT_NOT_FOUND", f"no point {name}", point=name)
+            out.append(point)
+        return out
+
+    # -- watching -----------------------------------------------------------------------------
+
+    def watch(self, match: Callable[[str], bool], start_revision: int = 0) -> tuple[Watcher, list]:
+        """A registered watcher and what it must send first: the snapshot (start_revision 0)
+        or the current value of every point changed after start_revision."""
+        if start_revision < 0 or start_revision > self.revision:
+            raise CoreError(
+                "INVALID_ARGUMENT",
+                f"start_revision {start_revision} is not in 0..{self.revision}",
+            )
+        if start_revision and start_revision < self._compacted:
+            raise CoreError(
+                "REVISION_COMPACTED",
+                f"revision {start_revision} is compacted (oldest resumable: {self._compacted});"
+                " watch again from 0 for a snapshot",
+                compacted_revision=str(self._compacted),
+            )
+        watcher = Watcher(match)
+        if start_revision == 0:
+            first = [p for n, p in self.points.items() if watcher.matches(n)]
+        else:
+            changed: dict[str, None] = {}
+            for rev, name in reversed(self._changes):
+                if rev <= start_revision:
+                    break
+                changed[name] = None
+            first = [self.points[n] for n in changed if watcher.matches(n)]
+            first.sort(key=lambda p: p.revision)
+        self._watchers.add(watcher)
+        return watcher, first
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def reset_watch_filters(self) -> None:
+        """Forget cached filter decisions (after a policy reload)."""
+        for w in self._watchers:
+            w._cache.clear()
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
+    # -- staleness ----------------------------------------------------------------------------
+
+    def _arm_deadline(self, name: str, last_ms: int) -> None:
+        meta = self.meta.get(name)
+        if meta is None or not meta.HasField("expected_period"):
+            return
+        period = duration_s(meta.expected_period)
+        if period > 0:
+            self._deadlines[name] = last_ms + int(period * self.stale_factor * 1000)
+
+    def mark_stale(self, now: int | None = None) -> list[str]:
+        """Mark every point past its deadline STALE under one new revision; returns the names."""
+        now = now_ms() if now is None else now
+        due = [n for n, deadline in self._deadlines.items() if deadline <= now]
+        if not due:
+            return []
+        self.revision += 1
+        for name in due:
+            del self._deadlines[name]
+            old = self.points.get(name)
+            if old is None or old.quality == point_pb2.QUALITY_STALE:
+                continue
+            point = point_pb2.Point()
+            point.CopyFrom(old)
+            point.quality = point_pb2.QUALITY_STALE
+            point.writer = self.core_identity
+            point.revision = self.revision
+            self.points[name] = point
+            self._log_change(self.revision, name)
+            for w in self._watchers:
+                if w.matches(name):
+                    w.offer(point)
+        log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
+        return due
+
+
+_WRITABLE_QUALITIES = frozenset(
+    {
+        point_pb2.QUALITY_UNSPECIFIED,
+        point_pb2.QUALITY_GOOD,
+        point_pb2.QUALITY_DERIVED,
+        point_pb2.QUALITY_UNCERTAIN,
+        point_pb2.QUALITY_BAD,
+    }
+)
+
+
+def _valid_name(name: str) -> str:
+    try:
+        return validate_point_name(name)
+    except InvalidName as err:
+        raise CoreError("INVALID_POINT_NAME", str(err), point=name[:300]) from err
+
+
+def _glob(pattern: str) -> Glob:
+    try:
+        return Glob(pattern)
+    except InvalidName as err:
+        raise CoreError("INVALID_POINT_NAME", str(err)) from err
