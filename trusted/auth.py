@@ -8,13 +8,11 @@ connection, and exactly one well-formed URI SAN of this site.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
 
 import grpc
-from cryptography import x509
 
 from .audit import AuditLog
 from .errors import CoreError
@@ -66,19 +64,24 @@ class Gate:
                 self._certs.clear()
         if isinstance(caller, CoreError):
             raise self._deny("", method, "", caller)
+        self.recheck(caller, method)
         now = time.time()
-        if now > caller.not_after:
-            err = CoreError("CERTIFICATE_EXPIRED", "client certificate has expired")
-            raise self._deny(caller.uri, method, "", err)
-        if self.revocations.is_revoked(caller.serial):
-            err = CoreError("CERTIFICATE_REVOKED", f"certificate of {caller.uri} is revoked")
-            raise self._deny(caller.uri, method, "", err)
         stats = self.clients.get(caller.uri)
         if stats is None:
             stats = self.clients[caller.uri] = ClientStats(first_seen=now, last_seen=now)
         stats.calls += 1
         stats.last_seen = now
         return caller
+
+    def recheck(self, caller: Caller, method: str) -> None:
+        """Expiry and revocation; also called while a stream is open, so a revoked client's
+        watch ends instead of flowing on."""
+        if time.time() > caller.not_after:
+            err = CoreError("CERTIFICATE_EXPIRED", "client certificate has expired")
+            raise self._deny(caller.uri, method, "", err)
+        if self.revocations.is_revoked(caller.serial):
+            err = CoreError("CERTIFICATE_REVOKED", f"certificate of {caller.uri} is revoked")
+            raise self._deny(caller.uri, method, "", err)
 
     def _parse(self, pem: bytes) -> Caller | CoreError:
         try:
@@ -90,7 +93,7 @@ class Gate:
             return CoreError(
                 "WRONG_SITE", f"certificate is for site {identity.site!r}, this is {self.site!r}"
             )
-        not_after = cert.not_valid_after_utc.replace(tzinfo=dt.UTC).timestamp()
+        not_after = cert.not_valid_after_utc.timestamp()
         return Caller(identity, identity.uri, cert.serial_number, not_after)
 
     def check(self, caller: Caller, verb: str, method: str, point: str | None = None) -> None:
@@ -111,6 +114,3 @@ class Gate:
                     identity or "-", method, point or "-", err.reason)
         return err
 
-
-def certificate_not_after(cert: x509.Certificate) -> float:
-    return cert.not_valid_after_utc.timestamp()

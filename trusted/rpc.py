@@ -88,6 +88,7 @@ def _stream(fn: Stream, parse: Callable[[bytes], Any], gate: Gate, method: str) 
             stats = gate.clients[caller.uri]
             stats.open_streams += 1
             async for item in fn(parse(data), caller, context):
+                gate.recheck(caller, method)
                 yield item
         except CoreError as err:
             await context.abort_with_status(to_rpc_status(err))

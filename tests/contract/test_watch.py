@@ -1,0 +1,154 @@
+"""WatchPoints: snapshot then changes in order, resume from a revision, heartbeats, a slow
+consumer that never blocks writers, and 20 concurrent subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from smx.client import error_reason
+from smx.v1 import point_pb2 as ppb
+from smx.v1 import point_service_pb2 as pb
+
+
+def batch(*pairs) -> pb.WritePointsRequest:
+    return pb.WritePointsRequest(samples=[
+        ppb.PointSample(name=n, value=ppb.Value(double_value=v)) for n, v in pairs])
+
+
+async def test_snapshot_first_then_changes_in_revision_order(site, core):
+    meter = site.stubs("meter")
+    await meter.points.WritePoints(batch(("meter/P", 1), ("meter/Q", 2)))
+    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    snap = await stream.read()
+    assert snap.snapshot and {p.name for p in snap.points} == {"meter/P", "meter/Q"}
+    revs = []
+    for i in range(5):
+        revs.append((await meter.points.WritePoints(batch(("meter/P", 10 + i)))).revision)
+    seen = []
+    while len(seen) < 5:
+        msg = await stream.read()
+        assert not msg.snapshot
+        seen += [(p.revision, p.value.double_value) for p in msg.points]
+    # One subscriber reading as fast as we write sees every value, in order.
+    assert seen == [(r, 10 + i) for i, r in enumerate(revs)]
+    stream.cancel()
+
+
+async def test_filter_by_pattern_and_by_rights(site, core):
+    await site.stubs("meter").points.WritePoints(batch(("meter/P", 1)))
+    await site.stubs("ess").points.WritePoints(batch(("ess/P", 2), ("ess/SoC", 3)))
+    gui = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["*/P"]))
+    assert {p.name for p in (await gui.read()).points} == {"meter/P", "ess/P"}
+    # The battery extension reads its own points and meter/P only, whatever it asks for.
+    ess = site.stubs("ess").points.WatchPoints(pb.WatchPointsRequest(patterns=["**"]))
+    assert {p.name for p in (await ess.read()).points} == {"meter/P", "ess/P", "ess/SoC"}
+    await site.stubs("meter").points.WritePoints(batch(("meter/Q", 9), ("meter/P", 4)))
+    msg = await ess.read()
+    assert [p.name for p in msg.points] == ["meter/P"]
+    gui.cancel()
+    ess.cancel()
+
+
+async def test_resume_from_revision_sends_only_later_changes(site, core):
+    meter = site.stubs("meter")
+    r1 = (await meter.points.WritePoints(batch(("meter/P", 1), ("meter/Q", 1)))).revision
+    await meter.points.WritePoints(batch(("meter/P", 2)))
+    await meter.points.WritePoints(batch(("meter/U1", 230)))
+    stream = site.stubs("gui").points.WatchPoints(
+        pb.WatchPointsRequest(patterns=["meter/*"], start_revision=r1))
+    msg = await stream.read()
+    assert not msg.snapshot
+    assert [(p.name, p.value.double_value) for p in msg.points] == [("meter/P", 2), ("meter/U1", 230)]
+    assert msg.revision == core.state.db.revision
+    stream.cancel()
+
+
+async def test_resume_from_compacted_revision_is_out_of_range(site):
+    from trusted.server import Core
+
+    core = Core(site.config(watch_backlog=10))
+    await core.start()
+    try:
+        meter = site.stubs("meter")
+        first = (await meter.points.WritePoints(batch(("meter/P", 0)))).revision
+        for i in range(20):
+            await meter.points.WritePoints(batch(("meter/P", i)))
+        stream = site.stubs("gui").points.WatchPoints(
+            pb.WatchPointsRequest(start_revision=first))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stream.read()
+        assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert error_reason(info.value) == "REVISION_COMPACTED"
+    finally:
+        await core.stop(grace=0.1)
+
+
+async def test_heartbeat_when_idle(site, core):
+    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(
+        patterns=["nothing/*"], heartbeat_interval=Duration(nanos=200_000_000)))
+    assert (await stream.read()).snapshot
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    hb = await asyncio.wait_for(stream.read(), 2)
+    assert hb.heartbeat and not hb.points and hb.revision == core.state.db.revision
+    assert 0.15 < loop.time() - t0 < 1.0
+    stream.cancel()
+
+
+async def test_slow_consumer_gets_latest_values_and_never_blocks_writers(site, core):
+    meter = site.stubs("meter")
+    await meter.points.WritePoints(batch(("meter/P", -1)))
+    slow = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    fast = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    await slow.read()
+    await fast.read()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(500):  # the slow consumer reads nothing meanwhile
+        await meter.points.WritePoints(batch(("meter/P", i), ("meter/Q", -i)))
+    write_time = loop.time() - t0
+    # Memory held for any consumer is at most one pending value per point.
+    assert max(len(w.pending) for w in core.state.db._watchers) <= 2
+    fast_seen = []
+    while not fast_seen or fast_seen[-1] != 499:
+        fast_seen += [p.value.double_value for m in [await fast.read()] for p in m.points
+                      if p.name == "meter/P"]
+    latest = {}
+    while latest.get("meter/P") != 499:
+        for p in (await slow.read()).points:
+            latest[p.name] = p.value.double_value
+    assert latest == {"meter/P": 499, "meter/Q": -499}
+    assert write_time < 10
+    slow.cancel()
+    fast.cancel()
+
+
+async def test_twenty_concurrent_subscribers_all_see_the_final_state(site, core):
+    streams = [site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+               for _ in range(20)]
+    for s in streams:
+        assert (await s.read()).snapshot
+    meter = site.stubs("meter")
+    for i in range(100):
+        await meter.points.WritePoints(batch(("meter/P", i)))
+
+    async def follow(s):
+        revs = []
+        while True:
+            for p in (await s.read()).points:
+                revs.append(p.revision)
+                if p.value.double_value == 99:
+                    return revs
+
+    results = await asyncio.wait_for(asyncio.gather(*(follow(s) for s in streams)), 20)
+    for revs in results:
+        assert revs == sorted(revs)  # in order, never a step back
+    assert core.state.db.watcher_count == 20
+    for s in streams:
+        s.cancel()
+    await asyncio.sleep(0.2)
+    assert core.state.db.watcher_count == 0
