@@ -36,7 +36,9 @@ def generate(out: Path) -> list[Path]:
     for pkg in (out / "smx", out / "smx" / "v1"):
         init = pkg / "__init__.py"
         if not init.exists():
-            init.write_text('"""Generated from proto/smx/v1 by scripts/gen_stubs.py: do not edit."""\n')
+            init.write_text(
+                '"""Generated from proto/smx/v1 by scripts/gen_stubs.py: do not edit."""\n'
+            )
     return sorted(p for p in (out / "smx" / "v1").iterdir() if p.name.endswith(GENERATED))
 
 
@@ -50,11 +52,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         committed = sorted(p for p in (ROOT / "smx" / "v1").iterdir() if p.name.endswith(GENERATED))
-        stale = [p.name for p in fresh if not (ROOT / "smx" / "v1" / p.name).exists()
-                 or not filecmp.cmp(p, ROOT / "smx" / "v1" / p.name, shallow=False)]
+        stale = [
+            p.name
+            for p in fresh
+            if not (ROOT / "smx" / "v1" / p.name).exists()
+            or not filecmp.cmp(p, ROOT / "smx" / "v1" / p.name, shallow=False)
+        ]
         extra = sorted({p.name for p in committed} - {p.name for p in fresh})
         if stale or extra:
-            print(f"stale generated stubs: {stale + extra}; run scripts/gen_stubs.py", file=sys.stderr)
+            print(
+                f"stale generated stubs: {stale + extra}; run scripts/gen_stubs.py", file=sys.stderr
+            )
             return 1
     print("generated stubs are up to date")
     return 0

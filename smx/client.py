@@ -47,8 +47,11 @@ class Credentials:
         return cls(pki / "ca.crt", pki / "clients" / f"{name}.crt", pki / "clients" / f"{name}.key")
 
     def check(self) -> None:
-        for what, path in (("CA certificate", self.ca), ("certificate", self.cert),
-                           ("private key", self.key)):
+        for what, path in (
+            ("CA certificate", self.ca),
+            ("certificate", self.cert),
+            ("private key", self.key),
+        ):
             if not path.is_file():
                 raise FileNotFoundError(f"{what} not found: {path}")
 

@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,21 +127,23 @@ def _to_record(obj: Any) -> AuditRecord:
     return AuditRecord(seq, ts_ms, *texts, detail=detail)
 
 
-def _lines_backward(fd: int, size: int, chunk: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
+def _lines_backward(fd: int, size: int, chunk: int = 256 * 1024) -> Iterator[tuple[int, bytes]]:
     """(offset, raw line including its newline if any) from the end of the file backwards."""
-    pos, buf = size, b""
+    pos, buf, end = size, b"", 0  # buf holds the file from `pos`; buf[:end] is not yielded yet
     while True:
-        cut = buf.rfind(b"\n", 0, len(buf) - 1) if buf else -1
+        # The region's last byte is its own line's newline: look for the one before it.
+        cut = buf.rfind(b"\n", 0, end - 1) if end > 1 else -1
         if cut >= 0:
-            yield pos + cut + 1, buf[cut + 1 :]
-            buf = buf[: cut + 1]
+            yield pos + cut + 1, buf[cut + 1 : end]
+            end = cut + 1
         elif pos > 0:
-            step = min(chunk, pos)
+            step = min(max(chunk, end), pos)  # grows for a very long line: linear, not quadratic
             pos -= step
-            buf = os.pread(fd, step, pos) + buf
+            buf = os.pread(fd, step, pos) + buf[:end]
+            end += step
         else:
-            if buf:
-                yield 0, buf
+            if end:
+                yield 0, buf[:end]
             return
 
 
@@ -376,8 +377,13 @@ class AuditLog:
         reason: str = "",
         detail: dict | None = None,
     ) -> AuditRecord:
-        """Write one record. Denials are coalesced: a repeat inside the window returns the record
-        that opened the window and is counted into the ``repeats`` record written when it closes."""
+        """Write one record and return it.
+
+        Denials are coalesced: a repeat inside the window returns the record that opened the
+        window and is counted into the ``{"repeats": n, "first_seq": s}`` record written when the
+        window closes. Past ``max_denial_keys`` open windows, a denial is only counted (per
+        identity, method and reason, point omitted) and the returned record has ``seq`` 0.
+        """
         self._check_open()
         for name, value in (
             ("kind", kind),
@@ -563,7 +569,10 @@ class AuditLog:
             for name, value in (("kind", kind), ("identity", identity))
             if value is not None
         ]
-        out: deque[AuditRecord] = deque(maxlen=limit)
+        # Read backwards and stop at `limit` matches: the common query (the latest records)
+        # touches only the end of a file that may be tens of MB. No early stop on time: a box
+        # without an RTC writes 1970 timestamps until NTP syncs, so ts_ms is not monotonic.
+        found: list[AuditRecord] = []
         bad = 0
         try:
             f = open(self._path, "rb")
@@ -572,9 +581,10 @@ class AuditLog:
         except OSError as err:
             raise AuditError(f"{self._path}: cannot read audit log: {err.strerror}") from err
         with f:
-            for raw in f:
+            fd = f.fileno()
+            for _, raw in _lines_backward(fd, os.fstat(fd).st_size, chunk=1024 * 1024):
                 if not raw.endswith(b"\n"):
-                    break  # a torn tail that start() has not cut yet
+                    continue  # a torn tail that start() has not cut yet
                 if needles and not all(n in raw for n in needles):
                     continue
                 try:
@@ -592,10 +602,13 @@ class AuditLog:
                     continue
                 if point_glob is not None and not point_glob(rec.point):
                     continue
-                out.append(rec)
+                found.append(rec)
+                if len(found) >= limit:
+                    break
         if bad:
             log.warning("%s: query skipped %d unreadable lines (run verify)", self._path, bad)
-        return list(out)
+        found.reverse()
+        return found
 
     def verify(self) -> int:
         """Check every line and the hash chain; the number of records checked.

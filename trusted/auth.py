@@ -108,9 +108,19 @@ class Gate:
             raise self._deny(caller.uri, method, point or "", err)
 
     def _deny(self, identity: str, method: str, point: str, err: CoreError) -> CoreError:
-        self.audit.append("denied", identity, method=method, point=point, reason=err.reason,
-                          detail={"message": err.message})
-        log.warning("denied identity=%s method=%s point=%s reason=%s",
-                    identity or "-", method, point or "-", err.reason)
+        self.audit.append(
+            "denied",
+            identity,
+            method=method,
+            point=point,
+            reason=err.reason,
+            detail={"message": err.message},
+        )
+        log.warning(
+            "denied identity=%s method=%s point=%s reason=%s",
+            identity or "-",
+            method,
+            point or "-",
+            err.reason,
+        )
         return err
-

@@ -17,7 +17,6 @@ import functools
 import logging
 import math
 import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -25,7 +24,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AGGREGATIONS", "MAX_PENDING", "HistoryError", "HistoryLog", "Sample", "Value"]
+__all__ = [
+    "AGGREGATIONS",
+    "MAX_PENDING",
+    "HistoryError",
+    "HistoryLog",
+    "HistoryQueryError",
+    "Sample",
+    "Value",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +126,11 @@ class HistoryError(Exception):
     """The history log cannot do what was asked (bad query, database unusable, write failed)."""
 
 
+class HistoryQueryError(HistoryError, ValueError):
+    """A read the caller should not have asked for (bad argument, avg over strings). Also a
+    ValueError, so the gRPC edge answers INVALID_ARGUMENT; disk trouble stays a HistoryError."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     ts_ms: int
@@ -147,7 +159,8 @@ class _Stats:
 
 
 class HistoryLog:
-    """The core's sample log. `append` from the event-loop side; all disk I/O in worker threads."""
+    """The core's sample log. All methods are called from the event-loop thread that ran
+    `start()`; all disk I/O happens in worker threads."""
 
     def __init__(
         self,
@@ -172,8 +185,8 @@ class HistoryLog:
         self._max_bytes = max_bytes
         self._retention_interval = retention_interval
         self._max_pending = MAX_PENDING
-        # Guards only the buffers below; never held across I/O.
-        self._lock = threading.Lock()
+        # The buffers are touched only on the event-loop thread (append, the flush swap, the
+        # flush-done callback), so they need no lock: append stays a bare deque append.
         self._pending: deque[tuple[str, int, Value, int]] = deque(maxlen=self._max_pending)
         self._last: dict[str, bytes] = {}
         self._meta: dict[str, bytes] = {}
@@ -223,8 +236,12 @@ class HistoryLog:
         try:
             await self.flush()
         except HistoryError as err:
-            log.error("history log %s closed with %d samples unsaved: %s", self._path,
-                      len(self._pending), err)
+            log.error(
+                "history log %s closed with %d samples unsaved: %s",
+                self._path,
+                len(self._pending),
+                err,
+            )
         self._state = "closed"
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close_conn)
@@ -235,31 +252,28 @@ class HistoryLog:
 
     def append(self, name: str, ts_ms: int, value: Value, quality: int, snapshot: bytes) -> None:
         """Buffer one sample; `snapshot` (the serialized point) becomes its last value on flush."""
-        with self._lock:
-            if len(self._pending) == self._max_pending:
-                self._stats.dropped += 1  # the deque drops the oldest itself
-            self._pending.append((name, ts_ms, value, quality))
-            self._last[name] = snapshot
+        pending = self._pending
+        if len(pending) == self._max_pending:
+            self._stats.dropped += 1  # the deque drops the oldest itself
+        pending.append((name, ts_ms, value, quality))
+        self._last[name] = snapshot
 
     def put_metadata(self, name: str, blob: bytes) -> None:
         """Buffer an opaque metadata blob for `name`; persisted at the next flush."""
-        with self._lock:
-            self._meta[name] = blob
+        self._meta[name] = blob
 
     # -- last values and metadata ----------------------------------------------------------------
 
     def load_last(self) -> dict[str, bytes]:
         """Last snapshot per point: the stored ones, overlaid with any not yet flushed."""
         stored = self._load_table("last")
-        with self._lock:
-            stored.update(self._last)
+        stored.update(self._last)
         return stored
 
     def load_metadata(self) -> dict[str, bytes]:
         """Metadata blob per point: the stored ones, overlaid with any not yet flushed."""
         stored = self._load_table("meta")
-        with self._lock:
-            stored.update(self._meta)
+        stored.update(self._meta)
         return stored
 
     def _load_table(self, table: str) -> dict[str, bytes]:
@@ -299,13 +313,12 @@ class HistoryLog:
                 ) from err
 
     def _take(self) -> _Batch | None:
-        with self._lock:
-            if not self._pending and not self._last and not self._meta:
-                return None
-            batch = _Batch(self._pending, self._last, self._meta)
-            self._pending = deque(maxlen=self._max_pending)
-            self._last = {}
-            self._meta = {}
+        if not self._pending and not self._last and not self._meta:
+            return None
+        batch = _Batch(self._pending, self._last, self._meta)
+        self._pending = deque(maxlen=self._max_pending)
+        self._last = {}
+        self._meta = {}
         return batch
 
     def _flush_done(self, batch: _Batch, fut: asyncio.Future[tuple[int, int]]) -> None:
@@ -317,8 +330,11 @@ class HistoryLog:
             st.rejected += rejected
             st.flushes += 1
             if st.consecutive_failures:
-                log.info("history log %s writable again after %d failed flushes", self._path,
-                         st.consecutive_failures)
+                log.info(
+                    "history log %s writable again after %d failed flushes",
+                    self._path,
+                    st.consecutive_failures,
+                )
             st.consecutive_failures = 0
             return
         self._restore(batch)
@@ -327,24 +343,26 @@ class HistoryLog:
         # Once when it starts failing, then about every minute, not every interval.
         every = max(1, int(60 / self._flush_interval))
         if st.consecutive_failures == 1 or st.consecutive_failures % every == 0:
-            log.error("history flush to %s failed (%d in a row), %d samples kept for retry: %s",
-                      self._path, st.consecutive_failures, len(self._pending), err)
+            log.error(
+                "history flush to %s failed (%d in a row), %d samples kept for retry: %s",
+                self._path,
+                st.consecutive_failures,
+                len(self._pending),
+                err,
+            )
 
     def _restore(self, batch: _Batch) -> None:
         """Put a failed batch back in front of what arrived meanwhile, newest data winning."""
-        with self._lock:
-            merged = deque(batch.samples, maxlen=self._max_pending)
-            overflow = len(batch.samples) + len(self._pending) - self._max_pending
-            merged.extend(self._pending)
-            self._pending = merged
-            if overflow > 0:
-                self._stats.dropped += overflow
-            last = batch.last
-            last.update(self._last)
-            self._last = last
-            meta = batch.meta
-            meta.update(self._meta)
-            self._meta = meta
+        merged = deque(batch.samples, maxlen=self._max_pending)
+        overflow = len(batch.samples) + len(self._pending) - self._max_pending
+        merged.extend(self._pending)
+        self._pending = merged
+        if overflow > 0:
+            self._stats.dropped += overflow
+        batch.last.update(self._last)
+        self._last = batch.last
+        batch.meta.update(self._meta)
+        self._meta = batch.meta
 
     async def _flush_loop(self) -> None:
         assert self._stop is not None
@@ -367,15 +385,18 @@ class HistoryLog:
     def _open(self) -> None:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                   timeout=_BUSY_TIMEOUT_S)
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
+            )
         except (OSError, sqlite3.Error) as err:
             raise HistoryError(f"cannot open history database {self._path}: {err}") from err
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise HistoryError(f"history database {self._path} has schema version {version}; "
-                                   f"this core knows up to {SCHEMA_VERSION}")
+                raise HistoryError(
+                    f"history database {self._path} has schema version {version}; "
+                    f"this core knows up to {SCHEMA_VERSION}"
+                )
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
                 # Only possible before the first table exists.
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -419,8 +440,11 @@ class HistoryLog:
             try:
                 conn.executemany(_INSERT_SAMPLE, rows)
             except _ROW_ERRORS as err:
-                log.warning("history batch for %s has an unstorable row (%s); writing row by row",
-                            self._path, err)
+                log.warning(
+                    "history batch for %s has an unstorable row (%s); writing row by row",
+                    self._path,
+                    err,
+                )
                 rows, bad = _insert_one_by_one(conn, rows)
                 rejected += bad
             conn.executemany(_INSERT_LAST, last)
@@ -558,8 +582,12 @@ class HistoryLog:
         newest = max((r[2] for r in ranges), default=None)
         if oldest is None or newest is None or newest <= oldest:
             # Only the newest millisecond is left (or nothing): that is never deleted.
-            log.warning("history %s uses %d bytes > max_bytes %d with nothing old left to delete",
-                        self._path, used, max_bytes)
+            log.warning(
+                "history %s uses %d bytes > max_bytes %d with nothing old left to delete",
+                self._path,
+                used,
+                max_bytes,
+            )
             return 0, True
         # Samples arrive roughly evenly in time, so the excess share of the bytes is about the
         # same share of the time span; a small margin avoids a long tail of tiny batches.
@@ -569,8 +597,9 @@ class HistoryLog:
 
     def _vacuum(self) -> None:
         assert self._conn is not None
-        # fetchall(): the pragma frees pages step by step; stepping it once frees just one.
-        self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+        # The pragma frees one page per step and returns no rows, so execute() would free just
+        # one page; executescript() steps it to the end (we are in autocommit mode here).
+        self._conn.executescript("PRAGMA incremental_vacuum")
         self._stats.db_bytes = _used_bytes(self._conn)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -590,12 +619,13 @@ class HistoryLog:
         last flush interval) are not included."""
         self._require_started()
         if aggregation not in AGGREGATIONS:
-            raise HistoryError(f"unknown aggregation {aggregation!r}; expected one of "
-                               f"{', '.join(AGGREGATIONS)}")
+            raise HistoryQueryError(
+                f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}"
+            )
         if bucket_ms is not None and not 0 < bucket_ms < 2**62:
-            raise HistoryError(f"bucket_ms must be a positive number of ms, got {bucket_ms!r}")
+            raise HistoryQueryError(f"bucket_ms must be a positive number of ms, got {bucket_ms!r}")
         if chunk <= 0:
-            raise HistoryError(f"chunk must be > 0, got {chunk!r}")
+            raise HistoryQueryError(f"chunk must be > 0, got {chunk!r}")
         lo = _I64_MIN if start_ms is None else max(_I64_MIN, start_ms)
         hi = _I64_MAX if end_ms is None else min(_I64_MAX, end_ms)
         if lo >= hi or not names:
@@ -608,8 +638,10 @@ class HistoryLog:
                 # half-way because of a query the caller should not have made.
                 text = await asyncio.to_thread(_first_text, conn, ids, lo, hi)
                 if text is not None:
-                    raise HistoryError(f"point {text!r} holds strings: aggregation "
-                                       f"{aggregation!r} is not defined for them; use 'last'")
+                    raise HistoryQueryError(
+                        f"point {text!r} holds strings: aggregation "
+                        f"{aggregation!r} is not defined for them; use 'last'"
+                    )
             for name in names:
                 nid = ids.get(name)
                 if nid is None:
@@ -617,8 +649,9 @@ class HistoryLog:
                 cursor: int | None = lo
                 while cursor is not None:
                     if bucket_ms is None:
-                        got, cursor = await asyncio.to_thread(_raw_chunk, conn, nid, cursor, hi,
-                                                              chunk)
+                        got, cursor = await asyncio.to_thread(
+                            _raw_chunk, conn, nid, cursor, hi, chunk
+                        )
                     else:
                         got, cursor = await asyncio.to_thread(
                             _bucket_chunk, conn, nid, cursor, hi, bucket_ms, aggregation, chunk
@@ -632,8 +665,9 @@ class HistoryLog:
 
     def _connect_reader(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                   timeout=_BUSY_TIMEOUT_S)
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
+            )
             conn.execute("PRAGMA query_only = ON")
         except sqlite3.Error as err:
             raise HistoryError(f"cannot open history database {self._path}: {err}") from err
@@ -681,8 +715,9 @@ def _blob_rows(blobs: dict[str, bytes], what: str) -> list[tuple[str, bytes]]:
         if isinstance(blob, bytes | bytearray | memoryview):
             rows.append((name, bytes(blob)))
         else:
-            log.warning("history: dropped %s of %r: not bytes but %s", what, name,
-                        type(blob).__name__)
+            log.warning(
+                "history: dropped %s of %r: not bytes but %s", what, name, type(blob).__name__
+            )
     return rows
 
 

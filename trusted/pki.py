@@ -137,11 +137,14 @@ def _read(path: Path, what: str) -> bytes:
 
 @functools.lru_cache(maxsize=256)
 def load_certificate_pem(data: bytes) -> x509.Certificate:
-    """Parse a PEM certificate; cached since the core calls it per RPC with the peer's PEM."""
+    """Parse a PEM certificate; cached since the core calls it per RPC with the peer's PEM.
+
+    Raises ValueError (like cryptography itself) on data that is not a PEM certificate.
+    """
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as err:
-        raise PkiError(f"not a PEM certificate ({len(data)} bytes): {err}") from err
+        raise ValueError(f"not a PEM certificate ({len(data)} bytes): {err}") from err
 
 
 def _load_cert_file(path: Path, what: str) -> x509.Certificate:
@@ -323,7 +326,7 @@ class SiteCA:
         except IdentityError as err:
             raise PkiError(str(err)) from err
         if days < 1:
-            raise PkiError(f"--days must be at least 1, got {days}")
+            raise PkiError(f"days must be at least 1, got {days}")
         try:
             (pki_dir / "server").mkdir(parents=True, exist_ok=True)
             (pki_dir / "clients").mkdir(exist_ok=True)
@@ -395,7 +398,7 @@ class SiteCA:
         if name == SERVER_NAME:
             raise PkiError(f"client name {name!r} is reserved for the core's own certificate")
         if days < 1:
-            raise PkiError(f"--days must be at least 1, got {days}")
+            raise PkiError(f"days must be at least 1, got {days}")
 
         with self._locked():
             index = self._load_index()

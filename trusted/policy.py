@@ -172,6 +172,14 @@ class Policy:
         self._exact: dict[str, Binding] = {}
         self._wild: dict[tuple[str, str], Binding] = {}
         for binding in self._bindings:
+            undefined = [r for r in binding.roles if r not in self._roles]
+            if undefined:
+                raise PolicyError(
+                    source,
+                    "bindings",
+                    f"{binding.identity!r} is bound to "
+                    f"undefined roles {', '.join(map(repr, undefined))}",
+                )
             m = _WILDCARD.fullmatch(binding.identity)
             if m is not None:
                 self._wild[(m.group(1), m.group(2))] = binding
@@ -195,7 +203,9 @@ class Policy:
             raise PolicyError(source, "", f"cannot read policy file: {reason}") from err
         policy = cls.from_toml(text, source)
         log.info(
-            "loaded policy %s: %d roles, %d bindings", source, policy.roles_count,
+            "loaded policy %s: %d roles, %d bindings",
+            source,
+            policy.roles_count,
             policy.bindings_count,
         )
         return policy
@@ -320,8 +330,9 @@ class Policy:
                     Glob(pattern)
                 except InvalidName as err:
                     # Only reachable with an Identity built around the grammar: deny, loudly.
-                    log.warning("policy %s: skipping pattern for %s: %s", self.source,
-                                identity, err)
+                    log.warning(
+                        "policy %s: skipping pattern for %s: %s", self.source, identity, err
+                    )
                     continue
                 points.append(pattern)
             rules.append((rule.verbs, tuple(points)))
@@ -375,9 +386,7 @@ class _Parser:
     ) -> None:
         for key in table:
             if key not in allowed:
-                raise self.error(
-                    path, f"unknown key {key!r} (allowed: {', '.join(allowed)})"
-                )
+                raise self.error(path, f"unknown key {key!r} (allowed: {', '.join(allowed)})")
         for key in required:
             if key not in table:
                 raise self.error(path, f"missing key {key!r}")
@@ -550,10 +559,15 @@ def default_policy_text(
     for i, (given, roles) in enumerate(bindings):
         uri = given if given.startswith("spiffe://") else f"spiffe://{site}/{given}"
         if not uri.startswith(f"spiffe://{site}/"):
-            raise PolicyError(source, f"bindings[{i}].identity",
-                              f"{given!r} is not an identity of site {site!r}")
-        lines += ["", "[[bindings]]", f"identity = {_toml_str(uri)}",
-                  f"roles = {_toml_list(roles)}"]
+            raise PolicyError(
+                source, f"bindings[{i}].identity", f"{given!r} is not an identity of site {site!r}"
+            )
+        lines += [
+            "",
+            "[[bindings]]",
+            f"identity = {_toml_str(uri)}",
+            f"roles = {_toml_list(roles)}",
+        ]
         rules = extra.pop(given, ())
         if rules:
             lines.append("rules = [")
@@ -563,8 +577,11 @@ def default_policy_text(
             ]
             lines.append("]")
     if extra:
-        raise PolicyError(source, "extra_rules",
-                          f"rules for identities without a binding: {', '.join(sorted(extra))}")
+        raise PolicyError(
+            source,
+            "extra_rules",
+            f"rules for identities without a binding: {', '.join(sorted(extra))}",
+        )
     text = "\n".join(lines) + "\n"
     Policy.from_toml(text, source)  # refuse to hand out a policy the core would refuse
     return text

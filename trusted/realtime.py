@@ -31,7 +31,9 @@ RESTART_REVISION_GAP = 1 << 20
 
 
 class HistorySink(Protocol):
-    def append(self, name: str, ts_ms: int, value: object, quality: int, snapshot: bytes) -> None: ...
+    def append(
+        self, name: str, ts_ms: int, value: object, quality: int, snapshot: bytes
+    ) -> None: ...
     def put_metadata(self, name: str, blob: bytes) -> None: ...
 
 

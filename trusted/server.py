@@ -65,11 +65,18 @@ class Core:
             (identity_service_pb2, "IdentityService", IdentityService),
             (admin_service_pb2, "AdminService", AdminService),
         ]
-        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        names = [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
         for module, name, impl in services:
             descriptor = module.DESCRIPTOR.services_by_name[name]
             server.add_generic_rpc_handlers(
-                [service_handler(descriptor, impl(self.state), self.state.gate, cfg.max_message_bytes)]
+                [
+                    service_handler(
+                        descriptor, impl(self.state), self.state.gate, cfg.max_message_bytes
+                    )
+                ]
             )
             names.append(descriptor.full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -96,8 +103,12 @@ class Core:
         for name in names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("smxcore serving site %s on unix://%s%s", self.state.site, cfg.socket,
-                 f" and {cfg.tcp}" if cfg.tcp else "")
+        log.info(
+            "smxcore serving site %s on unix://%s%s",
+            self.state.site,
+            cfg.socket,
+            f" and {cfg.tcp}" if cfg.tcp else "",
+        )
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:

@@ -24,7 +24,9 @@ __all__ = ["SetpointBoard", "SetpointWatcher", "ACTIVE"]
 
 log = logging.getLogger(__name__)
 
-ACTIVE = frozenset({pb.SETPOINT_STATUS_PENDING, pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED})
+ACTIVE = frozenset(
+    {pb.SETPOINT_STATUS_PENDING, pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED}
+)
 REPORTABLE = frozenset(
     {pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED, pb.SETPOINT_STATUS_REJECTED}
 )
@@ -107,9 +109,7 @@ class SetpointBoard:
         if sp is None:
             raise CoreError("SETPOINT_NOT_FOUND", f"no setpoint with id {setpoint_id!r}")
         if status not in REPORTABLE:
-            raise CoreError(
-                "INVALID_ARGUMENT", "status must be APPLIED, CLAMPED or REJECTED"
-            )
+            raise CoreError("INVALID_ARGUMENT", "status must be APPLIED, CLAMPED or REJECTED")
         # An owner may report again (e.g. after a restart it re-applies), but not revive a
         # setpoint that expired, was superseded or rejected.
         if sp.status not in ACTIVE:

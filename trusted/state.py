@@ -82,8 +82,12 @@ class CoreState:
             asyncio.create_task(self._expiry_loop(), name="setpoint-expiry"),
             asyncio.create_task(self._core_points_loop(), name="core-points"),
         ]
-        log.info("core state ready: site=%s points=%d revision=%d",
-                 self.site, len(self.db.points), self.db.revision)
+        log.info(
+            "core state ready: site=%s points=%d revision=%d",
+            self.site,
+            len(self.db.points),
+            self.db.revision,
+        )
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -100,17 +104,24 @@ class CoreState:
         try:
             policy = Policy.load(self.config.policy)
         except PolicyError as err:
-            self.audit.append("policy_reload", by, reason="POLICY_INVALID", detail={"error": str(err)})
+            self.audit.append(
+                "policy_reload", by, reason="POLICY_INVALID", detail={"error": str(err)}
+            )
             log.error("policy reload refused, previous policy stays in force: %s", err)
             raise CoreError("POLICY_INVALID", str(err)) from err
         self.gate.policy = policy
         self.db.reset_watch_filters()
         self.audit.append(
-            "policy_reload", by,
+            "policy_reload",
+            by,
             detail={"roles": policy.roles_count, "bindings": policy.bindings_count},
         )
-        log.info("policy reloaded by %s: %d roles, %d bindings",
-                 by, policy.roles_count, policy.bindings_count)
+        log.info(
+            "policy reloaded by %s: %d roles, %d bindings",
+            by,
+            policy.roles_count,
+            policy.bindings_count,
+        )
         return policy
 
     def write_internal(self, identity: str, samples: list[point_pb2.PointSample]) -> None:
@@ -138,9 +149,13 @@ class CoreState:
             detail["applied"] = py_value(sp.applied_value)
         if sp.reason:
             detail["why"] = sp.reason
-        self.audit.append(kind, who, point=sp.name,
-                          reason=control_pb.SetpointStatus.Name(sp.status).removeprefix(
-                              "SETPOINT_STATUS_"), detail=detail)
+        self.audit.append(
+            kind,
+            who,
+            point=sp.name,
+            reason=control_pb.SetpointStatus.Name(sp.status).removeprefix("SETPOINT_STATUS_"),
+            detail=detail,
+        )
 
     async def _stale_loop(self) -> None:
         while True:
@@ -159,8 +174,9 @@ class CoreState:
     def _declare_core_points(self) -> None:
         period = Duration(seconds=int(CORE_POINTS_PERIOD))
         metas = [
-            point_pb2.PointMetadata(name=name, unit=unit, kind=kind, description=text,
-                                    expected_period=period)
+            point_pb2.PointMetadata(
+                name=name, unit=unit, kind=kind, description=text, expected_period=period
+            )
             for name, (unit, kind, text) in CORE_POINTS.items()
         ]
         self.db.declare(self.identity, metas)
@@ -169,7 +185,9 @@ class CoreState:
         proc = psutil.Process(os.getpid())
         while True:
             values = {
-                "core/uptime": point_pb2.Value(double_value=round(time.monotonic() - self.started, 1)),
+                "core/uptime": point_pb2.Value(
+                    double_value=round(time.monotonic() - self.started, 1)
+                ),
                 "core/rss": point_pb2.Value(double_value=round(proc.memory_info().rss / 2**20, 1)),
                 "core/points": point_pb2.Value(int_value=len(self.db.points)),
                 "core/watchers": point_pb2.Value(int_value=self.db.watcher_count),
@@ -182,4 +200,3 @@ class CoreState:
                 [point_pb2.PointSample(name=n, value=v) for n, v in values.items()],
             )
             await asyncio.sleep(CORE_POINTS_PERIOD)
-

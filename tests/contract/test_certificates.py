@@ -49,8 +49,9 @@ async def test_no_client_certificate_is_refused_in_the_handshake(site, core):
 
 async def test_certificate_from_another_ca_is_refused(site, core):
     other_cert, other_key = make_other_ca("test-site")
-    cert, key = make_cert(other_cert, other_key, uris=["spiffe://test-site/trusted/admin"],
-                          **window())
+    cert, key = make_cert(
+        other_cert, other_key, uris=["spiffe://test-site/trusted/admin"], **window()
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await whoami(stubs_for(site, cert, key))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -59,9 +60,13 @@ async def test_certificate_from_another_ca_is_refused(site, core):
 async def test_expired_certificate_is_refused_in_the_handshake(site, core):
     ca_cert, ca_key = load_ca(site.home / "pki")
     now = utcnow()
-    cert, key = make_cert(ca_cert, ca_key, uris=["spiffe://test-site/trusted/admin"],
-                          not_before=now - dt.timedelta(days=10),
-                          not_after=now - dt.timedelta(days=1))
+    cert, key = make_cert(
+        ca_cert,
+        ca_key,
+        uris=["spiffe://test-site/trusted/admin"],
+        not_before=now - dt.timedelta(days=10),
+        not_after=now - dt.timedelta(days=1),
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await whoami(stubs_for(site, cert, key))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -71,9 +76,13 @@ async def test_certificate_expiring_during_an_open_connection_is_refused(site, c
     ca_cert, ca_key = load_ca(site.home / "pki")
     now = utcnow()
     # X.509 times have one-second resolution.
-    cert, key = make_cert(ca_cert, ca_key, uris=["spiffe://test-site/trusted/admin"],
-                          not_before=now - dt.timedelta(minutes=1),
-                          not_after=now + dt.timedelta(seconds=2))
+    cert, key = make_cert(
+        ca_cert,
+        ca_key,
+        uris=["spiffe://test-site/trusted/admin"],
+        not_before=now - dt.timedelta(minutes=1),
+        not_after=now + dt.timedelta(seconds=2),
+    )
     stubs = stubs_for(site, cert, key)
     assert (await whoami(stubs)).identity.endswith("/admin")
     await asyncio.sleep(2.5)
@@ -83,12 +92,15 @@ async def test_certificate_expiring_during_an_open_connection_is_refused(site, c
     assert error_reason(info.value) == "CERTIFICATE_EXPIRED"
 
 
-@pytest.mark.parametrize("uris", [
-    [],
-    ["spiffe://test-site/trusted/admin", "spiffe://test-site/trusted/meter"],
-    ["https://test-site/trusted/admin"],
-    ["spiffe://test-site/root/admin"],
-])
+@pytest.mark.parametrize(
+    "uris",
+    [
+        [],
+        ["spiffe://test-site/trusted/admin", "spiffe://test-site/trusted/meter"],
+        ["https://test-site/trusted/admin"],
+        ["spiffe://test-site/root/admin"],
+    ],
+)
 async def test_zero_several_or_malformed_uri_sans_are_refused(site, core, uris):
     ca_cert, ca_key = load_ca(site.home / "pki")
     cert, key = make_cert(ca_cert, ca_key, uris=uris, dns=[] if uris else ["client"], **window())
@@ -96,8 +108,9 @@ async def test_zero_several_or_malformed_uri_sans_are_refused(site, core, uris):
         await whoami(stubs_for(site, cert, key))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_reason(info.value) == "IDENTITY_INVALID"
-    denied = (await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(kind="denied"))
-              ).records
+    denied = (
+        await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(kind="denied"))
+    ).records
     assert any(r.reason == "IDENTITY_INVALID" and r.method.endswith("WhoAmI") for r in denied)
 
 
@@ -123,12 +136,18 @@ async def test_revocation_takes_effect_on_a_running_core_and_open_connection(sit
     with pytest.raises(grpc.aio.AioRpcError):
         await whoami(site.stubs("gui"))  # and a new connection
     # Other clients are unaffected; the refusal is audited.
-    records = (await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(
-        kind="denied", identity="spiffe://test-site/trusted/gui"))).records
+    records = (
+        await site.stubs("admin").admin.QueryAudit(
+            apb.QueryAuditRequest(kind="denied", identity="spiffe://test-site/trusted/gui")
+        )
+    ).records
     assert [r.reason for r in records] == ["CERTIFICATE_REVOKED"]
     # The watch it had open ends at its next message instead of flowing on.
-    await site.stubs("meter").points.WritePoints(spb.WritePointsRequest(samples=[
-        ppb.PointSample(name="meter/P", value=ppb.Value(double_value=1))]))
+    await site.stubs("meter").points.WritePoints(
+        spb.WritePointsRequest(
+            samples=[ppb.PointSample(name="meter/P", value=ppb.Value(double_value=1))]
+        )
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         while True:
             await asyncio.wait_for(stream.read(), 5)

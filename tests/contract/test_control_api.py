@@ -35,9 +35,14 @@ async def test_request_deliver_report_and_status(site, core):
     assert (msg.setpoint.id, msg.setpoint.value.double_value) == (sp.id, 3000)
 
     ess = site.stubs("ess")
-    rep = await ess.control.ReportSetpoint(pb.ReportSetpointRequest(
-        id=sp.id, status=pb.SETPOINT_STATUS_CLAMPED, applied_value=ppb.Value(double_value=2500),
-        reason="inverter limit 2.5 kW"))
+    rep = await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(
+            id=sp.id,
+            status=pb.SETPOINT_STATUS_CLAMPED,
+            applied_value=ppb.Value(double_value=2500),
+            reason="inverter limit 2.5 kW",
+        )
+    )
     assert rep.setpoint.status == pb.SETPOINT_STATUS_CLAMPED
     # The requester sees the outcome, by name and by id, without any read right on ess/*.
     for req in (pb.GetSetpointRequest(name="ess/P_set"), pb.GetSetpointRequest(id=sp.id)):
@@ -46,13 +51,15 @@ async def test_request_deliver_report_and_status(site, core):
         assert got.applied_value.double_value == 2500
         assert got.reporter == ESS and got.reason == "inverter limit 2.5 kW"
     # What is in force is a point too.
-    (p,) = (await site.stubs("gui").points.GetPoints(spb.GetPointsRequest(names=["ess/P_set"]))
-            ).points
+    (p,) = (
+        await site.stubs("gui").points.GetPoints(spb.GetPointsRequest(names=["ess/P_set"]))
+    ).points
     assert p.value.double_value == 2500 and p.writer == ESS
     owner.cancel()
 
-    audit = (await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(
-        point_pattern="ess/P_set"))).records
+    audit = (
+        await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(point_pattern="ess/P_set"))
+    ).records
     kinds = [(r.kind, r.identity, r.reason) for r in audit]
     assert ("setpoint_request", LESSAG, "PENDING") in kinds
     assert ("setpoint_report", ESS, "CLAMPED") in kinds
@@ -62,22 +69,28 @@ async def test_rejected_and_applied_reports(site, core):
     agent, ess = site.stubs("lessag"), site.stubs("ess")
     sp = (await agent.control.RequestSetpoint(request(-99999))).setpoint
     with pytest.raises(grpc.aio.AioRpcError) as info:  # a rejection needs a reason
-        await ess.control.ReportSetpoint(pb.ReportSetpointRequest(
-            id=sp.id, status=pb.SETPOINT_STATUS_REJECTED))
+        await ess.control.ReportSetpoint(
+            pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_REJECTED)
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    await ess.control.ReportSetpoint(pb.ReportSetpointRequest(
-        id=sp.id, status=pb.SETPOINT_STATUS_REJECTED, reason="battery in maintenance"))
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(
+            id=sp.id, status=pb.SETPOINT_STATUS_REJECTED, reason="battery in maintenance"
+        )
+    )
     got = (await agent.control.GetSetpoint(pb.GetSetpointRequest(id=sp.id))).setpoint
     assert got.status == pb.SETPOINT_STATUS_REJECTED and got.reason == "battery in maintenance"
     # A rejected setpoint cannot be revived.
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await ess.control.ReportSetpoint(pb.ReportSetpointRequest(
-            id=sp.id, status=pb.SETPOINT_STATUS_APPLIED))
+        await ess.control.ReportSetpoint(
+            pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_APPLIED)
+        )
     assert error_reason(info.value) == "SETPOINT_NOT_PENDING"
 
     sp = (await agent.control.RequestSetpoint(request(1000))).setpoint
-    rep = await ess.control.ReportSetpoint(pb.ReportSetpointRequest(
-        id=sp.id, status=pb.SETPOINT_STATUS_APPLIED))
+    rep = await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
     assert rep.setpoint.applied_value.double_value == 1000
 
 
@@ -101,14 +114,16 @@ async def test_setpoint_expires_and_owner_is_told(site, core):
     agent, ess = site.stubs("lessag"), site.stubs("ess")
     sp = (await agent.control.RequestSetpoint(request(500, seconds=1))).setpoint
     assert (await asyncio.wait_for(owner.read(), 5)).event == pb.SETPOINT_EVENT_REQUESTED
-    await ess.control.ReportSetpoint(pb.ReportSetpointRequest(
-        id=sp.id, status=pb.SETPOINT_STATUS_APPLIED))
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
     msg = await asyncio.wait_for(owner.read(), 3)
     assert msg.event == pb.SETPOINT_EVENT_EXPIRED and msg.setpoint.id == sp.id
     got = (await agent.control.GetSetpoint(pb.GetSetpointRequest(id=sp.id))).setpoint
     assert got.status == pb.SETPOINT_STATUS_EXPIRED
-    audit = (await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(
-        kind="setpoint_expired"))).records
+    audit = (
+        await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(kind="setpoint_expired"))
+    ).records
     assert [r.point for r in audit] == ["ess/P_set"]
     owner.cancel()
 
@@ -116,8 +131,9 @@ async def test_setpoint_expires_and_owner_is_told(site, core):
 async def test_restarted_owner_receives_the_setpoint_in_force(site, core):
     agent, ess = site.stubs("lessag"), site.stubs("ess")
     sp = (await agent.control.RequestSetpoint(request(700))).setpoint
-    await ess.control.ReportSetpoint(pb.ReportSetpointRequest(
-        id=sp.id, status=pb.SETPOINT_STATUS_APPLIED))
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
     owner = site.stubs("ess").control.WatchSetpoints(pb.WatchSetpointsRequest())
     msg = await asyncio.wait_for(owner.read(), 5)
     assert msg.setpoint.id == sp.id and msg.setpoint.status == pb.SETPOINT_STATUS_APPLIED
@@ -126,9 +142,12 @@ async def test_restarted_owner_receives_the_setpoint_in_force(site, core):
 
 async def test_valid_for_bounds_and_missing_value(site, core):
     agent = site.stubs("lessag")
-    for req in (request(1, seconds=0.5), request(1, seconds=90_000),
-                pb.RequestSetpointRequest(name="ess/P_set", valid_for=Duration(seconds=10)),
-                pb.RequestSetpointRequest(name="ess/P_set", value=ppb.Value(double_value=1))):
+    for req in (
+        request(1, seconds=0.5),
+        request(1, seconds=90_000),
+        pb.RequestSetpointRequest(name="ess/P_set", valid_for=Duration(seconds=10)),
+        pb.RequestSetpointRequest(name="ess/P_set", value=ppb.Value(double_value=1)),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await agent.control.RequestSetpoint(req)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -136,8 +155,9 @@ async def test_valid_for_bounds_and_missing_value(site, core):
 
 async def test_unknown_setpoint_is_not_found(site, core):
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await site.stubs("ess").control.ReportSetpoint(pb.ReportSetpointRequest(
-            id="nope", status=pb.SETPOINT_STATUS_APPLIED))
+        await site.stubs("ess").control.ReportSetpoint(
+            pb.ReportSetpointRequest(id="nope", status=pb.SETPOINT_STATUS_APPLIED)
+        )
     assert error_reason(info.value) == "SETPOINT_NOT_FOUND"
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await site.stubs("gui").control.GetSetpoint(pb.GetSetpointRequest(name="ess/P_set"))

@@ -41,8 +41,11 @@ async def test_write_then_get_carries_value_unit_times_quality_writer(site, core
     src = Timestamp()
     src.FromMilliseconds(1_700_000_000_123)
     before = time.time()
-    w = await meter.points.WritePoints(pb.WritePointsRequest(samples=[
-        sample("meter/P", 1234.5, source_time=src, quality=ppb.QUALITY_UNCERTAIN)]))
+    w = await meter.points.WritePoints(
+        pb.WritePointsRequest(
+            samples=[sample("meter/P", 1234.5, source_time=src, quality=ppb.QUALITY_UNCERTAIN)]
+        )
+    )
     got = await site.stubs("gui").points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))
     (p,) = got.points
     assert p.value.double_value == 1234.5
@@ -56,8 +59,9 @@ async def test_write_then_get_carries_value_unit_times_quality_writer(site, core
 
 async def test_batch_is_one_revision_and_revisions_increase(site, core):
     meter = site.stubs("meter")
-    r1 = await meter.points.WritePoints(pb.WritePointsRequest(
-        samples=[sample("meter/P", 1), sample("meter/Q", 2)]))
+    r1 = await meter.points.WritePoints(
+        pb.WritePointsRequest(samples=[sample("meter/P", 1), sample("meter/Q", 2)])
+    )
     r2 = await meter.points.WritePoints(pb.WritePointsRequest(samples=[sample("meter/P", 3)]))
     assert r2.revision == r1.revision + 1
     got = await meter.points.GetPoints(pb.GetPointsRequest(names=["meter/P", "meter/Q"]))
@@ -70,36 +74,53 @@ async def test_invalid_batch_stores_nothing(site, core):
     bad = ppb.PointSample(name="meter/P", value=ppb.Value(string_value="oops"))
     await expect_error(
         meter.points.WritePoints(pb.WritePointsRequest(samples=[sample("meter/Q", 1), bad])),
-        grpc.StatusCode.INVALID_ARGUMENT, "VALUE_KIND_MISMATCH")
-    await expect_error(meter.points.GetPoints(pb.GetPointsRequest(names=["meter/Q"])),
-                       grpc.StatusCode.NOT_FOUND, "POINT_NOT_FOUND")
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "VALUE_KIND_MISMATCH",
+    )
+    await expect_error(
+        meter.points.GetPoints(pb.GetPointsRequest(names=["meter/Q"])),
+        grpc.StatusCode.NOT_FOUND,
+        "POINT_NOT_FOUND",
+    )
 
 
-@pytest.mark.parametrize("samples, reason", [
-    ([sample("Meter/P", 1)], "INVALID_POINT_NAME"),
-    ([sample("meter", 1)], "INVALID_POINT_NAME"),
-    ([sample("meter/P", 1), sample("meter/P", 2)], "INVALID_ARGUMENT"),
-    ([ppb.PointSample(name="meter/P")], "INVALID_ARGUMENT"),
-    ([sample("meter/P", 1, quality=ppb.QUALITY_STALE)], "INVALID_ARGUMENT"),
-    ([sample("meter/P", 1, quality=77)], "INVALID_ARGUMENT"),
-])
+@pytest.mark.parametrize(
+    "samples, reason",
+    [
+        ([sample("Meter/P", 1)], "INVALID_POINT_NAME"),
+        ([sample("meter", 1)], "INVALID_POINT_NAME"),
+        ([sample("meter/P", 1), sample("meter/P", 2)], "INVALID_ARGUMENT"),
+        ([ppb.PointSample(name="meter/P")], "INVALID_ARGUMENT"),
+        ([sample("meter/P", 1, quality=ppb.QUALITY_STALE)], "INVALID_ARGUMENT"),
+        ([sample("meter/P", 1, quality=77)], "INVALID_ARGUMENT"),
+    ],
+)
 async def test_malformed_writes_are_invalid_argument(site, core, samples, reason):
     await expect_error(
         site.stubs("meter").points.WritePoints(pb.WritePointsRequest(samples=samples)),
-        grpc.StatusCode.INVALID_ARGUMENT, reason)
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reason,
+    )
 
 
 async def test_too_many_items_and_oversized_message_are_invalid_argument(site, core):
     meter = site.stubs("meter")
     many = [sample(f"meter/P{i}", i) for i in range(10_001)]
-    await expect_error(meter.points.WritePoints(pb.WritePointsRequest(samples=many)),
-                       grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_TOO_LARGE")
+    await expect_error(
+        meter.points.WritePoints(pb.WritePointsRequest(samples=many)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_TOO_LARGE",
+    )
     huge = ppb.PointSample(name="meter/S", value=ppb.Value(string_value="x" * (5 * 2**20)))
-    await expect_error(meter.points.WritePoints(pb.WritePointsRequest(samples=[huge])),
-                       grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_TOO_LARGE")
+    await expect_error(
+        meter.points.WritePoints(pb.WritePointsRequest(samples=[huge])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_TOO_LARGE",
+    )
     # The core is still serving.
-    assert (await meter.points.WritePoints(pb.WritePointsRequest(samples=[sample("meter/P", 1)]))
-            ).revision > 0
+    assert (
+        await meter.points.WritePoints(pb.WritePointsRequest(samples=[sample("meter/P", 1)]))
+    ).revision > 0
 
 
 async def test_garbage_bytes_are_invalid_argument_not_a_crash(site, core):
@@ -115,24 +136,38 @@ async def test_garbage_bytes_are_invalid_argument_not_a_crash(site, core):
 
 async def test_list_points_glob_paging_and_metadata(site, core):
     meter = site.stubs("meter")
-    await meter.points.DeclarePoints(pb.DeclarePointsRequest(
-        points=[meta(f"meter/P{i}") for i in range(5)] + [meta("meter/U1", "V", 1000)]))
+    await meter.points.DeclarePoints(
+        pb.DeclarePointsRequest(
+            points=[meta(f"meter/P{i}") for i in range(5)] + [meta("meter/U1", "V", 1000)]
+        )
+    )
     await meter.points.WritePoints(pb.WritePointsRequest(samples=[sample("meter/Q", 1)]))
     gui = site.stubs("gui")
     names, token = [], ""
     while True:
-        r = await gui.points.ListPoints(pb.ListPointsRequest(
-            pattern="meter/*", page_size=2, page_token=token))
+        r = await gui.points.ListPoints(
+            pb.ListPointsRequest(pattern="meter/*", page_size=2, page_token=token)
+        )
         names += [m.name for m in r.points]
         token = r.next_page_token
         if not token:
             break
-    assert names == ["meter/P0", "meter/P1", "meter/P2", "meter/P3", "meter/P4", "meter/Q",
-                     "meter/U1"]
+    assert names == [
+        "meter/P0",
+        "meter/P1",
+        "meter/P2",
+        "meter/P3",
+        "meter/P4",
+        "meter/Q",
+        "meter/U1",
+    ]
     r = await gui.points.ListPoints(pb.ListPointsRequest(pattern="*/U1"))
     (u1,) = r.points
     assert (u1.unit, u1.owner, u1.expected_period.ToMilliseconds()) == (
-        "V", "spiffe://test-site/trusted/meter", 1000)
+        "V",
+        "spiffe://test-site/trusted/meter",
+        1000,
+    )
     # Undeclared points are listed with the kind seen.
     (q,) = (await gui.points.ListPoints(pb.ListPointsRequest(pattern="meter/Q"))).points
     assert q.kind == ppb.VALUE_KIND_DOUBLE and q.owner == ""
@@ -141,15 +176,21 @@ async def test_list_points_glob_paging_and_metadata(site, core):
 async def test_declare_refuses_another_owners_point(site, core):
     # The energy router may write its own points only; the admin may write anything but still
     # cannot take over a point another client declared.
-    await site.stubs("meter").points.DeclarePoints(pb.DeclarePointsRequest(points=[meta("meter/P")]))
+    await site.stubs("meter").points.DeclarePoints(
+        pb.DeclarePointsRequest(points=[meta("meter/P")])
+    )
     await expect_error(
         site.stubs("admin").points.DeclarePoints(pb.DeclarePointsRequest(points=[meta("meter/P")])),
-        grpc.StatusCode.PERMISSION_DENIED, "POINT_OWNED_BY_OTHER")
+        grpc.StatusCode.PERMISSION_DENIED,
+        "POINT_OWNED_BY_OTHER",
+    )
 
 
 async def test_point_goes_stale_when_not_refreshed(site, core):
     meter = site.stubs("meter")
-    await meter.points.DeclarePoints(pb.DeclarePointsRequest(points=[meta("meter/P", period_ms=200)]))
+    await meter.points.DeclarePoints(
+        pb.DeclarePointsRequest(points=[meta("meter/P", period_ms=200)])
+    )
     await meter.points.WritePoints(pb.WritePointsRequest(samples=[sample("meter/P", 5)]))
     gui = site.stubs("gui")
     (p,) = (await gui.points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))).points
@@ -170,21 +211,41 @@ async def test_read_history_raw_and_downsampled(site, core):
     for i in range(20):
         ts = Timestamp()
         ts.FromMilliseconds(base + i * 1000)
-        await meter.points.WritePoints(pb.WritePointsRequest(
-            samples=[sample("meter/P", float(i), source_time=ts)]))
+        await meter.points.WritePoints(
+            pb.WritePointsRequest(samples=[sample("meter/P", float(i), source_time=ts)])
+        )
     await core.state.history.flush()
     start, end = Timestamp(), Timestamp()
     start.FromMilliseconds(base)
     end.FromMilliseconds(base + 20_000)
     gui = site.stubs("gui")
-    raw = [s async for chunk in gui.points.ReadHistory(pb.ReadHistoryRequest(
-        names=["meter/P"], start_time=start, end_time=end)) for s in chunk.samples]
+    raw = [
+        s
+        async for chunk in gui.points.ReadHistory(
+            pb.ReadHistoryRequest(names=["meter/P"], start_time=start, end_time=end)
+        )
+        for s in chunk.samples
+    ]
     assert [s.value.double_value for s in raw] == [float(i) for i in range(20)]
     bucket = Duration(seconds=10)
-    for agg, expected in ((pb.AGGREGATION_AVG, [4.5, 14.5]), (pb.AGGREGATION_MIN, [0, 10]),
-                          (pb.AGGREGATION_MAX, [9, 19]), (pb.AGGREGATION_LAST, [9, 19])):
-        chunks = [c async for c in gui.points.ReadHistory(pb.ReadHistoryRequest(
-            names=["meter/P"], start_time=start, end_time=end, bucket=bucket, aggregation=agg))]
+    for agg, expected in (
+        (pb.AGGREGATION_AVG, [4.5, 14.5]),
+        (pb.AGGREGATION_MIN, [0, 10]),
+        (pb.AGGREGATION_MAX, [9, 19]),
+        (pb.AGGREGATION_LAST, [9, 19]),
+    ):
+        chunks = [
+            c
+            async for c in gui.points.ReadHistory(
+                pb.ReadHistoryRequest(
+                    names=["meter/P"],
+                    start_time=start,
+                    end_time=end,
+                    bucket=bucket,
+                    aggregation=agg,
+                )
+            )
+        ]
         got = [s for c in chunks for s in c.samples]
         assert [s.value.double_value for s in got] == expected, agg
         assert [s.count for s in got] == [10, 10]
@@ -193,10 +254,16 @@ async def test_read_history_raw_and_downsampled(site, core):
 
 async def test_read_history_limits(site, core):
     gui = site.stubs("gui")
-    for req in (pb.ReadHistoryRequest(), pb.ReadHistoryRequest(names=[f"a/b{i}" for i in range(101)]),
-                pb.ReadHistoryRequest(names=["a/b"], bucket=Duration(nanos=1))):
-        await expect_error(_drain(gui.points.ReadHistory(req)),
-                           grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    for req in (
+        pb.ReadHistoryRequest(),
+        pb.ReadHistoryRequest(names=[f"a/b{i}" for i in range(101)]),
+        pb.ReadHistoryRequest(names=["a/b"], bucket=Duration(nanos=1)),
+    ):
+        await expect_error(
+            _drain(gui.points.ReadHistory(req)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
 
 
 async def _drain(stream):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import pytest_asyncio
 import pytest
+import pytest_asyncio
 from google.protobuf.duration_pb2 import Duration
 
 from smx.client import error_reason
@@ -30,23 +30,40 @@ POINTS = ["meter/P", "ess/P", "ess/P_set", "smm/P", "er/P"]
 ALL = set(POINTS)
 
 READ = {
-    "admin": ALL, "gui": ALL, "er": ALL,
+    "admin": ALL,
+    "gui": ALL,
+    "er": ALL,
     "meter": {"meter/P"},
     "ess": {"ess/P", "ess/P_set", "meter/P"},  # its own points + the extra read of meter/P
     "lessag": {"ess/P", "ess/P_set", "smm/P"},  # the allow-list: smm/*, ess/*, ...
     "nobody": set(),
 }
 WRITE = {
-    "admin": ALL, "meter": {"meter/P"}, "ess": {"ess/P", "ess/P_set"}, "er": {"er/P"},
-    "lessag": set(), "gui": set(), "nobody": set(),
+    "admin": ALL,
+    "meter": {"meter/P"},
+    "ess": {"ess/P", "ess/P_set"},
+    "er": {"er/P"},
+    "lessag": set(),
+    "gui": set(),
+    "nobody": set(),
 }
 SETPOINTS = ["ess/P_set", "meter/P_set", "er/P_set"]
 REQUEST = {
-    "admin": set(SETPOINTS), "lessag": set(SETPOINTS), "er": set(SETPOINTS),
-    "meter": set(), "ess": set(), "gui": set(), "nobody": set(),
+    "admin": set(SETPOINTS),
+    "lessag": set(SETPOINTS),
+    "er": set(SETPOINTS),
+    "meter": set(),
+    "ess": set(),
+    "gui": set(),
+    "nobody": set(),
 }
 CONTROL = {  # owner side: ReportSetpoint on ess/P_set, WatchSetpoints at all
-    "admin": True, "ess": True, "meter": False, "er": False, "lessag": False, "gui": False,
+    "admin": True,
+    "ess": True,
+    "meter": False,
+    "er": False,
+    "lessag": False,
+    "gui": False,
     "nobody": False,
 }
 WATCH_SETPOINTS = {"admin", "meter", "ess", "er"}
@@ -59,10 +76,18 @@ async def world():
     core = Core(site.config())
     await core.start()
     stubs = {name: site.stubs(name) for name in CLIENTS}
-    for owner, point in (("meter", "meter/P"), ("ess", "ess/P"), ("ess", "ess/P_set"),
-                         ("admin", "smm/P"), ("er", "er/P")):
-        await stubs[owner].points.WritePoints(spb.WritePointsRequest(samples=[
-            ppb.PointSample(name=point, value=ppb.Value(double_value=1))]))
+    for owner, point in (
+        ("meter", "meter/P"),
+        ("ess", "ess/P"),
+        ("ess", "ess/P_set"),
+        ("admin", "smm/P"),
+        ("er", "er/P"),
+    ):
+        await stubs[owner].points.WritePoints(
+            spb.WritePointsRequest(
+                samples=[ppb.PointSample(name=point, value=ppb.Value(double_value=1))]
+            )
+        )
     await core.state.history.flush()
     yield site, core, stubs
     await core.stop(grace=0.1)
@@ -84,10 +109,17 @@ async def outcome(coro) -> str:
 
 
 async def assert_audited(stubs, client: str, method: str, point: str) -> None:
-    records = (await stubs["admin"].admin.QueryAudit(apb.QueryAuditRequest(
-        kind="denied", identity=f"spiffe://test-site/{domain(client)}/{client}"))).records
-    assert any(r.method.endswith(method) and r.point == point
-               and r.reason == "PERMISSION_NOT_GRANTED" for r in records), (client, method, point)
+    records = (
+        await stubs["admin"].admin.QueryAudit(
+            apb.QueryAuditRequest(
+                kind="denied", identity=f"spiffe://test-site/{domain(client)}/{client}"
+            )
+        )
+    ).records
+    assert any(
+        r.method.endswith(method) and r.point == point and r.reason == "PERMISSION_NOT_GRANTED"
+        for r in records
+    ), (client, method, point)
 
 
 def domain(client: str) -> str:
@@ -121,8 +153,14 @@ async def test_read_history(world, client, point):
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_list_and_watch_show_only_readable_points(world, client):
     _, _, stubs = world
-    listed = {m.name for m in (await stubs[client].points.ListPoints(
-        spb.ListPointsRequest(pattern="**", page_size=1000))).points}
+    listed = {
+        m.name
+        for m in (
+            await stubs[client].points.ListPoints(
+                spb.ListPointsRequest(pattern="**", page_size=1000)
+            )
+        ).points
+    }
     assert listed & ALL == READ[client]
     stream = stubs[client].points.WatchPoints(spb.WatchPointsRequest(patterns=["**"]))
     snapshot = await stream.read()
@@ -134,8 +172,13 @@ async def test_list_and_watch_show_only_readable_points(world, client):
 @pytest.mark.parametrize("point", POINTS)
 async def test_write_points(world, client, point):
     _, _, stubs = world
-    got = await outcome(stubs[client].points.WritePoints(spb.WritePointsRequest(samples=[
-        ppb.PointSample(name=point, value=ppb.Value(double_value=2))])))
+    got = await outcome(
+        stubs[client].points.WritePoints(
+            spb.WritePointsRequest(
+                samples=[ppb.PointSample(name=point, value=ppb.Value(double_value=2))]
+            )
+        )
+    )
     assert got == expect(point in WRITE[client])
     if got != "ok":
         await assert_audited(stubs, client, "WritePoints", point)
@@ -146,8 +189,11 @@ async def test_write_points(world, client, point):
 async def test_declare_points(world, client, device):
     _, _, stubs = world
     point = f"{device}/U_{client}"  # one name per client: a declared point has one owner
-    got = await outcome(stubs[client].points.DeclarePoints(spb.DeclarePointsRequest(
-        points=[ppb.PointMetadata(name=point, unit="V")])))
+    got = await outcome(
+        stubs[client].points.DeclarePoints(
+            spb.DeclarePointsRequest(points=[ppb.PointMetadata(name=point, unit="V")])
+        )
+    )
     assert got == expect(f"{device}/P" in WRITE[client])
 
 
@@ -155,8 +201,13 @@ async def test_declare_points(world, client, device):
 @pytest.mark.parametrize("point", SETPOINTS)
 async def test_request_setpoint(world, client, point):
     _, _, stubs = world
-    got = await outcome(stubs[client].control.RequestSetpoint(cpb.RequestSetpointRequest(
-        name=point, value=ppb.Value(double_value=1), valid_for=Duration(seconds=60))))
+    got = await outcome(
+        stubs[client].control.RequestSetpoint(
+            cpb.RequestSetpointRequest(
+                name=point, value=ppb.Value(double_value=1), valid_for=Duration(seconds=60)
+            )
+        )
+    )
     assert got == expect(point in REQUEST[client])
     if got != "ok":
         await assert_audited(stubs, client, "RequestSetpoint", point)
@@ -165,11 +216,18 @@ async def test_request_setpoint(world, client, point):
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_report_and_get_setpoint(world, client):
     _, _, stubs = world
-    sp = (await stubs["admin"].control.RequestSetpoint(cpb.RequestSetpointRequest(
-        name="ess/P_set", value=ppb.Value(double_value=5), valid_for=Duration(seconds=60)))
-          ).setpoint
-    got = await outcome(stubs[client].control.ReportSetpoint(cpb.ReportSetpointRequest(
-        id=sp.id, status=cpb.SETPOINT_STATUS_APPLIED)))
+    sp = (
+        await stubs["admin"].control.RequestSetpoint(
+            cpb.RequestSetpointRequest(
+                name="ess/P_set", value=ppb.Value(double_value=5), valid_for=Duration(seconds=60)
+            )
+        )
+    ).setpoint
+    got = await outcome(
+        stubs[client].control.ReportSetpoint(
+            cpb.ReportSetpointRequest(id=sp.id, status=cpb.SETPOINT_STATUS_APPLIED)
+        )
+    )
     assert got == expect(CONTROL[client])
     if got != "ok":
         await assert_audited(stubs, client, "ReportSetpoint", "ess/P_set")
@@ -199,9 +257,11 @@ async def test_watch_setpoints(world, client):
 async def test_admin_service(world, client):
     _, _, stubs = world
     a = stubs[client].admin
-    for call in (a.QueryAudit(apb.QueryAuditRequest(limit=1)),
-                 a.ListClients(apb.ListClientsRequest()),
-                 a.ReloadPolicy(apb.ReloadPolicyRequest())):
+    for call in (
+        a.QueryAudit(apb.QueryAuditRequest(limit=1)),
+        a.ListClients(apb.ListClientsRequest()),
+        a.ReloadPolicy(apb.ReloadPolicyRequest()),
+    ):
         assert await outcome(call) == expect(client in ADMIN)
 
 

@@ -15,8 +15,9 @@ from smx.v1 import point_service_pb2 as pb
 
 
 def batch(*pairs) -> pb.WritePointsRequest:
-    return pb.WritePointsRequest(samples=[
-        ppb.PointSample(name=n, value=ppb.Value(double_value=v)) for n, v in pairs])
+    return pb.WritePointsRequest(
+        samples=[ppb.PointSample(name=n, value=ppb.Value(double_value=v)) for n, v in pairs]
+    )
 
 
 async def test_snapshot_first_then_changes_in_revision_order(site, core):
@@ -59,10 +60,14 @@ async def test_resume_from_revision_sends_only_later_changes(site, core):
     await meter.points.WritePoints(batch(("meter/P", 2)))
     await meter.points.WritePoints(batch(("meter/U1", 230)))
     stream = site.stubs("gui").points.WatchPoints(
-        pb.WatchPointsRequest(patterns=["meter/*"], start_revision=r1))
+        pb.WatchPointsRequest(patterns=["meter/*"], start_revision=r1)
+    )
     msg = await stream.read()
     assert not msg.snapshot
-    assert [(p.name, p.value.double_value) for p in msg.points] == [("meter/P", 2), ("meter/U1", 230)]
+    assert [(p.name, p.value.double_value) for p in msg.points] == [
+        ("meter/P", 2),
+        ("meter/U1", 230),
+    ]
     assert msg.revision == core.state.db.revision
     stream.cancel()
 
@@ -77,8 +82,7 @@ async def test_resume_from_compacted_revision_is_out_of_range(site):
         first = (await meter.points.WritePoints(batch(("meter/P", 0)))).revision
         for i in range(20):
             await meter.points.WritePoints(batch(("meter/P", i)))
-        stream = site.stubs("gui").points.WatchPoints(
-            pb.WatchPointsRequest(start_revision=first))
+        stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(start_revision=first))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stream.read()
         assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
@@ -88,8 +92,11 @@ async def test_resume_from_compacted_revision_is_out_of_range(site):
 
 
 async def test_heartbeat_when_idle(site, core):
-    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(
-        patterns=["nothing/*"], heartbeat_interval=Duration(nanos=200_000_000)))
+    stream = site.stubs("gui").points.WatchPoints(
+        pb.WatchPointsRequest(
+            patterns=["nothing/*"], heartbeat_interval=Duration(nanos=200_000_000)
+        )
+    )
     assert (await stream.read()).snapshot
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -115,8 +122,12 @@ async def test_slow_consumer_gets_latest_values_and_never_blocks_writers(site, c
     assert max(len(w.pending) for w in core.state.db._watchers) <= 2
     fast_seen = []
     while not fast_seen or fast_seen[-1] != 499:
-        fast_seen += [p.value.double_value for m in [await fast.read()] for p in m.points
-                      if p.name == "meter/P"]
+        fast_seen += [
+            p.value.double_value
+            for m in [await fast.read()]
+            for p in m.points
+            if p.name == "meter/P"
+        ]
     latest = {}
     while latest.get("meter/P") != 499:
         for p in (await slow.read()).points:
@@ -128,8 +139,10 @@ async def test_slow_consumer_gets_latest_values_and_never_blocks_writers(site, c
 
 
 async def test_twenty_concurrent_subscribers_all_see_the_final_state(site, core):
-    streams = [site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
-               for _ in range(20)]
+    streams = [
+        site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+        for _ in range(20)
+    ]
     for s in streams:
         assert (await s.read()).snapshot
     meter = site.stubs("meter")

@@ -51,10 +51,12 @@ class Site:
     def write_policy(self, extra_bindings: list[tuple[str, list[str]]] = ()) -> None:
         bindings = [(f"{d}/{n}", roles) for n, (d, roles, _) in self.clients.items() if roles]
         bindings += list(extra_bindings)
-        extra = {f"{d}/{n}": [(["read"], reads)] for n, (d, _, reads) in self.clients.items()
-                 if reads}
-        (self.home / "policy.toml").write_text(default_policy_text(SITE, bindings,
-                                                                   extra_rules=extra))
+        extra = {
+            f"{d}/{n}": [(["read"], reads)] for n, (d, _, reads) in self.clients.items() if reads
+        }
+        (self.home / "policy.toml").write_text(
+            default_policy_text(SITE, bindings, extra_rules=extra)
+        )
 
     def config(self, **overrides: object) -> CoreConfig:
         config = load_core_config(None, home=self.home)
@@ -92,9 +94,18 @@ class CoreProcess:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(site.home / "core.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trusted.cli.main", "--home", str(site.home), "core",
-             *extra_args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "trusted.cli.main",
+                "--home",
+                str(site.home),
+                "core",
+                *extra_args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         self.wait_healthy()
 
@@ -107,7 +118,8 @@ class CoreProcess:
                 with self.site.creds("admin").channel(self.site.target) as ch:
                     try:
                         resp = health_pb2_grpc.HealthStub(ch).Check(
-                            health_pb2.HealthCheckRequest(), timeout=1)
+                            health_pb2.HealthCheckRequest(), timeout=1
+                        )
                         if resp.status == health_pb2.HealthCheckResponse.SERVING:
                             return
                     except grpc.RpcError:

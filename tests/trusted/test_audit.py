@@ -8,11 +8,14 @@ import json
 import logging
 import os
 import stat
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trusted import audit as audit_mod
 from trusted.audit import GENESIS, AuditError, AuditLog, AuditRecord
@@ -378,3 +381,22 @@ async def test_long_lines_are_found_when_reading_the_tail(path: Path) -> None:
     log.append("policy_reload", "")
     await log.close()
     assert log.verify() == 3
+
+
+@given(
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    st.booleans(),
+    st.integers(min_value=1, max_value=64),
+)
+def test_reading_lines_backwards_matches_reading_forwards(
+    rows: list[bytes], torn: bool, chunk: int
+) -> None:
+    data = b"".join(r + b"\n" for r in rows) + (b"partial" if torn else b"")
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        got = list(audit_mod._lines_backward(f.fileno(), len(data), chunk=chunk))
+    *whole, tail = data.split(b"\n")
+    expected = [r + b"\n" for r in whole] + ([tail] if tail else [])
+    assert [raw for _, raw in reversed(got)] == expected
+    assert all(data[off : off + len(raw)] == raw for off, raw in got)

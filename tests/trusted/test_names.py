@@ -59,6 +59,9 @@ def test_valid_names(name: str) -> None:
         ("smm/P-1", "point 'P-1'"),
         ("smm/P set", "point 'P set'"),
         ("smm/*", "point '*'"),
+        ("smm/P\n", "point 'P\\n'"),
+        ("smm/P\u00e9", "point"),
+        ("sm\u0131/P", "device"),  # dotless i: not ASCII a-z
         ("usm1/Ess/P", "device 'Ess'"),
         ("d" + "x" * 32 + "/P", "device"),  # 33 chars
         ("smm/" + "P" * 65, "point"),
@@ -287,8 +290,9 @@ _PATTERN_SEGMENTS = st.sampled_from(
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(_PATTERN_SEGMENTS, min_size=1, max_size=5),
-    st.lists(_NAME_SEGMENTS | st.text(alphabet="ab", min_size=1, max_size=4), min_size=1,
-             max_size=5),
+    st.lists(
+        _NAME_SEGMENTS | st.text(alphabet="ab", min_size=1, max_size=4), min_size=1, max_size=5
+    ),
 )
 def test_glob_agrees_with_naive_matcher(pattern: list[str], name: list[str]) -> None:
     text, target = "/".join(pattern), "/".join(name)
@@ -356,6 +360,7 @@ def test_validate_and_match_speed() -> None:
     for i in range(n):
         glob.match(names[i % 2000])
     matched = n / (time.perf_counter() - start)
-    print(f"\nvalidate_point_name cached: {cached:,.0f}/s; "
-          f"6-pattern GlobSet.match: {matched:,.0f}/s")
+    print(
+        f"\nvalidate_point_name cached: {cached:,.0f}/s; 6-pattern GlobSet.match: {matched:,.0f}/s"
+    )
     assert cached > 50_000  # the core's write rate, with a wide margin on slow CI

@@ -16,6 +16,7 @@ from trusted.identity import Identity
 from trusted.policy import (
     METHOD_VERBS,
     VERBS,
+    Binding,
     Policy,
     PolicyError,
     default_policy_text,
@@ -47,8 +48,9 @@ BINDINGS = [
 
 @pytest.fixture(scope="module")
 def default_policy() -> Policy:
-    text = default_policy_text(SITE, BINDINGS, extra_rules={"trusted/fronius": [(["read"],
-                                                                                 ["smm/P"])]})
+    text = default_policy_text(
+        SITE, BINDINGS, extra_rules={"trusted/fronius": [(["read"], ["smm/P"])]}
+    )
     return Policy.from_toml(text, "site.toml")
 
 
@@ -58,41 +60,56 @@ def default_policy() -> Policy:
 COLUMNS = ("{name}/P", "{name}/P_set", "ess/P", "ev1/I_max_set")
 T, F = True, False
 DEFAULT_TABLE: dict[str, tuple[Identity, dict[str, tuple[bool, ...]]]] = {
-    "trusted-extension": (FRONIUS, {
-        "read": (T, T, F, F),
-        "write": (T, T, F, F),
-        "request": (F, F, F, F),
-        "control": (T, T, F, F),
-        "admin": (F,),
-    }),
-    "untrusted-agent": (LESSAG, {
-        "read": (F, F, T, T),  # ess/* and ev*/* are on the allow-list, its own device is not
-        "write": (F, F, F, F),
-        "request": (F, T, F, T),  # */*_set
-        "control": (F, F, F, F),
-        "admin": (F,),
-    }),
-    "gui": (GUI, {
-        "read": (T, T, T, T),
-        "write": (F, F, F, F),
-        "request": (F, F, F, F),
-        "control": (F, F, F, F),
-        "admin": (F,),
-    }),
-    "admin": (OPS, {
-        "read": (T, T, T, T),
-        "write": (T, T, T, T),
-        "request": (T, T, T, T),
-        "control": (T, T, T, T),
-        "admin": (T,),
-    }),
-    "energy-router": (ER, {
-        "read": (T, T, T, T),
-        "write": (T, T, F, F),
-        "request": (F, T, F, T),
-        "control": (T, T, F, F),
-        "admin": (F,),
-    }),
+    "trusted-extension": (
+        FRONIUS,
+        {
+            "read": (T, T, F, F),
+            "write": (T, T, F, F),
+            "request": (F, F, F, F),
+            "control": (T, T, F, F),
+            "admin": (F,),
+        },
+    ),
+    "untrusted-agent": (
+        LESSAG,
+        {
+            "read": (F, F, T, T),  # ess/* and ev*/* are on the allow-list, its own device is not
+            "write": (F, F, F, F),
+            "request": (F, T, F, T),  # */*_set
+            "control": (F, F, F, F),
+            "admin": (F,),
+        },
+    ),
+    "gui": (
+        GUI,
+        {
+            "read": (T, T, T, T),
+            "write": (F, F, F, F),
+            "request": (F, F, F, F),
+            "control": (F, F, F, F),
+            "admin": (F,),
+        },
+    ),
+    "admin": (
+        OPS,
+        {
+            "read": (T, T, T, T),
+            "write": (T, T, T, T),
+            "request": (T, T, T, T),
+            "control": (T, T, T, T),
+            "admin": (T,),
+        },
+    ),
+    "energy-router": (
+        ER,
+        {
+            "read": (T, T, T, T),
+            "write": (T, T, F, F),
+            "request": (F, T, F, T),
+            "control": (T, T, F, F),
+            "admin": (F,),
+        },
+    ),
 }
 
 
@@ -172,7 +189,11 @@ def test_default_roles_file_has_no_bindings() -> None:
     policy = Policy.from_toml(default_roles_text(), "default_policy.toml")
     assert policy.bindings_count == 0
     assert set(policy.roles) == {
-        "trusted-extension", "untrusted-agent", "gui", "admin", "energy-router",
+        "trusted-extension",
+        "untrusted-agent",
+        "gui",
+        "admin",
+        "energy-router",
     }
     assert all(role.description for role in policy.roles.values())
 
@@ -196,14 +217,18 @@ def test_default_policy_text_round_trips(default_policy: Policy) -> None:
 
 def test_default_policy_text_quotes_strings() -> None:
     # A wildcard identity and a pattern list render and parse back.
-    text = default_policy_text(SITE, [("untrusted/*", ["gui"])],
-                               extra_rules={"untrusted/*": [(["read", "request"], ["**/*_set"])]})
+    text = default_policy_text(
+        SITE,
+        [("untrusted/*", ["gui"])],
+        extra_rules={"untrusted/*": [(["read", "request"], ["**/*_set"])]},
+    )
     policy = Policy.from_toml(text)
     assert policy.allows(ident("untrusted", "anyone"), "request", "ev1/I_max_set")
     assert policy_module._toml_str('a"b\\c\n\x01') == '"a\\"b\\\\c\\n\\u0001"'
-    assert policy_module.tomllib.loads(
-        "k = " + policy_module._toml_str('a"b\\c\n\x01\x7f\té')
-    )["k"] == 'a"b\\c\n\x01\x7f\té'
+    assert (
+        policy_module.tomllib.loads("k = " + policy_module._toml_str('a"b\\c\n\x01\x7f\té'))["k"]
+        == 'a"b\\c\n\x01\x7f\té'
+    )
 
 
 @pytest.mark.parametrize(
@@ -303,6 +328,11 @@ def test_load_from_file(tmp_path: Path) -> None:
     assert "roles=5" in repr(policy)
 
 
+def test_constructor_refuses_undefined_roles() -> None:
+    with pytest.raises(PolicyError, match="undefined roles 'gui'"):
+        Policy({}, [Binding("spiffe://s/trusted/x", ("gui",), ())], "built")
+
+
 def test_method_verbs_cover_the_api() -> None:
     assert set(METHOD_VERBS.values()) == set(VERBS)
     assert METHOD_VERBS["WritePoints"] == "write"
@@ -313,47 +343,74 @@ def test_method_verbs_cover_the_api() -> None:
 
 
 BAD_POLICIES: list[tuple[str, str]] = [
-    ('[roles.gui]\nrules = [ { verb = ["read"], points = ["**"] } ]',
-     "roles.gui.rules[0]: unknown key 'verb'"),
+    (
+        '[roles.gui]\nrules = [ { verb = ["read"], points = ["**"] } ]',
+        "roles.gui.rules[0]: unknown key 'verb'",
+    ),
     ('[roles.gui]\ndescripton = "x"', "roles.gui: unknown key 'descripton'"),
-    ('role = 1', "unknown key 'role'"),
-    ('[roles.gui]\nrules = [ { verbs = ["raed"], points = ["**"] } ]',
-     "roles.gui.rules[0].verbs[0]: unknown verb 'raed'"),
+    ("role = 1", "unknown key 'role'"),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["raed"], points = ["**"] } ]',
+        "roles.gui.rules[0].verbs[0]: unknown verb 'raed'",
+    ),
     ('[roles.gui]\nrules = [ { verbs = [], points = ["**"] } ]', "roles.gui.rules[0].verbs: empty"),
     ('[roles.gui]\nrules = [ { points = ["**"] } ]', "roles.gui.rules[0]: missing key 'verbs'"),
     ('[roles.gui]\nrules = [ { verbs = ["read"] } ]', "roles.gui.rules[0]: no point patterns"),
-    ('[roles.gui]\nrules = [ { verbs = ["read"], points = [] } ]',
-     "roles.gui.rules[0].points: no point patterns"),
-    ('[roles.gui]\nrules = [ { verbs = ["read"], points = ["a**b"] } ]',
-     "roles.gui.rules[0].points[0]: invalid pattern 'a**b'"),
-    ('[roles.gui]\nrules = [ { verbs = ["read"], points = ["smm//P"] } ]',
-     "roles.gui.rules[0].points[0]: invalid pattern"),
-    ('[roles.gui]\nrules = [ { verbs = ["read"], points = ["{nam}/**"] } ]',
-     "roles.gui.rules[0].points[0]: unknown placeholder {nam}"),
-    ('[roles.gui]\nrules = [ { verbs = "read", points = ["**"] } ]',
-     "roles.gui.rules[0].verbs: expected an array, got string"),
-    ('[roles.gui]\nrules = [ { verbs = ["read", 3], points = ["**"] } ]',
-     "roles.gui.rules[0].verbs[1]: expected a string, got integer"),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = [] } ]',
+        "roles.gui.rules[0].points: no point patterns",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = ["a**b"] } ]',
+        "roles.gui.rules[0].points[0]: invalid pattern 'a**b'",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = ["smm//P"] } ]',
+        "roles.gui.rules[0].points[0]: invalid pattern",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = ["{nam}/**"] } ]',
+        "roles.gui.rules[0].points[0]: unknown placeholder {nam}",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = "read", points = ["**"] } ]',
+        "roles.gui.rules[0].verbs: expected an array, got string",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read", 3], points = ["**"] } ]',
+        "roles.gui.rules[0].verbs[1]: expected a string, got integer",
+    ),
     ('[roles.gui]\nrules = { verbs = ["read"] }', "roles.gui.rules: expected an array, got table"),
     ("roles = 3", "roles: expected a table, got integer"),
     ("[roles]\ngui = 1", "roles.gui: expected a table, got integer"),
     ('[roles."Gui Role"]', 'roles."Gui Role": invalid role name'),
-    ('[roles.gui]\ndescription = 1979-05-27', "roles.gui.description: expected a string, got date"),
-    ('[[bindings]]\nidentity = "spiffe://s/trusted/x"\nroles = ["gui"]',
-     "bindings[0].roles[0]: undefined role 'gui' (defined: none)"),
-    ('[roles.gui]\n[[bindings]]\nidentity = "spiffe://s/trusted/x"\nroles = ["ui"]',
-     "bindings[0].roles[0]: undefined role 'ui' (defined: gui)"),
-    ('[[bindings]]\nroles = []', "bindings[0]: missing key 'identity'"),
-    ('[[bindings]]\nidentity = "spiffe://s/trusted/x"\nrole = []', "bindings[0]: unknown key 'role'"),
+    ("[roles.gui]\ndescription = 1979-05-27", "roles.gui.description: expected a string, got date"),
+    (
+        '[[bindings]]\nidentity = "spiffe://s/trusted/x"\nroles = ["gui"]',
+        "bindings[0].roles[0]: undefined role 'gui' (defined: none)",
+    ),
+    (
+        '[roles.gui]\n[[bindings]]\nidentity = "spiffe://s/trusted/x"\nroles = ["ui"]',
+        "bindings[0].roles[0]: undefined role 'ui' (defined: gui)",
+    ),
+    ("[[bindings]]\nroles = []", "bindings[0]: missing key 'identity'"),
+    (
+        '[[bindings]]\nidentity = "spiffe://s/trusted/x"\nrole = []',
+        "bindings[0]: unknown key 'role'",
+    ),
     ('[[bindings]]\nidentity = "spiffe://s/admin/x"', "bindings[0].identity: not an SMX identity"),
     ('[[bindings]]\nidentity = "spiffe://s/trusted/fr*"', "bindings[0].identity: not an SMX"),
     ('[[bindings]]\nidentity = "spiffe://*/trusted/x"', "bindings[0].identity"),
     ('[[bindings]]\nidentity = "spiffe://s/admin/*"', "bindings[0].identity: unknown domain"),
     ('[[bindings]]\nidentity = "spiffe://S/trusted/*"', "bindings[0].identity: invalid site"),
-    ('[[bindings]]\nidentity = "spiffe://s/trusted/x"\n[[bindings]]\nidentity = "spiffe://s/trusted/x"',
-     "bindings[1].identity: 'spiffe://s/trusted/x' is already bound by bindings[0]"),
-    ('[[bindings]]\nidentity = "spiffe://s/trusted/x"\nrules = [ { verbs = ["root"] } ]',
-     "bindings[0].rules[0].verbs[0]: unknown verb 'root'"),
+    (
+        '[[bindings]]\nidentity = "spiffe://s/trusted/x"\n[[bindings]]\nidentity = "spiffe://s/trusted/x"',
+        "bindings[1].identity: 'spiffe://s/trusted/x' is already bound by bindings[0]",
+    ),
+    (
+        '[[bindings]]\nidentity = "spiffe://s/trusted/x"\nrules = [ { verbs = ["root"] } ]',
+        "bindings[0].rules[0].verbs[0]: unknown verb 'root'",
+    ),
     ("bindings = { identity = 'x' }", "bindings: expected an array, got table"),
     ("[roles.gui\n", "TOML syntax error"),
     ('[roles.gui]\nrules = [ { verbs = ["read"], points = ["**"] }', "TOML syntax error"),
@@ -402,12 +459,31 @@ def test_admin_patterns_are_optional_and_ignored() -> None:
 
 _TOML_FRAGMENTS = st.sampled_from(
     [
-        "[roles.gui]", "[roles.x]", "[[bindings]]", "[roles]", "[[roles.gui.rules]]",
-        'rules = [ { verbs = ["read"], points = ["**"] } ]', 'rules = [', "]", "}", "{",
-        'verbs = ["read", "admin"]', 'points = ["smm/*", "{name}/**"]', 'points = "x"',
-        'identity = "spiffe://s/trusted/x"', 'identity = "spiffe://s/untrusted/*"',
-        'roles = ["gui"]', 'roles = ["x", "gui"]', "description = 3", 'description = """a',
-        "x = 1", "verbs = [[1]]", "= =", "a.b.c = true", "rules = []", "bindings = []",
+        "[roles.gui]",
+        "[roles.x]",
+        "[[bindings]]",
+        "[roles]",
+        "[[roles.gui.rules]]",
+        'rules = [ { verbs = ["read"], points = ["**"] } ]',
+        "rules = [",
+        "]",
+        "}",
+        "{",
+        'verbs = ["read", "admin"]',
+        'points = ["smm/*", "{name}/**"]',
+        'points = "x"',
+        'identity = "spiffe://s/trusted/x"',
+        'identity = "spiffe://s/untrusted/*"',
+        'roles = ["gui"]',
+        'roles = ["x", "gui"]',
+        "description = 3",
+        'description = """a',
+        "x = 1",
+        "verbs = [[1]]",
+        "= =",
+        "a.b.c = true",
+        "rules = []",
+        "bindings = []",
     ]
 )
 
@@ -443,44 +519,106 @@ def _render_document(data: dict[str, Any]) -> str:
 
 
 _WORDS = st.sampled_from(
-    [*VERBS, "**", "smm/*", "{name}/**", "{site}/*", "a**b", "", "gui", "admin", "reed",
-     "spiffe://s/trusted/x", "spiffe://s/untrusted/*", "spiffe://s/trusted/x*", "x"]
+    [
+        *VERBS,
+        "**",
+        "smm/*",
+        "{name}/**",
+        "{site}/*",
+        "a**b",
+        "",
+        "gui",
+        "admin",
+        "reed",
+        "spiffe://s/trusted/x",
+        "spiffe://s/untrusted/*",
+        "spiffe://s/trusted/x*",
+        "x",
+    ]
 )
 _KEYS = st.sampled_from(
-    ["roles", "bindings", "rules", "verbs", "points", "identity", "description", "gui", "x",
-     "verb", "Bad Role"]
+    [
+        "roles",
+        "bindings",
+        "rules",
+        "verbs",
+        "points",
+        "identity",
+        "description",
+        "gui",
+        "x",
+        "verb",
+        "Bad Role",
+    ]
 )
-_SCALARS = (
-    _WORDS | st.text(max_size=8) | st.integers() | st.booleans() | st.floats()
-)
+_SCALARS = _WORDS | st.text(max_size=8) | st.integers() | st.booleans() | st.floats()
 _ANY = st.recursive(
     _SCALARS,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
     max_leaves=12,
 )
-_RULE = st.fixed_dictionaries(
-    {"verbs": st.lists(_WORDS, max_size=3) | _ANY},
-    optional={"points": st.lists(_WORDS, max_size=3) | _ANY, "verb": _ANY},
+_ROLE_NAMES = st.sampled_from(["gui", "admin", "x"])
+_IDENTITIES = st.sampled_from(
+    ["spiffe://s/trusted/x", "spiffe://s/untrusted/*", "spiffe://s/trusted/y", "spiffe://s/x/y"]
 )
-_ROLE = st.fixed_dictionaries(
-    {}, optional={"rules": st.lists(_RULE, max_size=3) | _ANY, "description": _ANY}
+_PATTERNS = st.sampled_from(
+    ["**", "smm/*", "{name}/**", "{site}/*", "ev*/*_set", "a**b", "smm//P", "{nm}/x", "a b/c"]
 )
-_BINDING = st.fixed_dictionaries(
-    {"identity": _WORDS | _ANY},
-    optional={
-        "roles": st.lists(_WORDS, max_size=3) | _ANY,
-        "rules": st.lists(_RULE, max_size=2),
-        "description": _ANY,
-        "x": _ANY,
-    },
+
+
+def _mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> Any:
+    """`good` seven times in eight, else `bad`: most examples reach the deeper checks."""
+    return st.sampled_from([True] * 7 + [False]).flatmap(lambda ok: good if ok else bad)
+
+
+def _sometimes_with(strategy: st.SearchStrategy[dict[str, Any]], key: str) -> Any:
+    """`strategy`, with an unknown `key` added one time in eight."""
+    return st.tuples(strategy, st.sampled_from([False] * 7 + [True]), _ANY).map(
+        lambda t: {**t[0], key: t[2]} if t[1] else t[0]
+    )
+
+
+_RULE = _sometimes_with(
+    st.fixed_dictionaries(
+        {
+            "verbs": _mostly(
+                st.lists(st.sampled_from(VERBS), max_size=3), st.lists(_WORDS, max_size=3) | _ANY
+            )
+        },
+        optional={
+            "points": _mostly(st.lists(_PATTERNS, max_size=3), st.lists(_WORDS, max_size=3) | _ANY)
+        },
+    ),
+    "verb",
 )
-_DOCUMENTS = st.fixed_dictionaries(
-    {},
-    optional={
-        "roles": st.dictionaries(_WORDS | _KEYS, _ROLE | _ANY, max_size=3),
-        "bindings": st.lists(_BINDING, max_size=3) | _ANY,
-        "extra": _ANY,
-    },
+_ROLE = _sometimes_with(
+    st.fixed_dictionaries(
+        {}, optional={"rules": _mostly(st.lists(_RULE, max_size=3), _ANY), "description": _ANY}
+    ),
+    "x",
+)
+_BINDING = _sometimes_with(
+    st.fixed_dictionaries(
+        {"identity": _mostly(_IDENTITIES, _WORDS | _ANY)},
+        optional={
+            "roles": _mostly(st.lists(_ROLE_NAMES, max_size=3), st.lists(_WORDS) | _ANY),
+            "rules": st.lists(_RULE, max_size=2),
+            "description": _ANY,
+        },
+    ),
+    "x",
+)
+_DOCUMENTS = _sometimes_with(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "roles": st.dictionaries(
+                _mostly(_ROLE_NAMES, _WORDS | _KEYS), _mostly(_ROLE, _ANY), max_size=3
+            ),
+            "bindings": _mostly(st.lists(_BINDING, max_size=3), _ANY),
+        },
+    ),
+    "extra",
 )
 
 
@@ -540,14 +678,17 @@ def test_allows_speed() -> None:
         policy.allows(identity, "write", point)
     uncached = n_uncached / (time.perf_counter() - start)
 
+    # New identity every call, bound through a wildcard: its grants are substituted and its
+    # `cold<i>/**` glob compiled each time (the first call of each new connection's client).
+    wild = Policy.from_toml(default_policy_text(SITE, [("trusted/*", ["trusted-extension"])]))
     n_cold = 2_000
     start = time.perf_counter()
-    for i in range(n_cold):  # new identity every call: grants computed and compiled each time
-        policy.allows(ident("trusted", f"cold{i}"), "write", f"cold{i}/P")
+    for i in range(n_cold):
+        assert wild.allows(ident("trusted", f"cold{i}"), "write", f"cold{i}/P")
     cold = n_cold / (time.perf_counter() - start)
     print(
         f"\nPolicy.allows: cached {cached:,.0f}/s, decision miss {uncached:,.0f}/s, "
         f"cold identity {cold:,.0f}/s"
     )
-    assert cached > 50_000
-    assert uncached > 50_000
+    assert cached > 50_000  # the steady state: the same points written again and again
+    assert uncached > 20_000  # a loaded CI box measured ~150k/s; keep a wide margin

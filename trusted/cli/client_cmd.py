@@ -19,15 +19,19 @@ from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import identity_service_pb2 as identity_pb
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as points_pb
+from trusted.config import ConfigError, parse_duration
 
-from ..config import ConfigError, parse_duration
 from .connect import add_connection_options, connect
 
 __all__ = ["register", "parse_value", "format_value"]
 
 QUALITY = {v: k.removeprefix("QUALITY_") for k, v in point_pb2.Quality.items()}
-AGG = {"min": points_pb.AGGREGATION_MIN, "max": points_pb.AGGREGATION_MAX,
-       "avg": points_pb.AGGREGATION_AVG, "last": points_pb.AGGREGATION_LAST}
+AGG = {
+    "min": points_pb.AGGREGATION_MIN,
+    "max": points_pb.AGGREGATION_MAX,
+    "avg": points_pb.AGGREGATION_AVG,
+    "last": points_pb.AGGREGATION_LAST,
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -131,21 +135,29 @@ def _time(ts: Timestamp) -> str:
 
 
 def _print_point(p: point_pb2.Point) -> None:
-    print(f"{p.name:<28} {format_value(p.value):>14} {p.unit:<6} {QUALITY[p.quality]:<9} "
-          f"{_time(p.source_time)}  rev {p.revision}  by {p.writer}")
+    print(
+        f"{p.name:<28} {format_value(p.value):>14} {p.unit:<6} {QUALITY[p.quality]:<9} "
+        f"{_time(p.source_time)}  rev {p.revision}  by {p.writer}"
+    )
 
 
 def points_ls(args: argparse.Namespace) -> int:
     stubs, token = connect(args), ""
     while True:
-        resp = stubs.points.ListPoints(points_pb.ListPointsRequest(
-            pattern=args.pattern, page_size=1000, page_token=token))
+        resp = stubs.points.ListPoints(
+            points_pb.ListPointsRequest(pattern=args.pattern, page_size=1000, page_token=token)
+        )
         for m in resp.points:
             kind = point_pb2.ValueKind.Name(m.kind).removeprefix("VALUE_KIND_").lower()
-            period = f"{m.expected_period.ToTimedelta().total_seconds():g}s" \
-                if m.HasField("expected_period") else "-"
-            print(f"{m.name:<28} {m.unit:<6} {kind:<11} {period:>6}  {m.owner or '-'}  "
-                  f"{m.description}")
+            period = (
+                f"{m.expected_period.ToTimedelta().total_seconds():g}s"
+                if m.HasField("expected_period")
+                else "-"
+            )
+            print(
+                f"{m.name:<28} {m.unit:<6} {kind:<11} {period:>6}  {m.owner or '-'}  "
+                f"{m.description}"
+            )
         token = resp.next_page_token
         if not token:
             return 0
@@ -162,8 +174,9 @@ def points_get(args: argparse.Namespace) -> int:
 
 
 def points_watch(args: argparse.Namespace) -> int:
-    stream = connect(args).points.WatchPoints(points_pb.WatchPointsRequest(
-        patterns=args.patterns, start_revision=args.start))
+    stream = connect(args).points.WatchPoints(
+        points_pb.WatchPointsRequest(patterns=args.patterns, start_revision=args.start)
+    )
     seen = 0
     for msg in stream:
         if msg.snapshot:
@@ -199,8 +212,10 @@ def points_history(args: argparse.Namespace) -> int:
     for chunk in connect(args).points.ReadHistory(req):
         for s in chunk.samples:
             extra = f"  ({s.count} samples)" if s.count > 1 else ""
-            print(f"{chunk.name:<28} {_time(s.time)} {format_value(s.value):>14} "
-                  f"{QUALITY[s.quality]}{extra}")
+            print(
+                f"{chunk.name:<28} {_time(s.time)} {format_value(s.value):>14} "
+                f"{QUALITY[s.quality]}{extra}"
+            )
     return 0
 
 
@@ -209,8 +224,10 @@ def _print_setpoint(sp: control_pb.Setpoint) -> None:
     applied = f" applied {format_value(sp.applied_value)}" if sp.HasField("applied_value") else ""
     why = f" ({sp.reason})" if sp.reason else ""
     print(f"{sp.name} = {format_value(sp.value)}: {status}{applied}{why}")
-    print(f"  id {sp.id}, requested by {sp.requester} at {_time(sp.request_time)}, "
-          f"expires {_time(sp.expire_time)}")
+    print(
+        f"  id {sp.id}, requested by {sp.requester} at {_time(sp.request_time)}, "
+        f"expires {_time(sp.expire_time)}"
+    )
     if sp.reporter:
         print(f"  reported by {sp.reporter} at {_time(sp.report_time)}")
 
@@ -218,15 +235,19 @@ def _print_setpoint(sp: control_pb.Setpoint) -> None:
 def setpoint_request(args: argparse.Namespace) -> int:
     valid = Duration()
     valid.FromMilliseconds(int(parse_duration(args.valid_for, "--valid-for") * 1000))
-    resp = connect(args).control.RequestSetpoint(control_pb.RequestSetpointRequest(
-        name=args.name, value=parse_value(args.value, args.kind), valid_for=valid))
+    resp = connect(args).control.RequestSetpoint(
+        control_pb.RequestSetpointRequest(
+            name=args.name, value=parse_value(args.value, args.kind), valid_for=valid
+        )
+    )
     _print_setpoint(resp.setpoint)
     return 0
 
 
 def setpoint_status(args: argparse.Namespace) -> int:
     resp = connect(args).control.GetSetpoint(
-        control_pb.GetSetpointRequest(name=args.name, id=args.id))
+        control_pb.GetSetpointRequest(name=args.name, id=args.id)
+    )
     _print_setpoint(resp.setpoint)
     return 0
 
@@ -234,8 +255,10 @@ def setpoint_status(args: argparse.Namespace) -> int:
 def whoami(args: argparse.Namespace) -> int:
     r = connect(args).identity.WhoAmI(identity_pb.WhoAmIRequest())
     print(f"identity  {r.identity}\nroles     {', '.join(r.roles) or '(none: default deny)'}")
-    print(f"serial    {r.certificate_serial}\nexpires   "
-          f"{dt.datetime.fromtimestamp(r.certificate_not_after_unix, dt.UTC).isoformat()}")
+    print(
+        f"serial    {r.certificate_serial}\nexpires   "
+        f"{dt.datetime.fromtimestamp(r.certificate_not_after_unix, dt.UTC).isoformat()}"
+    )
     for rule in r.rules:
         print(f"  {','.join(rule.verbs):<24} {' '.join(rule.patterns)}")
     return 0
@@ -243,8 +266,10 @@ def whoami(args: argparse.Namespace) -> int:
 
 def admin_clients(args: argparse.Namespace) -> int:
     for c in connect(args).admin.ListClients(admin_pb.ListClientsRequest()).clients:
-        print(f"{c.identity:<48} calls {c.calls:>8}  streams {c.open_streams:>3}  "
-              f"last {_time(c.last_seen)}")
+        print(
+            f"{c.identity:<48} calls {c.calls:>8}  streams {c.open_streams:>3}  "
+            f"last {_time(c.last_seen)}"
+        )
     return 0
 
 

@@ -14,8 +14,12 @@ __all__ = ["add_connection_options", "connect"]
 
 def add_connection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--as", dest="as_name", default="admin",
-                   help="client name whose certificate to use (<home>/pki/clients/NAME.crt)")
+    g.add_argument(
+        "--as",
+        dest="as_name",
+        default="admin",
+        help="client name whose certificate to use (<home>/pki/clients/NAME.crt)",
+    )
     g.add_argument("--socket", type=Path, help="core Unix socket (default <home>/core.sock)")
     g.add_argument("--target", help="host:port of a core's TCP listener instead of the socket")
     g.add_argument("--cert", type=Path, help="client certificate (overrides --as)")

@@ -7,9 +7,10 @@ import asyncio
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, load_core_config
-from ..pki import PkiError
-from ..policy import PolicyError
+from trusted.config import ConfigError, load_core_config
+from trusted.pki import PkiError
+from trusted.policy import PolicyError
+
 from .main import site_home
 
 __all__ = ["register"]
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..server import run_core  # grpc server imports only when serving
+    from trusted.server import run_core  # grpc server imports only when serving
 
     home = site_home(args)
     path = args.config or (home / "core.toml" if (home / "core.toml").exists() else None)
@@ -32,8 +33,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"policy file {config.policy} not found: create it with `smx policy init`"
             )
-        asyncio.run(run_core(config, on_ready=lambda core: print(
-            f"smxcore ready: site {core.state.site}, socket {config.socket}", flush=True)))
+        asyncio.run(
+            run_core(
+                config,
+                on_ready=lambda core: print(
+                    f"smxcore ready: site {core.state.site}, socket {config.socket}", flush=True
+                ),
+            )
+        )
     except (ConfigError, PkiError, PolicyError, RuntimeError, OSError) as err:
         print(f"smx core: {err}", file=sys.stderr)
         return 2

@@ -25,10 +25,9 @@ from smx.client import Credentials, Stubs, unix_target
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
-
-from ..config import load_core_config
-from ..pki import SiteCA
-from ..policy import default_policy_text
+from trusted.config import load_core_config
+from trusted.pki import SiteCA
+from trusted.policy import default_policy_text
 
 __all__ = ["register", "make_site"]
 
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _demo(seconds: float, plain: bool) -> None:
-    from ..server import Core
+    from trusted.server import Core
 
     with tempfile.TemporaryDirectory(prefix="smx-demo-") as tmp:
         home = Path(tmp)
@@ -109,9 +108,16 @@ def _period(seconds: float) -> Duration:
 async def _meter(s: Stubs) -> None:
     """A three-phase PCC meter: import/export follows a slow sine plus noise."""
     units = {"U1": "V", "U2": "V", "U3": "V", "P": "W", "f": "Hz", "Ap": "kWh"}
-    await s.points.DeclarePoints(spb.DeclarePointsRequest(points=[
-        ppb.PointMetadata(name=f"smm/{n}", unit=u, kind=ppb.VALUE_KIND_DOUBLE,
-                          expected_period=_period(1)) for n, u in units.items()]))
+    await s.points.DeclarePoints(
+        spb.DeclarePointsRequest(
+            points=[
+                ppb.PointMetadata(
+                    name=f"smm/{n}", unit=u, kind=ppb.VALUE_KIND_DOUBLE, expected_period=_period(1)
+                )
+                for n, u in units.items()
+            ]
+        )
+    )
     energy, last = 12345.6, time.monotonic()
     while True:
         t = time.time()
@@ -119,23 +125,43 @@ async def _meter(s: Stubs) -> None:
         now = time.monotonic()
         energy += max(p, 0) * (now - last) / 3.6e6
         last = now
-        values = {"U1": 230 + random.gauss(0, 0.8), "U2": 231 + random.gauss(0, 0.8),
-                  "U3": 229.5 + random.gauss(0, 0.8), "P": p, "f": 50 + random.gauss(0, 0.01),
-                  "Ap": energy}
-        await s.points.WritePoints(spb.WritePointsRequest(samples=[
-            ppb.PointSample(name=f"smm/{n}", value=ppb.Value(double_value=round(v, 3)))
-            for n, v in values.items()]))
+        values = {
+            "U1": 230 + random.gauss(0, 0.8),
+            "U2": 231 + random.gauss(0, 0.8),
+            "U3": 229.5 + random.gauss(0, 0.8),
+            "P": p,
+            "f": 50 + random.gauss(0, 0.01),
+            "Ap": energy,
+        }
+        await s.points.WritePoints(
+            spb.WritePointsRequest(
+                samples=[
+                    ppb.PointSample(name=f"smm/{n}", value=ppb.Value(double_value=round(v, 3)))
+                    for n, v in values.items()
+                ]
+            )
+        )
         await asyncio.sleep(1)
 
 
 async def _battery(s: Stubs) -> None:
     """A battery that owns ess/P_set: applies requests, clamped to its power limit."""
-    await s.points.DeclarePoints(spb.DeclarePointsRequest(points=[
-        ppb.PointMetadata(name="ess/P", unit="W", kind=ppb.VALUE_KIND_DOUBLE,
-                          expected_period=_period(1)),
-        ppb.PointMetadata(name="ess/SoC", unit="%", kind=ppb.VALUE_KIND_DOUBLE),
-        ppb.PointMetadata(name="ess/P_set", unit="W", kind=ppb.VALUE_KIND_DOUBLE,
-                          description="requested storage power, load reference")]))
+    await s.points.DeclarePoints(
+        spb.DeclarePointsRequest(
+            points=[
+                ppb.PointMetadata(
+                    name="ess/P", unit="W", kind=ppb.VALUE_KIND_DOUBLE, expected_period=_period(1)
+                ),
+                ppb.PointMetadata(name="ess/SoC", unit="%", kind=ppb.VALUE_KIND_DOUBLE),
+                ppb.PointMetadata(
+                    name="ess/P_set",
+                    unit="W",
+                    kind=ppb.VALUE_KIND_DOUBLE,
+                    description="requested storage power, load reference",
+                ),
+            ]
+        )
+    )
     state = {"P": 0.0, "SoC": 50.0}
 
     async def apply_setpoints() -> None:
@@ -148,18 +174,29 @@ async def _battery(s: Stubs) -> None:
             got = max(-ESS_LIMIT_W, min(ESS_LIMIT_W, want))
             status = cpb.SETPOINT_STATUS_APPLIED if got == want else cpb.SETPOINT_STATUS_CLAMPED
             state["P"] = got
-            await s.control.ReportSetpoint(cpb.ReportSetpointRequest(
-                id=sp.id, status=status, applied_value=ppb.Value(double_value=got),
-                reason="" if got == want else f"limited to {ESS_LIMIT_W:g} W"))
+            await s.control.ReportSetpoint(
+                cpb.ReportSetpointRequest(
+                    id=sp.id,
+                    status=status,
+                    applied_value=ppb.Value(double_value=got),
+                    reason="" if got == want else f"limited to {ESS_LIMIT_W:g} W",
+                )
+            )
 
     applier = asyncio.create_task(apply_setpoints())
     try:
         while True:
             state["SoC"] = min(100.0, max(0.0, state["SoC"] + state["P"] / 10000 / 3.6))
-            await s.points.WritePoints(spb.WritePointsRequest(samples=[
-                ppb.PointSample(name="ess/P", value=ppb.Value(double_value=state["P"])),
-                ppb.PointSample(name="ess/SoC",
-                                value=ppb.Value(double_value=round(state["SoC"], 2)))]))
+            await s.points.WritePoints(
+                spb.WritePointsRequest(
+                    samples=[
+                        ppb.PointSample(name="ess/P", value=ppb.Value(double_value=state["P"])),
+                        ppb.PointSample(
+                            name="ess/SoC", value=ppb.Value(double_value=round(state["SoC"], 2))
+                        ),
+                    ]
+                )
+            )
             await asyncio.sleep(1)
     finally:
         applier.cancel()
@@ -168,16 +205,23 @@ async def _battery(s: Stubs) -> None:
 async def _agent(s: Stubs) -> None:
     """The untrusted agent: recommends storage power; it may not write measurements."""
     try:
-        await s.points.WritePoints(spb.WritePointsRequest(samples=[
-            ppb.PointSample(name="smm/P", value=ppb.Value(double_value=0))]))
+        await s.points.WritePoints(
+            spb.WritePointsRequest(
+                samples=[ppb.PointSample(name="smm/P", value=ppb.Value(double_value=0))]
+            )
+        )
     except grpc.aio.AioRpcError as err:
         print(f"lessag tried to write smm/P: refused ({err.code().name}), and audited", flush=True)
     plan = [3000.0, -2000.0, 8000.0]
     i = 0
     while True:
-        await s.control.RequestSetpoint(cpb.RequestSetpointRequest(
-            name="ess/P_set", value=ppb.Value(double_value=plan[i % len(plan)]),
-            valid_for=_period(8)))
+        await s.control.RequestSetpoint(
+            cpb.RequestSetpointRequest(
+                name="ess/P_set",
+                value=ppb.Value(double_value=plan[i % len(plan)]),
+                valid_for=_period(8),
+            )
+        )
         i += 1
         await asyncio.sleep(10)
 
@@ -199,9 +243,14 @@ async def _viewer(s: Stubs, plain: bool) -> None:
             t.add_column(col, justify="right" if col in ("value", "revision") else "left")
         for name in sorted(points):
             p = points[name]
-            t.add_row(name, _fmt(p.value), p.unit,
-                      ppb.Quality.Name(p.quality).removeprefix("QUALITY_"),
-                      p.writer.rsplit("/", 1)[-1], str(p.revision))
+            t.add_row(
+                name,
+                _fmt(p.value),
+                p.unit,
+                ppb.Quality.Name(p.quality).removeprefix("QUALITY_"),
+                p.writer.rsplit("/", 1)[-1],
+                str(p.revision),
+            )
         return t
 
     with Live(table(), refresh_per_second=4) as live:

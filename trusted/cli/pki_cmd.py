@@ -37,12 +37,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_issue(args: argparse.Namespace) -> int:
     ca = SiteCA.load(_pki_dir(args))
+    live = [c for c in ca.list() if c.name == args.name and not c.revoked]
     issued = ca.issue(args.name, args.domain, days=args.days, replace=args.replace)
+    for old in live:
+        print(f"revoked {old.identity} serial {old.serial:x} (replaced)")
     print(f"issued {issued.identity} serial {issued.serial:x} valid until {issued.not_after:%F}")
     print(f"  certificate: {issued.cert_path}")
     print(f"  key:         {issued.key_path}")
-    if args.replace:
-        print("  any previous certificate of this name is revoked")
     return 0
 
 

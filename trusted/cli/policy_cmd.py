@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..identity import DOMAINS, Identity, IdentityError
-from ..pki import PkiError, SiteCA
-from ..policy import Policy, PolicyError, _toml_list, _toml_str, default_policy_text
+from trusted.identity import DOMAINS, Identity, IdentityError
+from trusted.pki import PkiError, SiteCA
+from trusted.policy import Policy, PolicyError, _toml_list, _toml_str, default_policy_text
+
 from .main import site_home
 
 __all__ = ["register"]
@@ -23,8 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("name")
     q.add_argument("roles", nargs="+")
     q.add_argument("--domain", choices=DOMAINS, default="trusted")
-    q.add_argument("--read", action="append", default=[], metavar="PATTERN",
-                   help="extra points this client may read (repeatable)")
+    q.add_argument(
+        "--read",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="extra points this client may read (repeatable)",
+    )
     q.set_defaults(func=_guard(bind))
     q = psub.add_parser("check", help="validate policy.toml and print its bindings")
     q.set_defaults(func=_guard(check))
@@ -37,6 +43,7 @@ def _guard(fn):
         except (PolicyError, PkiError, IdentityError, OSError) as err:
             print(f"smx policy: {err}", file=sys.stderr)
             return 2
+
     return run
 
 
@@ -56,7 +63,12 @@ def bind(args: argparse.Namespace) -> int:
     path = home / "policy.toml"
     site = SiteCA.load(home / "pki").site
     uri = Identity(site, args.domain, Identity.check_name(args.name)).uri
-    block = ["", "[[bindings]]", f"identity = {_toml_str(uri)}", f"roles = {_toml_list(args.roles)}"]
+    block = [
+        "",
+        "[[bindings]]",
+        f"identity = {_toml_str(uri)}",
+        f"roles = {_toml_list(args.roles)}",
+    ]
     if args.read:
         block.append(f'rules = [ {{ verbs = ["read"], points = {_toml_list(args.read)} }} ]')
     text = path.read_text() + "\n".join(block) + "\n"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from smx.v1 import admin_service_pb2 as pb
+from trusted.auth import Caller
+from trusted.convert import ms_to_ts, ts_to_ms
+from trusted.errors import CoreError
+from trusted.state import CoreState
 
-from ..auth import Caller
-from ..convert import ms_to_ts, ts_to_ms
-from ..errors import CoreError
-from ..state import CoreState
 from .points import _globs
 
 __all__ = ["AdminService"]
@@ -26,7 +27,9 @@ class AdminService:
         if not 0 <= req.limit <= 10_000:
             raise CoreError("INVALID_ARGUMENT", "limit must be in 0..10000")
         glob = _globs([req.point_pattern]) if req.point_pattern else None
-        records = self.s.audit.query(
+        # The audit file can be large: read it off the event loop.
+        records = await asyncio.to_thread(
+            self.s.audit.query,
             start_ms=ts_to_ms(req.start_time) if req.HasField("start_time") else None,
             end_ms=ts_to_ms(req.end_time) if req.HasField("end_time") else None,
             kind=req.kind or None,

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2
+from trusted.auth import Caller
+from trusted.convert import duration_s
+from trusted.errors import CoreError
+from trusted.state import CoreState
 
-from ..auth import Caller
-from ..convert import duration_s
-from ..errors import CoreError
-from ..state import CoreState
 from .points import _globs, _name
 
 __all__ = ["ControlService"]

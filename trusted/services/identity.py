@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from smx.v1 import identity_service_pb2 as pb
-
-from ..auth import Caller
-from ..state import CoreState
+from trusted.auth import Caller
+from trusted.state import CoreState
 
 __all__ = ["IdentityService"]
 

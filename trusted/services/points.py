@@ -9,12 +9,11 @@ import grpc
 
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
-
-from ..auth import Caller
-from ..convert import duration_s, ms_to_ts, pb_value, ts_to_ms
-from ..errors import CoreError
-from ..names import Glob, GlobSet, InvalidName, validate_point_name
-from ..state import CoreState
+from trusted.auth import Caller
+from trusted.convert import duration_s, ms_to_ts, pb_value, ts_to_ms
+from trusted.errors import CoreError
+from trusted.names import Glob, GlobSet, InvalidName, validate_point_name
+from trusted.state import CoreState
 
 __all__ = ["PointService"]
 
@@ -55,7 +54,8 @@ class PointService:
         policy, ident = self.s.gate.policy, caller.identity
         # Names the caller may not read are not listed at all: their existence is data too.
         visible = [
-            m for m in self.s.db.list(req.pattern)
+            m
+            for m in self.s.db.list(req.pattern)
             if m.name > req.page_token and policy.allows(ident, "read", m.name)
         ]
         page = visible[:size]
@@ -82,7 +82,9 @@ class PointService:
         self, req: pb.WatchPointsRequest, caller: Caller, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchPointsResponse]:
         self._limit(req.patterns, "patterns")
-        heartbeat = duration_s(req.heartbeat_interval) if req.HasField("heartbeat_interval") else 10.0
+        heartbeat = (
+            duration_s(req.heartbeat_interval) if req.HasField("heartbeat_interval") else 10.0
+        )
         if heartbeat < 0.1:
             raise CoreError("INVALID_ARGUMENT", "heartbeat_interval must be at least 100 ms")
         wanted = _globs(req.patterns or ["**"])
@@ -175,4 +177,3 @@ def _chunks(points: list[point_pb2.Point], revision: int) -> list[pb.WatchPoints
         out.append(pb.WatchPointsResponse(points=head, revision=points[0].revision - 1))
     out.append(pb.WatchPointsResponse(points=points, revision=revision))
     return out
-

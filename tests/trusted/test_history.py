@@ -1,0 +1,621 @@
+"""History log: real SQLite files in tmp_path, no mocks of SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trusted import history
+from trusted.history import HistoryError, HistoryLog, HistoryQueryError, Sample
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD, DERIVED, UNCERTAIN, BAD, STALE = 1, 2, 3, 4, 5
+
+
+async def collect(
+    log: HistoryLog, names: list[str], start: int | None = None, end: int | None = None, **kw
+) -> dict[str, list[Sample]]:
+    out: dict[str, list[Sample]] = defaultdict(list)
+    async for name, chunk in log.read(names, start, end, **kw):
+        out[name].extend(chunk)
+    return dict(out)
+
+
+@pytest.fixture
+async def hlog(tmp_path: Path):
+    log = HistoryLog(tmp_path / "h.db", flush_interval=3600)
+    await log.start()
+    yield log
+    await log.close()
+
+
+def used_bytes(path: Path) -> tuple[int, int]:
+    """(used bytes, free pages) seen by an independent connection."""
+    conn = sqlite3.connect(path)
+    try:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return (pages - free) * size, free
+    finally:
+        conn.close()
+
+
+# -- values and ranges ---------------------------------------------------------------------------
+
+
+async def test_every_value_type_reads_back_with_its_type(hlog: HistoryLog) -> None:
+    values = [1.5, 3.0, -7, 2**62, True, False, "CHARGING", "12", "", -0.25, math.inf]
+    for ts, v in enumerate(values):
+        hlog.append("ess/x", ts, v, GOOD, b"snap")
+    hlog.append("ess/x", 100, math.nan, BAD, b"snap")
+    await hlog.flush()
+    got = (await collect(hlog, ["ess/x"]))["ess/x"]
+    assert [s.ts_ms for s in got] == [*range(len(values)), 100]
+    for s, v in zip(got, values, strict=False):
+        assert s.value == v and type(s.value) is type(v), (s, v)
+        assert s.quality == GOOD and s.count == 1
+    assert math.isnan(got[-1].value) and got[-1].quality == BAD
+
+
+async def test_start_is_inclusive_and_end_exclusive(hlog: HistoryLog) -> None:
+    for ts in range(10, 20):
+        hlog.append("smm/P", ts, float(ts), GOOD, b"")
+    await hlog.flush()
+
+    async def ts_of(start: int | None, end: int | None) -> list[int]:
+        return [s.ts_ms for s in (await collect(hlog, ["smm/P"], start, end)).get("smm/P", [])]
+
+    assert await ts_of(12, 15) == [12, 13, 14]
+    assert await ts_of(None, 12) == [10, 11]
+    assert await ts_of(18, None) == [18, 19]
+    assert await ts_of(None, None) == list(range(10, 20))
+    assert await ts_of(20, 30) == []
+    assert await ts_of(15, 15) == []
+
+
+async def test_raw_reads_come_in_chunks_of_at_most_chunk(hlog: HistoryLog) -> None:
+    for ts in range(10):
+        hlog.append("smm/P", ts, ts, GOOD, b"")
+    await hlog.flush()
+    chunks = [c async for _, c in hlog.read(["smm/P"], None, None, chunk=3)]
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [s.ts_ms for c in chunks for s in c] == list(range(10))
+
+
+async def test_names_come_in_request_order_and_unknown_names_yield_nothing(
+    hlog: HistoryLog,
+) -> None:
+    hlog.append("a/x", 1, 1, GOOD, b"")
+    hlog.append("b/x", 1, 2, GOOD, b"")
+    await hlog.flush()
+    order = [n async for n, _ in hlog.read(["b/x", "nobody/x", "a/x"], None, None)]
+    assert order == ["b/x", "a/x"]
+    assert await collect(hlog, ["nobody/x"], bucket_ms=10) == {}
+
+
+async def test_two_samples_in_the_same_ms_keep_the_newest(hlog: HistoryLog) -> None:
+    hlog.append("smm/P", 5, 1.0, GOOD, b"")
+    hlog.append("smm/P", 5, 2.0, BAD, b"")
+    await hlog.flush()
+    hlog.append("smm/P", 5, 3.0, DERIVED, b"")
+    await hlog.flush()
+    assert (await collect(hlog, ["smm/P"]))["smm/P"] == [Sample(5, 3.0, DERIVED)]
+
+
+async def test_unstorable_values_are_dropped_without_losing_the_batch(hlog: HistoryLog) -> None:
+    hlog.append("smm/P", 1, None, GOOD, b"")  # type: ignore[arg-type]
+    hlog.append("smm/P", 2, 2**70, GOOD, b"")  # beyond SQLite's int64
+    hlog.append("smm/P", 3, 3, GOOD, b"")
+    await hlog.flush()
+    assert (await collect(hlog, ["smm/P"]))["smm/P"] == [Sample(3, 3, GOOD)]
+    assert hlog.stats()["rejected"] == 2
+
+
+# -- downsampling --------------------------------------------------------------------------------
+
+SERIES = [(0, 1.0), (3, 5.0), (9, 2.0), (10, 4.0), (15, -1.0), (30, 7.0), (-1, 100.0)]
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "expected"),
+    [
+        ("min", [(-10, 100.0), (0, 1.0), (10, -1.0), (30, 7.0)]),
+        ("max", [(-10, 100.0), (0, 5.0), (10, 4.0), (30, 7.0)]),
+        ("avg", [(-10, 100.0), (0, 8.0 / 3.0), (10, 1.5), (30, 7.0)]),
+        ("last", [(-10, 100.0), (0, 2.0), (10, -1.0), (30, 7.0)]),
+    ],
+)
+async def test_downsampling_matches_hand_computed_values(
+    hlog: HistoryLog, aggregation: str, expected: list[tuple[int, float]]
+) -> None:
+    for ts, v in SERIES:
+        hlog.append("smm/P", ts, v, GOOD, b"")
+    await hlog.flush()
+    got = (await collect(hlog, ["smm/P"], bucket_ms=10, aggregation=aggregation))["smm/P"]
+    # Buckets are epoch-aligned (ts -1 lands in [-10, 0)), empty [20, 30) is skipped.
+    assert [s.ts_ms for s in got] == [ts for ts, _ in expected]
+    assert [s.value for s in got] == pytest.approx([v for _, v in expected])
+    assert [s.count for s in got] == [1, 3, 2, 1]
+
+
+async def test_downsampling_respects_the_range_and_integer_values(hlog: HistoryLog) -> None:
+    for ts, v in [(0, 1), (3, 5), (9, 2), (10, 4)]:
+        hlog.append("smm/E", ts, v, GOOD, b"")
+    await hlog.flush()
+    got = (await collect(hlog, ["smm/E"], 3, 10, bucket_ms=10, aggregation="min"))["smm/E"]
+    assert got == [Sample(0, 2, GOOD, 2)]  # ts 0 is before start, ts 10 is the end
+    assert type(got[0].value) is int
+
+
+async def test_bools_count_as_zero_and_one(hlog: HistoryLog) -> None:
+    for ts, v in enumerate([True, False, True, True]):
+        hlog.append("ev1/plugged", ts, v, GOOD, b"")
+    await hlog.flush()
+
+    async def agg(a: str) -> Sample:
+        return (await collect(hlog, ["ev1/plugged"], bucket_ms=60_000, aggregation=a))[
+            "ev1/plugged"
+        ][0]
+
+    assert (await agg("avg")).value == 0.75
+    assert (await agg("min")).value is False
+    assert (await agg("max")).value is True
+    assert (await agg("last")).value is True
+
+
+@pytest.mark.parametrize(
+    ("qualities", "worst"),
+    [
+        ([GOOD, STALE, BAD, GOOD], STALE),
+        ([GOOD, DERIVED, GOOD], DERIVED),
+        ([BAD, UNCERTAIN, DERIVED], BAD),
+        ([UNCERTAIN, 0, GOOD], 0),  # unknown codes rank between UNCERTAIN and BAD
+        ([0, BAD], BAD),
+    ],
+)
+async def test_bucket_quality_is_the_worst_in_the_bucket(
+    hlog: HistoryLog, qualities: list[int], worst: int
+) -> None:
+    for ts, q in enumerate(qualities):
+        hlog.append("smm/P", ts, 1.0, q, b"")
+    await hlog.flush()
+    for aggregation in history.AGGREGATIONS:
+        got = await collect(hlog, ["smm/P"], bucket_ms=1000, aggregation=aggregation)
+        assert got["smm/P"][0].quality == worst, aggregation
+
+
+async def test_strings_only_downsample_with_last(hlog: HistoryLog) -> None:
+    for ts, v in enumerate(["STANDBY", "CHARGING", "FAULT"]):
+        hlog.append("ess/ESS_state", ts, v, GOOD, b"")
+    hlog.append("ess/P", 0, 1.0, GOOD, b"")
+    await hlog.flush()
+    got = await collect(hlog, ["ess/ESS_state"], bucket_ms=10, aggregation="last")
+    assert got["ess/ESS_state"] == [Sample(0, "FAULT", GOOD, 3)]
+    for aggregation in ("avg", "min", "max"):
+        stream = hlog.read(["ess/P", "ess/ESS_state"], None, None, 10, aggregation)
+        with pytest.raises(HistoryError, match="ess/ESS_state") as err:
+            await anext(stream)  # refused before the numeric point is streamed
+        assert isinstance(err.value, ValueError)  # the gRPC edge answers INVALID_ARGUMENT
+
+
+async def test_bad_read_arguments_are_refused(hlog: HistoryLog) -> None:
+    for kw in ({"aggregation": "median", "bucket_ms": 10}, {"bucket_ms": 0}, {"chunk": 0}):
+        with pytest.raises(HistoryQueryError):
+            await collect(hlog, ["smm/P"], **kw)
+
+
+def _rank(q: int) -> int:
+    return {GOOD: 0, DERIVED: 1, UNCERTAIN: 2, BAD: 4, STALE: 5}.get(q, 3)
+
+
+def naive_downsample(
+    appended: list[tuple[int, object, int]], lo: int | None, hi: int | None, w: int, agg: str
+) -> list[Sample]:
+    stored: dict[int, tuple[object, int]] = {}
+    for ts, v, q in appended:  # INSERT OR REPLACE: the newest sample of a ms wins
+        stored[ts] = (v, q)
+    buckets: dict[int, list[tuple[int, object, int]]] = defaultdict(list)
+    for ts in sorted(stored):
+        if (lo is None or ts >= lo) and (hi is None or ts < hi):
+            buckets[ts // w * w].append((ts, *stored[ts]))
+    out = []
+    for b in sorted(buckets):
+        rows = buckets[b]
+        vals = [v for _, v, _ in rows]
+        if agg == "min":
+            value = min(vals)
+        elif agg == "max":
+            value = max(vals)
+        elif agg == "avg":
+            value = math.fsum(vals) / len(vals)
+        else:
+            value = rows[-1][1]
+        worst = max((q for _, _, q in rows), key=lambda q: (_rank(q), q))
+        out.append(Sample(b, value, worst, len(rows)))
+    return out
+
+
+VALUES = {
+    "int": st.integers(-(10**12), 10**12),
+    "float": st.floats(-1e6, 1e6, allow_nan=False),
+    "bool": st.booleans(),
+}
+
+
+@st.composite
+def series(draw: st.DrawFn) -> tuple[list[tuple[int, object, int]], str]:
+    kind = draw(st.sampled_from(sorted(VALUES)))
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.integers(-5000, 5000), VALUES[kind], st.sampled_from([0, 1, 2, 3, 4, 5, 7])
+            ),
+            max_size=60,
+        )
+    )
+    return rows, kind
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=series(),
+    width=st.integers(1, 3000),
+    lo=st.none() | st.integers(-6000, 6000),
+    hi=st.none() | st.integers(-6000, 6000),
+    agg=st.sampled_from(history.AGGREGATIONS),
+    chunk=st.integers(1, 6),
+)
+def test_downsampling_equals_a_naive_implementation(
+    data: tuple[list[tuple[int, object, int]], str],
+    width: int,
+    lo: int | None,
+    hi: int | None,
+    agg: str,
+    chunk: int,
+) -> None:
+    rows, kind = data
+
+    async def scenario(path: Path) -> list[list[Sample]]:
+        log = HistoryLog(path, flush_interval=3600)
+        await log.start()
+        try:
+            for ts, v, q in rows:
+                log.append("pv/P", ts, v, q, b"")
+            await log.flush()
+            return [c async for _, c in log.read(["pv/P"], lo, hi, width, agg, chunk)]
+        finally:
+            await log.close()
+
+    with tempfile.TemporaryDirectory() as d:
+        chunks = asyncio.run(scenario(Path(d) / "h.db"))
+    assert all(0 < len(c) <= chunk for c in chunks)
+    got = [s for c in chunks for s in c]
+    want = naive_downsample(rows, lo, hi, width, agg)
+    assert [(s.ts_ms, s.count, s.quality) for s in got] == [
+        (s.ts_ms, s.count, s.quality) for s in want
+    ]
+    for g, w in zip(got, want, strict=True):
+        if agg == "avg":
+            assert math.isclose(g.value, w.value, rel_tol=1e-9, abs_tol=1e-6), (g, w)
+        else:
+            assert g.value == w.value, (g, w)
+            if kind == "bool":
+                assert type(g.value) is bool
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+
+async def test_retention_by_age_deletes_only_old_samples(tmp_path: Path) -> None:
+    log = HistoryLog(
+        tmp_path / "h.db", flush_interval=3600, max_age_s=3600, retention_interval=3600
+    )
+    await log.start()
+    now = int(time.time() * 1000)
+    old = [now - 7_200_000 + i for i in range(50)]
+    recent = [now - 1000 + i for i in range(50)]
+    for name in ("smm/P", "pv/P"):
+        for ts in old + recent:
+            log.append(name, ts, 1.0, GOOD, b"")
+    await log.flush()
+    assert await log.enforce_retention() == 100
+    got = await collect(log, ["smm/P", "pv/P"])
+    assert [s.ts_ms for s in got["smm/P"]] == recent
+    assert [s.ts_ms for s in got["pv/P"]] == recent
+    assert await log.enforce_retention() == 0
+    await log.close()
+
+
+async def test_retention_runs_by_itself_every_interval(tmp_path: Path) -> None:
+    log = HistoryLog(tmp_path / "h.db", flush_interval=0.05, max_age_s=60, retention_interval=0.05)
+    await log.start()
+    try:
+        log.append("smm/P", int(time.time() * 1000) - 120_000, 1.0, GOOD, b"")
+        log.append("smm/P", int(time.time() * 1000), 2.0, GOOD, b"")
+        deadline = time.monotonic() + 5
+        while log.stats()["deleted"] < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert [s.value for s in (await collect(log, ["smm/P"]))["smm/P"]] == [2.0]
+    finally:
+        await log.close()
+
+
+async def test_retention_by_size_keeps_the_newest_under_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    max_bytes = 1_000_000
+    log = HistoryLog(path, flush_interval=3600, max_bytes=max_bytes, retention_interval=3600)
+    await log.start()
+    names = [f"d{i}/P" for i in range(20)]
+    for ts in range(5000):
+        for name in names:
+            log.append(name, 1_000_000 + ts * 100, float(ts), GOOD, b"")
+    await log.flush()
+    before, _ = used_bytes(path)
+    assert before > 2 * max_bytes  # the test means something only if there is a lot to delete
+    t0 = time.perf_counter()
+    deleted = await log.enforce_retention()
+    elapsed = time.perf_counter() - t0
+    after, free_pages = used_bytes(path)
+    assert 0 < deleted < 100_000
+    assert after <= max_bytes
+    assert log.stats()["db_bytes"] == after
+    assert free_pages == 0  # incremental_vacuum gave the pages back
+    got = await collect(log, names)
+    for name in names:
+        ts = [s.ts_ms for s in got[name]]
+        assert ts[-1] == 1_000_000 + 4999 * 100  # newest kept
+        assert ts[0] > 1_000_000  # oldest gone
+        assert ts == list(range(ts[0], ts[-1] + 1, 100))  # a clean cut, no holes
+    assert elapsed < 5
+    await log.close()
+
+
+# -- persistence ---------------------------------------------------------------------------------
+
+
+async def test_last_values_and_metadata_survive_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    log = HistoryLog(path, flush_interval=3600)
+    await log.start()
+    log.append("smm/P", 1, 10.0, GOOD, b"P@1")
+    log.append("smm/P", 2, 20.0, GOOD, b"P@2")
+    log.put_metadata("smm/P", b"unit=W")
+    await log.flush()
+    log.append("smm/Ap", 3, 1234, DERIVED, b"Ap@3")
+    log.put_metadata("smm/P", b"unit=kW")
+    # Not flushed yet, but already what a restart would restore.
+    assert log.load_last() == {"smm/P": b"P@2", "smm/Ap": b"Ap@3"}
+    await log.close()  # the final flush writes the rest
+    await log.close()
+
+    log = HistoryLog(path, flush_interval=3600)
+    await log.start()
+    assert log.load_last() == {"smm/P": b"P@2", "smm/Ap": b"Ap@3"}
+    assert log.load_metadata() == {"smm/P": b"unit=kW"}
+    got = await collect(log, ["smm/P", "smm/Ap"])
+    assert got == {
+        "smm/P": [Sample(1, 10.0, GOOD), Sample(2, 20.0, GOOD)],
+        "smm/Ap": [Sample(3, 1234, DERIVED)],
+    }
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    await log.close()
+
+
+async def test_periodic_flush_writes_without_being_asked(tmp_path: Path) -> None:
+    log = HistoryLog(tmp_path / "h.db", flush_interval=0.05)
+    await log.start()
+    try:
+        log.append("smm/P", 1, 1.0, GOOD, b"")
+        deadline = time.monotonic() + 5
+        while log.stats()["flushed"] < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert (await collect(log, ["smm/P"]))["smm/P"] == [Sample(1, 1.0, GOOD)]
+        assert log.stats()["pending"] == 0 and log.stats()["flushes"] >= 1
+    finally:
+        await log.close()
+
+
+async def test_use_outside_start_close_is_refused(tmp_path: Path) -> None:
+    log = HistoryLog(tmp_path / "h.db")
+    with pytest.raises(HistoryError, match="not started"):
+        await log.flush()
+    await log.start()
+    with pytest.raises(HistoryError):
+        await log.start()
+    await log.close()
+    with pytest.raises(HistoryError, match="closed"):
+        await collect(log, ["smm/P"])
+
+
+async def test_a_file_that_is_not_a_database_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(HistoryError, match=str(path)):
+        await HistoryLog(path).start()
+
+
+KILL_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from pathlib import Path
+    from trusted.history import HistoryLog
+
+    async def main():
+        log = HistoryLog(Path(sys.argv[2]), flush_interval=0.2)
+        await log.start()
+        print("ready", flush=True)
+        i = 0
+        while True:
+            for _ in range(20):
+                # ts is a sequence number; the value is the wall time of the append.
+                log.append("t/seq", i, time.time(), 1, str(i).encode())
+                i += 1
+            await asyncio.sleep(0.001)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.timeout(60)
+async def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    flush_interval, margin = 0.2, 0.6
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, str(REPO), str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
+        assert line.strip() == "ready"
+        await asyncio.sleep(2.0)
+        killed_at = time.time()
+        os.kill(child.pid, signal.SIGKILL)
+        await asyncio.to_thread(child.wait, 10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    log = HistoryLog(path, flush_interval=3600)
+    await log.start()
+    try:
+        got = (await collect(log, ["t/seq"]))["t/seq"]
+        n = len(got)
+        assert [s.ts_ms for s in got] == list(range(n))  # everything up to the last flush
+        lost_window = killed_at - got[-1].value
+        assert lost_window < flush_interval + margin, (n, lost_window)
+        # The last value is committed with its samples, so it matches the newest stored one.
+        assert log.load_last() == {"t/seq": str(n - 1).encode()}
+    finally:
+        await log.close()
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+async def _set_read_only(log: HistoryLog, on: bool) -> None:
+    """Make the writer connection refuse writes, like a disk that went read-only."""
+    conn = log._conn
+    assert conn is not None
+    pragma = f"PRAGMA query_only = {'ON' if on else 'OFF'}"
+    await asyncio.get_running_loop().run_in_executor(log._executor, conn.execute, pragma)
+
+
+async def test_a_failed_flush_keeps_the_samples_for_the_next_one(
+    hlog: HistoryLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    hlog.append("smm/P", 1, 1.0, GOOD, b"P@1")
+    await hlog.flush()
+    await _set_read_only(hlog, True)
+    hlog.append("smm/P", 2, 2.0, GOOD, b"P@2")
+    hlog.put_metadata("smm/P", b"unit=W")
+    with pytest.raises(HistoryError, match="flush of 1 samples"):
+        await hlog.flush()
+    assert "history flush" in caplog.text
+    hlog.append("smm/P", 3, 3.0, GOOD, b"P@3")
+    assert hlog.stats()["pending"] == 2 and hlog.stats()["flush_failures"] == 1
+    await _set_read_only(hlog, False)
+    await hlog.flush()
+    assert [s.ts_ms for s in (await collect(hlog, ["smm/P"]))["smm/P"]] == [1, 2, 3]
+    assert hlog.stats()["pending"] == 0
+    await hlog.close()
+    reopened = HistoryLog(hlog._path)
+    await reopened.start()
+    assert reopened.load_last() == {"smm/P": b"P@3"}
+    assert reopened.load_metadata() == {"smm/P": b"unit=W"}
+    await reopened.close()
+
+
+async def test_failing_periodic_flushes_do_not_stop_the_log(tmp_path: Path) -> None:
+    log = HistoryLog(tmp_path / "h.db", flush_interval=0.05)
+    await log.start()
+    try:
+        await _set_read_only(log, True)
+        log.append("smm/P", 1, 1.0, GOOD, b"")
+        deadline = time.monotonic() + 5
+        while log.stats()["flush_failures"] < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert log.stats()["flush_failures"] >= 2 and log.stats()["pending"] == 1
+        await _set_read_only(log, False)
+        while log.stats()["pending"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert (await collect(log, ["smm/P"]))["smm/P"] == [Sample(1, 1.0, GOOD)]
+    finally:
+        await log.close()
+
+
+async def test_pending_samples_are_bounded_dropping_the_oldest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "MAX_PENDING", 5)
+    log = HistoryLog(tmp_path / "h.db", flush_interval=3600)
+    await log.start()
+    await _set_read_only(log, True)
+    for ts in range(3):
+        log.append("smm/P", ts, ts, GOOD, b"")
+    with pytest.raises(HistoryError):
+        await log.flush()
+    for ts in range(3, 7):
+        log.append("smm/P", ts, ts, GOOD, b"")
+    assert log.stats()["pending"] == 5 and log.stats()["dropped"] == 2
+    await _set_read_only(log, False)
+    await log.flush()
+    assert [s.ts_ms for s in (await collect(log, ["smm/P"]))["smm/P"]] == [2, 3, 4, 5, 6]
+    await log.close()
+
+
+# -- cost ----------------------------------------------------------------------------------------
+
+
+async def test_measure_append_and_flush_of_10000_samples(
+    hlog: HistoryLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [f"d{i}/P" for i in range(100)]
+    snap = b"x" * 60
+    timings = []
+    for round_ in range(3):  # the first round also creates the 100 names
+        full_gcs = gc.get_stats()[2]["collections"]
+        t0 = time.perf_counter()
+        for ts in range(100):
+            for name in names:
+                hlog.append(name, round_ * 100 + ts, 1.5, GOOD, snap)
+        appended = time.perf_counter() - t0
+        full_gcs = gc.get_stats()[2]["collections"] - full_gcs
+        t0 = time.perf_counter()
+        await hlog.flush()
+        timings.append((appended, full_gcs, time.perf_counter() - t0))
+    assert hlog.stats()["flushed"] == 30_000
+    with capsys.disabled():
+        for appended, full_gcs, flushed in timings:
+            print(
+                f"\n[history] append: {appended / 10_000 * 1e6:.2f} us/sample "
+                f"({full_gcs} full GC runs meanwhile); "
+                f"flush of 10,000 samples (100 points): {flushed * 1000:.1f} ms",
+                end="",
+            )
+        print()
