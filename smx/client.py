@@ -40,6 +40,10 @@ class Credentials:
     cert: Path
     key: Path
 
+    def __post_init__(self) -> None:
+        for field in ("ca", "cert", "key"):  # accept str paths too
+            object.__setattr__(self, field, Path(getattr(self, field)))
+
     @classmethod
     def from_site(cls, home: Path, name: str) -> Credentials:
         """The files `smx pki issue NAME` wrote under the site directory."""

@@ -34,6 +34,7 @@ CODES: dict[str, grpc.StatusCode] = {
     "SETPOINT_NOT_PENDING": grpc.StatusCode.FAILED_PRECONDITION,
     "REVISION_COMPACTED": grpc.StatusCode.OUT_OF_RANGE,
     "POLICY_INVALID": grpc.StatusCode.FAILED_PRECONDITION,
+    "HISTORY_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
 }
 
 # Every reason of the proto enum has exactly one code here (checked by a test, too).

@@ -16,7 +16,7 @@ from smx.v1 import point_pb2
 
 from .audit import AuditLog
 from .auth import Gate
-from .config import CoreConfig
+from .config import ConfigError, CoreConfig
 from .convert import now_ms, py_value, ts_to_ms
 from .errors import CoreError
 from .history import HistoryLog
@@ -46,6 +46,10 @@ class CoreState:
         self.config = config
         self.ca = SiteCA.load(config.pki_dir)
         self.site = self.ca.site
+        if config.site and config.site != self.site:
+            raise ConfigError(
+                f"core.toml: site: {config.site!r} differs from the site CA's {self.site!r}"
+            )
         self.identity = Identity(self.site, "trusted", "smxcore").uri
         self.history = HistoryLog(
             config.history.path,

@@ -12,6 +12,7 @@ from smx.v1 import point_service_pb2 as pb
 from trusted.auth import Caller
 from trusted.convert import duration_s, ms_to_ts, pb_value, ts_to_ms
 from trusted.errors import CoreError
+from trusted.history import HistoryError, HistoryQueryError
 from trusted.names import Glob, GlobSet, InvalidName, validate_point_name
 from trusted.state import CoreState
 
@@ -147,8 +148,10 @@ class PointService:
                         for s in samples
                     ],
                 )
-        except ValueError as err:  # HistoryError and friends: the request asked the impossible
+        except HistoryQueryError as err:  # the request asked the impossible
             raise CoreError("INVALID_ARGUMENT", str(err)) from err
+        except HistoryError as err:
+            raise CoreError("HISTORY_UNAVAILABLE", f"history log unavailable: {err}") from err
 
 
 def _name(name: str) -> str:
