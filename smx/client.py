@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -23,6 +24,9 @@ __all__ = ["SERVER_NAME", "Credentials", "Stubs", "error_reason", "unix_target"]
 # DNS name in the core's server certificate. Over a Unix socket the target name would be the
 # socket path, so the client must name the server explicitly.
 SERVER_NAME = "smxcore"
+# grpcio ships no type information.
+Channel = Any
+AioChannel = Any
 CHANNEL_OPTIONS = [
     ("grpc.ssl_target_name_override", SERVER_NAME),
     ("grpc.default_authority", SERVER_NAME),
@@ -67,17 +71,17 @@ class Credentials:
             certificate_chain=self.cert.read_bytes(),
         )
 
-    def aio_channel(self, target: str) -> grpc.aio.Channel:
+    def aio_channel(self, target: str) -> AioChannel:
         return grpc.aio.secure_channel(target, self.grpc(), options=CHANNEL_OPTIONS)
 
-    def channel(self, target: str) -> grpc.Channel:
+    def channel(self, target: str) -> Channel:
         return grpc.secure_channel(target, self.grpc(), options=CHANNEL_OPTIONS)
 
 
 class Stubs:
     """The four SMX services on one channel (sync or aio)."""
 
-    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+    def __init__(self, channel: Channel | AioChannel) -> None:
         self.channel = channel
         self.points = point_service_pb2_grpc.PointServiceStub(channel)
         self.control = control_service_pb2_grpc.ControlServiceStub(channel)

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from smx.v1 import point_pb2
 
 from .convert import KIND_OF_FIELD, duration_s, ms_to_ts, now_ms, ts_to_ms
@@ -32,7 +34,7 @@ RESTART_REVISION_GAP = 1 << 20
 
 class HistorySink(Protocol):
     def append(
-        self, name: str, ts_ms: int, value: object, quality: int, snapshot: bytes
+        self, name: str, ts_ms: int, value: float | int | bool | str, quality: int, snapshot: bytes
     ) -> None: ...
     def put_metadata(self, name: str, blob: bytes) -> None: ...
 
@@ -134,7 +136,7 @@ class RealtimeDB:
                 self.history.put_metadata(m.name, stored.SerializeToString())
         return len(checked)
 
-    def list(self, pattern: str) -> list[point_pb2.PointMetadata]:
+    def list_metadata(self, pattern: str) -> list[point_pb2.PointMetadata]:
         glob = _glob(pattern or "**")
         names = {n for n in self.meta if glob.match(n)} | {n for n in self.points if glob.match(n)}
         out = []
@@ -143,7 +145,9 @@ class RealtimeDB:
             if m is None:
                 # Written but never declared: metadata is only its name and the value kind seen.
                 field = self.points[name].value.WhichOneof("kind")
-                m = point_pb2.PointMetadata(name=name, kind=KIND_OF_FIELD.get(field, 0))
+                m = point_pb2.PointMetadata(
+                    name=name, kind=KIND_OF_FIELD.get(field or "", point_pb2.VALUE_KIND_UNSPECIFIED)
+                )
             out.append(m)
         return out
 
@@ -182,7 +186,7 @@ class RealtimeDB:
         return rev
 
     def _store(
-        self, s: point_pb2.PointSample, identity: str, rev: int, now: int, receive: object
+        self, s: point_pb2.PointSample, identity: str, rev: int, now: int, receive: Timestamp
     ) -> None:
         name = s.name
         meta = self.meta.get(name)
@@ -230,7 +234,9 @@ class RealtimeDB:
 
     # -- watching -----------------------------------------------------------------------------
 
-    def watch(self, match: Callable[[str], bool], start_revision: int = 0) -> tuple[Watcher, list]:
+    def watch(
+        self, match: Callable[[str], bool], start_revision: int = 0
+    ) -> tuple[Watcher, list[point_pb2.Point]]:
         """A registered watcher and what it must send first: the snapshot (start_revision 0)
         or the current value of every point changed after start_revision."""
         if start_revision < 0 or start_revision > self.revision:

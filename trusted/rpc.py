@@ -54,7 +54,7 @@ def service_handler(
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def _parser(cls: type, method: str, limit: int) -> Callable[[bytes], Any]:
+def _parser(cls: Any, method: str, limit: int) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         if len(data) > limit:
             raise CoreError(

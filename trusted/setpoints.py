@@ -40,15 +40,15 @@ class SetpointWatcher:
 
     def __init__(self, match: Callable[[str], bool]) -> None:
         self.match = match
-        self.pending: dict[str, tuple[int, pb.Setpoint]] = {}
+        self.pending: dict[str, tuple[pb.SetpointEvent, pb.Setpoint]] = {}
         self.event = asyncio.Event()
 
-    def offer(self, event: int, setpoint: pb.Setpoint) -> None:
+    def offer(self, event: pb.SetpointEvent, setpoint: pb.Setpoint) -> None:
         self.pending.pop(setpoint.name, None)
         self.pending[setpoint.name] = (event, setpoint)
         self.event.set()
 
-    def take(self) -> list[tuple[int, pb.Setpoint]]:
+    def take(self) -> list[tuple[pb.SetpointEvent, pb.Setpoint]]:
         items = list(self.pending.values())
         self.pending.clear()
         self.event.clear()
@@ -101,7 +101,7 @@ class SetpointBoard:
         self,
         reporter: str,
         setpoint_id: str,
-        status: int,
+        status: pb.SetpointStatus,
         applied_value: point_pb2.Value | None,
         reason: str,
     ) -> pb.Setpoint:
@@ -118,9 +118,8 @@ class SetpointBoard:
                 f"setpoint {setpoint_id} is {pb.SetpointStatus.Name(sp.status)}",
                 status=pb.SetpointStatus.Name(sp.status),
             )
-        if status == pb.SETPOINT_STATUS_CLAMPED and (
-            applied_value is None or applied_value.WhichOneof("kind") is None
-        ):
+        given = applied_value if applied_value and applied_value.WhichOneof("kind") else None
+        if status == pb.SETPOINT_STATUS_CLAMPED and given is None:
             raise CoreError("INVALID_ARGUMENT", "CLAMPED needs applied_value")
         if status == pb.SETPOINT_STATUS_REJECTED and not reason:
             raise CoreError("INVALID_ARGUMENT", "REJECTED needs a reason")
@@ -130,10 +129,9 @@ class SetpointBoard:
         sp.report_time.CopyFrom(ms_to_ts(now_ms()))
         sp.ClearField("applied_value")
         if status == pb.SETPOINT_STATUS_APPLIED:
-            has = applied_value is not None and applied_value.WhichOneof("kind") is not None
-            sp.applied_value.CopyFrom(applied_value if has else sp.value)
-        elif status == pb.SETPOINT_STATUS_CLAMPED:
-            sp.applied_value.CopyFrom(applied_value)
+            sp.applied_value.CopyFrom(given or sp.value)
+        elif status == pb.SETPOINT_STATUS_CLAMPED and given is not None:
+            sp.applied_value.CopyFrom(given)
         self._on_change("setpoint_report", sp)
         return sp
 
@@ -180,7 +178,7 @@ class SetpointBoard:
     def unwatch(self, watcher: SetpointWatcher) -> None:
         self._watchers.discard(watcher)
 
-    def _notify(self, event: int, sp: pb.Setpoint) -> None:
+    def _notify(self, event: pb.SetpointEvent, sp: pb.Setpoint) -> None:
         for w in self._watchers:
             if w.match(sp.name):
                 w.offer(event, sp)

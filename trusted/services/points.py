@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 
@@ -56,7 +57,7 @@ class PointService:
         # Names the caller may not read are not listed at all: their existence is data too.
         visible = [
             m
-            for m in self.s.db.list(req.pattern)
+            for m in self.s.db.list_metadata(req.pattern)
             if m.name > req.page_token and policy.allows(ident, "read", m.name)
         ]
         page = visible[:size]
@@ -88,7 +89,7 @@ class PointService:
         )
         if heartbeat < 0.1:
             raise CoreError("INVALID_ARGUMENT", "heartbeat_interval must be at least 100 ms")
-        wanted = _globs(req.patterns or ["**"])
+        wanted = _globs(list(req.patterns) or ["**"])
         ident, db = caller.identity, self.s.db
 
         def match(name: str) -> bool:
@@ -142,7 +143,7 @@ class PointService:
                         pb.HistorySample(
                             time=ms_to_ts(s.ts_ms),
                             value=pb_value(s.value),
-                            quality=s.quality,
+                            quality=cast(point_pb2.Quality, s.quality),
                             count=s.count,
                         )
                         for s in samples
