@@ -227,18 +227,23 @@ async def _agent(s: Stubs) -> None:
 
 
 async def _viewer(s: Stubs, plain: bool) -> None:
+    """The read-only GUI client: the watch stream, plus the status of the storage setpoint."""
     points: dict[str, ppb.Point] = {}
     stream = s.points.WatchPoints(spb.WatchPointsRequest(patterns=["smm/*", "ess/*"]))
     if plain:
         async for msg in stream:
             for p in msg.points:
                 print(f"rev {p.revision:>6}  {p.name:<12} {_fmt(p.value):>10} {p.unit}", flush=True)
+            if any(p.name == "ess/P_set" for p in msg.points):
+                print(await _setpoint_line(s), flush=True)
         return
     from rich.live import Live
     from rich.table import Table
 
+    caption = ""
+
     def table() -> Table:
-        t = Table(title=f"SMX demo site {SITE}: live points (Ctrl-C to stop)")
+        t = Table(title=f"SMX demo site {SITE}: live points (Ctrl-C to stop)", caption=caption)
         for col in ("point", "value", "unit", "quality", "writer", "revision"):
             t.add_column(col, justify="right" if col in ("value", "revision") else "left")
         for name in sorted(points):
@@ -257,7 +262,23 @@ async def _viewer(s: Stubs, plain: bool) -> None:
         async for msg in stream:
             for p in msg.points:
                 points[p.name] = p
+            caption = await _setpoint_line(s)
             live.update(table())
+
+
+async def _setpoint_line(s: Stubs) -> str:
+    try:
+        sp = (await s.control.GetSetpoint(cpb.GetSetpointRequest(name="ess/P_set"))).setpoint
+    except grpc.aio.AioRpcError:
+        return "no setpoint requested yet"
+    status = cpb.SetpointStatus.Name(sp.status).removeprefix("SETPOINT_STATUS_")
+    applied = f" -> {_fmt(sp.applied_value)} W" if sp.HasField("applied_value") else ""
+    why = f" ({sp.reason})" if sp.reason else ""
+    left = max(0.0, sp.expire_time.ToMilliseconds() / 1000 - time.time())
+    return (
+        f"setpoint ess/P_set = {_fmt(sp.value)} W from {sp.requester.rsplit('/', 1)[-1]}: "
+        f"{status}{applied}{why}, {left:.0f} s left"
+    )
 
 
 def _fmt(v: ppb.Value) -> str:
