@@ -1,14 +1,7 @@
 """The core's append-only audit log: JSON lines, hash-chained so that an edited line is detectable.
 
-Each line is one record::
-
-    {"seq":1,"ts_ms":...,"kind":"denied","identity":"spiffe://...","method":"...","point":"...",
-     "reason":"...","detail":{...},"prev":"<hash of seq-1>","hash":"<sha256>"}
-
-``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of every other field,
-``prev`` included, so editing, reordering or deleting a line in the middle breaks the chain and
-:meth:`AuditLog.verify` names the first bad seq. (Cutting records off the *end* is not detectable
-from the file alone.)
+The line format and the hash chain are described in trusted.audit_record; reading the file back
+(query, verify, recovery of the tail on open) is trusted.audit_reader. This module is the writer.
 
 Two kinds of traffic are aggregated so the log stays small on an SD card:
 
@@ -24,17 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import heapq
 import json
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trusted.audit_reader import query_records, recover_tail, verify_chain
+from trusted.audit_record import GENESIS, AuditError, AuditRecord, jsonable, record_hash
 
 __all__ = ["GENESIS", "KINDS", "AuditError", "AuditLog", "AuditRecord"]
 
@@ -44,107 +38,13 @@ log = logging.getLogger(__name__)
 KINDS = frozenset(
     {"write", "setpoint_request", "setpoint_report", "setpoint_expired", "denied", "policy_reload"}
 )
-# The `prev` of the first record.
-GENESIS = "0" * 64
 
-_FIELDS = (
-    "seq",
-    "ts_ms",
-    "kind",
-    "identity",
-    "method",
-    "point",
-    "reason",
-    "detail",
-    "prev",
-    "hash",
-)
 _SUMMARY_NAMES = 20  # names listed in a write summary
 _MAX_DISTINCT_NAMES = 100_000  # per identity and interval; beyond it the count is a lower bound
-_MAX_DETAIL_DEPTH = 16
-
-
-class AuditError(Exception):
-    """The audit log cannot be written, read or verified; ``seq`` is the first bad record if any."""
-
-    def __init__(self, message: str, *, seq: int | None = None) -> None:
-        super().__init__(message)
-        self.seq = seq
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    seq: int
-    ts_ms: int
-    kind: str
-    identity: str
-    method: str = ""
-    point: str = ""
-    reason: str = ""
-    detail: dict = field(default_factory=dict)
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy: the hash must survive a write/read round trip, so no NaN, no odd types."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if depth >= _MAX_DETAIL_DEPTH:
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v, depth + 1) for v in value]
-    return str(value)
-
-
-def _canonical(obj: dict[str, Any]) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
-
-
-def _record_hash(body: dict[str, Any]) -> str:
-    """SHA-256 over every field except ``hash`` itself (``prev`` included)."""
-    return hashlib.sha256(_canonical(body)).hexdigest()
-
-
-def _to_record(obj: Any) -> AuditRecord:
-    """A record from one parsed line; ValueError when the line is not a record."""
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    seq, ts_ms, detail = obj.get("seq"), obj.get("ts_ms"), obj.get("detail")
-    if type(seq) is not int or type(ts_ms) is not int or not isinstance(detail, dict):
-        raise ValueError("seq, ts_ms or detail missing or of the wrong type")
-    texts = [obj.get(k) for k in ("kind", "identity", "method", "point", "reason")]
-    if not all(isinstance(t, str) for t in texts):
-        raise ValueError("a text field is missing or not a string")
-    return AuditRecord(seq, ts_ms, *texts, detail=detail)
-
-
-def _lines_backward(fd: int, size: int, chunk: int = 256 * 1024) -> Iterator[tuple[int, bytes]]:
-    """(offset, raw line including its newline if any) from the end of the file backwards."""
-    pos, buf, end = size, b"", 0  # buf holds the file from `pos`; buf[:end] is not yielded yet
-    while True:
-        # The region's last byte is its own line's newline: look for the one before it.
-        cut = buf.rfind(b"\n", 0, end - 1) if end > 1 else -1
-        if cut >= 0:
-            yield pos + cut + 1, buf[cut + 1 : end]
-            end = cut + 1
-        elif pos > 0:
-            step = min(max(chunk, end), pos)  # grows for a very long line: linear, not quadratic
-            pos -= step
-            buf = os.pread(fd, step, pos) + buf[:end]
-            end += step
-        else:
-            if end:
-                yield 0, buf[:end]
-            return
 
 
 @dataclass
@@ -258,7 +158,7 @@ class AuditLog:
                 mode = st.st_mode & 0o777
                 log.warning("%s: audit log had mode %o, tightening to 600", path, mode)
                 os.fchmod(fd, 0o600)
-            self._seq, self._prev, self._size = self._recover_tail(fd, st.st_size)
+            self._seq, self._prev, self._size = recover_tail(path, fd, st.st_size)
         except OSError as err:
             os.close(fd)
             raise AuditError(f"{path}: cannot read audit log: {err.strerror}") from err
@@ -267,43 +167,6 @@ class AuditLog:
             raise
         self._fd = fd
         log.info("audit log %s opened at seq %d", path, self._seq)
-
-    def _recover_tail(self, fd: int, size: int) -> tuple[int, str, int]:
-        """(last seq, last hash, size) to continue from; cuts a torn last line away."""
-        keep = size
-        for offset, raw in _lines_backward(fd, size):
-            if not raw.endswith(b"\n"):
-                # Every record is written whole with its newline, so this is an interrupted write.
-                log.warning(
-                    "%s: dropping a torn last line (%d bytes) left by an interrupted write",
-                    self._path,
-                    len(raw),
-                )
-                keep = offset
-                continue
-            try:
-                obj = json.loads(raw)
-                rec = _to_record(obj)
-                last_hash = obj["hash"]
-                if not isinstance(last_hash, str):
-                    raise ValueError("hash is not a string")
-            except (ValueError, KeyError) as err:
-                # A whole but unreadable line is evidence, not debris: keep it; verify() reports it.
-                log.error(
-                    "%s: line at byte %d is not a valid audit record (%s); chaining from the "
-                    "record before it, verify() will report the damage",
-                    self._path,
-                    offset,
-                    err,
-                )
-                continue
-            break
-        else:
-            rec, last_hash = None, GENESIS
-        if keep != size:
-            os.ftruncate(fd, keep)
-            os.fsync(fd)
-        return (rec.seq if rec else 0), last_hash, keep
 
     async def close(self) -> None:
         """Write pending summaries and coalesced denials, fsync and close. Idempotent."""
@@ -412,7 +275,7 @@ class AuditLog:
         detail: dict | None,
     ) -> AuditRecord:
         fd = self._check_open()
-        clean = _jsonable(detail) if detail else {}
+        clean = jsonable(detail) if detail else {}
         seq, ts_ms = self._seq + 1, _now_ms()
         body = {
             "seq": seq,
@@ -425,7 +288,7 @@ class AuditLog:
             "detail": clean,
             "prev": self._prev,
         }
-        digest = _record_hash(body)
+        digest = record_hash(body)
         body["hash"] = digest
         line = (
             json.dumps(body, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
@@ -561,54 +424,15 @@ class AuditLog:
         called with each record's point ("" for records without one). Records still being
         aggregated (write summaries, denial repeats) are not in the file yet.
         """
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        # Cheap byte pre-filter: our own writer spells these fields exactly so in every line.
-        needles = [
-            f'"{name}":{json.dumps(value, ensure_ascii=True)}'.encode("ascii")
-            for name, value in (("kind", kind), ("identity", identity))
-            if value is not None
-        ]
-        # Read backwards and stop at `limit` matches: the common query (the latest records)
-        # touches only the end of a file that may be tens of MB. No early stop on time: a box
-        # without an RTC writes 1970 timestamps until NTP syncs, so ts_ms is not monotonic.
-        found: list[AuditRecord] = []
-        bad = 0
-        try:
-            f = open(self._path, "rb")
-        except FileNotFoundError:
-            return []
-        except OSError as err:
-            raise AuditError(f"{self._path}: cannot read audit log: {err.strerror}") from err
-        with f:
-            fd = f.fileno()
-            for _, raw in _lines_backward(fd, os.fstat(fd).st_size, chunk=1024 * 1024):
-                if not raw.endswith(b"\n"):
-                    continue  # a torn tail that start() has not cut yet
-                if needles and not all(n in raw for n in needles):
-                    continue
-                try:
-                    rec = _to_record(json.loads(raw))
-                except ValueError:
-                    bad += 1
-                    continue
-                if kind is not None and rec.kind != kind:
-                    continue
-                if identity is not None and rec.identity != identity:
-                    continue
-                if start_ms is not None and rec.ts_ms < start_ms:
-                    continue
-                if end_ms is not None and rec.ts_ms >= end_ms:
-                    continue
-                if point_glob is not None and not point_glob(rec.point):
-                    continue
-                found.append(rec)
-                if len(found) >= limit:
-                    break
-        if bad:
-            log.warning("%s: query skipped %d unreadable lines (run verify)", self._path, bad)
-        found.reverse()
-        return found
+        return query_records(
+            self._path,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            kind=kind,
+            identity=identity,
+            point_glob=point_glob,
+            limit=limit,
+        )
 
     def verify(self) -> int:
         """Check every line and the hash chain; the number of records checked.
@@ -616,38 +440,4 @@ class AuditLog:
         Raises AuditError (with ``.seq``) at the first record that is unreadable, out of sequence,
         not chained to its predecessor, or whose hash does not match its content.
         """
-        prev, expected, count = GENESIS, 1, 0
-        try:
-            f = open(self._path, "rb")
-        except OSError as err:
-            raise AuditError(f"{self._path}: cannot read audit log: {err.strerror}") from err
-        with f:
-            for lineno, raw in enumerate(f, 1):
-                where = f"{self._path}: seq {expected} (line {lineno})"
-                if not raw.endswith(b"\n"):
-                    raise AuditError(f"{where}: torn line without a newline", seq=expected)
-                try:
-                    obj = json.loads(raw)
-                    _to_record(obj)
-                except ValueError as err:
-                    raise AuditError(f"{where}: not a valid record: {err}", seq=expected) from err
-                if set(obj) != set(_FIELDS):
-                    raise AuditError(
-                        f"{where}: fields {sorted(obj)} differ from {sorted(_FIELDS)}",
-                        seq=expected,
-                    )
-                seq = obj["seq"]
-                if seq != expected:
-                    raise AuditError(
-                        f"{where}: found seq {seq} (a record is missing or out of order)",
-                        seq=expected,
-                    )
-                if obj["prev"] != prev:
-                    raise AuditError(
-                        f"{where}: prev does not match the hash of seq {seq - 1}", seq=seq
-                    )
-                digest = obj.pop("hash")
-                if _record_hash(obj) != digest:
-                    raise AuditError(f"{where}: hash mismatch, the record was altered", seq=seq)
-                prev, expected, count = digest, seq + 1, count + 1
-        return count
+        return verify_chain(self._path)

@@ -8,7 +8,8 @@ Layout of the PKI directory (``<site home>/pki``)::
 
 ``index.json`` is the ledger of every client certificate ever issued (a replaced certificate
 stays in it, marked revoked), and the CRL is always rebuilt from it. Only the ``smx pki``
-commands write here; the running core reads ``ca.crt``, the server pair and ``crl.pem``.
+commands write here; the running core reads ``ca.crt``, the server pair and ``crl.pem``
+(trusted.crl). Certificates are built in trusted.cert_build, files handled in trusted.pki_files.
 """
 
 from __future__ import annotations
@@ -16,24 +17,33 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import functools
 import json
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from trusted.cert_build import BACKDATE, build_ca, build_leaf, new_key
+from trusted.crl import RevocationList, load_certificate_pem
 from trusted.identity import DOMAINS, Identity, IdentityError
+from trusted.pki_files import (
+    KEY_MODE,
+    PUBLIC_MODE,
+    PkiError,
+    cert_pem,
+    key_pem,
+    load_cert_file,
+    read_file,
+    write_atomic,
+)
 
 __all__ = [
     "SERVER_NAME",
@@ -51,14 +61,6 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "smxcore"
 
 _INDEX_VERSION = 1
-# Certificates start a little in the past: a box without an RTC may boot with a lagging clock.
-_BACKDATE = dt.timedelta(minutes=5)
-_KEY_MODE = 0o600
-_PUBLIC_MODE = 0o644
-
-
-class PkiError(Exception):
-    """A PKI operation that cannot be done; the message names the file, name or value."""
 
 
 @dataclass(frozen=True)
@@ -88,158 +90,6 @@ class IssuedCert:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-# --- file helpers -------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file + os.replace: readers see the old or the new file, never half of one.
-
-    The temp file is created with ``mode`` by os.open, so a key is never world-readable, not even
-    between create and chmod; fchmod then pins the mode whatever the umask.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as err:
-        raise PkiError(f"{what} not found: {path}") from err
-    except OSError as err:
-        raise PkiError(f"cannot read {what} {path}: {err.strerror}") from err
-
-
-@functools.lru_cache(maxsize=256)
-def load_certificate_pem(data: bytes) -> x509.Certificate:
-    """Parse a PEM certificate; cached since the core calls it per RPC with the peer's PEM.
-
-    Raises ValueError (like cryptography itself) on data that is not a PEM certificate.
-    """
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as err:
-        raise ValueError(f"not a PEM certificate ({len(data)} bytes): {err}") from err
-
-
-def _load_cert_file(path: Path, what: str) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificate(_read(path, what))
-    except ValueError as err:
-        raise PkiError(f"{what} {path} is not a PEM certificate: {err}") from err
-
-
-# --- certificate building -----------------------------------------------------------------------
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _leaf_builder(
-    ca_cert: x509.Certificate,
-    ca_key: ec.EllipticCurvePrivateKey,
-    key: ec.EllipticCurvePrivateKey,
-    common_name: str,
-    san: list[x509.GeneralName],
-    eku: list[x509.ObjectIdentifier],
-    not_after: dt.datetime,
-) -> x509.Certificate:
-    now = _now()
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-
-def _build_ca(site: str, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"SMX site CA {site}")])
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{site}")]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
 
 
 # --- index records ------------------------------------------------------------------------------
@@ -333,7 +183,7 @@ class SiteCA:
         except OSError as err:
             raise PkiError(f"cannot create PKI directory {pki_dir}: {err.strerror}") from err
 
-        cert, key = _build_ca(site, days)
+        cert, key = build_ca(site, days)
         ca = cls(pki_dir, site, cert)
         ca._ca_key = key
         with ca._locked():
@@ -341,8 +191,8 @@ class SiteCA:
                 if existing.exists():
                     raise PkiError(f"a site CA already exists in {pki_dir} ({existing.name} found)")
             # The key goes first: a ca.crt without its key would be a CA that can never sign.
-            _write_atomic(ca.ca_key_path, _key_pem(key), _KEY_MODE)
-            _write_atomic(ca.ca_cert_path, _cert_pem(cert), _PUBLIC_MODE)
+            write_atomic(ca.ca_key_path, key_pem(key), KEY_MODE)
+            write_atomic(ca.ca_cert_path, cert_pem(cert), PUBLIC_MODE)
             index: dict[str, Any] = {
                 "version": _INDEX_VERSION,
                 "site": site,
@@ -362,7 +212,7 @@ class SiteCA:
         cert_path = pki_dir / "ca.crt"
         if not cert_path.exists():
             raise PkiError(f"no site CA in {pki_dir}: {cert_path} not found (run `smx pki init`)")
-        cert = _load_cert_file(cert_path, "CA certificate")
+        cert = load_cert_file(cert_path, "CA certificate")
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             uris = san.get_values_for_type(x509.UniformResourceIdentifier)
@@ -421,8 +271,8 @@ class SiteCA:
             if not_after > ca_end:
                 log.warning("certificate for %s cut to the CA's expiry %s", name, ca_end)
                 not_after = ca_end
-            key = _new_key()
-            cert = _leaf_builder(
+            key = new_key()
+            cert = build_leaf(
                 self._ca_cert,
                 ca_key,
                 key,
@@ -433,8 +283,8 @@ class SiteCA:
             )
             cert_path, key_path = self.client_paths(name)
             cert_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(key_path, _key_pem(key), _KEY_MODE)
-            _write_atomic(cert_path, _cert_pem(cert), _PUBLIC_MODE)
+            write_atomic(key_path, key_pem(key), KEY_MODE)
+            write_atomic(cert_path, cert_pem(cert), PUBLIC_MODE)
             rec = {
                 "name": name,
                 "domain": domain,
@@ -477,8 +327,8 @@ class SiteCA:
     def _issue_server(self, index: dict[str, Any]) -> None:
         # The core's certificate lives as long as the CA: an expired server cert would silently
         # lock every client out of the box.
-        key = _new_key()
-        cert = _leaf_builder(
+        key = new_key()
+        cert = build_leaf(
             self._ca_cert,
             self._key(),
             key,
@@ -490,8 +340,8 @@ class SiteCA:
             eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
             not_after=self._ca_cert.not_valid_after_utc,
         )
-        _write_atomic(self.server_key_path, _key_pem(key), _KEY_MODE)
-        _write_atomic(self.server_cert_path, _cert_pem(cert), _PUBLIC_MODE)
+        write_atomic(self.server_key_path, key_pem(key), KEY_MODE)
+        write_atomic(self.server_cert_path, cert_pem(cert), PUBLIC_MODE)
         index["server"] = {
             "serial": format(cert.serial_number, "x"),
             "not_after": cert.not_valid_after_utc.isoformat(),
@@ -499,7 +349,7 @@ class SiteCA:
 
     def _key(self) -> ec.EllipticCurvePrivateKey:
         if self._ca_key is None:
-            data = _read(self.ca_key_path, "CA key")
+            data = read_file(self.ca_key_path, "CA key")
             try:
                 key = serialization.load_pem_private_key(data, password=None)
             except (ValueError, TypeError, UnsupportedAlgorithm) as err:
@@ -515,7 +365,7 @@ class SiteCA:
     def _locked(self) -> Iterator[None]:
         # Two `smx pki` commands at once must not lose each other's index or CRL update.
         try:
-            fd = os.open(self._dir / ".lock", os.O_WRONLY | os.O_CREAT, _KEY_MODE)
+            fd = os.open(self._dir / ".lock", os.O_WRONLY | os.O_CREAT, KEY_MODE)
         except OSError as err:
             raise PkiError(f"cannot lock PKI directory {self._dir}: {err.strerror}") from err
         try:
@@ -527,7 +377,7 @@ class SiteCA:
     def _load_index(self) -> dict[str, Any]:
         path = self.index_path
         try:
-            raw = json.loads(_read(path, "PKI index"))
+            raw = json.loads(read_file(path, "PKI index"))
             index = {
                 "version": raw["version"],
                 "site": raw["site"],
@@ -546,7 +396,7 @@ class SiteCA:
         out = dict(index)
         out["certificates"] = [_record_to_json(r) for r in index["certificates"]]
         data = json.dumps(out, indent=2, sort_keys=True).encode() + b"\n"
-        _write_atomic(self.index_path, data, _PUBLIC_MODE)
+        write_atomic(self.index_path, data, PUBLIC_MODE)
 
     @staticmethod
     def _current(index: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -567,7 +417,7 @@ class SiteCA:
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self._ca_cert.subject)
-            .last_update(now - _BACKDATE)
+            .last_update(now - BACKDATE)
             # Revocation is pushed by rewriting the file, not by expiry; the core does not
             # require a fresh CRL, so nextUpdate is simply the end of the CA's life.
             .next_update(max(self._ca_cert.not_valid_after_utc, now + dt.timedelta(days=1)))
@@ -583,7 +433,7 @@ class SiteCA:
                     .build()
                 )
         crl = builder.sign(self._key(), hashes.SHA256())
-        _write_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), _PUBLIC_MODE)
+        write_atomic(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE)
 
     def _to_issued(self, rec: dict[str, Any]) -> IssuedCert:
         cert_path, key_path = self.client_paths(rec["name"])
@@ -597,97 +447,3 @@ class SiteCA:
             cert_path=cert_path,
             key_path=key_path,
         )
-
-
-# --- revocation checking in the running core --------------------------------------------------
-
-
-class RevocationList:
-    """The revoked serials of ``crl_path``, reloaded when the file changes.
-
-    Cheap enough to call on every RPC: at most one stat every ``min_interval`` seconds, and a
-    parse only when the file's inode, mtime or size changed. A CRL that is corrupt or not signed
-    by the CA is logged and ignored; the previous list stays in force. The first load must
-    succeed, so a core never starts without knowing what is revoked.
-    """
-
-    def __init__(
-        self,
-        crl_path: Path,
-        ca_cert: x509.Certificate,
-        *,
-        min_interval: float = 0.5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._path = Path(crl_path)
-        self._ca_cert = ca_cert
-        self._min_interval = min_interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        stamp = self._stat()
-        if stamp is None:
-            raise PkiError(f"CRL not found: {self._path}")
-        self._serials = self._parse()  # raises PkiError: refuse to start on a bad CRL
-        self._stamp = stamp
-        self._next_check = clock() + min_interval
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
-    def revoked_serials(self) -> frozenset[int]:
-        return self._serials
-
-    def is_revoked(self, serial: int) -> bool:
-        self.refresh()
-        return serial in self._serials
-
-    def refresh(self, *, force: bool = False) -> None:
-        """Reload the CRL if its file changed (at most once per ``min_interval`` unless forced)."""
-        with self._lock:
-            now = self._clock()
-            if not force and now < self._next_check:
-                return
-            self._next_check = now + self._min_interval
-            stamp = self._stat()
-            if stamp is None:
-                if self._stamp is not None:
-                    log.error("CRL %s disappeared; keeping the previous list", self._path)
-                self._stamp = None
-                return
-            if stamp == self._stamp:
-                return
-            # Remember the stamp even on failure, so one bad file logs one error, not one per RPC.
-            self._stamp = stamp
-            try:
-                serials = self._parse()
-            except PkiError as err:
-                log.error("%s; keeping the previous revocation list", err)
-                return
-            if serials != self._serials:
-                log.info("CRL %s reloaded: %d revoked certificate(s)", self._path, len(serials))
-            self._serials = serials
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
-    def _parse(self) -> frozenset[int]:
-        data = _read(self._path, "CRL")
-        try:
-            crl = x509.load_pem_x509_crl(data)
-        except ValueError as err:
-            raise PkiError(f"CRL {self._path} is corrupt: {err}") from err
-        if crl.issuer != self._ca_cert.subject:
-            raise PkiError(f"CRL {self._path} was issued by {crl.issuer.rfc4514_string()}")
-        try:
-            valid = crl.is_signature_valid(self._ca_cert.public_key())
-        except (InvalidSignature, TypeError, UnsupportedAlgorithm):
-            valid = False
-        if not valid:
-            raise PkiError(f"CRL {self._path} is not signed by the site CA")
-        return frozenset(r.serial_number for r in crl)

@@ -50,21 +50,33 @@ PolicyError naming the file and the key, e.g. `policy.toml: roles.gui.rules[0]: 
 A Policy is immutable; reloading means loading a new one and swapping it in. Decisions are
 cached per (identity, verb, point) in a bounded dict, because allows() runs on every write. The
 caches are meant for one event loop (the grpc.aio server), not for concurrent threads.
+
+The value types (Rule, Role, Binding, PolicyError) live in trusted.policy_model and the file
+validation in trusted.policy_parser; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from .identity import DOMAINS, Identity, IdentityError
+from .identity import Identity, IdentityError
 from .names import Glob, GlobSet, InvalidName, substitute
+from .policy_model import (
+    METHOD_VERBS,
+    VERBS,
+    WILDCARD_IDENTITY,
+    Binding,
+    PolicyError,
+    Role,
+    Rule,
+)
+from .policy_parser import parse_policy
+from .toml_text import toml_list, toml_str
 
 __all__ = [
     "METHOD_VERBS",
@@ -76,74 +88,15 @@ __all__ = [
     "Rule",
     "default_policy_text",
     "default_roles_text",
+    "toml_list",
+    "toml_str",
 ]
 
 log = logging.getLogger(__name__)
 
-VERBS: tuple[str, ...] = ("read", "write", "request", "control", "admin")
 
-# Which verb each RPC needs (IdentityService.WhoAmI needs none: any authenticated caller).
-METHOD_VERBS: Mapping[str, str] = {
-    "GetPoints": "read",
-    "ListPoints": "read",
-    "WatchPoints": "read",
-    "ReadHistory": "read",
-    "GetSetpoint": "read",
-    "WritePoints": "write",
-    "DeclarePoints": "write",
-    "RequestSetpoint": "request",
-    "WatchSetpoints": "control",
-    "ReportSetpoint": "control",
-    "QueryAudit": "admin",
-    "ReloadPolicy": "admin",
-    "ListClients": "admin",
-}
-
-_ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-_WILDCARD = re.compile(r"spiffe://([^/]+)/([^/]+)/\*")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-# Sample values used to check, at load time, that patterns with placeholders are valid.
-_SAMPLE = {"name": "x", "site": "s"}
 _MAX_DECISIONS = 65536
 _MAX_IDENTITIES = 1024
-
-
-class PolicyError(ValueError):
-    """An invalid policy file; the message names the file and the offending key."""
-
-    def __init__(self, source: str, path: str, message: str) -> None:
-        self.source = source
-        self.path = path
-        super().__init__(f"{source}: {path}: {message}" if path else f"{source}: {message}")
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """Verbs granted on patterns; patterns may still hold `{name}` / `{site}` placeholders."""
-
-    verbs: tuple[str, ...]
-    points: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Role:
-    name: str
-    description: str
-    rules: tuple[Rule, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """Roles and extra rules for one identity URI, or for `spiffe://<site>/<domain>/*`."""
-
-    identity: str
-    roles: tuple[str, ...]
-    rules: tuple[Rule, ...]
-    description: str = ""
-
-    @property
-    def is_wildcard(self) -> bool:
-        return self.identity.endswith("/*")
 
 
 @dataclass(slots=True)
@@ -180,7 +133,7 @@ class Policy:
                     f"{binding.identity!r} is bound to "
                     f"undefined roles {', '.join(map(repr, undefined))}",
                 )
-            m = _WILDCARD.fullmatch(binding.identity)
+            m = WILDCARD_IDENTITY.fullmatch(binding.identity)
             if m is not None:
                 self._wild[(m.group(1), m.group(2))] = binding
             else:
@@ -218,7 +171,8 @@ class Policy:
             raise PolicyError(source, "", f"TOML syntax error: {err}") from err
         except RecursionError as err:  # absurdly deep nesting
             raise PolicyError(source, "", "TOML nesting too deep") from err
-        return _Parser(source).parse(data)
+        roles, bindings = parse_policy(data, source)
+        return cls(roles, bindings, source)
 
     # ------------------------------------------------------------------ queries
 
@@ -350,155 +304,6 @@ def _check_verb(verb: str) -> None:
         raise ValueError(f"unknown verb {verb!r} (use one of {', '.join(VERBS)})")
 
 
-# --------------------------------------------------------------------------- parsing
-
-
-def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    return "date/time"
-
-
-def _key(path: str, key: str) -> str:
-    shown = key if _BARE_KEY.fullmatch(key) else _toml_str(key)
-    return f"{path}.{shown}" if path else shown
-
-
-class _Parser:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def error(self, path: str, message: str) -> PolicyError:
-        return PolicyError(self.source, path, message)
-
-    def keys(
-        self, table: dict[str, Any], path: str, allowed: tuple[str, ...], required: tuple[str, ...]
-    ) -> None:
-        for key in table:
-            if key not in allowed:
-                raise self.error(path, f"unknown key {key!r} (allowed: {', '.join(allowed)})")
-        for key in required:
-            if key not in table:
-                raise self.error(path, f"missing key {key!r}")
-
-    def table(self, value: object, path: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.error(path, f"expected a table, got {_type_name(value)}")
-        return value
-
-    def array(self, value: object, path: str) -> list[Any]:
-        if not isinstance(value, list):
-            raise self.error(path, f"expected an array, got {_type_name(value)}")
-        return value
-
-    def string(self, value: object, path: str) -> str:
-        if not isinstance(value, str):
-            raise self.error(path, f"expected a string, got {_type_name(value)}")
-        return value
-
-    def strings(self, value: object, path: str) -> list[str]:
-        return [self.string(v, f"{path}[{i}]") for i, v in enumerate(self.array(value, path))]
-
-    def parse(self, data: dict[str, Any]) -> Policy:
-        self.keys(data, "", ("roles", "bindings"), ())
-        roles: dict[str, Role] = {}
-        for name, raw in self.table(data.get("roles", {}), "roles").items():
-            path = _key("roles", name)
-            if _ROLE_NAME.fullmatch(name) is None:
-                raise self.error(path, f"invalid role name {name!r}: use [a-z][a-z0-9_-]{{0,63}}")
-            roles[name] = self.role(name, raw, path)
-        bindings: list[Binding] = []
-        seen: dict[str, int] = {}
-        for i, raw in enumerate(self.array(data.get("bindings", []), "bindings")):
-            path = f"bindings[{i}]"
-            binding = self.binding(raw, path, roles)
-            if binding.identity in seen:
-                raise self.error(
-                    f"{path}.identity",
-                    f"{binding.identity!r} is already bound by bindings[{seen[binding.identity]}]"
-                    " (give one binding several roles instead)",
-                )
-            seen[binding.identity] = i
-            bindings.append(binding)
-        return Policy(roles, bindings, self.source)
-
-    def role(self, name: str, raw: object, path: str) -> Role:
-        table = self.table(raw, path)
-        self.keys(table, path, ("description", "rules"), ())
-        description = self.string(table.get("description", ""), f"{path}.description")
-        rules = self.rules(table.get("rules", []), f"{path}.rules")
-        return Role(name, description, rules)
-
-    def rules(self, raw: object, path: str) -> tuple[Rule, ...]:
-        return tuple(self.rule(r, f"{path}[{i}]") for i, r in enumerate(self.array(raw, path)))
-
-    def rule(self, raw: object, path: str) -> Rule:
-        table = self.table(raw, path)
-        self.keys(table, path, ("verbs", "points"), ("verbs",))
-        verbs = self.strings(table["verbs"], f"{path}.verbs")
-        if not verbs:
-            raise self.error(f"{path}.verbs", "empty: name at least one verb")
-        for i, verb in enumerate(verbs):
-            if verb not in VERBS:
-                raise self.error(
-                    f"{path}.verbs[{i}]", f"unknown verb {verb!r} (use one of {', '.join(VERBS)})"
-                )
-        points = self.strings(table.get("points", []), f"{path}.points")
-        if not points and any(v != "admin" for v in verbs):
-            raise self.error(
-                f"{path}.points" if "points" in table else path,
-                "no point patterns: a rule needs 'points' unless its only verb is 'admin'",
-            )
-        for i, pattern in enumerate(points):
-            try:
-                Glob(substitute(pattern, **_SAMPLE))
-            except InvalidName as err:
-                raise self.error(f"{path}.points[{i}]", str(err)) from err
-        return Rule(tuple(dict.fromkeys(verbs)), tuple(dict.fromkeys(points)))
-
-    def binding(self, raw: object, path: str, roles: Mapping[str, Role]) -> Binding:
-        table = self.table(raw, path)
-        self.keys(table, path, ("identity", "roles", "rules", "description"), ("identity",))
-        identity = self.identity(table["identity"], f"{path}.identity")
-        role_names = self.strings(table.get("roles", []), f"{path}.roles")
-        for i, name in enumerate(role_names):
-            if name not in roles:
-                defined = ", ".join(sorted(roles)) or "none"
-                raise self.error(
-                    f"{path}.roles[{i}]", f"undefined role {name!r} (defined: {defined})"
-                )
-        rules = self.rules(table.get("rules", []), f"{path}.rules")
-        description = self.string(table.get("description", ""), f"{path}.description")
-        return Binding(identity, tuple(dict.fromkeys(role_names)), rules, description)
-
-    def identity(self, raw: object, path: str) -> str:
-        uri = self.string(raw, path)
-        m = _WILDCARD.fullmatch(uri)
-        try:
-            if m is None:
-                return Identity.parse(uri).uri
-            Identity.check_site(m.group(1))
-        except IdentityError as err:
-            raise self.error(
-                path, f"{err}; the only wildcard form is spiffe://<site>/<domain>/*"
-            ) from err
-        if m.group(2) not in DOMAINS:
-            raise self.error(
-                path, f"unknown domain {m.group(2)!r} in {uri!r} (use {' or '.join(DOMAINS)})"
-            )
-        return uri
-
-
 # --------------------------------------------------------------------------- default policy
 
 
@@ -506,33 +311,6 @@ def default_roles_text() -> str:
     """The shipped `default_policy.toml`: the default roles, no bindings."""
     package = resources.files(__package__ or "trusted")
     return package.joinpath("default_policy.toml").read_text(encoding="utf-8")
-
-
-def _toml_str(value: str) -> str:
-    """A TOML basic string literal for `value`."""
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_list(values: Iterable[str]) -> str:
-    return "[" + ", ".join(_toml_str(v) for v in values) + "]"
 
 
 def default_policy_text(
@@ -565,14 +343,14 @@ def default_policy_text(
         lines += [
             "",
             "[[bindings]]",
-            f"identity = {_toml_str(uri)}",
-            f"roles = {_toml_list(roles)}",
+            f"identity = {toml_str(uri)}",
+            f"roles = {toml_list(roles)}",
         ]
         rules = extra.pop(given, ())
         if rules:
             lines.append("rules = [")
             lines += [
-                f"  {{ verbs = {_toml_list(verbs)}, points = {_toml_list(points)} }},"
+                f"  {{ verbs = {toml_list(verbs)}, points = {toml_list(points)} }},"
                 for verbs, points in rules
             ]
             lines.append("]")

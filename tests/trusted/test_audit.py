@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trusted import audit as audit_mod
+from trusted import audit_reader, audit_record
 from trusted.audit import GENESIS, AuditError, AuditLog, AuditRecord
 
 ALICE = "spiffe://usm-0017/trusted/fronius"
@@ -316,7 +317,7 @@ async def test_verify_detects_a_deleted_or_recomputed_line(path: Path) -> None:
     row = json.loads(rows[1])
     row["point"] = "x"
     body = {k: v for k, v in row.items() if k != "hash"}
-    row["hash"] = audit_mod._record_hash(body)
+    row["hash"] = audit_record.record_hash(body)
     path.write_text("\n".join([rows[0], json.dumps(row), rows[2]]) + "\n")
     with pytest.raises(AuditError, match="seq 3"):
         log.verify()
@@ -395,7 +396,7 @@ def test_reading_lines_backwards_matches_reading_forwards(
     with tempfile.TemporaryFile() as f:
         f.write(data)
         f.flush()
-        got = list(audit_mod._lines_backward(f.fileno(), len(data), chunk=chunk))
+        got = list(audit_reader.lines_backward(f.fileno(), len(data), chunk=chunk))
     *whole, tail = data.split(b"\n")
     expected = [r + b"\n" for r in whole] + ([tail] if tail else [])
     assert [raw for _, raw in reversed(got)] == expected

@@ -330,7 +330,7 @@ def test_revocation_list_keeps_the_previous_list_on_a_bad_crl(
         (forged, "not signed by the site CA"),
     ]:
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="trusted.pki"):
+        with caplog.at_level(logging.ERROR, logger="trusted.crl"):
             ca.crl_path.write_bytes(bad)
             clock.t += 1
             assert crl.is_revoked(issued.serial), why

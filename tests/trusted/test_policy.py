@@ -224,9 +224,9 @@ def test_default_policy_text_quotes_strings() -> None:
     )
     policy = Policy.from_toml(text)
     assert policy.allows(ident("untrusted", "anyone"), "request", "ev1/I_max_set")
-    assert policy_module._toml_str('a"b\\c\n\x01') == '"a\\"b\\\\c\\n\\u0001"'
+    assert policy_module.toml_str('a"b\\c\n\x01') == '"a\\"b\\\\c\\n\\u0001"'
     assert (
-        policy_module.tomllib.loads("k = " + policy_module._toml_str('a"b\\c\n\x01\x7f\té'))["k"]
+        policy_module.tomllib.loads("k = " + policy_module.toml_str('a"b\\c\n\x01\x7f\té'))["k"]
         == 'a"b\\c\n\x01\x7f\té'
     )
 
@@ -507,7 +507,7 @@ def _render(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return policy_module._toml_str(value)
+        return policy_module.toml_str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_render(v) for v in value) + "]"
     assert isinstance(value, dict)

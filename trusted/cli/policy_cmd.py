@@ -7,7 +7,8 @@ import sys
 
 from trusted.identity import DOMAINS, Identity, IdentityError
 from trusted.pki import PkiError, SiteCA
-from trusted.policy import Policy, PolicyError, _toml_list, _toml_str, default_policy_text
+from trusted.policy import Policy, PolicyError, default_policy_text
+from trusted.toml_text import toml_list, toml_str
 
 from .main import site_home
 
@@ -66,11 +67,11 @@ def bind(args: argparse.Namespace) -> int:
     block = [
         "",
         "[[bindings]]",
-        f"identity = {_toml_str(uri)}",
-        f"roles = {_toml_list(args.roles)}",
+        f"identity = {toml_str(uri)}",
+        f"roles = {toml_list(args.roles)}",
     ]
     if args.read:
-        block.append(f'rules = [ {{ verbs = ["read"], points = {_toml_list(args.read)} }} ]')
+        block.append(f'rules = [ {{ verbs = ["read"], points = {toml_list(args.read)} }} ]')
     text = path.read_text() + "\n".join(block) + "\n"
     Policy.from_toml(text, str(path))  # refuse to write a policy the core would refuse
     path.write_text(text)
