@@ -32,10 +32,11 @@ AGGREGATIONS = ("min", "max", "avg", "last")
 # not known to be usable, but not known to have failed either: they rank between UNCERTAIN and BAD.
 _QUALITY_RANK = {1: 0, 2: 1, 3: 2, 4: 4, 5: 5}
 _UNKNOWN_RANK = 3
-# SQL mirror of _QUALITY_RANK, packed with the code so MAX() picks the worst and keeps its code.
+# The rank in SQL, packed with the code so MAX() picks the worst and keeps its code.
 _QUALITY_KEY = (
-    "((CASE q WHEN 1 THEN 0 WHEN 2 THEN 1 WHEN 3 THEN 2 WHEN 4 THEN 4 WHEN 5 THEN 5 ELSE 3 END)"
-    " * 4294967296 + (q & 4294967295))"
+    "((CASE q "
+    + " ".join(f"WHEN {q} THEN {rank}" for q, rank in _QUALITY_RANK.items())
+    + f" ELSE {_UNKNOWN_RANK} END) * 4294967296 + (q & 4294967295))"
 )
 # Epoch-aligned bucket start; SQLite's % truncates toward zero, so fold negatives back.
 _BUCKET = "ts_ms - (((ts_ms % :w) + :w) % :w)"
