@@ -22,7 +22,7 @@ Format (every key optional; relative paths are relative to the site home)::
     path = "data/audit.jsonl"
 
     [watch]
-    backlog = 100000             # change events kept so a watcher can resume
+    backlog = 20000              # revisions kept so a watcher can resume (older: re-snapshot)
     stale_factor = 2.0
     stale_check_interval = "500ms"
 
@@ -107,7 +107,7 @@ class CoreConfig:
     history: HistoryConfig
     stale_factor: float = 2.0
     stale_check_interval: float = 0.5
-    watch_backlog: int = 100_000  # change events kept for resume
+    watch_backlog: int = 20_000  # revisions kept for resuming a watch
     max_request_items: int = 10_000
     max_message_bytes: int = 4 * 1024 * 1024
 
@@ -339,7 +339,7 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
         stale_check_interval=_duration(
             watch.get("stale_check_interval", 0.5), "watch.stale_check_interval", 0.05, 60
         ),
-        watch_backlog=_int(watch.get("backlog", 100_000), "watch.backlog", 100, 10_000_000),
+        watch_backlog=_int(watch.get("backlog", 20_000), "watch.backlog", 100, 10_000_000),
         max_request_items=_int(
             limits.get("max_request_items", 10_000), "limits.max_request_items", 1, 1_000_000
         ),

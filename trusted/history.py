@@ -53,8 +53,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Buffered samples kept while the disk refuses writes; beyond this the oldest are dropped.
-MAX_PENDING = 1_000_000
+# Buffered samples kept while the disk refuses writes; beyond this the oldest are dropped
+# (and counted). ~200 bytes each in memory: this bounds the buffer to some 40 MB.
+MAX_PENDING = 200_000
+# Under a heavy load, flush as soon as this many samples wait rather than on the timer only:
+# a big buffer costs memory that CPython never gives back (measured: +55 MB at 50k points/s
+# with a 2 s interval). At ordinary rates (hundreds of points/s) only the timer flushes.
+FLUSH_AT = 20_000
 
 
 @dataclass(slots=True)
@@ -102,6 +107,7 @@ class HistoryLog:
         self._ids: dict[str, int] = {}  # name -> names.id; touched by the writer thread only
         self._flush_lock: asyncio.Lock | None = None
         self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None  # set by append when FLUSH_AT samples wait
         self._tasks: list[asyncio.Task[None]] = []
         self._state = "new"  # new -> started -> closed
 
@@ -121,6 +127,7 @@ class HistoryLog:
             raise
         self._flush_lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
         self._state = "started"
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="history-flush"))
         if self._max_age_s is not None or self._max_bytes is not None:
@@ -135,6 +142,8 @@ class HistoryLog:
             return
         assert self._stop is not None and self._executor is not None
         self._stop.set()
+        if self._wake is not None:
+            self._wake.set()
         # The loops finish their current flush / retention batch and exit; no cancellation, so
         # no batch is ever left half-handled.
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -163,6 +172,8 @@ class HistoryLog:
             self._stats.dropped += 1  # the deque drops the oldest itself
         pending.append((name, ts_ms, value, quality))
         self._last[name] = snapshot
+        if len(pending) >= FLUSH_AT and self._wake is not None:
+            self._wake.set()
 
     def put_metadata(self, name: str, blob: bytes) -> None:
         """Buffer an opaque metadata blob for `name`; persisted at the next flush."""
@@ -271,12 +282,13 @@ class HistoryLog:
         self._meta = batch.meta
 
     async def _flush_loop(self) -> None:
-        assert self._stop is not None
+        assert self._stop is not None and self._wake is not None
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), self._flush_interval)
+                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
             except TimeoutError:
                 pass
+            self._wake.clear()
             if self._stop.is_set():
                 return  # close() does the final flush
             try:

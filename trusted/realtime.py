@@ -85,7 +85,9 @@ class RealtimeDB:
         self.points: dict[str, point_pb2.Point] = {}
         self.meta: dict[str, point_pb2.PointMetadata] = {}
         # (revision, name) of recent changes, for resuming a watch; older ones are compacted.
-        self._changes: deque[tuple[int, str]] = deque(maxlen=backlog)
+        # (revision, names changed) of recent revisions, for resuming a watch; older ones are
+        # compacted. One entry per revision, so a batch of 100 costs one entry, not 100.
+        self._changes: deque[tuple[int, tuple[str, ...]]] = deque(maxlen=backlog)
         self._compacted = 0
         self._watchers: set[Watcher] = set()
         # name -> stale deadline (ms) for points with an expected period.
@@ -156,12 +158,12 @@ class RealtimeDB:
     def write(self, identity: str, samples: Iterable[point_pb2.PointSample]) -> int:
         """Validate the whole batch, then store it under one new revision."""
         batch = list(samples)
-        seen: set[str] = set()
+        names: list[str] = []
         for s in batch:
+            # The validator's cache hands back one str object per name: the points dict, the
+            # change log and the history buffer all share it instead of a copy per sample.
             name = _valid_name(s.name)
-            if name in seen:
-                raise CoreError("INVALID_ARGUMENT", f"point {name} appears twice in one batch")
-            seen.add(name)
+            names.append(name)
             field = s.value.WhichOneof("kind")
             if field is None:
                 raise CoreError("INVALID_ARGUMENT", f"point {name}: no value", point=name)
@@ -177,18 +179,27 @@ class RealtimeDB:
                 raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
             if s.quality not in _WRITABLE_QUALITIES:
                 raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {s.quality}")
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise CoreError("INVALID_ARGUMENT", f"point {dup} appears twice in one batch")
         self.revision += 1
         rev = self.revision
         now = now_ms()
         receive = ms_to_ts(now)
-        for s in batch:
-            self._store(s, identity, rev, now, receive)
+        for name, s in zip(names, batch, strict=True):
+            self._store(name, s, identity, rev, now, receive)
+        self._log_change(rev, tuple(names))
         return rev
 
     def _store(
-        self, s: point_pb2.PointSample, identity: str, rev: int, now: int, receive: Timestamp
+        self,
+        name: str,
+        s: point_pb2.PointSample,
+        identity: str,
+        rev: int,
+        now: int,
+        receive: Timestamp,
     ) -> None:
-        name = s.name
         meta = self.meta.get(name)
         point = point_pb2.Point(
             name=name,
@@ -201,7 +212,6 @@ class RealtimeDB:
             revision=rev,
         )
         self.points[name] = point
-        self._log_change(rev, name)
         if meta is not None and meta.HasField("expected_period"):
             self._arm_deadline(name, now)
         for w in self._watchers:
@@ -217,11 +227,11 @@ class RealtimeDB:
                 point.SerializeToString(),
             )
 
-    def _log_change(self, rev: int, name: str) -> None:
+    def _log_change(self, rev: int, names: tuple[str, ...]) -> None:
         if len(self._changes) == self._changes.maxlen:
             # The oldest entry falls out: resuming from before it is no longer possible.
             self._compacted = self._changes[0][0]
-        self._changes.append((rev, name))
+        self._changes.append((rev, names))
 
     def get(self, names: Iterable[str]) -> list[point_pb2.Point]:
         out = []
@@ -256,10 +266,10 @@ class RealtimeDB:
             first = [p for n, p in self.points.items() if watcher.matches(n)]
         else:
             changed: dict[str, None] = {}
-            for rev, name in reversed(self._changes):
+            for rev, names in reversed(self._changes):
                 if rev <= start_revision:
                     break
-                changed[name] = None
+                changed.update(dict.fromkeys(names))
             first = [self.points[n] for n in changed if watcher.matches(n)]
             first.sort(key=lambda p: p.revision)
         self._watchers.add(watcher)
@@ -294,21 +304,23 @@ class RealtimeDB:
         if not due:
             return []
         self.revision += 1
+        marked = []
         for name in due:
             del self._deadlines[name]
             old = self.points.get(name)
             if old is None or old.quality == point_pb2.QUALITY_STALE:
                 continue
+            marked.append(name)
             point = point_pb2.Point()
             point.CopyFrom(old)
             point.quality = point_pb2.QUALITY_STALE
             point.writer = self.core_identity
             point.revision = self.revision
             self.points[name] = point
-            self._log_change(self.revision, name)
             for w in self._watchers:
                 if w.matches(name):
                     w.offer(point)
+        self._log_change(self.revision, tuple(marked))
         log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
         return due
 

@@ -86,7 +86,7 @@ def test_no_file_gives_every_default_under_home(tmp_path: Path) -> None:
         ),
         stale_factor=2.0,
         stale_check_interval=0.5,
-        watch_backlog=100_000,
+        watch_backlog=20_000,
         max_request_items=10_000,
         max_message_bytes=4 * 1024**2,
     )

@@ -619,3 +619,22 @@ async def test_measure_append_and_flush_of_10000_samples(
                 end="",
             )
         print()
+
+
+async def test_a_full_buffer_is_flushed_before_the_timer(tmp_path: Path) -> None:
+    # Under a heavy load the buffer must not grow for a whole (long) flush interval.
+    from trusted import history as history_mod
+
+    log = HistoryLog(tmp_path / "h.db", flush_interval=60.0)
+    await log.start()
+    try:
+        for i in range(history_mod.FLUSH_AT):
+            log.append("dev/P", i, float(i), 1, b"")
+        for _ in range(100):
+            if log.stats()["flushed"]:
+                break
+            await asyncio.sleep(0.02)
+        assert log.stats()["flushed"] == history_mod.FLUSH_AT
+        assert log.stats()["pending"] == 0
+    finally:
+        await log.close()
