@@ -19,7 +19,7 @@ from smx.v1 import (
     point_service_pb2_grpc,
 )
 
-__all__ = ["SERVER_NAME", "Credentials", "Stubs", "error_reason", "unix_target"]
+__all__ = ["SERVER_NAME", "Credentials", "Stubs", "error_info", "error_reason", "unix_target"]
 
 # DNS name in the core's server certificate. Over a Unix socket the target name would be the
 # socket path, so the client must name the server explicitly.
@@ -71,8 +71,10 @@ class Credentials:
             certificate_chain=self.cert.read_bytes(),
         )
 
-    def aio_channel(self, target: str) -> AioChannel:
-        return grpc.aio.secure_channel(target, self.grpc(), options=CHANNEL_OPTIONS)
+    def aio_channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> AioChannel:
+        return grpc.aio.secure_channel(
+            target, self.grpc(), options=CHANNEL_OPTIONS + list(options or ())
+        )
 
     def channel(self, target: str) -> Channel:
         return grpc.secure_channel(target, self.grpc(), options=CHANNEL_OPTIONS)
@@ -92,6 +94,12 @@ class Stubs:
 def error_reason(err: grpc.RpcError) -> str | None:
     """The stable ErrorInfo reason of an SMX error (e.g. "PERMISSION_NOT_GRANTED"), from the
     status details the core attaches; None for errors raised by grpc itself."""
+    info = error_info(err)
+    return info.reason if info is not None else None
+
+
+def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo the core attached to an error (reason + metadata such as `point`)."""
     metadata = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for key, value in metadata or ():
         if key != "grpc-status-details-bin":
@@ -100,5 +108,5 @@ def error_reason(err: grpc.RpcError) -> str | None:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
-                return info.reason
+                return info
     return None

@@ -1,0 +1,181 @@
+"""Test helpers for extension authors: a real core on a temporary socket with temporary
+certificates, driven through the `smx` command (not imported), so tests of an extension talk to
+exactly what runs on a site.
+
+    with TestSite({"battery": ("trusted", ["trusted-extension"], [])}) as site:
+        ext = Extension(site.env("battery"))
+        ...
+        site.stubs("admin")   # an admin client for assertions
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from smx.client import Credentials, Stubs, unix_target
+
+from .env import ExtensionEnv
+
+__all__ = ["TestSite", "smx_command"]
+
+SITE = "test-site"
+
+
+def smx_command() -> list[str]:
+    """The `smx` console script, or the module when running from a source checkout."""
+    exe = shutil.which("smx")
+    return [exe] if exe else [sys.executable, "-m", "trusted.cli.main"]
+
+
+class TestSite:
+    """A temporary site: CA, a certificate and policy binding per client, and a core process.
+
+    `clients` maps a client name to (domain, roles, extra read patterns). An `admin` client is
+    always added. Use as a context manager, or call `start()` / `close()`.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self, clients: dict[str, tuple[str, list[str], list[str]]], *, flush_interval: str = "200ms"
+    ) -> None:
+        self.clients = {"admin": ("trusted", ["admin"], []), **clients}
+        self.home = Path(tempfile.mkdtemp(prefix="smx-t-"))  # short: socket paths max 108 B
+        self.flush_interval = flush_interval
+        self.core: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def smx(self, *args: str) -> str:
+        r = subprocess.run(
+            [*smx_command(), "--home", str(self.home), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"smx {' '.join(args)} failed: {r.stdout}{r.stderr}")
+        return r.stdout
+
+    def provision(self) -> None:
+        self.smx("pki", "init", "--site", SITE)
+        self.smx("policy", "init", "--force")
+        for name, (domain, roles, reads) in self.clients.items():
+            if name != "admin":
+                self.smx("pki", "issue", name, "--domain", domain)
+            else:
+                self.smx("pki", "issue", "admin", "--domain", "trusted")
+            if roles and name != "admin":
+                extra = [a for r in reads for a in ("--read", r)]
+                self.smx("policy", "bind", name, *roles, "--domain", domain, *extra)
+        (self.home / "core.toml").write_text(
+            f'[history]\nflush_interval = "{self.flush_interval}"\n'
+        )
+
+    def start(self) -> TestSite:
+        if not (self.home / "pki").exists():
+            self.provision()
+        self._log = open(self.home / "core.log", "ab")  # noqa: SIM115 - closed in stop_core
+        self.core = subprocess.Popen(
+            [*smx_command(), "--home", str(self.home), "core"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.core is not None
+            if self.core.poll() is not None:
+                raise RuntimeError(f"core exited:\n{(self.home / 'core.log').read_text()}")
+            if "smxcore ready" in (self.home / "core.log").read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"core not ready after {timeout} s")
+
+    def stop_core(self, sig: int = signal.SIGTERM) -> None:
+        if self.core is not None and self.core.poll() is None:
+            self.core.send_signal(sig)
+            self.core.wait(15)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        # The "ready" line of the previous run must not satisfy the next wait_ready.
+        log = self.home / "core.log"
+        if log.exists():
+            log.rename(self.home / f"core.{int(time.time() * 1000)}.log")
+
+    def restart_core(self) -> None:
+        self.stop_core()
+        self.start()
+
+    def close(self) -> None:
+        self.stop_core()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self) -> TestSite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- clients --------------------------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        return unix_target(self.home / "core.sock")
+
+    def credentials(self, name: str) -> Credentials:
+        return Credentials.from_site(self.home, name)
+
+    def env(
+        self, name: str, config: dict[str, Any] | None = None, devices: tuple[str, ...] = ()
+    ) -> ExtensionEnv:
+        """What the supervisor would give extension `name`, for running it in-process."""
+        domain = self.clients[name][0]
+        return ExtensionEnv(
+            name=name,
+            target=self.target,
+            credentials=self.credentials(name),
+            site=SITE,
+            domain=domain,
+            devices=devices or (name,),
+            config=config or {},
+            health_file=self.home / f"{name}.health.json",
+        )
+
+    def environ(self, name: str, config_file: Path | None = None) -> dict[str, str]:
+        """The same as environment variables, for running an extension as a process."""
+        creds = self.credentials(name)
+        env = dict(os.environ)
+        env.update(
+            SMX_SITE=SITE,
+            SMX_NAME=name,
+            SMX_DOMAIN=self.clients[name][0],
+            SMX_TARGET=self.target,
+            SMX_CA=str(creds.ca),
+            SMX_CERT=str(creds.cert),
+            SMX_KEY=str(creds.key),
+            SMX_DEVICES=name,
+            SMX_HEALTH_FILE=str(self.home / f"{name}.health.json"),
+        )
+        if config_file is not None:
+            env["SMX_CONFIG"] = str(config_file)
+        return env
+
+    def stubs(self, name: str) -> Stubs:
+        return Stubs(self.credentials(name).aio_channel(self.target))
+
+    def sync_stubs(self, name: str) -> Stubs:
+        return Stubs(self.credentials(name).channel(self.target))
