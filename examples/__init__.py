@@ -1,0 +1,1 @@
+"""Runnable examples for extension authors (see docs/EXTENSIONS.md)."""
