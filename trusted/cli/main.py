@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "trusted.cli.audit_cmd",
     "trusted.cli.policy_cmd",
     "trusted.cli.demo_cmd",
+    "trusted.cli.run_cmd",
 )
 
 

@@ -1,0 +1,295 @@
+"""`smx run` with real processes: a core, two dummy extensions (tests/support/dummy_ext.py), a
+dummy simulator and a simulator that always crashes. Health in `smx status`, restart of a killed
+extension and of a killed core, the generated policy, and a clean stop that leaves nothing.
+
+The tests of this module share one running site and run in file order; the last one stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from smx.client import Credentials, Stubs, error_reason, unix_target
+from smx.v1 import admin_service_pb2 as apb
+from smx.v1 import point_pb2 as ppb
+from smx.v1 import point_service_pb2 as spb
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE = "usm-0099"
+
+SITE_TOML = """\
+site = "usm-0099"
+
+[core.history]
+flush_interval = "200ms"
+
+[supervisor]
+backoff_initial = "200ms"
+backoff_max = "1s"
+stop_timeout = "3s"
+health_timeout = "15s"
+
+[extensions.meter]
+module = "tests.support.dummy_ext"
+devices = ["meter", "pv"]
+[extensions.meter.config]
+port = "/dev/ttyUSB9"
+
+[extensions.ess]
+module = "tests.support.dummy_ext"
+reads = ["meter/P"]
+
+[simulators.meter-sim]
+module = "tests.support.dummy_ext"
+
+[simulators.flaky]
+command = ["sh", "-c", "echo 'flaky: device on fire' >&2; exit 3"]
+"""
+
+
+def smx(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trusted.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class RunningSite:
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="smx-"))
+        self.config = self.home / "site.toml"
+        self.config.write_text(SITE_TOML)
+        self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trusted.cli.main", "run", "--config", str(self.config)],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        self.pids: set[int] = set()  # every pid the supervisor ever reported
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.home / "run" / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            return {"processes": []}
+        self.pids |= {p["pid"] for p in data["processes"] if p.get("pid")}
+        return data
+
+    def proc_of(self, name: str) -> dict[str, Any]:
+        (p,) = [p for p in self.status()["processes"] if p["name"] == name]
+        return p
+
+    def stubs(self, name: str) -> Stubs:
+        creds = Credentials.from_site(self.home, name)
+        return Stubs(creds.channel(unix_target(self.home / "core.sock")))
+
+    def log(self) -> str:
+        return (self.home / "smx-run.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.status()
+        for pid in self.pids:
+            if alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+        self.out.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[RunningSite]:
+    s = RunningSite()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def healthy(site: RunningSite) -> bool:
+    procs = {p["name"]: p for p in site.status()["processes"]}
+    want = {
+        "core": "serving",
+        "meter": "running",
+        "ess": "running",
+        "meter-sim": "-",
+    }
+    return all(
+        procs.get(n, {}).get("state") == "running" and procs[n]["health"] == h
+        for n, h in want.items()
+    )
+
+
+def test_all_processes_come_up_healthy(site):
+    t0 = time.monotonic()
+    wait_for("a healthy site", lambda: healthy(site) or site.proc.poll() is not None, 20)
+    assert site.proc.poll() is None, site.log()
+    print(f"site healthy {time.monotonic() - t0:.2f}s after `smx run`")
+    r = smx("status", "--config", str(site.config))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[2:]}
+    assert rows["core"][1:4] == ["core", "running", "serving"]
+    assert rows["meter"][1:4] == ["extension", "running", "running"]
+    assert rows["ess"][1:4] == ["extension", "running", "running"]
+    assert rows["meter-sim"][1:4] == ["simulator", "running", "-"]
+    # The crashing simulator is retried with back-off and shows what it said before dying.
+    flaky = wait_for("flaky restarted", lambda: site.proc_of("flaky")["restarts"] >= 2 and 1)
+    assert flaky
+    flaky = site.proc_of("flaky")
+    assert flaky["last_exit"] == "exit code 3"
+    assert flaky["last_error"] == "flaky: device on fire"
+    # The process contract: each got its config file, and its log holds its output.
+    assert (
+        'meter: config {"port": "/dev/ttyUSB9"}'
+        in (site.home / "run" / "logs" / "meter.log").read_text()
+    )
+    assert (site.home / "run" / "meter.config.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_second_supervisor_for_the_same_site_is_refused(site):
+    r = smx("run", "--config", str(site.config))
+    assert r.returncode == 1
+    assert "another supervisor" in r.stderr and str(site.proc.pid) in r.stderr
+
+
+def test_generated_policy_is_least_privilege(site):
+    meter = site.stubs("meter")
+
+    def write(name: str) -> None:
+        sample = ppb.PointSample(name=name, value=ppb.Value(double_value=1.0))
+        meter.points.WritePoints(spb.WritePointsRequest(samples=[sample]), timeout=5)
+
+    write("meter/x")
+    write("pv/x")  # its second device
+    with pytest.raises(grpc.RpcError) as info:
+        write("other/x")
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_reason(info.value) == "PERMISSION_NOT_GRANTED"
+    with pytest.raises(grpc.RpcError):  # ess may read meter/P but not write meter's points
+        sample = ppb.PointSample(name="meter/x", value=ppb.Value(double_value=2.0))
+        site.stubs("ess").points.WritePoints(spb.WritePointsRequest(samples=[sample]), timeout=5)
+    records = (
+        site.stubs("admin")
+        .admin.QueryAudit(
+            apb.QueryAuditRequest(kind="denied", identity=f"spiffe://{SITE}/trusted/meter")
+        )
+        .records
+    )
+    assert any(r.point == "other/x" for r in records)
+
+
+def test_killed_extension_is_restarted(site):
+    old = site.proc_of("meter")["pid"]
+    os.kill(old, signal.SIGKILL)
+    p = wait_for(
+        "meter restarted",
+        lambda: (p := site.proc_of("meter"))["pid"] != old and p["state"] != "backoff" and p,
+    )
+    assert p["restarts"] == 1
+    assert p["last_exit"] == "killed by SIGKILL"
+    assert alive(p["pid"]) and not alive(old)
+    r = smx("status", "--home", str(site.home))
+    assert r.returncode == 0
+    (row,) = [line for line in r.stdout.splitlines() if line.startswith("meter ")]
+    assert "killed by SIGKILL" in row and " 1 " in row
+
+
+def _value(stubs: Stubs, name: str) -> float:
+    try:
+        resp = stubs.points.GetPoints(spb.GetPointsRequest(names=[name]), timeout=2)
+    except grpc.RpcError:
+        return -1.0
+    return resp.points[0].value.double_value if resp.points else -1.0
+
+
+def test_killed_core_is_restarted_and_extensions_reconnect(site):
+    admin = site.stubs("admin")
+    before = wait_for("ess writing", lambda: _value(admin, "ess/alive") > 0 and 1)
+    assert before
+    before = _value(admin, "ess/alive")
+    ess_pid = site.proc_of("ess")["pid"]
+    core_pid = site.proc_of("core")["pid"]
+    os.kill(core_pid, signal.SIGKILL)
+    core = wait_for(
+        "core restarted and serving",
+        lambda: (c := site.proc_of("core"))["pid"] != core_pid and c["health"] == "serving" and c,
+    )
+    assert core["restarts"] == 1 and core["last_exit"] == "killed by SIGKILL"
+    # ess was not restarted: it reconnected by itself and its points come back.
+    wait_for("ess writing again", lambda: _value(admin, "ess/alive") > before)
+    ess = site.proc_of("ess")
+    assert ess["pid"] == ess_pid and ess["restarts"] == 0
+    wait_for("ess healthy", lambda: site.proc_of("ess")["health"] == "running")
+
+
+def test_sigterm_stops_everything(site):
+    site.status()
+    pids = set(site.pids)
+    site.proc.send_signal(signal.SIGTERM)
+    assert site.proc.wait(20) == 0, site.log()
+    status = site.status()
+    assert status["state"] == "stopped"
+    assert {p["state"] for p in status["processes"]} == {"stopped"}
+    left = [pid for pid in pids | site.pids if alive(pid)]
+    assert left == [], f"still running: {left}"
+    assert not (site.home / "core.sock").exists()
+    r = smx("status", "--home", str(site.home))
+    assert r.returncode == 1 and "supervisor not running" in r.stdout
+
+
+def test_a_core_that_cannot_start_fails_smx_run(tmp_path):
+    home = Path(tempfile.mkdtemp(prefix="smx-"))
+    try:
+        (home / "blocker").write_text("a file where the core wants a directory")
+        config = home / "site.toml"
+        config.write_text(
+            'site = "s1"\n[core.history]\npath = "blocker/history.db"\n'
+            '[extensions.meter]\nmodule = "tests.support.dummy_ext"\n'
+        )
+        r = smx("run", "--config", str(config))
+        assert r.returncode == 1, r.stdout + r.stderr
+        (line,) = [x for x in r.stderr.splitlines() if x.startswith("smx run: ")]
+        assert line.startswith("smx run: the core exited during start-up (exit code ")
+        assert "blocker/history.db" in line and "core.log" in line  # the core's own last words
+        status = json.loads((home / "run" / "supervisor.json").read_text())
+        assert status["state"] == "failed" and "core exited" in status["error"]
+        assert not any(alive(p["pid"]) for p in status["processes"] if p["pid"])
+        assert not (home / "run" / "logs" / "meter.log").exists()  # never started
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""A tiny stand-in extension for supervisor tests: `python -m tests.support.dummy_ext`.
+
+With a certificate in its environment (SMX_CERT, as the supervisor gives extensions and agents)
+it writes its health file every 0.5 s and the point `<SMX_NAME>/alive` (a counter) every 0.5 s,
+reconnecting by itself when the core goes away. Without one (a simulator) it only idles. Either
+way it prints its config file's contents once and exits 0 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from smx.client import Credentials, Stubs
+from smx.v1 import point_pb2, point_service_pb2
+
+__all__ = ["main"]
+
+PERIOD_S = 0.5
+
+
+def _write_health(path: Path, state: str, connected: bool, error: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(
+        json.dumps(
+            {"state": state, "ts": time.time(), "core_connected": connected, "last_error": error}
+        )
+    )
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    name = os.environ["SMX_NAME"]
+    config = json.loads(Path(os.environ["SMX_CONFIG"]).read_text())
+    print(f"{name}: config {json.dumps(config, sort_keys=True)}", flush=True)
+    if "SMX_CERT" not in os.environ:
+        while not stop:
+            time.sleep(0.1)
+        return 0
+
+    health = Path(os.environ["SMX_HEALTH_FILE"])
+    creds = Credentials(os.environ["SMX_CA"], os.environ["SMX_CERT"], os.environ["SMX_KEY"])
+    target = os.environ["SMX_TARGET"]
+    channel = None
+    counter = 0
+    error = ""
+    connected = False
+    _write_health(health, "starting", False, "")
+    while not stop:
+        if channel is None:
+            channel = creds.channel(target)
+        sample = point_pb2.PointSample(
+            name=f"{name}/alive", value=point_pb2.Value(double_value=float(counter))
+        )
+        try:
+            Stubs(channel).points.WritePoints(
+                point_service_pb2.WritePointsRequest(samples=[sample]), timeout=1.0
+            )
+            connected, error = True, ""
+            counter += 1
+        except grpc.RpcError as err:
+            # Start from a fresh channel: reconnects at once instead of after grpc's back-off.
+            connected, error = False, f"{err.code().name}: {err.details()}"
+            print(f"{name}: write failed: {error}", file=sys.stderr, flush=True)
+            channel.close()
+            channel = None
+        _write_health(health, "running" if connected else "degraded", connected, error)
+        time.sleep(PERIOD_S)
+    _write_health(health, "stopping", connected, error)
+    if channel is not None:
+        channel.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""site.toml for `smx run`: defaults, every key, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trusted.site_config import (
+    SiteConfigError,
+    load_site_config,
+    parse_site_config,
+    render_core_toml,
+)
+from trusted.supervisor_provision import site_policy_text
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FULL = """\
+site = "usm-0017"
+home = "state"
+
+[core]
+tcp = "127.0.0.1:7443"
+[core.history]
+flush_interval = "500ms"
+
+[supervisor]
+backoff_initial = "250ms"
+backoff_max = "10s"
+stable_after = "1m"
+stop_timeout = 3
+health_timeout = "20s"
+
+[extensions.meter]
+module = "extensions.smm"
+devices = ["smm", "pv"]
+reads = ["ess/P"]
+[extensions.meter.config]
+port = "/dev/ttyUSB0"
+when = 2025-01-02T03:04:05Z
+
+[extensions.fronius]
+command = ["bin/fronius", "--poll", "1s"]
+enabled = false
+
+[agents.lessag]
+module = "untrusted.lessag"
+reads = ["smm/P"]
+
+[simulators.meter-sim]
+command = ["/usr/bin/env", "sim"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path
+
+
+def error(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(SiteConfigError) as info:
+        load_site_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message  # every error names the file
+    return message.removeprefix(f"{path}: ")
+
+
+def test_full_file(tmp_path):
+    cfg = load_site_config(write(tmp_path, FULL))
+    assert cfg.site == "usm-0017"
+    assert cfg.home == tmp_path / "state"
+    assert cfg.core.tcp == "127.0.0.1:7443" and cfg.core.history.flush_interval == 0.5
+    assert cfg.core.socket == tmp_path / "state" / "core.sock"
+    s = cfg.supervisor
+    assert (s.backoff_initial, s.backoff_max, s.stable_after) == (0.25, 10, 60)
+    assert (s.stop_timeout, s.health_timeout) == (3, 20)
+    meter, fronius, lessag, sim = cfg.processes
+    assert meter.kind == "extension" and meter.domain == "trusted"
+    assert meter.devices == ("smm", "pv") and meter.reads == ("ess/P",)
+    assert meter.role == "trusted-extension"
+    assert meter.config == {"port": "/dev/ttyUSB0", "when": "2025-01-02T03:04:05+00:00"}
+    assert meter.argv("/py") == ["/py", "-m", "extensions.smm"]
+    assert fronius.argv("/py") == [str(tmp_path / "bin/fronius"), "--poll", "1s"]
+    assert not fronius.enabled
+    assert lessag.domain == "untrusted" and lessag.role == "untrusted-agent"
+    assert lessag.devices == ("lessag",)
+    assert sim.kind == "simulator" and sim.domain is None and sim.command == ("/usr/bin/env", "sim")
+    assert [p.name for p in cfg.clients] == ["meter", "lessag"]  # disabled ones left out
+    assert [p.name for p in cfg.of_kind("simulator")] == ["meter-sim"]
+
+
+def test_minimal_file_defaults(tmp_path):
+    cfg = load_site_config(write(tmp_path, 'site = "s1"\n'))
+    assert cfg.home == tmp_path and cfg.processes == ()
+    assert cfg.supervisor.backoff_initial == 1 and cfg.supervisor.backoff_max == 60
+    assert cfg.supervisor.stable_after == 30 and cfg.supervisor.stop_timeout == 5
+    assert cfg.supervisor.health_timeout == 15
+    assert cfg.core.policy == tmp_path / "policy.toml"
+
+
+def test_core_toml_round_trips_through_the_core_parser(tmp_path):
+    cfg = load_site_config(write(tmp_path, FULL))
+    text = render_core_toml(cfg.site, cfg.core_table)
+    assert 'site = "usm-0017"' in text and "[history]" in text
+
+
+def test_policy_is_least_privilege(tmp_path):
+    from trusted.identity import Identity
+    from trusted.policy import Policy
+
+    cfg = load_site_config(write(tmp_path, FULL))
+    policy = Policy.from_toml(site_policy_text(cfg))
+    meter = Identity("usm-0017", "trusted", "meter")
+    for point in ("meter/P", "smm/P", "pv/P", "smm/P_set"):
+        assert policy.allows(meter, "write", point), point
+    assert policy.allows(meter, "control", "pv/P_set")
+    assert policy.allows(meter, "read", "ess/P")
+    assert not policy.allows(meter, "write", "ess/P")
+    assert not policy.allows(meter, "read", "fronius/P")
+    fronius = Identity("usm-0017", "trusted", "fronius")  # disabled: no binding
+    assert not policy.allows(fronius, "read", "fronius/P")
+    lessag = Identity("usm-0017", "untrusted", "lessag")
+    assert policy.allows(lessag, "read", "smm/P")
+    assert not policy.allows(lessag, "write", "lessag/x")
+    assert policy.allows(Identity("usm-0017", "trusted", "admin"), "admin")
+    sup = Identity("usm-0017", "trusted", "supervisor")
+    assert policy.allows(sup, "read", "smm/P") and not policy.allows(sup, "write", "smm/P")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('site = "s"\nport = 1\n', "port: unknown key"),
+        ('site = "s"\nsupervisor_ = {}\n', "did you mean 'supervisor'"),
+        ('site = "s"\n[core]\nsockett = "x"\n', "core.sockett: unknown key"),
+        ('site = "s"\n[core.history]\nflush = "1s"\n', "core.history.flush: unknown key"),
+        ('site = "s"\n[core]\nsite = "s"\n', "core.site: set the site at the top level"),
+        ('site = "s"\n[supervisor]\nbackoff = "1s"\n', "supervisor.backoff: unknown key"),
+        (
+            'site = "s"\n[extensions.m]\nmodule = "x"\nport = 1\n',
+            "extensions.m.port: unknown key",
+        ),
+        (
+            'site = "s"\n[simulators.m]\nmodule = "x"\ndevices = ["m"]\n',
+            "simulators.m.devices: unknown key",
+        ),
+    ],
+)
+def test_unknown_keys_are_named(tmp_path, text, expected):
+    assert expected in error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "site: required"),
+        ("site = 3\n", "site: expected a non-empty string, got 3"),
+        ('site = "Big Site"\n', "site: invalid site id"),
+        ('site = "s"\nhome = 1\n', "home: expected a non-empty string"),
+        ('site = "s"\ncore = 1\n', "core: expected a table"),
+        ('site = "s"\n[core.history]\nflush_interval = "soon"\n', "core.history.flush_interval"),
+        ('site = "s"\n[core]\ntcp = "nohost"\n', "core.tcp"),
+        ('site = "s"\n[supervisor]\nstop_timeout = "fast"\n', "supervisor.stop_timeout"),
+        ('site = "s"\n[supervisor]\nbackoff_initial = "2h"\n', "supervisor.backoff_initial"),
+        (
+            'site = "s"\n[supervisor]\nbackoff_initial = "10s"\nbackoff_max = "5s"\n',
+            "supervisor.backoff_max: must not be less",
+        ),
+        ('site = "s"\nextensions = 3\n', "extensions: expected a table"),
+        ('site = "s"\n[extensions.m]\nmodule = 3\n', "extensions.m.module: expected"),
+        ('site = "s"\n[extensions.m]\nmodule = "a b"\n', "not a Python module name"),
+        ('site = "s"\n[extensions.m]\ncommand = "bin/x"\n', "extensions.m.command: expected"),
+        ('site = "s"\n[extensions.m]\ncommand = []\n', "extensions.m.command: expected at least"),
+        ('site = "s"\n[extensions.m]\ncommand = ["x", 1]\n', "extensions.m.command[1]"),
+        ('site = "s"\n[extensions.m]\nmodule = "x"\nenabled = "yes"\n', "enabled: expected true"),
+        ('site = "s"\n[extensions.m]\nmodule = "x"\ndevices = "m"\n', "m.devices: expected"),
+        ('site = "s"\n[extensions.m]\nmodule = "x"\nconfig = 1\n', "m.config: expected a table"),
+        ('site = "s"\n[extensions.m]\nmodule = "x"\nrole = "boss"\n', "unknown role 'boss'"),
+        ('site = "s"\n[extensions.m]\nmodule = "x"\nreads = ["a//b"]\n', "m.reads[0]"),
+        (
+            'site = "s"\n[extensions.m]\nmodule = "x"\n[extensions.m.config]\nv = nan\n',
+            "extensions.m.config.v",
+        ),
+        ('site = "s"\n[extensions]\nm = 1\n', "extensions.m: expected a table"),
+    ],
+)
+def test_wrong_values_are_named(tmp_path, text, expected):
+    assert expected in error(tmp_path, text)
+
+
+def test_module_and_command_exactly_one(tmp_path):
+    both = 'site = "s"\n[extensions.m]\nmodule = "x"\ncommand = ["y"]\n'
+    neither = 'site = "s"\n[agents.m]\nreads = ["a/b"]\n'
+    assert "extensions.m: set exactly one of `module` and `command`" in error(tmp_path, both)
+    assert "agents.m: set exactly one of `module` and `command`" in error(tmp_path, neither)
+
+
+def test_duplicate_names_across_sections(tmp_path):
+    text = 'site = "s"\n[extensions.m]\nmodule = "x"\n[simulators.m]\nmodule = "y"\n'
+    assert "simulators.m: the name 'm' is already used in [extensions]" in error(tmp_path, text)
+
+
+@pytest.mark.parametrize("name", ["smxcore", "admin", "supervisor", "core"])
+def test_reserved_names(tmp_path, name):
+    text = f'site = "s"\n[agents.{name}]\nmodule = "x"\n'
+    assert f"agents.{name}: the name {name!r} is reserved" in error(tmp_path, text)
+
+
+@pytest.mark.parametrize("name", ["Meter", "1m", '"a.b"', '"m x"', "x" * 33])
+def test_bad_names(tmp_path, name):
+    text = f'site = "s"\n[extensions.{name}]\nmodule = "x"\n'
+    assert "invalid client name" in error(tmp_path, text)
+
+
+@pytest.mark.parametrize("dev", ["PV", "p v", "", "1pv", "pv/1"])
+def test_bad_device_ids(tmp_path, dev):
+    text = f'site = "s"\n[extensions.m]\nmodule = "x"\ndevices = ["m", "{dev}"]\n'
+    assert "extensions.m.devices[1]" in error(tmp_path, text)
+
+
+def test_a_device_has_one_owner(tmp_path):
+    text = (
+        'site = "s"\n[extensions.a]\nmodule = "x"\ndevices = ["pv"]\n'
+        '[extensions.b]\nmodule = "x"\ndevices = ["b", "pv"]\n'
+    )
+    assert "extensions.b.devices[1]: device 'pv' is already owned by 'a'" in error(tmp_path, text)
+    dup = 'site = "s"\n[extensions.a]\nmodule = "x"\ndevices = ["a", "a"]\n'
+    assert "devices[1]: 'a' is listed twice" in error(tmp_path, dup)
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(SiteConfigError, match="missing.toml: cannot read site file"):
+        load_site_config(tmp_path / "missing.toml")
+    assert "invalid TOML" in error(tmp_path, "site = \n")
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b'site = "\xff"\n')
+    with pytest.raises(SiteConfigError, match="not UTF-8"):
+        load_site_config(path)
+
+
+def test_socket_path_too_long_is_named(tmp_path):
+    text = f'site = "s"\nhome = "{"x" * 120}"\n'
+    assert "core.socket:" in error(tmp_path, text)
+
+
+def _smx(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trusted.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+
+def test_smx_run_with_a_missing_or_bad_file_exits_2(tmp_path):
+    r = _smx("run", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2
+    assert f"smx run: {tmp_path / 'missing.toml'}: cannot read site file" in r.stderr
+    bad = write(tmp_path, 'site = "s"\n[extensions.m]\nmodule = "x"\nport = 1\n')
+    r = _smx("run", "--config", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}: extensions.m.port: unknown key" in r.stderr
+    assert not (tmp_path / "pki").exists()  # nothing provisioned from a bad file
+    r = _smx("status", "--home", str(tmp_path))
+    assert r.returncode == 1 and "supervisor not running" in r.stdout
+
+
+toml_text = st.one_of(
+    st.text(max_size=200),
+    st.lists(
+        st.sampled_from(
+            [
+                'site = "s"\n',
+                "site = 1\n",
+                "[core]\n",
+                "[core.history]\n",
+                'flush_interval = "1s"\n',
+                "[supervisor]\n",
+                'backoff_max = "0s"\n',
+                "[extensions.m]\n",
+                "[agents.m]\n",
+                "[simulators.s]\n",
+                'module = "x"\n',
+                'command = ["x"]\n',
+                'devices = ["m", "M"]\n',
+                'reads = ["**"]\n',
+                "enabled = 1\n",
+                "[extensions.m.config]\n",
+                "x = 1979-05-27\n",
+                "home = '/'\n",
+                'tcp = "h:0"\n',
+                "= \n",
+            ]
+        ),
+        max_size=12,
+    ).map("".join),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(toml_text)
+def test_random_text_raises_only_site_config_error(text):
+    try:
+        parse_site_config(text, "fuzz.toml", Path("/tmp"))
+    except SiteConfigError as err:
+        assert str(err).startswith("fuzz.toml: ")
+
+
+# --------------------------------------------------------------------------- provisioning
+
+SMALL = """\
+site = "usm-0017"
+[extensions.meter]
+module = "x"
+devices = ["meter", "pv"]
+[extensions.meter.config]
+password = "s3cret"
+[agents.lessag]
+module = "y"
+[simulators.sim]
+module = "z"
+"""
+
+
+def test_first_start_provisions_everything_and_the_second_changes_nothing(tmp_path):
+    import json
+
+    from trusted.config import load_core_config
+    from trusted.pki import SiteCA
+    from trusted.policy import Policy
+    from trusted.supervisor_provision import provision
+
+    cfg = load_site_config(write(tmp_path, SMALL))
+    first = provision(cfg)
+    assert sorted(first.issued) == ["admin", "lessag", "meter", "supervisor"]
+    assert first.refused == {}
+    ca = SiteCA.load(tmp_path / "pki")
+    assert {c.name: c.domain for c in ca.list()}["lessag"] == "untrusted"
+    assert Policy.load(tmp_path / "policy.toml").bindings_count == 4
+    assert load_core_config(tmp_path / "core.toml", home=tmp_path).site == "usm-0017"
+    conf = tmp_path / "run" / "meter.config.json"
+    assert json.loads(conf.read_text()) == {"password": "s3cret"}
+    assert conf.stat().st_mode & 0o777 == 0o600
+    assert provision(cfg).issued == []  # certificates are kept
+
+
+def test_provisioning_renews_expiring_and_keeps_revoked_certificates(tmp_path):
+    from trusted.pki import SiteCA
+    from trusted.supervisor_provision import provision
+
+    cfg = load_site_config(write(tmp_path, SMALL))
+    provision(cfg)
+    ca = SiteCA.load(tmp_path / "pki")
+    ca.issue("meter", "trusted", days=10, replace=True)  # expires within 30 days
+    ca.revoke("lessag")  # the operator's decision: not undone behind their back
+    ca.revoke("supervisor")  # the supervisor's own: simply re-issued
+    again = provision(cfg)
+    assert sorted(again.issued) == ["meter", "supervisor"]
+    assert again.refused["lessag"].startswith("certificate revoked")
+    assert "smx pki issue lessag --domain untrusted" in again.refused["lessag"]
+    current = {c.name: c for c in SiteCA.load(tmp_path / "pki").list() if not c.revoked}
+    assert "lessag" not in current and "supervisor" in current
+    assert current["meter"].not_after > dt.datetime.now(dt.UTC) + dt.timedelta(days=300)
+
+
+def test_provisioning_refuses_the_ca_of_another_site(tmp_path):
+    from trusted.pki import SiteCA
+    from trusted.supervisor_provision import ProvisionError, provision
+
+    SiteCA.init(tmp_path / "pki", "other-site")
+    with pytest.raises(ProvisionError, match="CA of site 'other-site'"):
+        provision(load_site_config(write(tmp_path, SMALL)))

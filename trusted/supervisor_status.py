@@ -1,0 +1,246 @@
+"""The supervisor's run directory (``<home>/run``): where each process's files live, the health
+files the processes write, and ``supervisor.json``, the state ``smx status`` reads.
+
+``supervisor.json`` (rewritten atomically on every change and every 2 s)::
+
+    {"version": 1, "site": "usm-0017", "home": "/var/lib/smx", "config": "/etc/smx/site.toml",
+     "pid": 4242, "pid_created": 1764140000.12, "started_at": 1764140000.5,
+     "updated_at": 1764140123.0, "state": "starting|running|stopping|stopped|failed",
+     "error": null,
+     "processes": [
+       {"name": "meter", "kind": "core|extension|agent|simulator", "pid": 4250,
+        "pid_created": 1764140001.3, "state": "starting|running|backoff|stopped|failed",
+        "restarts": 1, "started_at": 1764140100.0, "last_exit": "killed by SIGKILL",
+        "last_exit_code": -9, "last_error": "...", "health": "running",
+        "health_error": "", "next_start": null, "log": "/var/lib/smx/run/logs/meter.log"}]}
+
+Times are Unix seconds. ``health`` is what ``smx status`` shows: for a process that is not
+running ``down`` or ``backoff``; for the core ``serving``, ``not serving`` or ``unreachable``
+(gRPC health check); for an extension or agent the ``state`` of its fresh health file (written
+at most 15 s ago), else ``no heartbeat``; for a simulator ``-``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = [
+    "HEALTH_FRESH_S",
+    "STATUS_VERSION",
+    "HealthReport",
+    "RunPaths",
+    "format_status",
+    "pid_alive",
+    "read_health_file",
+    "read_status",
+    "write_json_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+STATUS_VERSION = 1
+# A health file older than this counts as no heartbeat (processes write it at least every 5 s).
+HEALTH_FRESH_S = 15.0
+HEALTH_STATES = ("starting", "running", "degraded", "stopping")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of a site home that the supervisor and its processes share."""
+
+    home: Path
+
+    @property
+    def run(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.run / "logs"
+
+    @property
+    def status(self) -> Path:
+        return self.run / "supervisor.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.run / "supervisor.lock"
+
+    def config_file(self, name: str) -> Path:
+        return self.run / f"{name}.config.json"
+
+    def health_file(self, name: str) -> Path:
+        return self.run / f"{name}.health.json"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """What a process last wrote to its health file."""
+
+    state: str
+    ts: float
+    core_connected: bool | None
+    last_error: str
+
+    def fresh(self, now: float | None = None) -> bool:
+        return abs((time.time() if now is None else now) - self.ts) <= HEALTH_FRESH_S
+
+
+def read_health_file(path: Path) -> HealthReport | None:
+    """The health file's report, or None when it is missing or not the documented JSON."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    state, ts = raw.get("state"), raw.get("ts")
+    if state not in HEALTH_STATES or not isinstance(ts, int | float) or isinstance(ts, bool):
+        return None
+    connected = raw.get("core_connected")
+    error = raw.get("last_error")
+    return HealthReport(
+        state=state,
+        ts=float(ts),
+        core_connected=connected if isinstance(connected, bool) else None,
+        last_error=error[:300] if isinstance(error, str) else "",
+    )
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+    """Write JSON via a temp file and rename: readers see the old or the new file, never half.
+
+    No fsync: these are runtime files, rewritten every few seconds (SD card wear)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """supervisor.json, or None when there is none or it cannot be read as such."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("processes"), list):
+        return None
+    return raw
+
+
+def pid_alive(pid: Any, created: Any = None) -> bool:
+    """Is ``pid`` a live process, and (when ``created`` is given) the same one that was started
+    then, not a later process that reused the pid?"""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if isinstance(created, int | float) and abs(proc.create_time() - created) > 1.0:
+            return False
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return True
+
+
+_HEADER = (
+    "NAME",
+    "KIND",
+    "STATE",
+    "HEALTH",
+    "PID",
+    "RESTARTS",
+    "UPTIME",
+    "LAST EXIT",
+    "LAST ERROR",
+)
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    return str(value)
+
+
+def format_status(status: dict[str, Any], running: bool, now: float | None = None) -> str:
+    """The table `smx status` prints, with a header line about the supervisor itself."""
+    now = time.time() if now is None else now
+    site = status.get("site", "?")
+    pid = status.get("pid")
+    if running:
+        up = _ago(now - float(status.get("started_at") or now))
+        head = f"site {site}: supervisor pid {pid}, {status.get('state', '?')}, up {up}"
+        updated = status.get("updated_at")
+        if isinstance(updated, int | float) and now - updated > 10:
+            head += f" (status not updated for {_ago(now - updated)}: supervisor stuck?)"
+    elif status.get("state") in ("stopped", "failed"):
+        head = f"site {site}: supervisor not running (last pid {pid}, {status['state']})"
+    else:
+        head = (
+            f"site {site}: supervisor not running: pid {pid} died without stopping its "
+            "processes (the next `smx run` stops any that are left)"
+        )
+    if status.get("error"):
+        head += f"\nerror: {status['error']}"
+    rows = [_HEADER]
+    for p in status["processes"]:
+        if not isinstance(p, dict):
+            continue
+        state = p.get("state")
+        uptime = ""
+        if state in ("starting", "running") and isinstance(p.get("started_at"), int | float):
+            uptime = _ago(now - p["started_at"])
+        elif state == "backoff" and isinstance(p.get("next_start"), int | float):
+            uptime = f"restart in {_ago(p['next_start'] - now)}"
+        error = p.get("last_error") or p.get("health_error") or ""
+        rows.append(
+            (
+                _cell(p.get("name")),
+                _cell(p.get("kind")),
+                _cell(state),
+                _cell(p.get("health")),
+                _cell(p.get("pid") if state in ("starting", "running") else None),
+                _cell(p.get("restarts", 0)),
+                _cell(uptime),
+                _cell(p.get("last_exit")),
+                _cell(error if len(error) <= 80 else error[:77] + "..."),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    ]
+    return head + "\n" + "\n".join(line.rstrip() for line in lines)
