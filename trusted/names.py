@@ -164,9 +164,24 @@ def _compile_glob(pattern: str) -> re.Pattern[str]:
             parts.append(r"[^/]+(?:/[^/]+)" + ("*" if k == 1 else f"{{{k - 1},}}"))
             i += k
         else:
-            parts.append("[^/]*".join(re.escape(piece) for piece in segments[i].split("*")))
+            parts.append(_segment_regex(segments[i]))
             i += 1
     return re.compile("/".join(parts))
+
+
+def _segment_regex(segment: str) -> str:
+    """One segment with `*`s, matched in linear time.
+
+    `a*b*c` as plain `a[^/]*b[^/]*c` backtracks exponentially in the number of stars on a name
+    that almost matches (a reader could freeze the core with `*a*a*a*a*a*a*a*b`). Taking each
+    middle piece at its leftmost place and committing to it (an atomic group) is exact for
+    `*`-only wildcards: an earlier place never leaves less room for what follows.
+    """
+    pieces = [re.escape(piece) for piece in segment.split("*")]
+    if len(pieces) == 1:
+        return pieces[0]
+    first, *middle, last = pieces
+    return first + "".join(f"(?>[^/]*?{m})" for m in middle) + "[^/]*" + last
 
 
 class Glob:

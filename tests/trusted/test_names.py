@@ -364,3 +364,17 @@ def test_validate_and_match_speed() -> None:
         f"\nvalidate_point_name cached: {cached:,.0f}/s; 6-pattern GlobSet.match: {matched:,.0f}/s"
     )
     assert cached > 50_000  # the core's write rate, with a wide margin on slow CI
+
+
+def test_many_stars_on_an_almost_matching_name_take_linear_time():
+    # `*a*a*...*b` against `aaaa...` backtracked exponentially with a naive regex: a reader
+    # could freeze the core's event loop with one watch pattern.
+    import time
+
+    name = "meter/" + "a" * 60
+    for pattern in ("**/" + "*a" * 40 + "*b", "meter/" + "*a" * 50 + "*b", "*a" * 20 + "*/**"):
+        glob = Glob(pattern)
+        t0 = time.perf_counter()
+        assert not glob.match(name)
+        assert time.perf_counter() - t0 < 0.2, pattern  # was minutes; now microseconds
+    assert Glob("meter/" + "*a" * 20 + "*").match(name)
