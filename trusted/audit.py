@@ -29,6 +29,7 @@ from typing import Any
 
 from trusted.audit_reader import query_records, recover_tail, verify_chain
 from trusted.audit_record import GENESIS, AuditError, AuditRecord, jsonable, record_hash
+from trusted.rate_limit import TokenBuckets
 
 __all__ = ["GENESIS", "KINDS", "AuditError", "AuditLog", "AuditRecord"]
 
@@ -62,6 +63,13 @@ class _DenialWindow:
     opened: float  # monotonic
     first: AuditRecord
     repeats: int = 0
+
+
+# New denial records per identity: a burst, then a steady trickle. Beyond it the identity's
+# denials are only counted per (method, reason), without the point, so a client that varies
+# the point on every call writes ~20 MB a day at most, not gigabytes.
+DENIAL_RECORD_BURST = 200
+DENIAL_RECORD_RATE = 1.0  # per second
 
 
 class AuditLog:
@@ -111,6 +119,7 @@ class AuditLog:
 
         self._writes: dict[str, _WriteAgg] = {}
         self._denials: dict[tuple[str, str, str, str], _DenialWindow] = {}
+        self._denial_budget = TokenBuckets(DENIAL_RECORD_RATE, DENIAL_RECORD_BURST)
         # Denials beyond max_denial_keys distinct keys: counted per (identity, method, reason),
         # point dropped; beyond that too, one global counter. Memory stays bounded either way.
         self._overflow: dict[tuple[str, str, str], int] = {}
@@ -324,7 +333,7 @@ class AuditLog:
             self._close_denial(key, win)
         if len(self._denials) >= self._max_denial_keys:
             self._flush_denials(force=False, now=now)
-        if len(self._denials) >= self._max_denial_keys:
+        if len(self._denials) >= self._max_denial_keys or not self._denial_budget.take(identity):
             self._overflow_denial(identity, method, reason, now)
             return AuditRecord(0, _now_ms(), "denied", identity, method, point, reason)
         first = self._write("denied", identity, method, point, reason, detail)

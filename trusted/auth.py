@@ -107,15 +107,21 @@ class Gate:
             )
             raise self._deny(caller.uri, method, point or "", err)
 
-    def _deny(self, identity: str, method: str, point: str, err: CoreError) -> CoreError:
+    def refused(self, err: CoreError, identity: str, method: str) -> None:
+        """Audit a refusal (called once per refused call, by rpc.py)."""
         self.audit.append(
             "denied",
-            identity,
+            identity or err.identity,
             method=method,
-            point=point,
+            point=err.metadata.get("point", ""),
             reason=err.reason,
             detail={"message": err.message},
         )
+
+    def _deny(self, identity: str, method: str, point: str, err: CoreError) -> CoreError:
+        err.identity = identity
+        if point:
+            err.metadata.setdefault("point", point)
         log.warning(
             "denied identity=%s method=%s point=%s reason=%s",
             identity or "-",

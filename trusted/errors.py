@@ -13,7 +13,7 @@ from grpc_status import rpc_status
 
 from smx.v1 import errors_pb2
 
-__all__ = ["DOMAIN", "CODES", "CoreError", "to_rpc_status"]
+__all__ = ["DOMAIN", "CODES", "REFUSALS", "CoreError", "to_rpc_status"]
 
 DOMAIN = "smx.v1"
 
@@ -35,7 +35,25 @@ CODES: dict[str, grpc.StatusCode] = {
     "REVISION_COMPACTED": grpc.StatusCode.OUT_OF_RANGE,
     "POLICY_INVALID": grpc.StatusCode.FAILED_PRECONDITION,
     "HISTORY_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "TOO_MANY_STREAMS": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+# Errors that refuse the caller something: each is audited once, at the edge (rpc.py). Not
+# found, compacted and unavailable are answers, not refusals.
+REFUSALS = frozenset(
+    reason
+    for reason, code in CODES.items()
+    if code
+    in (
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    and reason != "POLICY_INVALID"  # audited as a failed policy_reload
+)
 
 # Every reason of the proto enum has exactly one code here (checked by a test, too).
 _PROTO_REASONS = {
@@ -56,6 +74,8 @@ class CoreError(Exception):
         self.reason = reason
         self.message = message
         self.metadata = {k: str(v) for k, v in metadata.items()}
+        # Who was refused, when known before the caller is (failed authentication).
+        self.identity = ""
 
     @property
     def code(self) -> grpc.StatusCode:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # After a restart the revision jumps by this much, so no revision handed out before a crash
 # (possibly lost with the last flush interval) is ever handed out again for other data.
 RESTART_REVISION_GAP = 1 << 20
+# How far ahead of the core's clock a device's timestamp may be.
+MAX_FUTURE_S = 24 * 3600
 
 
 class HistorySink(Protocol):
@@ -95,8 +97,13 @@ class RealtimeDB:
 
     # -- start-up -------------------------------------------------------------------------
 
-    def restore(self, last: dict[str, bytes], meta: dict[str, bytes]) -> None:
-        """Load the persisted last values and metadata; revisions continue past a safe gap."""
+    def restore(
+        self, last: dict[str, bytes], meta: dict[str, bytes], floor: int | None = None
+    ) -> int:
+        """Load the persisted last values and metadata. Revisions continue a safe gap above
+        both the persisted points and `floor` (the revision the previous start began at, which
+        covers a crash before anything was flushed; None on a brand-new site, the only case
+        that starts at 0). Returns the new starting revision."""
         for name, blob in meta.items():
             self.meta[name] = point_pb2.PointMetadata.FromString(blob)
         top = 0
@@ -105,9 +112,10 @@ class RealtimeDB:
             self.points[name] = point
             top = max(top, point.revision)
             self._arm_deadline(name, ts_to_ms(point.receive_time))
-        if last:
-            self.revision = top + RESTART_REVISION_GAP
+        if last or floor is not None:
+            self.revision = max(top, floor or 0) + RESTART_REVISION_GAP
         self._compacted = self.revision
+        return self.revision
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -125,6 +133,8 @@ class RealtimeDB:
                 )
             if m.expected_period.seconds < 0 or m.expected_period.nanos < 0:
                 raise CoreError("INVALID_ARGUMENT", f"{name}: expected_period must be >= 0")
+            if m.kind not in point_pb2.ValueKind.values():
+                raise CoreError("INVALID_ARGUMENT", f"{name}: unknown value kind {m.kind}")
             checked.append(m)
         for m in checked:
             stored = point_pb2.PointMetadata()
@@ -132,6 +142,7 @@ class RealtimeDB:
             stored.owner = identity
             self.meta[m.name] = stored
             point = self.points.get(m.name)
+            self._deadlines.pop(m.name, None)  # a re-declared period replaces the old one
             if point is not None:
                 self._arm_deadline(m.name, ts_to_ms(point.receive_time))
             if self.history is not None:
@@ -159,6 +170,7 @@ class RealtimeDB:
         """Validate the whole batch, then store it under one new revision."""
         batch = list(samples)
         names: list[str] = []
+        horizon = now_ms() // 1000 + MAX_FUTURE_S
         for s in batch:
             # The validator's cache hands back one str object per name: the points dict, the
             # change log and the history buffer all share it instead of a copy per sample.
@@ -179,6 +191,15 @@ class RealtimeDB:
                 raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
             if s.quality not in _WRITABLE_QUALITIES:
                 raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {s.quality}")
+            if s.HasField("source_time") and s.source_time.seconds > horizon:
+                # One sample dated years ahead would distort history retention and every
+                # time-range query; a device clock that far off is an error to report.
+                raise CoreError(
+                    "INVALID_ARGUMENT",
+                    f"point {name}: source_time {s.source_time.ToJsonString()} is more than "
+                    f"{MAX_FUTURE_S // 3600} h ahead of the core's clock",
+                    point=name,
+                )
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise CoreError("INVALID_ARGUMENT", f"point {dup} appears twice in one batch")

@@ -18,11 +18,14 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from .auth import Caller, Gate
-from .errors import CoreError, to_rpc_status
+from .errors import REFUSALS, CoreError, to_rpc_status
 
 __all__ = ["service_handler"]
 
 log = logging.getLogger(__name__)
+
+# Streams (watches) one client may hold open at once: each costs the core work on every write.
+MAX_OPEN_STREAMS = 32
 
 Unary = Callable[[Any, Caller, grpc.aio.ServicerContext], Awaitable[Any]]
 Stream = Callable[[Any, Caller, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -71,29 +74,47 @@ def _parser(cls: Any, method: str, limit: int) -> Callable[[bytes], Any]:
 
 def _unary(fn: Unary, parse: Callable[[bytes], Any], gate: Gate, method: str) -> Callable:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        caller = None
         try:
             caller = gate.authenticate(context, method)
             return await fn(parse(data), caller, context)
         except CoreError as err:
-            await context.abort_with_status(to_rpc_status(err))
+            await _abort(context, gate, err, caller, method)
 
     return handle
 
 
 def _stream(fn: Stream, parse: Callable[[bytes], Any], gate: Gate, method: str) -> Callable:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        stats = None
+        stats = caller = None
         try:
             caller = gate.authenticate(context, method)
+            if gate.clients[caller.uri].open_streams >= MAX_OPEN_STREAMS:
+                raise CoreError(
+                    "TOO_MANY_STREAMS",
+                    f"{caller.uri} already has {MAX_OPEN_STREAMS} open streams",
+                )
             stats = gate.clients[caller.uri]
             stats.open_streams += 1
             async for item in fn(parse(data), caller, context):
                 gate.recheck(caller, method)
                 yield item
         except CoreError as err:
-            await context.abort_with_status(to_rpc_status(err))
+            await _abort(context, gate, err, caller, method)
         finally:
             if stats is not None:
                 stats.open_streams -= 1
 
     return handle
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    gate: Gate,
+    err: CoreError,
+    caller: Caller | None,
+    method: str,
+) -> None:
+    if err.reason in REFUSALS:
+        gate.refused(err, caller.uri if caller else "", method)
+    await context.abort_with_status(to_rpc_status(err))

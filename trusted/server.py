@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from smx.v1 import (
@@ -28,6 +28,7 @@ from .services.admin import AdminService
 from .services.control import ControlService
 from .services.identity import IdentityService
 from .services.points import PointService
+from .standard_services import CheckedHealth, add_reflection
 from .state import CoreState
 
 __all__ = ["Core", "run_core"]
@@ -46,7 +47,7 @@ class Core:
         self.config = config
         self.state = CoreState(config)
         self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = CheckedHealth(self.state.gate)
 
     async def start(self) -> None:
         await self.state.start()
@@ -79,8 +80,8 @@ class Core:
                 ]
             )
             names.append(descriptor.full_name)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(names, server)
+        self.health.add_to(server)
+        add_reflection(server, names, self.state.gate)
 
         ca = self.state.ca
         creds = grpc.ssl_server_credentials(

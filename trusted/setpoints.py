@@ -24,6 +24,7 @@ __all__ = ["SetpointBoard", "SetpointWatcher", "ACTIVE"]
 
 log = logging.getLogger(__name__)
 
+APPLIED_NOW = frozenset({pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED})
 ACTIVE = frozenset(
     {pb.SETPOINT_STATUS_PENDING, pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED}
 )
@@ -61,6 +62,9 @@ class SetpointBoard:
         self._on_change = on_change or (lambda kind, sp: None)
         self._by_id: OrderedDict[str, pb.Setpoint] = OrderedDict()
         self._current: dict[str, str] = {}  # name -> id of the current setpoint
+        # name -> the setpoint the owner last applied; it stays in force for the device until
+        # it expires or a newer one is applied, even when a newer request supersedes it.
+        self._in_force: dict[str, pb.Setpoint] = {}
         self._expiries: list[tuple[int, str]] = []
         self._watchers: set[SetpointWatcher] = set()
 
@@ -77,7 +81,7 @@ class SetpointBoard:
             )
         now = now_ms()
         previous = self.current(name)
-        if previous is not None and previous.status == pb.SETPOINT_STATUS_PENDING:
+        if previous is not None and previous.status in ACTIVE:
             previous.status = pb.SETPOINT_STATUS_SUPERSEDED
             self._on_change("setpoint_superseded", previous)
         sp = pb.Setpoint(
@@ -133,6 +137,15 @@ class SetpointBoard:
         elif status == pb.SETPOINT_STATUS_CLAMPED and given is not None:
             sp.applied_value.CopyFrom(given)
         self._on_change("setpoint_report", sp)
+        old = self._in_force.get(sp.name)
+        if status == pb.SETPOINT_STATUS_REJECTED:
+            if old is not None and old.id != sp.id:
+                # The newer request replaced what the device runs and was refused: nothing
+                # is in force any more, so the owner falls back.
+                del self._in_force[sp.name]
+                self._notify(pb.SETPOINT_EVENT_EXPIRED, old)
+        else:
+            self._in_force[sp.name] = sp
         return sp
 
     def get(self, *, name: str = "", setpoint_id: str = "") -> pb.Setpoint:
@@ -152,12 +165,22 @@ class SetpointBoard:
         while self._expiries and self._expiries[0][0] <= now:
             _, sid = heapq.heappop(self._expiries)
             sp = self._by_id.get(sid)
-            if sp is None or sp.status not in ACTIVE:
+            if sp is None:
                 continue
-            sp.status = pb.SETPOINT_STATUS_EXPIRED
-            expired.append(sp)
-            self._on_change("setpoint_expired", sp)
-            if self._current.get(sp.name) == sid:
+            if sp.status in ACTIVE:
+                sp.status = pb.SETPOINT_STATUS_EXPIRED
+                expired.append(sp)
+                self._on_change("setpoint_expired", sp)
+            in_force = self._in_force.get(sp.name)
+            if in_force is not None and in_force.id == sid:
+                del self._in_force[sp.name]
+            # Tell the owner to fall back when what expires is what it should be running:
+            # the current setpoint, or the one it applied while a newer one is not applied.
+            current = self.current(sp.name)
+            running = in_force is not None and in_force.id == sid
+            if self._current.get(sp.name) == sid or (
+                running and (current is None or current.status not in APPLIED_NOW)
+            ):
                 self._notify(pb.SETPOINT_EVENT_EXPIRED, sp)
         return expired
 
@@ -184,12 +207,12 @@ class SetpointBoard:
                 w.offer(event, sp)
 
     def _trim(self) -> None:
-        # Drop the oldest finished setpoints; current ones are always kept.
-        current = set(self._current.values())
-        excess = len(self._by_id) - KEEP_FINISHED - len(current)
-        for sid in list(self._by_id):
-            if excess <= 0:
-                break
-            if sid not in current:
-                del self._by_id[sid]
-                excess -= 1
+        """Forget the oldest setpoints beyond KEEP_FINISHED, in constant time per request;
+        current and in-force ones are kept (there is at most one of each per declared point)."""
+        for _ in range(len(self._by_id) - KEEP_FINISHED):
+            sid, sp = next(iter(self._by_id.items()))
+            in_force = self._in_force.get(sp.name)
+            if self._current.get(sp.name) == sid or (in_force is not None and in_force.id == sid):
+                self._by_id.move_to_end(sid)
+                break  # retry at the next request; the rest are newer
+            del self._by_id[sid]

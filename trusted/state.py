@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 
 import psutil
 from google.protobuf.duration_pb2 import Duration
@@ -79,7 +80,11 @@ class CoreState:
     async def start(self) -> None:
         await self.history.start()
         await self.audit.start()
-        self.db.restore(self.history.load_last(), self.history.load_metadata())
+        floor_file = self.config.history.path.with_name("revision.floor")
+        start = self.db.restore(
+            self.history.load_last(), self.history.load_metadata(), _read_floor(floor_file)
+        )
+        _write_floor(floor_file, start)
         self._declare_core_points()
         self._tasks = [
             asyncio.create_task(self._stale_loop(), name="stale"),
@@ -204,3 +209,25 @@ class CoreState:
                 [point_pb2.PointSample(name=n, value=v) for n, v in values.items()],
             )
             await asyncio.sleep(CORE_POINTS_PERIOD)
+
+
+def _read_floor(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return None  # a brand-new site
+    except (OSError, ValueError) as err:
+        # Unreadable: the persisted points still give a floor; jump anyway, say so, carry on.
+        log.warning("cannot read %s (%s); revisions continue from the stored points", path, err)
+        return 0
+
+
+def _write_floor(path: Path, revision: int) -> None:
+    """Durably record where this run's revisions start, before any is handed out: the next
+    start jumps above it even if this run crashes before its first history flush."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{revision}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

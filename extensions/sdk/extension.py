@@ -199,12 +199,19 @@ class Extension:
         self._stop.set()
 
     async def _declare(self) -> None:
-        if not self.specs:
+        metas = [s.metadata() for s in self.specs.values()]
+        # The core routes setpoints only to declared points: a handler declares its point
+        # when the author did not (kind left open).
+        metas += [
+            point_pb2.PointMetadata(name=name, description="setpoint")
+            for name in self.setpoints.handlers
+            if name not in self.specs
+        ]
+        if not metas:
             return
         assert self.link.stubs is not None
         await self.link.stubs.points.DeclarePoints(
-            pb.DeclarePointsRequest(points=[s.metadata() for s in self.specs.values()]),
-            timeout=10,
+            pb.DeclarePointsRequest(points=metas), timeout=10
         )
 
     def health(self) -> dict[str, Any]:

@@ -19,6 +19,16 @@ LESSAG = "spiffe://test-site/untrusted/lessag"
 ESS = "spiffe://test-site/trusted/ess"
 
 
+@pytest.fixture(autouse=True)
+async def declared(site, core):
+    """The battery extension owns ess/P_set: only a declared point can take setpoints."""
+    await site.stubs("ess").points.DeclarePoints(
+        spb.DeclarePointsRequest(
+            points=[ppb.PointMetadata(name="ess/P_set", unit="W", kind=ppb.VALUE_KIND_DOUBLE)]
+        )
+    )
+
+
 def request(value: float, seconds: float = 60, name: str = "ess/P_set"):
     d = Duration()
     d.FromMilliseconds(int(seconds * 1000))
@@ -162,3 +172,47 @@ async def test_unknown_setpoint_is_not_found(site, core):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await site.stubs("gui").control.GetSetpoint(pb.GetSetpointRequest(name="ess/P_set"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_rejected_newer_request_makes_the_owner_fall_back(site, core):
+    # sp1 is applied; sp2 supersedes it and is rejected: nothing is in force any more, so the
+    # owner must be told to fall back (not keep running sp1 silently).
+    owner = site.stubs("ess").control.WatchSetpoints(pb.WatchSetpointsRequest())
+    agent, ess = site.stubs("lessag"), site.stubs("ess")
+    sp1 = (await agent.control.RequestSetpoint(request(3000))).setpoint
+    assert (await asyncio.wait_for(owner.read(), 5)).setpoint.id == sp1.id
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp1.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
+    sp2 = (await agent.control.RequestSetpoint(request(-50000))).setpoint
+    assert (await asyncio.wait_for(owner.read(), 5)).setpoint.id == sp2.id
+    got = (await agent.control.GetSetpoint(pb.GetSetpointRequest(id=sp1.id))).setpoint
+    assert got.status == pb.SETPOINT_STATUS_SUPERSEDED
+    # A late report of the superseded setpoint cannot overwrite what is in force.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await ess.control.ReportSetpoint(
+            pb.ReportSetpointRequest(id=sp1.id, status=pb.SETPOINT_STATUS_APPLIED)
+        )
+    assert error_reason(info.value) == "SETPOINT_NOT_PENDING"
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp2.id, status=pb.SETPOINT_STATUS_REJECTED, reason="limit")
+    )
+    msg = await asyncio.wait_for(owner.read(), 5)
+    assert (msg.event, msg.setpoint.id) == (pb.SETPOINT_EVENT_EXPIRED, sp1.id)
+    owner.cancel()
+
+
+async def test_applied_setpoint_expiring_under_a_pending_newer_one_is_announced(site, core):
+    owner = site.stubs("ess").control.WatchSetpoints(pb.WatchSetpointsRequest())
+    agent, ess = site.stubs("lessag"), site.stubs("ess")
+    sp1 = (await agent.control.RequestSetpoint(request(1000, seconds=1))).setpoint
+    await asyncio.wait_for(owner.read(), 5)
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp1.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
+    sp2 = (await agent.control.RequestSetpoint(request(2000))).setpoint
+    assert (await asyncio.wait_for(owner.read(), 5)).setpoint.id == sp2.id
+    # The owner has not answered sp2 when sp1's time is up: it is told sp1 expired.
+    msg = await asyncio.wait_for(owner.read(), 3)
+    assert (msg.event, msg.setpoint.id) == (pb.SETPOINT_EVENT_EXPIRED, sp1.id)
+    owner.cancel()

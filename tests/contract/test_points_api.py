@@ -207,7 +207,7 @@ async def test_point_goes_stale_when_not_refreshed(site, core):
 
 async def test_read_history_raw_and_downsampled(site, core):
     meter = site.stubs("meter")
-    base = 1_800_000_000_000  # aligned to 10 s
+    base = 1_700_000_000_000  # aligned to 10 s
     for i in range(20):
         ts = Timestamp()
         ts.FromMilliseconds(base + i * 1000)

@@ -76,6 +76,12 @@ async def world():
     core = Core(site.config())
     await core.start()
     stubs = {name: site.stubs(name) for name in CLIENTS}
+    for owner, point in (("ess", "ess/P_set"), ("meter", "meter/P_set"), ("er", "er/P_set")):
+        await stubs[owner].points.DeclarePoints(
+            spb.DeclarePointsRequest(
+                points=[ppb.PointMetadata(name=point, unit="W", kind=ppb.VALUE_KIND_DOUBLE)]
+            )
+        )
     for owner, point in (
         ("meter", "meter/P"),
         ("ess", "ess/P"),
@@ -163,6 +169,10 @@ async def test_list_and_watch_show_only_readable_points(world, client):
     }
     assert listed & ALL == READ[client]
     stream = stubs[client].points.WatchPoints(spb.WatchPointsRequest(patterns=["**"]))
+    if not READ[client]:
+        # No read right at all: a watch would cost the core work for nothing; refused.
+        assert await outcome(stream.read()) == "PERMISSION_NOT_GRANTED"
+        return
     snapshot = await stream.read()
     stream.cancel()
     assert {p.name for p in snapshot.points} & ALL == READ[client]

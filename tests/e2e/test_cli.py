@@ -81,11 +81,14 @@ def test_walkthrough(running):
     # The agent may not write measurements: a clear refusal with its reason, exit code 1.
     out = smx(home, "points", "write", "--as", "lessag", "meter/P=0", check=False)
     assert "PERMISSION_DENIED [PERMISSION_NOT_GRANTED]" in out
+    out = smx(home, "setpoint", "request", "--as", "lessag", "meter/P_set", "2000", check=False)
+    assert "NOT_FOUND [POINT_NOT_FOUND]" in out  # no extension declared it (yet)
+    smx(home, "points", "declare", "--as", "meter", "meter/P_set", "--unit", "W")
     out = smx(
-        home, "setpoint", "request", "--as", "lessag", "ess/P_set", "2000", "--valid-for", "1m"
+        home, "setpoint", "request", "--as", "lessag", "meter/P_set", "2000", "--valid-for", "1m"
     )
     assert "PENDING" in out
-    assert "PENDING" in smx(home, "setpoint", "status", "--as", "lessag", "ess/P_set")
+    assert "PENDING" in smx(home, "setpoint", "status", "--as", "lessag", "meter/P_set")
     out = smx(home, "audit", "--limit", "50")
     assert "denied" in out and "spiffe://usm-0017/untrusted/lessag" in out
     assert "setpoint_request" in out

@@ -62,7 +62,7 @@ def test_socket_is_0660_and_clean_restart_keeps_everything(plain_site):
             ]
         )
     )
-    base = 1_800_000_000_000
+    base = 1_700_000_000_000
     for i in range(10):
         rev = write(meter, "meter/Ap", 100 + i, base + i * 1000)
     core.kill(signal.SIGTERM)
@@ -90,7 +90,7 @@ def test_kill_9_loses_at_most_the_last_flush_interval(plain_site):
     t_end = time.monotonic() + 2.0
     i = 0
     while time.monotonic() < t_end:
-        write(meter, "meter/P", float(i), 1_800_000_000_000 + i)
+        write(meter, "meter/P", float(i), 1_700_000_000_000 + i)
         acked.append((time.monotonic(), i))
         i += 1
     killed_at = time.monotonic()
@@ -114,12 +114,24 @@ def test_kill_9_loses_at_most_the_last_flush_interval(plain_site):
 def test_sighup_reloads_policy_without_dropping_connections(plain_site):
     site = plain_site
     core = CoreProcess(site)
+    write(site.sync_stubs("meter"), "meter/P", 1.0)
+    # The battery extension may read its own points and meter/P, not meter/Q yet.
+    ess = site.sync_stubs("ess")
+    stream = ess.points.WatchPoints(spb.WatchPointsRequest(patterns=["meter/*"]))
+    updates = iter(stream)
+    assert [p.name for p in next(updates).points] == ["meter/P"]
     nobody = site.sync_stubs("nobody")
     with pytest.raises(grpc.RpcError) as info:
-        nobody.points.ListPoints(spb.ListPointsRequest())
         nobody.points.GetPoints(spb.GetPointsRequest(names=["core/uptime"]))
     assert error_reason(info.value) == "PERMISSION_NOT_GRANTED"
+
     site.write_policy(extra_bindings=[("trusted/nobody", ["gui"])])
+    text = (
+        (site.home / "policy.toml")
+        .read_text()
+        .replace('points = ["meter/P"]', 'points = ["meter/P", "meter/Q"]')
+    )
+    (site.home / "policy.toml").write_text(text)
     core.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
     while True:
@@ -129,8 +141,12 @@ def test_sighup_reloads_policy_without_dropping_connections(plain_site):
         except grpc.RpcError:
             assert time.monotonic() < deadline, "policy not reloaded"
             time.sleep(0.1)
+    # Same open connection for nobody, same open stream for ess: the new rules apply to both.
     assert got.points[0].name == "core/uptime"
     assert nobody.identity.WhoAmI(ipb.WhoAmIRequest()).roles == ["gui"]
+    write(site.sync_stubs("meter"), "meter/Q", 2.0)
+    assert [p.name for p in next(updates).points] == ["meter/Q"]
+    stream.cancel()
     reloads = (
         site.sync_stubs("admin")
         .admin.QueryAudit(apb.QueryAuditRequest(kind="policy_reload"))
@@ -152,4 +168,22 @@ def test_invalid_policy_reload_is_refused_and_old_policy_stays(plain_site):
     # Still the old policy: the admin keeps its rights, the gui client too.
     assert admin.identity.WhoAmI(ipb.WhoAmIRequest()).roles == ["admin"]
     assert site.sync_stubs("gui").points.ListPoints(spb.ListPointsRequest()).points
+    core.kill(signal.SIGTERM)
+
+
+def test_revisions_are_never_reused_after_a_crash_before_the_first_flush(plain_site):
+    # Nothing reached the history log, so no persisted point tells the new core where the old
+    # one's revisions ended; the revision floor written at start-up does.
+    site = plain_site
+    core = CoreProcess(site, flush_interval="60s")
+    meter = site.sync_stubs("meter")
+    last = max(write(meter, "meter/P", float(i)) for i in range(20))
+    core.kill(signal.SIGKILL)
+    core = CoreProcess(site)
+    meter = site.sync_stubs("meter")
+    assert write(meter, "meter/P", 1.0) > last
+    stream = site.sync_stubs("gui").points.WatchPoints(spb.WatchPointsRequest(start_revision=last))
+    with pytest.raises(grpc.RpcError) as info:
+        next(iter(stream))
+    assert error_reason(info.value) == "REVISION_COMPACTED"
     core.kill(signal.SIGTERM)

@@ -88,9 +88,9 @@ class Site:
 class CoreProcess:
     """`smx core` as its own OS process, for restart and kill -9 tests."""
 
-    def __init__(self, site: Site, extra_args: list[str] = ()) -> None:
+    def __init__(self, site: Site, flush_interval: str = "200ms") -> None:
         self.site = site
-        (site.home / "core.toml").write_text('[history]\nflush_interval = "200ms"\n')
+        (site.home / "core.toml").write_text(f'[history]\nflush_interval = "{flush_interval}"\n')
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(site.home / "core.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -101,7 +101,6 @@ class CoreProcess:
                 "--home",
                 str(site.home),
                 "core",
-                *extra_args,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

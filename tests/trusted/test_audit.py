@@ -401,3 +401,35 @@ def test_reading_lines_backwards_matches_reading_forwards(
     expected = [r + b"\n" for r in whole] + ([tail] if tail else [])
     assert [raw for _, raw in reversed(got)] == expected
     assert all(data[off : off + len(raw)] == raw for off, raw in got)
+
+
+async def test_a_client_varying_the_point_cannot_flood_the_log(tmp_path):
+    # One record per refused call would let a hostile client fill the SD card: past its budget
+    # of distinct open denial windows, its refusals are only counted.
+    from trusted.audit import DENIAL_RECORD_BURST
+
+    log = AuditLog(tmp_path / "audit.jsonl", denial_window=60.0)
+    await log.start()
+    for i in range(2000):
+        log.append(
+            "denied",
+            "spiffe://s/untrusted/x",
+            method="/m",
+            point=f"a/p{i}",
+            reason="PERMISSION_NOT_GRANTED",
+        )
+    log.append(
+        "denied",
+        "spiffe://s/trusted/other",
+        method="/m",
+        point="a/p",
+        reason="PERMISSION_NOT_GRANTED",
+    )
+    await log.close()
+    records = log.query(limit=10_000)
+    hostile = [r for r in records if r.identity.endswith("/x")]
+    assert len(hostile) <= DENIAL_RECORD_BURST + 2
+    counted = sum(r.detail.get("repeats", 1) for r in hostile if "points_omitted" in r.detail)
+    assert counted == 2000 - DENIAL_RECORD_BURST  # nothing lost from the count
+    assert any(r.identity.endswith("/other") for r in records)  # others still recorded
+    assert log.verify() == len(records)

@@ -26,6 +26,12 @@ from .connect import add_connection_options, connect
 __all__ = ["register", "parse_value", "format_value"]
 
 QUALITY = {v: k.removeprefix("QUALITY_") for k, v in point_pb2.Quality.items()}
+KINDS = {
+    "double": point_pb2.VALUE_KIND_DOUBLE,
+    "int": point_pb2.VALUE_KIND_INT,
+    "bool": point_pb2.VALUE_KIND_BOOL,
+    "string": point_pb2.VALUE_KIND_STRING,
+}
 AGG = {
     "min": points_pb.AGGREGATION_MIN,
     "max": points_pb.AGGREGATION_MAX,
@@ -53,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("samples", nargs="+", metavar="NAME=VALUE")
     p.add_argument("--kind", choices=["double", "int", "bool", "string"])
     _client(p, points_write)
+    p = psub.add_parser("declare", help="declare a point's metadata (as its owner)")
+    p.add_argument("name")
+    p.add_argument("--unit", default="")
+    p.add_argument("--kind", choices=["double", "int", "bool", "string"])
+    p.add_argument("--period", help="expected refresh period, e.g. 1s (STALE after 2x)")
+    p.add_argument("--description", default="")
+    _client(p, points_declare)
     p = psub.add_parser("history", help="samples from the high-resolution log")
     p.add_argument("names", nargs="+")
     p.add_argument("--since", default="1h", help="how far back, e.g. 15m, 2h, 7d (default 1h)")
@@ -199,6 +212,18 @@ def points_write(args: argparse.Namespace) -> int:
         samples.append(point_pb2.PointSample(name=name, value=parse_value(text, args.kind)))
     resp = connect(args).points.WritePoints(points_pb.WritePointsRequest(samples=samples))
     print(f"written at revision {resp.revision}")
+    return 0
+
+
+def points_declare(args: argparse.Namespace) -> int:
+    kind = KINDS[args.kind] if args.kind else point_pb2.VALUE_KIND_UNSPECIFIED
+    meta = point_pb2.PointMetadata(
+        name=args.name, unit=args.unit, kind=kind, description=args.description
+    )
+    if args.period:
+        meta.expected_period.FromMilliseconds(int(parse_duration(args.period, "--period") * 1000))
+    connect(args).points.DeclarePoints(points_pb.DeclarePointsRequest(points=[meta]))
+    print(f"declared {args.name}")
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import grpc
@@ -29,6 +29,8 @@ AGGREGATIONS = {
     pb.AGGREGATION_LAST: "last",
 }
 MAX_HISTORY_NAMES = 100
+# Patterns in one watch: each is compiled and matched against every point name.
+MAX_WATCH_PATTERNS = 64
 
 
 class PointService:
@@ -83,7 +85,10 @@ class PointService:
     async def WatchPoints(
         self, req: pb.WatchPointsRequest, caller: Caller, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchPointsResponse]:
-        self._limit(req.patterns, "patterns")
+        check_patterns(req.patterns)
+        # A client without any read right gets nothing from a watch but costs the core work
+        # on every write: refuse it outright.
+        self.s.gate.check(caller, "read", SERVICE + "WatchPoints")
         heartbeat = (
             duration_s(req.heartbeat_interval) if req.HasField("heartbeat_interval") else 10.0
         )
@@ -107,8 +112,9 @@ class PointService:
                 try:
                     await asyncio.wait_for(watcher.event.wait(), heartbeat)
                 except TimeoutError:
-                    yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
-                    continue
+                    if not watcher.pending:  # a write may land in the very turn of the timeout
+                        yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
+                        continue
                 for msg in _chunks(watcher.take(), db.revision):
                     yield msg
         finally:
@@ -160,6 +166,14 @@ def _name(name: str) -> str:
         return validate_point_name(name)
     except InvalidName as err:
         raise CoreError("INVALID_POINT_NAME", str(err), point=name[:300]) from err
+
+
+def check_patterns(patterns: Sequence[str]) -> None:
+    if len(patterns) > MAX_WATCH_PATTERNS:
+        raise CoreError(
+            "REQUEST_TOO_LARGE",
+            f"{len(patterns)} patterns in one watch; the limit is {MAX_WATCH_PATTERNS}",
+        )
 
 
 def _globs(patterns: list[str]) -> GlobSet:

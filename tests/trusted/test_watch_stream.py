@@ -1,0 +1,48 @@
+"""WatchPoints' stream logic, driven directly: a heartbeat never claims a revision whose
+points are still waiting to be sent (a client resuming from it would lose them)."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+from google.protobuf.duration_pb2 import Duration
+
+from smx.v1 import point_pb2 as ppb
+from smx.v1 import point_service_pb2 as pb
+from trusted.identity import Identity
+from trusted.realtime import RealtimeDB
+from trusted.services.points import PointService
+
+
+class AllowAll:
+    def allows(self, *args: object) -> bool:
+        return True
+
+
+async def test_write_in_the_heartbeats_turn_is_sent_not_skipped():
+    db = RealtimeDB(core_identity="core")
+    gate = types.SimpleNamespace(policy=AllowAll(), check=lambda *a: None)
+    state = types.SimpleNamespace(
+        db=db, gate=gate, config=types.SimpleNamespace(max_request_items=100)
+    )
+    caller = types.SimpleNamespace(identity=Identity("s", "trusted", "gui"), uri="x")
+    stream = PointService(state).WatchPoints(  # type: ignore[arg-type]
+        pb.WatchPointsRequest(heartbeat_interval=Duration(nanos=100_000_000)), caller, None
+    )
+    assert (await stream.__anext__()).snapshot
+    loop = asyncio.get_running_loop()
+    nxt = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0)  # the stream now waits, with a 0.1 s timeout
+
+    def write() -> None:
+        db.write("meter", [ppb.PointSample(name="meter/P", value=ppb.Value(double_value=42))])
+
+    loop.call_at(loop.time() + 0.1, write)  # lands in the same loop turn as the timeout
+    msg = await nxt
+    if msg.heartbeat:  # allowed only if nothing was pending when it was made
+        assert msg.revision < db.points["meter/P"].revision
+        msg = await stream.__anext__()
+    assert [p.name for p in msg.points] == ["meter/P"]
+    assert msg.revision == db.revision
+    await stream.aclose()
