@@ -1,0 +1,128 @@
+"""Meter semantics shared by every meter reader: the vocabulary (names, units, kinds),
+primary values from VT/CT ratios, and plausibility (DATA-MODEL.md).
+
+Readers produce *secondary* values as the meter reports them, named with the vocabulary
+(`U1`, `P`, `Ap`, `Ap_T1`, ...); `Meter.readings` turns them into the points of one device.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from extensions.sdk import PointSpec, Reading
+
+__all__ = ["VOCABULARY", "Ratios", "Meter", "unit_of", "scale_of"]
+
+# point -> (unit, description). Per-phase and per-tariff names are derived below.
+VOCABULARY: dict[str, tuple[str, str]] = {
+    "U": ("V", "RMS voltage"),
+    "I": ("A", "RMS current"),
+    "P": ("W", "active power, load reference (> 0 import)"),
+    "Q": ("var", "reactive power"),
+    "S": ("VA", "apparent power"),
+    "PF": ("1", "power factor"),
+    "f": ("Hz", "network frequency"),
+    "Ap": ("kWh", "active energy index A+ (import)"),
+    "Am": ("kWh", "active energy index A- (export)"),
+    "Rp": ("kvarh", "reactive energy index R+"),
+    "Rm": ("kvarh", "reactive energy index R-"),
+}
+_NAME = re.compile(r"(U|I|P|Q|S|PF)([123])?|f|(Ap|Am|Rp|Rm)(?:_T([1-9]))?(?:\.bill(\d\d))?")
+
+# What scales with which transformer: voltages with the VT, currents with the CT, powers and
+# energies with both; frequency and power factor with neither.
+_SCALE = {
+    "U": "vt",
+    "I": "ct",
+    "P": "both",
+    "Q": "both",
+    "S": "both",
+    "Ap": "both",
+    "Am": "both",
+    "Rp": "both",
+    "Rm": "both",
+}
+
+# Plausible ranges of *primary* values per kind of point (beyond: UNCERTAIN). Wide on purpose:
+# they catch a decoding error (wrong register, word order), not an unusual site.
+_PLAUSIBLE = {"U": (0.0, 1e6), "I": (-1e5, 1e5), "f": (40.0, 70.0), "PF": (-1.0001, 1.0001)}
+
+
+def _base(point: str) -> str:
+    m = _NAME.fullmatch(point)
+    if m is None:
+        raise ValueError(f"{point!r} is not a meter point of the vocabulary")
+    return m.group(1) or m.group(3) or "f"
+
+
+def unit_of(point: str) -> str:
+    return VOCABULARY[_base(point)][0]
+
+
+def scale_of(point: str) -> str:
+    return _SCALE.get(_base(point), "none")
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """Instrument transformer ratios of a meter that measures through CTs/VTs."""
+
+    ct: float = 1.0
+    vt: float = 1.0
+
+    def primary(self, point: str, value: float) -> float:
+        how = scale_of(point)
+        if how == "vt":
+            return value * self.vt
+        if how == "ct":
+            return value * self.ct
+        if how == "both":
+            return value * self.ct * self.vt
+        return value
+
+
+@dataclass(frozen=True)
+class Meter:
+    """One meter as the site sees it: its device id, ratios and the index maximum."""
+
+    device: str
+    ratios: Ratios = Ratios()
+    index_max: float = 0.0  # where the energy registers recirculate (0: unknown)
+    period: float = 1.0
+
+    def spec(self, point: str) -> PointSpec:
+        base = _base(point)
+        unit, text = VOCABULARY[base]
+        billing = ".bill" in point
+        return PointSpec(
+            f"{self.device}/{point}",
+            unit=unit,
+            kind="double",
+            # Billing snapshots change once a month: never STALE.
+            period=None if billing else self.period * 1.5,
+            description=text
+            + (" (billing-period snapshot; source time = billing date)" if billing else ""),
+            index_max=self.index_max if base in ("Ap", "Am", "Rp", "Rm") else 0.0,
+        )
+
+    def readings(self, raw: Mapping[str, Any]) -> dict[str, Reading]:
+        """Secondary readings by vocabulary name -> primary readings by full point name.
+        A value may be a number or a `Reading` (to carry the meter's clock or a quality)."""
+        out: dict[str, Reading] = {}
+        for point, item in raw.items():
+            reading = item if isinstance(item, Reading) else Reading(item)
+            value = self.ratios.primary(point, float(reading.value))
+            quality = reading.quality
+            low, high = _PLAUSIBLE.get(_base(point), (None, None))
+            if low is not None and high is not None and not low <= value <= high:
+                quality = "UNCERTAIN"
+            if _base(point) in ("Ap", "Am", "Rp", "Rm") and (
+                value < 0
+                or (self.index_max and value > self.index_max * self.ratios.ct * self.ratios.vt)
+            ):
+                quality = "UNCERTAIN"
+            out[f"{self.device}/{point}"] = Reading(value, quality, reading.source_time)
+        return out
