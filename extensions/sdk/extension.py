@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
 
@@ -54,6 +55,7 @@ class Extension:
         self.state = "starting"
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._background: list[tuple[Any, str]] = []
         self.link.on_connect(self._declare)
 
     @classmethod
@@ -99,11 +101,35 @@ class Extension:
 
         return register
 
+    def background(self, coro: Any, name: str = "background") -> None:
+        """Run an author's own coroutine alongside the extension (started by `start`); if it
+        crashes, the extension stops so the supervisor restarts it cleanly."""
+        self._background.append((coro, name))
+
     def subscribe(self, patterns: list[str], callback: Callback) -> Subscription:
         """Follow other points (read rights needed); `callback(PointUpdate)` per change."""
         sub = Subscription(self.link, patterns, callback)
         self.subscriptions.append(sub)
         return sub
+
+    async def request_setpoint(
+        self, name: str, value: Any, valid_for: float
+    ) -> control_pb.Setpoint:
+        """For agents and controllers: ask the owner of `name` to apply `value` for
+        `valid_for` seconds. Raises grpc.aio.AioRpcError when refused or the core is away."""
+        await self.link.connected.wait()
+        assert self.link.stubs is not None
+        request = control_pb.RequestSetpointRequest(name=name, value=to_value(value))
+        request.valid_for.FromNanoseconds(int(valid_for * 1e9))
+        reply = await self.link.stubs.control.RequestSetpoint(request, timeout=10)
+        return reply.setpoint
+
+    async def setpoint_status(self, setpoint_id: str) -> control_pb.Setpoint:
+        assert self.link.stubs is not None
+        reply = await self.link.stubs.control.GetSetpoint(
+            control_pb.GetSetpointRequest(id=setpoint_id), timeout=10
+        )
+        return reply.setpoint
 
     def publish(
         self, name: str, value: Any, quality: str = "GOOD", source_time: Any = None
@@ -132,6 +158,8 @@ class Extension:
         for sub in self.subscriptions:
             spawn(sub.run(), f"watch-{','.join(sub.patterns)}")
         spawn(self._health_loop(), "health")
+        for coro, name in self._background:
+            spawn(coro, name)
 
     async def stop(self) -> None:
         """Clean shutdown: stop polling, write what is pending (briefly), close devices."""
