@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["BENCHMARKS", "main"]
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("ingest.py", "watch_latency.py", "footprint.py")
+BENCHMARKS = ("ingest.py", "watch_latency.py", "footprint.py", "site.py")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,7 @@
-"""The example battery extension: polls the battery, owns `battery/P_set`.
+"""The example battery extension: polls the battery, owns `<device>/P_set`.
+
+Its points are named after its device id (its name unless site.toml gives `devices`), so two
+batteries are simply two instances: `battery/P`, `battery2/P`.
 
 Config (the `[extensions.battery.config]` table of site.toml, or SMX_CONFIG):
     host = "127.0.0.1"   port = 7701   interval = 1.0
@@ -13,19 +16,21 @@ from extensions.sdk import Applied, Clamped, Device, Extension, PointSpec, main_
 
 from .protocol import decode, encode
 
-POINTS = [
-    PointSpec("battery/P", unit="W", period=1.0, description="battery power, P > 0 charging"),
-    PointSpec("battery/SoC", unit="%", period=1.0, description="state of charge"),
-    PointSpec("battery/ESS_state", kind="string", period=1.0, description="as reported"),
-    PointSpec("battery/P_set", unit="W", description="requested battery power"),
-]
+
+def points(dev: str) -> list[PointSpec]:
+    return [
+        PointSpec(f"{dev}/P", unit="W", period=1.0, description="battery power, P > 0 charging"),
+        PointSpec(f"{dev}/SoC", unit="%", period=1.0, description="state of charge"),
+        PointSpec(f"{dev}/ESS_state", kind="string", period=1.0, description="as reported"),
+        PointSpec(f"{dev}/P_set", unit="W", description="requested battery power"),
+    ]
 
 
 class BatteryLink(Device):
     """One TCP connection to the battery, reopened after any error."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.name = "battery"
+    def __init__(self, dev: str, config: dict[str, Any]) -> None:
+        self.name = dev
         self.host = config.get("host", "127.0.0.1")
         self.port = int(config.get("port", 7701))
         self.interval = float(config.get("interval", 1.0))
@@ -52,9 +57,9 @@ class BatteryLink(Device):
     async def poll(self) -> dict[str, Any]:
         r = await self.ask({"op": "read"})
         return {
-            "battery/P": float(r["P"]),
-            "battery/SoC": float(r["SoC"]),
-            "battery/ESS_state": str(r["state"]),
+            f"{self.name}/P": float(r["P"]),
+            f"{self.name}/SoC": float(r["SoC"]),
+            f"{self.name}/ESS_state": str(r["state"]),
         }
 
     async def close(self) -> None:
@@ -64,14 +69,15 @@ class BatteryLink(Device):
 
 
 def setup(ext: Extension) -> None:
-    ext.declare(POINTS)
-    battery = BatteryLink(dict(ext.config))
+    dev = ext.env.devices[0]
+    ext.declare(points(dev))
+    battery = BatteryLink(dev, dict(ext.config))
     ext.add_device(battery)
 
     async def fall_back(req: Any) -> None:
         await battery.ask({"op": "set", "P": 0.0})  # autonomous mode: idle
 
-    @ext.on_setpoint("battery/P_set", on_expire=fall_back)
+    @ext.on_setpoint(f"{dev}/P_set", on_expire=fall_back)
     async def set_power(req: Any) -> Applied | Clamped:
         accepted = (await battery.ask({"op": "set", "P": float(req.value)}))["P"]
         if accepted != float(req.value):

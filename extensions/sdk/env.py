@@ -8,16 +8,15 @@ hand can be given the same variables, or an `ExtensionEnv` built in code (tests 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
+import socket
+import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from smx.client import Credentials
 
@@ -75,9 +74,12 @@ class ExtensionEnv:
             health_file=Path(env["SMX_HEALTH_FILE"]) if env.get("SMX_HEALTH_FILE") else None,
         )
 
-    def check_certificate(self, now: dt.datetime | None = None) -> x509.Certificate:
-        """Catch what the TLS handshake would only report as "unavailable": missing files, an
-        expired certificate, or one not issued by the site CA."""
+    def check_certificate(self) -> None:
+        """Catch what the TLS handshake with the core would only report as "unavailable":
+        missing files, a key that does not match, an expired certificate, or one not issued by
+        the site CA. Checked by a TLS handshake with itself over a socket pair, using the
+        stdlib `ssl` module grpc already loads (the `cryptography` package would cost every
+        extension ~13 MB of memory for this one check)."""
         creds = self.credentials
         try:
             creds.check()
@@ -85,22 +87,56 @@ class ExtensionEnv:
             raise SetupError(
                 f"{err}; provision it with `smx pki issue {self.name} --domain {self.domain}`"
             ) from err
-        try:
-            cert = x509.load_pem_x509_certificate(creds.cert.read_bytes())
-            ca = x509.load_pem_x509_certificate(creds.ca.read_bytes())
-        except ValueError as err:
-            raise SetupError(f"{creds.cert} or {creds.ca} is not a PEM certificate") from err
-        now = now or dt.datetime.now(dt.UTC)
-        if now > cert.not_valid_after_utc:
+        problem = _handshake_with_self(creds.ca, creds.cert, creds.key)
+        if problem is None:
+            return
+        if "expired" in problem:
             raise SetupError(
-                f"certificate {creds.cert} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
-                f"re-issue it with `smx pki issue {self.name} --domain {self.domain} --replace`"
+                f"certificate {creds.cert} has expired: re-issue it with "
+                f"`smx pki issue {self.name} --domain {self.domain} --replace`"
             )
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature) as err:
+        if "issuer" in problem or "self-signed" in problem or "self signed" in problem:
             raise SetupError(
                 f"certificate {creds.cert} was not issued by the site CA {creds.ca}: "
                 "the core would refuse it"
-            ) from err
-        return cert
+            )
+        raise SetupError(f"certificate {creds.cert} cannot be used: {problem}")
+
+
+def _handshake_with_self(ca: Path, cert: Path, key: Path) -> str | None:
+    """None when the core's side of a TLS handshake would accept this client certificate,
+    else OpenSSL's reason."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        server.load_cert_chain(cert, key)  # the client certificate plays the server too
+        client.load_cert_chain(cert, key)
+        server.load_verify_locations(ca)
+    except (ssl.SSLError, OSError) as err:
+        return f"cannot load it with its key or the CA: {err}"
+    server.verify_mode = ssl.CERT_REQUIRED  # what the core does: verify the client
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE  # only the client certificate is under test
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    problems: list[str] = []
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(a, server_side=True) as s:
+                s.recv(1)  # TLS 1.3 checks the client certificate after the handshake
+        except ssl.SSLCertVerificationError as err:
+            problems.append(err.verify_message or str(err))
+        except (ssl.SSLError, OSError) as err:
+            problems.append(str(err))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with client.wrap_socket(b) as c:
+            c.sendall(b"x")
+    except (ssl.SSLError, OSError):
+        pass  # the server side says why
+    thread.join(6)
+    return problems[0] if problems else None

@@ -57,6 +57,7 @@ class Extension:
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: list[tuple[Any, str]] = []
         self.link.on_connect(self._declare)
+        self.link.on_connect(self._connected)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Extension:
@@ -225,6 +226,10 @@ class Extension:
         log.error("task %s crashed: %r; stopping", task.get_name(), task.exception())
         self.state = "failed"
         self._stop.set()
+
+    async def _connected(self) -> None:
+        # Runs before the link reports itself connected: tell the supervisor right after.
+        asyncio.get_running_loop().call_soon(self._write_health)
 
     async def _declare(self) -> None:
         metas = [s.metadata() for s in self.specs.values()]

@@ -287,3 +287,21 @@ def test_missing_or_foreign_certificate_is_a_clear_setup_error(site, tmp_path):
 def test_environment_without_variables_is_a_clear_setup_error():
     with pytest.raises(SetupError, match="SMX_NAME.*smx run"):
         Extension.from_environ({})
+
+
+def test_expired_certificate_is_a_clear_setup_error(site, tmp_path):
+    import datetime as dt
+
+    from tests.support.certs import load_ca, make_cert, utcnow, write_pair
+
+    ca_cert, ca_key = load_ca(site.home / "pki")
+    cert, key = make_cert(ca_cert, ca_key, uris=["spiffe://test-site/trusted/battery"],
+                          not_before=utcnow() - dt.timedelta(days=10),
+                          not_after=utcnow() - dt.timedelta(days=1))
+    cert_path, key_path = write_pair(tmp_path, "old", cert, key)
+    env = site.env("battery")
+    expired = type(env)(**{**env.__dict__, "credentials": type(env.credentials)(
+        env.credentials.ca, cert_path, key_path)})
+    with pytest.raises(SetupError, match="has expired.*--replace"):
+        expired.check_certificate()
+    site.env("battery").check_certificate()  # the real one passes
