@@ -49,7 +49,7 @@ async def follow_plan(ext: Extension) -> None:
 
 
 def setup(ext: Extension) -> None:
-    ext.background(follow_plan(ext))
+    ext.background(lambda: follow_plan(ext), "plan")
 
 
 if __name__ == "__main__":

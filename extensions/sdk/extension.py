@@ -55,7 +55,7 @@ class Extension:
         self.state = "starting"
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._background: list[tuple[Any, str]] = []
+        self._background: list[tuple[Callable[[], Any], str]] = []
         self.link.on_connect(self._declare)
         self.link.on_connect(self._connected)
 
@@ -102,10 +102,11 @@ class Extension:
 
         return register
 
-    def background(self, coro: Any, name: str = "background") -> None:
-        """Run an author's own coroutine alongside the extension (started by `start`); if it
-        crashes, the extension stops so the supervisor restarts it cleanly."""
-        self._background.append((coro, name))
+    def background(self, task: Callable[[], Any], name: str = "background") -> None:
+        """Run `task()` (an author's own coroutine function) alongside the extension, from
+        `start` until `stop`; if it crashes, the extension stops so the supervisor restarts
+        the process cleanly."""
+        self._background.append((task, name))
 
     def subscribe(self, patterns: list[str], callback: Callback) -> Subscription:
         """Follow other points (read rights needed); `callback(PointUpdate)` per change."""
@@ -159,8 +160,8 @@ class Extension:
         for sub in self.subscriptions:
             spawn(sub.run(), f"watch-{','.join(sub.patterns)}")
         spawn(self._health_loop(), "health")
-        for coro, name in self._background:
-            spawn(coro, name)
+        for task, name in self._background:
+            spawn(task(), name)
 
     async def stop(self) -> None:
         """Clean shutdown: stop polling, write what is pending (briefly), close devices."""

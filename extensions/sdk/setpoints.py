@@ -1,11 +1,18 @@
 """Setpoint handlers: receive requests for the extension's own points, apply, report, and fall
-back when a setpoint expires — even if the core is unreachable at that moment."""
+back when a setpoint expires — even if the core is unreachable at that moment.
+
+A handler is registered for an exact name (`battery/P_set`) or a glob pattern (`usm1/**/*_set`,
+same syntax as the core's: `*` within one segment, `**` one or more whole segments). An exact
+name wins over a pattern; patterns are tried in the order they were added.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +25,15 @@ from smx.v1 import control_service_pb2 as pb
 from .link import TRANSIENT, CoreLink
 from .values import from_value, to_value
 
-__all__ = ["Applied", "Clamped", "Rejected", "SetpointRequest", "SetpointRouter"]
+__all__ = [
+    "Applied",
+    "Clamped",
+    "Rejected",
+    "SetpointRequest",
+    "SetpointRouter",
+    "glob_matches",
+    "is_pattern",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +76,33 @@ Handler = Callable[[SetpointRequest], Awaitable[Result]]
 ExpiryHandler = Callable[[SetpointRequest], Awaitable[None]]
 
 
+def is_pattern(name: str) -> bool:
+    return "*" in name
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    # The core's semantics (trusted/names.py), re-implemented: the SDK never imports the core.
+    parts = []
+    for segment in pattern.split("/"):
+        if segment == "**":
+            parts.append(r"[^/]+(?:/[^/]+)*")  # one or more whole segments, never zero
+        else:
+            parts.append("[^/]*".join(re.escape(piece) for piece in segment.split("*")))
+    return re.compile("/".join(parts))
+
+
+def glob_matches(pattern: str, name: str) -> bool:
+    """Whether point `name` matches glob `pattern` (`*` within a segment, `**` across)."""
+    return _glob_regex(pattern).fullmatch(name) is not None
+
+
 class SetpointRouter:
     def __init__(self, link: CoreLink, *, handler_timeout: float = 10.0) -> None:
         self.link = link
         self.handler_timeout = handler_timeout
-        self.handlers: dict[str, Handler] = {}
+        self.handlers: dict[str, Handler] = {}  # exact names (declared by the Extension)
+        self.pattern_handlers: dict[str, Handler] = {}  # globs, tried in insertion order
         self.expiry_handlers: dict[str, ExpiryHandler] = {}
         self.active: dict[str, SetpointRequest] = {}  # name -> what is in force
         self._expired_ids: set[str] = set()
@@ -73,14 +110,29 @@ class SetpointRouter:
         self._wake = asyncio.Event()
 
     def add(self, name: str, handler: Handler, on_expire: ExpiryHandler | None) -> None:
-        self.handlers[name] = handler
+        """`name` is an exact setpoint name or a glob pattern."""
+        if is_pattern(name):
+            _glob_regex(name)  # a broken pattern fails here, at registration
+            self.pattern_handlers[name] = handler
+        else:
+            self.handlers[name] = handler
         if on_expire is not None:
             self.expiry_handlers[name] = on_expire
+
+    def handler_for(self, name: str) -> Handler | None:
+        return self.handlers.get(name) or _first_match(self.pattern_handlers, name)
+
+    def expiry_handler_for(self, name: str) -> ExpiryHandler | None:
+        exact = self.expiry_handlers.get(name)
+        if exact is not None:
+            return exact
+        globs = {k: h for k, h in self.expiry_handlers.items() if is_pattern(k)}
+        return _first_match(globs, name)
 
     async def run(self) -> None:
         """Watch setpoints while connected; re-watch after every reconnect (the core re-sends
         the setpoints still in force, so a restart of either side re-applies them)."""
-        if not self.handlers:
+        if not self.handlers and not self.pattern_handlers:
             return
         expiry = asyncio.create_task(self._expiry_loop(), name="setpoint-expiry")
         try:
@@ -101,7 +153,7 @@ class SetpointRouter:
     async def _watch(self) -> None:
         assert self.link.stubs is not None
         stream = self.link.stubs.control.WatchSetpoints(
-            pb.WatchSetpointsRequest(patterns=sorted(self.handlers))
+            pb.WatchSetpointsRequest(patterns=sorted(self.handlers) + list(self.pattern_handlers))
         )
         async for msg in stream:
             sp = msg.setpoint
@@ -118,7 +170,7 @@ class SetpointRouter:
                 await self._apply(req)
 
     async def _apply(self, req: SetpointRequest) -> None:
-        handler = self.handlers.get(req.name)
+        handler = self.handler_for(req.name)
         if handler is None:
             return
         if req.expires_at <= time.time():
@@ -180,7 +232,7 @@ class SetpointRouter:
         current = self.active.get(req.name)
         if current is not None and current.id == req.id:
             del self.active[req.name]
-        handler = self.expiry_handlers.get(req.name)
+        handler = self.expiry_handler_for(req.name)
         log.info("setpoint %s (%s) expired: falling back", req.name, req.id)
         if handler is not None:
             try:
@@ -202,3 +254,10 @@ class SetpointRouter:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+
+def _first_match(handlers: dict[str, Any], name: str) -> Any:
+    for pattern, handler in handlers.items():
+        if glob_matches(pattern, name):
+            return handler
+    return None

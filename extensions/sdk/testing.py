@@ -45,11 +45,16 @@ class TestSite:
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, clients: dict[str, tuple[str, list[str], list[str]]], *, flush_interval: str = "200ms"
+        self,
+        clients: dict[str, tuple[str, list[str], list[str]]],
+        *,
+        flush_interval: str = "200ms",
+        core_toml: str = "",
     ) -> None:
         self.clients = {"admin": ("trusted", ["admin"], []), **clients}
         self.home = Path(tempfile.mkdtemp(prefix="smx-t-"))  # short: socket paths max 108 B
         self.flush_interval = flush_interval
+        self.core_toml = core_toml  # appended to core.toml, e.g. 'tcp = "127.0.0.1:7443"'
         self.core: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -77,8 +82,10 @@ class TestSite:
             if roles and name != "admin":
                 extra = [a for r in reads for a in ("--read", r)]
                 self.smx("policy", "bind", name, *roles, "--domain", domain, *extra)
+        # A dotted key, not a [history] table: appended top-level keys (`tcp = ...`) stay
+        # top-level.
         (self.home / "core.toml").write_text(
-            f'[history]\nflush_interval = "{self.flush_interval}"\n'
+            f'history.flush_interval = "{self.flush_interval}"\n{self.core_toml}\n'
         )
 
     def start(self) -> TestSite:

@@ -1,0 +1,393 @@
+"""remote_usm against two REAL cores (processes, real mTLS): a sub-meter USM reached over its TCP
+listener with a certificate from its own CA, mirrored here under `usm1/`, with setpoints
+forwarded down and their outcome reported back; a cut link, a healed link, no duplicates.
+
+Also the SDK pieces this extension needed: setpoint handlers for glob patterns (same semantics as
+the core's) and TestSite's extra core.toml text."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import tomllib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extensions.remote_usm import UNREACHABLE, RemoteUsm
+from extensions.remote_usm.config import ConfigError, RemoteConfig
+from extensions.sdk import Applied, Clamped, Extension, PointSpec, Rejected, SetupError
+from extensions.sdk.env import ExtensionEnv
+from extensions.sdk.setpoints import SetpointRequest, SetpointRouter, glob_matches
+from extensions.sdk.testing import SITE, TestSite
+from smx.client import Credentials
+from smx.v1 import control_service_pb2 as cpb
+from smx.v1 import point_pb2 as ppb
+from smx.v1 import point_service_pb2 as spb
+from trusted.names import Glob
+
+PERIOD = 0.5
+# The exact lines the remote operator adds to the remote policy.toml for this link.
+LINK_BINDING = f"""
+[[bindings]]
+identity = "spiffe://{SITE}/trusted/usm-link"
+roles = ["gui"]
+rules = [ {{ verbs = ["request"], points = ["**/*_set"] }} ]
+description = "remote_usm link of the main USM: read everything, request setpoints"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def until(predicate, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met in time (last: {last!r})")
+
+
+async def get_point(site, name):
+    resp = await site.stubs("admin").points.GetPoints(spb.GetPointsRequest(names=[name]))
+    return resp.points[0] if resp.points else None
+
+
+async def point_where(site, name, check):
+    async def probe():
+        try:
+            p = await get_point(site, name)
+        except Exception:
+            return None
+        return p if p is not None and check(p) else None
+
+    return await until(probe)
+
+
+def value(p):
+    return getattr(p.value, p.value.WhichOneof("kind"))
+
+
+class Sub:
+    """The sub-meter's storage extension on the REMOTE USM (a real SDK extension): it publishes
+    and owns `ess/P_set`, clamping to ±3000 W, and records every setpoint id it is asked for."""
+
+    def __init__(self, site: TestSite) -> None:
+        self.ext = Extension(site.env("ess"))
+        self.ext.declare(
+            PointSpec("ess/P", unit="W", description="battery power, P > 0 charging"),
+            PointSpec("ess/SoC", unit="%"),
+            PointSpec("ess/P_set", unit="W", description="requested battery power"),
+        )
+        self.seen: dict[str, float] = {}  # remote setpoint id -> requested value
+
+        @self.ext.on_setpoint("ess/P_set")
+        async def set_power(req: SetpointRequest):
+            self.seen[req.id] = req.value
+            if abs(req.value) > 3000:
+                return Clamped(3000.0 if req.value > 0 else -3000.0, "inverter limit")
+            return Applied()
+
+    async def start(self) -> None:
+        await self.ext.start()
+
+    async def stop(self) -> None:
+        await self.ext.stop()
+
+
+@pytest.fixture
+async def sites():
+    port = free_port()
+    remote = TestSite(
+        {"ess": ("trusted", ["trusted-extension"], []), "usm-link": ("trusted", [], [])},
+        core_toml=f'tcp = "127.0.0.1:{port}"',
+    )
+    local = TestSite(
+        {
+            "usm1": ("trusted", ["trusted-extension"], []),
+            "ctrl": ("untrusted", ["untrusted-agent"], []),
+        }
+    )
+    try:
+        remote.provision()
+        with open(remote.home / "policy.toml", "a") as f:
+            f.write(LINK_BINDING)
+        remote.start()
+        local.start()
+        yield remote, local, port
+    finally:
+        local.close()
+        remote.close()
+
+
+def link_config(remote: TestSite, port: int) -> dict:
+    creds = remote.credentials("usm-link")  # issued by the REMOTE CA
+    return {
+        "remote": f"127.0.0.1:{port}",
+        "remote_ca": str(creds.ca),
+        "remote_cert": str(creds.cert),
+        "remote_key": str(creds.key),
+        "period": PERIOD,
+        "forward_timeout": 4,
+    }
+
+
+async def request(local: TestSite, name: str, val: float, seconds: float = 60):
+    req = cpb.RequestSetpointRequest(name=name, value=ppb.Value(double_value=val))
+    req.valid_for.FromSeconds(int(seconds))
+    resp = await local.stubs("ctrl").control.RequestSetpoint(req)
+    return resp.setpoint
+
+
+async def outcome(local: TestSite, sid: str):
+    async def done():
+        resp = await local.stubs("ctrl").control.GetSetpoint(cpb.GetSetpointRequest(id=sid))
+        sp = resp.setpoint
+        return sp if sp.status != cpb.SETPOINT_STATUS_PENDING else None
+
+    return await until(done, timeout=15)
+
+
+def remote_requests(remote: TestSite) -> int:
+    """Setpoint requests the REMOTE core recorded in its audit log (survives its restart)."""
+    out = remote.smx("audit", "--kind", "setpoint_request", "--limit", "1000")
+    return sum(1 for line in out.splitlines() if "ess/P_set" in line)
+
+
+async def restart_setpoint_watch(ext: Extension) -> None:
+    """What a broken setpoint stream does: watch again, and the local core re-sends every
+    setpoint in force."""
+    task = next(t for t in ext._tasks if t.get_name() == "setpoints")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    ext._tasks.remove(task)
+    ext._spawn(ext.setpoints.run(), "setpoints")
+
+
+async def test_mirror_forward_cut_and_heal(sites):
+    remote, local, port = sites
+    sub = Sub(remote)
+    await sub.start()
+    sub.ext.publish("ess/P", 1500.0, source_time=1_700_000_000.25)
+    sub.ext.publish("ess/SoC", 61.0, "UNCERTAIN")
+
+    usm = RemoteUsm(Extension(local.env("usm1", config=link_config(remote, port))))
+    await usm.start()
+    try:
+        # -- mirrored under the prefix, with the remote unit, quality and source time ---------
+        p = await point_where(local, "usm1/ess/P", lambda p: value(p) == 1500.0)
+        assert p.unit == "W" and p.quality == ppb.QUALITY_GOOD
+        mirrored_from = await get_point(remote, "ess/P")
+        assert p.source_time == mirrored_from.source_time  # the device's time, kept
+        assert abs(p.source_time.ToMilliseconds() - 1_700_000_000_250) <= 1
+        assert p.writer.endswith("/trusted/usm1")
+        soc = await point_where(local, "usm1/ess/SoC", lambda p: value(p) == 61.0)
+        assert soc.unit == "%" and soc.quality == ppb.QUALITY_UNCERTAIN
+        await point_where(local, "usm1/link.up", lambda p: value(p) is True)
+        meta = await local.stubs("admin").points.ListPoints(
+            spb.ListPointsRequest(pattern="usm1/ess/*")
+        )
+        described = {m.name: m for m in meta.points}
+        assert described["usm1/ess/P"].description == "battery power, P > 0 charging"
+        assert described["usm1/ess/P"].kind == ppb.VALUE_KIND_DOUBLE
+
+        # A change on the remote flows; an unchanged value stays fresh (republished).
+        sub.ext.publish("ess/P", 1200.0)
+        await point_where(local, "usm1/ess/P", lambda p: value(p) == 1200.0)
+        await asyncio.sleep(PERIOD * 4)
+        assert (await get_point(local, "usm1/ess/P")).quality == ppb.QUALITY_GOOD
+
+        # -- a setpoint travels down; the local requester sees the remote owner's clamp -------
+        sp = await request(local, "usm1/ess/P_set", 5000.0, seconds=60)
+        done = await outcome(local, sp.id)
+        assert done.status == cpb.SETPOINT_STATUS_CLAMPED
+        assert done.applied_value.double_value == 3000.0
+        assert list(sub.seen.values()) == [5000.0]
+        remote_sp = (
+            await remote.stubs("admin").control.GetSetpoint(
+                cpb.GetSetpointRequest(id=next(iter(sub.seen)))
+            )
+        ).setpoint
+        # Same validity: the remote setpoint expires with the local one.
+        delta = remote_sp.expire_time.ToMilliseconds() - sp.expire_time.ToMilliseconds()
+        assert abs(delta) < 1000
+        assert remote_sp.requester == f"spiffe://{SITE}/trusted/usm-link"
+
+        # A re-sent local setpoint (our setpoint watch restarted) is not requested again.
+        await restart_setpoint_watch(usm.ext)
+        await asyncio.sleep(1.0)
+        assert len(sub.seen) == 1 and remote_requests(remote) == 1
+        again = await local.stubs("ctrl").control.GetSetpoint(cpb.GetSetpointRequest(id=sp.id))
+        assert again.setpoint.status == cpb.SETPOINT_STATUS_CLAMPED
+
+        # -- the link is cut: link.up false, mirrored points STALE, setpoints refused ---------
+        await sub.stop()
+        remote.stop_core()
+        await point_where(local, "usm1/link.up", lambda p: value(p) is False)
+        await point_where(local, "usm1/ess/P", lambda p: p.quality == ppb.QUALITY_STALE)
+        p = await get_point(local, "usm1/ess/P")
+        assert value(p) == 1200.0  # the last value is kept
+        cut = await request(local, "usm1/ess/P_set", 100.0)
+        refused = await outcome(local, cut.id)
+        assert refused.status == cpb.SETPOINT_STATUS_REJECTED
+        assert refused.reason == UNREACHABLE
+
+        # -- restored: values flow again, nothing duplicated ---------------------------------
+        remote.start()
+        sub = Sub(remote)
+        await sub.start()
+        sub.ext.publish("ess/P", -800.0)
+        p = await point_where(local, "usm1/ess/P", lambda p: value(p) == -800.0)
+        assert p.quality == ppb.QUALITY_GOOD and p.unit == "W"
+        await point_where(local, "usm1/link.up", lambda p: value(p) is True)
+        assert usm.mirror.snapshots >= 2  # the restarted remote could not resume: re-snapshot
+
+        await restart_setpoint_watch(usm.ext)  # the clamped setpoint is re-sent once more
+        sp2 = await request(local, "usm1/ess/P_set", -2000.0)
+        done2 = await outcome(local, sp2.id)
+        assert done2.status == cpb.SETPOINT_STATUS_APPLIED
+        assert done2.applied_value.double_value == -2000.0
+        await asyncio.sleep(0.5)
+        # Two local requests reached the remote, each exactly once (the refused one never did).
+        assert remote_requests(remote) == 2
+        assert usm.forwarder.remote_requests == 2
+        assert list(sub.seen.values()) == [-2000.0]
+    finally:
+        await usm.stop()
+        await sub.stop()
+
+
+async def test_remote_owner_rejection_and_remote_staleness(sites):
+    remote, local, port = sites
+    sub = Sub(remote)
+
+    @sub.ext.on_setpoint("ess/SoC_min_set")
+    async def refuse(req):
+        return Rejected("below the cell manufacturer's minimum")
+
+    sub.ext.declare(
+        PointSpec("ess/SoC_min_set", unit="%"), PointSpec("ess/U", unit="V", period=0.3)
+    )
+    await sub.start()
+    sub.ext.publish("ess/U", 230.0)
+    usm = RemoteUsm(Extension(local.env("usm1", config=link_config(remote, port))))
+    await usm.start()
+    try:
+        await point_where(local, "usm1/ess/U", lambda p: value(p) == 230.0)
+        sp = await request(local, "usm1/ess/SoC_min_set", 5.0)
+        done = await outcome(local, sp.id)
+        assert done.status == cpb.SETPOINT_STATUS_REJECTED
+        assert done.reason == "remote USM: below the cell manufacturer's minimum"
+        # Not refreshed on the remote: STALE there, UNCERTAIN at once here (a writer may not send
+        # STALE), then STALE here too since it is no longer republished.
+        await point_where(local, "usm1/ess/U", lambda p: p.quality == ppb.QUALITY_UNCERTAIN)
+        await point_where(local, "usm1/ess/U", lambda p: p.quality == ppb.QUALITY_STALE)
+    finally:
+        await usm.stop()
+        await sub.stop()
+
+
+# -- the SDK pieces ----------------------------------------------------------------------------
+
+SEGMENT = st.sampled_from(["a", "b", "ess", "P", "P_set", "x_set"])
+PATTERN_SEGMENT = st.sampled_from(["a", "ess", "*", "**", "*_set", "P*", "e*s"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.lists(SEGMENT, min_size=2, max_size=5),
+    pattern=st.lists(PATTERN_SEGMENT, min_size=1, max_size=5),
+)
+def test_sdk_glob_agrees_with_the_core(name, pattern):
+    n, p = "/".join(name), "/".join(pattern)
+    assert glob_matches(p, n) == Glob(p).match(n)
+
+
+def test_sdk_glob_examples():
+    assert glob_matches("usm1/**/*_set", "usm1/ess/P_set")
+    assert glob_matches("usm1/**/*_set", "usm1/site2/ess/P_set")
+    assert not glob_matches("usm1/**/*_set", "usm1/P_set")  # ** is one or more segments
+    assert not glob_matches("usm1/**/*_set", "usm1/ess/P")
+    assert not glob_matches("*/P", "usm1/ess/P")
+    assert glob_matches("a.b/P", "a.b/P") and not glob_matches("a.b/P", "axb/P")
+
+
+async def test_router_exact_name_wins_over_pattern():
+    calls = []
+
+    def handler(tag):
+        async def h(req):
+            calls.append((tag, req.name))
+            return Applied()
+
+        return h
+
+    router = SetpointRouter(link=None)  # type: ignore[arg-type]
+    router.add("usm1/**/*_set", handler("glob"), None)
+    router.add("usm1/ess/P_set", handler("exact"), None)
+    assert router.handlers.keys() == {"usm1/ess/P_set"}  # patterns are never declared as points
+    for name in ("usm1/ess/P_set", "usm1/ev1/I_max_set"):
+        await router.handler_for(name)(SetpointRequest("i", name, 1.0, "r", time.time() + 9))
+    assert calls == [("exact", "usm1/ess/P_set"), ("glob", "usm1/ev1/I_max_set")]
+    assert router.handler_for("usm1/ess/P") is None
+
+
+def test_testsite_core_toml_is_appended_top_level():
+    site = TestSite({}, core_toml='tcp = "127.0.0.1:1"\n[watch]\nstale_factor = 3.0')
+    try:
+        site.provision()
+        cfg = tomllib.loads((site.home / "core.toml").read_text())
+        assert cfg["tcp"] == "127.0.0.1:1"
+        assert cfg["history"]["flush_interval"] == "200ms"
+        assert cfg["watch"]["stale_factor"] == 3.0
+    finally:
+        site.close()
+
+
+def test_config_errors_name_the_key(tmp_path):
+    base = {"remote": "h:1", "remote_ca": "a", "remote_cert": "b", "remote_key": "c"}
+    assert RemoteConfig.parse(base, "usm1").prefix == "usm1"
+    assert RemoteConfig.parse(base, "usm1").patterns == ("**",)
+    with pytest.raises(ConfigError, match="remote_key"):
+        RemoteConfig.parse({k: v for k, v in base.items() if k != "remote_key"}, "usm1")
+    with pytest.raises(ConfigError, match="perod"):
+        RemoteConfig.parse({**base, "perod": 5}, "usm1")
+    with pytest.raises(ConfigError, match="period"):
+        RemoteConfig.parse({**base, "period": 0}, "usm1")
+    with pytest.raises(ConfigError, match="prefix"):
+        RemoteConfig.parse({**base, "prefix": "USM/1"}, "usm1")
+    with pytest.raises(ConfigError, match="patterns"):
+        RemoteConfig.parse({**base, "patterns": "**"}, "usm1")
+
+
+def test_missing_remote_certificate_is_a_setup_error(tmp_path):
+    cfg = {
+        "remote": "127.0.0.1:1",
+        "remote_ca": str(tmp_path / "ca.crt"),
+        "remote_cert": str(tmp_path / "link.crt"),
+        "remote_key": str(tmp_path / "link.key"),
+    }
+    creds = Credentials(tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    usm = RemoteUsm(
+        Extension(ExtensionEnv(name="usm1", target="unix:///x", credentials=creds, config=cfg))
+    )
+    with pytest.raises(SetupError, match="smx pki issue usm-link"):
+        usm.check()
+    with pytest.raises(SetupError, match="unknown keys"):
+        RemoteUsm(
+            Extension(
+                ExtensionEnv(
+                    name="usm1", target="unix:///x", credentials=creds, config={**cfg, "bogus": 1}
+                )
+            )
+        )
