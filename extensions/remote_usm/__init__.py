@@ -43,9 +43,7 @@ refuses STALE from writers) and not republished, so it turns STALE locally too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
 
 from extensions.sdk import Extension, SetupError
 from extensions.sdk.logs import configure_logging

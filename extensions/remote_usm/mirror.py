@@ -230,7 +230,9 @@ class Mirror:
                 m = point_pb2.PointMetadata(
                     name=name,
                     unit=p.unit,
-                    kind=KIND_OF_FIELD.get(p.value.WhichOneof("kind") or "", 0),
+                    kind=KIND_OF_FIELD.get(
+                        p.value.WhichOneof("kind") or "", point_pb2.VALUE_KIND_UNSPECIFIED
+                    ),
                     description=f"mirrored from {self.cfg.remote}",
                 )
                 m.expected_period.FromNanoseconds(int(self.cfg.period * 1e9))

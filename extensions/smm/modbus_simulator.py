@@ -1,0 +1,250 @@
+"""A Modbus meter simulator on pymodbus' own server (RTU on a serial port/pty, or TCP): one or
+more meters (unit ids), each serving the registers of a shipped or user map, with values that
+change live (or stay as set, for tests).
+
+Like a real RS-485 bus, a unit id nobody serves gets no answer at all (pymodbus' simulator would
+answer with an exception). Optionally the simulator emulates the line time of a real bus at a
+given baud (pymodbus over a pty has none): each answer is delayed by the time the request and the
+answer take on the wire, plus a turnaround time of the meter.
+
+    python -m extensions.smm.modbus_simulator --tcp 127.0.0.1:5020 --meter 1:eastron_sdm630
+    python -m extensions.smm.modbus_simulator --rtu /dev/pts/5 --baud 9600 --emulate-line \\
+        --meter 1-8:eastron_sdm630 --meter 9:carlogavazzi_em24
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
+
+from .modbus_maps import RegisterMap, resolve_map
+
+__all__ = ["BusSimulator", "SimMeter", "typical_values", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def typical_values(register_map: RegisterMap, t: float = 0.0) -> dict[str, float]:
+    """Plausible values for every point of a map at time `t` (s): a house importing ~2.3 kW,
+    with a slow swing, and indexes that advance with the power."""
+    swing = math.sin(t / 10.0)
+    base = {
+        "U": 230.0 + 2.0 * swing,
+        "I": 3.3 + 0.5 * swing,
+        "P": 760.0 + 120.0 * swing,
+        "Q": 110.0,
+        "S": 770.0,
+        "PF": 0.98,
+        "f": 50.0 + 0.02 * swing,
+    }
+    out: dict[str, float] = {}
+    for name in register_map.points:
+        stem = name.rstrip("123")
+        if name in ("P", "Q", "S"):
+            out[name] = 3 * base[name] if register_map.phases == 3 else base[name]
+        elif name in ("Ap", "Rp"):
+            out[name] = 12345.6 + t * 2.3 / 3600.0
+        elif name in ("Am", "Rm"):
+            out[name] = 2345.6
+        elif stem in base:
+            out[name] = base[stem]
+    return out
+
+
+def _sunspec_factor(
+    register_map: RegisterMap, scale_register: int, values: Mapping[str, float]
+) -> int:
+    """The most precise power-of-ten exponent that keeps every value of that scale factor in
+    its register's range."""
+    users = [p for p in register_map.points.values() if p.scale_register == scale_register]
+    for sf in range(-3, 6):
+        if all(_fits(p.type, values.get(p.name, 0.0) / (p.scale * 10.0**sf)) for p in users):
+            return sf
+    return 5
+
+
+def _fits(type_: str, raw: float) -> bool:
+    limits = {"int16": 2**15 - 1, "uint16": 2**16 - 2, "int32": 2**31 - 1, "uint32": 2**32 - 2}
+    limit = limits.get(type_)
+    return limit is None or abs(raw) <= limit and (not type_.startswith("u") or raw >= 0)
+
+
+@dataclass
+class SimMeter:
+    """One simulated meter: a unit id, its map, and what it shows."""
+
+    unit: int
+    register_map: RegisterMap
+    live: bool = True
+    values: dict[str, float] = field(default_factory=dict)
+    scale_factors: dict[int, int] = field(default_factory=dict)
+    registers: dict[int, int] = field(default_factory=dict)
+    reads: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            self.values = typical_values(self.register_map)
+        self.refresh(self.values)
+
+    def refresh(self, values: Mapping[str, float]) -> None:
+        self.values = dict(values)
+        m = self.register_map
+        self.scale_factors = {a: _sunspec_factor(m, a, self.values) for a in m.scale_registers}
+        self.registers = m.encode(self.values, self.scale_factors)
+
+    def sim_device(self) -> SimDevice:
+        """Everything the map reads is served (gaps within a request as zeros); all else is an
+        illegal address, as on a real meter."""
+        blocks = [
+            SimData(b.start, count=b.count, values=0, datatype=DataType.REGISTERS)
+            for b in self.register_map.blocks
+        ]
+        return SimDevice(self.unit, simdata=blocks)
+
+
+class _Bus(SimCore):
+    """pymodbus' SimCore with what a real bus does: silence for unknown units, the live values,
+    and (optionally) the line time."""
+
+    def __init__(self, sim: BusSimulator) -> None:
+        super().__init__([m.sim_device() for m in sim.meters.values()])
+        self.sim = sim
+
+    async def async_getValues(  # noqa: N802 - pymodbus' name
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        meter = self.sim.meters.get(device_id)
+        if meter is None or device_id in self.sim.silent:
+            raise NoSuchIdException(f"no meter {device_id}")  # with ignore_missing_devices
+        if meter.live:
+            meter.refresh(typical_values(meter.register_map, time.monotonic() - self.sim.t0))
+        runtime = self.devices[device_id]
+        start, _, regs, _ = next(iter(runtime.block.values()))
+        for addr, word in meter.registers.items():
+            regs[addr - start] = word
+        meter.reads += 1
+        if self.sim.baudrate:
+            await asyncio.sleep(self.sim.answer_delay(count))
+        return await super().async_getValues(device_id, func_code, address, count)
+
+
+class BusSimulator:
+    """Meters on one simulated line. `await start_tcp(...)` or `await start_rtu(...)`, then
+    `set_values(unit, {...})`, `silent.add(unit)` (a meter that died), `await stop()`."""
+
+    def __init__(
+        self,
+        meters: list[SimMeter],
+        *,
+        baudrate: int = 0,
+        bits_per_char: int = 10,
+        turnaround: float = 0.0,
+    ) -> None:
+        self.meters = {m.unit: m for m in meters}
+        self.silent: set[int] = set()
+        self.baudrate = baudrate  # 0: no line-time emulation
+        self.bits_per_char = bits_per_char
+        self.turnaround = turnaround
+        self.t0 = time.monotonic()
+        self.server: ModbusSerialServer | ModbusTcpServer | None = None
+
+    def answer_delay(self, registers: int) -> float:
+        """Request (8 bytes) + answer (5 + 2n) on the wire, the 3.5-character silence that ends
+        the request, and the meter's own turnaround."""
+        char = self.bits_per_char / self.baudrate
+        return (8 + 5 + 2 * registers + 3.5) * char + self.turnaround
+
+    def set_values(self, unit: int, values: Mapping[str, float]) -> None:
+        meter = self.meters[unit]
+        meter.live = False
+        meter.refresh({**meter.values, **values})
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 5020) -> None:
+        self.server = ModbusTcpServer(
+            self.meters[next(iter(self.meters))].sim_device(),
+            address=(host, port),
+            ignore_missing_devices=True,
+        )
+        await self._serve()
+
+    async def start_rtu(self, port: str, baudrate: int = 9600) -> None:
+        self.server = ModbusSerialServer(
+            self.meters[next(iter(self.meters))].sim_device(),
+            port=port,
+            baudrate=baudrate,
+            ignore_missing_devices=True,
+        )
+        await self._serve()
+
+    async def _serve(self) -> None:
+        assert self.server is not None
+        self.server.context = _Bus(self)
+        await self.server.serve_forever(background=True)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.shutdown()
+            self.server = None
+
+
+def _parse_meters(specs: list[str]) -> list[SimMeter]:
+    meters = []
+    for spec in specs:
+        units, _, ref = spec.partition(":")
+        first, _, last = units.partition("-")
+        m = resolve_map(ref)
+        meters += [SimMeter(u, m) for u in range(int(first), int(last or first) + 1)]
+    return meters
+
+
+async def _run(args: argparse.Namespace) -> None:
+    sim = BusSimulator(
+        _parse_meters(args.meter),
+        baudrate=args.baud if args.emulate_line else 0,
+        turnaround=args.turnaround,
+    )
+    if args.rtu:
+        await sim.start_rtu(args.rtu, args.baud)
+    else:
+        host, _, port = args.tcp.rpartition(":")
+        await sim.start_tcp(host or "127.0.0.1", int(port))
+    log.info("simulating %d meter(s)", len(sim.meters))
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--rtu", help="serial port (e.g. one end of a socat pty pair)")
+    where.add_argument("--tcp", help="host:port to listen on (loopback only)")
+    parser.add_argument("--baud", type=int, default=9600)
+    parser.add_argument("--emulate-line", action="store_true", help="delay answers by line time")
+    parser.add_argument("--turnaround", type=float, default=0.0, help="meter reaction time, s")
+    parser.add_argument(
+        "--meter", action="append", required=True, help="UNIT[-UNIT]:MAP (name or path)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_run(args))
+
+
+if __name__ == "__main__":
+    main()
