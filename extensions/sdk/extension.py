@@ -300,8 +300,8 @@ def main_of(build: Callable[[Extension], None]) -> None:
     let `setup(ext)` declare points and devices, run it, exit with its code."""
     try:
         ext = Extension.from_environ()
+        build(ext)  # a bad config raises SetupError: one clear line, exit code 2
     except SetupError as err:
         print(f"cannot start: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    build(ext)
     raise SystemExit(ext.run())

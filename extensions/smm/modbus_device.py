@@ -142,10 +142,18 @@ class ModbusLink:
     def __init__(self, config: LinkConfig) -> None:
         self.config = config
         self.users = 0
-        self.client: AsyncModbusSerialClient | AsyncModbusTcpClient
+        # Made on first use: pymodbus clients bind to the running event loop, and meters are
+        # configured before the extension's loop starts.
+        self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
+
+    @property
+    def client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        if self._client is not None:
+            return self._client
+        config = self.config
         # No retries: a dead meter must cost one timeout; the SDK backs off and tries again.
         if config.is_rtu:
-            self.client = AsyncModbusSerialClient(
+            self._client = AsyncModbusSerialClient(
                 config.serial,
                 baudrate=config.baudrate,
                 parity=config.parity,
@@ -157,7 +165,7 @@ class ModbusLink:
                 reconnect_delay_max=10.0,
             )
         else:
-            self.client = AsyncModbusTcpClient(
+            self._client = AsyncModbusTcpClient(
                 config.host,
                 port=config.port,
                 timeout=config.response_timeout,
@@ -165,6 +173,7 @@ class ModbusLink:
                 reconnect_delay=0.5,
                 reconnect_delay_max=10.0,
             )
+        return self._client
 
     @property
     def where(self) -> str:
@@ -207,7 +216,8 @@ class ModbusLink:
         return list(rr.registers[:count])
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 class LinkPool:
