@@ -19,11 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
-from harness import ROOT, fmt_table, target_line  # also puts the repository on sys.path
-
 import psutil
+from harness import ROOT, fmt_table, target_line  # also puts the repository on sys.path
 
 SITE = """\
 site = "bench-site"
@@ -174,13 +174,8 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="smx-b-"))
     try:
         toml = site_toml()
-        count = (
-            toml.count("[extensions.")
-            + toml.count("[agents.")
-            + toml.count("[simulators.")
-            - toml.count(".config]")
-            + 1
-        )
+        parsed = tomllib.loads(toml)
+        count = 1 + sum(len(parsed.get(k, {})) for k in ("extensions", "agents", "simulators"))
         _, demo_rss, _ = run_site(home, toml, count)
     finally:
         shutil.rmtree(home, ignore_errors=True)

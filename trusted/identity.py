@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
+if TYPE_CHECKING:  # the parsing side (the core) has cryptography loaded already
+    from cryptography import x509
 
 __all__ = ["DOMAINS", "Identity", "IdentityError", "identity_from_certificate"]
 
@@ -58,6 +60,8 @@ class Identity:
 
 def identity_from_certificate(cert: x509.Certificate) -> Identity:
     """The identity of a certificate; refuses zero or several URI SANs."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -63,9 +64,10 @@ from smx.client import SERVER_NAME, Credentials, unix_target
 from trusted.site_config import ProcessSpec, SiteConfig
 
 from .supervisor_process import ManagedProcess, signal_group
-from .supervisor_provision import SUPERVISOR_NAME, provision
 from .supervisor_status import (
     STATUS_VERSION,
+    SUPERVISOR_NAME,
+    ProvisionError,
     RunPaths,
     pid_alive,
     read_health_file,
@@ -154,8 +156,7 @@ class Supervisor:
         refresher: asyncio.Task[None] | None = None
         try:
             await self._reap_orphans()
-            prov = await asyncio.to_thread(provision, self.cfg)
-            self._build(prov.refused)
+            self._build(await self._provision())
             self._write_status()
             refresher = asyncio.create_task(self._refresh_loop(), name="supervisor-status")
             for p in self.simulators:
@@ -190,6 +191,28 @@ class Supervisor:
             self._release_lock()
 
     # --- start
+
+    async def _provision(self) -> dict[str, str]:
+        """Provision in a child process (trusted.supervisor_provision): the supervisor runs for
+        months and should neither hold the CA key nor carry cryptography's memory. Returns the
+        processes that must not start, with the reason."""
+        child = await asyncio.create_subprocess_exec(
+            self.python,
+            "-m",
+            "trusted.supervisor_provision",
+            str(self.cfg.source),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_base_env(),
+        )
+        out, err = await child.communicate()
+        if child.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            raise ProvisionError(text.splitlines()[-1] if text else f"exit {child.returncode}")
+        result = json.loads(out)
+        if result["issued"]:
+            log.info("issued certificates: %s", ", ".join(result["issued"]))
+        return dict(result["refused"])
 
     def _take_lock(self) -> None:
         try:

@@ -31,7 +31,7 @@ from trusted.pki_files import write_atomic
 from trusted.policy import PolicyError, default_policy_text
 from trusted.site_config import ProcessSpec, SiteConfig, render_core_toml
 
-from .supervisor_status import RunPaths
+from .supervisor_status import ADMIN_NAME, SUPERVISOR_NAME, ProvisionError, RunPaths
 
 __all__ = [
     "ADMIN_NAME",
@@ -45,16 +45,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ADMIN_NAME = "admin"
-SUPERVISOR_NAME = "supervisor"
 RENEW_BEFORE = dt.timedelta(days=30)
 CERT_DAYS = 365
 # The role of trusted/default_policy.toml that already grants "{name}/**".
 _OWN_DEVICE_ROLE = "trusted-extension"
-
-
-class ProvisionError(Exception):
-    """The site cannot be set up: PKI, policy or a file; the message names which."""
 
 
 @dataclass
@@ -175,3 +169,29 @@ def provision(cfg: SiteConfig) -> Provisioned:
     if out.issued:
         log.info("issued certificates: %s", ", ".join(out.issued))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trusted.supervisor_provision SITE_TOML`: provision in a child process, so the
+    long-running supervisor never loads cryptography nor holds the CA key. Prints
+    {"issued": [...], "refused": {...}} as JSON; exit 2 with the reason on stderr."""
+    import argparse
+    import json
+    import sys
+
+    from trusted.site_config import SiteConfigError, load_site_config
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("site_toml")
+    args = parser.parse_args(argv)
+    try:
+        out = provision(load_site_config(args.site_toml))
+    except (ProvisionError, SiteConfigError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(json.dumps({"issued": out.issued, "refused": out.refused}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

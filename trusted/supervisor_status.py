@@ -33,6 +33,16 @@ from typing import Any
 
 import psutil
 
+# Certificates the supervisor issues besides the site's processes: the operator's CLI and its
+# own (for health checks).
+ADMIN_NAME = "admin"
+SUPERVISOR_NAME = "supervisor"
+
+
+class ProvisionError(Exception):
+    """The site cannot be set up: PKI, policy or a file; the message names which."""
+
+
 __all__ = [
     "HEALTH_FRESH_S",
     "STATUS_VERSION",

@@ -45,9 +45,12 @@ def setup(ext: Extension) -> None:
     try:
         devices += build_meters(config.get("modbus", []), LinkPool(), base_dir=base)
         if config.get("iec62056"):
-            from .iec_device import build_iec_meters
+            from .iec_device import IecConfigError, IecMeterDevice
 
-            devices += build_iec_meters(config["iec62056"])
+            try:
+                devices += [IecMeterDevice(entry) for entry in config["iec62056"]]
+            except IecConfigError as err:
+                raise SetupError(f"smm config: iec62056: {err}") from err
     except (MeterConfigError, ValueError) as err:
         raise SetupError(f"smm config: {err}") from err
     owned = set(ext.env.devices)

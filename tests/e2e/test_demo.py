@@ -20,8 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_demo_shows_live_values_and_stops_cleanly_on_ctrl_c():
     proc = subprocess.Popen(
         [sys.executable, "-m", "trusted.cli.main", "demo", "--plain"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        start_new_session=True,
     )
     lines: list[str] = []
     deadline = time.monotonic() + 40
@@ -40,14 +43,20 @@ def test_demo_shows_live_values_and_stops_cleanly_on_ctrl_c():
     assert proc.returncode == 0, text[-2000:]
     home = Path(re.search(r"running in (\S+?):", text).group(1))
     # Every part ran as its own process: core, battery extension, simulator, planner agent.
-    assert re.search(r"core \(core\).*battery \(extension\).*planner \(agent\).*"
-                     r"battery-sim \(simulator\)", text), text[:500]
+    assert re.search(
+        r"core \(core\).*battery \(extension\).*planner \(agent\).*"
+        r"battery-sim \(simulator\)",
+        text,
+    ), text[:500]
     socs = re.findall(r"battery/SoC\s+([\d.]+) %", text)
     assert len(socs) >= 3
     assert re.search(r"setpoint battery/P_set = 3000.00 W from planner: APPLIED", text), text
     assert "demo stopped; nothing left running" in text
     assert len(children) >= 4
     time.sleep(0.5)
-    assert not [p for p in children if psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p
+        for p in children
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert not home.exists()

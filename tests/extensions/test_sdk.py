@@ -295,13 +295,21 @@ def test_expired_certificate_is_a_clear_setup_error(site, tmp_path):
     from tests.support.certs import load_ca, make_cert, utcnow, write_pair
 
     ca_cert, ca_key = load_ca(site.home / "pki")
-    cert, key = make_cert(ca_cert, ca_key, uris=["spiffe://test-site/trusted/battery"],
-                          not_before=utcnow() - dt.timedelta(days=10),
-                          not_after=utcnow() - dt.timedelta(days=1))
+    cert, key = make_cert(
+        ca_cert,
+        ca_key,
+        uris=["spiffe://test-site/trusted/battery"],
+        not_before=utcnow() - dt.timedelta(days=10),
+        not_after=utcnow() - dt.timedelta(days=1),
+    )
     cert_path, key_path = write_pair(tmp_path, "old", cert, key)
     env = site.env("battery")
-    expired = type(env)(**{**env.__dict__, "credentials": type(env.credentials)(
-        env.credentials.ca, cert_path, key_path)})
+    expired = type(env)(
+        **{
+            **env.__dict__,
+            "credentials": type(env.credentials)(env.credentials.ca, cert_path, key_path),
+        }
+    )
     with pytest.raises(SetupError, match="has expired.*--replace"):
         expired.check_certificate()
     site.env("battery").check_certificate()  # the real one passes

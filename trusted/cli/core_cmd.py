@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from trusted.config import ConfigError, load_core_config
-from trusted.pki import PkiError
 from trusted.policy import PolicyError
 
 from .main import site_home
@@ -23,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trusted.pki import PkiError
     from trusted.server import run_core  # grpc server imports only when serving
 
     home = site_home(args)

@@ -47,8 +47,9 @@ def _free_port() -> int:
 
 
 def site_toml() -> str:
-    """The demo site: what exists so far, each extension against its simulator."""
-    battery_port = _free_port()
+    """The demo site: what exists so far, each extension against its simulator (the PCC meter
+    is an Eastron SDM630 on Modbus TCP, the battery the example extension's)."""
+    battery_port, meter_port = _free_port(), _free_port()
     return f"""\
 site = "{SITE}"
 
@@ -67,6 +68,19 @@ port = {battery_port}
 module = "examples.battery"
 [extensions.battery.config]
 port = {battery_port}
+
+[simulators.meter-sim]
+command = ["{sys.executable}", "-m", "extensions.smm.modbus_simulator", "--tcp",
+           "127.0.0.1:{meter_port}", "--meter", "1:eastron_sdm630"]
+
+[extensions.smm]
+module = "extensions.smm"
+[[extensions.smm.config.modbus]]
+device = "smm"
+map = "eastron_sdm630"
+unit = 1
+host = "127.0.0.1"
+port = {meter_port}
 
 [agents.planner]
 module = "untrusted.planner"

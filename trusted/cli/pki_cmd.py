@@ -9,7 +9,6 @@ from pathlib import Path
 
 from trusted.cli.main import site_home
 from trusted.identity import DOMAINS
-from trusted.pki import PkiError, SiteCA
 
 __all__ = ["register"]
 
@@ -24,6 +23,8 @@ def _fail(message: str) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    from trusted.pki import SiteCA
+
     ca = SiteCA.init(_pki_dir(args), args.site, days=args.days)
     not_after = ca.ca_certificate.not_valid_after_utc
     print(f"site CA for {ca.site} created in {ca.pki_dir} (valid until {not_after:%Y-%m-%d})")
@@ -36,6 +37,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_issue(args: argparse.Namespace) -> int:
+    from trusted.pki import SiteCA
+
     ca = SiteCA.load(_pki_dir(args))
     live = [c for c in ca.list() if c.name == args.name and not c.revoked]
     issued = ca.issue(args.name, args.domain, days=args.days, replace=args.replace)
@@ -48,6 +51,8 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
+    from trusted.pki import SiteCA
+
     ca = SiteCA.load(_pki_dir(args))
     revoked = ca.revoke(args.name)
     print(f"revoked {revoked.identity} serial {revoked.serial:x}")
@@ -56,6 +61,8 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from trusted.pki import SiteCA
+
     ca = SiteCA.load(_pki_dir(args))
     certs = ca.list()
     if not certs:
@@ -86,6 +93,9 @@ def _guarded(func: Handler) -> Handler:
     """Turn PKI and file errors into one `smx pki: <message>` line and exit status 2."""
 
     def run(args: argparse.Namespace) -> int:
+        # cryptography costs memory: only commands that need it load it (`smx run` does not).
+        from trusted.pki import PkiError
+
         try:
             return func(args)
         except PkiError as err:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from trusted.identity import DOMAINS, Identity, IdentityError
-from trusted.pki import PkiError, SiteCA
 from trusted.policy import Policy, PolicyError, default_policy_text
 from trusted.toml_text import toml_list, toml_str
 
@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _guard(fn):
     def run(args: argparse.Namespace) -> int:
+        from trusted.pki import PkiError  # loads cryptography: only when used
+
         try:
             return fn(args)
         except (PolicyError, PkiError, IdentityError, OSError) as err:
@@ -48,12 +50,18 @@ def _guard(fn):
     return run
 
 
+def _site(home: Path) -> str:
+    from trusted.pki import SiteCA
+
+    return SiteCA.load(home / "pki").site
+
+
 def init(args: argparse.Namespace) -> int:
     home = site_home(args)
     path = home / "policy.toml"
     if path.exists() and not args.force:
         raise PolicyError(str(path), "", "exists already (use --force to overwrite)")
-    site = SiteCA.load(home / "pki").site
+    site = _site(home)
     path.write_text(default_policy_text(site, [("trusted/admin", ["admin"])]))
     print(f"wrote {path}: default roles, trusted/admin bound to admin")
     return 0
@@ -62,7 +70,7 @@ def init(args: argparse.Namespace) -> int:
 def bind(args: argparse.Namespace) -> int:
     home = site_home(args)
     path = home / "policy.toml"
-    site = SiteCA.load(home / "pki").site
+    site = _site(home)
     uri = Identity(site, args.domain, Identity.check_name(args.name)).uri
     block = [
         "",

@@ -44,7 +44,7 @@ def _site_file(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from trusted.supervisor import Supervisor, SupervisorError  # grpc only when running
-    from trusted.supervisor_provision import ProvisionError
+    from trusted.supervisor_status import ProvisionError
 
     try:
         cfg = load_site_config(_site_file(args))
