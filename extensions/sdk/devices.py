@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .values import Reading
+from .values import PointSpec, Reading
 
 __all__ = ["Device", "DeviceState", "poll_forever"]
 
@@ -38,6 +38,11 @@ class Device(ABC):
     @abstractmethod
     async def poll(self) -> Mapping[str, Any]:
         """Readings by full point name: plain values (GOOD, read now) or `Reading`s."""
+
+    def describe(self, name: str) -> PointSpec | None:
+        """The spec of a point this device reports that was not declared up front (e.g. a
+        meter's tariff or billing registers, known only after a first readout)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most devices hold nothing
         """Release the device (port, socket) on shutdown."""

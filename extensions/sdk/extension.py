@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import grpc
+
 from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
@@ -28,7 +30,7 @@ from smx.v1 import point_service_pb2 as pb
 from .devices import Device, DeviceState, poll_forever
 from .env import ExtensionEnv, SetupError
 from .health import write_health_file
-from .link import CoreLink
+from .link import TRANSIENT, CoreLink
 from .logs import configure_logging
 from .publisher import Publisher
 from .setpoints import ExpiryHandler, Handler, SetpointRouter
@@ -57,6 +59,8 @@ class Extension:
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: list[tuple[Callable[[], Any], str]] = []
         self.link.on_connect(self._declare)
+        self._undeclared: list[str] = []  # described by their device, not declared yet
+        self.publisher.before_flush = self._declare_new
         self.link.on_connect(self._connected)
 
     @classmethod
@@ -156,7 +160,7 @@ class Extension:
         spawn(self.publisher.run(), "publisher")
         spawn(self.setpoints.run(), "setpoints")
         for device, state in self.devices:
-            spawn(poll_forever(device, state, self.publish), f"poll-{device.name}")
+            spawn(poll_forever(device, state, self._publisher_of(device)), f"poll-{device.name}")
         for sub in self.subscriptions:
             spawn(sub.run(), f"watch-{','.join(sub.patterns)}")
         spawn(self._health_loop(), "health")
@@ -227,6 +231,32 @@ class Extension:
         log.error("task %s crashed: %r; stopping", task.get_name(), task.exception())
         self.state = "failed"
         self._stop.set()
+
+    def _publisher_of(self, device: Device) -> Callable[[str, Any, str, Any], None]:
+        def publish(name: str, value: Any, quality: str, source_time: Any) -> None:
+            if name not in self.specs:
+                spec = device.describe(name)
+                if spec is not None:
+                    self.specs[name] = spec
+                    self._undeclared.append(name)
+            self.publish(name, value, quality, source_time)
+
+        return publish
+
+    async def _declare_new(self) -> None:
+        if not self._undeclared or self.link.stubs is None:
+            return
+        names, self._undeclared = self._undeclared, []
+        try:
+            await self.link.stubs.points.DeclarePoints(
+                pb.DeclarePointsRequest(points=[self.specs[n].metadata() for n in names]),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() in TRANSIENT:
+                self._undeclared += names  # declared on reconnect anyway; keep for the retry
+            else:
+                log.error("core refused to declare %s: %s", names, err.details())
 
     async def _connected(self) -> None:
         # Runs before the link reports itself connected: tell the supervisor right after.

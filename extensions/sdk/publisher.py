@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -34,6 +35,8 @@ class Publisher:
         self.dropped = 0
         self.last_revision = 0
         self._wake = asyncio.Event()
+        # Declares points that appeared since the last flush, so they get their metadata first.
+        self.before_flush: Callable[[], Awaitable[None]] | None = None
 
     def publish(self, sample: point_pb2.PointSample) -> None:
         self.pending.pop(sample.name, None)  # keep the dict in arrival order
@@ -49,6 +52,8 @@ class Publisher:
                 pass
             self._wake.clear()
             await self.link.connected.wait()
+            if self.before_flush is not None:
+                await self.before_flush()
             await self.flush()
 
     async def flush(self) -> bool:

@@ -108,6 +108,16 @@ class IecMeterDevice(Device):
             names += [n for n in self.last_result.readings if n not in names]
         return [self.meter.spec(n) for n in names]
 
+    def describe(self, name: str) -> PointSpec | None:
+        """Tariff and billing points appear with the first readout: declared then (SDK hook)."""
+        device, _, point = name.partition("/")
+        if device != self.meter.device:
+            return None
+        try:
+            return self.meter.spec(point)
+        except ValueError:
+            return None
+
     async def poll(self) -> dict[str, Reading]:
         readout = await self.client.aread()
         result = map_datasets(readout.datasets, tz=self.tz)

@@ -281,3 +281,31 @@ async def _points_with(site, names, quality):
     if len(got) == len(names) and all(p.quality == quality for p in got.values()):
         return got
     return None
+
+
+async def test_billing_snapshots_are_readable_back_through_the_api():
+    # Tariff and billing registers appear with the first readout: the device describes them,
+    # the SDK declares them (unit, description), and the snapshot carries its billing date.
+    sim = IecSimulator(SimMeter(MT174, drift=False), initial_baud=9600, reaction_time=0.05).start()
+    with TestSite({"smm": ("trusted", ["trusted-extension"], [])}) as site:
+        device = IecMeterDevice(
+            {"port": sim.port, "initial_baud": 9600, "interval": 2.0, "timezone": "UTC", **FAST}
+        )
+        ext = Extension(site.env("smm"))
+        ext.declare(device.specs())
+        ext.add_device(device)
+        await ext.start()
+        try:
+            got = await _until(lambda: _points(site, ["smm/Ap.bill01", "smm/Ap"]), timeout=30)
+            bill = got["smm/Ap.bill01"]
+            assert bill.value.double_value == pytest.approx(7904.135)
+            assert bill.unit == "kWh"
+            assert bill.source_time.ToDatetime().date().isoformat() == "2017-03-01"
+            listed = await site.stubs("admin").points.ListPoints(
+                spb.ListPointsRequest(pattern="smm/Ap.bill01")
+            )
+            assert "billing" in listed.points[0].description
+            assert not listed.points[0].HasField("expected_period")  # never STALE
+        finally:
+            await ext.stop()
+            sim.stop()
