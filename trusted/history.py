@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trusted.history_db import (
     HistoryError,
@@ -165,8 +166,9 @@ class HistoryLog:
 
     # -- hot path --------------------------------------------------------------------------------
 
-    def append(self, name: str, ts_ms: int, value: Value, quality: int, snapshot: bytes) -> None:
-        """Buffer one sample; `snapshot` (the serialized point) becomes its last value on flush."""
+    def append(self, name: str, ts_ms: int, value: Value, quality: int, snapshot: Any) -> None:
+        """Buffer one sample; `snapshot` (the serialized point, or an immutable message with
+        SerializeToString, serialized at flush) becomes its last value."""
         pending = self._pending
         if len(pending) == self._max_pending:
             self._stats.dropped += 1  # the deque drops the oldest itself
@@ -184,7 +186,9 @@ class HistoryLog:
     def load_last(self) -> dict[str, bytes]:
         """Last snapshot per point: the stored ones, overlaid with any not yet flushed."""
         stored = self._load_table("last")
-        stored.update(self._last)
+        stored.update(
+            {n: b if isinstance(b, bytes) else b.SerializeToString() for n, b in self._last.items()}
+        )
         return stored
 
     def load_metadata(self) -> dict[str, bytes]:

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -256,9 +257,13 @@ def _name_id(conn: sqlite3.Connection, name: str) -> int:
     return int(conn.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()[0])
 
 
-def _blob_rows(blobs: dict[str, bytes], what: str) -> list[tuple[str, bytes]]:
+def _blob_rows(blobs: dict[str, Any], what: str) -> list[tuple[str, bytes]]:
     rows = []
     for name, blob in blobs.items():
+        if hasattr(blob, "SerializeToString"):
+            # A snapshot handed over as the message itself: serialized here, on the writer
+            # thread, once per flush instead of once per sample on the event loop.
+            blob = blob.SerializeToString()
         if isinstance(blob, bytes | bytearray | memoryview):
             rows.append((name, bytes(blob)))
         else:

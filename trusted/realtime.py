@@ -13,9 +13,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Protocol
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from typing import Any, Protocol
 
 from smx.v1 import point_pb2
 
@@ -36,7 +34,7 @@ MAX_FUTURE_S = 24 * 3600
 
 class HistorySink(Protocol):
     def append(
-        self, name: str, ts_ms: int, value: float | int | bool | str, quality: int, snapshot: bytes
+        self, name: str, ts_ms: int, value: float | int | bool | str, quality: int, snapshot: Any
     ) -> None: ...
     def put_metadata(self, name: str, blob: bytes) -> None: ...
 
@@ -206,32 +204,30 @@ class RealtimeDB:
         self.revision += 1
         rev = self.revision
         now = now_ms()
-        receive = ms_to_ts(now)
+        # What every point of the batch shares, serialized once: parsing it back is the
+        # cheapest way to start a new Point (measured: 1.7 us against 2.6 us with keywords).
+        common = point_pb2.Point(
+            receive_time=ms_to_ts(now), writer=identity, revision=rev
+        ).SerializeToString()
         for name, s in zip(names, batch, strict=True):
-            self._store(name, s, identity, rev, now, receive)
+            self._store(name, s, common, now)
         self._log_change(rev, tuple(names))
         return rev
 
-    def _store(
-        self,
-        name: str,
-        s: point_pb2.PointSample,
-        identity: str,
-        rev: int,
-        now: int,
-        receive: Timestamp,
-    ) -> None:
+    def _store(self, name: str, s: point_pb2.PointSample, common: bytes, now: int) -> None:
         meta = self.meta.get(name)
-        point = point_pb2.Point(
-            name=name,
-            value=s.value,
-            unit=meta.unit if meta is not None else "",
-            source_time=s.source_time if s.HasField("source_time") else receive,
-            receive_time=receive,
-            quality=s.quality or point_pb2.QUALITY_GOOD,
-            writer=identity,
-            revision=rev,
-        )
+        point = point_pb2.Point.FromString(common)
+        point.name = name
+        point.value.CopyFrom(s.value)
+        if meta is not None:
+            point.unit = meta.unit
+        if s.HasField("source_time"):
+            point.source_time.CopyFrom(s.source_time)
+            ts = s.source_time.seconds * 1000 + s.source_time.nanos // 1_000_000
+        else:
+            point.source_time.CopyFrom(point.receive_time)
+            ts = now
+        point.quality = s.quality or point_pb2.QUALITY_GOOD
         self.points[name] = point
         if meta is not None and meta.HasField("expected_period"):
             self._arm_deadline(name, now)
@@ -239,13 +235,10 @@ class RealtimeDB:
             if w.matches(name):
                 w.offer(point)
         if self.history is not None:
-            field = s.value.WhichOneof("kind")
+            # Stored points are never modified (a change makes a new one), so the history
+            # may serialize this one later, on its writer thread.
             self.history.append(
-                name,
-                ts_to_ms(point.source_time),
-                getattr(s.value, field),
-                point.quality,
-                point.SerializeToString(),
+                name, ts, getattr(s.value, s.value.WhichOneof("kind")), point.quality, point
             )
 
     def _log_change(self, rev: int, names: tuple[str, ...]) -> None:
