@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.site import Site
+from tests.support.site import CoreProcess, Site
 from trusted.server import Core
 
 
@@ -22,3 +22,14 @@ async def core(site: Site):
     await c.start()
     yield c
     await c.stop(grace=0.1)
+
+
+@pytest.fixture(autouse=True)
+def _no_core_left_running():
+    """A failed assertion must not leave a core process behind (it would skew later tests).
+    Cores of wider-scoped fixtures exist before this runs and are left to their fixture."""
+    before = set(map(id, CoreProcess.running))
+    yield
+    for core in list(CoreProcess.running):
+        if id(core) not in before:
+            core.kill(9)

@@ -236,7 +236,12 @@ class HistoryLog:
     def _take(self) -> _Batch | None:
         if not self._pending and not self._last and not self._meta:
             return None
-        batch = _Batch(self._pending, self._last, self._meta)
+        # Snapshots handed over as messages are serialized here, once per point per flush
+        # (not once per sample), and on the loop: the writer thread would hold the GIL anyway.
+        last = {
+            n: b if isinstance(b, bytes) else b.SerializeToString() for n, b in self._last.items()
+        }
+        batch = _Batch(self._pending, last, self._meta)
         self._pending = deque(maxlen=self._max_pending)
         self._last = {}
         self._meta = {}

@@ -260,10 +260,6 @@ def _name_id(conn: sqlite3.Connection, name: str) -> int:
 def _blob_rows(blobs: dict[str, Any], what: str) -> list[tuple[str, bytes]]:
     rows = []
     for name, blob in blobs.items():
-        if hasattr(blob, "SerializeToString"):
-            # A snapshot handed over as the message itself: serialized here, on the writer
-            # thread, once per flush instead of once per sample on the event loop.
-            blob = blob.SerializeToString()
         if isinstance(blob, bytes | bytearray | memoryview):
             rows.append((name, bytes(blob)))
         else:

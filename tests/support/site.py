@@ -86,7 +86,10 @@ class Site:
 
 
 class CoreProcess:
-    """`smx core` as its own OS process, for restart and kill -9 tests."""
+    """`smx core` as its own OS process, for restart and kill -9 tests. Every instance is
+    registered in `running`, so that conftest can stop what a failing test left running."""
+
+    running: list[CoreProcess] = []
 
     def __init__(self, site: Site, flush_interval: str = "200ms") -> None:
         self.site = site
@@ -106,6 +109,7 @@ class CoreProcess:
             stderr=subprocess.STDOUT,
             env=env,
         )
+        CoreProcess.running.append(self)
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 15.0) -> None:
@@ -127,6 +131,9 @@ class CoreProcess:
         raise TimeoutError("core did not become healthy")
 
     def kill(self, sig: int = 9) -> None:
-        self.proc.send_signal(sig)
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
         self.log.close()
+        if self in CoreProcess.running:
+            CoreProcess.running.remove(self)
