@@ -59,6 +59,7 @@ __all__ = [
     "load_core_config",
     "parse_duration",
     "parse_size",
+    "show_value",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class CoreConfig:
     max_message_bytes: int = 4 * 1024 * 1024
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A value as the user wrote it in TOML, short."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -167,7 +168,7 @@ def parse_duration(value: Any, key: str = "duration") -> float:
             if math.isfinite(seconds):
                 return seconds
     raise ConfigError(
-        f'{key}: expected a duration like "30d", got {_show(value)} '
+        f'{key}: expected a duration like "30d", got {show_value(value)} '
         "(units ms, s, m, h, d; a plain number is seconds)"
     )
 
@@ -187,20 +188,20 @@ def parse_size(value: Any, key: str = "size") -> int:
             if n <= _MAX_SIZE:
                 return n
     raise ConfigError(
-        f'{key}: expected a size like "2GB", got {_show(value)} '
+        f'{key}: expected a size like "2GB", got {show_value(value)} '
         "(units B, KB, MB, GB, TB, 1024-based; a plain integer is bytes)"
     )
 
 
 def _string(value: Any, key: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
+        raise ConfigError(f"{key}: expected a string, got {show_value(value)}")
     return value
 
 
 def _path(value: Any, key: str, home: Path) -> Path:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key}: expected a non-empty path string, got {_show(value)}")
+        raise ConfigError(f"{key}: expected a non-empty path string, got {show_value(value)}")
     if "\0" in value:
         raise ConfigError(f"{key}: path contains a NUL character")
     path = Path(value)
@@ -209,17 +210,17 @@ def _path(value: Any, key: str, home: Path) -> Path:
 
 def _int(value: Any, key: str, lo: int, hi: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
+        raise ConfigError(f"{key}: expected an integer, got {show_value(value)}")
     if not lo <= value <= hi:
-        raise ConfigError(f"{key}: must be between {lo} and {hi}, got {_show(value)}")
+        raise ConfigError(f"{key}: must be between {lo} and {hi}, got {show_value(value)}")
     return value
 
 
 def _number(value: Any, key: str, lo: float, hi: float) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {_show(value)}")
+        raise ConfigError(f"{key}: expected a number, got {show_value(value)}")
     if isinstance(value, int) and value.bit_length() > 64 or not lo <= float(value) <= hi:
-        raise ConfigError(f"{key}: must be between {lo:g} and {hi:g}, got {_show(value)}")
+        raise ConfigError(f"{key}: must be between {lo:g} and {hi:g}, got {show_value(value)}")
     return float(value)
 
 
@@ -227,7 +228,8 @@ def _duration(value: Any, key: str, lo: float, hi: float) -> float:
     seconds = parse_duration(value, key)
     if not lo <= seconds <= hi:
         raise ConfigError(
-            f"{key}: must be between {_fmt_seconds(lo)} and {_fmt_seconds(hi)}, got {_show(value)}"
+            f"{key}: must be between {_fmt_seconds(lo)} and {_fmt_seconds(hi)}, "
+            f"got {show_value(value)}"
         )
     return seconds
 
@@ -240,7 +242,9 @@ def _tcp(value: Any, key: str) -> str:
     text = _string(value, key).strip()
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
-        raise ConfigError(f'{key}: expected "host:port" like "127.0.0.1:7443", got {_show(value)}')
+        raise ConfigError(
+            f'{key}: expected "host:port" like "127.0.0.1:7443", got {show_value(value)}'
+        )
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
@@ -249,9 +253,9 @@ def _tcp(value: Any, key: str) -> str:
     elif ":" in host:
         raise ConfigError(f'{key}: write an IPv6 address in brackets, like "[::1]:7443"')
     elif _HOSTNAME.fullmatch(host) is None:
-        raise ConfigError(f"{key}: {_show(host)} is not a host name or IPv4 address")
+        raise ConfigError(f"{key}: {show_value(host)} is not a host name or IPv4 address")
     if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigError(f"{key}: port must be 1..65535, got {_show(port_text)}")
+        raise ConfigError(f"{key}: port must be 1..65535, got {show_value(port_text)}")
     return text
 
 
@@ -278,7 +282,7 @@ def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], prefix: str) ->
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
     table = data.get(name, {})
     if not isinstance(table, dict):
-        raise ConfigError(f"{name}: expected a table [{name}], got {_show(table)}")
+        raise ConfigError(f"{name}: expected a table [{name}], got {show_value(table)}")
     _check_keys(table, _SECTIONS[name], f"{name}.")
     return table
 
@@ -310,7 +314,7 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
     )
     if history.max_bytes is not None and history.max_bytes < 1024**2:
         raise ConfigError(
-            f'history.max_size: must be at least 1MB (or "off"), got {_show(max_size)}'
+            f'history.max_size: must be at least 1MB (or "off"), got {show_value(max_size)}'
         )
 
     audit = _section(data, "audit")
@@ -324,7 +328,7 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
     if not lo <= max_message_bytes <= hi:
         raise ConfigError(
             f"limits.max_message_bytes: must be between {_fmt_bytes(lo)} and {_fmt_bytes(hi)}, "
-            f"got {_show(limits.get('max_message_bytes'))}"
+            f"got {show_value(limits.get('max_message_bytes'))}"
         )
     return CoreConfig(
         site=site,

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trusted.config import ConfigError, CoreConfig, load_core_config, parse_duration
+from trusted.config import ConfigError, CoreConfig, load_core_config, parse_duration, show_value
 from trusted.identity import Identity, IdentityError
 from trusted.names import Glob, InvalidName
 from trusted.policy import Policy, default_roles_text
@@ -167,21 +167,6 @@ class SiteConfig:
 # --------------------------------------------------------------------------- value checks
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        text = value if len(value) <= 40 else value[:40] + "..."
-        return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
-    if isinstance(value, int):
-        return str(value) if value.bit_length() <= 64 else "a very large integer"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value) if isinstance(value, float) else f"a {type(value).__name__}"
-
-
 def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
     for name in table:
         if name not in allowed:
@@ -199,13 +184,13 @@ def _key(name: str) -> str:
 
 def _table(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise SiteConfigError(f"{key}: expected a table [{key}], got {_show(value)}")
+        raise SiteConfigError(f"{key}: expected a table [{key}], got {show_value(value)}")
     return value
 
 
 def _string(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise SiteConfigError(f"{key}: expected a non-empty string, got {_show(value)}")
+        raise SiteConfigError(f"{key}: expected a non-empty string, got {show_value(value)}")
     if "\0" in value:
         raise SiteConfigError(f"{key}: contains a NUL character")
     return value
@@ -213,13 +198,13 @@ def _string(value: Any, key: str) -> str:
 
 def _strings(value: Any, key: str) -> list[str]:
     if not isinstance(value, list):
-        raise SiteConfigError(f"{key}: expected an array of strings, got {_show(value)}")
+        raise SiteConfigError(f"{key}: expected an array of strings, got {show_value(value)}")
     return [_string(v, f"{key}[{i}]") for i, v in enumerate(value)]
 
 
 def _bool(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
-        raise SiteConfigError(f"{key}: expected true or false, got {_show(value)}")
+        raise SiteConfigError(f"{key}: expected true or false, got {show_value(value)}")
     return value
 
 
@@ -229,7 +214,9 @@ def _duration(value: Any, key: str, lo: float, hi: float) -> float:
     except ConfigError as err:
         raise SiteConfigError(str(err)) from err
     if not lo <= seconds <= hi:
-        raise SiteConfigError(f"{key}: must be between {lo:g}s and {hi:g}s, got {_show(value)}")
+        raise SiteConfigError(
+            f"{key}: must be between {lo:g}s and {hi:g}s, got {show_value(value)}"
+        )
     return seconds
 
 
@@ -272,7 +259,7 @@ def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
     if settings.backoff_max < settings.backoff_initial:
         raise SiteConfigError(
             f"supervisor.backoff_max: must not be less than backoff_initial "
-            f"({settings.backoff_initial:g}s), got {_show(table.get('backoff_max'))}"
+            f"({settings.backoff_initial:g}s), got {show_value(table.get('backoff_max'))}"
         )
     return settings
 
@@ -300,7 +287,7 @@ def _process(
         module = _string(table["module"], f"{prefix}.module")
         if _MODULE.fullmatch(module) is None:
             raise SiteConfigError(
-                f"{prefix}.module: {_show(module)} is not a Python module name like "
+                f"{prefix}.module: {show_value(module)} is not a Python module name like "
                 '"extensions.smm"'
             )
     else:
@@ -324,7 +311,7 @@ def _process(
             Identity.check_name(dev)
         except IdentityError:
             raise SiteConfigError(
-                f"{prefix}.devices[{i}]: invalid device id {_show(dev)}: use "
+                f"{prefix}.devices[{i}]: invalid device id {show_value(dev)}: use "
                 "[a-z][a-z0-9_-]{0,31}"
             ) from None
         if dev in devices[:i]:

@@ -383,7 +383,9 @@ class Supervisor:
             if rep is None or not rep.fresh(now):
                 p.set_health("no heartbeat", False)
             else:
-                p.set_health(rep.state, rep.state == "running", rep.last_error)
+                # "degraded" (e.g. one dead meter) is a process doing its job: it counts as
+                # healthy for the restart back-off, or it would wait backoff_max forever.
+                p.set_health(rep.state, rep.state in ("running", "degraded"), rep.last_error)
 
     def _changed(self) -> None:
         # Coalesce the changes of one loop iteration into one write.

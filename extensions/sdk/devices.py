@@ -84,11 +84,19 @@ async def poll_forever(
                         await asyncio.sleep(device.bus_gap)
             else:
                 readings = await asyncio.wait_for(device.poll(), device.timeout)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as err:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being stopped
+            # A library cancelled something inside the poll: a failed poll, not our end.
+            _failed(device, state, err, publish)
+            next_start = max(started + device.interval, loop.time())
+            continue
         except Exception as err:  # a device error must never end the loop
             _failed(device, state, err, publish)
-            backoff = min(device.interval * 2**state.consecutive_failures, device.max_backoff)
+            # Exponent capped: 2**1024 does not fit a float (a meter dead for 17 hours).
+            tries = min(state.consecutive_failures, 32)
+            backoff = min(device.interval * 2**tries, device.max_backoff)
             next_start = max(started + backoff, loop.time())
             continue
         _succeeded(device, state, readings, publish)
@@ -120,7 +128,7 @@ def _succeeded(
 def _failed(
     device: Device,
     state: DeviceState,
-    err: Exception,
+    err: BaseException,
     publish: Callable[[str, Any, str, Any], None],
 ) -> None:
     state.polls += 1

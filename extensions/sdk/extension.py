@@ -224,7 +224,15 @@ class Extension:
         self._tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled():
+            if self.state == "stopping":
+                return
+            # Cancelled by something other than stop(): the task is gone all the same.
+            log.error("task %s was cancelled unexpectedly; stopping", task.get_name())
+            self.state = "failed"
+            self._stop.set()
+            return
+        if task.exception() is None:
             return
         # A crashed internal task leaves the extension half-working: stop, let the supervisor
         # restart the process cleanly.

@@ -66,6 +66,9 @@ class Publisher:
                 resp = await self.link.stubs.points.WritePoints(
                     pb.WritePointsRequest(samples=batch), timeout=10
                 )
+            except asyncio.CancelledError:
+                self._put_back(batch)  # stopping mid-write: keep it for the final flush
+                raise
             except grpc.aio.AioRpcError as err:
                 self._put_back(batch)
                 if err.code() in TRANSIENT:

@@ -25,6 +25,10 @@ from smx.v1 import control_service_pb2 as pb
 from .link import TRANSIENT, CoreLink
 from .values import from_value, to_value
 
+_IN_FORCE = frozenset(
+    {pb.SETPOINT_STATUS_PENDING, pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED}
+)
+
 __all__ = [
     "Applied",
     "Clamped",
@@ -107,6 +111,7 @@ class SetpointRouter:
         self.active: dict[str, SetpointRequest] = {}  # name -> what is in force
         self._expired_ids: set[str] = set()
         self._unreported: dict[str, pb.ReportSetpointRequest] = {}
+        self._reports: dict[str, pb.ReportSetpointRequest] = {}  # last report per setpoint id
         self._wake = asyncio.Event()
 
     def add(self, name: str, handler: Handler, on_expire: ExpiryHandler | None) -> None:
@@ -136,8 +141,12 @@ class SetpointRouter:
             return
         expiry = asyncio.create_task(self._expiry_loop(), name="setpoint-expiry")
         try:
+            first = True
             while True:
                 await self.link.connected.wait()
+                if first:
+                    await self._fall_back_where_nothing_is_in_force()
+                    first = False
                 await self._send_unreported()
                 try:
                     await self._watch()
@@ -149,6 +158,29 @@ class SetpointRouter:
                         await asyncio.sleep(5)
         finally:
             expiry.cancel()
+
+    async def _fall_back_where_nothing_is_in_force(self) -> None:
+        """At start: a setpoint that expired while this process was not running was never
+        announced to it. Whatever the device kept from then must end: fall back wherever the
+        core has no setpoint in force (the watch re-sends those that are)."""
+        assert self.link.stubs is not None
+        for name in sorted(set(self.handlers) & set(self.expiry_handlers)):
+            try:
+                sp = (
+                    await self.link.stubs.control.GetSetpoint(
+                        pb.GetSetpointRequest(name=name), timeout=5
+                    )
+                ).setpoint
+                in_force = sp.status in _IN_FORCE and sp.expire_time.ToMilliseconds() > (
+                    time.time() * 1000
+                )
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    continue  # unknown: the watch and the local timer take over
+                in_force = False
+            if not in_force:
+                log.info("no setpoint in force for %s at start: autonomous mode", name)
+                await self._expire(SetpointRequest("", name, None, "", 0.0))
 
     async def _watch(self) -> None:
         assert self.link.stubs is not None
@@ -175,6 +207,14 @@ class SetpointRouter:
             return
         if req.expires_at <= time.time():
             return
+        previous = self.active.get(req.name)
+        if previous is not None and previous.id == req.id and req.id in self._reports:
+            # Re-sent after a reconnect: the device runs it already; only tell the core again.
+            await self._report(self._reports[req.id])
+            return
+        # In force from now on for the local expiry timer and for a late EXPIRED of the
+        # setpoint it replaces (which must not make the device fall back over this one).
+        self.active[req.name] = req
         try:
             result = await asyncio.wait_for(handler(req), self.handler_timeout)
         except Exception as err:  # a failing device refuses; it never kills the router
@@ -183,11 +223,15 @@ class SetpointRouter:
         if not isinstance(result, Applied | Clamped | Rejected):
             result = Applied(result)
         if isinstance(result, Rejected):
+            # The device still runs what it ran before; the core tells us if that must end.
+            if previous is not None:
+                self.active[req.name] = previous
+            else:
+                del self.active[req.name]
             report = pb.ReportSetpointRequest(
                 id=req.id, status=pb.SETPOINT_STATUS_REJECTED, reason=result.reason or "rejected"
             )
         else:
-            self.active[req.name] = req
             self._wake.set()
             report = pb.ReportSetpointRequest(id=req.id, reason=getattr(result, "reason", ""))
             if isinstance(result, Clamped):
@@ -208,6 +252,9 @@ class SetpointRouter:
 
     async def _report(self, report: pb.ReportSetpointRequest) -> None:
         assert self.link.stubs is not None
+        if len(self._reports) > 1000:
+            self._reports.clear()
+        self._reports[report.id] = report
         try:
             await self.link.stubs.control.ReportSetpoint(report, timeout=5)
         except grpc.aio.AioRpcError as err:
@@ -230,8 +277,9 @@ class SetpointRouter:
         if len(self._expired_ids) > 10_000:
             self._expired_ids.clear()
         current = self.active.get(req.name)
-        if current is not None and current.id == req.id:
-            del self.active[req.name]
+        if current is not None and current.id != req.id:
+            return  # a newer setpoint is in force: falling back would undo it
+        self.active.pop(req.name, None)
         handler = self.expiry_handler_for(req.name)
         log.info("setpoint %s (%s) expired: falling back", req.name, req.id)
         if handler is not None:

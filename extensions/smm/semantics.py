@@ -105,7 +105,10 @@ class Meter:
             period=None if billing else self.period * 1.5,
             description=text
             + (" (billing-period snapshot; source time = billing date)" if billing else ""),
-            index_max=self.index_max if base in ("Ap", "Am", "Rp", "Rm") else 0.0,
+            # Published values are primary: so is the recirculation point consumers need.
+            index_max=self.ratios.primary(point, self.index_max)
+            if base in ("Ap", "Am", "Rp", "Rm")
+            else 0.0,
         )
 
     def readings(self, raw: Mapping[str, Any]) -> dict[str, Reading]:

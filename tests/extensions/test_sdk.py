@@ -313,3 +313,23 @@ def test_expired_certificate_is_a_clear_setup_error(site, tmp_path):
     with pytest.raises(SetupError, match="has expired.*--replace"):
         expired.check_certificate()
     site.env("battery").check_certificate()  # the real one passes
+
+
+async def test_device_falls_back_at_start_when_no_setpoint_is_in_force(site):
+    # A setpoint that expired while the extension was down was never announced to it: at start
+    # the SDK falls back wherever the core has nothing in force.
+    ext = Extension(site.env("battery"))
+    fallbacks = []
+
+    async def fall_back(req):
+        fallbacks.append(req.name)
+
+    @ext.on_setpoint("battery/P_set", on_expire=fall_back)
+    async def set_power(req):
+        return Applied()
+
+    await ext.start()
+    try:
+        await until(lambda: fallbacks == ["battery/P_set"], timeout=10)
+    finally:
+        await ext.stop()
