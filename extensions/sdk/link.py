@@ -72,8 +72,12 @@ class CoreLink:
             try:
                 me = await stubs.identity.WhoAmI(identity_service_pb2.WhoAmIRequest(), timeout=5)
                 self.identity = me.identity
+                self._lost.clear()
                 for callback in self._on_connect:
                     await callback()
+                if self._lost.is_set():  # a callback lost the core again: start over
+                    await asyncio.sleep(delay)
+                    continue
             except grpc.aio.AioRpcError as err:
                 self.last_error = _describe(err)
                 reason = error_reason(err)
@@ -94,7 +98,6 @@ class CoreLink:
                 continue
             delay = 0.2
             self.last_error = ""
-            self._lost.clear()
             self.connected.set()
             log.info("connected to the core as %s", self.identity)
             await self._lost.wait()
