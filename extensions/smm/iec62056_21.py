@@ -137,7 +137,7 @@ def data_message(block: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Identification:
-    """`/XXXZ<ident>`: manufacturer (3 letters, a lower-case third one means 20 ms reaction
+    """`/MMMZ<ident>`: manufacturer (3 letters, a lower-case third one means 20 ms reaction
     time is allowed), baud character Z, optional enhanced-capability character after `\\`."""
 
     manufacturer: str

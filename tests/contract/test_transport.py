@@ -3,8 +3,6 @@ server reflection (what grpcurl uses)."""
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,13 +12,8 @@ from smx.client import Stubs, error_reason
 from smx.v1 import identity_service_pb2 as ipb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.support.net import free_port
 from trusted.server import Core
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_tcp_listener_serves_the_same_api_with_the_same_mtls(site):

@@ -8,7 +8,6 @@ the core's) and TestSite's extra core.toml text."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import tomllib
 
@@ -26,6 +25,7 @@ from smx.client import Credentials
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.support.net import free_port
 from trusted.names import Glob
 
 PERIOD = 0.5
@@ -37,12 +37,6 @@ roles = ["gui"]
 rules = [ {{ verbs = ["request"], points = ["**/*_set"] }} ]
 description = "remote_usm link of the main USM: read everything, request setpoints"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def until(predicate, timeout=10.0, step=0.05):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from extensions.smm.modbus_maps import resolve_map
 from extensions.smm.modbus_simulator import BusSimulator, SimMeter
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,12 +133,6 @@ KNOWN = {
         },
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
