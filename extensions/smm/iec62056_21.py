@@ -339,8 +339,14 @@ class IecLine:
             self._serial = None
         self.buffer.clear()
 
-    def abort(self) -> None:
-        """Make a blocked read in another thread return now (the poll was cancelled)."""
+    def abort(self, token: threading.Event | None = None) -> None:
+        """Make a blocked read in another thread return now (the poll was cancelled). With a
+        token, only the conversation that token belongs to stops, now or as soon as it gets the
+        line: a cancelled poll still waiting for the lock must not run later in the background."""
+        if token is not None:
+            token.set()
+            if self._abort is not token:
+                return
         self._abort.set()
         if self._serial is not None:
             try:
@@ -348,9 +354,10 @@ class IecLine:
             except (serial.SerialException, OSError, AttributeError):
                 pass
 
-    def start(self, baud: int) -> None:
-        """Begin a conversation: open at `baud`, drop what is left of an earlier one."""
-        self._abort.clear()
+    def start(self, baud: int, token: threading.Event | None = None) -> None:
+        """Begin a conversation: open at `baud`, drop what is left of an earlier one. `token`
+        is this conversation's abort flag (already set: it stops at the first read)."""
+        self._abort = token if token is not None else threading.Event()
         port = self.open(baud)
         try:
             port.reset_input_buffer()
@@ -474,16 +481,17 @@ class IecClient:
 
     async def aread(self) -> Readout:
         """`read()` in a worker thread; cancelling the await stops the thread's I/O."""
-        return await self._in_thread(self.read)
+        return await self._in_thread(lambda token: self.read(token))
 
     async def alisten(self, timeout: float | None = None) -> Readout:
-        return await self._in_thread(lambda: self.listen(timeout))
+        return await self._in_thread(lambda token: self.listen(timeout, token))
 
-    async def _in_thread(self, fn: Callable[[], Readout]) -> Readout:
+    async def _in_thread(self, fn: Callable[[threading.Event], Readout]) -> Readout:
+        token = threading.Event()  # this call's own abort flag
         try:
-            return await asyncio.to_thread(fn)
+            return await asyncio.to_thread(fn, token)
         except asyncio.CancelledError:
-            self.line.abort()
+            self.line.abort(token)
             raise
 
     def close(self) -> None:
@@ -491,18 +499,20 @@ class IecClient:
 
     # -- blocking conversation -------------------------------------------------------------------
 
-    def read(self) -> Readout:
+    def read(self, token: threading.Event | None = None) -> Readout:
         """One data readout (modes A, B, C). Raises NoAnswer, FramingError, BccError, PortError."""
         if self.mode == "D":
-            return self.listen()
+            return self.listen(token=token)
         with self.line.lock:
-            return self._read()
+            return self._read(token)
 
-    def _read(self) -> Readout:
+    def _read(self, token: threading.Event | None) -> Readout:
         line = self.line
         started, t0 = time.time(), time.monotonic()
         deadline = t0 + self.read_timeout
-        line.start(self.initial_baud)
+        line.start(self.initial_baud, token)
+        if line._abort.is_set():
+            raise NoAnswer("read cancelled before it started")
         line.write(self.request)
         ident_line = self._identification(deadline)
         ident = parse_identification(ident_line)
@@ -528,7 +538,7 @@ class IecClient:
         datasets = parse_data_message(frame, require_bcc=self.require_bcc)
         return Readout(ident, datasets, frame, baud, started, time.monotonic() - t0)
 
-    def listen(self, timeout: float | None = None) -> Readout:
+    def listen(self, timeout: float | None = None, token: threading.Event | None = None) -> Readout:
         """Mode D: wait (at most `timeout`, default read_timeout) for the next pushed telegram
         (identification then data message) and return it. Nothing is sent."""
         with self.line.lock:
@@ -536,7 +546,7 @@ class IecClient:
             started, t0 = time.time(), time.monotonic()
             line = self.line
             line.open(self.initial_baud)
-            line._abort.clear()
+            line._abort = token if token is not None else threading.Event()
             deadline = t0 + wait + self.read_timeout
             # Resynchronise on the start of an identification message (drop what precedes).
             head = line.read_until(b"/", first_timeout=wait, deadline=t0 + wait, limit=4096)

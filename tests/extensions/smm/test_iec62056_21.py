@@ -218,6 +218,27 @@ async def test_cancelled_read_stops_the_thread_quickly():
         client.line.lock.release()
 
 
+async def test_a_poll_cancelled_while_waiting_for_the_line_never_runs_later():
+    # Meters on one bus queue for the line; a poll cancelled in the queue must not wake up
+    # later and hold the bus for a whole readout in the background.
+    with IecSimulator(SimMeter(MT174)) as sim:
+        client = IecClient(sim.port)
+        writes: list[bytes] = []
+        real_write = client.line.write
+        client.line.write = lambda data: (writes.append(data), real_write(data))[1]
+        client.line.lock.acquire()  # another meter's readout holds the line
+        task = asyncio.create_task(client.aread())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        client.line.lock.release()
+        await asyncio.sleep(0.5)
+        assert writes == []  # no sign-on was ever sent
+        assert client.line.lock.acquire(timeout=1)  # and the line is free
+        client.line.lock.release()
+
+
 # -- the device in a real core ------------------------------------------------------------------
 
 
