@@ -110,9 +110,21 @@ class SetpointForwarder:
                 timeout=max(0.5, deadline - time.monotonic()),
             )
         except grpc.aio.AioRpcError as err:
-            if err.code() in TRANSIENT:
+            if err.code() not in TRANSIENT:
+                return Rejected(f"remote USM refused the request: {describe(err)}")
+            # The request may have reached the remote before the reply was lost: look for it
+            # before saying no, or the remote would run what we reported as rejected.
+            adopted = await self._adopt_after_loss(req, name, deadline)
+            if not adopted:
                 return Rejected(UNREACHABLE)
-            return Rejected(f"remote USM refused the request: {describe(err)}")
+            log.info(
+                "setpoint %s (%s) found on the remote as %s after a lost reply",
+                req.name,
+                req.id,
+                adopted,
+            )
+            self._remember(req.id, adopted)
+            return adopted
         self.remote_requests += 1
         remote_id = resp.setpoint.id
         self._remember(req.id, remote_id)
@@ -126,6 +138,13 @@ class SetpointForwarder:
             remaining,
         )
         return remote_id
+
+    async def _adopt_after_loss(self, req: SetpointRequest, name: str, deadline: float) -> str:
+        try:
+            await asyncio.wait_for(self.remote.up.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return ""
+        return await self._adoptable(req, name)
 
     async def _adoptable(self, req: SetpointRequest, name: str) -> str:
         """The id of the remote setpoint this local one already became, if it is in force."""

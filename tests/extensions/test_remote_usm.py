@@ -385,3 +385,64 @@ def test_missing_remote_certificate_is_a_setup_error(tmp_path):
                 )
             )
         )
+
+
+async def test_a_lost_reply_finds_the_remote_setpoint_instead_of_rejecting():
+    # The remote accepted the request but the reply was lost (link blip): reporting REJECTED
+    # would leave the remote running what the local requester was told was refused.
+    import types
+
+    import grpc
+
+    from extensions.remote_usm.config import RemoteConfig
+    from extensions.remote_usm.forward import SetpointForwarder
+    from extensions.sdk import Applied, Extension, ExtensionEnv
+    from extensions.sdk.setpoints import SetpointRequest
+    from smx.client import Credentials
+    from smx.v1 import control_service_pb2 as cpb
+
+    link_id = "spiffe://remote/trusted/usm-link"
+    remote_sp: dict = {}
+
+    def unavailable() -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "connection reset",
+        )
+
+    async def request_setpoint(req, timeout=None):
+        sp = cpb.Setpoint(
+            id="R1",
+            name=req.name,
+            value=req.value,
+            requester=link_id,
+            status=cpb.SETPOINT_STATUS_APPLIED,
+        )
+        sp.expire_time.FromMilliseconds(int((time.time() + req.valid_for.seconds) * 1000))
+        remote_sp["R1"] = sp
+        raise unavailable()  # ... but the answer never arrives
+
+    async def get_setpoint(req, timeout=None):
+        for sp in remote_sp.values():
+            if req.id == sp.id or req.name == sp.name:
+                return cpb.GetSetpointResponse(setpoint=sp)
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no setpoint"
+        )
+
+    stubs = types.SimpleNamespace(
+        control=types.SimpleNamespace(RequestSetpoint=request_setpoint, GetSetpoint=get_setpoint)
+    )
+    up = asyncio.Event()
+    up.set()
+    remote = types.SimpleNamespace(up=up, identity=link_id, stubs=stubs, open=lambda: stubs)
+    creds = Credentials("ca", "cert", "key")
+    ext = Extension(ExtensionEnv(name="usm1", target="unix:///nowhere", credentials=creds))
+    cfg = RemoteConfig(remote="127.0.0.1:1", credentials=creds, prefix="usm1", forward_timeout=3)
+    forwarder = SetpointForwarder(ext, cfg, remote)  # type: ignore[arg-type]
+    local = SetpointRequest("L1", "usm1/ess/P_set", 3000.0, "ctrl", time.time() + 60)
+    result = await forwarder.handle(local)
+    assert isinstance(result, Applied)
+    assert forwarder.forwarded["L1"] == "R1"
