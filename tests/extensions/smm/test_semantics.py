@@ -1,0 +1,43 @@
+"""Meter semantics: primary values through VT/CT, and the declared recirculation point in the
+same (primary) units as the published index."""
+
+from __future__ import annotations
+
+import pytest
+
+from extensions.smm.semantics import Meter, Ratios
+
+
+def test_ratios_scale_what_the_transformers_scale():
+    m = Meter("smm", Ratios(ct=100.0, vt=10.0))
+    got = {
+        k: r.value
+        for k, r in m.readings(
+            {"U1": 23.0, "I1": 1.5, "P": 300.0, "f": 50.0, "PF": 0.9, "Ap": 12.5}
+        ).items()
+    }
+    assert got == {
+        "smm/U1": 230.0,
+        "smm/I1": 150.0,
+        "smm/P": 300_000.0,
+        "smm/f": 50.0,
+        "smm/PF": 0.9,
+        "smm/Ap": 12_500.0,
+    }
+
+
+def test_index_max_is_declared_in_the_units_the_index_is_published_in():
+    m = Meter("smm", Ratios(ct=100.0), index_max=999_999.99)
+    assert m.spec("Ap").index_max == pytest.approx(99_999_999.0)
+    assert m.readings({"Ap": 500_000.0})["smm/Ap"].quality == "GOOD"  # 5e7 < 1e8
+    assert m.readings({"Ap": 1_000_001.0})["smm/Ap"].quality == "UNCERTAIN"
+    assert m.spec("P").index_max == 0.0
+
+
+def test_implausible_values_are_uncertain_and_billing_points_never_go_stale():
+    m = Meter("smm")
+    assert m.readings({"f": 5000.0})["smm/f"].quality == "UNCERTAIN"  # a decoding error
+    assert m.readings({"f": 50.01})["smm/f"].quality == "GOOD"
+    assert m.spec("Ap.bill01").period is None and m.spec("Ap").period is not None
+    with pytest.raises(ValueError):
+        m.spec("Volts")
