@@ -1,4 +1,6 @@
-"""Conversions between protobuf messages and the plain Python values stored by history/audit."""
+"""Time conversions between protobuf Timestamps/Durations and the core's milliseconds.
+
+Value conversions live in `smx.values` (shared with clients)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,7 @@ import time
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from smx.v1 import point_pb2
-
-__all__ = ["KIND_OF_FIELD", "now_ms", "ms_to_ts", "ts_to_ms", "duration_s", "py_value", "pb_value"]
-
-PyValue = float | int | bool | str
-
-KIND_OF_FIELD = {
-    "double_value": point_pb2.VALUE_KIND_DOUBLE,
-    "int_value": point_pb2.VALUE_KIND_INT,
-    "bool_value": point_pb2.VALUE_KIND_BOOL,
-    "string_value": point_pb2.VALUE_KIND_STRING,
-}
+__all__ = ["now_ms", "ms_to_ts", "ts_to_ms", "duration_s"]
 
 
 def now_ms() -> int:
@@ -35,19 +26,3 @@ def ts_to_ms(ts: Timestamp) -> int:
 
 def duration_s(d: Duration) -> float:
     return d.seconds + d.nanos / 1e9
-
-
-def py_value(v: point_pb2.Value) -> PyValue | None:
-    field = v.WhichOneof("kind")
-    return None if field is None else getattr(v, field)
-
-
-def pb_value(v: PyValue) -> point_pb2.Value:
-    # bool before int: bool is a subclass of int in Python.
-    if isinstance(v, bool):
-        return point_pb2.Value(bool_value=v)
-    if isinstance(v, int):
-        return point_pb2.Value(int_value=v)
-    if isinstance(v, float):
-        return point_pb2.Value(double_value=v)
-    return point_pb2.Value(string_value=str(v))

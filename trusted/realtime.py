@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from smx.v1 import point_pb2
+from smx.values import KIND_OF_FIELD
 
-from .convert import KIND_OF_FIELD, duration_s, ms_to_ts, now_ms, ts_to_ms
+from .convert import duration_s, ms_to_ts, now_ms, ts_to_ms
 from .errors import CoreError
 from .names import Glob, InvalidName, validate_point_name
 

@@ -14,11 +14,12 @@ from google.protobuf.duration_pb2 import Duration
 
 from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import point_pb2
+from smx.values import from_value
 
 from .audit import AuditLog
 from .auth import Gate
 from .config import ConfigError, CoreConfig
-from .convert import now_ms, py_value, ts_to_ms
+from .convert import now_ms, ts_to_ms
 from .errors import CoreError
 from .history import HistoryLog
 from .identity import Identity
@@ -151,11 +152,11 @@ class CoreState:
         who = sp.reporter if kind == "setpoint_report" else sp.requester
         detail = {
             "id": sp.id,
-            "value": py_value(sp.value),
+            "value": from_value(sp.value),
             "expire_ms": ts_to_ms(sp.expire_time),
         }
         if sp.HasField("applied_value"):
-            detail["applied"] = py_value(sp.applied_value)
+            detail["applied"] = from_value(sp.applied_value)
         if sp.reason:
             detail["why"] = sp.reason
         self.audit.append(

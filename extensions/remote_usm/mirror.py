@@ -25,6 +25,7 @@ from extensions.sdk.link import TRANSIENT
 from smx.client import error_reason
 from smx.v1 import identity_service_pb2, point_pb2
 from smx.v1 import point_service_pb2 as pb
+from smx.values import KIND_OF_FIELD
 
 from .config import RemoteConfig
 from .remote import RemoteLink, describe
@@ -36,12 +37,6 @@ __all__ = ["Mirror"]
 
 log = logging.getLogger(__name__)
 
-KIND_OF_FIELD = {
-    "double_value": point_pb2.VALUE_KIND_DOUBLE,
-    "int_value": point_pb2.VALUE_KIND_INT,
-    "bool_value": point_pb2.VALUE_KIND_BOOL,
-    "string_value": point_pb2.VALUE_KIND_STRING,
-}
 DECLARE_CHUNK = 1000
 CALL_TIMEOUT = 10.0
 

@@ -5,23 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from smx.v1 import point_pb2
+from smx.values import KINDS, Scalar, from_value, to_value
 
 __all__ = ["KINDS", "QUALITIES", "PointSpec", "Reading", "to_value", "from_value", "timestamp"]
 
-Scalar = float | int | bool | str
-
-KINDS = {
-    "double": point_pb2.VALUE_KIND_DOUBLE,
-    "int": point_pb2.VALUE_KIND_INT,
-    "bool": point_pb2.VALUE_KIND_BOOL,
-    "string": point_pb2.VALUE_KIND_STRING,
-}
 QUALITIES = {
     "GOOD": point_pb2.QUALITY_GOOD,
     "DERIVED": point_pb2.QUALITY_DERIVED,
@@ -65,26 +57,6 @@ class Reading:
     value: Scalar
     quality: str = "GOOD"
     source_time: float | dt.datetime | None = None  # unix seconds or aware datetime
-
-
-def to_value(value: Any, kind: str | None = None) -> point_pb2.Value:
-    """A Python value as a typed API value; `kind` (from the spec) converts int to double."""
-    if kind == "double" and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(value, bool):
-        return point_pb2.Value(bool_value=value)
-    if isinstance(value, int):
-        return point_pb2.Value(int_value=value)
-    if isinstance(value, float):
-        return point_pb2.Value(double_value=value)
-    if isinstance(value, str):
-        return point_pb2.Value(string_value=value)
-    raise TypeError(f"unsupported point value {value!r} ({type(value).__name__})")
-
-
-def from_value(value: point_pb2.Value) -> Scalar | None:
-    field = value.WhichOneof("kind")
-    return None if field is None else getattr(value, field)
 
 
 def timestamp(when: float | dt.datetime | None = None) -> Timestamp:

@@ -19,6 +19,7 @@ from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import identity_service_pb2 as identity_pb
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as points_pb
+from smx.values import KINDS
 from trusted.config import ConfigError, parse_duration
 
 from .connect import add_connection_options, connect
@@ -26,12 +27,6 @@ from .connect import add_connection_options, connect
 __all__ = ["register", "parse_value", "format_value"]
 
 QUALITY = {v: k.removeprefix("QUALITY_") for k, v in point_pb2.Quality.items()}
-KINDS = {
-    "double": point_pb2.VALUE_KIND_DOUBLE,
-    "int": point_pb2.VALUE_KIND_INT,
-    "bool": point_pb2.VALUE_KIND_BOOL,
-    "string": point_pb2.VALUE_KIND_STRING,
-}
 AGG = {
     "min": points_pb.AGGREGATION_MIN,
     "max": points_pb.AGGREGATION_MAX,

@@ -10,8 +10,9 @@ import grpc
 
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
+from smx.values import to_value
 from trusted.auth import Caller
-from trusted.convert import duration_s, ms_to_ts, pb_value, ts_to_ms
+from trusted.convert import duration_s, ms_to_ts, ts_to_ms
 from trusted.errors import CoreError
 from trusted.history import HistoryError, HistoryQueryError
 from trusted.names import Glob, GlobSet, InvalidName, validate_point_name
@@ -148,7 +149,7 @@ class PointService:
                     samples=[
                         pb.HistorySample(
                             time=ms_to_ts(s.ts_ms),
-                            value=pb_value(s.value),
+                            value=to_value(s.value),
                             quality=cast(point_pb2.Quality, s.quality),
                             count=s.count,
                         )
