@@ -103,9 +103,9 @@ def history_main(idle_s: float, load_s: float, results: mp.Queue) -> None:
 
 
 async def _history_alone(idle_s: float, load_s: float) -> tuple[Window, Window, int]:
-    from trusted.config import load_core_config
-    from trusted.convert import ms_to_ts
-    from trusted.history import HistoryLog
+    from smx.timestamps import ms_to_ts
+    from trusted.core.config import load_core_config
+    from trusted.core.history import HistoryLog
 
     with tempfile.TemporaryDirectory(prefix="smx-hist-") as tmp:
         cfg = load_core_config(None, home=Path(tmp)).history  # the production defaults

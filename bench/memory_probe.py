@@ -1,6 +1,6 @@
 """Diagnostic, not a benchmark: why the core's RSS grows under ingest.
 
-Runs the core in a child process (the real `trusted.server.Core`, started like `smx core` does,
+Runs the core in a child process (the real `trusted.core.server.Core`, started like `smx core` does,
 plus a 0.5 s sampler of its RSS, CPython's allocated blocks and the history log's backlog),
 drives batch-100 WritePoints at a paced rate from this process, and prints the time series.
 
@@ -27,8 +27,8 @@ __all__ = ["main"]
 async def _child(home: Path) -> None:
     import psutil
 
-    from trusted.config import load_core_config
-    from trusted.server import Core
+    from trusted.core.config import load_core_config
+    from trusted.core.server import Core
 
     core = Core(load_core_config(None, home=home))
     await core.start()

@@ -49,7 +49,7 @@ module = "untrusted.planner"
 target = "battery/P_set"
 """
 IMPORTS = {  # what each kind of process imports before it is useful
-    "core": "import trusted.server",
+    "core": "import trusted.core.server",
     "extension": "import examples.battery.__main__",
     "simulator": "import examples.battery.simulator",
     "agent": "import untrusted.planner",

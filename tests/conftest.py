@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.site import CoreProcess, Site
-from trusted.server import Core
+from trusted.core.server import Core
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_untrusted_and_extensions_never_import_the_core(package):
 
 def test_every_error_reason_has_one_status_code():
     from smx.v1 import errors_pb2
-    from trusted.errors import CODES
+    from trusted.core.errors import CODES
 
     reasons = {n.removeprefix("ERROR_REASON_") for n in errors_pb2.ErrorReason.keys()} - {
         "UNSPECIFIED"

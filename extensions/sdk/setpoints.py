@@ -86,7 +86,7 @@ def is_pattern(name: str) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _glob_regex(pattern: str) -> re.Pattern[str]:
-    # The core's semantics (trusted/names.py), re-implemented: the SDK never imports the core.
+    # The core's semantics (smx/names.py), re-implemented: the SDK never imports the core.
     parts = []
     for segment in pattern.split("/"):
         if segment == "**":

@@ -18,10 +18,10 @@ from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from trusted.core.rpc import MAX_OPEN_STREAMS
+from trusted.core.services.control import REQUEST_BURST
+from trusted.core.services.points import MAX_WATCH_PATTERNS
 from trusted.pki import SiteCA
-from trusted.rpc import MAX_OPEN_STREAMS
-from trusted.services.control import REQUEST_BURST
-from trusted.services.points import MAX_WATCH_PATTERNS
 
 
 async def refused(coro) -> tuple[grpc.StatusCode, str | None]:

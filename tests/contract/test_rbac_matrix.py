@@ -21,7 +21,7 @@ from smx.v1 import identity_service_pb2 as ipb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 from tests.support.site import Site
-from trusted.server import Core
+from trusted.core.server import Core
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -13,7 +13,7 @@ from smx.v1 import identity_service_pb2 as ipb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 from tests.support.net import free_port
-from trusted.server import Core
+from trusted.core.server import Core
 
 
 async def test_tcp_listener_serves_the_same_api_with_the_same_mtls(site):

@@ -73,7 +73,7 @@ async def test_resume_from_revision_sends_only_later_changes(site, core):
 
 
 async def test_resume_from_compacted_revision_is_out_of_range(site):
-    from trusted.server import Core
+    from trusted.core.server import Core
 
     core = Core(site.config(watch_backlog=10))
     await core.start()

@@ -22,11 +22,11 @@ from extensions.sdk.env import ExtensionEnv
 from extensions.sdk.setpoints import SetpointRequest, SetpointRouter, glob_matches
 from extensions.sdk.testing import SITE, TestSite
 from smx.client import Credentials
+from smx.names import Glob
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 from tests.support.net import free_port
-from trusted.names import Glob
 
 PERIOD = 0.5
 # The exact lines the remote operator adds to the remote policy.toml for this link.

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smx.client import Credentials, Stubs, unix_target
-from trusted.config import CoreConfig, load_core_config
+from trusted.core.config import CoreConfig, load_core_config
 from trusted.pki import SiteCA
 from trusted.policy import default_policy_text
 

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trusted import audit as audit_mod
-from trusted import audit_reader, audit_record
-from trusted.audit import GENESIS, AuditError, AuditLog, AuditRecord
+from trusted.core import audit as audit_mod
+from trusted.core import audit_reader, audit_record
+from trusted.core.audit import GENESIS, AuditError, AuditLog, AuditRecord
 
 ALICE = "spiffe://usm-0017/trusted/fronius"
 BOB = "spiffe://usm-0017/untrusted/lessag"
@@ -406,7 +406,7 @@ def test_reading_lines_backwards_matches_reading_forwards(
 async def test_a_client_varying_the_point_cannot_flood_the_log(tmp_path):
     # One record per refused call would let a hostile client fill the SD card: past its budget
     # of distinct open denial windows, its refusals are only counted.
-    from trusted.audit import DENIAL_RECORD_BURST
+    from trusted.core.audit import DENIAL_RECORD_BURST
 
     log = AuditLog(tmp_path / "audit.jsonl", denial_window=60.0)
     await log.start()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trusted.config import (
+from trusted.core.config import (
     ConfigError,
     CoreConfig,
     HistoryConfig,

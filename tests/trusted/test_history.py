@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trusted import history
-from trusted.history import HistoryError, HistoryLog, HistoryQueryError, Sample
+from trusted.core import history
+from trusted.core.history import HistoryError, HistoryLog, HistoryQueryError, Sample
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD, DERIVED, UNCERTAIN, BAD, STALE = 1, 2, 3, 4, 5
@@ -457,7 +457,7 @@ KILL_CHILD = textwrap.dedent(
     import asyncio, sys, time
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from trusted.history import HistoryLog
+    from trusted.core.history import HistoryLog
 
     async def main():
         log = HistoryLog(Path(sys.argv[2]), flush_interval=0.2)
@@ -623,7 +623,7 @@ async def test_measure_append_and_flush_of_10000_samples(
 
 async def test_a_full_buffer_is_flushed_before_the_timer(tmp_path: Path) -> None:
     # Under a heavy load the buffer must not grow for a whole (long) flush interval.
-    from trusted import history as history_mod
+    from trusted.core import history as history_mod
 
     log = HistoryLog(tmp_path / "h.db", flush_interval=60.0)
     await log.start()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trusted.names import (
+from smx.names import (
     MAX_NAME_LENGTH,
     Glob,
     GlobSet,

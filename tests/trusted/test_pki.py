@@ -21,10 +21,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from smx.identity import Identity, IdentityError, identity_from_certificate
 from tests.support.certs import load_ca, load_ca_key, make_cert, make_other_ca, utcnow
 from trusted import pki
 from trusted.cli import pki_cmd
-from trusted.identity import Identity, IdentityError, identity_from_certificate
 from trusted.pki import PkiError, RevocationList, SiteCA, load_certificate_pem
 
 SITE = "usm-0017"
@@ -330,7 +330,7 @@ def test_revocation_list_keeps_the_previous_list_on_a_bad_crl(
         (forged, "not signed by the site CA"),
     ]:
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="trusted.crl"):
+        with caplog.at_level(logging.ERROR, logger="trusted.pki.crl"):
             ca.crl_path.write_bytes(bad)
             clock.t += 1
             assert crl.is_revoked(issued.serial), why
@@ -553,7 +553,7 @@ _DIGITS = set(string.digits)
 
 
 def oracle(uri: str) -> Identity | None:
-    """An independent, regex-free statement of the grammar in trusted.identity."""
+    """An independent, regex-free statement of the grammar in smx.identity."""
     prefix = "spiffe://"
     if not uri.startswith(prefix):
         return None

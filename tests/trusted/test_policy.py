@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smx.identity import Identity
 from trusted import policy as policy_module
-from trusted.identity import Identity
 from trusted.policy import (
     METHOD_VERBS,
     VERBS,

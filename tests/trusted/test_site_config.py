@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trusted.site_config import (
+from trusted.supervisor.provision import site_policy_text
+from trusted.supervisor.site_config import (
     SiteConfigError,
     load_site_config,
     parse_site_config,
     render_core_toml,
 )
-from trusted.supervisor_provision import site_policy_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,7 +114,7 @@ def test_core_toml_round_trips_through_the_core_parser(tmp_path):
 
 
 def test_policy_is_least_privilege(tmp_path):
-    from trusted.identity import Identity
+    from smx.identity import Identity
     from trusted.policy import Policy
 
     cfg = load_site_config(write(tmp_path, FULL))
@@ -335,10 +335,10 @@ module = "z"
 def test_first_start_provisions_everything_and_the_second_changes_nothing(tmp_path):
     import json
 
-    from trusted.config import load_core_config
+    from trusted.core.config import load_core_config
     from trusted.pki import SiteCA
     from trusted.policy import Policy
-    from trusted.supervisor_provision import provision
+    from trusted.supervisor.provision import provision
 
     cfg = load_site_config(write(tmp_path, SMALL))
     first = provision(cfg)
@@ -356,7 +356,7 @@ def test_first_start_provisions_everything_and_the_second_changes_nothing(tmp_pa
 
 def test_provisioning_renews_expiring_and_keeps_revoked_certificates(tmp_path):
     from trusted.pki import SiteCA
-    from trusted.supervisor_provision import provision
+    from trusted.supervisor.provision import provision
 
     cfg = load_site_config(write(tmp_path, SMALL))
     provision(cfg)
@@ -375,7 +375,7 @@ def test_provisioning_renews_expiring_and_keeps_revoked_certificates(tmp_path):
 
 def test_provisioning_refuses_the_ca_of_another_site(tmp_path):
     from trusted.pki import SiteCA
-    from trusted.supervisor_provision import ProvisionError, provision
+    from trusted.supervisor.provision import ProvisionError, provision
 
     SiteCA.init(tmp_path / "pki", "other-site")
     with pytest.raises(ProvisionError, match="CA of site 'other-site'"):

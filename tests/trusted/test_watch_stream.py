@@ -8,11 +8,11 @@ import types
 
 from google.protobuf.duration_pb2 import Duration
 
+from smx.identity import Identity
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
-from trusted.identity import Identity
-from trusted.realtime import RealtimeDB
-from trusted.services.points import PointService
+from trusted.core.realtime import RealtimeDB
+from trusted.core.services.points import PointService
 
 
 class AllowAll:

@@ -9,13 +9,11 @@ import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from smx.cli.client_cmd import _client
+from smx.cli.connect import connect, site_home
 from smx.v1 import admin_service_pb2 as admin_pb
-from trusted.audit import AuditError, AuditLog
-from trusted.config import ConfigError, load_core_config, parse_duration
-
-from .client_cmd import _client
-from .connect import connect
-from .main import site_home
+from trusted.core.audit import AuditError, AuditLog
+from trusted.core.config import ConfigError, load_core_config, parse_duration
 
 __all__ = ["register"]
 

@@ -7,10 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from trusted.config import ConfigError, load_core_config
+from smx.cli.connect import site_home
+from trusted.core.config import ConfigError, load_core_config
 from trusted.policy import PolicyError
-
-from .main import site_home
 
 __all__ = ["register"]
 
@@ -22,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trusted.core.server import run_core  # grpc server imports only when serving
     from trusted.pki import PkiError
-    from trusted.server import run_core  # grpc server imports only when serving
 
     home = site_home(args)
     path = args.config or (home / "core.toml" if (home / "core.toml").exists() else None)

@@ -24,8 +24,8 @@ from smx.client import Credentials, Stubs, unix_target
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
-from trusted.site_config import load_site_config
 from trusted.supervisor import Supervisor
+from trusted.supervisor.site_config import load_site_config
 
 __all__ = ["register", "site_toml"]
 

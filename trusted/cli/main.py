@@ -5,27 +5,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
-from pathlib import Path
 
-__all__ = ["main", "site_home"]
+__all__ = ["main"]
 
 # Each module registers its own sub-commands; a missing module is a packaging bug, not optional.
 COMMAND_MODULES = (
     "trusted.cli.pki_cmd",
     "trusted.cli.core_cmd",
-    "trusted.cli.client_cmd",
+    "smx.cli.client_cmd",
     "trusted.cli.audit_cmd",
     "trusted.cli.policy_cmd",
     "trusted.cli.demo_cmd",
     "trusted.cli.run_cmd",
 )
-
-
-def site_home(args: argparse.Namespace) -> Path:
-    """The site directory: --home, else $SMX_HOME, else ./site."""
-    return Path(args.home or os.environ.get("SMX_HOME") or "site").resolve()
 
 
 def build_parser() -> argparse.ArgumentParser:

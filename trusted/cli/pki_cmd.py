@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from trusted.cli.main import site_home
-from trusted.identity import DOMAINS
+from smx.cli.connect import site_home
+from smx.identity import DOMAINS
 
 __all__ = ["register"]
 

@@ -6,11 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from trusted.identity import DOMAINS, Identity, IdentityError
+from smx.cli.connect import site_home
+from smx.identity import DOMAINS, Identity, IdentityError
+from smx.toml_text import toml_list, toml_str
 from trusted.policy import Policy, PolicyError, default_policy_text
-from trusted.toml_text import toml_list, toml_str
-
-from .main import site_home
 
 __all__ = ["register"]
 

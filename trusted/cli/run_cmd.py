@@ -8,10 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from trusted.site_config import SiteConfigError, load_site_config
-from trusted.supervisor_status import RunPaths, format_status, pid_alive, read_status
-
-from .main import site_home
+from smx.cli.connect import site_home
+from trusted.supervisor.site_config import SiteConfigError, load_site_config
+from trusted.supervisor.status import RunPaths, format_status, pid_alive, read_status
 
 __all__ = ["register"]
 
@@ -22,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a site: the core, its extensions, agents and simulators (site.toml)",
         description="Provision the site on first start (CA, certificates, policy), start the "
         "core and every process of site.toml, restart what crashes; SIGTERM or Ctrl-C stops "
-        "everything. The format of site.toml is documented in trusted/site_config.py.",
+        "everything. The format of site.toml is documented in trusted/supervisor/site_config.py.",
     )
     p.add_argument("--config", type=Path, help="site file (default: <home>/site.toml)")
     p.set_defaults(func=run)
@@ -44,7 +43,7 @@ def _site_file(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from trusted.supervisor import Supervisor, SupervisorError  # grpc only when running
-    from trusted.supervisor_status import ProvisionError
+    from trusted.supervisor.status import ProvisionError
 
     try:
         cfg = load_site_config(_site_file(args))

@@ -1,0 +1,364 @@
+"""The realtime database: the current value of every point, revisions, watchers, staleness.
+
+Everything here runs on the core's single asyncio loop, so a write is atomic without locks:
+it validates the whole batch first, then stores it under one new revision and hands each
+changed point to the matching watchers. A watcher only keeps the latest value per point
+(`Watcher.pending`), so a slow consumer costs memory bounded by the number of points and
+never blocks writers or the other watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from smx.names import Glob, InvalidName, validate_point_name
+from smx.timestamps import duration_s, ms_to_ts, now_ms, ts_to_ms
+from smx.v1 import point_pb2
+from smx.values import KIND_OF_FIELD
+from trusted.core.errors import CoreError
+
+__all__ = ["RealtimeDB", "Watcher", "HistorySink", "RESTART_REVISION_GAP"]
+
+log = logging.getLogger(__name__)
+
+# After a restart the revision jumps by this much, so no revision handed out before a crash
+# (possibly lost with the last flush interval) is ever handed out again for other data.
+RESTART_REVISION_GAP = 1 << 20
+# How far ahead of the core's clock a device's timestamp may be.
+MAX_FUTURE_S = 24 * 3600
+
+
+class HistorySink(Protocol):
+    def append(
+        self, name: str, ts_ms: int, value: float | int | bool | str, quality: int, snapshot: Any
+    ) -> None: ...
+    def put_metadata(self, name: str, blob: bytes) -> None: ...
+
+
+class Watcher:
+    """One WatchPoints stream: a name filter and the latest not-yet-sent value per point."""
+
+    __slots__ = ("_match", "_cache", "pending", "event")
+
+    def __init__(self, match: Callable[[str], bool]) -> None:
+        self._match = match
+        self._cache: dict[str, bool] = {}
+        self.pending: dict[str, point_pb2.Point] = {}
+        self.event = asyncio.Event()
+
+    def matches(self, name: str) -> bool:
+        hit = self._cache.get(name)
+        if hit is None:
+            hit = self._cache[name] = self._match(name)
+        return hit
+
+    def offer(self, point: point_pb2.Point) -> None:
+        # pop first so the dict stays in revision order when a point is overwritten.
+        self.pending.pop(point.name, None)
+        self.pending[point.name] = point
+        self.event.set()
+
+    def take(self) -> list[point_pb2.Point]:
+        points = list(self.pending.values())
+        self.pending.clear()
+        self.event.clear()
+        return points
+
+
+class RealtimeDB:
+    def __init__(
+        self,
+        *,
+        core_identity: str,
+        history: HistorySink | None = None,
+        backlog: int = 100_000,
+        stale_factor: float = 2.0,
+    ) -> None:
+        self.core_identity = core_identity
+        self.history = history
+        self.stale_factor = stale_factor
+        self.revision = 0
+        self.points: dict[str, point_pb2.Point] = {}
+        self.meta: dict[str, point_pb2.PointMetadata] = {}
+        # (revision, name) of recent changes, for resuming a watch; older ones are compacted.
+        # (revision, names changed) of recent revisions, for resuming a watch; older ones are
+        # compacted. One entry per revision, so a batch of 100 costs one entry, not 100.
+        self._changes: deque[tuple[int, tuple[str, ...]]] = deque(maxlen=backlog)
+        self._compacted = 0
+        self._watchers: set[Watcher] = set()
+        # name -> stale deadline (ms) for points with an expected period.
+        self._deadlines: dict[str, int] = {}
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def restore(
+        self, last: dict[str, bytes], meta: dict[str, bytes], floor: int | None = None
+    ) -> int:
+        """Load the persisted last values and metadata. Revisions continue a safe gap above
+        both the persisted points and `floor` (the revision the previous start began at, which
+        covers a crash before anything was flushed; None on a brand-new site, the only case
+        that starts at 0). Returns the new starting revision."""
+        for name, blob in meta.items():
+            self.meta[name] = point_pb2.PointMetadata.FromString(blob)
+        top = 0
+        for name, blob in last.items():
+            point = point_pb2.Point.FromString(blob)
+            self.points[name] = point
+            top = max(top, point.revision)
+            self._arm_deadline(name, ts_to_ms(point.receive_time))
+        if last or floor is not None:
+            self.revision = max(top, floor or 0) + RESTART_REVISION_GAP
+        self._compacted = self.revision
+        return self.revision
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def declare(self, identity: str, metas: Iterable[point_pb2.PointMetadata]) -> int:
+        checked = []
+        for m in metas:
+            name = _valid_name(m.name)
+            current = self.meta.get(name)
+            if current is not None and current.owner and current.owner != identity:
+                raise CoreError(
+                    "POINT_OWNED_BY_OTHER",
+                    f"point {name} is declared by {current.owner}",
+                    point=name,
+                    owner=current.owner,
+                )
+            if m.expected_period.seconds < 0 or m.expected_period.nanos < 0:
+                raise CoreError("INVALID_ARGUMENT", f"{name}: expected_period must be >= 0")
+            if m.kind not in point_pb2.ValueKind.values():
+                raise CoreError("INVALID_ARGUMENT", f"{name}: unknown value kind {m.kind}")
+            checked.append(m)
+        for m in checked:
+            stored = point_pb2.PointMetadata()
+            stored.CopyFrom(m)
+            stored.owner = identity
+            self.meta[m.name] = stored
+            point = self.points.get(m.name)
+            self._deadlines.pop(m.name, None)  # a re-declared period replaces the old one
+            if point is not None:
+                self._arm_deadline(m.name, ts_to_ms(point.receive_time))
+            if self.history is not None:
+                self.history.put_metadata(m.name, stored.SerializeToString())
+        return len(checked)
+
+    def list_metadata(self, pattern: str) -> list[point_pb2.PointMetadata]:
+        glob = _glob(pattern or "**")
+        names = {n for n in self.meta if glob.match(n)} | {n for n in self.points if glob.match(n)}
+        out = []
+        for name in sorted(names):
+            m = self.meta.get(name)
+            if m is None:
+                # Written but never declared: metadata is only its name and the value kind seen.
+                field = self.points[name].value.WhichOneof("kind")
+                m = point_pb2.PointMetadata(
+                    name=name, kind=KIND_OF_FIELD.get(field or "", point_pb2.VALUE_KIND_UNSPECIFIED)
+                )
+            out.append(m)
+        return out
+
+    # -- values -------------------------------------------------------------------------------
+
+    def write(self, identity: str, samples: Iterable[point_pb2.PointSample]) -> int:
+        """Validate the whole batch, then store it under one new revision."""
+        batch = list(samples)
+        names: list[str] = []
+        horizon = now_ms() // 1000 + MAX_FUTURE_S
+        for s in batch:
+            # The validator's cache hands back one str object per name: the points dict, the
+            # change log and the history buffer all share it instead of a copy per sample.
+            name = _valid_name(s.name)
+            names.append(name)
+            field = s.value.WhichOneof("kind")
+            if field is None:
+                raise CoreError("INVALID_ARGUMENT", f"point {name}: no value", point=name)
+            meta = self.meta.get(name)
+            if meta is not None and meta.kind and KIND_OF_FIELD[field] != meta.kind:
+                declared = point_pb2.ValueKind.Name(meta.kind)
+                raise CoreError(
+                    "VALUE_KIND_MISMATCH",
+                    f"point {name} is declared {declared}, got {field}",
+                    point=name,
+                )
+            if s.quality == point_pb2.QUALITY_STALE:
+                raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
+            if s.quality not in _WRITABLE_QUALITIES:
+                raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {s.quality}")
+            if s.HasField("source_time") and s.source_time.seconds > horizon:
+                # One sample dated years ahead would distort history retention and every
+                # time-range query; a device clock that far off is an error to report.
+                raise CoreError(
+                    "INVALID_ARGUMENT",
+                    f"point {name}: source_time {s.source_time.ToJsonString()} is more than "
+                    f"{MAX_FUTURE_S // 3600} h ahead of the core's clock",
+                    point=name,
+                )
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise CoreError("INVALID_ARGUMENT", f"point {dup} appears twice in one batch")
+        self.revision += 1
+        rev = self.revision
+        now = now_ms()
+        # What every point of the batch shares, serialized once: parsing it back is the
+        # cheapest way to start a new Point (measured: 1.7 us against 2.6 us with keywords).
+        common = point_pb2.Point(
+            receive_time=ms_to_ts(now), writer=identity, revision=rev
+        ).SerializeToString()
+        for name, s in zip(names, batch, strict=True):
+            self._store(name, s, common, now)
+        self._log_change(rev, tuple(names))
+        return rev
+
+    def _store(self, name: str, s: point_pb2.PointSample, common: bytes, now: int) -> None:
+        meta = self.meta.get(name)
+        point = point_pb2.Point.FromString(common)
+        point.name = name
+        point.value.CopyFrom(s.value)
+        if meta is not None:
+            point.unit = meta.unit
+        if s.HasField("source_time"):
+            point.source_time.CopyFrom(s.source_time)
+            ts = s.source_time.seconds * 1000 + s.source_time.nanos // 1_000_000
+        else:
+            point.source_time.CopyFrom(point.receive_time)
+            ts = now
+        point.quality = s.quality or point_pb2.QUALITY_GOOD
+        self.points[name] = point
+        if meta is not None and meta.HasField("expected_period"):
+            self._arm_deadline(name, now)
+        for w in self._watchers:
+            if w.matches(name):
+                w.offer(point)
+        if self.history is not None:
+            # Stored points are never modified (a change makes a new one), so the history
+            # may serialize this one later, on its writer thread.
+            self.history.append(
+                name, ts, getattr(s.value, s.value.WhichOneof("kind")), point.quality, point
+            )
+
+    def _log_change(self, rev: int, names: tuple[str, ...]) -> None:
+        if len(self._changes) == self._changes.maxlen:
+            # The oldest entry falls out: resuming from before it is no longer possible.
+            self._compacted = self._changes[0][0]
+        self._changes.append((rev, names))
+
+    def get(self, names: Iterable[str]) -> list[point_pb2.Point]:
+        out = []
+        for name in names:
+            point = self.points.get(_valid_name(name))
+            if point is None:
+                raise CoreError("POINT_NOT_FOUND", f"no point {name}", point=name)
+            out.append(point)
+        return out
+
+    # -- watching -----------------------------------------------------------------------------
+
+    def watch(
+        self, match: Callable[[str], bool], start_revision: int = 0
+    ) -> tuple[Watcher, list[point_pb2.Point]]:
+        """A registered watcher and what it must send first: the snapshot (start_revision 0)
+        or the current value of every point changed after start_revision."""
+        if start_revision < 0 or start_revision > self.revision:
+            raise CoreError(
+                "INVALID_ARGUMENT",
+                f"start_revision {start_revision} is not in 0..{self.revision}",
+            )
+        if start_revision and start_revision < self._compacted:
+            raise CoreError(
+                "REVISION_COMPACTED",
+                f"revision {start_revision} is compacted (oldest resumable: {self._compacted});"
+                " watch again from 0 for a snapshot",
+                compacted_revision=str(self._compacted),
+            )
+        watcher = Watcher(match)
+        if start_revision == 0:
+            first = [p for n, p in self.points.items() if watcher.matches(n)]
+        else:
+            changed: dict[str, None] = {}
+            for rev, names in reversed(self._changes):
+                if rev <= start_revision:
+                    break
+                changed.update(dict.fromkeys(names))
+            first = [self.points[n] for n in changed if watcher.matches(n)]
+            first.sort(key=lambda p: p.revision)
+        self._watchers.add(watcher)
+        return watcher, first
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def reset_watch_filters(self) -> None:
+        """Forget cached filter decisions (after a policy reload)."""
+        for w in self._watchers:
+            w._cache.clear()
+
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
+
+    # -- staleness ----------------------------------------------------------------------------
+
+    def _arm_deadline(self, name: str, last_ms: int) -> None:
+        meta = self.meta.get(name)
+        if meta is None or not meta.HasField("expected_period"):
+            return
+        period = duration_s(meta.expected_period)
+        if period > 0:
+            self._deadlines[name] = last_ms + int(period * self.stale_factor * 1000)
+
+    def mark_stale(self, now: int | None = None) -> list[str]:
+        """Mark every point past its deadline STALE under one new revision; returns the names."""
+        now = now_ms() if now is None else now
+        due = [n for n, deadline in self._deadlines.items() if deadline <= now]
+        if not due:
+            return []
+        self.revision += 1
+        marked = []
+        for name in due:
+            del self._deadlines[name]
+            old = self.points.get(name)
+            if old is None or old.quality == point_pb2.QUALITY_STALE:
+                continue
+            marked.append(name)
+            point = point_pb2.Point()
+            point.CopyFrom(old)
+            point.quality = point_pb2.QUALITY_STALE
+            point.writer = self.core_identity
+            point.revision = self.revision
+            self.points[name] = point
+            for w in self._watchers:
+                if w.matches(name):
+                    w.offer(point)
+        self._log_change(self.revision, tuple(marked))
+        log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
+        return due
+
+
+_WRITABLE_QUALITIES = frozenset(
+    {
+        point_pb2.QUALITY_UNSPECIFIED,
+        point_pb2.QUALITY_GOOD,
+        point_pb2.QUALITY_DERIVED,
+        point_pb2.QUALITY_UNCERTAIN,
+        point_pb2.QUALITY_BAD,
+    }
+)
+
+
+def _valid_name(name: str) -> str:
+    try:
+        return validate_point_name(name)
+    except InvalidName as err:
+        raise CoreError("INVALID_POINT_NAME", str(err), point=name[:300]) from err
+
+
+def _glob(pattern: str) -> Glob:
+    try:
+        return Glob(pattern)
+    except InvalidName as err:
+        raise CoreError("INVALID_POINT_NAME", str(err)) from err

@@ -1,0 +1,156 @@
+"""The smxcore process: the gRPC server on a Unix socket (and optionally TCP) with mTLS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection
+
+from smx.v1 import (
+    admin_service_pb2,
+    control_service_pb2,
+    identity_service_pb2,
+    point_service_pb2,
+)
+from trusted.core.config import CoreConfig
+from trusted.core.rpc import service_handler
+from trusted.core.services.admin import AdminService
+from trusted.core.services.control import ControlService
+from trusted.core.services.identity import IdentityService
+from trusted.core.services.points import PointService
+from trusted.core.standard_services import CheckedHealth, add_reflection
+from trusted.core.state import CoreState
+
+__all__ = ["Core", "run_core"]
+
+log = logging.getLogger(__name__)
+
+# grpc's own receive limit sits above ours, so that an oversized request reaches rpc.py and
+# gets INVALID_ARGUMENT with a reason instead of grpc's bare RESOURCE_EXHAUSTED.
+GRPC_RECEIVE_HEADROOM = 4
+
+
+class Core:
+    """A running core; `start()` then `wait()` / `stop()`."""
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        self.state = CoreState(config)
+        self.server: grpc.aio.Server | None = None
+        self.health = CheckedHealth(self.state.gate)
+
+    async def start(self) -> None:
+        await self.state.start()
+        cfg = self.config
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes * GRPC_RECEIVE_HEADROOM),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ]
+        )
+        services = [
+            (point_service_pb2, "PointService", PointService),
+            (control_service_pb2, "ControlService", ControlService),
+            (identity_service_pb2, "IdentityService", IdentityService),
+            (admin_service_pb2, "AdminService", AdminService),
+        ]
+        names = [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        for module, name, impl in services:
+            descriptor = module.DESCRIPTOR.services_by_name[name]
+            server.add_generic_rpc_handlers(
+                [
+                    service_handler(
+                        descriptor, impl(self.state), self.state.gate, cfg.max_message_bytes
+                    )
+                ]
+            )
+            names.append(descriptor.full_name)
+        self.health.add_to(server)
+        add_reflection(server, names, self.state.gate)
+
+        ca = self.state.ca
+        creds = grpc.ssl_server_credentials(
+            [(ca.server_key_path.read_bytes(), ca.server_cert_path.read_bytes())],
+            root_certificates=ca.ca_cert_path.read_bytes(),
+            require_client_auth=True,
+        )
+        _clear_stale_socket(cfg.socket)
+        cfg.socket.parent.mkdir(parents=True, exist_ok=True)
+        old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
+        try:
+            server.add_secure_port(f"unix://{cfg.socket}", creds)
+            if cfg.tcp:
+                server.add_secure_port(cfg.tcp, creds)
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(cfg.socket, 0o660)
+        self.server = server
+        for name in names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "smxcore serving site %s on unix://%s%s",
+            self.state.site,
+            cfg.socket,
+            f" and {cfg.tcp}" if cfg.tcp else "",
+        )
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+            self.server = None
+        await self.state.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.config.socket.unlink()
+        log.info("smxcore stopped")
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket left by a crashed core; refuse to steal one a live core listens on."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise RuntimeError(f"another core is already serving on {path}")
+
+
+async def run_core(config: CoreConfig, on_ready: Callable[[Core], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the policy without dropping connections."""
+    core = Core(config)
+    await core.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def reload() -> None:
+        with contextlib.suppress(Exception):  # a bad policy is logged and audited; keep serving
+            core.state.reload_policy("signal:SIGHUP")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    if on_ready is not None:
+        on_ready(core)
+    await stop.wait()
+    await core.stop()

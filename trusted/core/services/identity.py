@@ -1,0 +1,30 @@
+"""IdentityService: the caller as the core sees it, for debugging certificates and policy."""
+
+from __future__ import annotations
+
+from smx.v1 import identity_service_pb2 as pb
+from trusted.core.auth import Caller
+from trusted.core.state import CoreState
+
+__all__ = ["IdentityService"]
+
+
+class IdentityService:
+    def __init__(self, state: CoreState) -> None:
+        self.s = state
+
+    async def WhoAmI(self, req: pb.WhoAmIRequest, caller: Caller, ctx: object):
+        policy, ident = self.s.gate.policy, caller.identity
+        return pb.WhoAmIResponse(
+            identity=caller.uri,
+            site=ident.site,
+            domain=ident.domain,
+            name=ident.name,
+            roles=policy.roles_for(ident),
+            rules=[
+                pb.Rule(verbs=list(verbs), patterns=list(patterns))
+                for verbs, patterns in policy.rules_for(ident)
+            ],
+            certificate_serial=f"{caller.serial:x}",
+            certificate_not_after_unix=int(caller.not_after),
+        )

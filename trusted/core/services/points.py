@@ -1,0 +1,198 @@
+"""PointService: read, declare, write, watch and query the history of points."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
+
+import grpc
+
+from smx.names import Glob, GlobSet, InvalidName, validate_point_name
+from smx.timestamps import duration_s, ms_to_ts, ts_to_ms
+from smx.v1 import point_pb2
+from smx.v1 import point_service_pb2 as pb
+from smx.values import to_value
+from trusted.core.auth import Caller
+from trusted.core.errors import CoreError
+from trusted.core.history import HistoryError, HistoryQueryError
+from trusted.core.state import CoreState
+
+__all__ = ["PointService"]
+
+SERVICE = "/smx.v1.PointService/"
+WATCH_CHUNK = 1000
+AGGREGATIONS = {
+    pb.AGGREGATION_UNSPECIFIED: "avg",
+    pb.AGGREGATION_MIN: "min",
+    pb.AGGREGATION_MAX: "max",
+    pb.AGGREGATION_AVG: "avg",
+    pb.AGGREGATION_LAST: "last",
+}
+MAX_HISTORY_NAMES = 100
+# Patterns in one watch: each is compiled and matched against every point name.
+MAX_WATCH_PATTERNS = 64
+
+
+class PointService:
+    def __init__(self, state: CoreState) -> None:
+        self.s = state
+
+    def _limit(self, items: object, what: str) -> None:
+        n = len(items)  # type: ignore[arg-type]
+        if n > self.s.config.max_request_items:
+            raise CoreError(
+                "REQUEST_TOO_LARGE",
+                f"{n} {what} in one request; the limit is {self.s.config.max_request_items}",
+            )
+
+    async def GetPoints(self, req: pb.GetPointsRequest, caller: Caller, ctx: object):
+        self._limit(req.names, "names")
+        for name in req.names:
+            self.s.gate.check(caller, "read", SERVICE + "GetPoints", _name(name))
+        return pb.GetPointsResponse(points=self.s.db.get(req.names), revision=self.s.db.revision)
+
+    async def ListPoints(self, req: pb.ListPointsRequest, caller: Caller, ctx: object):
+        if not 0 <= req.page_size <= 1000:
+            raise CoreError("INVALID_ARGUMENT", "page_size must be in 0..1000")
+        size = req.page_size or 100
+        policy, ident = self.s.gate.policy, caller.identity
+        # Names the caller may not read are not listed at all: their existence is data too.
+        visible = [
+            m
+            for m in self.s.db.list_metadata(req.pattern)
+            if m.name > req.page_token and policy.allows(ident, "read", m.name)
+        ]
+        page = visible[:size]
+        token = page[-1].name if len(visible) > size else ""
+        return pb.ListPointsResponse(points=page, next_page_token=token)
+
+    async def DeclarePoints(self, req: pb.DeclarePointsRequest, caller: Caller, ctx: object):
+        self._limit(req.points, "points")
+        for m in req.points:
+            self.s.gate.check(caller, "write", SERVICE + "DeclarePoints", _name(m.name))
+        return pb.DeclarePointsResponse(declared=self.s.db.declare(caller.uri, req.points))
+
+    async def WritePoints(self, req: pb.WritePointsRequest, caller: Caller, ctx: object):
+        self._limit(req.samples, "samples")
+        check, method = self.s.gate.check, SERVICE + "WritePoints"
+        names = [s.name for s in req.samples]
+        for name in names:
+            check(caller, "write", method, _name(name))
+        revision = self.s.db.write(caller.uri, req.samples)
+        self.s.audit.record_write(caller.uri, names, revision)
+        return pb.WritePointsResponse(revision=revision)
+
+    async def WatchPoints(
+        self, req: pb.WatchPointsRequest, caller: Caller, ctx: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchPointsResponse]:
+        check_patterns(req.patterns)
+        # A client without any read right gets nothing from a watch but costs the core work
+        # on every write: refuse it outright.
+        self.s.gate.check(caller, "read", SERVICE + "WatchPoints")
+        heartbeat = (
+            duration_s(req.heartbeat_interval) if req.HasField("heartbeat_interval") else 10.0
+        )
+        if heartbeat < 0.1:
+            raise CoreError("INVALID_ARGUMENT", "heartbeat_interval must be at least 100 ms")
+        wanted = _globs(list(req.patterns) or ["**"])
+        ident, db = caller.identity, self.s.db
+
+        def match(name: str) -> bool:
+            # Read the policy through the gate each time: a reload applies to open watches.
+            return wanted.match(name) and self.s.gate.policy.allows(ident, "read", name)
+
+        watcher, first = db.watch(match, req.start_revision)
+        try:
+            if req.start_revision == 0:
+                yield pb.WatchPointsResponse(points=first, revision=db.revision, snapshot=True)
+            elif first:
+                for msg in _chunks(first, db.revision):
+                    yield msg
+            while True:
+                try:
+                    await asyncio.wait_for(watcher.event.wait(), heartbeat)
+                except TimeoutError:
+                    if not watcher.pending:  # a write may land in the very turn of the timeout
+                        yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
+                        continue
+                for msg in _chunks(watcher.take(), db.revision):
+                    yield msg
+        finally:
+            db.unwatch(watcher)
+
+    async def ReadHistory(
+        self, req: pb.ReadHistoryRequest, caller: Caller, ctx: object
+    ) -> AsyncIterator[pb.ReadHistoryResponse]:
+        if not req.names or len(req.names) > MAX_HISTORY_NAMES:
+            raise CoreError(
+                "INVALID_ARGUMENT", f"give 1..{MAX_HISTORY_NAMES} point names, got {len(req.names)}"
+            )
+        for name in req.names:
+            self.s.gate.check(caller, "read", SERVICE + "ReadHistory", _name(name))
+        start = ts_to_ms(req.start_time) if req.HasField("start_time") else None
+        end = ts_to_ms(req.end_time) if req.HasField("end_time") else None
+        bucket = None
+        if req.HasField("bucket"):
+            bucket = int(duration_s(req.bucket) * 1000)
+            if bucket < 1:
+                raise CoreError("INVALID_ARGUMENT", "bucket must be at least 1 ms")
+        if req.aggregation not in AGGREGATIONS:
+            raise CoreError("INVALID_ARGUMENT", f"unknown aggregation {req.aggregation}")
+        aggregation = AGGREGATIONS[req.aggregation]
+        try:
+            async for name, samples in self.s.history.read(
+                list(req.names), start, end, bucket, aggregation
+            ):
+                yield pb.ReadHistoryResponse(
+                    name=name,
+                    samples=[
+                        pb.HistorySample(
+                            time=ms_to_ts(s.ts_ms),
+                            value=to_value(s.value),
+                            quality=cast(point_pb2.Quality, s.quality),
+                            count=s.count,
+                        )
+                        for s in samples
+                    ],
+                )
+        except HistoryQueryError as err:  # the request asked the impossible
+            raise CoreError("INVALID_ARGUMENT", str(err)) from err
+        except HistoryError as err:
+            raise CoreError("HISTORY_UNAVAILABLE", f"history log unavailable: {err}") from err
+
+
+def _name(name: str) -> str:
+    try:
+        return validate_point_name(name)
+    except InvalidName as err:
+        raise CoreError("INVALID_POINT_NAME", str(err), point=name[:300]) from err
+
+
+def check_patterns(patterns: Sequence[str]) -> None:
+    if len(patterns) > MAX_WATCH_PATTERNS:
+        raise CoreError(
+            "REQUEST_TOO_LARGE",
+            f"{len(patterns)} patterns in one watch; the limit is {MAX_WATCH_PATTERNS}",
+        )
+
+
+def _globs(patterns: list[str]) -> GlobSet:
+    try:
+        for p in patterns:
+            Glob(p)
+        return GlobSet(patterns)
+    except InvalidName as err:
+        raise CoreError("INVALID_POINT_NAME", str(err)) from err
+
+
+def _chunks(points: list[point_pb2.Point], revision: int) -> list[pb.WatchPointsResponse]:
+    """Split changes into messages; a message's revision is where a resume may start, so a
+    cut never falls between two points of the same revision."""
+    points.sort(key=lambda p: p.revision)
+    out = []
+    while len(points) > WATCH_CHUNK:
+        head, points = points[:WATCH_CHUNK], points[WATCH_CHUNK:]
+        out.append(pb.WatchPointsResponse(points=head, revision=points[0].revision - 1))
+    out.append(pb.WatchPointsResponse(points=points, revision=revision))
+    return out

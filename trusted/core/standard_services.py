@@ -1,0 +1,66 @@
+"""The standard gRPC services (health, reflection) behind the same identity checks as the API.
+
+They are registered outside rpc.py's wrapper, so without this a revoked certificate, or one of
+another site, would still get answers (and hold Health.Watch streams open).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from trusted.core.auth import Gate
+from trusted.core.errors import CoreError, to_rpc_status
+
+__all__ = ["CheckedHealth", "add_reflection"]
+
+
+async def _authenticate(gate: Gate, context: grpc.aio.ServicerContext, method: str) -> None:
+    try:
+        gate.authenticate(context, method)
+    except CoreError as err:
+        gate.refused(err, "", method)
+        await context.abort_with_status(to_rpc_status(err))
+
+
+class CheckedHealth(health.aio.HealthServicer):
+    def __init__(self, gate: Gate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _authenticate(self.gate, context, "/grpc.health.v1.Health/Check")
+        return await super().Check(request, context)
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _authenticate(self.gate, context, "/grpc.health.v1.Health/Watch")
+        return await super().Watch(request, context)
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(self, server)
+
+
+class _CheckedReflection(ReflectionServicer):
+    def __init__(self, service_names: list[str], gate: Gate) -> None:
+        super().__init__(service_names)
+        self.gate = gate
+
+    async def ServerReflectionInfo(
+        self, request_iterator: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        await _authenticate(
+            self.gate, context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        )
+        async for response in super().ServerReflectionInfo(request_iterator, context):
+            yield response
+
+
+def add_reflection(server: grpc.aio.Server, service_names: list[str], gate: Gate) -> None:
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        _CheckedReflection(service_names, gate), server
+    )

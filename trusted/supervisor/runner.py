@@ -1,0 +1,430 @@
+"""The site supervisor behind ``smx run``: provision the site, start the core and every
+extension, agent and simulator as its own OS process, restart what crashes, stop everything in
+order.
+
+Start: provision (trusted.supervisor.provision: CA, certificates, policy.toml, core.toml, config
+files), start the simulators, start the core and wait until its gRPC health check answers
+SERVING (within ``health_timeout``, else ``smx run`` fails), then start the extensions and the
+agents. A process that exits when not asked to, even with code 0, is restarted after a back-off
+of ``backoff_initial``, doubled at every crash up to ``backoff_max``, and reset once the process
+ran healthy for ``stable_after``. The core is restarted the same way; the clients stay up and
+reconnect by themselves. SIGTERM, SIGINT or SIGHUP stop the site: extensions and agents first,
+then simulators, the core last; each gets SIGTERM and, after ``stop_timeout``, SIGKILL.
+
+The process contract (the extension SDK relies on it exactly)
+-------------------------------------------------------------
+Every extension and agent is started with the supervisor's environment (minus any ``SMX_*``
+variable), ``PYTHONPATH`` starting with the directory that holds the ``trusted`` package (so
+``-m extensions.x`` works from a source checkout), ``PYTHONUNBUFFERED=1`` unless set, the site
+home as working directory, stdin from /dev/null, and:
+
+=================  ==============================================================================
+SMX_SITE           the site id, e.g. ``usm-0017``
+SMX_NAME           its name (the table key in site.toml = its certificate's identity name)
+SMX_DOMAIN         ``trusted`` (extensions) or ``untrusted`` (agents)
+SMX_TARGET         the core's socket as a gRPC target: ``unix:///abs/path/core.sock``
+SMX_CA             absolute path of the site CA certificate
+SMX_CERT, SMX_KEY  absolute paths of its own certificate and private key (0600)
+SMX_DEVICES        the device ids it owns, comma-separated (``devices``, default its name)
+SMX_CONFIG         absolute path of a JSON file (0600) holding its ``config`` table:
+                   ``<home>/run/<name>.config.json``
+SMX_HEALTH_FILE    ``<home>/run/<name>.health.json``: the process writes (atomically: temp file
+                   and rename) ``{"state": "starting|running|degraded|stopping", "ts": <unix
+                   seconds>, "core_connected": true|false, "last_error": "..."}`` at least every
+                   5 s. The supervisor deletes it before each start.
+=================  ==============================================================================
+
+Simulators get SMX_NAME and SMX_CONFIG only. stdout and stderr of every process are appended to
+``<home>/run/logs/<name>.log`` (the core's to ``core.log``). On SIGTERM a process stops within
+``stop_timeout`` (default 5 s) or is killed. Clients connect with ``grpc.ssl_target_name_override``
+= ``smxcore`` (smx.client.Credentials does this).
+
+Health as ``smx status`` shows it: see trusted.supervisor.status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from smx.client import SERVER_NAME, Credentials, unix_target
+from trusted.supervisor.process import ManagedProcess, signal_group
+from trusted.supervisor.site_config import ProcessSpec, SiteConfig
+from trusted.supervisor.status import (
+    STATUS_VERSION,
+    SUPERVISOR_NAME,
+    ProvisionError,
+    RunPaths,
+    pid_alive,
+    read_health_file,
+    read_status,
+    write_json_atomic,
+)
+
+__all__ = ["STATUS_INTERVAL", "Supervisor", "SupervisorError"]
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 2.0
+# The directory holding the `trusted` package: children find `extensions.*` there.
+_ROOT = Path(__file__).resolve().parents[2]
+_CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", SERVER_NAME),
+    ("grpc.default_authority", SERVER_NAME),
+    # Notice a restarted core within a second, not after grpc's default back-off of up to 2 min.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class SupervisorError(Exception):
+    """The site cannot be run: another supervisor holds it, or the core did not come up."""
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMX_")}
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + path if path else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class Supervisor:
+    """Runs one site until :meth:`request_stop` (or a signal); see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        *,
+        python: str = sys.executable,
+        status_interval: float = STATUS_INTERVAL,
+    ) -> None:
+        self.cfg = cfg
+        self.paths = RunPaths(cfg.home)
+        self.python = python
+        self.status_interval = status_interval
+        self.state = "starting"
+        self.error: str | None = None
+        self.started_at = time.time()
+        try:
+            self._created: float | None = psutil.Process().create_time()
+        except psutil.Error:
+            self._created = None
+        self.core: ManagedProcess | None = None
+        self.simulators: list[ManagedProcess] = []
+        self.clients: list[ManagedProcess] = []
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+        self._write_pending = False
+        self._channel: Any = None
+        self._health: Any = None
+
+    # --- public
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping site %s", self.cfg.site)
+        self._stop.set()
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        core = [self.core] if self.core is not None else []
+        return core + self.clients + self.simulators
+
+    async def run(self) -> None:
+        """Run the site until asked to stop; raises SupervisorError if it cannot start."""
+        self._take_lock()
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop)
+        refresher: asyncio.Task[None] | None = None
+        try:
+            await self._reap_orphans()
+            self._build(await self._provision())
+            self._write_status()
+            refresher = asyncio.create_task(self._refresh_loop(), name="supervisor-status")
+            for p in self.simulators:
+                p.start()
+            await self._start_core()
+            if not self._stop.is_set():
+                for p in self.clients:
+                    if p.state != "failed":
+                        p.start()
+                self.state = "running"
+                self._changed()
+                log.info(
+                    "site %s running: core, %d clients, %d simulators",
+                    self.cfg.site,
+                    len(self.clients),
+                    len(self.simulators),
+                )
+            await self._stop.wait()
+        except BaseException as err:
+            self.state = "failed"
+            self.error = str(err) or repr(err)
+            raise
+        finally:
+            await self._shutdown()
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            self._write_status()
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            self._release_lock()
+
+    # --- start
+
+    async def _provision(self) -> dict[str, str]:
+        """Provision in a child process (trusted.supervisor.provision): the supervisor runs for
+        months and should neither hold the CA key nor carry cryptography's memory. Returns the
+        processes that must not start, with the reason."""
+        child = await asyncio.create_subprocess_exec(
+            self.python,
+            "-m",
+            "trusted.supervisor.provision",
+            str(self.cfg.source),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_base_env(),
+        )
+        out, err = await child.communicate()
+        if child.returncode != 0:
+            text = err.decode(errors="replace").strip()
+            raise ProvisionError(text.splitlines()[-1] if text else f"exit {child.returncode}")
+        result = json.loads(out)
+        if result["issued"]:
+            log.info("issued certificates: %s", ", ".join(result["issued"]))
+        return dict(result["refused"])
+
+    def _take_lock(self) -> None:
+        try:
+            self.paths.run.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise SupervisorError(
+                f"cannot create {self.paths.lock}: {err.strerror or err}"
+            ) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SupervisorError(
+                f"another supervisor (pid {other}) is running the site in {self.cfg.home}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _reap_orphans(self) -> None:
+        """Stop processes a previous supervisor left behind when it was killed (SIGKILL, power
+        loss of the terminal): a stale core would hold the socket."""
+        old = read_status(self.paths.status)
+        if old is None:
+            return
+        pids = [
+            p["pid"]
+            for p in old["processes"]
+            if isinstance(p, dict) and pid_alive(p.get("pid"), p.get("pid_created"))
+        ]
+        if not pids:
+            return
+        log.warning("stopping %d processes left by a previous supervisor: %s", len(pids), pids)
+        for pid in pids:
+            signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.supervisor.stop_timeout
+        while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+            await asyncio.sleep(0.05)
+        for pid in pids:
+            signal_group(pid, signal.SIGKILL)
+
+    def _process(self, spec: ProcessSpec, env: dict[str, str]) -> ManagedProcess:
+        health = self.paths.health_file(spec.name) if spec.domain else None
+        return ManagedProcess(
+            spec.name,
+            spec.kind,
+            spec.argv(self.python),
+            env=env,
+            cwd=self.cfg.home,
+            log_path=self.paths.log_file(spec.name),
+            settings=self.cfg.supervisor,
+            on_change=self._changed,
+            health_file=health,
+        )
+
+    def _build(self, refused: dict[str, str]) -> None:
+        cfg, base = self.cfg, _base_env()
+        ca = cfg.core.pki_dir / "ca.crt"
+        self.core = ManagedProcess(
+            "core",
+            "core",
+            [self.python, "-m", "trusted.cli.main", "--home", str(cfg.home), "core"],
+            env=base,
+            cwd=cfg.home,
+            log_path=self.paths.log_file("core"),
+            settings=cfg.supervisor,
+            on_change=self._changed,
+        )
+        for spec in cfg.of_kind("simulator"):
+            env = dict(base, SMX_NAME=spec.name, SMX_CONFIG=str(self.paths.config_file(spec.name)))
+            self.simulators.append(self._process(spec, env))
+        for spec in cfg.clients:
+            assert spec.domain is not None
+            clients = cfg.core.pki_dir / "clients"
+            env = dict(
+                base,
+                SMX_SITE=cfg.site,
+                SMX_NAME=spec.name,
+                SMX_DOMAIN=spec.domain,
+                SMX_TARGET=unix_target(cfg.core.socket),
+                SMX_CA=str(ca),
+                SMX_CERT=str(clients / f"{spec.name}.crt"),
+                SMX_KEY=str(clients / f"{spec.name}.key"),
+                SMX_DEVICES=",".join(spec.devices),
+                SMX_CONFIG=str(self.paths.config_file(spec.name)),
+                SMX_HEALTH_FILE=str(self.paths.health_file(spec.name)),
+            )
+            proc = self._process(spec, env)
+            if spec.name in refused:
+                proc.fail(refused[spec.name])
+            self.clients.append(proc)
+        pki_clients = cfg.core.pki_dir / "clients"
+        creds = Credentials(
+            ca, pki_clients / f"{SUPERVISOR_NAME}.crt", pki_clients / f"{SUPERVISOR_NAME}.key"
+        )
+        self._channel = grpc.aio.secure_channel(
+            unix_target(cfg.core.socket), creds.grpc(), options=_CHANNEL_OPTIONS
+        )
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def _start_core(self) -> None:
+        core = self.core
+        assert core is not None
+        core.restart_on_crash = False  # a core that cannot start fails `smx run` at once
+        core.start()
+        timeout = self.cfg.supervisor.health_timeout
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():
+            if core.state == "failed":
+                raise SupervisorError(
+                    f"the core exited during start-up ({core.last_exit}): {core.last_error} "
+                    f"(log: {core.log_path})"
+                )
+            if core.alive and await self._check_core():
+                core.set_health("serving", True)
+                core.restart_on_crash = True
+                log.info("core healthy after %.2fs", timeout - (deadline - time.monotonic()))
+                return
+            if time.monotonic() > deadline:
+                raise SupervisorError(
+                    f"the core did not answer its health check within {timeout:g}s "
+                    f"(log: {core.log_path})"
+                )
+            await asyncio.sleep(0.05)
+
+    async def _check_core(self) -> bool:
+        if self._health is None:
+            return False
+        try:
+            resp = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    # --- running
+
+    async def _refresh_loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(0.5, self.status_interval))
+            # Look more often while something is starting, so `smx status` shows it up soon.
+            starting = any(p.state == "starting" for p in self.processes)
+            if starting or time.monotonic() - last >= self.status_interval:
+                last = time.monotonic()
+                await self._refresh_health()
+                self._write_status()
+
+    async def _refresh_health(self) -> None:
+        core = self.core
+        if core is not None and core.alive:
+            ok = await self._check_core()
+            core.set_health("serving" if ok else "unreachable", ok)
+        now = time.time()
+        for p in self.clients + self.simulators:
+            if not p.alive:
+                continue
+            if p.health_file is None:
+                p.set_health("-", True)
+                continue
+            rep = read_health_file(p.health_file)
+            if rep is None or not rep.fresh(now):
+                p.set_health("no heartbeat", False)
+            else:
+                # "degraded" (e.g. one dead meter) is a process doing its job: it counts as
+                # healthy for the restart back-off, or it would wait backoff_max forever.
+                p.set_health(rep.state, rep.state in ("running", "degraded"), rep.last_error)
+
+    def _changed(self) -> None:
+        # Coalesce the changes of one loop iteration into one write.
+        if not self._write_pending:
+            self._write_pending = True
+            asyncio.get_running_loop().call_soon(self._write_status)
+
+    def _write_status(self) -> None:
+        self._write_pending = False
+        data = {
+            "version": STATUS_VERSION,
+            "site": self.cfg.site,
+            "home": str(self.cfg.home),
+            "config": str(self.cfg.source),
+            "pid": os.getpid(),
+            "pid_created": self._created,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "state": self.state,
+            "error": self.error,
+            "processes": [p.to_json() for p in self.processes],
+        }
+        try:
+            write_json_atomic(self.paths.status, data)
+        except OSError as err:
+            log.error("cannot write %s: %s", self.paths.status, err.strerror or err)
+
+    # --- stop
+
+    async def _shutdown(self) -> None:
+        if self.state != "failed":
+            self.state = "stopping"
+        self._changed()
+        await asyncio.gather(*(p.stop() for p in self.clients))
+        await asyncio.gather(*(p.stop() for p in self.simulators))
+        if self.core is not None:
+            await self.core.stop()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._health = None
+        if self.state != "failed":
+            self.state = "stopped"
+        log.info("site %s stopped", self.cfg.site)

@@ -1,0 +1,438 @@
+"""The site file (``site.toml``) read by ``smx run``: which core, extensions, agents and
+simulators a site runs, parsed and validated; unknown keys refused.
+
+Every error is a SiteConfigError naming the file and the dotted key, e.g.
+``/etc/smx/site.toml: extensions.meter.devices[1]: invalid device id 'PV' ...``.
+
+Format::
+
+    site = "usm-0017"                 # required: the site id (spiffe://<site>/...)
+    home = "/var/lib/smx"             # optional; default: the directory holding site.toml;
+                                      # a relative path is relative to that directory. Holds
+                                      # pki/, policy.toml, core.toml, data/, core.sock and run/
+                                      # (supervisor.json, <name>.config.json, <name>.health.json,
+                                      # logs/<name>.log)
+
+    [core]                            # optional: the keys of core.toml (trusted/core/config.py)
+    tcp = "127.0.0.1:7443"            # except `site`, taken from the top level. Written to
+    [core.history]                    # <home>/core.toml on every start.
+    flush_interval = "2s"
+
+    [supervisor]                      # optional; durations as in core.toml ("500ms", "1m", 2)
+    backoff_initial = "1s"            # restart delay after a crash, doubled at each crash ...
+    backoff_max = "60s"               # ... up to this
+    stable_after = "30s"              # back to backoff_initial once a process ran healthy so long
+    stop_timeout = "5s"               # SIGTERM, then SIGKILL after this
+    health_timeout = "15s"            # the core must answer its health check within this
+
+    [extensions.meter]                # trusted domain; the table key is the client name
+    module = "extensions.smm"         # started as `<python> -m <module>`, or
+    # command = ["/opt/x/bin/ext", "--flag"]   # any executable; exactly one of module/command
+    devices = ["meter", "pv"]         # device ids it owns (default [name]): read, write and
+                                      # control on "<dev>/**" (its role grants "{name}/**")
+    reads = ["ess/P"]                 # extra read patterns
+    role = "trusted-extension"        # default; any role of trusted/policy/default_policy.toml
+    enabled = true                    # default true
+    [extensions.meter.config]         # free-form table handed to the process as a JSON file
+    port = "/dev/ttyUSB0"             # (TOML dates and times become ISO 8601 strings)
+
+    [agents.lessag]                   # untrusted domain, default role "untrusted-agent"; same
+    module = "untrusted.lessag"       # keys, but `devices` only informs the process
+                                      # (SMX_DEVICES): an agent gets no write rights from it
+
+    [simulators.meter-sim]            # device simulators (demo, tests): plain processes without
+    module = "extensions.smm.simulator"   # certificates, started before the core; keys module,
+                                      # command, config, enabled
+
+Names (the table keys) follow ``[a-z][a-z0-9_-]{0,31}``, are unique across extensions, agents and
+simulators (they name the log and run files), and ``smxcore``, ``admin``, ``supervisor`` and
+``core`` are reserved. A device id may be owned by one extension or agent only. A relative
+``command[0]`` that contains a ``/`` is relative to the directory holding site.toml.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smx.identity import Identity, IdentityError
+from smx.names import Glob, InvalidName
+from smx.settings import ConfigError, check_keys, dotted_key, duration, show_value
+from smx.toml_text import toml_str
+from trusted.core.config import CoreConfig, load_core_config
+from trusted.policy import Policy, default_roles_text
+
+__all__ = [
+    "KINDS",
+    "RESERVED_NAMES",
+    "ProcessSpec",
+    "SiteConfig",
+    "SiteConfigError",
+    "SupervisorSettings",
+    "load_site_config",
+    "parse_site_config",
+    "render_core_toml",
+]
+
+# Table name in site.toml -> process kind.
+KINDS = {"extensions": "extension", "agents": "agent", "simulators": "simulator"}
+DOMAIN_OF = {"extension": "trusted", "agent": "untrusted"}
+DEFAULT_ROLE = {"extension": "trusted-extension", "agent": "untrusted-agent"}
+# The core's own certificate, the operator's CLI, the supervisor's own certificate, and `core`
+# (the core writes core/* points itself, and its log is logs/core.log).
+RESERVED_NAMES = ("smxcore", "admin", "supervisor", "core")
+
+_TOP_KEYS = ("site", "home", "core", "supervisor", *KINDS)
+_SUPERVISOR_KEYS = (
+    "backoff_initial",
+    "backoff_max",
+    "stable_after",
+    "stop_timeout",
+    "health_timeout",
+)
+_CLIENT_KEYS = ("module", "command", "devices", "reads", "role", "enabled", "config")
+_SIMULATOR_KEYS = ("module", "command", "enabled", "config")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class SiteConfigError(ConfigError):
+    """site.toml is missing, not TOML, or has a bad or unknown key (named in the message)."""
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    stable_after: float = 30.0
+    stop_timeout: float = 5.0
+    health_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One extension, agent or simulator of the site."""
+
+    name: str
+    kind: str  # extension | agent | simulator
+    module: str | None = None
+    command: tuple[str, ...] | None = None
+    devices: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    role: str | None = None  # None for simulators
+    enabled: bool = True
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def domain(self) -> str | None:
+        """``trusted`` or ``untrusted`` for clients of the core; None for simulators."""
+        return DOMAIN_OF.get(self.kind)
+
+    def argv(self, python: str) -> list[str]:
+        """The command line: ``<python> -m <module>`` or the configured command."""
+        if self.module is not None:
+            return [python, "-m", self.module]
+        assert self.command is not None
+        return list(self.command)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    site: str
+    home: Path
+    source: Path  # the site.toml it came from
+    core: CoreConfig  # as the core will read it from <home>/core.toml
+    core_table: Mapping[str, Any]  # the [core] table as written, for render_core_toml
+    supervisor: SupervisorSettings
+    processes: tuple[ProcessSpec, ...]  # every table, disabled ones included, in file order
+
+    def of_kind(self, kind: str) -> list[ProcessSpec]:
+        """The enabled processes of one kind, in file order."""
+        return [p for p in self.processes if p.kind == kind and p.enabled]
+
+    @property
+    def clients(self) -> list[ProcessSpec]:
+        """The enabled extensions and agents (the processes with a certificate)."""
+        return [p for p in self.processes if p.domain is not None and p.enabled]
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _table(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SiteConfigError(f"{key}: expected a table [{key}], got {show_value(value)}")
+    return value
+
+
+def _string(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SiteConfigError(f"{key}: expected a non-empty string, got {show_value(value)}")
+    if "\0" in value:
+        raise SiteConfigError(f"{key}: contains a NUL character")
+    return value
+
+
+def _strings(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list):
+        raise SiteConfigError(f"{key}: expected an array of strings, got {show_value(value)}")
+    return [_string(v, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise SiteConfigError(f"{key}: expected true or false, got {show_value(value)}")
+    return value
+
+
+def _json_ready(value: Any, key: str) -> Any:
+    """``value`` as JSON can hold it: dates and times become ISO 8601 strings; nan and inf are
+    refused (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v, f"{key}.{dotted_key(k)}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SiteConfigError(f"{key}: {value!r} cannot be handed to the process as JSON")
+    return value
+
+
+def _default_roles() -> tuple[str, ...]:
+    return tuple(Policy.from_toml(default_roles_text(), "default_policy.toml").roles)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
+    table = _table(data.get("supervisor", {}), "supervisor")
+    check_keys(table, _SUPERVISOR_KEYS, "supervisor.")
+    d = SupervisorSettings()
+
+    def get(name: str, default: float, lo: float, hi: float) -> float:
+        return duration(table.get(name, default), f"supervisor.{name}", lo, hi)
+
+    settings = SupervisorSettings(
+        backoff_initial=get("backoff_initial", d.backoff_initial, 0.01, 3600),
+        backoff_max=get("backoff_max", d.backoff_max, 0.01, 86400),
+        stable_after=get("stable_after", d.stable_after, 0.1, 86400),
+        stop_timeout=get("stop_timeout", d.stop_timeout, 0.1, 600),
+        health_timeout=get("health_timeout", d.health_timeout, 0.5, 600),
+    )
+    if settings.backoff_max < settings.backoff_initial:
+        raise SiteConfigError(
+            f"supervisor.backoff_max: must not be less than backoff_initial "
+            f"({settings.backoff_initial:g}s), got {show_value(table.get('backoff_max'))}"
+        )
+    return settings
+
+
+def _process(
+    name: str, raw: Any, kind: str, section: str, base: Path, roles: tuple[str, ...]
+) -> ProcessSpec:
+    prefix = f"{section}.{dotted_key(name)}"
+    try:
+        Identity.check_name(name)
+    except IdentityError as err:
+        raise SiteConfigError(f"{prefix}: {err}") from err
+    if name in RESERVED_NAMES:
+        raise SiteConfigError(
+            f"{prefix}: the name {name!r} is reserved ({', '.join(RESERVED_NAMES)})"
+        )
+    table = _table(raw, prefix)
+    client = kind != "simulator"
+    check_keys(table, _CLIENT_KEYS if client else _SIMULATOR_KEYS, f"{prefix}.")
+
+    if ("module" in table) == ("command" in table):
+        raise SiteConfigError(f"{prefix}: set exactly one of `module` and `command`")
+    module = command = None
+    if "module" in table:
+        module = _string(table["module"], f"{prefix}.module")
+        if _MODULE.fullmatch(module) is None:
+            raise SiteConfigError(
+                f"{prefix}.module: {show_value(module)} is not a Python module name like "
+                '"extensions.smm"'
+            )
+    else:
+        args = _strings(table["command"], f"{prefix}.command")
+        if not args:
+            raise SiteConfigError(f"{prefix}.command: expected at least the executable")
+        if "/" in args[0] and not os.path.isabs(args[0]):
+            args[0] = str(base / args[0])
+        command = tuple(args)
+
+    config = _json_ready(_table(table.get("config", {}), f"{prefix}.config"), f"{prefix}.config")
+    enabled = _bool(table.get("enabled", True), f"{prefix}.enabled")
+    if not client:
+        return ProcessSpec(name, kind, module, command, enabled=enabled, config=config)
+
+    devices = _strings(table.get("devices", [name]), f"{prefix}.devices")
+    if not devices:
+        raise SiteConfigError(f"{prefix}.devices: expected at least one device id")
+    for i, dev in enumerate(devices):
+        try:
+            Identity.check_name(dev)
+        except IdentityError:
+            raise SiteConfigError(
+                f"{prefix}.devices[{i}]: invalid device id {show_value(dev)}: use "
+                "[a-z][a-z0-9_-]{0,31}"
+            ) from None
+        if dev in devices[:i]:
+            raise SiteConfigError(f"{prefix}.devices[{i}]: {dev!r} is listed twice")
+        if dev in RESERVED_NAMES:
+            raise SiteConfigError(f"{prefix}.devices[{i}]: the device id {dev!r} is reserved")
+    reads = _strings(table.get("reads", []), f"{prefix}.reads")
+    for i, pattern in enumerate(reads):
+        try:
+            Glob(pattern)
+        except InvalidName as err:
+            raise SiteConfigError(f"{prefix}.reads[{i}]: {err}") from err
+    role = _string(table.get("role", DEFAULT_ROLE[kind]), f"{prefix}.role")
+    if role not in roles:
+        raise SiteConfigError(f"{prefix}.role: unknown role {role!r} (roles: {', '.join(roles)})")
+    return ProcessSpec(
+        name, kind, module, command, tuple(devices), tuple(reads), role, enabled, config
+    )
+
+
+def _processes(data: dict[str, Any], base: Path) -> tuple[ProcessSpec, ...]:
+    roles = _default_roles()
+    out: list[ProcessSpec] = []
+    seen: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for section, kind in KINDS.items():
+        for name, raw in _table(data.get(section, {}), section).items():
+            spec = _process(name, raw, kind, section, base, roles)
+            if name in seen:
+                raise SiteConfigError(
+                    f"{section}.{dotted_key(name)}: the name {name!r} is already used "
+                    f"in [{seen[name]}]"
+                )
+            seen[name] = section
+            if spec.enabled:
+                for i, dev in enumerate(spec.devices):
+                    if dev in owners:
+                        raise SiteConfigError(
+                            f"{section}.{name}.devices[{i}]: device {dev!r} is already owned "
+                            f"by {owners[dev]!r}"
+                        )
+                    owners[dev] = name
+            out.append(spec)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- core.toml
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return toml_str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value in (float("inf"), float("-inf")):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{dotted_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def render_core_toml(site: str, core_table: Mapping[str, Any], source: str = "site.toml") -> str:
+    """The text of ``<home>/core.toml``: ``site`` plus the [core] table of site.toml."""
+    lines = [f"# Written by `smx run` from {source} on every start: edit that file instead."]
+    lines.append(f"site = {toml_str(site)}")
+    tables = {k: v for k, v in core_table.items() if isinstance(v, dict)}
+    lines += [
+        f"{dotted_key(k)} = {_toml_value(v)}" for k, v in core_table.items() if k not in tables
+    ]
+    for name, table in tables.items():
+        lines += ["", f"[{dotted_key(name)}]"]
+        lines += [f"{dotted_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _core(site: str, table: dict[str, Any], home: Path) -> CoreConfig:
+    """Validate the [core] table exactly as the core will read it, via load_core_config."""
+    if "site" in table:
+        raise SiteConfigError("core.site: set the site at the top level (site = ...)")
+    with tempfile.TemporaryDirectory(prefix="smx-site-") as tmp:
+        path = Path(tmp) / "core.toml"
+        path.write_text(render_core_toml(site, table), encoding="utf-8")
+        try:
+            return load_core_config(path, home=home)
+        except ConfigError as err:
+            message = str(err).removeprefix(f"{path}: ")
+            raise SiteConfigError(f"core.{message}") from err
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def parse_site_config(text: str, source: str, base: Path) -> SiteConfig:
+    """The validated config from TOML ``text``; ``base`` is the directory of the file (the
+    default home, and what relative paths are relative to). Errors name ``source``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SiteConfigError(f"{source}: invalid TOML: {err}") from err
+    except (ValueError, RecursionError) as err:  # int() limits, absurd nesting
+        raise SiteConfigError(f"{source}: invalid TOML: {err}") from err
+    base = Path(base).resolve()
+    try:
+        check_keys(data, _TOP_KEYS, "")
+        if "site" not in data:
+            raise SiteConfigError('site: required (the site id, e.g. site = "usm-0017")')
+        site = _string(data["site"], "site")
+        try:
+            Identity.check_site(site)
+        except IdentityError as err:
+            raise SiteConfigError(f"site: {err}") from err
+        home = base
+        if "home" in data:
+            home = Path(base, os.path.expanduser(_string(data["home"], "home"))).resolve()
+        core_table = _table(data.get("core", {}), "core")
+        config = SiteConfig(
+            site=site,
+            home=home,
+            source=Path(source),
+            core=_core(site, core_table, home),
+            core_table=core_table,
+            supervisor=_supervisor(data),
+            processes=_processes(data, base),
+        )
+    except ConfigError as err:
+        raise SiteConfigError(f"{source}: {err}") from err
+    return config
+
+
+def load_site_config(path: Path | str) -> SiteConfig:
+    """Read and validate ``path``; every problem is a SiteConfigError naming the file."""
+    path = Path(path).absolute()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SiteConfigError(f"{path}: cannot read site file: {err.strerror or err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SiteConfigError(f"{path}: not UTF-8 text (byte {err.start})") from err
+    return parse_site_config(text, str(path), path.parent)
