@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a site: the core, its extensions, agents and simulators (site.toml)",
         description="Provision the site on first start (CA, certificates, policy), start the "
         "core and every process of site.toml, restart what crashes; SIGTERM or Ctrl-C stops "
-        "everything. The format of site.toml is documented in trusted/supervisor/site_config.py.",
+        "everything. The format of site.toml is documented in docs/SITE.md.",
     )
     p.add_argument("--config", type=Path, help="site file (default: <home>/site.toml)")
     p.set_defaults(func=run)

@@ -1,53 +1,9 @@
 """The site file (``site.toml``) read by ``smx run``: which core, extensions, agents and
-simulators a site runs, parsed and validated; unknown keys refused.
+simulators a site runs, parsed and validated; unknown keys refused. The format is specified in
+docs/SITE.md.
 
 Every error is a SiteConfigError naming the file and the dotted key, e.g.
 ``/etc/smx/site.toml: extensions.meter.devices[1]: invalid device id 'PV' ...``.
-
-Format::
-
-    site = "usm-0017"                 # required: the site id (spiffe://<site>/...)
-    home = "/var/lib/smx"             # optional; default: the directory holding site.toml;
-                                      # a relative path is relative to that directory. Holds
-                                      # pki/, policy.toml, core.toml, data/, core.sock and run/
-                                      # (supervisor.json, <name>.config.json, <name>.health.json,
-                                      # logs/<name>.log)
-
-    [core]                            # optional: the keys of core.toml (trusted/core/config.py)
-    tcp = "127.0.0.1:7443"            # except `site`, taken from the top level. Written to
-    [core.history]                    # <home>/core.toml on every start.
-    flush_interval = "2s"
-
-    [supervisor]                      # optional; durations as in core.toml ("500ms", "1m", 2)
-    backoff_initial = "1s"            # restart delay after a crash, doubled at each crash ...
-    backoff_max = "60s"               # ... up to this
-    stable_after = "30s"              # back to backoff_initial once a process ran healthy so long
-    stop_timeout = "5s"               # SIGTERM, then SIGKILL after this
-    health_timeout = "15s"            # the core must answer its health check within this
-
-    [extensions.meter]                # trusted domain; the table key is the client name
-    module = "extensions.smm"         # started as `<python> -m <module>`, or
-    # command = ["/opt/x/bin/ext", "--flag"]   # any executable; exactly one of module/command
-    devices = ["meter", "pv"]         # device ids it owns (default [name]): read, write and
-                                      # control on "<dev>/**" (its role grants "{name}/**")
-    reads = ["ess/P"]                 # extra read patterns
-    role = "trusted-extension"        # default; any role of trusted/policy/default_policy.toml
-    enabled = true                    # default true
-    [extensions.meter.config]         # free-form table handed to the process as a JSON file
-    port = "/dev/ttyUSB0"             # (TOML dates and times become ISO 8601 strings)
-
-    [agents.lessag]                   # untrusted domain, default role "untrusted-agent"; same
-    module = "untrusted.lessag"       # keys, but `devices` only informs the process
-                                      # (SMX_DEVICES): an agent gets no write rights from it
-
-    [simulators.meter-sim]            # device simulators (demo, tests): plain processes without
-    module = "extensions.smm.simulator"   # certificates, started before the core; keys module,
-                                      # command, config, enabled
-
-Names (the table keys) follow ``[a-z][a-z0-9_-]{0,31}``, are unique across extensions, agents and
-simulators (they name the log and run files), and ``smxcore``, ``admin``, ``supervisor`` and
-``core`` are reserved. A device id may be owned by one extension or agent only. A relative
-``command[0]`` that contains a ``/`` is relative to the directory holding site.toml.
 """
 
 from __future__ import annotations
