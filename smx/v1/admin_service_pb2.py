@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmx/v1/admin_service.proto\x12\x06smx.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\r\n\x05point\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"\xb7\x01\n\x11QueryAuditRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x15\n\rpoint_pattern\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\x05\":\n\x12QueryAuditResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.smx.v1.AuditRecord\"\x15\n\x13ReloadPolicyRequest\"7\n\x14ReloadPolicyResponse\x12\r\n\x05roles\x18\x01 \x01(\x05\x12\x10\n\x08\x62indings\x18\x02 \x01(\x05\"\x14\n\x12ListClientsRequest\"\x9e\x01\n\x06\x43lient\x12\x10\n\x08identity\x18\x01 \x01(\t\x12.\n\nfirst_seen\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x03\x12\x14\n\x0copen_streams\x18\x05 \x01(\x05\"6\n\x13ListClientsResponse\x12\x1f\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x0e.smx.v1.Client2\xe6\x01\n\x0c\x41\x64minService\x12\x43\n\nQueryAudit\x12\x19.smx.v1.QueryAuditRequest\x1a\x1a.smx.v1.QueryAuditResponse\x12I\n\x0cReloadPolicy\x12\x1b.smx.v1.ReloadPolicyRequest\x1a\x1c.smx.v1.ReloadPolicyResponse\x12\x46\n\x0bListClients\x12\x1a.smx.v1.ListClientsRequest\x1a\x1b.smx.v1.ListClientsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmx/v1/admin_service.proto\x12\x06smx.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x01\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12/\n\x0brecord_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\r\n\x05point\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"\xd5\x01\n\x17ListAuditRecordsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x15\n\rpoint_pattern\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"_\n\x18ListAuditRecordsResponse\x12*\n\raudit_records\x18\x01 \x03(\x0b\x32\x13.smx.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x15\n\x13ReloadPolicyRequest\"7\n\x14ReloadPolicyResponse\x12\r\n\x05roles\x18\x01 \x01(\x05\x12\x10\n\x08\x62indings\x18\x02 \x01(\x05\";\n\x12ListClientsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xa8\x01\n\x06\x43lient\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x33\n\x0f\x66irst_seen_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x03\x12\x14\n\x0copen_streams\x18\x05 \x01(\x05\"O\n\x13ListClientsResponse\x12\x1f\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x0e.smx.v1.Client\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf8\x01\n\x0c\x41\x64minService\x12U\n\x10ListAuditRecords\x12\x1f.smx.v1.ListAuditRecordsRequest\x1a .smx.v1.ListAuditRecordsResponse\x12I\n\x0cReloadPolicy\x12\x1b.smx.v1.ReloadPolicyRequest\x1a\x1c.smx.v1.ReloadPolicyResponse\x12\x46\n\x0bListClients\x12\x1a.smx.v1.ListClientsRequest\x1a\x1b.smx.v1.ListClientsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smx.v1.admin_service_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITRECORD']._serialized_start=72
-  _globals['_AUDITRECORD']._serialized_end=235
-  _globals['_QUERYAUDITREQUEST']._serialized_start=238
-  _globals['_QUERYAUDITREQUEST']._serialized_end=421
-  _globals['_QUERYAUDITRESPONSE']._serialized_start=423
-  _globals['_QUERYAUDITRESPONSE']._serialized_end=481
-  _globals['_RELOADPOLICYREQUEST']._serialized_start=483
-  _globals['_RELOADPOLICYREQUEST']._serialized_end=504
-  _globals['_RELOADPOLICYRESPONSE']._serialized_start=506
-  _globals['_RELOADPOLICYRESPONSE']._serialized_end=561
-  _globals['_LISTCLIENTSREQUEST']._serialized_start=563
-  _globals['_LISTCLIENTSREQUEST']._serialized_end=583
-  _globals['_CLIENT']._serialized_start=586
-  _globals['_CLIENT']._serialized_end=744
-  _globals['_LISTCLIENTSRESPONSE']._serialized_start=746
-  _globals['_LISTCLIENTSRESPONSE']._serialized_end=800
-  _globals['_ADMINSERVICE']._serialized_start=803
-  _globals['_ADMINSERVICE']._serialized_end=1033
+  _globals['_AUDITRECORD']._serialized_end=242
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=245
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=458
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=460
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=555
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=557
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=578
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=580
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=635
+  _globals['_LISTCLIENTSREQUEST']._serialized_start=637
+  _globals['_LISTCLIENTSREQUEST']._serialized_end=696
+  _globals['_CLIENT']._serialized_start=699
+  _globals['_CLIENT']._serialized_end=867
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=869
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=948
+  _globals['_ADMINSERVICE']._serialized_start=951
+  _globals['_ADMINSERVICE']._serialized_end=1199
 # @@protoc_insertion_point(module_scope)

@@ -35,10 +35,10 @@ class AdminServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.QueryAudit = channel.unary_unary(
-                '/smx.v1.AdminService/QueryAudit',
-                request_serializer=smx_dot_v1_dot_admin__service__pb2.QueryAuditRequest.SerializeToString,
-                response_deserializer=smx_dot_v1_dot_admin__service__pb2.QueryAuditResponse.FromString,
+        self.ListAuditRecords = channel.unary_unary(
+                '/smx.v1.AdminService/ListAuditRecords',
+                request_serializer=smx_dot_v1_dot_admin__service__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=smx_dot_v1_dot_admin__service__pb2.ListAuditRecordsResponse.FromString,
                 _registered_method=True)
         self.ReloadPolicy = channel.unary_unary(
                 '/smx.v1.AdminService/ReloadPolicy',
@@ -56,8 +56,9 @@ class AdminServiceServicer:
     """Operation of the core. Every RPC needs the admin right.
     """
 
-    def QueryAudit(self, request, context):
-        """Records from the append-only audit log, oldest first.
+    def ListAuditRecords(self, request, context):
+        """Records from the append-only audit log, oldest first, paged. Records appended while a
+        client pages arrive on later pages; page tokens stay valid as the log grows.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,7 +72,7 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListClients(self, request, context):
-        """Clients with an open stream or a call in the last minutes.
+        """Clients seen since the core started, sorted by identity, paged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,10 +81,10 @@ class AdminServiceServicer:
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'QueryAudit': grpc.unary_unary_rpc_method_handler(
-                    servicer.QueryAudit,
-                    request_deserializer=smx_dot_v1_dot_admin__service__pb2.QueryAuditRequest.FromString,
-                    response_serializer=smx_dot_v1_dot_admin__service__pb2.QueryAuditResponse.SerializeToString,
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=smx_dot_v1_dot_admin__service__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=smx_dot_v1_dot_admin__service__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
             'ReloadPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadPolicy,
@@ -108,7 +109,7 @@ class AdminService:
     """
 
     @staticmethod
-    def QueryAudit(request,
+    def ListAuditRecords(request,
             target,
             options=(),
             channel_credentials=None,
@@ -121,9 +122,9 @@ class AdminService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/smx.v1.AdminService/QueryAudit',
-            smx_dot_v1_dot_admin__service__pb2.QueryAuditRequest.SerializeToString,
-            smx_dot_v1_dot_admin__service__pb2.QueryAuditResponse.FromString,
+            '/smx.v1.AdminService/ListAuditRecords',
+            smx_dot_v1_dot_admin__service__pb2.ListAuditRecordsRequest.SerializeToString,
+            smx_dot_v1_dot_admin__service__pb2.ListAuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,7 +39,7 @@ SETPOINT_EVENT_REQUESTED: SetpointEvent
 SETPOINT_EVENT_EXPIRED: SetpointEvent
 
 class Setpoint(_message.Message):
-    __slots__ = ("id", "name", "value", "requester", "request_time", "expire_time", "status", "applied_value", "reason", "reporter", "report_time")
+    __slots__ = ("id", "name", "value", "requester", "request_time", "expire_time", "status", "applied_value", "reason", "reporter", "report_time", "revision")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Setpoint(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     REPORTER_FIELD_NUMBER: _ClassVar[int]
     REPORT_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     value: _point_pb2.Value
@@ -62,7 +63,8 @@ class Setpoint(_message.Message):
     reason: str
     reporter: str
     report_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., requester: _Optional[str] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[SetpointStatus, str]] = ..., applied_value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., reason: _Optional[str] = ..., reporter: _Optional[str] = ..., report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    revision: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., requester: _Optional[str] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[SetpointStatus, str]] = ..., applied_value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., reason: _Optional[str] = ..., reporter: _Optional[str] = ..., report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RequestSetpointRequest(_message.Message):
     __slots__ = ("name", "value", "valid_for")
@@ -81,18 +83,26 @@ class RequestSetpointResponse(_message.Message):
     def __init__(self, setpoint: _Optional[_Union[Setpoint, _Mapping]] = ...) -> None: ...
 
 class WatchSetpointsRequest(_message.Message):
-    __slots__ = ("patterns",)
+    __slots__ = ("patterns", "start_revision", "heartbeat_interval")
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     patterns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, patterns: _Optional[_Iterable[str]] = ...) -> None: ...
+    start_revision: int
+    heartbeat_interval: _duration_pb2.Duration
+    def __init__(self, patterns: _Optional[_Iterable[str]] = ..., start_revision: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WatchSetpointsResponse(_message.Message):
-    __slots__ = ("event", "setpoint")
+    __slots__ = ("event", "setpoint", "revision", "heartbeat")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     SETPOINT_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     event: SetpointEvent
     setpoint: Setpoint
-    def __init__(self, event: _Optional[_Union[SetpointEvent, str]] = ..., setpoint: _Optional[_Union[Setpoint, _Mapping]] = ...) -> None: ...
+    revision: int
+    heartbeat: bool
+    def __init__(self, event: _Optional[_Union[SetpointEvent, str]] = ..., setpoint: _Optional[_Union[Setpoint, _Mapping]] = ..., revision: _Optional[int] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
 
 class ReportSetpointRequest(_message.Message):
     __slots__ = ("id", "status", "applied_value", "reason")
@@ -125,3 +135,25 @@ class GetSetpointResponse(_message.Message):
     SETPOINT_FIELD_NUMBER: _ClassVar[int]
     setpoint: Setpoint
     def __init__(self, setpoint: _Optional[_Union[Setpoint, _Mapping]] = ...) -> None: ...
+
+class WatchSetpointOutcomesRequest(_message.Message):
+    __slots__ = ("patterns", "start_revision", "heartbeat_interval")
+    PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    patterns: _containers.RepeatedScalarFieldContainer[str]
+    start_revision: int
+    heartbeat_interval: _duration_pb2.Duration
+    def __init__(self, patterns: _Optional[_Iterable[str]] = ..., start_revision: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class WatchSetpointOutcomesResponse(_message.Message):
+    __slots__ = ("setpoints", "revision", "snapshot", "heartbeat")
+    SETPOINTS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    setpoints: _containers.RepeatedCompositeFieldContainer[Setpoint]
+    revision: int
+    snapshot: bool
+    heartbeat: bool
+    def __init__(self, setpoints: _Optional[_Iterable[_Union[Setpoint, _Mapping]]] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., heartbeat: _Optional[bool] = ...) -> None: ...

@@ -26,7 +26,13 @@ if _version_not_supported:
 
 
 class ControlServiceStub:
-    """Setpoints: a controller requests, the owning extension applies and reports.
+    """Setpoints: a controller requests, the owning extension applies and reports, the requester
+    follows the outcome.
+
+    Every change of a setpoint (a request, a supersession, a report, an expiry) is stored under a
+    revision taken from the same sequence as point writes, so both kinds of watch resume the same
+    way: `start_revision` on the request, `revision` on every message, REVISION_COMPACTED when the
+    revision is older than what the core keeps (and after a core restart: setpoints are not kept).
     """
 
     def __init__(self, channel):
@@ -55,10 +61,21 @@ class ControlServiceStub:
                 request_serializer=smx_dot_v1_dot_control__service__pb2.GetSetpointRequest.SerializeToString,
                 response_deserializer=smx_dot_v1_dot_control__service__pb2.GetSetpointResponse.FromString,
                 _registered_method=True)
+        self.WatchSetpointOutcomes = channel.unary_stream(
+                '/smx.v1.ControlService/WatchSetpointOutcomes',
+                request_serializer=smx_dot_v1_dot_control__service__pb2.WatchSetpointOutcomesRequest.SerializeToString,
+                response_deserializer=smx_dot_v1_dot_control__service__pb2.WatchSetpointOutcomesResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
-    """Setpoints: a controller requests, the owning extension applies and reports.
+    """Setpoints: a controller requests, the owning extension applies and reports, the requester
+    follows the outcome.
+
+    Every change of a setpoint (a request, a supersession, a report, an expiry) is stored under a
+    revision taken from the same sequence as point writes, so both kinds of watch resume the same
+    way: `start_revision` on the request, `revision` on every message, REVISION_COMPACTED when the
+    revision is older than what the core keeps (and after a core restart: setpoints are not kept).
     """
 
     def RequestSetpoint(self, request, context):
@@ -70,8 +87,9 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSetpoints(self, request, context):
-        """For the owning extension: pending setpoints first, then each new request and each expiry.
-        Needs the control right on the names.
+        """For the owning extension: the setpoints in force first, then each new request and each
+        expiry. A consumer that falls behind receives the latest event of each setpoint name (one
+        behind by more than the core keeps gets REVISION_COMPACTED). Needs the control right.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,7 +103,17 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSetpoint(self, request, context):
-        """The latest setpoint of a point, or a given request by id, with its status.
+        """The latest setpoint of a point, or a given request by id, with its status. Needs the read
+        right on the point, except for the caller's own requests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSetpointOutcomes(self, request, context):
+        """For requesters: every status change of the setpoints the caller requested, in order
+        (PENDING, then APPLIED, CLAMPED, REJECTED, EXPIRED or SUPERSEDED), first the caller's
+        setpoints still in force. Needs the request right on the names.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +142,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     request_deserializer=smx_dot_v1_dot_control__service__pb2.GetSetpointRequest.FromString,
                     response_serializer=smx_dot_v1_dot_control__service__pb2.GetSetpointResponse.SerializeToString,
             ),
+            'WatchSetpointOutcomes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSetpointOutcomes,
+                    request_deserializer=smx_dot_v1_dot_control__service__pb2.WatchSetpointOutcomesRequest.FromString,
+                    response_serializer=smx_dot_v1_dot_control__service__pb2.WatchSetpointOutcomesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'smx.v1.ControlService', rpc_method_handlers)
@@ -123,7 +156,13 @@ def add_ControlServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ControlService:
-    """Setpoints: a controller requests, the owning extension applies and reports.
+    """Setpoints: a controller requests, the owning extension applies and reports, the requester
+    follows the outcome.
+
+    Every change of a setpoint (a request, a supersession, a report, an expiry) is stored under a
+    revision taken from the same sequence as point writes, so both kinds of watch resume the same
+    way: `start_revision` on the request, `revision` on every message, REVISION_COMPACTED when the
+    revision is older than what the core keeps (and after a core restart: setpoints are not kept).
     """
 
     @staticmethod
@@ -224,6 +263,33 @@ class ControlService:
             '/smx.v1.ControlService/GetSetpoint',
             smx_dot_v1_dot_control__service__pb2.GetSetpointRequest.SerializeToString,
             smx_dot_v1_dot_control__service__pb2.GetSetpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSetpointOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/smx.v1.ControlService/WatchSetpointOutcomes',
+            smx_dot_v1_dot_control__service__pb2.WatchSetpointOutcomesRequest.SerializeToString,
+            smx_dot_v1_dot_control__service__pb2.WatchSetpointOutcomesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -19,7 +22,7 @@ class Rule(_message.Message):
     def __init__(self, verbs: _Optional[_Iterable[str]] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("identity", "site", "domain", "name", "roles", "rules", "certificate_serial", "certificate_not_after_unix")
+    __slots__ = ("identity", "site", "domain", "name", "roles", "rules", "certificate_serial", "certificate_expire_time")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
@@ -27,7 +30,7 @@ class WhoAmIResponse(_message.Message):
     ROLES_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_SERIAL_FIELD_NUMBER: _ClassVar[int]
-    CERTIFICATE_NOT_AFTER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     identity: str
     site: str
     domain: str
@@ -35,5 +38,5 @@ class WhoAmIResponse(_message.Message):
     roles: _containers.RepeatedScalarFieldContainer[str]
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     certificate_serial: str
-    certificate_not_after_unix: int
-    def __init__(self, identity: _Optional[str] = ..., site: _Optional[str] = ..., domain: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., certificate_serial: _Optional[str] = ..., certificate_not_after_unix: _Optional[int] = ...) -> None: ...
+    certificate_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, identity: _Optional[str] = ..., site: _Optional[str] = ..., domain: _Optional[str] = ..., name: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., certificate_serial: _Optional[str] = ..., certificate_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

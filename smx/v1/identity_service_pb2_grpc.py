@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class IdentityServiceStub:
-    """Who the core thinks the caller is.
+    """Who the core thinks the caller is. Any authenticated caller may ask.
     """
 
     def __init__(self, channel):
@@ -43,7 +43,7 @@ class IdentityServiceStub:
 
 
 class IdentityServiceServicer:
-    """Who the core thinks the caller is.
+    """Who the core thinks the caller is. Any authenticated caller may ask.
     """
 
     def WhoAmI(self, request, context):
@@ -70,7 +70,7 @@ def add_IdentityServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class IdentityService:
-    """Who the core thinks the caller is.
+    """Who the core thinks the caller is. Any authenticated caller may ask.
     """
 
     @staticmethod

@@ -118,16 +118,16 @@ class ReadHistoryRequest(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bucket: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ...) -> None: ...
 
 class HistorySample(_message.Message):
-    __slots__ = ("time", "value", "quality", "count")
-    TIME_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("sample_time", "value", "quality", "count")
+    SAMPLE_TIME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
-    time: _timestamp_pb2.Timestamp
+    sample_time: _timestamp_pb2.Timestamp
     value: _point_pb2.Value
     quality: _point_pb2.Quality
     count: int
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., quality: _Optional[_Union[_point_pb2.Quality, str]] = ..., count: _Optional[int] = ...) -> None: ...
+    def __init__(self, sample_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., quality: _Optional[_Union[_point_pb2.Quality, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ReadHistoryResponse(_message.Message):
     __slots__ = ("name", "samples")
