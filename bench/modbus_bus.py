@@ -39,8 +39,9 @@ if str(ROOT) not in sys.path:
 from harness import fmt_table, target_line  # noqa: E402
 
 from extensions.sdk.devices import DeviceState, poll_forever  # noqa: E402
-from extensions.smm.modbus_device import LinkConfig, LinkPool, build_meters  # noqa: E402
-from extensions.smm.modbus_maps import resolve_map  # noqa: E402
+from extensions.sdk.protocols.modbus_link import LinkConfig, LinkPool  # noqa: E402
+from extensions.smm.meter_maps import resolve_map  # noqa: E402
+from extensions.smm.modbus_device import build_meters  # noqa: E402
 
 __all__ = ["main"]
 

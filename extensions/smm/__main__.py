@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from extensions.sdk import Extension, SetupError, main_of
+from extensions.sdk.protocols.modbus_link import LinkPool
 
-from .modbus_device import LinkPool, MeterConfigError, build_meters
+from .modbus_device import MeterConfigError, build_meters
 
 log = logging.getLogger("smm")
 

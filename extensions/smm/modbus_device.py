@@ -1,10 +1,11 @@
-"""Modbus meters as SDK devices: one `ModbusMeter` per meter (unit id), one `ModbusLink` (a
-pymodbus client) per serial port or TCP endpoint, shared by every meter on it.
+"""Modbus meters as SDK devices: one `ModbusMeter` per meter (unit id), read with its register
+map over the SDK's `ModbusLink` (extensions/sdk/protocols/modbus_link.py): one pymodbus client
+per serial port or TCP endpoint, shared by every meter on it.
 
 Meters on one RS-485 line take turns through the SDK's bus lock; after each poll (and between
-the requests of one poll) the line stays quiet for the Modbus RTU inter-frame gap (3.5
-characters at the configured baud, 1.75 ms above 19200 baud). A meter that does not answer
-costs one response timeout per try (no retries: the SDK backs off) and never the others' turn.
+the requests of one poll) the line stays quiet for the Modbus RTU inter-frame gap. A meter that
+does not answer costs one response timeout per try (no retries: the SDK backs off) and never
+the others' turn.
 
 Site config (the smm extension passes each entry of its `modbus` list to `build_meters`):
 
@@ -27,226 +28,40 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
 from extensions.sdk import Device, PointSpec
+from extensions.sdk.protocols.modbus_link import (
+    LINK_KEYS,
+    LinkConfig,
+    LinkConfigError,
+    LinkPool,
+    ModbusLink,
+)
+from extensions.sdk.protocols.modbus_maps import RegisterMap
 
-from .modbus_maps import RegisterMap, resolve_map
+from .meter_maps import resolve_map
 from .semantics import Meter, Ratios
 
-__all__ = [
-    "EXCEPTION_NAMES",
-    "LinkConfig",
-    "LinkPool",
-    "MeterConfigError",
-    "ModbusLink",
-    "ModbusMeter",
-    "ModbusMeterError",
-    "build_meters",
-]
+__all__ = ["MeterConfigError", "ModbusMeter", "build_meters"]
 
 log = logging.getLogger(__name__)
 
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
-_FUNCTIONS = {3: "holding", 4: "input"}
-
-_LINK_KEYS = {"serial", "baudrate", "parity", "stopbits", "bytesize", "host", "port"}
 _METER_KEYS = {
     "device",
     "map",
     "unit",
     "interval",
-    "response_timeout",
     "ct",
     "vt",
     "index_max",
     "max_backoff",
-} | _LINK_KEYS
-
-
-class ModbusMeterError(Exception):
-    """A read that failed: no answer, a Modbus exception, or the line/connection is down."""
+} | LINK_KEYS
 
 
 class MeterConfigError(ValueError):
     """A `modbus` entry of the smm config that cannot be used (names the entry and key)."""
-
-
-@dataclass(frozen=True)
-class LinkConfig:
-    """One line: an RS-485 serial port (RTU) or a TCP endpoint."""
-
-    serial: str = ""
-    host: str = ""
-    port: int = 502
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    response_timeout: float = 0.3
-
-    @property
-    def is_rtu(self) -> bool:
-        return bool(self.serial)
-
-    @property
-    def key(self) -> str:
-        return f"rtu:{self.serial}" if self.is_rtu else f"tcp:{self.host}:{self.port}"
-
-    @property
-    def char_time(self) -> float:
-        """Seconds one character takes on the line (start + data + parity + stop bits)."""
-        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
-        return bits / self.baudrate
-
-    @property
-    def frame_gap(self) -> float:
-        """The RTU inter-frame silence (Modbus over serial line, 2.5.1.1)."""
-        if not self.is_rtu:
-            return 0.0
-        return 3.5 * self.char_time if self.baudrate <= 19200 else 0.00175
-
-    def line_time(self, registers: int) -> float:
-        """Seconds a read of `registers` takes on the line: request, answer, two gaps."""
-        if not self.is_rtu:
-            return 0.0
-        return (8 + 5 + 2 * registers) * self.char_time + 2 * self.frame_gap
-
-    def same_line(self, other: LinkConfig) -> bool:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize) == (
-            other.baudrate,
-            other.parity,
-            other.stopbits,
-            other.bytesize,
-        )
-
-
-class ModbusLink:
-    """One pymodbus client for one line, shared by the meters on it."""
-
-    def __init__(self, config: LinkConfig) -> None:
-        self.config = config
-        self.users = 0
-        # Made on first use: pymodbus clients bind to the running event loop, and meters are
-        # configured before the extension's loop starts.
-        self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
-
-    @property
-    def client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
-        if self._client is not None:
-            return self._client
-        config = self.config
-        # No retries: a dead meter must cost one timeout; the SDK backs off and tries again.
-        if config.is_rtu:
-            self._client = AsyncModbusSerialClient(
-                config.serial,
-                baudrate=config.baudrate,
-                parity=config.parity,
-                stopbits=config.stopbits,
-                bytesize=config.bytesize,
-                timeout=config.response_timeout,
-                retries=0,
-                reconnect_delay=0.5,
-                reconnect_delay_max=10.0,
-            )
-        else:
-            self._client = AsyncModbusTcpClient(
-                config.host,
-                port=config.port,
-                timeout=config.response_timeout,
-                retries=0,
-                reconnect_delay=0.5,
-                reconnect_delay_max=10.0,
-            )
-        return self._client
-
-    @property
-    def where(self) -> str:
-        return (
-            self.config.serial if self.config.is_rtu else f"{self.config.host}:{self.config.port}"
-        )
-
-    async def read(self, unit: int, function: int, start: int, count: int) -> list[int]:
-        what = f"read {_FUNCTIONS[function]} registers {start}+{count}"
-        if not self.client.connected and not await self.client.connect():
-            raise ModbusMeterError(f"cannot open {self.where} ({what} from unit {unit})")
-        call = (
-            self.client.read_input_registers
-            if function == 4
-            else self.client.read_holding_registers
-        )
-        try:
-            rr = await call(start, count=count, device_id=unit)
-        except ConnectionException as err:
-            raise ModbusMeterError(f"{self.where}: connection lost ({what}, unit {unit})") from err
-        except ModbusIOException as err:
-            # pymodbus drops frames with a bad CRC or from another unit: also "no answer".
-            raise ModbusMeterError(
-                f"no answer from unit {unit} on {self.where} within "
-                f"{self.config.response_timeout:g} s ({what})"
-            ) from err
-        except ModbusException as err:
-            raise ModbusMeterError(f"unit {unit} on {self.where}: {err} ({what})") from err
-        if rr.isError():
-            code = getattr(rr, "exception_code", 0)
-            name = EXCEPTION_NAMES.get(code, "unknown")
-            raise ModbusMeterError(
-                f"unit {unit} on {self.where} answered Modbus exception {code} ({name}) to {what}"
-            )
-        if len(rr.registers) < count:
-            raise ModbusMeterError(
-                f"unit {unit} on {self.where} answered {len(rr.registers)} of {count} "
-                f"registers ({what})"
-            )
-        return list(rr.registers[:count])
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
-class LinkPool:
-    """The links of one extension, by line: meters naming the same serial port or TCP endpoint
-    share one client. Create one per event loop (the extension's)."""
-
-    def __init__(self) -> None:
-        self.links: dict[str, ModbusLink] = {}
-        # pymodbus logs every timeout at ERROR with a hex dump of the line; our errors say what
-        # failed and the SDK logs them rate-limited.
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-    def get(self, config: LinkConfig) -> ModbusLink:
-        link = self.links.get(config.key)
-        if link is None:
-            link = self.links[config.key] = ModbusLink(config)
-        elif not link.config.same_line(config):
-            raise MeterConfigError(
-                f"{config.key}: meters on one line must share baudrate/parity/stopbits/bytesize "
-                f"({link.config} vs {config})"
-            )
-        link.users += 1
-        return link
-
-    def release(self, link: ModbusLink) -> None:
-        link.users -= 1
-        if link.users <= 0:
-            link.close()
-            self.links.pop(link.config.key, None)
 
 
 class ModbusMeter(Device):
@@ -330,26 +145,19 @@ def build_meters(
         unit = entry["unit"]
         if not isinstance(unit, int) or isinstance(unit, bool) or not 1 <= unit <= 247:
             raise MeterConfigError(f"{where}: unit must be 1..247, not {unit!r}")
-        if bool(entry.get("serial")) == bool(entry.get("host")):
-            raise MeterConfigError(f"{where}: give either serial (RTU) or host (TCP)")
-        link_cfg = LinkConfig(
-            serial=str(entry.get("serial", "")),
-            host=str(entry.get("host", "")),
-            port=int(entry.get("port", 502)),
-            baudrate=int(entry.get("baudrate", 9600)),
-            parity=str(entry.get("parity", "N")),
-            stopbits=int(entry.get("stopbits", 1)),
-            bytesize=int(entry.get("bytesize", 8)),
-            response_timeout=float(entry.get("response_timeout", 0.3)),
-        )
-        if link_cfg.parity not in ("N", "E", "O"):
-            raise MeterConfigError(f"{where}: parity must be N, E or O, not {link_cfg.parity!r}")
+        try:
+            link_cfg = LinkConfig.from_config(entry, where)
+        except LinkConfigError as err:
+            raise MeterConfigError(str(err)) from err
         here = f"{link_cfg.key} unit {unit}"
         if here in seen:
             raise MeterConfigError(f"{where}: {here} is already device {seen[here]!r}")
         seen[here] = device
         register_map = resolve_map(str(entry["map"]), base_dir)
-        link = pool.get(link_cfg)
+        try:
+            link = pool.get(link_cfg)
+        except LinkConfigError as err:
+            raise MeterConfigError(f"{where}: {err}") from err
         meters.append(
             ModbusMeter(
                 device,

@@ -29,7 +29,9 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from .modbus_maps import RegisterMap, resolve_map
+from extensions.sdk.protocols.modbus_maps import RegisterMap
+
+from .meter_maps import resolve_map
 
 __all__ = ["BusSimulator", "SimMeter", "typical_values", "main"]
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extensions.smm.modbus_maps import MapError, load_map, parse_map, resolve_map, shipped_maps
+from extensions.sdk.protocols.modbus_maps import MapError, load_map, parse_map
+from extensions.smm.meter_maps import check_point, resolve_map, shipped_maps
 
 SHIPPED = [
     "eastron_sdm630",
@@ -103,7 +104,7 @@ def test_sign_minus_one_turns_generator_reference_into_load_reference(tmp_path):
     path.write_text(
         '[meter]\nname = "gen ref"\n[points]\nP = { address = 0, type = "int16", sign = -1 }\n'
     )
-    m = load_map(path)
+    m = load_map(path, check_point=check_point)
     assert m.decode({0: 1500})["P"] == -1500.0
     assert m.encode({"P": -1500.0}) == {0: 1500}
 
@@ -154,7 +155,7 @@ def test_bad_map_is_refused_naming_file_and_key(tmp_path, text, needle):
     path = tmp_path / "bad_meter.toml"
     path.write_text(text)
     with pytest.raises(MapError) as err:
-        load_map(path)
+        load_map(path, check_point=check_point)
     assert "bad_meter.toml" in str(err.value) and needle in str(err.value)
 
 

@@ -5,8 +5,6 @@ dead meter on a shared bus, Modbus exceptions, and the whole thing through a rea
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,18 +12,14 @@ import pytest
 
 from extensions.sdk import Extension
 from extensions.sdk.devices import DeviceState, poll_forever
+from extensions.sdk.protocols.modbus_link import LinkPool, ModbusLinkError
 from extensions.sdk.testing import TestSite
-from extensions.smm.modbus_device import (
-    LinkPool,
-    MeterConfigError,
-    ModbusMeter,
-    ModbusMeterError,
-    build_meters,
-)
-from extensions.smm.modbus_maps import resolve_map
+from extensions.smm.meter_maps import resolve_map
+from extensions.smm.modbus_device import MeterConfigError, ModbusMeter, build_meters
 from extensions.smm.modbus_simulator import BusSimulator, SimMeter
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.extensions.sdk_protocols.ptys import socat_pair
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -137,21 +131,9 @@ KNOWN = {
 
 @pytest.fixture
 def pty_pair(tmp_path):
-    """Two linked pseudo-terminals (socat): the simulator on one end, the reader on the other."""
-    if shutil.which("socat") is None:
-        pytest.skip("socat not installed")
-    a, b = tmp_path / "meter", tmp_path / "reader"
-    proc = subprocess.Popen(
-        ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 5
-    while not (a.exists() and b.exists()):
-        assert time.monotonic() < deadline, "socat gave no pty pair"
-        time.sleep(0.02)
-    yield str(a), str(b)
-    proc.terminate()
-    proc.wait(5)
+    """Two linked pseudo-terminals: the simulator on one end, the reader on the other."""
+    with socat_pair(tmp_path) as pair:
+        yield pair
 
 
 def sim_of(*names: str, live: bool = False) -> BusSimulator:
@@ -281,10 +263,10 @@ async def test_modbus_exception_and_no_answer_are_clear_errors():
         pool,
     )
     try:
-        with pytest.raises(ModbusMeterError, match=r"exception 2 \(illegal data address\)"):
+        with pytest.raises(ModbusLinkError, match=r"exception 2 \(illegal data address\)"):
             await wrong.poll()
         t0 = time.monotonic()
-        with pytest.raises(ModbusMeterError, match="no answer from unit 9 .* within 0.2 s"):
+        with pytest.raises(ModbusLinkError, match="no answer from unit 9 .* within 0.2 s"):
             await dead.poll()
         assert time.monotonic() - t0 < 0.6  # one timeout, no retries
     finally:
@@ -459,7 +441,7 @@ async def _value_is(site, name, value):
 
 def test_meter_modules_do_not_import_the_core():
     root = Path(__file__).resolve().parents[3] / "extensions" / "smm"
-    for f in ("modbus_device.py", "modbus_maps.py", "modbus_simulator.py"):
+    for f in ("modbus_device.py", "meter_maps.py", "modbus_simulator.py"):
         assert "trusted" not in (root / f).read_text().split('"""', 2)[2].split("__all__")[0]
 
 

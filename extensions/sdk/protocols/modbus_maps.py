@@ -1,41 +1,43 @@
 """Modbus register maps as data: load and check a TOML map, plan the reads, decode registers into
-vocabulary values (and encode them back, for the simulator).
+values (and encode them back, for simulators).
 
-A map names, for each vocabulary point (`U1`, `P`, `Ap`, ...), where the meter keeps it and how
-to turn its registers into the DATA-MODEL.md unit and sign:
-`value = decode(registers) * scale * sign [* 10**scale_register]`. Maps ship in `maps/`; a site
-can add its own by path (`map = "/etc/smx/maps/my_meter.toml"`).
+A map names, for each point, where the device keeps it and how to turn its registers into the
+unit and sign the extension publishes:
+`value = decode(registers) * scale * sign [* 10**scale_register]`. An extension ships its maps in
+a directory of its own and passes it as `shipped_dirs`; a site can add its own by path
+(`map = "/etc/smx/maps/my_meter.toml"`). Which point names a map may use is the extension's
+business: it passes `check_point`, which raises ValueError for a name it does not know.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import struct
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .semantics import unit_of
+from .sunspec_models import is_implemented
 
 __all__ = [
-    "MAPS_DIR",
+    "MODBUS_MAX_REGISTERS",
     "TYPES",
     "Block",
     "MapError",
+    "PointCheck",
     "PointMap",
     "RegisterMap",
     "load_map",
+    "parse_map",
     "resolve_map",
     "shipped_maps",
 ]
 
 log = logging.getLogger(__name__)
 
-MAPS_DIR = Path(__file__).resolve().parent / "maps"
 MODBUS_MAX_REGISTERS = 125  # read (input/holding) registers: PDU limit
 
 # type -> (registers, struct code)
@@ -48,15 +50,9 @@ TYPES: dict[str, tuple[int, str]] = {
     "int64": (4, "q"),
     "uint64": (4, "Q"),
 }
-# SunSpec "not implemented" raw values per type (floats: NaN).
-_SUNSPEC_NAN = {
-    "int16": -0x8000,
-    "uint16": 0xFFFF,
-    "int32": -0x80000000,
-    "uint32": 0xFFFFFFFF,
-    "int64": -0x8000000000000000,
-    "uint64": 0xFFFFFFFFFFFFFFFF,
-}
+
+# A point name and the map's [meter] table -> None, or ValueError saying what is wrong.
+PointCheck = Callable[[str, Mapping[str, Any]], None]
 
 _METER_KEYS = {
     "name",
@@ -71,7 +67,6 @@ _METER_KEYS = {
     "not_implemented",
 }
 _POINT_KEYS = {"address", "type", "scale", "sign", "scale_register"}
-_PER_PHASE = re.compile(r"(U|I|P|Q|S|PF)[123]")
 
 
 class MapError(ValueError):
@@ -147,18 +142,18 @@ class RegisterMap:
     # -- decoding ----------------------------------------------------------------------------
 
     def decode(self, registers: Mapping[int, int]) -> dict[str, float]:
-        """Registers by address -> vocabulary values (unit and sign of DATA-MODEL.md). Points
-        the meter marks as not implemented are left out."""
+        """Registers by address -> point values (in the map's unit and sign). Points the device
+        marks as not implemented are left out."""
         out: dict[str, float] = {}
         for name, p in self.points.items():
             words = [registers[a] for a in range(p.address, p.address + p.count)]
             raw = self._unpack(p.type, words)
             factor = p.scale * p.sign
-            if self.not_implemented == "sunspec" and _is_sunspec_nan(p.type, raw):
+            if self.not_implemented == "sunspec" and not is_implemented(p.type, raw):
                 continue
             if p.scale_register is not None:
                 sf = self._unpack("int16", [registers[p.scale_register]])
-                if self.not_implemented == "sunspec" and sf == -0x8000:
+                if self.not_implemented == "sunspec" and not is_implemented("sunssf", sf):
                     continue
                 factor *= 10.0**sf
             if isinstance(raw, float) and not math.isfinite(raw):
@@ -169,7 +164,7 @@ class RegisterMap:
     def encode(
         self, values: Mapping[str, float], scale_factors: Mapping[int, int] | None = None
     ) -> dict[int, int]:
-        """Vocabulary values -> registers by address (the inverse of `decode`), with the given
+        """Point values -> registers by address (the inverse of `decode`), with the given
         SunSpec scale factors by scale-register address (default 0)."""
         sfs = dict(scale_factors or {})
         regs: dict[int, int] = {a: _to_u16(sfs.get(a, 0)) for a in self.scale_registers}
@@ -209,26 +204,30 @@ def _to_u16(value: int) -> int:
     return value & 0xFFFF
 
 
-def _is_sunspec_nan(type_: str, raw: float | int) -> bool:
-    if isinstance(raw, float):
-        return math.isnan(raw)
-    return raw == _SUNSPEC_NAN.get(type_)
-
-
 # -- loading ---------------------------------------------------------------------------------
 
 
-def shipped_maps() -> dict[str, Path]:
-    """The maps that ship with smm, by name (file stem)."""
-    return {p.stem: p for p in sorted(MAPS_DIR.glob("*.toml"))}
+def shipped_maps(dirs: Iterable[Path]) -> dict[str, Path]:
+    """The maps in `dirs` (an extension's own), by name (file stem); earlier dirs win."""
+    found: dict[str, Path] = {}
+    for d in dirs:
+        for p in sorted(Path(d).glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
 
 
-def resolve_map(ref: str, base_dir: Path | None = None) -> RegisterMap:
-    """A shipped map by name (`eastron_sdm630`) or a map file by path (relative paths from
-    `base_dir`, e.g. the site config's directory)."""
-    shipped = shipped_maps()
+def resolve_map(
+    ref: str,
+    base_dir: Path | None = None,
+    shipped_dirs: Iterable[Path] = (),
+    *,
+    check_point: PointCheck | None = None,
+) -> RegisterMap:
+    """A shipped map by name (`eastron_sdm630`, looked up in `shipped_dirs`) or a map file by
+    path (relative paths from `base_dir`, e.g. the site config's directory)."""
+    shipped = shipped_maps(shipped_dirs)
     if ref in shipped:
-        return load_map(shipped[ref])
+        return load_map(shipped[ref], check_point=check_point)
     path = Path(ref).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -236,10 +235,10 @@ def resolve_map(ref: str, base_dir: Path | None = None) -> RegisterMap:
         raise MapError(
             f"no register map {ref!r}: not a shipped map ({', '.join(shipped)}) nor a file"
         )
-    return load_map(path)
+    return load_map(path, check_point=check_point)
 
 
-def load_map(path: str | Path) -> RegisterMap:
+def load_map(path: str | Path, *, check_point: PointCheck | None = None) -> RegisterMap:
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -247,11 +246,14 @@ def load_map(path: str | Path) -> RegisterMap:
         raise MapError(f"cannot read register map {path}: {err.strerror or err}") from err
     except tomllib.TOMLDecodeError as err:
         raise MapError(f"{path}: not valid TOML: {err}") from err
-    return parse_map(doc, str(path))
+    return parse_map(doc, str(path), check_point=check_point)
 
 
-def parse_map(doc: Mapping[str, Any], origin: str) -> RegisterMap:
-    """Check a map document (already parsed TOML) and build the `RegisterMap`."""
+def parse_map(
+    doc: Mapping[str, Any], origin: str, *, check_point: PointCheck | None = None
+) -> RegisterMap:
+    """Check a map document (already parsed TOML) and build the `RegisterMap`; `check_point`
+    vets each point name (any name goes without it)."""
     unknown = set(doc) - {"meter", "points"}
     if unknown:
         raise MapError(f"{origin}: unknown table(s) {sorted(unknown)} (expected [meter], [points])")
@@ -289,7 +291,8 @@ def parse_map(doc: Mapping[str, Any], origin: str) -> RegisterMap:
     if not isinstance(raw_points, Mapping) or not raw_points:
         raise MapError(f"{origin}: missing or empty [points] table")
     points = {
-        pname: _parse_point(pname, spec, origin, phases) for pname, spec in raw_points.items()
+        pname: _parse_point(pname, spec, origin, meter, check_point)
+        for pname, spec in raw_points.items()
     }
     _check_overlaps(points, origin)
     m = RegisterMap(
@@ -313,14 +316,19 @@ def parse_map(doc: Mapping[str, Any], origin: str) -> RegisterMap:
     return m
 
 
-def _parse_point(name: str, spec: Any, origin: str, phases: int) -> PointMap:
+def _parse_point(
+    name: str,
+    spec: Any,
+    origin: str,
+    header: Mapping[str, Any],
+    check_point: PointCheck | None,
+) -> PointMap:
     where = f"{origin} [points.{name}]"
-    try:
-        unit_of(name)
-    except ValueError as err:
-        raise MapError(f"{where}: {name!r} is not a point of the vocabulary") from err
-    if phases == 1 and _PER_PHASE.fullmatch(name):
-        raise MapError(f"{where}: per-phase point on a single-phase meter (phases = 1)")
+    if check_point is not None:
+        try:
+            check_point(name, header)
+        except ValueError as err:
+            raise MapError(f"{where}: {err}") from err
     if not isinstance(spec, Mapping):
         raise MapError(f'{where}: must be a table like {{ address = 0, type = "float32" }}')
     bad = set(spec) - _POINT_KEYS

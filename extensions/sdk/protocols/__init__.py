@@ -1,0 +1,11 @@
+"""Field protocols that more than one extension speaks, in one place.
+
+Each module is one concept and is imported on its own (nothing here is imported eagerly, so an
+extension that reads only a serial line never loads pymodbus or the SunSpec definitions):
+
+- `modbus_link`: one pymodbus client per serial port or TCP endpoint, shared by its devices
+- `modbus_maps`: register maps as data (TOML): plan the reads, decode and encode values
+- `sunspec_models`: SunSpec model definitions (from pysunspec2) and decoding of a model
+"""
+
+__all__ = ["modbus_link", "modbus_maps", "sunspec_models"]
