@@ -6,6 +6,7 @@ extension that reads only a serial line never loads pymodbus or the SunSpec defi
 - `modbus_link`: one pymodbus client per serial port or TCP endpoint, shared by its devices
 - `modbus_maps`: register maps as data (TOML): plan the reads, decode and encode values
 - `sunspec_models`: SunSpec model definitions (from pysunspec2) and decoding of a model
+- `sunspec`: SunSpec discovery ('SunS' marker, model chain) and model reads over a Modbus link
 """
 
-__all__ = ["modbus_link", "modbus_maps", "sunspec_models"]
+__all__ = ["modbus_link", "modbus_maps", "sunspec", "sunspec_models"]
