@@ -225,8 +225,8 @@ class _Decoder:
 
 
 def _scaled(raw: int, sf: int | None) -> float | None:
-    if sf is None:
-        return None
+    if sf is None or not -10 <= sf <= 10:
+        return None  # not implemented, or outside the -10..10 SunSpec allows: no value
     # Dividing by an exact power of ten gives the nearest float to the decimal (123.4, not
     # 123.40000000000001 from multiplying by 0.1).
     return raw / 10 ** (-sf) if sf < 0 else float(raw * 10**sf)
