@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from extensions.smm.iec62056_21 import IecClient, sign_on  # noqa: E402
+from extensions.smm.iec62056_21 import sign_on  # noqa: E402
+from extensions.smm.iec_client import IecClient  # noqa: E402
 from extensions.smm.iec_simulator import IecSimulator, SimMeter  # noqa: E402
 
 FIXTURE = (

@@ -1,6 +1,6 @@
 """One IEC 62056-21 meter as an SDK device: a readout per poll, mapped to the vocabulary and
 to primary values (semantics.Meter). Meters on one RS-485 port share a bus (the SDK polls them
-one at a time) and one open port (iec62056_21.IecLine), and are told apart by address."""
+one at a time) and one open port (the SDK's SerialLine), and are told apart by address."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 from extensions.sdk import Device, PointSpec, Reading
 
-from .iec62056_21 import CHAR_TIMEOUT, IecClient, IecLine, Readout
+from .iec62056_21 import CHAR_TIMEOUT
+from .iec_client import IecClient, Readout, iec_line
 from .obis import ObisResult, map_datasets
 from .semantics import Meter, Ratios
 
@@ -77,7 +78,7 @@ class IecMeterDevice(Device):
             self.max_backoff = float(config.get("max_backoff", 60.0))
             char_timeout = float(config.get("char_timeout", CHAR_TIMEOUT))
             self.client = IecClient(
-                IecLine.shared(port, char_timeout=char_timeout),
+                iec_line(port, char_timeout=char_timeout),
                 address=str(config.get("address", "")),
                 mode=str(config.get("mode", "C")),
                 initial_baud=int(config.get("initial_baud", 300)),

@@ -18,9 +18,9 @@ from extensions.sdk.testing import TestSite
 from extensions.smm.iec62056_21 import (
     BccError,
     FramingError,
-    IecClient,
     IecError,
     NoAnswer,
+    PortError,
     bcc,
     data_message,
     parse_data_block,
@@ -28,6 +28,7 @@ from extensions.smm.iec62056_21 import (
     parse_identification,
     sign_on,
 )
+from extensions.smm.iec_client import IecClient
 from extensions.smm.iec_device import IecMeterDevice
 from extensions.smm.iec_simulator import IecSimulator, SimMeter
 from extensions.smm.obis import map_datasets
@@ -194,6 +195,12 @@ def test_each_fault_gives_its_exception_and_the_next_read_recovers(fault, error,
             assert caught.value.received  # what came is kept for the log
         sim.fault = None
         assert client.read().identification.ident == "EM214"
+
+
+def test_a_missing_port_is_a_port_error_of_the_readout(tmp_path):
+    client = IecClient(str(tmp_path / "ttyUSB9"))
+    with pytest.raises(PortError, match="cannot open serial port"):
+        client.read()
 
 
 def test_a_client_that_does_not_switch_baud_sees_garbage():
