@@ -23,7 +23,7 @@ from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as points_pb
 from smx.values import KINDS
 
-__all__ = ["register", "parse_value", "format_value"]
+__all__ = ["register", "parse_value", "format_value", "format_time"]
 
 QUALITY = {v: k.removeprefix("QUALITY_") for k, v in point_pb2.Quality.items()}
 AGG = {
@@ -79,6 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", nargs="?", default="")
     p.add_argument("--id", default="")
     _client(p, setpoint_status)
+    p = ssub.add_parser(
+        "watch", help="follow the outcome of the setpoints you requested (Ctrl-C to stop)"
+    )
+    p.add_argument("patterns", nargs="*")
+    p.add_argument("--from", dest="start", type=int, default=0, help="resume after revision")
+    p.add_argument("--count", type=int, default=0, help="stop after N changes (0: never)")
+    _client(p, setpoint_watch)
 
     p = sub.add_parser("whoami", help="identity and rights the core sees for a certificate")
     _client(p, whoami)
@@ -137,14 +144,14 @@ def format_value(v: point_pb2.Value) -> str:
     return str(value).lower() if field == "bool_value" else str(value)
 
 
-def _time(ts: Timestamp) -> str:
+def format_time(ts: Timestamp) -> str:
     return ts.ToDatetime(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _print_point(p: point_pb2.Point) -> None:
     print(
         f"{p.name:<28} {format_value(p.value):>14} {p.unit:<6} {QUALITY[p.quality]:<9} "
-        f"{_time(p.source_time)}  rev {p.revision}  by {p.writer}"
+        f"{format_time(p.source_time)}  rev {p.revision}  by {p.writer}"
     )
 
 
@@ -232,7 +239,7 @@ def points_history(args: argparse.Namespace) -> int:
         for s in chunk.samples:
             extra = f"  ({s.count} samples)" if s.count > 1 else ""
             print(
-                f"{chunk.name:<28} {_time(s.time)} {format_value(s.value):>14} "
+                f"{chunk.name:<28} {format_time(s.sample_time)} {format_value(s.value):>14} "
                 f"{QUALITY[s.quality]}{extra}"
             )
     return 0
@@ -244,11 +251,11 @@ def _print_setpoint(sp: control_pb.Setpoint) -> None:
     why = f" ({sp.reason})" if sp.reason else ""
     print(f"{sp.name} = {format_value(sp.value)}: {status}{applied}{why}")
     print(
-        f"  id {sp.id}, requested by {sp.requester} at {_time(sp.request_time)}, "
-        f"expires {_time(sp.expire_time)}"
+        f"  id {sp.id}, requested by {sp.requester} at {format_time(sp.request_time)}, "
+        f"expires {format_time(sp.expire_time)}"
     )
     if sp.reporter:
-        print(f"  reported by {sp.reporter} at {_time(sp.report_time)}")
+        print(f"  reported by {sp.reporter} at {format_time(sp.report_time)}")
 
 
 def setpoint_request(args: argparse.Namespace) -> int:
@@ -264,32 +271,59 @@ def setpoint_request(args: argparse.Namespace) -> int:
 
 
 def setpoint_status(args: argparse.Namespace) -> int:
-    resp = connect(args).control.GetSetpoint(
-        control_pb.GetSetpointRequest(name=args.name, id=args.id)
+    if bool(args.name) == bool(args.id):
+        raise ValueError("give either a setpoint NAME or --id")
+    # name and id are a oneof: set only the one given.
+    req = (
+        control_pb.GetSetpointRequest(id=args.id)
+        if args.id
+        else control_pb.GetSetpointRequest(name=args.name)
     )
-    _print_setpoint(resp.setpoint)
+    _print_setpoint(connect(args).control.GetSetpoint(req).setpoint)
+    return 0
+
+
+def setpoint_watch(args: argparse.Namespace) -> int:
+    stream = connect(args).control.WatchSetpointOutcomes(
+        control_pb.WatchSetpointOutcomesRequest(patterns=args.patterns, start_revision=args.start)
+    )
+    seen = 0
+    for msg in stream:
+        if msg.snapshot:
+            print(f"-- in force at revision {msg.revision}: {len(msg.setpoints)} setpoints")
+        for sp in msg.setpoints:
+            print(f"rev {sp.revision}  ", end="")
+            _print_setpoint(sp)
+            seen += 1
+        if args.count and seen >= args.count:
+            stream.cancel()
+            return 0
     return 0
 
 
 def whoami(args: argparse.Namespace) -> int:
     r = connect(args).identity.WhoAmI(identity_pb.WhoAmIRequest())
     print(f"identity  {r.identity}\nroles     {', '.join(r.roles) or '(none: default deny)'}")
-    print(
-        f"serial    {r.certificate_serial}\nexpires   "
-        f"{dt.datetime.fromtimestamp(r.certificate_not_after_unix, dt.UTC).isoformat()}"
-    )
+    print(f"serial    {r.certificate_serial}\nexpires   {format_time(r.certificate_expire_time)}")
     for rule in r.rules:
         print(f"  {','.join(rule.verbs):<24} {' '.join(rule.patterns)}")
     return 0
 
 
 def admin_clients(args: argparse.Namespace) -> int:
-    for c in connect(args).admin.ListClients(admin_pb.ListClientsRequest()).clients:
-        print(
-            f"{c.identity:<48} calls {c.calls:>8}  streams {c.open_streams:>3}  "
-            f"last {_time(c.last_seen)}"
+    stubs, token = connect(args), ""
+    while True:
+        resp = stubs.admin.ListClients(
+            admin_pb.ListClientsRequest(page_size=1000, page_token=token)
         )
-    return 0
+        for c in resp.clients:
+            print(
+                f"{c.identity:<48} calls {c.calls:>8}  streams {c.open_streams:>3}  "
+                f"first {format_time(c.first_seen_time)}  last {format_time(c.last_seen_time)}"
+            )
+        token = resp.next_page_token
+        if not token:
+            return 0
 
 
 def admin_reload(args: argparse.Namespace) -> int:

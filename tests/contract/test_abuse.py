@@ -14,13 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from smx.client import error_reason
-from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.contract.audit_log import audit_records
 from trusted.core.rpc import MAX_OPEN_STREAMS
 from trusted.core.services.control import REQUEST_BURST
-from trusted.core.services.points import MAX_WATCH_PATTERNS
+from trusted.core.services.fields import MAX_WATCH_PATTERNS
 from trusted.pki import SiteCA
 
 
@@ -35,11 +35,7 @@ async def refused(coro) -> tuple[grpc.StatusCode, str | None]:
 
 
 async def denied_records(site, identity: str):
-    return (
-        await site.stubs("admin").admin.QueryAudit(
-            apb.QueryAuditRequest(kind="denied", identity=identity)
-        )
-    ).records
+    return await audit_records(site.stubs("admin"), kind="denied", identity=identity)
 
 
 async def test_open_streams_per_client_are_capped(site, core):

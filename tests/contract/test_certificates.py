@@ -11,10 +11,10 @@ import grpc
 import pytest
 
 from smx.client import CHANNEL_OPTIONS, Credentials, Stubs, error_reason
-from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import identity_service_pb2 as ipb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.contract.audit_log import audit_records
 from tests.support.certs import load_ca, make_cert, make_other_ca, utcnow, write_pair
 from trusted.pki import SiteCA
 
@@ -108,9 +108,7 @@ async def test_zero_several_or_malformed_uri_sans_are_refused(site, core, uris):
         await whoami(stubs_for(site, cert, key))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_reason(info.value) == "IDENTITY_INVALID"
-    denied = (
-        await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(kind="denied"))
-    ).records
+    denied = await audit_records(site.stubs("admin"), kind="denied")
     assert any(r.reason == "IDENTITY_INVALID" and r.method.endswith("WhoAmI") for r in denied)
 
 
@@ -136,11 +134,9 @@ async def test_revocation_takes_effect_on_a_running_core_and_open_connection(sit
     with pytest.raises(grpc.aio.AioRpcError):
         await whoami(site.stubs("gui"))  # and a new connection
     # Other clients are unaffected; the refusal is audited.
-    records = (
-        await site.stubs("admin").admin.QueryAudit(
-            apb.QueryAuditRequest(kind="denied", identity="spiffe://test-site/trusted/gui")
-        )
-    ).records
+    records = await audit_records(
+        site.stubs("admin"), kind="denied", identity="spiffe://test-site/trusted/gui"
+    )
     assert [r.reason for r in records] == ["CERTIFICATE_REVOKED"]
     # The watch it had open ends at its next message instead of flowing on.
     await site.stubs("meter").points.WritePoints(

@@ -10,10 +10,10 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from smx.client import error_reason
-from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.contract.audit_log import audit_records
 
 LESSAG = "spiffe://test-site/untrusted/lessag"
 ESS = "spiffe://test-site/trusted/ess"
@@ -67,9 +67,7 @@ async def test_request_deliver_report_and_status(site, core):
     assert p.value.double_value == 2500 and p.writer == ESS
     owner.cancel()
 
-    audit = (
-        await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(point_pattern="ess/P_set"))
-    ).records
+    audit = await audit_records(site.stubs("admin"), point_pattern="ess/P_set")
     kinds = [(r.kind, r.identity, r.reason) for r in audit]
     assert ("setpoint_request", LESSAG, "PENDING") in kinds
     assert ("setpoint_report", ESS, "CLAMPED") in kinds
@@ -131,9 +129,7 @@ async def test_setpoint_expires_and_owner_is_told(site, core):
     assert msg.event == pb.SETPOINT_EVENT_EXPIRED and msg.setpoint.id == sp.id
     got = (await agent.control.GetSetpoint(pb.GetSetpointRequest(id=sp.id))).setpoint
     assert got.status == pb.SETPOINT_STATUS_EXPIRED
-    audit = (
-        await site.stubs("admin").admin.QueryAudit(apb.QueryAuditRequest(kind="setpoint_expired"))
-    ).records
+    audit = await audit_records(site.stubs("admin"), kind="setpoint_expired")
     assert [r.point for r in audit] == ["ess/P_set"]
     owner.cancel()
 

@@ -249,7 +249,7 @@ async def test_read_history_raw_and_downsampled(site, core):
         got = [s for c in chunks for s in c.samples]
         assert [s.value.double_value for s in got] == expected, agg
         assert [s.count for s in got] == [10, 10]
-        assert [s.time.ToMilliseconds() for s in got] == [base, base + 10_000]
+        assert [s.sample_time.ToMilliseconds() for s in got] == [base, base + 10_000]
 
 
 async def test_read_history_limits(site, core):

@@ -8,6 +8,7 @@ policy), so a change in the shipped roles shows up here as a reviewed diff.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import identity_service_pb2 as ipb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.contract.audit_log import audit_records
 from tests.support.site import Site
 from trusted.core.server import Core
 
@@ -68,6 +70,14 @@ CONTROL = {  # owner side: ReportSetpoint on ess/P_set, WatchSetpoints at all
 }
 WATCH_SETPOINTS = {"admin", "meter", "ess", "er"}
 ADMIN = {"admin"}
+# Who holds each verb on at least one point: the others are refused at the edge, before the
+# handler looks at any point, so their refusal is audited with the method and verb only.
+HOLDS = {
+    "read": set(CLIENTS) - {"nobody"},
+    "write": {"admin", "meter", "ess", "er"},
+    "request": {"admin", "lessag", "er"},
+    "control": WATCH_SETPOINTS,
+}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -114,18 +124,29 @@ async def outcome(coro) -> str:
     return "ok"
 
 
-async def assert_audited(stubs, client: str, method: str, point: str) -> None:
-    records = (
-        await stubs["admin"].admin.QueryAudit(
-            apb.QueryAuditRequest(
-                kind="denied", identity=f"spiffe://test-site/{domain(client)}/{client}"
-            )
-        )
-    ).records
+async def assert_audited(stubs, client: str, method: str, verb: str, point: str) -> None:
+    records = await audit_records(
+        stubs["admin"], kind="denied", identity=f"spiffe://test-site/{domain(client)}/{client}"
+    )
+    audited_point = point if client in HOLDS[verb] else ""
     assert any(
-        r.method.endswith(method) and r.point == point and r.reason == "PERMISSION_NOT_GRANTED"
+        r.method == f"/smx.v1.{SERVICE[method]}/{method}"
+        and r.point == audited_point
+        and r.reason == "PERMISSION_NOT_GRANTED"
+        and json.loads(r.detail)["message"].endswith(
+            f"may not {verb}" + (f" on {point}" if audited_point else "")
+        )
         for r in records
     ), (client, method, point)
+
+
+SERVICE = {
+    "GetPoints": "PointService",
+    "ReadHistory": "PointService",
+    "WritePoints": "PointService",
+    "RequestSetpoint": "ControlService",
+    "ReportSetpoint": "ControlService",
+}
 
 
 def domain(client: str) -> str:
@@ -143,7 +164,7 @@ async def test_get_points(world, client, point):
     got = await outcome(stubs[client].points.GetPoints(spb.GetPointsRequest(names=[point])))
     assert got == expect(point in READ[client])
     if got != "ok":
-        await assert_audited(stubs, client, "GetPoints", point)
+        await assert_audited(stubs, client, "GetPoints", "read", point)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -153,26 +174,21 @@ async def test_read_history(world, client, point):
     got = await outcome(stubs[client].points.ReadHistory(spb.ReadHistoryRequest(names=[point])))
     assert got == expect(point in READ[client])
     if got != "ok":
-        await assert_audited(stubs, client, "ReadHistory", point)
+        await assert_audited(stubs, client, "ReadHistory", "read", point)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_list_and_watch_show_only_readable_points(world, client):
     _, _, stubs = world
-    listed = {
-        m.name
-        for m in (
-            await stubs[client].points.ListPoints(
-                spb.ListPointsRequest(pattern="**", page_size=1000)
-            )
-        ).points
-    }
-    assert listed & ALL == READ[client]
+    listing = stubs[client].points.ListPoints(spb.ListPointsRequest(pattern="**", page_size=1000))
     stream = stubs[client].points.WatchPoints(spb.WatchPointsRequest(patterns=["**"]))
-    if not READ[client]:
-        # No read right at all: a watch would cost the core work for nothing; refused.
+    if client not in HOLDS["read"]:
+        # No read right at all: refused at the edge, like every method whose verb it lacks.
+        assert await outcome(listing) == "PERMISSION_NOT_GRANTED"
         assert await outcome(stream.read()) == "PERMISSION_NOT_GRANTED"
         return
+    listed = {m.name for m in (await listing).points}
+    assert listed & ALL == READ[client]
     snapshot = await stream.read()
     stream.cancel()
     assert {p.name for p in snapshot.points} & ALL == READ[client]
@@ -191,7 +207,7 @@ async def test_write_points(world, client, point):
     )
     assert got == expect(point in WRITE[client])
     if got != "ok":
-        await assert_audited(stubs, client, "WritePoints", point)
+        await assert_audited(stubs, client, "WritePoints", "write", point)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -220,7 +236,7 @@ async def test_request_setpoint(world, client, point):
     )
     assert got == expect(point in REQUEST[client])
     if got != "ok":
-        await assert_audited(stubs, client, "RequestSetpoint", point)
+        await assert_audited(stubs, client, "RequestSetpoint", "request", point)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -240,7 +256,7 @@ async def test_report_and_get_setpoint(world, client):
     )
     assert got == expect(CONTROL[client])
     if got != "ok":
-        await assert_audited(stubs, client, "ReportSetpoint", "ess/P_set")
+        await assert_audited(stubs, client, "ReportSetpoint", "control", "ess/P_set")
     got = await outcome(stubs[client].control.GetSetpoint(cpb.GetSetpointRequest(id=sp.id)))
     assert got == expect("ess/P_set" in READ[client])
 
@@ -268,7 +284,7 @@ async def test_admin_service(world, client):
     _, _, stubs = world
     a = stubs[client].admin
     for call in (
-        a.QueryAudit(apb.QueryAuditRequest(limit=1)),
+        a.ListAuditRecords(apb.ListAuditRecordsRequest(page_size=1)),
         a.ListClients(apb.ListClientsRequest()),
         a.ReloadPolicy(apb.ReloadPolicyRequest()),
     ):

@@ -15,6 +15,7 @@ from smx.identity import Identity
 from trusted import policy as policy_module
 from trusted.policy import (
     METHOD_VERBS,
+    NO_VERB,
     VERBS,
     Binding,
     Policy,
@@ -334,9 +335,10 @@ def test_constructor_refuses_undefined_roles() -> None:
 
 
 def test_method_verbs_cover_the_api() -> None:
-    assert set(METHOD_VERBS.values()) == set(VERBS)
-    assert METHOD_VERBS["WritePoints"] == "write"
-    assert METHOD_VERBS["ReportSetpoint"] == "control"
+    assert set(METHOD_VERBS.values()) == {*VERBS, NO_VERB}
+    assert METHOD_VERBS["/smx.v1.PointService/WritePoints"] == "write"
+    assert METHOD_VERBS["/smx.v1.ControlService/ReportSetpoint"] == "control"
+    assert METHOD_VERBS["/smx.v1.IdentityService/WhoAmI"] == NO_VERB
 
 
 # --------------------------------------------------------------------------- validation errors

@@ -15,18 +15,12 @@ from trusted.core.realtime import RealtimeDB
 from trusted.core.services.points import PointService
 
 
-class AllowAll:
-    def allows(self, *args: object) -> bool:
-        return True
-
-
 async def test_write_in_the_heartbeats_turn_is_sent_not_skipped():
     db = RealtimeDB(core_identity="core")
-    gate = types.SimpleNamespace(policy=AllowAll(), check=lambda *a: None)
-    state = types.SimpleNamespace(
-        db=db, gate=gate, config=types.SimpleNamespace(max_request_items=100)
+    state = types.SimpleNamespace(db=db, config=types.SimpleNamespace(max_request_items=100))
+    caller = types.SimpleNamespace(
+        identity=Identity("s", "trusted", "gui"), uri="x", may=lambda point: True
     )
-    caller = types.SimpleNamespace(identity=Identity("s", "trusted", "gui"), uri="x")
     stream = PointService(state).WatchPoints(  # type: ignore[arg-type]
         pb.WatchPointsRequest(heartbeat_interval=Duration(nanos=100_000_000)), caller, None
     )

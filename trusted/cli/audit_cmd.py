@@ -1,15 +1,15 @@
-"""`smx audit`: query the core's audit log through the API, or verify its hash chain."""
+"""`smx audit`: page through the core's audit log through the API, or verify its hash chain."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import json
 import sys
 import time
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.json_format import MessageToDict
 
-from smx.cli.client_cmd import _client
+from smx.cli.client_cmd import _client, format_time
 from smx.cli.connect import connect, site_home
 from smx.v1 import admin_service_pb2 as admin_pb
 from trusted.core.audit import AuditError, AuditLog
@@ -17,9 +17,14 @@ from trusted.core.config import ConfigError, load_core_config, parse_duration
 
 __all__ = ["register"]
 
+# Records per ListAuditRecords call (the core's maximum page size).
+PAGE_SIZE = 1000
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="query the audit log (needs the admin role) or verify it")
+    p = sub.add_parser(
+        "audit", help="list audit records, oldest first (needs the admin role), or verify the log"
+    )
     p.add_argument(
         "--kind",
         default="",
@@ -29,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--identity", default="", help="exact identity URI")
     p.add_argument("--point", default="", help="glob over point names")
     p.add_argument("--since", default="", help="e.g. 10m, 1d (default: everything)")
-    p.add_argument("--limit", type=int, default=100, help="newest N records (default 100)")
+    p.add_argument("--limit", type=int, default=0, help="stop after N records (default: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per record and line")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -41,20 +47,38 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.verify:
         return verify(args)
-    req = admin_pb.QueryAuditRequest(
-        kind=args.kind, identity=args.identity, point_pattern=args.point, limit=args.limit
+    req = admin_pb.ListAuditRecordsRequest(
+        kind=args.kind, identity=args.identity, point_pattern=args.point, page_size=PAGE_SIZE
     )
     if args.since:
-        start = Timestamp()
-        start.FromMilliseconds(int((time.time() - parse_duration(args.since, "--since")) * 1000))
-        req.start_time.CopyFrom(start)
-    for r in connect(args).admin.QueryAudit(req).records:
-        when = r.time.ToDatetime(dt.UTC).isoformat(timespec="milliseconds")
-        point = f" {r.point}" if r.point else ""
-        reason = f" {r.reason}" if r.reason else ""
-        method = f" {r.method}" if r.method else ""
-        print(f"{r.seq:>7} {when} {r.kind:<19} {r.identity}{method}{point}{reason} {r.detail}")
-    return 0
+        since_s = parse_duration(args.since, "--since")
+        req.start_time.FromMilliseconds(int((time.time() - since_s) * 1000))
+    stubs, shown = connect(args), 0
+    while True:
+        resp = stubs.admin.ListAuditRecords(req)
+        for r in resp.audit_records:
+            _print(r, args.json)
+            shown += 1
+            if shown == args.limit:
+                return 0
+        if not resp.next_page_token:
+            return 0
+        req.page_token = resp.next_page_token
+
+
+def _print(r: admin_pb.AuditRecord, as_json: bool) -> None:
+    if as_json:
+        obj = MessageToDict(r, preserving_proto_field_name=True)
+        obj["detail"] = json.loads(r.detail or "{}")  # nested JSON, not a string to re-parse
+        print(json.dumps(obj, sort_keys=True))
+        return
+    point = f" {r.point}" if r.point else ""
+    reason = f" {r.reason}" if r.reason else ""
+    method = f" {r.method}" if r.method else ""
+    print(
+        f"{r.seq:>7} {format_time(r.record_time)} {r.kind:<19} {r.identity}{method}{point}"
+        f"{reason} {r.detail}"
+    )
 
 
 def verify(args: argparse.Namespace) -> int:

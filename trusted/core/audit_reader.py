@@ -1,4 +1,5 @@
-"""Reading the audit log file: a backward line reader, tail recovery on open, query and verify.
+"""Reading the audit log file: a backward line reader, tail recovery on open, query, pages (oldest
+first, after a seq) and verify.
 
 Everything here needs only the file, not a started AuditLog (`smx audit` verifies a stopped
 core's log). The writer is trusted.core.audit; the line format is trusted.core.audit_record.
@@ -6,11 +7,13 @@ core's log). The writer is trusted.core.audit; the line format is trusted.core.a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from trusted.core.audit_record import (
     FIELDS,
@@ -21,7 +24,7 @@ from trusted.core.audit_record import (
     to_record,
 )
 
-__all__ = ["lines_backward", "query_records", "recover_tail", "verify_chain"]
+__all__ = ["lines_backward", "page_records", "query_records", "recover_tail", "verify_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -100,52 +103,185 @@ def query_records(
     """Matching records of the file at ``path``; see :meth:`trusted.core.audit.AuditLog.query`."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    # Cheap byte pre-filter: our own writer spells these fields exactly so in every line.
-    needles = [
-        f'"{name}":{json.dumps(value, ensure_ascii=True)}'.encode("ascii")
-        for name, value in (("kind", kind), ("identity", identity))
-        if value is not None
-    ]
+    match = _Matcher(start_ms, end_ms, kind, identity, point_glob)
     # Read backwards and stop at `limit` matches: the common query (the latest records)
     # touches only the end of a file that may be tens of MB. No early stop on time: a box
     # without an RTC writes 1970 timestamps until NTP syncs, so ts_ms is not monotonic.
     found: list[AuditRecord] = []
-    bad = 0
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return []
-    except OSError as err:
-        raise AuditError(f"{path}: cannot read audit log: {err.strerror}") from err
-    with f:
+    with _open(path) as f:
+        if f is None:
+            return []
         fd = f.fileno()
         for _, raw in lines_backward(fd, os.fstat(fd).st_size, chunk=1024 * 1024):
             if not raw.endswith(b"\n"):
                 continue  # a torn tail that start() has not cut yet
-            if needles and not all(n in raw for n in needles):
-                continue
-            try:
-                rec = to_record(json.loads(raw))
-            except ValueError:
-                bad += 1
-                continue
-            if kind is not None and rec.kind != kind:
-                continue
-            if identity is not None and rec.identity != identity:
-                continue
-            if start_ms is not None and rec.ts_ms < start_ms:
-                continue
-            if end_ms is not None and rec.ts_ms >= end_ms:
-                continue
-            if point_glob is not None and not point_glob(rec.point):
-                continue
-            found.append(rec)
-            if len(found) >= limit:
-                break
-    if bad:
-        log.warning("%s: query skipped %d unreadable lines (run verify)", path, bad)
+            rec = match(raw)
+            if rec is not None:
+                found.append(rec)
+                if len(found) >= limit:
+                    break
+    match.report(path)
     found.reverse()
     return found
+
+
+def page_records(
+    path: Path,
+    *,
+    after_seq: int = 0,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    kind: str | None = None,
+    identity: str | None = None,
+    point_glob: Callable[[str], bool] | None = None,
+    limit: int = 100,
+) -> tuple[list[AuditRecord], bool]:
+    """The first ``limit`` matching records with a seq above ``after_seq``, oldest first, and
+    whether more match. Seqs only grow down the file, so the start is found by bisection:
+    each page costs a few reads plus the records it covers, however long the log is."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    match = _Matcher(start_ms, end_ms, kind, identity, point_glob)
+    found: list[AuditRecord] = []
+    with _open(path) as f:
+        if f is None:
+            return [], False
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        for raw in _lines_forward(fd, _first_line_after(fd, size, after_seq), size):
+            rec = match(raw)
+            if rec is not None and rec.seq > after_seq:
+                found.append(rec)
+                if len(found) > limit:
+                    break
+    match.report(path)
+    return found[:limit], len(found) > limit
+
+
+class _Matcher:
+    """The filters of a query, applied to raw lines (cheap byte pre-filter first)."""
+
+    def __init__(
+        self,
+        start_ms: int | None,
+        end_ms: int | None,
+        kind: str | None,
+        identity: str | None,
+        point_glob: Callable[[str], bool] | None,
+    ) -> None:
+        self.start_ms, self.end_ms = start_ms, end_ms
+        self.kind, self.identity, self.point_glob = kind, identity, point_glob
+        # Our own writer spells these fields exactly so in every line.
+        self.needles = [
+            f'"{name}":{json.dumps(value, ensure_ascii=True)}'.encode("ascii")
+            for name, value in (("kind", kind), ("identity", identity))
+            if value is not None
+        ]
+        self.bad = 0
+
+    def __call__(self, raw: bytes) -> AuditRecord | None:
+        if self.needles and not all(n in raw for n in self.needles):
+            return None
+        try:
+            rec = to_record(json.loads(raw))
+        except ValueError:
+            self.bad += 1
+            return None
+        if self.kind is not None and rec.kind != self.kind:
+            return None
+        if self.identity is not None and rec.identity != self.identity:
+            return None
+        if self.start_ms is not None and rec.ts_ms < self.start_ms:
+            return None
+        if self.end_ms is not None and rec.ts_ms >= self.end_ms:
+            return None
+        if self.point_glob is not None and not self.point_glob(rec.point):
+            return None
+        return rec
+
+    def report(self, path: Path) -> None:
+        if self.bad:
+            log.warning("%s: query skipped %d unreadable lines (run verify)", path, self.bad)
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[BinaryIO | None]:
+    """The file, or None when there is none yet (a core that never audited anything)."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        yield None
+        return
+    except OSError as err:
+        raise AuditError(f"{path}: cannot read audit log: {err.strerror}") from err
+    with f:
+        yield f
+
+
+def _line_at(fd: int, start: int, size: int) -> bytes:
+    """The whole line starting at byte ``start`` (with its newline, if it has one)."""
+    out, pos = b"", start
+    while pos < size:
+        chunk = os.pread(fd, 4096, pos)
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            return out + chunk[: cut + 1]
+        out += chunk
+        pos += len(chunk)
+    return out
+
+
+def _seq_of(raw: bytes) -> int | None:
+    try:
+        seq = json.loads(raw).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if type(seq) is int else None
+
+
+def _first_line_after(fd: int, size: int, after_seq: int) -> int:
+    """The offset of a line at or before the first record with seq > ``after_seq``.
+
+    Bisection over byte offsets, each probe reading the first whole line at or after the
+    middle. Every line before ``lo`` is known to hold a seq <= ``after_seq``; an unreadable
+    probe line is never used to move ``lo``, so the answer can only be early, never late (the
+    caller still checks each seq)."""
+    if after_seq <= 0:
+        return 0
+    lo, hi = 0, size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid == lo:
+            start = lo
+        else:
+            nl = _line_at(fd, mid - 1, size)  # from mid-1, so a line starting at mid is found
+            start = mid - 1 + len(nl)
+            if start >= hi:
+                start = lo
+        line = _line_at(fd, start, size)
+        seq = _seq_of(line) if line.endswith(b"\n") else None
+        if seq is not None and seq <= after_seq:
+            lo = start + len(line)
+        elif start == lo:
+            break
+        else:
+            hi = start
+    return lo
+
+
+def _lines_forward(fd: int, start: int, size: int, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+    """Whole lines from ``start`` to ``size`` (a torn last line is left out)."""
+    pos, buf = start, b""
+    while pos < size:
+        data = os.pread(fd, min(chunk, size - pos), pos)
+        if not data:
+            break
+        pos += len(data)
+        buf += data
+        lines = buf.split(b"\n")
+        buf = lines.pop()
+        for line in lines:
+            yield line + b"\n"
 
 
 def verify_chain(path: Path) -> int:

@@ -4,6 +4,11 @@ The TLS handshake already refuses clients without a certificate or from another 
 handshake cannot know is checked here, on every call, so it takes effect on open connections:
 revocation (the CRL is re-read when `smx pki revoke` rewrites it), expiry during a long-lived
 connection, and exactly one well-formed URI SAN of this site.
+
+Authorization has two steps, so that no handler can forget the first: the RPC edge
+(trusted.core.rpc) resolves the method's verb in the one table (`METHOD_VERBS`) and
+`Gate.admit` refuses a caller that holds that verb on nothing; the handler then receives a
+`Caller` bound to that verb and checks each point it touches with `Caller.require` / `may`.
 """
 
 from __future__ import annotations
@@ -18,19 +23,50 @@ from smx.identity import Identity, IdentityError, identity_from_certificate
 from trusted.core.audit import AuditLog
 from trusted.core.errors import CoreError
 from trusted.pki import RevocationList, load_certificate_pem
-from trusted.policy import Policy
+from trusted.policy import NO_VERB, Policy
 
-__all__ = ["Caller", "Gate", "ClientStats"]
+__all__ = ["Caller", "Gate", "ClientStats", "Peer"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Caller:
+class Peer:
+    """What a client certificate proves (cached per certificate)."""
+
     identity: Identity
     uri: str
     serial: int
     not_after: float  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """One admitted call: who, which method, and the verb the method needs, with the per-point
+    checks bound to them. Handlers never name a verb or a method themselves."""
+
+    peer: Peer
+    method: str
+    verb: str
+    gate: Gate = field(repr=False, compare=False)
+
+    @property
+    def identity(self) -> Identity:
+        return self.peer.identity
+
+    @property
+    def uri(self) -> str:
+        return self.peer.uri
+
+    def may(self, point: str) -> bool:
+        """Does the caller hold the method's verb on `point`? Reads the policy in force now,
+        so a reload applies to open streams."""
+        return self.verb == NO_VERB or self.gate.policy.allows(self.peer.identity, self.verb, point)
+
+    def require(self, point: str) -> None:
+        """Refuse the call (PERMISSION_NOT_GRANTED, audited by the edge) unless `may(point)`."""
+        if not self.may(point):
+            raise self.gate.not_granted(self.peer, self.method, self.verb, point)
 
 
 @dataclass(slots=True)
@@ -48,42 +84,56 @@ class Gate:
     revocations: RevocationList
     audit: AuditLog
     clients: dict[str, ClientStats] = field(default_factory=dict)
-    # peer PEM -> Caller or the CoreError it raises; certificates are few and long-lived.
-    _certs: dict[bytes, Caller | CoreError] = field(default_factory=dict)
+    # peer PEM -> Peer or the CoreError it raises; certificates are few and long-lived.
+    _certs: dict[bytes, Peer | CoreError] = field(default_factory=dict)
 
-    def authenticate(self, context: grpc.aio.ServicerContext, method: str) -> Caller:
+    def admit(self, context: grpc.aio.ServicerContext, method: str, verb: str | None) -> Caller:
+        """Authenticate, then the coarse right: the caller must hold `verb` on at least one
+        point (admin: at all). `verb` None means the method has no entry in the table: it is
+        refused to everyone rather than served unchecked."""
+        peer = self.authenticate(context, method)
+        if verb is None:
+            err = CoreError(
+                "METHOD_UNGUARDED", f"{method} has no authorization entry; refused to everyone"
+            )
+            raise self._deny(peer.uri, method, "", err)
+        if verb != NO_VERB and not self.policy.allows(peer.identity, verb, None):
+            raise self.not_granted(peer, method, verb, None)
+        return Caller(peer, method, verb, self)
+
+    def authenticate(self, context: grpc.aio.ServicerContext, method: str) -> Peer:
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             # Unreachable with require_client_auth, kept as a guard for a misconfigured port.
             raise self._deny("", method, "", CoreError("IDENTITY_INVALID", "no client certificate"))
         pem = pems[0]
-        caller = self._certs.get(pem)
-        if caller is None:
-            caller = self._certs[pem] = self._parse(pem)
+        peer = self._certs.get(pem)
+        if peer is None:
+            peer = self._certs[pem] = self._parse(pem)
             if len(self._certs) > 4096:
                 self._certs.clear()
-        if isinstance(caller, CoreError):
-            raise self._deny("", method, "", caller)
-        self.recheck(caller, method)
+        if isinstance(peer, CoreError):
+            raise self._deny("", method, "", peer)
+        self.recheck(peer, method)
         now = time.time()
-        stats = self.clients.get(caller.uri)
+        stats = self.clients.get(peer.uri)
         if stats is None:
-            stats = self.clients[caller.uri] = ClientStats(first_seen=now, last_seen=now)
+            stats = self.clients[peer.uri] = ClientStats(first_seen=now, last_seen=now)
         stats.calls += 1
         stats.last_seen = now
-        return caller
+        return peer
 
-    def recheck(self, caller: Caller, method: str) -> None:
+    def recheck(self, peer: Peer, method: str) -> None:
         """Expiry and revocation; also called while a stream is open, so a revoked client's
         watch ends instead of flowing on."""
-        if time.time() > caller.not_after:
+        if time.time() > peer.not_after:
             err = CoreError("CERTIFICATE_EXPIRED", "client certificate has expired")
-            raise self._deny(caller.uri, method, "", err)
-        if self.revocations.is_revoked(caller.serial):
-            err = CoreError("CERTIFICATE_REVOKED", f"certificate of {caller.uri} is revoked")
-            raise self._deny(caller.uri, method, "", err)
+            raise self._deny(peer.uri, method, "", err)
+        if self.revocations.is_revoked(peer.serial):
+            err = CoreError("CERTIFICATE_REVOKED", f"certificate of {peer.uri} is revoked")
+            raise self._deny(peer.uri, method, "", err)
 
-    def _parse(self, pem: bytes) -> Caller | CoreError:
+    def _parse(self, pem: bytes) -> Peer | CoreError:
         try:
             cert = load_certificate_pem(pem)
             identity = identity_from_certificate(cert)
@@ -94,18 +144,17 @@ class Gate:
                 "WRONG_SITE", f"certificate is for site {identity.site!r}, this is {self.site!r}"
             )
         not_after = cert.not_valid_after_utc.timestamp()
-        return Caller(identity, identity.uri, cert.serial_number, not_after)
+        return Peer(identity, identity.uri, cert.serial_number, not_after)
 
-    def check(self, caller: Caller, verb: str, method: str, point: str | None = None) -> None:
-        if not self.policy.allows(caller.identity, verb, point):
-            target = f" on {point}" if point else ""
-            err = CoreError(
-                "PERMISSION_NOT_GRANTED",
-                f"{caller.uri} may not {verb}{target}",
-                verb=verb,
-                **({"point": point} if point else {}),
-            )
-            raise self._deny(caller.uri, method, point or "", err)
+    def not_granted(self, peer: Peer, method: str, verb: str, point: str | None) -> CoreError:
+        target = f" on {point}" if point else ""
+        err = CoreError(
+            "PERMISSION_NOT_GRANTED",
+            f"{peer.uri} may not {verb}{target}",
+            verb=verb,
+            **({"point": point} if point else {}),
+        )
+        return self._deny(peer.uri, method, point or "", err)
 
     def refused(self, err: CoreError, identity: str, method: str) -> None:
         """Audit a refusal (called once per refused call, by rpc.py)."""

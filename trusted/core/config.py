@@ -22,7 +22,7 @@ Format (every key optional; relative paths are relative to the site home)::
     path = "data/audit.jsonl"
 
     [watch]
-    backlog = 20000              # revisions kept so a watcher can resume (older: re-snapshot)
+    backlog = 20000              # revisions (and setpoint changes) kept so a watcher can resume
     stale_factor = 2.0
     stale_check_interval = "500ms"
 

@@ -37,6 +37,7 @@ CODES: dict[str, grpc.StatusCode] = {
     "HISTORY_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "TOO_MANY_STREAMS": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "METHOD_UNGUARDED": grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # Errors that refuse the caller something: each is audited once, at the edge (rpc.py). Not

@@ -115,6 +115,14 @@ class RealtimeDB:
         self._compacted = self.revision
         return self.revision
 
+    def next_revision(self) -> int:
+        """A new revision. One sequence for the whole core: setpoint changes take theirs from
+        here too, so the restart gap above covers them (setpoints are not persisted, but the
+        core's own points are written every few seconds, so the persisted revisions stay
+        close behind)."""
+        self.revision += 1
+        return self.revision
+
     # -- metadata ---------------------------------------------------------------------------
 
     def declare(self, identity: str, metas: Iterable[point_pb2.PointMetadata]) -> int:
@@ -201,8 +209,7 @@ class RealtimeDB:
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise CoreError("INVALID_ARGUMENT", f"point {dup} appears twice in one batch")
-        self.revision += 1
-        rev = self.revision
+        rev = self.next_revision()
         now = now_ms()
         # What every point of the batch shares, serialized once: parsing it back is the
         # cheapest way to start a new Point (measured: 1.7 us against 2.6 us with keywords).
@@ -317,7 +324,7 @@ class RealtimeDB:
         due = [n for n, deadline in self._deadlines.items() if deadline <= now]
         if not due:
             return []
-        self.revision += 1
+        self.next_revision()
         marked = []
         for name in due:
             del self._deadlines[name]

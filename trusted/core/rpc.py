@@ -1,15 +1,18 @@
 """The edge between gRPC and the core: one wrapper around every RPC handler.
 
 Requests arrive as raw bytes and are parsed here, so that a malformed or oversized request is
-answered with INVALID_ARGUMENT (grpc's own deserialiser would answer INTERNAL), the caller is
-authenticated before any work is done, and every `CoreError` becomes a status with ErrorInfo in
-exactly one place.
+answered with INVALID_ARGUMENT (grpc's own deserialiser would answer INTERNAL). Before any
+handler runs, the caller is authenticated and authorized against the one table of method
+verbs (`trusted.policy.METHOD_VERBS`): a method without an entry is refused to everyone, so a
+new RPC cannot be served unchecked by forgetting a line in its handler. Every `CoreError`
+becomes a status with ErrorInfo in exactly one place, and every refusal is audited there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -17,10 +20,11 @@ from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from trusted.core.auth import Caller, Gate
+from trusted.core.auth import Caller, Gate, Peer
 from trusted.core.errors import REFUSALS, CoreError, to_rpc_status
+from trusted.policy import METHOD_VERBS
 
-__all__ = ["service_handler"]
+__all__ = ["MAX_OPEN_STREAMS", "service_handler", "stream_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +36,54 @@ Stream = Callable[[Any, Caller, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 def service_handler(
-    service: ServiceDescriptor, impl: object, gate: Gate, max_message_bytes: int
+    service: ServiceDescriptor,
+    impl: object,
+    gate: Gate,
+    max_message_bytes: int,
+    verbs: Mapping[str, str] = METHOD_VERBS,
 ) -> grpc.GenericRpcHandler:
     """A generic handler serving `service` with the methods of `impl` named like its RPCs:
     `async def Rpc(request, caller, context)` (a coroutine, or an async generator for
-    server-streaming RPCs)."""
+    server-streaming RPCs). `verbs` maps full method names to the verb each needs."""
     handlers = {}
     for method in service.methods:
-        fn = getattr(impl, method.name)
+        full = f"/{service.full_name}/{method.name}"
+        verb = verbs.get(full)
+        if verb is None:
+            # Served, but refused to everyone: a missing entry must be visible to clients (and
+            # in the audit log), not a silent UNIMPLEMENTED or, worse, an unchecked method.
+            log.error("%s has no entry in the method verb table: every call is refused", full)
+        fn = getattr(impl, method.name, None)
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
-        full = f"/{service.full_name}/{method.name}"
         parse = _parser(request_cls, full, max_message_bytes)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(fn, parse, gate, full),
+                _stream(fn, parse, gate, full, verb),
                 response_serializer=response_cls.SerializeToString,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(fn, parse, gate, full),
+                _unary(fn, parse, gate, full, verb),
                 response_serializer=response_cls.SerializeToString,
             )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+@contextlib.contextmanager
+def stream_slot(gate: Gate, peer: Peer) -> Iterator[None]:
+    """Hold one of the client's MAX_OPEN_STREAMS places for the life of a stream; every
+    long-lived stream the core serves (watches, Health.Watch) takes one."""
+    stats = gate.clients[peer.uri]
+    if stats.open_streams >= MAX_OPEN_STREAMS:
+        raise CoreError(
+            "TOO_MANY_STREAMS", f"{peer.uri} already has {MAX_OPEN_STREAMS} open streams"
+        )
+    stats.open_streams += 1
+    try:
+        yield
+    finally:
+        stats.open_streams -= 1
 
 
 def _parser(cls: Any, method: str, limit: int) -> Callable[[bytes], Any]:
@@ -72,11 +101,16 @@ def _parser(cls: Any, method: str, limit: int) -> Callable[[bytes], Any]:
     return parse
 
 
-def _unary(fn: Unary, parse: Callable[[bytes], Any], gate: Gate, method: str) -> Callable:
+def _unary(
+    fn: Unary | None, parse: Callable[[bytes], Any], gate: Gate, method: str, verb: str | None
+) -> Callable:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> Any:
         caller = None
         try:
-            caller = gate.authenticate(context, method)
+            caller = gate.admit(context, method, verb)
+            if fn is None:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served yet")
+                return None
             return await fn(parse(data), caller, context)
         except CoreError as err:
             await _abort(context, gate, err, caller, method)
@@ -84,26 +118,22 @@ def _unary(fn: Unary, parse: Callable[[bytes], Any], gate: Gate, method: str) ->
     return handle
 
 
-def _stream(fn: Stream, parse: Callable[[bytes], Any], gate: Gate, method: str) -> Callable:
+def _stream(
+    fn: Stream | None, parse: Callable[[bytes], Any], gate: Gate, method: str, verb: str | None
+) -> Callable:
     async def handle(data: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        stats = caller = None
+        caller = None
         try:
-            caller = gate.authenticate(context, method)
-            if gate.clients[caller.uri].open_streams >= MAX_OPEN_STREAMS:
-                raise CoreError(
-                    "TOO_MANY_STREAMS",
-                    f"{caller.uri} already has {MAX_OPEN_STREAMS} open streams",
-                )
-            stats = gate.clients[caller.uri]
-            stats.open_streams += 1
-            async for item in fn(parse(data), caller, context):
-                gate.recheck(caller, method)
-                yield item
+            caller = gate.admit(context, method, verb)
+            if fn is None:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served yet")
+                return
+            with stream_slot(gate, caller.peer):
+                async for item in fn(parse(data), caller, context):
+                    gate.recheck(caller.peer, method)
+                    yield item
         except CoreError as err:
             await _abort(context, gate, err, caller, method)
-        finally:
-            if stats is not None:
-                stats.open_streams -= 1
 
     return handle
 

@@ -1,13 +1,12 @@
 """Setpoints: requested by a controller, applied and reported by the owning extension.
 
-One setpoint is current per point name; a newer request supersedes it. The owner learns of
-requests and expiries through `SetpointWatcher`s, which, like point watchers, keep only the
-latest event per name, so a slow owner never blocks a requester.
+One setpoint is current per point name; a newer request supersedes it. Every change is stored
+under a new revision and appended to the board's `SetpointLog`, from which owners learn of
+requests and expiries (WatchSetpoints) and requesters of outcomes (WatchSetpointOutcomes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 import uuid
@@ -18,8 +17,9 @@ from smx.timestamps import ms_to_ts, now_ms, ts_to_ms
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2
 from trusted.core.errors import CoreError
+from trusted.core.setpoint_log import Revisions, SetpointLog
 
-__all__ = ["SetpointBoard", "SetpointWatcher", "ACTIVE"]
+__all__ = ["SetpointBoard", "ACTIVE"]
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +35,19 @@ MIN_VALID_S, MAX_VALID_S = 1.0, 24 * 3600.0
 KEEP_FINISHED = 10_000
 
 
-class SetpointWatcher:
-    __slots__ = ("match", "pending", "event")
-
-    def __init__(self, match: Callable[[str], bool]) -> None:
-        self.match = match
-        self.pending: dict[str, tuple[pb.SetpointEvent, pb.Setpoint]] = {}
-        self.event = asyncio.Event()
-
-    def offer(self, event: pb.SetpointEvent, setpoint: pb.Setpoint) -> None:
-        self.pending.pop(setpoint.name, None)
-        self.pending[setpoint.name] = (event, setpoint)
-        self.event.set()
-
-    def take(self) -> list[tuple[pb.SetpointEvent, pb.Setpoint]]:
-        items = list(self.pending.values())
-        self.pending.clear()
-        self.event.clear()
-        return items
+_NO_EVENT = pb.SETPOINT_EVENT_UNSPECIFIED
 
 
 class SetpointBoard:
-    def __init__(self, *, on_change: Callable[[str, pb.Setpoint], None] | None = None) -> None:
+    def __init__(
+        self,
+        revisions: Revisions,
+        *,
+        backlog: int = 20_000,
+        on_change: Callable[[str, pb.Setpoint], None] | None = None,
+    ) -> None:
+        self.revisions = revisions
+        self.log = SetpointLog(revisions, backlog)
         # on_change(kind, setpoint) is told of every transition (the core audits them).
         self._on_change = on_change or (lambda kind, sp: None)
         self._by_id: OrderedDict[str, pb.Setpoint] = OrderedDict()
@@ -65,7 +56,6 @@ class SetpointBoard:
         # it expires or a newer one is applied, even when a newer request supersedes it.
         self._in_force: dict[str, pb.Setpoint] = {}
         self._expiries: list[tuple[int, str]] = []
-        self._watchers: set[SetpointWatcher] = set()
 
     def request(
         self, requester: str, name: str, value: point_pb2.Value, valid_for_s: float
@@ -79,9 +69,11 @@ class SetpointBoard:
                 f" got {valid_for_s:g} s",
             )
         now = now_ms()
+        revision = self.revisions.next_revision()
         previous = self.current(name)
         if previous is not None and previous.status in ACTIVE:
             previous.status = pb.SETPOINT_STATUS_SUPERSEDED
+            self._changed(revision, previous, _NO_EVENT)
             self._on_change("setpoint_superseded", previous)
         sp = pb.Setpoint(
             id=uuid.uuid4().hex,
@@ -96,8 +88,8 @@ class SetpointBoard:
         self._current[name] = sp.id
         heapq.heappush(self._expiries, (ts_to_ms(sp.expire_time), sp.id))
         self._trim()
+        self._changed(revision, sp, pb.SETPOINT_EVENT_REQUESTED)
         self._on_change("setpoint_request", sp)
-        self._notify(pb.SETPOINT_EVENT_REQUESTED, sp)
         return sp
 
     def report(
@@ -126,6 +118,7 @@ class SetpointBoard:
             raise CoreError("INVALID_ARGUMENT", "CLAMPED needs applied_value")
         if status == pb.SETPOINT_STATUS_REJECTED and not reason:
             raise CoreError("INVALID_ARGUMENT", "REJECTED needs a reason")
+        revision = self.revisions.next_revision()
         sp.status = status
         sp.reason = reason
         sp.reporter = reporter
@@ -135,6 +128,7 @@ class SetpointBoard:
             sp.applied_value.CopyFrom(given or sp.value)
         elif status == pb.SETPOINT_STATUS_CLAMPED and given is not None:
             sp.applied_value.CopyFrom(given)
+        self._changed(revision, sp, _NO_EVENT)
         self._on_change("setpoint_report", sp)
         old = self._in_force.get(sp.name)
         if status == pb.SETPOINT_STATUS_REJECTED:
@@ -142,7 +136,7 @@ class SetpointBoard:
                 # The newer request replaced what the device runs and was refused: nothing
                 # is in force any more, so the owner falls back.
                 del self._in_force[sp.name]
-                self._notify(pb.SETPOINT_EVENT_EXPIRED, old)
+                self._tell_owner(revision, old, pb.SETPOINT_EVENT_EXPIRED)
         else:
             self._in_force[sp.name] = sp
         return sp
@@ -161,49 +155,54 @@ class SetpointBoard:
         """Expire every active setpoint whose time is up; owners are told to fall back."""
         now = now_ms() if now is None else now
         expired = []
+        revision = 0  # one revision for everything that expires at once, taken when needed
         while self._expiries and self._expiries[0][0] <= now:
             _, sid = heapq.heappop(self._expiries)
             sp = self._by_id.get(sid)
             if sp is None:
                 continue
-            if sp.status in ACTIVE:
-                sp.status = pb.SETPOINT_STATUS_EXPIRED
-                expired.append(sp)
-                self._on_change("setpoint_expired", sp)
             in_force = self._in_force.get(sp.name)
-            if in_force is not None and in_force.id == sid:
+            running = in_force is not None and in_force.id == sid
+            if running:
                 del self._in_force[sp.name]
             # Tell the owner to fall back when what expires is what it should be running:
             # the current setpoint, or the one it applied while a newer one is not applied.
             current = self.current(sp.name)
-            running = in_force is not None and in_force.id == sid
-            if self._current.get(sp.name) == sid or (
+            fall_back = self._current.get(sp.name) == sid or (
                 running and (current is None or current.status not in APPLIED_NOW)
-            ):
-                self._notify(pb.SETPOINT_EVENT_EXPIRED, sp)
+            )
+            if sp.status not in ACTIVE and not fall_back:
+                continue
+            revision = revision or self.revisions.next_revision()
+            event = pb.SETPOINT_EVENT_EXPIRED if fall_back else _NO_EVENT
+            if sp.status in ACTIVE:
+                sp.status = pb.SETPOINT_STATUS_EXPIRED
+                expired.append(sp)
+                self._changed(revision, sp, event)
+                self._on_change("setpoint_expired", sp)
+            else:
+                self._tell_owner(revision, sp, event)
         return expired
 
     def next_expiry_ms(self) -> int | None:
         return self._expiries[0][0] if self._expiries else None
 
-    def watch(self, match: Callable[[str], bool]) -> SetpointWatcher:
-        """A watcher that first holds every current, still-active setpoint it matches: an
-        owner that restarts re-applies what is in force."""
-        watcher = SetpointWatcher(match)
-        for name, sid in self._current.items():
-            sp = self._by_id.get(sid)
-            if sp is not None and sp.status in ACTIVE and match(name):
-                watcher.offer(pb.SETPOINT_EVENT_REQUESTED, sp)
-        self._watchers.add(watcher)
-        return watcher
+    def in_force(self) -> list[pb.Setpoint]:
+        """The current setpoint of every name while it is still active (PENDING, APPLIED,
+        CLAMPED): what an owner must run, and what a requester's watch starts with."""
+        found = (self._by_id.get(sid) for sid in self._current.values())
+        return [sp for sp in found if sp is not None and sp.status in ACTIVE]
 
-    def unwatch(self, watcher: SetpointWatcher) -> None:
-        self._watchers.discard(watcher)
+    def _changed(self, revision: int, sp: pb.Setpoint, event: pb.SetpointEvent) -> None:
+        """`sp` changed under `revision`: its requester follows it, and `event` (if any) is
+        what its owner must do."""
+        sp.revision = revision
+        self.log.append(revision, sp, outcome=True, event=event)
 
-    def _notify(self, event: pb.SetpointEvent, sp: pb.Setpoint) -> None:
-        for w in self._watchers:
-            if w.match(sp.name):
-                w.offer(event, sp)
+    def _tell_owner(self, revision: int, sp: pb.Setpoint, event: pb.SetpointEvent) -> None:
+        """An event for the owner about a setpoint whose own status does not change (the one
+        the device runs, already superseded, must end)."""
+        self.log.append(revision, sp, outcome=False, event=event)
 
     def _trim(self) -> None:
         """Forget the oldest setpoints beyond KEEP_FINISHED, in constant time per request;

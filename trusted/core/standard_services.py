@@ -1,7 +1,9 @@
 """The standard gRPC services (health, reflection) behind the same identity checks as the API.
 
 They are registered outside rpc.py's wrapper, so without this a revoked certificate, or one of
-another site, would still get answers (and hold Health.Watch streams open).
+another site, would still get answers (and hold Health.Watch streams open). They need no verb:
+any authenticated client may ask whether the core is serving and what its API is. A
+Health.Watch stream takes one of the client's open-stream places like any watch.
 """
 
 from __future__ import annotations
@@ -14,18 +16,26 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from trusted.core.auth import Gate
+from trusted.core.auth import Gate, Peer
 from trusted.core.errors import CoreError, to_rpc_status
+from trusted.core.rpc import stream_slot
 
 __all__ = ["CheckedHealth", "add_reflection"]
 
 
-async def _authenticate(gate: Gate, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _authenticate(gate: Gate, context: grpc.aio.ServicerContext, method: str) -> Peer:
     try:
-        gate.authenticate(context, method)
+        return gate.authenticate(context, method)
     except CoreError as err:
-        gate.refused(err, "", method)
-        await context.abort_with_status(to_rpc_status(err))
+        await _refuse(gate, context, err, "", method)
+        raise AssertionError("unreachable: abort raises") from err
+
+
+async def _refuse(
+    gate: Gate, context: grpc.aio.ServicerContext, err: CoreError, identity: str, method: str
+) -> None:
+    gate.refused(err, identity, method)
+    await context.abort_with_status(to_rpc_status(err))
 
 
 class CheckedHealth(health.aio.HealthServicer):
@@ -38,8 +48,14 @@ class CheckedHealth(health.aio.HealthServicer):
         return await super().Check(request, context)
 
     async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _authenticate(self.gate, context, "/grpc.health.v1.Health/Watch")
-        return await super().Watch(request, context)
+        method = "/grpc.health.v1.Health/Watch"
+        peer = await _authenticate(self.gate, context, method)
+        try:
+            with stream_slot(self.gate, peer):
+                return await super().Watch(request, context)
+        except CoreError as err:  # TOO_MANY_STREAMS: only the slot raises CoreError here
+            await _refuse(self.gate, context, err, peer.uri, method)
+            return None
 
     def add_to(self, server: grpc.aio.Server) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(self, server)

@@ -66,7 +66,9 @@ class CoreState:
             backlog=config.watch_backlog,
             stale_factor=config.stale_factor,
         )
-        self.board = SetpointBoard(on_change=self._audit_setpoint)
+        self.board = SetpointBoard(
+            self.db, backlog=config.watch_backlog, on_change=self._audit_setpoint
+        )
         self.gate = Gate(
             site=self.site,
             policy=Policy.load(config.policy),
@@ -85,6 +87,7 @@ class CoreState:
             self.history.load_last(), self.history.load_metadata(), _read_floor(floor_file)
         )
         _write_floor(floor_file, start)
+        self.board.log.start_at(start)
         self._declare_core_points()
         self._tasks = [
             asyncio.create_task(self._stale_loop(), name="stale"),

@@ -69,6 +69,7 @@ from smx.names import Glob, GlobSet, InvalidName, substitute
 from smx.toml_text import toml_list, toml_str
 from trusted.policy.model import (
     METHOD_VERBS,
+    NO_VERB,
     VERBS,
     WILDCARD_IDENTITY,
     Binding,
@@ -80,6 +81,7 @@ from trusted.policy.parser import parse_policy
 
 __all__ = [
     "METHOD_VERBS",
+    "NO_VERB",
     "VERBS",
     "Binding",
     "Policy",

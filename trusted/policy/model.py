@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "METHOD_VERBS",
+    "NO_VERB",
     "VERBS",
     "WILDCARD_IDENTITY",
     "Binding",
@@ -22,21 +23,31 @@ __all__ = [
 
 VERBS: tuple[str, ...] = ("read", "write", "request", "control", "admin")
 
-# Which verb each RPC needs (IdentityService.WhoAmI needs none: any authenticated caller).
+# The entry of a method any authenticated caller may use: it needs no verb.
+NO_VERB = "none"
+
+# The verb each RPC needs, keyed by full gRPC method name: the one table the core's RPC edge
+# authorizes every call with (trusted.core.rpc). A method missing here is refused to everyone,
+# so a new RPC is closed until someone decides which right it needs. The caller must hold the
+# verb on at least one point (admin: at all) before the handler runs; the handler then checks
+# each point it touches against the same verb.
 METHOD_VERBS: Mapping[str, str] = {
-    "GetPoints": "read",
-    "ListPoints": "read",
-    "WatchPoints": "read",
-    "ReadHistory": "read",
-    "GetSetpoint": "read",
-    "WritePoints": "write",
-    "DeclarePoints": "write",
-    "RequestSetpoint": "request",
-    "WatchSetpoints": "control",
-    "ReportSetpoint": "control",
-    "QueryAudit": "admin",
-    "ReloadPolicy": "admin",
-    "ListClients": "admin",
+    "/smx.v1.PointService/GetPoints": "read",
+    "/smx.v1.PointService/ListPoints": "read",
+    "/smx.v1.PointService/WatchPoints": "read",
+    "/smx.v1.PointService/ReadHistory": "read",
+    "/smx.v1.PointService/DeclarePoints": "write",
+    "/smx.v1.PointService/WritePoints": "write",
+    # Its own requests are visible to a requester without read on the point.
+    "/smx.v1.ControlService/GetSetpoint": "read",
+    "/smx.v1.ControlService/RequestSetpoint": "request",
+    "/smx.v1.ControlService/WatchSetpointOutcomes": "request",
+    "/smx.v1.ControlService/WatchSetpoints": "control",
+    "/smx.v1.ControlService/ReportSetpoint": "control",
+    "/smx.v1.IdentityService/WhoAmI": NO_VERB,
+    "/smx.v1.AdminService/ListAuditRecords": "admin",
+    "/smx.v1.AdminService/ReloadPolicy": "admin",
+    "/smx.v1.AdminService/ListClients": "admin",
 }
 
 # The one wildcard binding form, `spiffe://<site>/<domain>/*`; groups: site, domain.

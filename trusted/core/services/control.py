@@ -1,4 +1,8 @@
-"""ControlService: setpoint requests, their delivery to the owner, reports and status."""
+"""ControlService: setpoint requests, their delivery to the owner, reports, status, outcomes.
+
+The edge has already checked that the caller holds the method's verb on some point; each
+handler checks the names it touches with `caller.require` / `caller.may` (same verb).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from smx.v1 import point_pb2
 from trusted.core.auth import Caller
 from trusted.core.errors import CoreError
 from trusted.core.rate_limit import TokenBuckets
-from trusted.core.services.points import _globs, _name, check_patterns
+from trusted.core.services.fields import check_patterns, globs, heartbeat_s, point_name
+from trusted.core.services.setpoint_watch import outcome_stream, owner_stream
 from trusted.core.state import CoreState
 
 __all__ = ["ControlService"]
 
-SERVICE = "/smx.v1.ControlService/"
 # Setpoint requests per requester: a controller sends a few per minute; this leaves room for
 # bursts (a schedule pushed at once) while keeping a runaway client from flooding the audit log.
 REQUEST_RATE = 5.0
@@ -28,8 +32,8 @@ class ControlService:
         self.requests = TokenBuckets(REQUEST_RATE, REQUEST_BURST)
 
     async def RequestSetpoint(self, req: pb.RequestSetpointRequest, caller: Caller, ctx: object):
-        name = _name(req.name)
-        self.s.gate.check(caller, "request", SERVICE + "RequestSetpoint", name)
+        name = point_name(req.name)
+        caller.require(name)
         if not self.requests.take(caller.uri):
             raise CoreError(
                 "RATE_LIMITED",
@@ -49,26 +53,32 @@ class ControlService:
     async def WatchSetpoints(
         self, req: pb.WatchSetpointsRequest, caller: Caller, ctx: object
     ) -> AsyncIterator[pb.WatchSetpointsResponse]:
-        gate, ident = self.s.gate, caller.identity
         check_patterns(req.patterns)
-        gate.check(caller, "control", SERVICE + "WatchSetpoints")
-        wanted = _globs(list(req.patterns) or ["**"])
+        wanted, heartbeat = globs(req.patterns), heartbeat_s(req)
 
         def match(name: str) -> bool:
-            return wanted.match(name) and gate.policy.allows(ident, "control", name)
+            return wanted.match(name) and caller.may(name)
 
-        watcher = self.s.board.watch(match)
-        try:
-            while True:
-                await watcher.event.wait()
-                for event, sp in watcher.take():
-                    yield pb.WatchSetpointsResponse(event=event, setpoint=sp)
-        finally:
-            self.s.board.unwatch(watcher)
+        async for msg in owner_stream(self.s.board, match, req.start_revision, heartbeat):
+            yield msg
+
+    async def WatchSetpointOutcomes(
+        self, req: pb.WatchSetpointOutcomesRequest, caller: Caller, ctx: object
+    ) -> AsyncIterator[pb.WatchSetpointOutcomesResponse]:
+        check_patterns(req.patterns)
+        wanted, heartbeat = globs(req.patterns), heartbeat_s(req)
+
+        def match(name: str) -> bool:
+            # Only names the caller may (still) request: a policy reload applies at once.
+            return wanted.match(name) and caller.may(name)
+
+        stream = outcome_stream(self.s.board, match, caller.uri, req.start_revision, heartbeat)
+        async for msg in stream:
+            yield msg
 
     async def ReportSetpoint(self, req: pb.ReportSetpointRequest, caller: Caller, ctx: object):
         sp = self.s.board.get(setpoint_id=req.id)
-        self.s.gate.check(caller, "control", SERVICE + "ReportSetpoint", sp.name)
+        caller.require(sp.name)
         applied = req.applied_value if req.HasField("applied_value") else None
         sp = self.s.board.report(caller.uri, req.id, req.status, applied, req.reason)
         if sp.status in (pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED):
@@ -79,18 +89,19 @@ class ControlService:
         return pb.ReportSetpointResponse(setpoint=sp)
 
     async def GetSetpoint(self, req: pb.GetSetpointRequest, caller: Caller, ctx: object):
-        if bool(req.name) == bool(req.id):
+        selector = req.WhichOneof("selector")
+        if selector is None or not getattr(req, selector):
             raise CoreError("INVALID_ARGUMENT", "give exactly one of name or id")
-        gate, method = self.s.gate, SERVICE + "GetSetpoint"
         # The requester always sees its own request; anyone else needs read on the point. By
         # name, rights are checked before the lookup, so "not found" reveals nothing either.
-        may_read = bool(req.name) and gate.policy.allows(caller.identity, "read", _name(req.name))
+        name = point_name(req.name) if selector == "name" else ""
+        may_read = bool(name) and caller.may(name)
         try:
-            sp = self.s.board.get(name=req.name, setpoint_id=req.id)
+            sp = self.s.board.get(name=name, setpoint_id=req.id)
         except CoreError:
-            if req.name and not may_read:
-                gate.check(caller, "read", method, req.name)
+            if name and not may_read:
+                caller.require(name)
             raise
         if sp.requester != caller.uri and not may_read:
-            gate.check(caller, "read", method, sp.name)
+            caller.require(sp.name)
         return pb.GetSetpointResponse(setpoint=sp)

@@ -1,7 +1,9 @@
-"""IdentityService: the caller as the core sees it, for debugging certificates and policy."""
+"""IdentityService: the caller as the core sees it, for debugging certificates and policy.
+Any authenticated caller may ask (its entry in the method table needs no verb)."""
 
 from __future__ import annotations
 
+from smx.timestamps import ms_to_ts
 from smx.v1 import identity_service_pb2 as pb
 from trusted.core.auth import Caller
 from trusted.core.state import CoreState
@@ -25,6 +27,6 @@ class IdentityService:
                 pb.Rule(verbs=list(verbs), patterns=list(patterns))
                 for verbs, patterns in policy.rules_for(ident)
             ],
-            certificate_serial=f"{caller.serial:x}",
-            certificate_not_after_unix=int(caller.not_after),
+            certificate_serial=f"{caller.peer.serial:x}",
+            certificate_expire_time=ms_to_ts(int(caller.peer.not_after * 1000)),
         )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import cast
 
 import grpc
 
-from smx.names import Glob, GlobSet, InvalidName, validate_point_name
 from smx.timestamps import duration_s, ms_to_ts, ts_to_ms
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
@@ -16,11 +15,12 @@ from smx.values import to_value
 from trusted.core.auth import Caller
 from trusted.core.errors import CoreError
 from trusted.core.history import HistoryError, HistoryQueryError
+from trusted.core.paging import make_token, page_size, read_token
+from trusted.core.services.fields import check_patterns, globs, heartbeat_s, point_name
 from trusted.core.state import CoreState
 
 __all__ = ["PointService"]
 
-SERVICE = "/smx.v1.PointService/"
 WATCH_CHUNK = 1000
 AGGREGATIONS = {
     pb.AGGREGATION_UNSPECIFIED: "avg",
@@ -30,8 +30,6 @@ AGGREGATIONS = {
     pb.AGGREGATION_LAST: "last",
 }
 MAX_HISTORY_NAMES = 100
-# Patterns in one watch: each is compiled and matched against every point name.
-MAX_WATCH_PATTERNS = 64
 
 
 class PointService:
@@ -49,36 +47,32 @@ class PointService:
     async def GetPoints(self, req: pb.GetPointsRequest, caller: Caller, ctx: object):
         self._limit(req.names, "names")
         for name in req.names:
-            self.s.gate.check(caller, "read", SERVICE + "GetPoints", _name(name))
+            caller.require(point_name(name))
         return pb.GetPointsResponse(points=self.s.db.get(req.names), revision=self.s.db.revision)
 
     async def ListPoints(self, req: pb.ListPointsRequest, caller: Caller, ctx: object):
-        if not 0 <= req.page_size <= 1000:
-            raise CoreError("INVALID_ARGUMENT", "page_size must be in 0..1000")
-        size = req.page_size or 100
-        policy, ident = self.s.gate.policy, caller.identity
+        size = page_size(req.page_size)
+        query = ("ListPoints", req.pattern)
+        after = str(read_token(req.page_token, query, str)) if req.page_token else ""
         # Names the caller may not read are not listed at all: their existence is data too.
         visible = [
-            m
-            for m in self.s.db.list_metadata(req.pattern)
-            if m.name > req.page_token and policy.allows(ident, "read", m.name)
+            m for m in self.s.db.list_metadata(req.pattern) if m.name > after and caller.may(m.name)
         ]
         page = visible[:size]
-        token = page[-1].name if len(visible) > size else ""
+        token = make_token(query, page[-1].name) if len(visible) > size else ""
         return pb.ListPointsResponse(points=page, next_page_token=token)
 
     async def DeclarePoints(self, req: pb.DeclarePointsRequest, caller: Caller, ctx: object):
         self._limit(req.points, "points")
         for m in req.points:
-            self.s.gate.check(caller, "write", SERVICE + "DeclarePoints", _name(m.name))
+            caller.require(point_name(m.name))
         return pb.DeclarePointsResponse(declared=self.s.db.declare(caller.uri, req.points))
 
     async def WritePoints(self, req: pb.WritePointsRequest, caller: Caller, ctx: object):
         self._limit(req.samples, "samples")
-        check, method = self.s.gate.check, SERVICE + "WritePoints"
         names = [s.name for s in req.samples]
         for name in names:
-            check(caller, "write", method, _name(name))
+            caller.require(point_name(name))
         revision = self.s.db.write(caller.uri, req.samples)
         self.s.audit.record_write(caller.uri, names, revision)
         return pb.WritePointsResponse(revision=revision)
@@ -86,21 +80,16 @@ class PointService:
     async def WatchPoints(
         self, req: pb.WatchPointsRequest, caller: Caller, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchPointsResponse]:
+        # A client without any read right was refused at the edge: a watch would give it
+        # nothing but cost the core work on every write.
         check_patterns(req.patterns)
-        # A client without any read right gets nothing from a watch but costs the core work
-        # on every write: refuse it outright.
-        self.s.gate.check(caller, "read", SERVICE + "WatchPoints")
-        heartbeat = (
-            duration_s(req.heartbeat_interval) if req.HasField("heartbeat_interval") else 10.0
-        )
-        if heartbeat < 0.1:
-            raise CoreError("INVALID_ARGUMENT", "heartbeat_interval must be at least 100 ms")
-        wanted = _globs(list(req.patterns) or ["**"])
-        ident, db = caller.identity, self.s.db
+        heartbeat = heartbeat_s(req)
+        wanted = globs(req.patterns)
+        db = self.s.db
 
         def match(name: str) -> bool:
-            # Read the policy through the gate each time: a reload applies to open watches.
-            return wanted.match(name) and self.s.gate.policy.allows(ident, "read", name)
+            # caller.may reads the policy in force: a reload applies to open watches.
+            return wanted.match(name) and caller.may(name)
 
         watcher, first = db.watch(match, req.start_revision)
         try:
@@ -129,7 +118,7 @@ class PointService:
                 "INVALID_ARGUMENT", f"give 1..{MAX_HISTORY_NAMES} point names, got {len(req.names)}"
             )
         for name in req.names:
-            self.s.gate.check(caller, "read", SERVICE + "ReadHistory", _name(name))
+            caller.require(point_name(name))
         start = ts_to_ms(req.start_time) if req.HasField("start_time") else None
         end = ts_to_ms(req.end_time) if req.HasField("end_time") else None
         bucket = None
@@ -148,7 +137,7 @@ class PointService:
                     name=name,
                     samples=[
                         pb.HistorySample(
-                            time=ms_to_ts(s.ts_ms),
+                            sample_time=ms_to_ts(s.ts_ms),
                             value=to_value(s.value),
                             quality=cast(point_pb2.Quality, s.quality),
                             count=s.count,
@@ -160,30 +149,6 @@ class PointService:
             raise CoreError("INVALID_ARGUMENT", str(err)) from err
         except HistoryError as err:
             raise CoreError("HISTORY_UNAVAILABLE", f"history log unavailable: {err}") from err
-
-
-def _name(name: str) -> str:
-    try:
-        return validate_point_name(name)
-    except InvalidName as err:
-        raise CoreError("INVALID_POINT_NAME", str(err), point=name[:300]) from err
-
-
-def check_patterns(patterns: Sequence[str]) -> None:
-    if len(patterns) > MAX_WATCH_PATTERNS:
-        raise CoreError(
-            "REQUEST_TOO_LARGE",
-            f"{len(patterns)} patterns in one watch; the limit is {MAX_WATCH_PATTERNS}",
-        )
-
-
-def _globs(patterns: list[str]) -> GlobSet:
-    try:
-        for p in patterns:
-            Glob(p)
-        return GlobSet(patterns)
-    except InvalidName as err:
-        raise CoreError("INVALID_POINT_NAME", str(err)) from err
 
 
 def _chunks(points: list[point_pb2.Point], revision: int) -> list[pb.WatchPointsResponse]:
