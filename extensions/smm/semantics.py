@@ -13,23 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from extensions.sdk import PointSpec, Reading
+from smx import vocabulary
 
-__all__ = ["VOCABULARY", "Ratios", "Meter", "unit_of", "scale_of"]
+__all__ = ["Ratios", "Meter", "unit_of", "scale_of"]
 
-# point -> (unit, description). Per-phase and per-tariff names are derived below.
-VOCABULARY: dict[str, tuple[str, str]] = {
-    "U": ("V", "RMS voltage"),
-    "I": ("A", "RMS current"),
-    "P": ("W", "active power, load reference (> 0 import)"),
-    "Q": ("var", "reactive power"),
-    "S": ("VA", "apparent power"),
-    "PF": ("1", "power factor"),
-    "f": ("Hz", "network frequency"),
-    "Ap": ("kWh", "active energy index A+ (import)"),
-    "Am": ("kWh", "active energy index A- (export)"),
-    "Rp": ("kvarh", "reactive energy index R+"),
-    "Rm": ("kvarh", "reactive energy index R-"),
-}
+# The meter points of the vocabulary (smx/vocabulary.toml has their units and meanings):
+# per-phase U I P Q S PF, f, and the energy indexes with tariff and billing forms.
 _NAME = re.compile(r"(U|I|P|Q|S|PF)([123])?|f|(Ap|Am|Rp|Rm)(?:_T([1-9]))?(?:\.bill(\d\d))?")
 
 # What scales with which transformer: voltages with the VT, currents with the CT, powers and
@@ -59,7 +48,8 @@ def _base(point: str) -> str:
 
 
 def unit_of(point: str) -> str:
-    return VOCABULARY[_base(point)][0]
+    _base(point)  # only meter points
+    return vocabulary.unit_of(point)
 
 
 def scale_of(point: str) -> str:
@@ -95,7 +85,9 @@ class Meter:
 
     def spec(self, point: str) -> PointSpec:
         base = _base(point)
-        unit, text = VOCABULARY[base]
+        term = vocabulary.lookup(point)
+        assert term is not None  # every meter point is a vocabulary name (tests/smx)
+        unit, text = term.unit, term.description
         billing = ".bill" in point
         return PointSpec(
             f"{self.device}/{point}",
