@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from smx.names import DEVICE_ID
+
 if TYPE_CHECKING:  # the parsing side (the core) has cryptography loaded already
     from cryptography import x509
 
@@ -14,7 +16,7 @@ __all__ = ["DOMAINS", "Identity", "IdentityError", "identity_from_certificate"]
 DOMAINS = ("trusted", "untrusted")
 # Site and client names share the device-id grammar of DATA-MODEL.md, so a client name can be
 # used as the device prefix of the points it owns.
-_NAME = r"[a-z][a-z0-9_-]{0,31}"
+_NAME = DEVICE_ID
 _SITE = r"[a-z0-9][a-z0-9_.-]{0,62}"
 _URI = re.compile(rf"spiffe://({_SITE})/(trusted|untrusted)/({_NAME})")
 
@@ -48,7 +50,7 @@ class Identity:
     @classmethod
     def check_name(cls, name: str) -> str:
         if re.fullmatch(_NAME, name) is None:
-            raise IdentityError(f"invalid client name {name!r}: use [a-z][a-z0-9_-]{{0,31}}")
+            raise IdentityError(f"invalid client name {name!r}: use {DEVICE_ID}")
         return name
 
     @classmethod

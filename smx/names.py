@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable, Iterator
 
 __all__ = [
+    "DEVICE_ID",
     "MAX_DEVICE_SEGMENTS",
     "MAX_NAME_LENGTH",
     "Glob",
@@ -48,7 +49,9 @@ MAX_NAME_LENGTH = 255
 MAX_DEVICE_SEGMENTS = 4
 _MAX_SEGMENTS = MAX_DEVICE_SEGMENTS + 1
 
-_DEVICE = r"[a-z][a-z0-9_-]{0,31}"
+# A device id; client (identity) names share it, so a client name is its own device prefix.
+DEVICE_ID = r"[a-z][a-z0-9_-]{0,31}"
+_DEVICE = DEVICE_ID
 _POINT = r"[A-Za-z][A-Za-z0-9_.]{0,63}"
 _DEVICE_RE = re.compile(_DEVICE)
 _POINT_RE = re.compile(_POINT)

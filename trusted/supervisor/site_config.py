@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from smx.identity import Identity, IdentityError
-from smx.names import Glob, InvalidName
+from smx.names import DEVICE_ID, Glob, InvalidName
 from smx.settings import ConfigError, check_keys, dotted_key, duration, show_value
 from smx.toml_text import toml_str
 from trusted.core.config import CoreConfig, load_core_config
@@ -239,8 +239,7 @@ def _process(
             Identity.check_name(dev)
         except IdentityError:
             raise SiteConfigError(
-                f"{prefix}.devices[{i}]: invalid device id {show_value(dev)}: use "
-                "[a-z][a-z0-9_-]{0,31}"
+                f"{prefix}.devices[{i}]: invalid device id {show_value(dev)}: use {DEVICE_ID}"
             ) from None
         if dev in devices[:i]:
             raise SiteConfigError(f"{prefix}.devices[{i}]: {dev!r} is listed twice")
