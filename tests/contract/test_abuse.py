@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from smx.client import error_reason
+from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
@@ -52,6 +53,39 @@ async def test_open_streams_per_client_are_capped(site, core):
     assert (await gui.points.WatchPoints(spb.WatchPointsRequest()).read()).snapshot
     for s in streams:
         s.cancel()
+
+
+async def test_health_watch_streams_count_against_the_cap(site, core):
+    gui = site.stubs("gui")
+    health = health_pb2_grpc.HealthStub(site.creds("gui").aio_channel(site.target))
+    half = MAX_OPEN_STREAMS // 2
+    watches = [gui.points.WatchPoints(spb.WatchPointsRequest()) for _ in range(half)]
+    for w in watches:
+        assert (await w.read()).snapshot
+    healths = [
+        health.Watch(health_pb2.HealthCheckRequest()) for _ in range(MAX_OPEN_STREAMS - half)
+    ]
+    for h in healths:
+        assert (await h.read()).status == health_pb2.HealthCheckResponse.SERVING
+    # Full: neither kind of stream gets another place.
+    code, reason = await refused(health.Watch(health_pb2.HealthCheckRequest()))
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+    code, reason = await refused(gui.points.WatchPoints(spb.WatchPointsRequest()))
+    assert reason == "TOO_MANY_STREAMS"
+    clients = (await site.stubs("admin").admin.ListClients(apb.ListClientsRequest())).clients
+    assert {c.identity: c.open_streams for c in clients}[
+        "spiffe://test-site/trusted/gui"
+    ] == MAX_OPEN_STREAMS
+    # A closed health stream frees its place.
+    healths.pop().cancel()
+    await asyncio.sleep(0.2)
+    assert (await gui.points.WatchPoints(spb.WatchPointsRequest()).read()).snapshot
+    refusals = await denied_records(site, "spiffe://test-site/trusted/gui")
+    assert "/grpc.health.v1.Health/Watch" in {
+        r.method for r in refusals if r.reason == "TOO_MANY_STREAMS"
+    }
+    for stream in watches + healths:
+        stream.cancel()
 
 
 async def test_too_many_patterns_in_a_watch(site, core):
