@@ -16,28 +16,15 @@ The process contract (the extension SDK relies on it exactly)
 Every extension and agent is started with the supervisor's environment (minus any ``SMX_*``
 variable), ``PYTHONPATH`` starting with the directory that holds the ``trusted`` package (so
 ``-m extensions.x`` works from a source checkout), ``PYTHONUNBUFFERED=1`` unless set, the site
-home as working directory, stdin from /dev/null, and:
-
-=================  ==============================================================================
-SMX_SITE           the site id, e.g. ``usm-0017``
-SMX_NAME           its name (the table key in site.toml = its certificate's identity name)
-SMX_DOMAIN         ``trusted`` (extensions) or ``untrusted`` (agents)
-SMX_TARGET         the core's socket as a gRPC target: ``unix:///abs/path/core.sock``
-SMX_CA             absolute path of the site CA certificate
-SMX_CERT, SMX_KEY  absolute paths of its own certificate and private key (0600)
-SMX_DEVICES        the device ids it owns, comma-separated (``devices``, default its name)
-SMX_CONFIG         absolute path of a JSON file (0600) holding its ``config`` table:
-                   ``<home>/run/<name>.config.json``
-SMX_HEALTH_FILE    ``<home>/run/<name>.health.json``: the process writes (atomically: temp file
-                   and rename) ``{"state": "starting|running|degraded|stopping", "ts": <unix
-                   seconds>, "core_connected": true|false, "last_error": "..."}`` at least every
-                   5 s. The supervisor deletes it before each start.
-=================  ==============================================================================
+home as working directory, stdin from /dev/null, and the ``SMX_*`` variables of
+smx.process_env (written with ``ProcessEnv.to_environ``, read back by the SDK with
+``ProcessEnv.from_environ``). Each writes its health file (smx.health), which the supervisor
+deletes before each start.
 
 Simulators get SMX_NAME and SMX_CONFIG only. stdout and stderr of every process are appended to
 ``<home>/run/logs/<name>.log`` (the core's to ``core.log``). On SIGTERM a process stops within
-``stop_timeout`` (default 5 s) or is killed. Clients connect with ``grpc.ssl_target_name_override``
-= ``smxcore`` (smx.client.Credentials does this).
+``stop_timeout`` (default 5 s) or is killed. Clients connect with the channel options of
+smx.client (the TLS server name ``smxcore``, quick reconnects).
 
 Health as ``smx status`` shows it: see trusted.supervisor.status.
 """
@@ -60,16 +47,16 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from smx.client import SERVER_NAME, Credentials, unix_target
+from smx.client import Credentials, unix_target
+from smx.health import read_health_file
+from smx.process_env import ProcessEnv, RunPaths, simulator_environ
 from trusted.supervisor.process import ManagedProcess, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
 from trusted.supervisor.status import (
     STATUS_VERSION,
     SUPERVISOR_NAME,
     ProvisionError,
-    RunPaths,
     pid_alive,
-    read_health_file,
     read_status,
     write_json_atomic,
 )
@@ -81,14 +68,6 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL = 2.0
 # The directory holding the `trusted` package: children find `extensions.*` there.
 _ROOT = Path(__file__).resolve().parents[2]
-_CHANNEL_OPTIONS = [
-    ("grpc.ssl_target_name_override", SERVER_NAME),
-    ("grpc.default_authority", SERVER_NAME),
-    # Notice a restarted core within a second, not after grpc's default back-off of up to 2 min.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 
 
 class SupervisorError(Exception):
@@ -276,7 +255,11 @@ class Supervisor:
 
     def _build(self, refused: dict[str, str]) -> None:
         cfg, base = self.cfg, _base_env()
-        ca = cfg.core.pki_dir / "ca.crt"
+        ca, clients = cfg.core.pki_dir / "ca.crt", cfg.core.pki_dir / "clients"
+
+        def client_credentials(name: str) -> Credentials:
+            return Credentials(ca, clients / f"{name}.crt", clients / f"{name}.key")
+
         self.core = ManagedProcess(
             "core",
             "core",
@@ -288,35 +271,26 @@ class Supervisor:
             on_change=self._changed,
         )
         for spec in cfg.of_kind("simulator"):
-            env = dict(base, SMX_NAME=spec.name, SMX_CONFIG=str(self.paths.config_file(spec.name)))
+            env = base | simulator_environ(spec.name, self.paths.config_file(spec.name))
             self.simulators.append(self._process(spec, env))
         for spec in cfg.clients:
             assert spec.domain is not None
-            clients = cfg.core.pki_dir / "clients"
-            env = dict(
-                base,
-                SMX_SITE=cfg.site,
-                SMX_NAME=spec.name,
-                SMX_DOMAIN=spec.domain,
-                SMX_TARGET=unix_target(cfg.core.socket),
-                SMX_CA=str(ca),
-                SMX_CERT=str(clients / f"{spec.name}.crt"),
-                SMX_KEY=str(clients / f"{spec.name}.key"),
-                SMX_DEVICES=",".join(spec.devices),
-                SMX_CONFIG=str(self.paths.config_file(spec.name)),
-                SMX_HEALTH_FILE=str(self.paths.health_file(spec.name)),
+            process_env = ProcessEnv(
+                name=spec.name,
+                target=unix_target(cfg.core.socket),
+                credentials=client_credentials(spec.name),
+                site=cfg.site,
+                domain=spec.domain,
+                devices=tuple(spec.devices),
+                config_file=self.paths.config_file(spec.name),
+                health_file=self.paths.health_file(spec.name),
             )
-            proc = self._process(spec, env)
+            proc = self._process(spec, base | process_env.to_environ())
             if spec.name in refused:
                 proc.fail(refused[spec.name])
             self.clients.append(proc)
-        pki_clients = cfg.core.pki_dir / "clients"
-        creds = Credentials(
-            ca, pki_clients / f"{SUPERVISOR_NAME}.crt", pki_clients / f"{SUPERVISOR_NAME}.key"
-        )
-        self._channel = grpc.aio.secure_channel(
-            unix_target(cfg.core.socket), creds.grpc(), options=_CHANNEL_OPTIONS
-        )
+        creds = client_credentials(SUPERVISOR_NAME)
+        self._channel = creds.aio_channel(unix_target(cfg.core.socket))
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def _start_core(self) -> None:
@@ -384,7 +358,7 @@ class Supervisor:
             else:
                 # "degraded" (e.g. one dead meter) is a process doing its job: it counts as
                 # healthy for the restart back-off, or it would wait backoff_max forever.
-                p.set_health(rep.state, rep.state in ("running", "degraded"), rep.last_error)
+                p.set_health(rep.state, rep.healthy, rep.last_error)
 
     def _changed(self) -> None:
         # Coalesce the changes of one loop iteration into one write.

@@ -1,6 +1,9 @@
 """The supervisor's run directory (``<home>/run``): where each process's files live, the health
 files the processes write, and ``supervisor.json``, the state ``smx status`` reads.
 
+The layout of the run directory (`RunPaths`) and the health file (`read_health_file`) are shared
+contracts with the processes: they live in smx.process_env and smx.health.
+
 ``supervisor.json`` (rewritten atomically on every change and every 2 s)::
 
     {"version": 1, "site": "usm-0017", "home": "/var/lib/smx", "config": "/etc/smx/site.toml",
@@ -16,8 +19,9 @@ files the processes write, and ``supervisor.json``, the state ``smx status`` rea
 
 Times are Unix seconds. ``health`` is what ``smx status`` shows: for a process that is not
 running ``down`` or ``backoff``; for the core ``serving``, ``not serving`` or ``unreachable``
-(gRPC health check); for an extension or agent the ``state`` of its fresh health file (written
-at most 15 s ago), else ``no heartbeat``; for a simulator ``-``.
+(gRPC health check); for an extension or agent the ``state`` of its fresh health file (see
+smx.health: ``starting``, ``running``, ``degraded``, ``stopping`` or ``failed``), else
+``no heartbeat``; for a simulator ``-``.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from smx.health import read_health_file
+from smx.process_env import RunPaths
 
 # Certificates the supervisor issues besides the site's processes: the operator's CLI and its
 # own (for health checks).
@@ -44,9 +50,7 @@ class ProvisionError(Exception):
 
 
 __all__ = [
-    "HEALTH_FRESH_S",
     "STATUS_VERSION",
-    "HealthReport",
     "RunPaths",
     "format_status",
     "pid_alive",
@@ -58,75 +62,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATUS_VERSION = 1
-# A health file older than this counts as no heartbeat (processes write it at least every 5 s).
-HEALTH_FRESH_S = 15.0
-HEALTH_STATES = ("starting", "running", "degraded", "stopping")
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """The files of a site home that the supervisor and its processes share."""
-
-    home: Path
-
-    @property
-    def run(self) -> Path:
-        return self.home / "run"
-
-    @property
-    def logs(self) -> Path:
-        return self.run / "logs"
-
-    @property
-    def status(self) -> Path:
-        return self.run / "supervisor.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.run / "supervisor.lock"
-
-    def config_file(self, name: str) -> Path:
-        return self.run / f"{name}.config.json"
-
-    def health_file(self, name: str) -> Path:
-        return self.run / f"{name}.health.json"
-
-    def log_file(self, name: str) -> Path:
-        return self.logs / f"{name}.log"
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """What a process last wrote to its health file."""
-
-    state: str
-    ts: float
-    core_connected: bool | None
-    last_error: str
-
-    def fresh(self, now: float | None = None) -> bool:
-        return abs((time.time() if now is None else now) - self.ts) <= HEALTH_FRESH_S
-
-
-def read_health_file(path: Path) -> HealthReport | None:
-    """The health file's report, or None when it is missing or not the documented JSON."""
-    try:
-        raw = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(raw, dict):
-        return None
-    state, ts = raw.get("state"), raw.get("ts")
-    if state not in HEALTH_STATES or not isinstance(ts, int | float) or isinstance(ts, bool):
-        return None
-    connected = raw.get("core_connected")
-    error = raw.get("last_error")
-    return HealthReport(
-        state=state,
-        ts=float(ts),
-        core_connected=connected if isinstance(connected, bool) else None,
-        last_error=error[:300] if isinstance(error, str) else "",
-    )
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:

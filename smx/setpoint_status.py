@@ -1,0 +1,48 @@
+"""Setpoint statuses (proto/smx/v1/control_service.proto) by name, and which of them mean that a
+setpoint is in force: what the owner runs now, or will run once it reports.
+
+A setpoint is in force while PENDING, APPLIED or CLAMPED and not past its expiry; REJECTED,
+EXPIRED and SUPERSEDED are final and end nothing on the device by themselves (the owner falls
+back on EXPIRED, or runs the newer setpoint that SUPERSEDED it).
+"""
+
+from __future__ import annotations
+
+from smx.v1 import control_service_pb2 as pb
+
+__all__ = [
+    "ANSWERED",
+    "IN_FORCE",
+    "OWNER_REPORTS",
+    "STATUSES",
+    "status_code",
+    "status_name",
+]
+
+# Name -> the API's enum.
+STATUSES: dict[str, pb.SetpointStatus] = {
+    "PENDING": pb.SETPOINT_STATUS_PENDING,
+    "APPLIED": pb.SETPOINT_STATUS_APPLIED,
+    "CLAMPED": pb.SETPOINT_STATUS_CLAMPED,
+    "REJECTED": pb.SETPOINT_STATUS_REJECTED,
+    "EXPIRED": pb.SETPOINT_STATUS_EXPIRED,
+    "SUPERSEDED": pb.SETPOINT_STATUS_SUPERSEDED,
+}
+IN_FORCE = frozenset({"PENDING", "APPLIED", "CLAMPED"})
+# What an owner may report (ReportSetpoint).
+OWNER_REPORTS = frozenset({"APPLIED", "CLAMPED", "REJECTED"})
+# No longer PENDING: the owner answered, or the setpoint ended before it did.
+ANSWERED = frozenset(STATUSES) - {"PENDING"}
+_NAMES: dict[int, str] = {code: name for name, code in STATUSES.items()}
+
+
+def status_name(code: int) -> str:
+    """`PENDING` ... `SUPERSEDED` for the API's enum; `UNSPECIFIED` for anything else."""
+    return _NAMES.get(code, "UNSPECIFIED")
+
+
+def status_code(name: str) -> pb.SetpointStatus:
+    try:
+        return STATUSES[name]
+    except KeyError:
+        raise ValueError(f"setpoint status {name!r}: one of {', '.join(STATUSES)}") from None
