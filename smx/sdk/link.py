@@ -1,0 +1,129 @@
+"""A process's connection to the core, and what to do when the core goes away.
+
+One gRPC channel for the whole process. grpc reconnects the channel by itself; this module only
+tracks whether the core is reachable, so that writes are buffered instead of failing, asks the
+core who we are and what we may do (WhoAmI) after every (re)connection, and runs the
+`on_connect` callbacks (declare points, start watches) every time the core is back, since a
+restarted core may have lost what it was told before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+
+from smx.client import TRANSIENT, Credentials, Stubs, describe_error, error_reason
+from smx.names import GlobSet
+from smx.v1 import identity_service_pb2
+
+__all__ = ["CoreLink", "Rights"]
+
+log = logging.getLogger(__name__)
+
+# Reasons after which the same certificate can never work: the operator must act.
+REFUSED_IDENTITY = frozenset({"CERTIFICATE_REVOKED", "WRONG_SITE", "IDENTITY_INVALID"})
+REFUSED_RETRY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Rights:
+    """What the policy lets this identity do, as the core reported it (WhoAmI)."""
+
+    globs: Mapping[str, GlobSet] = field(default_factory=dict)
+
+    @classmethod
+    def from_whoami(cls, me: identity_service_pb2.WhoAmIResponse) -> Rights:
+        patterns: dict[str, list[str]] = {}
+        for rule in me.rules:
+            for verb in rule.verbs:
+                patterns.setdefault(verb, []).extend(rule.patterns)
+        return cls({verb: GlobSet(p) for verb, p in patterns.items()})
+
+    def allows(self, verb: str, name: str) -> bool:
+        globs = self.globs.get(verb)
+        return globs is not None and globs.match(name)
+
+
+class CoreLink:
+    def __init__(self, target: str, credentials: Credentials, *, backoff_max: float = 5.0) -> None:
+        self.target = target
+        self.credentials = credentials
+        self.backoff_max = backoff_max
+        self.connected = asyncio.Event()
+        self.identity = ""
+        self.rights = Rights()
+        self.last_error = ""
+        self.refused = False  # the core refuses this certificate: nothing works until fixed
+        self.stubs: Stubs | None = None
+        self._lost = asyncio.Event()
+        self._on_connect: list[Callable[[], Awaitable[None]]] = []
+
+    def on_connect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._on_connect.append(callback)
+
+    def open(self) -> Stubs:
+        if self.stubs is None:
+            self.stubs = Stubs(self.credentials.aio_channel(self.target))
+        return self.stubs
+
+    def lost_on(self, err: grpc.aio.AioRpcError) -> bool:
+        """True (and the link re-checks itself) when a call failed because the core is away or
+        refuses this certificate: retry after the reconnect, do not drop what was sent."""
+        if err.code() in TRANSIENT or error_reason(err) in REFUSED_IDENTITY:
+            self.lost(err)
+            return True
+        return False
+
+    def lost(self, err: BaseException | None = None) -> None:
+        """A call failed in a way that means the core is not there: buffer and reconnect."""
+        if self.connected.is_set():
+            log.warning("core connection lost: %s", describe_error(err))
+        self.connected.clear()
+        self._lost.set()
+
+    async def run(self) -> None:
+        """Keep the link up for the life of the process."""
+        stubs = self.open()
+        delay = 0.2
+        while True:
+            try:
+                me = await stubs.identity.WhoAmI(identity_service_pb2.WhoAmIRequest(), timeout=5)
+                self.identity, self.rights = me.identity, Rights.from_whoami(me)
+                self.refused = False
+                self._lost.clear()
+                for callback in self._on_connect:
+                    await callback()
+                if self._lost.is_set():  # a callback lost the core again: start over
+                    await asyncio.sleep(delay)
+                    continue
+            except grpc.aio.AioRpcError as err:
+                self.last_error = describe_error(err)
+                if error_reason(err) in REFUSED_IDENTITY:
+                    # Retrying with the same certificate cannot work: say so loudly, keep trying
+                    # slowly in case the operator fixes it (re-issue, policy) without a restart.
+                    log.error("the core refuses this certificate: %s", self.last_error)
+                    self.refused, delay = True, REFUSED_RETRY_S
+                else:
+                    log.info(
+                        "core not reachable at %s (%s); retrying in %.1f s",
+                        self.target,
+                        self.last_error,
+                        delay,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max) if not self.refused else delay
+                continue
+            delay = 0.2
+            self.last_error = ""
+            self.connected.set()
+            log.info("connected to the core as %s", self.identity)
+            await self._lost.wait()
+
+    async def close(self) -> None:
+        if self.stubs is not None:
+            await self.stubs.channel.close()
+            self.stubs = None

@@ -1,0 +1,114 @@
+"""Batched writes that survive the core going away.
+
+`publish` only records the sample as the latest value of its point. A flush task sends what is
+pending in one WritePoints every `interval` (or sooner when `max_batch` points wait). While the
+core is unreachable nothing is lost but intermediate values: each point keeps its latest sample
+and all of them are written as soon as the core is back. Points added since the last flush are
+declared first, so they get their metadata before their first value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from smx.client import error_info
+from smx.v1 import point_pb2
+from smx.v1 import point_service_pb2 as pb
+
+from .declarations import Declarations
+from .link import CoreLink
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 10.0
+
+
+class Publisher:
+    def __init__(
+        self,
+        link: CoreLink,
+        declarations: Declarations,
+        *,
+        interval: float = 0.2,
+        max_batch: int = 1000,
+    ) -> None:
+        self.link = link
+        self.declarations = declarations
+        self.interval = interval
+        self.max_batch = max_batch
+        self.pending: dict[str, point_pb2.PointSample] = {}
+        self.written = 0
+        self.dropped = 0
+        self.last_revision = 0
+        self._wake = asyncio.Event()
+
+    def publish(self, sample: point_pb2.PointSample) -> None:
+        if sample.name in self.declarations.refused:
+            self.dropped += 1  # the core will not take it; said once when it refused
+            return
+        self.pending.pop(sample.name, None)  # keep the dict in arrival order
+        self.pending[sample.name] = sample
+        if len(self.pending) >= self.max_batch:
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.link.connected.wait()
+            await self.declarations.declare_new()
+            await self.flush()
+
+    async def flush(self) -> bool:
+        """Send everything pending; False when the core was unreachable (all kept)."""
+        while self.pending and self.link.connected.is_set():
+            names = list(self.pending)[: self.max_batch]
+            batch = [self.pending.pop(n) for n in names]
+            try:
+                resp = await self.link.open().points.WritePoints(
+                    pb.WritePointsRequest(samples=batch), timeout=CALL_TIMEOUT
+                )
+            except asyncio.CancelledError:
+                self._put_back(batch)  # stopping mid-write: keep it for the final flush
+                raise
+            except grpc.aio.AioRpcError as err:
+                self._put_back(batch)
+                if self.link.lost_on(err):
+                    return False
+                self._drop_refused(err)
+                continue
+            self.written += len(batch)
+            self.last_revision = resp.revision
+        return not self.pending
+
+    def _put_back(self, batch: list[point_pb2.PointSample]) -> None:
+        # Samples published while the call was in flight are newer: they win.
+        for sample in batch:
+            self.pending.setdefault(sample.name, sample)
+
+    def _drop_refused(self, err: grpc.aio.AioRpcError) -> None:
+        """A batch is refused whole for one bad point: drop that point, retry the others."""
+        info = error_info(err)
+        point = info.metadata.get("point") if info is not None else None
+        reason = info.reason if info is not None else err.code().name
+        if point and point in self.pending:
+            del self.pending[point]
+            self.dropped += 1
+            log.error("core refused %s (%s): %s; dropped", point, reason, err.details())
+        else:
+            self.dropped += len(self.pending)
+            log.error(
+                "core refused a batch (%s): %s; dropped %d samples",
+                reason,
+                err.details(),
+                len(self.pending),
+            )
+            self.pending.clear()
