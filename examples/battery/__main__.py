@@ -4,17 +4,35 @@ Its points are named after its device id (its name unless site.toml gives `devic
 batteries are simply two instances: `battery/P`, `battery2/P`.
 
 Config (the `[extensions.battery.config]` table of site.toml, or SMX_CONFIG):
-    host = "127.0.0.1"   port = 7701   interval = 1.0
+    host = "127.0.0.1"   port = 7701   interval = "1s"
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
-from extensions.sdk import Applied, Clamped, Device, Extension, PointSpec, main_of
+from extensions.sdk import (
+    Applied,
+    Clamped,
+    Extension,
+    PointSpec,
+    PolledDevice,
+    Seconds,
+    SetpointRequest,
+    main_of,
+    setting,
+)
 
 from .protocol import decode, encode
+
+
+@dataclass(frozen=True)
+class BatteryConfig:
+    host: str = "127.0.0.1"
+    port: int = setting(7701, min=1, max=65535)
+    interval: Seconds = setting(1.0, min=0.05, max=3600)
 
 
 def points(dev: str) -> list[PointSpec]:
@@ -26,14 +44,13 @@ def points(dev: str) -> list[PointSpec]:
     ]
 
 
-class BatteryLink(Device):
+class BatteryLink(PolledDevice):
     """One TCP connection to the battery, reopened after any error."""
 
-    def __init__(self, dev: str, config: dict[str, Any]) -> None:
+    def __init__(self, dev: str, config: BatteryConfig) -> None:
         self.name = dev
-        self.host = config.get("host", "127.0.0.1")
-        self.port = int(config.get("port", 7701))
-        self.interval = float(config.get("interval", 1.0))
+        self.host, self.port = config.host, config.port
+        self.interval = config.interval
         self.timeout = 2.0
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()  # poll and setpoint share the one connection
@@ -69,16 +86,16 @@ class BatteryLink(Device):
 
 
 def setup(ext: Extension) -> None:
-    dev = ext.env.devices[0]
+    dev = ext.device_ids[0]
     ext.declare(points(dev))
-    battery = BatteryLink(dev, dict(ext.config))
+    battery = BatteryLink(dev, ext.settings(BatteryConfig))
     ext.add_device(battery)
 
-    async def fall_back(req: Any) -> None:
+    async def fall_back(req: SetpointRequest) -> None:
         await battery.ask({"op": "set", "P": 0.0})  # autonomous mode: idle
 
-    @ext.on_setpoint(f"{dev}/P_set", on_expire=fall_back)
-    async def set_power(req: Any) -> Applied | Clamped:
+    @ext.on_setpoint(f"{dev}/P_set", on_expire=fall_back, timeout=5.0)
+    async def set_power(req: SetpointRequest) -> Applied | Clamped:
         accepted = (await battery.ask({"op": "set", "P": float(req.value)}))["P"]
         if accepted != float(req.value):
             return Clamped(accepted, f"battery limit {abs(accepted):g} W")

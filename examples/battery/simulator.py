@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import time
+
+from smx.process_env import load_config
 
 from .protocol import decode, encode
 
@@ -70,10 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     port = args.port
     if port is None:  # under `smx run` the settings come as SMX_CONFIG
-        config = (
-            json.loads(open(os.environ["SMX_CONFIG"]).read()) if "SMX_CONFIG" in os.environ else {}
-        )
-        port = int(config.get("port", 7701))
+        port = int(load_config(os.environ).get("port", 7701))
     asyncio.run(serve(args.host, port))
 
 

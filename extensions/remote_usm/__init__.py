@@ -42,20 +42,18 @@ refuses STALE from writers) and not republished, so it turns STALE locally too.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
 
 from extensions.sdk import Extension, SetupError
-from extensions.sdk.logs import configure_logging
 
-from .config import ConfigError, RemoteConfig
+from .config import RemoteConfig
 from .forward import UNREACHABLE, SetpointForwarder
 from .mirror import Mirror
 from .remote import RemoteLink
 
 __all__ = [
     "UNREACHABLE",
-    "ConfigError",
     "Mirror",
     "RemoteConfig",
     "RemoteLink",
@@ -67,21 +65,12 @@ log = logging.getLogger(__name__)
 
 
 class RemoteUsm:
-    """The extension: the SDK's Extension (local core) plus the remote link, mirror, forwarder."""
+    """The extension: the SDK's Extension (local core) plus the remote link, mirror and
+    forwarder. `RemoteUsm(ext)` is its setup; a missing remote certificate is a SetupError."""
 
     def __init__(self, ext: Extension) -> None:
-        try:
-            self.cfg = RemoteConfig.parse(ext.config, ext.name)
-        except ConfigError as err:
-            raise SetupError(str(err)) from err
-        self.ext = ext
-        self.remote = RemoteLink(self.cfg.remote, self.cfg.credentials)
-        self.mirror = Mirror(ext, self.cfg, self.remote)
-        self.forwarder = SetpointForwarder(ext, self.cfg, self.remote)
-        ext.background(self.mirror.run, "remote-mirror")
-        ext.background(self.mirror.republish_forever, "remote-republish")
-
-    def check(self) -> None:
+        cfg = ext.settings(RemoteConfig)
+        self.cfg = dataclasses.replace(cfg, prefix=cfg.prefix or ext.name)
         try:
             self.cfg.credentials.check()
         except FileNotFoundError as err:
@@ -89,30 +78,18 @@ class RemoteUsm:
                 f"{err}: the remote site's operator issues this link's certificate "
                 "(`smx pki issue usm-link --domain trusted` on the remote USM)"
             ) from err
+        self.ext = ext
+        self.remote = RemoteLink(self.cfg.remote, self.cfg.credentials)
+        self.mirror = Mirror(ext, self.cfg, self.remote)
+        self.forwarder = SetpointForwarder(ext, self.cfg, self.remote)
+        ext.on_start(self.remote.start)
+        ext.background(self.mirror.run, "remote-mirror")
+        ext.background(self.mirror.republish_forever, "remote-republish")
+        ext.on_stop(self.remote.close)
 
     async def start(self) -> None:
         """For tests and embedding: start everything, return."""
-        self.check()
         await self.ext.start()
 
     async def stop(self) -> None:
         await self.ext.stop()
-        await self.remote.close()
-
-    async def main(self) -> None:
-        """Run until SIGTERM/SIGINT."""
-        try:
-            await self.ext.main()
-        finally:
-            await self.remote.close()
-
-    def run(self) -> int:
-        configure_logging(self.ext.name)
-        try:
-            self.ext.env.check_certificate()
-            self.check()
-        except SetupError as err:
-            log.error("cannot start: %s", err)
-            return 2
-        asyncio.run(self.main())
-        return 0

@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
-from extensions.sdk import Extension, SetupError
+from extensions.sdk import main_of
 
 from . import RemoteUsm
 
-__all__ = ["main"]
-
-
-def main() -> int:
-    try:
-        usm = RemoteUsm(Extension.from_environ())
-    except SetupError as err:
-        print(f"cannot start: {err}", file=sys.stderr)
-        return 2
-    return usm.run()
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main_of(RemoteUsm)

@@ -1,9 +1,9 @@
 """Forwarding setpoints for mirrored points down to the remote USM.
 
 A local request for `usm1/ess/P_set` becomes RequestSetpoint(`ess/P_set`, same value, the
-REMAINING validity) on the remote; the remote's outcome (polled with GetSetpoint by id until it
-is not PENDING, for at most `forward_timeout`) is reported locally: APPLIED, CLAMPED to the
-remote's value, or REJECTED with the remote's reason ("remote USM unreachable" when it is).
+REMAINING validity) on the remote; the remote's outcome (followed on the remote core's outcome
+stream, for at most `forward_timeout`) is reported locally: APPLIED, CLAMPED to the remote's
+value, or REJECTED with the remote's reason ("remote USM unreachable" when it is).
 
 No duplicates: the local core re-sends the setpoints in force whenever our setpoint watch
 restarts; a local id already forwarded is answered from the remote setpoint it was mapped to, not
@@ -22,16 +22,12 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
-from extensions.sdk import Applied, Clamped, Rejected, SetpointRequest
-from extensions.sdk.link import TRANSIENT
-from extensions.sdk.values import from_value, to_value
-from smx.client import error_reason
-from smx.v1 import control_service_pb2 as cpb
+from extensions.sdk import Applied, Clamped, Rejected, SetpointRequest, SetpointState
+from smx.client import TRANSIENT, describe_error
 
 from .config import RemoteConfig
-from .remote import RemoteLink, describe
+from .remote import RemoteLink
 
 if TYPE_CHECKING:
     from extensions.sdk import Extension
@@ -41,13 +37,11 @@ __all__ = ["SetpointForwarder", "UNREACHABLE"]
 log = logging.getLogger(__name__)
 
 UNREACHABLE = "remote USM unreachable"
-ACTIVE = frozenset(
-    {cpb.SETPOINT_STATUS_PENDING, cpb.SETPOINT_STATUS_APPLIED, cpb.SETPOINT_STATUS_CLAMPED}
-)
 MIN_VALID_S = 1.0  # the remote core refuses shorter validities
 ADOPT_EXPIRY_SLACK_S = 5.0
 REMEMBER = 10_000  # local ids kept (a setpoint lives 24 h at most; a few per minute at most)
-POLL_FIRST, POLL_MAX = 0.05, 0.5
+# The local router waits for the handler a little longer than the handler waits for the remote.
+HANDLER_MARGIN_S = 2.0
 
 Result = Applied | Clamped | Rejected
 
@@ -61,11 +55,7 @@ class SetpointForwarder:
         self.forwarded: OrderedDict[str, str] = OrderedDict()  # local id -> remote id
         self.outcomes: dict[str, Result] = {}  # local id -> last outcome, for re-deliveries
         self.remote_requests = 0
-        # The router must wait for us a little longer than we wait for the remote.
-        ext.setpoints.handler_timeout = max(
-            ext.setpoints.handler_timeout, cfg.forward_timeout + 2.0
-        )
-        ext.on_setpoint(self.pattern)(self.handle)
+        ext.on_setpoint(self.pattern, timeout=cfg.forward_timeout + HANDLER_MARGIN_S)(self.handle)
 
     def remote_name(self, local_name: str) -> str:
         return local_name.removeprefix(f"{self.cfg.prefix}/")
@@ -94,24 +84,19 @@ class SetpointForwarder:
         if remaining < MIN_VALID_S:
             return Rejected(f"less than {MIN_VALID_S:g} s of validity left to forward")
         name = self.remote_name(req.name)
-        stubs = self.remote.open()
         adopted = await self._adoptable(req, name)
         if adopted:
             log.info("setpoint %s (%s) adopted remote setpoint %s", req.name, req.id, adopted)
             self._remember(req.id, adopted)
             return adopted
-        valid_for = Duration()
-        valid_for.FromNanoseconds(int(remaining * 1e9))
         try:
-            resp = await stubs.control.RequestSetpoint(
-                cpb.RequestSetpointRequest(
-                    name=name, value=to_value(req.value), valid_for=valid_for
-                ),
-                timeout=max(0.5, deadline - time.monotonic()),
+            sp = await asyncio.wait_for(
+                self.remote.client.request_setpoint(name, req.value, remaining),
+                max(0.5, deadline - time.monotonic()),
             )
-        except grpc.aio.AioRpcError as err:
-            if err.code() not in TRANSIENT:
-                return Rejected(f"remote USM refused the request: {describe(err)}")
+        except (grpc.aio.AioRpcError, TimeoutError) as err:
+            if isinstance(err, grpc.aio.AioRpcError) and err.code() not in TRANSIENT:
+                return Rejected(f"remote USM refused the request: {describe_error(err)}")
             # The request may have reached the remote before the reply was lost: look for it
             # before saying no, or the remote would run what we reported as rejected.
             adopted = await self._adopt_after_loss(req, name, deadline)
@@ -126,18 +111,17 @@ class SetpointForwarder:
             self._remember(req.id, adopted)
             return adopted
         self.remote_requests += 1
-        remote_id = resp.setpoint.id
-        self._remember(req.id, remote_id)
+        self._remember(req.id, sp.id)
         log.info(
             "setpoint %s=%r (%s) forwarded as %s on %s, valid %.1f s",
             req.name,
             req.value,
             req.id,
-            remote_id,
+            sp.id,
             self.cfg.remote,
             remaining,
         )
-        return remote_id
+        return sp.id
 
     async def _adopt_after_loss(self, req: SetpointRequest, name: str, deadline: float) -> str:
         try:
@@ -148,56 +132,36 @@ class SetpointForwarder:
 
     async def _adoptable(self, req: SetpointRequest, name: str) -> str:
         """The id of the remote setpoint this local one already became, if it is in force."""
-        assert self.remote.stubs is not None
         try:
-            resp = await self.remote.stubs.control.GetSetpoint(
-                cpb.GetSetpointRequest(name=name), timeout=2.0
-            )
+            sp = await self.remote.client.get_setpoint(name=name)
         except grpc.aio.AioRpcError:
             return ""  # none yet, or no read right on the remote: request
-        sp = resp.setpoint
         if (
             sp.requester == self.remote.identity
-            and sp.status in ACTIVE
-            and from_value(sp.value) == req.value
-            and abs(sp.expire_time.ToMilliseconds() / 1000 - req.expires_at) <= ADOPT_EXPIRY_SLACK_S
+            and sp.in_force()
+            and sp.value == req.value
+            and abs(sp.expires_at - req.expires_at) <= ADOPT_EXPIRY_SLACK_S
             and sp.id not in self.forwarded.values()
         ):
             return sp.id
         return ""
 
     async def _outcome(self, req: SetpointRequest, remote_id: str, deadline: float) -> Result:
-        assert self.remote.stubs is not None
-        delay = POLL_FIRST
-        while True:
-            try:
-                resp = await self.remote.stubs.control.GetSetpoint(
-                    cpb.GetSetpointRequest(id=remote_id),
-                    timeout=max(0.2, min(2.0, deadline - time.monotonic())),
-                )
-            except grpc.aio.AioRpcError as err:
-                known = self.outcomes.get(req.id)
-                if error_reason(err) == "SETPOINT_NOT_FOUND" and known is not None:
-                    # The remote core restarted and forgot it; its device still runs it until
-                    # it expires. Requesting it again would duplicate it: keep the outcome.
-                    return known
-                if err.code() not in TRANSIENT:
-                    return Rejected(f"remote setpoint {remote_id}: {describe(err)}")
-                sp = None
-            else:
-                sp = resp.setpoint
-                if sp.status != cpb.SETPOINT_STATUS_PENDING:
-                    return _result(sp)
-            if time.monotonic() + delay >= deadline:
-                if sp is None:
-                    # Unreachable now; a setpoint re-sent after a link heal keeps what it had.
-                    return self.outcomes.get(req.id) or Rejected(UNREACHABLE)
-                return Rejected(
-                    f"the remote USM's owner did not report within {self.cfg.forward_timeout:g} s"
-                    f" (remote setpoint {remote_id} still pending)"
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL_MAX)
+        try:
+            sp = await self.remote.client.outcome(remote_id, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            known = self.outcomes.get(req.id)
+            if known is not None:
+                # Re-sent after a link heal or a remote restart (which forgot the setpoint; its
+                # device still runs it until it expires). Requesting again would duplicate it.
+                return known
+            if not self.remote.up.is_set():
+                return Rejected(UNREACHABLE)
+            return Rejected(
+                f"the remote USM's owner did not report within {self.cfg.forward_timeout:g} s"
+                f" (remote setpoint {remote_id} still pending)"
+            )
+        return _result(sp)
 
     def _remember(self, local_id: str, remote_id: str) -> None:
         self.forwarded[local_id] = remote_id
@@ -206,13 +170,11 @@ class SetpointForwarder:
             self.outcomes.pop(old, None)
 
 
-def _result(sp: cpb.Setpoint) -> Result:
-    status = sp.status
-    if status == cpb.SETPOINT_STATUS_APPLIED:
-        return Applied(from_value(sp.applied_value) if sp.HasField("applied_value") else None)
-    if status == cpb.SETPOINT_STATUS_CLAMPED:
-        return Clamped(from_value(sp.applied_value), sp.reason or "clamped by the remote USM")
-    if status == cpb.SETPOINT_STATUS_REJECTED:
+def _result(sp: SetpointState) -> Result:
+    if sp.status == "APPLIED":
+        return Applied(sp.applied_value)
+    if sp.status == "CLAMPED":
+        return Clamped(sp.applied_value, sp.reason or "clamped by the remote USM")
+    if sp.status == "REJECTED":
         return Rejected(f"remote USM: {sp.reason or 'rejected'}")
-    word = cpb.SetpointStatus.Name(status).removeprefix("SETPOINT_STATUS_").lower()
-    return Rejected(f"remote setpoint {sp.id} {word}")
+    return Rejected(f"remote setpoint {sp.id} {sp.status.lower()}")

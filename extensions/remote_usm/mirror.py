@@ -14,21 +14,20 @@ republished, so the local core turns it STALE after its expected period as well.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from extensions.sdk import PointSpec
-from extensions.sdk.link import TRANSIENT
-from smx.client import error_reason
+from smx.client import TRANSIENT, describe_error, error_reason
+from smx.timestamps import seconds_to_duration
 from smx.v1 import identity_service_pb2, point_pb2
 from smx.v1 import point_service_pb2 as pb
-from smx.values import KIND_OF_FIELD
 
 from .config import RemoteConfig
-from .remote import RemoteLink, describe
+from .remote import RemoteLink
 
 if TYPE_CHECKING:
     from extensions.sdk import Extension
@@ -37,7 +36,6 @@ __all__ = ["Mirror"]
 
 log = logging.getLogger(__name__)
 
-DECLARE_CHUNK = 1000
 CALL_TIMEOUT = 10.0
 
 
@@ -53,8 +51,7 @@ class Mirror:
         self.revision = 0  # remote revision everything up to which was mirrored
         self.latest: dict[str, point_pb2.PointSample] = {}  # local name -> last sample
         self.stale: set[str] = set()  # STALE on the remote: not republished
-        self.meta: dict[str, point_pb2.PointMetadata] = {}  # local name -> declared metadata
-        self.refused: set[str] = set()  # names the local core refused to declare
+        self.meta: dict[str, PointSpec] = {}  # local name -> declared metadata
         self.snapshots = 0
         self.backoff_max = max(5.0, cfg.period)
         self._delay = 0.2
@@ -73,7 +70,6 @@ class Mirror:
                 description="remote revision mirrored up to",
             ),
         )
-        ext.link.on_connect(self._declare_all)
 
     def local(self, remote_name: str) -> str:
         return f"{self.cfg.prefix}/{remote_name}"
@@ -93,25 +89,23 @@ class Mirror:
                     log.info("remote cannot resume from revision %d: new snapshot", self.revision)
                     self.revision = 0
                     continue
-                self._down(describe(err), transient=err.code() in TRANSIENT)
+                self._down(describe_error(err), transient=err.code() in TRANSIENT)
             except (RemoteSilent, EOFError, TimeoutError) as err:
-                self._down(describe(err), transient=True)
+                self._down(describe_error(err), transient=True)
             await asyncio.sleep(self._delay)
             self._delay = min(self._delay * 2, self.backoff_max)
 
     async def _session(self) -> None:
-        stubs = self.remote.open()
+        stubs = self.remote.stubs
         me = await stubs.identity.WhoAmI(identity_service_pb2.WhoAmIRequest(), timeout=CALL_TIMEOUT)
         self.remote.identity = me.identity
         await self._list_and_declare()
         self._up()
-        hb = Duration()
-        hb.FromMilliseconds(int(self.heartbeat * 1000))
         call = stubs.points.WatchPoints(
             pb.WatchPointsRequest(
                 patterns=list(self.cfg.patterns),
                 start_revision=self.revision,
-                heartbeat_interval=hb,
+                heartbeat_interval=seconds_to_duration(self.heartbeat),
             )
         )
         silence = 3 * self.heartbeat + 2
@@ -136,110 +130,51 @@ class Mirror:
             call.cancel()
 
     async def _list_and_declare(self) -> None:
-        """The remote metadata of everything mirrored, declared locally before any value."""
-        assert self.remote.stubs is not None
-        metas: dict[str, point_pb2.PointMetadata] = {}
+        """The remote metadata of everything mirrored, declared locally before any value (and
+        again by the SDK after every reconnect to the local core)."""
+        remote: dict[str, PointSpec] = {}
         for pattern in self.cfg.patterns:
-            token = ""
-            while True:
-                resp = await self.remote.stubs.points.ListPoints(
-                    pb.ListPointsRequest(pattern=pattern, page_size=1000, page_token=token),
-                    timeout=CALL_TIMEOUT,
-                )
-                for m in resp.points:
-                    metas[m.name] = m
-                token = resp.next_page_token
-                if not token:
-                    break
-        fresh = [self._local_meta(m) for m in metas.values()]
-        changed = [m for m in fresh if self.meta.get(m.name) != m]
-        for m in changed:
-            self.meta[m.name] = m
-        await self._declare(changed)
+            for spec in await self.remote.client.list_points(pattern):
+                remote[spec.name] = spec
+        fresh = [self._local_spec(spec) for spec in remote.values()]
+        self._declare([m for m in fresh if self.meta.get(m.name) != m])
 
-    def _local_meta(self, remote: point_pb2.PointMetadata) -> point_pb2.PointMetadata:
-        m = point_pb2.PointMetadata(
-            name=self.local(remote.name),
-            unit=remote.unit,
-            kind=remote.kind,
-            description=remote.description or f"mirrored from {self.cfg.remote}",
-            index_max=remote.index_max,
-        )
+    def _local_spec(self, remote: PointSpec) -> PointSpec:
         # At least `period`: the republish keeps the point fresh, a dead link lets it go STALE.
-        period = max(remote.expected_period.ToNanoseconds() / 1e9, self.cfg.period)
-        m.expected_period.FromNanoseconds(int(period * 1e9))
-        return m
+        return dataclasses.replace(
+            remote,
+            name=self.local(remote.name),
+            description=remote.description or f"mirrored from {self.cfg.remote}",
+            period=max(remote.period or 0.0, self.cfg.period),
+            owner="",
+        )
 
-    async def _declare_all(self) -> None:
-        """On every (re)connection to the local core, which may have restarted."""
-        # Runs before the link counts as connected (and before anything pending is written).
-        await self._send_declarations(list(self.meta.values()))
-
-    async def _declare(self, metas: list[point_pb2.PointMetadata]) -> None:
-        if self.ext.link.connected.is_set():
-            await self._send_declarations(metas)
-        # else: _declare_all declares them when the local core is (back) up.
-
-    async def _send_declarations(self, metas: list[point_pb2.PointMetadata]) -> None:
-        if not metas or self.ext.link.stubs is None:
-            return
-        for i in range(0, len(metas), DECLARE_CHUNK):
-            chunk = metas[i : i + DECLARE_CHUNK]
-            try:
-                await self.ext.link.stubs.points.DeclarePoints(
-                    pb.DeclarePointsRequest(points=chunk), timeout=CALL_TIMEOUT
-                )
-            except grpc.aio.AioRpcError as err:
-                if err.code() in TRANSIENT:
-                    self.ext.link.lost(err)
-                    return
-                # One refused name (e.g. too deep once prefixed) refuses the chunk: go one by one.
-                for m in chunk:
-                    await self._declare_one(m)
-
-    async def _declare_one(self, m: point_pb2.PointMetadata) -> None:
-        assert self.ext.link.stubs is not None
-        try:
-            await self.ext.link.stubs.points.DeclarePoints(
-                pb.DeclarePointsRequest(points=[m]), timeout=CALL_TIMEOUT
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() in TRANSIENT:
-                self.ext.link.lost(err)
-            else:
-                # Not mirrored at all (its values would be refused at every republish).
-                log.error(
-                    "local core refused to declare %s: %s; not mirrored", m.name, describe(err)
-                )
-                self.refused.add(m.name)
+    def _declare(self, specs: list[PointSpec]) -> None:
+        # As the remote declared them: not checked again against the vocabulary here.
+        for spec in specs:
+            self.meta[spec.name] = spec
+        self.ext.client.declare(specs)
 
     async def _received(self, points: list[point_pb2.Point]) -> None:
         if any(self.local(p.name) not in self.meta for p in points):
             # New on the remote since our listing: its declared metadata, before its value.
             await self._list_and_declare()
-        new_meta = []
-        for p in points:
-            name = self.local(p.name)
-            if name not in self.meta:
-                # Written but never declared on the remote: what the point itself tells.
-                m = point_pb2.PointMetadata(
-                    name=name,
-                    unit=p.unit,
-                    kind=KIND_OF_FIELD.get(
-                        p.value.WhichOneof("kind") or "", point_pb2.VALUE_KIND_UNSPECIFIED
-                    ),
+        # Written but never declared on the remote: what the point itself tells.
+        self._declare(
+            [
+                dataclasses.replace(
+                    PointSpec.of_point(p, period=self.cfg.period),
+                    name=self.local(p.name),
                     description=f"mirrored from {self.cfg.remote}",
                 )
-                m.expected_period.FromNanoseconds(int(self.cfg.period * 1e9))
-                self.meta[name] = m
-                new_meta.append(m)
-        await self._declare(new_meta)
+                for p in points
+                if self.local(p.name) not in self.meta
+            ]
+        )
         for p in points:
             if p.value.WhichOneof("kind") is None:
                 continue
             name = self.local(p.name)
-            if name in self.refused:
-                continue
             sample = point_pb2.PointSample(
                 name=name, value=p.value, source_time=p.source_time, quality=p.quality
             )
@@ -249,7 +184,7 @@ class Mirror:
             else:
                 self.stale.discard(name)
             self.latest[name] = sample
-            self.ext.publisher.publish(sample)
+            self.ext.publish_sample(sample)
 
     # -- link state and freshness -----------------------------------------------------------
 
@@ -285,4 +220,4 @@ class Mirror:
                 continue
             for name, sample in self.latest.items():
                 if name not in self.stale:
-                    self.ext.publisher.publish(sample)
+                    self.ext.publish_sample(sample)

@@ -1,10 +1,14 @@
-"""Polling devices: one task per device, paced, with back-off, isolated from each other.
+"""Devices and their bookkeeping: what the SDK records for every device, whether it is polled
+(`PolledDevice`, here) or pushes its data (`PushedDevice`, pushed.py).
 
-A device is anything with an `async poll()` returning the current readings. Each poll gets a
-timeout, so a dead device costs its own task a timeout and nothing else; devices that share a
-bus (one RS-485 line) take turns through a per-bus lock with a minimum gap between polls. After
-a failure the device's points are republished as BAD (last value kept, DATA-MODEL.md) and the
-next try backs off exponentially up to `max_backoff`.
+Both shapes share the same bookkeeping, so they look the same in health and in the core: a
+success marks the device ok and publishes its readings; after a failure its points are
+republished as BAD (last value kept, DATA-MODEL.md), the device is not ok, and the next try
+backs off exponentially up to `max_backoff`.
+
+Polling: one task per device. Each poll gets a timeout, so a dead device costs its own task a
+timeout and nothing else; devices that share a bus (one RS-485 line) take turns through a
+per-bus lock with a minimum gap between polls.
 """
 
 from __future__ import annotations
@@ -17,16 +21,98 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .values import PointSpec, Reading
+from smx.sdk.points import PointSpec
 
-__all__ = ["Device", "DeviceState", "poll_forever"]
+from .values import Reading
+
+__all__ = [
+    "Device",
+    "DeviceState",
+    "PolledDevice",
+    "Publish",
+    "backoff",
+    "poll_forever",
+    "record_failure",
+    "record_success",
+]
 
 log = logging.getLogger(__name__)
 
+# publish(name, value, quality, source_time)
+Publish = Callable[[str, Any, str, Any], None]
+# 2**1024 does not fit a float: a device dead for days must not crash its loop.
+_MAX_DOUBLINGS = 32
 
-class Device(ABC):
-    """Subclass and implement `poll`. Class attributes are the defaults; set them per instance
-    from the extension's config as needed."""
+
+@dataclass
+class DeviceState:
+    ok: bool = False
+    polls: int = 0  # tries: polls, or sessions and failures of a pushed device
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_error: str = ""
+    last_ok: float = 0.0  # unix seconds of the last readings
+    last_values: dict[str, Any] = field(default_factory=dict)
+
+
+def backoff(base: float, doublings: int, max_backoff: float) -> float:
+    """Seconds to wait before the next try: `base` doubled `doublings` times, at most
+    `max_backoff`."""
+    return float(min(base * 2 ** max(0, min(doublings, _MAX_DOUBLINGS)), max_backoff))
+
+
+def record_success(
+    name: str, state: DeviceState, readings: Mapping[str, Any], publish: Publish
+) -> None:
+    """Readings arrived: the device is ok, each reading is published (GOOD unless a `Reading`
+    says otherwise)."""
+    if not state.ok and state.failures:
+        log.info("device %s is back after %d failures", name, state.consecutive_failures)
+    state.ok, state.consecutive_failures, state.last_error = True, 0, ""
+    state.polls += 1
+    state.last_ok = time.time()
+    for point, reading in readings.items():
+        if isinstance(reading, Reading):
+            publish(point, reading.value, reading.quality, reading.source_time)
+            state.last_values[point] = reading.value
+        else:
+            publish(point, reading, "GOOD", None)
+            state.last_values[point] = reading
+
+
+def record_failure(
+    name: str, state: DeviceState, err: BaseException | str, publish: Publish
+) -> None:
+    """A read, a session or the device itself failed: not ok, last values BAD, logged without
+    flooding (the 1st, 5th, 50th and every 500th failure in a row)."""
+    state.polls += 1
+    state.failures += 1
+    state.consecutive_failures += 1
+    text = describe_failure(err)
+    state.last_error = text
+    if state.consecutive_failures == 1:
+        log.warning("device %s failed: %s", name, text)
+        # DATA-MODEL.md: BAD = the last read failed; the value is the last good one.
+        for point, value in state.last_values.items():
+            publish(point, value, "BAD", None)
+    elif state.consecutive_failures in (5, 50) or state.consecutive_failures % 500 == 0:
+        log.warning(
+            "device %s: %d failures in a row, last: %s", name, state.consecutive_failures, text
+        )
+    state.ok = False
+
+
+def describe_failure(err: BaseException | str) -> str:
+    if isinstance(err, str):
+        return err
+    if isinstance(err, TimeoutError) and not str(err):
+        return "timed out"
+    return f"{type(err).__name__}: {err}"
+
+
+class PolledDevice(ABC):
+    """A device the SDK asks for its readings: subclass and implement `poll`. Class attributes
+    are the defaults; set them per instance from the extension's config as needed."""
 
     name: str = "device"
     interval: float = 1.0  # seconds between poll starts
@@ -48,25 +134,12 @@ class Device(ABC):
         """Release the device (port, socket) on shutdown."""
 
 
-@dataclass
-class DeviceState:
-    ok: bool = False
-    polls: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-    last_error: str = ""
-    last_ok: float = 0.0
-    last_values: dict[str, Any] = field(default_factory=dict)
-
+Device = PolledDevice  # the name of the polled shape before pushed devices existed
 
 _bus_locks: dict[str, asyncio.Lock] = {}
 
 
-async def poll_forever(
-    device: Device,
-    state: DeviceState,
-    publish: Callable[[str, Any, str, Any], None],
-) -> None:
+async def poll_forever(device: PolledDevice, state: DeviceState, publish: Publish) -> None:
     """Poll `device` until cancelled; `publish(name, value, quality, source_time)`."""
     lock = _bus_locks.setdefault(device.bus, asyncio.Lock()) if device.bus else None
     loop = asyncio.get_running_loop()
@@ -89,63 +162,15 @@ async def poll_forever(
             if task is not None and task.cancelling():
                 raise  # we are being stopped
             # A library cancelled something inside the poll: a failed poll, not our end.
-            _failed(device, state, err, publish)
+            record_failure(device.name, state, err, publish)
             next_start = max(started + device.interval, loop.time())
             continue
         except Exception as err:  # a device error must never end the loop
-            _failed(device, state, err, publish)
-            # Exponent capped: 2**1024 does not fit a float (a meter dead for 17 hours).
-            tries = min(state.consecutive_failures, 32)
-            backoff = min(device.interval * 2**tries, device.max_backoff)
-            next_start = max(started + backoff, loop.time())
+            record_failure(device.name, state, err, publish)
+            wait = backoff(device.interval, state.consecutive_failures, device.max_backoff)
+            next_start = max(started + wait, loop.time())
             continue
-        _succeeded(device, state, readings, publish)
+        record_success(device.name, state, readings, publish)
         # Fixed-rate pacing; a poll that overran its interval starts the next one now rather
         # than piling up missed ticks.
         next_start = max(next_start + device.interval, loop.time())
-
-
-def _succeeded(
-    device: Device,
-    state: DeviceState,
-    readings: Mapping[str, Any],
-    publish: Callable[[str, Any, str, Any], None],
-) -> None:
-    if not state.ok and state.failures:
-        log.info("device %s is back after %d failed polls", device.name, state.consecutive_failures)
-    state.ok, state.consecutive_failures, state.last_error = True, 0, ""
-    state.polls += 1
-    state.last_ok = time.time()
-    for name, reading in readings.items():
-        if isinstance(reading, Reading):
-            publish(name, reading.value, reading.quality, reading.source_time)
-            state.last_values[name] = reading.value
-        else:
-            publish(name, reading, "GOOD", None)
-            state.last_values[name] = reading
-
-
-def _failed(
-    device: Device,
-    state: DeviceState,
-    err: BaseException,
-    publish: Callable[[str, Any, str, Any], None],
-) -> None:
-    state.polls += 1
-    state.failures += 1
-    state.consecutive_failures += 1
-    text = "timed out" if isinstance(err, TimeoutError) else f"{type(err).__name__}: {err}"
-    state.last_error = text
-    if state.consecutive_failures == 1:
-        log.warning("device %s poll failed: %s", device.name, text)
-        # DATA-MODEL.md: BAD = the last read failed; the value is the last good one.
-        for name, value in state.last_values.items():
-            publish(name, value, "BAD", None)
-    elif state.consecutive_failures in (5, 50) or state.consecutive_failures % 500 == 0:
-        log.warning(
-            "device %s: %d failed polls in a row, last: %s",
-            device.name,
-            state.consecutive_failures,
-            text,
-        )
-    state.ok = False

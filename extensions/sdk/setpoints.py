@@ -2,44 +2,47 @@
 back when a setpoint expires — even if the core is unreachable at that moment.
 
 A handler is registered for an exact name (`battery/P_set`) or a glob pattern (`usm1/**/*_set`,
-same syntax as the core's: `*` within one segment, `**` one or more whole segments). An exact
-name wins over a pattern; patterns are tried in the order they were added.
+the core's own glob syntax, smx.names). An exact name wins over a pattern; patterns are tried
+in the order they were added. Each handler has its own time limit (`timeout`): a handler still
+running then has failed, and the setpoint is reported REJECTED.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from smx.client import TRANSIENT, describe_error
+from smx.names import Glob
+from smx.setpoint_status import status_code, status_name
+from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as pb
+from smx.values import from_value, to_value
 
-from .link import TRANSIENT, CoreLink
-from .values import from_value, to_value
-
-_IN_FORCE = frozenset(
-    {pb.SETPOINT_STATUS_PENDING, pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED}
-)
+if TYPE_CHECKING:
+    from smx.sdk import Client
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "Applied",
     "Clamped",
     "Rejected",
     "SetpointRequest",
     "SetpointRouter",
-    "glob_matches",
-    "is_pattern",
 ]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+REFUSED_RETRY_S = 5.0
+CALL_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,33 +83,17 @@ Handler = Callable[[SetpointRequest], Awaitable[Result]]
 ExpiryHandler = Callable[[SetpointRequest], Awaitable[None]]
 
 
-def is_pattern(name: str) -> bool:
-    return "*" in name
-
-
-@functools.lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    # The core's semantics (smx/names.py), re-implemented: the SDK never imports the core.
-    parts = []
-    for segment in pattern.split("/"):
-        if segment == "**":
-            parts.append(r"[^/]+(?:/[^/]+)*")  # one or more whole segments, never zero
-        else:
-            parts.append("[^/]*".join(re.escape(piece) for piece in segment.split("*")))
-    return re.compile("/".join(parts))
-
-
-def glob_matches(pattern: str, name: str) -> bool:
-    """Whether point `name` matches glob `pattern` (`*` within a segment, `**` across)."""
-    return _glob_regex(pattern).fullmatch(name) is not None
+@dataclass(frozen=True)
+class Route:
+    handler: Handler
+    timeout: float
 
 
 class SetpointRouter:
-    def __init__(self, link: CoreLink, *, handler_timeout: float = 10.0) -> None:
-        self.link = link
-        self.handler_timeout = handler_timeout
-        self.handlers: dict[str, Handler] = {}  # exact names (declared by the Extension)
-        self.pattern_handlers: dict[str, Handler] = {}  # globs, tried in insertion order
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.handlers: dict[str, Route] = {}  # exact names (declared by the Extension)
+        self.pattern_handlers: dict[Glob, Route] = {}  # tried in insertion order
         self.expiry_handlers: dict[str, ExpiryHandler] = {}
         self.active: dict[str, SetpointRequest] = {}  # name -> what is in force
         self._expired_ids: set[str] = set()
@@ -114,36 +101,50 @@ class SetpointRouter:
         self._reports: dict[str, pb.ReportSetpointRequest] = {}  # last report per setpoint id
         self._wake = asyncio.Event()
 
-    def add(self, name: str, handler: Handler, on_expire: ExpiryHandler | None) -> None:
-        """`name` is an exact setpoint name or a glob pattern."""
-        if is_pattern(name):
-            _glob_regex(name)  # a broken pattern fails here, at registration
-            self.pattern_handlers[name] = handler
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        on_expire: ExpiryHandler | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        """`name` is an exact setpoint name or a glob pattern (a bad one fails here)."""
+        route = Route(handler, timeout)
+        if "*" in name:
+            self.pattern_handlers[Glob(name)] = route
         else:
-            self.handlers[name] = handler
+            self.handlers[name] = route
         if on_expire is not None:
             self.expiry_handlers[name] = on_expire
 
-    def handler_for(self, name: str) -> Handler | None:
-        return self.handlers.get(name) or _first_match(self.pattern_handlers, name)
+    def route_for(self, name: str) -> Route | None:
+        exact = self.handlers.get(name)
+        if exact is not None:
+            return exact
+        return next((r for g, r in self.pattern_handlers.items() if g.match(name)), None)
 
     def expiry_handler_for(self, name: str) -> ExpiryHandler | None:
         exact = self.expiry_handlers.get(name)
         if exact is not None:
             return exact
-        globs = {k: h for k, h in self.expiry_handlers.items() if is_pattern(k)}
-        return _first_match(globs, name)
+        return next(
+            (h for p, h in self.expiry_handlers.items() if "*" in p and Glob(p).match(name)), None
+        )
+
+    @property
+    def watched(self) -> list[str]:
+        return sorted(self.handlers) + [g.pattern for g in self.pattern_handlers]
 
     async def run(self) -> None:
         """Watch setpoints while connected; re-watch after every reconnect (the core re-sends
         the setpoints still in force, so a restart of either side re-applies them)."""
-        if not self.handlers and not self.pattern_handlers:
+        if not self.watched:
             return
         expiry = asyncio.create_task(self._expiry_loop(), name="setpoint-expiry")
         try:
             first = True
             while True:
-                await self.link.connected.wait()
+                await self.client.wait_connected()
                 if first:
                     await self._fall_back_where_nothing_is_in_force()
                     first = False
@@ -152,10 +153,10 @@ class SetpointRouter:
                     await self._watch()
                 except grpc.aio.AioRpcError as err:
                     if err.code() in TRANSIENT:
-                        self.link.lost(err)
+                        self.client.connection_lost(err)
                     else:
-                        log.error("setpoint watch refused: %s", err.details())
-                        await asyncio.sleep(5)
+                        log.error("setpoint watch refused: %s", describe_error(err))
+                        await asyncio.sleep(REFUSED_RETRY_S)
         finally:
             expiry.cancel()
 
@@ -163,17 +164,9 @@ class SetpointRouter:
         """At start: a setpoint that expired while this process was not running was never
         announced to it. Whatever the device kept from then must end: fall back wherever the
         core has no setpoint in force (the watch re-sends those that are)."""
-        assert self.link.stubs is not None
         for name in sorted(set(self.handlers) & set(self.expiry_handlers)):
             try:
-                sp = (
-                    await self.link.stubs.control.GetSetpoint(
-                        pb.GetSetpointRequest(name=name), timeout=5
-                    )
-                ).setpoint
-                in_force = sp.status in _IN_FORCE and sp.expire_time.ToMilliseconds() > (
-                    time.time() * 1000
-                )
+                in_force = (await self.client.get_setpoint(name=name)).in_force()
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.NOT_FOUND:
                     continue  # unknown: the watch and the local timer take over
@@ -183,18 +176,15 @@ class SetpointRouter:
                 await self._expire(SetpointRequest("", name, None, "", 0.0))
 
     async def _watch(self) -> None:
-        assert self.link.stubs is not None
-        stream = self.link.stubs.control.WatchSetpoints(
-            pb.WatchSetpointsRequest(patterns=sorted(self.handlers) + list(self.pattern_handlers))
+        stream = self.client.stubs.control.WatchSetpoints(
+            pb.WatchSetpointsRequest(patterns=self.watched)
         )
         async for msg in stream:
+            if msg.heartbeat:
+                continue
             sp = msg.setpoint
             req = SetpointRequest(
-                sp.id,
-                sp.name,
-                from_value(sp.value),
-                sp.requester,
-                sp.expire_time.ToMilliseconds() / 1000,
+                sp.id, sp.name, from_value(sp.value), sp.requester, ts_to_seconds(sp.expire_time)
             )
             if msg.event == pb.SETPOINT_EVENT_EXPIRED:
                 await self._expire(req)
@@ -202,10 +192,8 @@ class SetpointRouter:
                 await self._apply(req)
 
     async def _apply(self, req: SetpointRequest) -> None:
-        handler = self.handler_for(req.name)
-        if handler is None:
-            return
-        if req.expires_at <= time.time():
+        route = self.route_for(req.name)
+        if route is None or req.expires_at <= time.time():
             return
         previous = self.active.get(req.name)
         if previous is not None and previous.id == req.id and req.id in self._reports:
@@ -216,10 +204,11 @@ class SetpointRouter:
         # setpoint it replaces (which must not make the device fall back over this one).
         self.active[req.name] = req
         try:
-            result = await asyncio.wait_for(handler(req), self.handler_timeout)
+            result = await asyncio.wait_for(route.handler(req), route.timeout)
         except Exception as err:  # a failing device refuses; it never kills the router
             log.warning("setpoint %s=%r failed: %s", req.name, req.value, err)
-            result = Rejected(f"{type(err).__name__}: {err}")
+            text = f"no answer within {route.timeout:g} s" if isinstance(err, TimeoutError) else ""
+            result = Rejected(text or f"{type(err).__name__}: {err}")
         if not isinstance(result, Applied | Clamped | Rejected):
             result = Applied(result)
         if isinstance(result, Rejected):
@@ -228,39 +217,28 @@ class SetpointRouter:
                 self.active[req.name] = previous
             else:
                 del self.active[req.name]
-            report = pb.ReportSetpointRequest(
-                id=req.id, status=pb.SETPOINT_STATUS_REJECTED, reason=result.reason or "rejected"
-            )
         else:
             self._wake.set()
-            report = pb.ReportSetpointRequest(id=req.id, reason=getattr(result, "reason", ""))
-            if isinstance(result, Clamped):
-                report.status = pb.SETPOINT_STATUS_CLAMPED
-                report.applied_value.CopyFrom(to_value(result.value))
-            else:
-                report.status = pb.SETPOINT_STATUS_APPLIED
-                if result.value is not None:
-                    report.applied_value.CopyFrom(to_value(result.value))
+        report = _report_of(req.id, result)
         log.info(
             "setpoint %s=%r from %s: %s",
             req.name,
             req.value,
             req.requester,
-            pb.SetpointStatus.Name(report.status).removeprefix("SETPOINT_STATUS_"),
+            status_name(report.status),
         )
         await self._report(report)
 
     async def _report(self, report: pb.ReportSetpointRequest) -> None:
-        assert self.link.stubs is not None
         if len(self._reports) > 1000:
             self._reports.clear()
         self._reports[report.id] = report
         try:
-            await self.link.stubs.control.ReportSetpoint(report, timeout=5)
+            await self.client.stubs.control.ReportSetpoint(report, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as err:
             if err.code() in TRANSIENT:
                 self._unreported[report.id] = report  # tell the core when it is back
-                self.link.lost(err)
+                self.client.connection_lost(err)
             else:
                 log.warning("report of setpoint %s not accepted: %s", report.id, err.details())
 
@@ -283,8 +261,9 @@ class SetpointRouter:
         handler = self.expiry_handler_for(req.name)
         log.info("setpoint %s (%s) expired: falling back", req.name, req.id)
         if handler is not None:
+            route = self.route_for(req.name)
             try:
-                await asyncio.wait_for(handler(req), self.handler_timeout)
+                await asyncio.wait_for(handler(req), route.timeout if route else DEFAULT_TIMEOUT)
             except Exception as err:
                 log.error("fallback for %s failed: %s", req.name, err)
 
@@ -304,8 +283,13 @@ class SetpointRouter:
                 pass
 
 
-def _first_match(handlers: dict[str, Any], name: str) -> Any:
-    for pattern, handler in handlers.items():
-        if glob_matches(pattern, name):
-            return handler
-    return None
+def _report_of(setpoint_id: str, result: Result) -> pb.ReportSetpointRequest:
+    if isinstance(result, Rejected):
+        return pb.ReportSetpointRequest(
+            id=setpoint_id, status=status_code("REJECTED"), reason=result.reason or "rejected"
+        )
+    report = pb.ReportSetpointRequest(id=setpoint_id, reason=getattr(result, "reason", ""))
+    report.status = status_code("CLAMPED" if isinstance(result, Clamped) else "APPLIED")
+    if result.value is not None:
+        report.applied_value.CopyFrom(to_value(result.value))
+    return report

@@ -3,13 +3,15 @@ certificates, driven through the `smx` command (not imported), so tests of an ex
 exactly what runs on a site.
 
     with TestSite({"battery": ("trusted", ["trusted-extension"], [])}) as site:
-        ext = Extension(site.env("battery"))
+        ext = Extension(site.env("battery", config={"port": 7701}))
         ...
-        site.stubs("admin")   # an admin client for assertions
+        site.stubs("admin")   # the raw API as an admin, for assertions
+        site.client("admin")  # or an smx.sdk.Client (async with ...)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from smx.client import Credentials, Stubs, unix_target
-
-from .env import ExtensionEnv
+from smx.process_env import ProcessEnv, RunPaths
+from smx.sdk import Client
 
 __all__ = ["TestSite", "smx_command"]
 
@@ -148,38 +150,32 @@ class TestSite:
 
     def env(
         self, name: str, config: dict[str, Any] | None = None, devices: tuple[str, ...] = ()
-    ) -> ExtensionEnv:
-        """What the supervisor would give extension `name`, for running it in-process."""
-        domain = self.clients[name][0]
-        return ExtensionEnv(
+    ) -> ProcessEnv:
+        """What the supervisor would give process `name` (its config written to its config
+        file, as the supervisor does), for running it in-process."""
+        paths = RunPaths(self.home)
+        paths.run.mkdir(exist_ok=True)
+        config_file = paths.config_file(name)
+        config_file.write_text(json.dumps(config or {}))
+        return ProcessEnv(
             name=name,
             target=self.target,
             credentials=self.credentials(name),
             site=SITE,
-            domain=domain,
+            domain=self.clients[name][0],
             devices=devices or (name,),
-            config=config or {},
-            health_file=self.home / f"{name}.health.json",
+            home=self.home,
+            config_file=config_file,
+            health_file=paths.health_file(name),
         )
 
-    def environ(self, name: str, config_file: Path | None = None) -> dict[str, str]:
-        """The same as environment variables, for running an extension as a process."""
-        creds = self.credentials(name)
-        env = dict(os.environ)
-        env.update(
-            SMX_SITE=SITE,
-            SMX_NAME=name,
-            SMX_DOMAIN=self.clients[name][0],
-            SMX_TARGET=self.target,
-            SMX_CA=str(creds.ca),
-            SMX_CERT=str(creds.cert),
-            SMX_KEY=str(creds.key),
-            SMX_DEVICES=name,
-            SMX_HEALTH_FILE=str(self.home / f"{name}.health.json"),
-        )
-        if config_file is not None:
-            env["SMX_CONFIG"] = str(config_file)
-        return env
+    def environ(self, name: str, config: dict[str, Any] | None = None) -> dict[str, str]:
+        """The same as environment variables, for running the process as a process."""
+        return {**os.environ, **self.env(name, config).to_environ()}
+
+    def client(self, name: str) -> Client:
+        """An SDK client with `name`'s certificate: `async with site.client("admin") as c:`."""
+        return Client(self.target, self.credentials(name))
 
     def stubs(self, name: str) -> Stubs:
         return Stubs(self.credentials(name).aio_channel(self.target))

@@ -19,8 +19,7 @@ extension's `devices` so the policy lets it write them):
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from extensions.sdk import Extension, SetupError, main_of
@@ -30,36 +29,37 @@ from .modbus_device import MeterConfigError, build_meters
 
 log = logging.getLogger("smm")
 
-CONFIG_KEYS = {"modbus", "iec62056"}
+
+@dataclass(frozen=True)
+class SmmConfig:
+    """The smm config table: one entry per meter, checked by its reader (modbus_device.py,
+    iec_device.py)."""
+
+    modbus: list[dict[str, Any]] = field(default_factory=list)
+    iec62056: list[dict[str, Any]] = field(default_factory=list)
 
 
 def setup(ext: Extension) -> None:
-    config = dict(ext.config)
-    unknown = set(config) - CONFIG_KEYS
-    if unknown:
-        raise SetupError(
-            f"smm config: unknown key(s) {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}"
-        )
-    # Relative paths (user register maps) are relative to the site directory.
-    base = Path(os.environ.get("SMX_CONFIG", ".")).resolve().parent.parent
+    config = ext.settings(SmmConfig)
     devices: list[Any] = []
     try:
-        devices += build_meters(config.get("modbus", []), LinkPool(), base_dir=base)
-        if config.get("iec62056"):
+        # Relative paths (user register maps) are relative to the site directory.
+        devices += build_meters(config.modbus, LinkPool(), base_dir=ext.site_dir)
+        if config.iec62056:
             from .iec_device import IecConfigError, IecMeterDevice
 
             try:
-                devices += [IecMeterDevice(entry) for entry in config["iec62056"]]
+                devices += [IecMeterDevice(entry) for entry in config.iec62056]
             except IecConfigError as err:
-                raise SetupError(f"smm config: iec62056: {err}") from err
+                raise SetupError(f"{ext.config_key}.iec62056: {err}") from err
     except (MeterConfigError, ValueError) as err:
-        raise SetupError(f"smm config: {err}") from err
-    owned = set(ext.env.devices)
+        raise SetupError(f"{ext.config_key}: {err}") from err
+    owned = set(ext.device_ids)
     for device in devices:
         if device.meter.device not in owned:
             raise SetupError(
-                f"smm config: meter device {device.meter.device!r} is not in this extension's "
-                f"devices {sorted(owned)} (add it to `devices` in site.toml)"
+                f"{ext.config_key}: meter device {device.meter.device!r} is not in this "
+                f"extension's devices {sorted(owned)} (add it to `devices` in site.toml)"
             )
         ext.declare(device.specs())
         ext.add_device(device)

@@ -3,7 +3,6 @@ the extension process with its own certificate, a real core; so docs/EXTENSIONS.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -41,9 +40,10 @@ def test_example_battery_extension(site):
         stdout=subprocess.PIPE,
         text=True,
     )
-    config = site.home / "battery.json"
-    config.write_text(json.dumps({"port": port, "interval": 0.2}))
-    ext_env = {**site.environ("battery", config), "PYTHONPATH": str(ROOT)}
+    ext_env = {
+        **site.environ("battery", {"port": port, "interval": "200ms"}),
+        "PYTHONPATH": str(ROOT),
+    }
     log = open(site.home / "battery.log", "w")  # noqa: SIM115
     ext = subprocess.Popen(
         [sys.executable, "-m", "examples.battery"],

@@ -2,27 +2,32 @@
 listener with a certificate from its own CA, mirrored here under `usm1/`, with setpoints
 forwarded down and their outcome reported back; a cut link, a healed link, no duplicates.
 
-Also the SDK pieces this extension needed: setpoint handlers for glob patterns (same semantics as
-the core's) and TestSite's extra core.toml text."""
+Also the SDK pieces this extension needed: setpoint handlers for glob patterns (the core's own
+globs), typed settings and TestSite's extra core.toml text."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import tomllib
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from extensions.remote_usm import UNREACHABLE, RemoteUsm
-from extensions.remote_usm.config import ConfigError, RemoteConfig
-from extensions.sdk import Applied, Clamped, Extension, PointSpec, Rejected, SetupError
-from extensions.sdk.env import ExtensionEnv
-from extensions.sdk.setpoints import SetpointRequest, SetpointRouter, glob_matches
+from extensions.remote_usm import UNREACHABLE, RemoteConfig, RemoteUsm
+from extensions.sdk import (
+    Applied,
+    Clamped,
+    Extension,
+    PointSpec,
+    ProcessEnv,
+    Rejected,
+    SetupError,
+    parse_settings,
+)
+from extensions.sdk.setpoints import SetpointRequest, SetpointRouter
 from extensions.sdk.testing import SITE, TestSite
 from smx.client import Credentials
-from smx.names import Glob
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
@@ -161,11 +166,8 @@ def remote_requests(remote: TestSite) -> int:
 async def restart_setpoint_watch(ext: Extension) -> None:
     """What a broken setpoint stream does: watch again, and the local core re-sends every
     setpoint in force."""
-    task = next(t for t in ext._tasks if t.get_name() == "setpoints")
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    ext._tasks.remove(task)
-    ext._spawn(ext.setpoints.run(), "setpoints")
+    await ext.tasks.cancel(["setpoints"])
+    ext.tasks.spawn(ext.setpoints.run(), "setpoints")
 
 
 async def test_mirror_forward_cut_and_heal(sites):
@@ -293,30 +295,8 @@ async def test_remote_owner_rejection_and_remote_staleness(sites):
 
 # -- the SDK pieces ----------------------------------------------------------------------------
 
-SEGMENT = st.sampled_from(["a", "b", "ess", "P", "P_set", "x_set"])
-PATTERN_SEGMENT = st.sampled_from(["a", "ess", "*", "**", "*_set", "P*", "e*s"])
 
-
-@settings(max_examples=300, deadline=None)
-@given(
-    name=st.lists(SEGMENT, min_size=2, max_size=5),
-    pattern=st.lists(PATTERN_SEGMENT, min_size=1, max_size=5),
-)
-def test_sdk_glob_agrees_with_the_core(name, pattern):
-    n, p = "/".join(name), "/".join(pattern)
-    assert glob_matches(p, n) == Glob(p).match(n)
-
-
-def test_sdk_glob_examples():
-    assert glob_matches("usm1/**/*_set", "usm1/ess/P_set")
-    assert glob_matches("usm1/**/*_set", "usm1/site2/ess/P_set")
-    assert not glob_matches("usm1/**/*_set", "usm1/P_set")  # ** is one or more segments
-    assert not glob_matches("usm1/**/*_set", "usm1/ess/P")
-    assert not glob_matches("*/P", "usm1/ess/P")
-    assert glob_matches("a.b/P", "a.b/P") and not glob_matches("a.b/P", "axb/P")
-
-
-async def test_router_exact_name_wins_over_pattern():
+async def test_router_exact_name_wins_over_pattern_and_globs_are_the_cores():
     calls = []
 
     def handler(tag):
@@ -326,14 +306,22 @@ async def test_router_exact_name_wins_over_pattern():
 
         return h
 
-    router = SetpointRouter(link=None)  # type: ignore[arg-type]
+    router = SetpointRouter(client=None)  # type: ignore[arg-type]
     router.add("usm1/**/*_set", handler("glob"), None)
     router.add("usm1/ess/P_set", handler("exact"), None)
     assert router.handlers.keys() == {"usm1/ess/P_set"}  # patterns are never declared as points
-    for name in ("usm1/ess/P_set", "usm1/ev1/I_max_set"):
-        await router.handler_for(name)(SetpointRequest("i", name, 1.0, "r", time.time() + 9))
-    assert calls == [("exact", "usm1/ess/P_set"), ("glob", "usm1/ev1/I_max_set")]
-    assert router.handler_for("usm1/ess/P") is None
+    for name in ("usm1/ess/P_set", "usm1/ev1/I_max_set", "usm1/site2/ess/P_set"):
+        route = router.route_for(name)
+        await route.handler(SetpointRequest("i", name, 1.0, "r", time.time() + 9))
+    assert calls == [
+        ("exact", "usm1/ess/P_set"),
+        ("glob", "usm1/ev1/I_max_set"),
+        ("glob", "usm1/site2/ess/P_set"),
+    ]
+    assert router.route_for("usm1/ess/P") is None
+    assert router.route_for("usm1/P_set") is None  # ** is one or more segments
+    with pytest.raises(ValueError, match="'\\*\\*' must be a whole segment"):
+        router.add("usm1/a**/*_set", handler("bad"), None)
 
 
 def test_testsite_core_toml_is_appended_top_level():
@@ -348,20 +336,36 @@ def test_testsite_core_toml_is_appended_top_level():
         site.close()
 
 
+def parse(config):
+    return parse_settings(RemoteConfig, config, where="extensions.usm1.config")
+
+
 def test_config_errors_name_the_key(tmp_path):
     base = {"remote": "h:1", "remote_ca": "a", "remote_cert": "b", "remote_key": "c"}
-    assert RemoteConfig.parse(base, "usm1").prefix == "usm1"
-    assert RemoteConfig.parse(base, "usm1").patterns == ("**",)
-    with pytest.raises(ConfigError, match="remote_key"):
-        RemoteConfig.parse({k: v for k, v in base.items() if k != "remote_key"}, "usm1")
-    with pytest.raises(ConfigError, match="perod"):
-        RemoteConfig.parse({**base, "perod": 5}, "usm1")
-    with pytest.raises(ConfigError, match="period"):
-        RemoteConfig.parse({**base, "period": 0}, "usm1")
-    with pytest.raises(ConfigError, match="prefix"):
-        RemoteConfig.parse({**base, "prefix": "USM/1"}, "usm1")
-    with pytest.raises(ConfigError, match="patterns"):
-        RemoteConfig.parse({**base, "patterns": "**"}, "usm1")
+    assert parse(base).prefix == ""  # the extension's name
+    assert parse(base).patterns == ["**"]
+    with pytest.raises(SetupError, match=r"extensions\.usm1\.config\.remote_key: missing"):
+        parse({k: v for k, v in base.items() if k != "remote_key"})
+    with pytest.raises(SetupError, match="perod: unknown key .did you mean 'period'"):
+        parse({**base, "perod": 5})
+    with pytest.raises(SetupError, match="period: must be between 100ms and 1h"):
+        parse({**base, "period": 0})
+    assert parse({**base, "period": "500ms"}).period == 0.5
+    with pytest.raises(SetupError, match="prefix: 'USM/1' is not a device id"):
+        parse({**base, "prefix": "USM/1"})
+    with pytest.raises(SetupError, match="patterns: expected an array"):
+        parse({**base, "patterns": "**"})
+    with pytest.raises(SetupError, match=r"patterns: invalid pattern 'a\*\*'"):
+        parse({**base, "patterns": ["a**"]})
+
+
+def local_env(tmp_path, config) -> ProcessEnv:
+    config_file = tmp_path / "usm1.config.json"
+    config_file.write_text(json.dumps(config))
+    creds = Credentials(tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    return ProcessEnv(
+        name="usm1", target="unix:///nowhere", credentials=creds, config_file=config_file
+    )
 
 
 def test_missing_remote_certificate_is_a_setup_error(tmp_path):
@@ -371,76 +375,67 @@ def test_missing_remote_certificate_is_a_setup_error(tmp_path):
         "remote_cert": str(tmp_path / "link.crt"),
         "remote_key": str(tmp_path / "link.key"),
     }
-    creds = Credentials(tmp_path / "a", tmp_path / "b", tmp_path / "c")
-    usm = RemoteUsm(
-        Extension(ExtensionEnv(name="usm1", target="unix:///x", credentials=creds, config=cfg))
-    )
     with pytest.raises(SetupError, match="smx pki issue usm-link"):
-        usm.check()
-    with pytest.raises(SetupError, match="unknown keys"):
-        RemoteUsm(
-            Extension(
-                ExtensionEnv(
-                    name="usm1", target="unix:///x", credentials=creds, config={**cfg, "bogus": 1}
-                )
-            )
-        )
+        RemoteUsm(Extension(local_env(tmp_path, cfg)))
+    with pytest.raises(SetupError, match="bogus: unknown key"):
+        RemoteUsm(Extension(local_env(tmp_path, {**cfg, "bogus": 1})))
 
 
-async def test_a_lost_reply_finds_the_remote_setpoint_instead_of_rejecting():
+async def test_a_lost_reply_finds_the_remote_setpoint_instead_of_rejecting(tmp_path):
     # The remote accepted the request but the reply was lost (link blip): reporting REJECTED
     # would leave the remote running what the local requester was told was refused.
     import types
 
     import grpc
 
-    from extensions.remote_usm.config import RemoteConfig
     from extensions.remote_usm.forward import SetpointForwarder
-    from extensions.sdk import Applied, Extension, ExtensionEnv
-    from extensions.sdk.setpoints import SetpointRequest
-    from smx.client import Credentials
-    from smx.v1 import control_service_pb2 as cpb
+    from extensions.sdk import SetpointState
 
     link_id = "spiffe://remote/trusted/usm-link"
     remote_sp: dict = {}
 
-    def unavailable() -> grpc.aio.AioRpcError:
-        return grpc.aio.AioRpcError(
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.aio.Metadata(),
-            grpc.aio.Metadata(),
-            "connection reset",
-        )
+    class LossyRemote:
+        async def request_setpoint(self, name, value, valid_for):
+            remote_sp["R1"] = SetpointState(
+                id="R1",
+                name=name,
+                value=value,
+                status="APPLIED",
+                requester=link_id,
+                expires_at=time.time() + valid_for,
+                applied_value=value,
+            )
+            raise grpc.aio.AioRpcError(  # ... but the answer never arrives
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "connection reset",
+            )
 
-    async def request_setpoint(req, timeout=None):
-        sp = cpb.Setpoint(
-            id="R1",
-            name=req.name,
-            value=req.value,
-            requester=link_id,
-            status=cpb.SETPOINT_STATUS_APPLIED,
-        )
-        sp.expire_time.FromMilliseconds(int((time.time() + req.valid_for.seconds) * 1000))
-        remote_sp["R1"] = sp
-        raise unavailable()  # ... but the answer never arrives
+        async def get_setpoint(self, *, id="", name=""):
+            for sp in remote_sp.values():
+                if id == sp.id or name == sp.name:
+                    return sp
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "none"
+            )
 
-    async def get_setpoint(req, timeout=None):
-        for sp in remote_sp.values():
-            if req.id == sp.id or req.name == sp.name:
-                return cpb.GetSetpointResponse(setpoint=sp)
-        raise grpc.aio.AioRpcError(
-            grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no setpoint"
-        )
+        async def outcome(self, setpoint_id, timeout=None):
+            return remote_sp[setpoint_id]
 
-    stubs = types.SimpleNamespace(
-        control=types.SimpleNamespace(RequestSetpoint=request_setpoint, GetSetpoint=get_setpoint)
-    )
     up = asyncio.Event()
     up.set()
-    remote = types.SimpleNamespace(up=up, identity=link_id, stubs=stubs, open=lambda: stubs)
+    remote = types.SimpleNamespace(up=up, identity=link_id, client=LossyRemote())
+    ext = Extension(local_env(tmp_path, {}))
     creds = Credentials("ca", "cert", "key")
-    ext = Extension(ExtensionEnv(name="usm1", target="unix:///nowhere", credentials=creds))
-    cfg = RemoteConfig(remote="127.0.0.1:1", credentials=creds, prefix="usm1", forward_timeout=3)
+    cfg = RemoteConfig(
+        remote="127.0.0.1:1",
+        remote_ca=creds.ca,
+        remote_cert=creds.cert,
+        remote_key=creds.key,
+        prefix="usm1",
+        forward_timeout=3,
+    )
     forwarder = SetpointForwarder(ext, cfg, remote)  # type: ignore[arg-type]
     local = SetpointRequest("L1", "usm1/ess/P_set", 3000.0, "ctrl", time.time() + 60)
     result = await forwarder.handle(local)

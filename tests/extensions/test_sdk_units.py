@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import types
 
-from extensions.sdk import Applied, Device
+from extensions.sdk import Applied, PolledDevice
 from extensions.sdk.devices import DeviceState, poll_forever
 from extensions.sdk.setpoints import SetpointRequest, SetpointRouter
 from smx.v1 import control_service_pb2 as pb
 
 
-class Dead(Device):
+class Dead(PolledDevice):
     name, interval, timeout, max_backoff = "dead", 0.01, 0.05, 0.02
 
     async def poll(self):
@@ -28,7 +28,7 @@ async def test_a_device_dead_for_days_keeps_its_poll_loop():
     task.cancel()
 
 
-class Stray(Device):
+class Stray(PolledDevice):
     name, interval, timeout = "stray", 0.01, 1.0
 
     def __init__(self) -> None:
@@ -55,10 +55,10 @@ def router_with_fake_core() -> tuple[SetpointRouter, list]:
     async def report(request, timeout=None):
         reports.append((request.id, request.status))
 
-    link = types.SimpleNamespace(
+    client = types.SimpleNamespace(
         stubs=types.SimpleNamespace(control=types.SimpleNamespace(ReportSetpoint=report))
     )
-    return SetpointRouter(link), reports  # type: ignore[arg-type]
+    return SetpointRouter(client), reports  # type: ignore[arg-type]
 
 
 def request(sid: str, value: float, seconds: float = 60) -> SetpointRequest:
