@@ -163,13 +163,13 @@ async def test_query_filters_by_kind_identity_point_and_time(
     assert rec == AuditRecord(4, 1300, "policy_reload", "")
 
 
-async def test_query_limit_returns_the_newest_matches_oldest_first(audit: AuditLog) -> None:
+async def test_query_pages_oldest_first_after_a_seq(audit: AuditLog) -> None:
     for i in range(50):
         audit.append("setpoint_request" if i % 2 else "setpoint_report", BOB, point=f"p{i}")
-    newest = audit.query(limit=10)
-    assert [r.seq for r in newest] == list(range(41, 51))
-    reports = audit.query(kind="setpoint_report", limit=3)
-    assert [r.point for r in reports] == ["p44", "p46", "p48"]
+    assert [r.seq for r in audit.query(limit=10)] == list(range(1, 11))
+    assert [r.seq for r in audit.query(after_seq=45)] == [46, 47, 48, 49, 50]
+    reports = audit.query(kind="setpoint_report", after_seq=40, limit=3)
+    assert [r.point for r in reports] == ["p40", "p42", "p44"]
     with pytest.raises(ValueError):
         audit.query(limit=0)
 

@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trusted.core.audit_reader import query_records, recover_tail, verify_chain
+from trusted.core.audit_reader import page_records, recover_tail, verify_chain
 from trusted.core.audit_record import GENESIS, AuditError, AuditRecord, jsonable, record_hash
 from trusted.core.rate_limit import TokenBuckets
 
@@ -79,7 +79,7 @@ class AuditLog:
     ``append`` and ``record_write`` are synchronous and cheap: each record is one ``write(2)`` of a
     whole line, so it reaches the OS before ``append`` returns (a crash of the core loses nothing;
     a power cut loses at most ``fsync_interval`` seconds, which a background task fsyncs).
-    ``query`` and ``verify`` read the whole file synchronously: call them through
+    ``query`` and ``verify`` read the file synchronously: call them through
     ``asyncio.to_thread`` from a server when the file is large.
     """
 
@@ -418,31 +418,14 @@ class AuditLog:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def query(
-        self,
-        *,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
-        kind: str | None = None,
-        identity: str | None = None,
-        point_glob: Callable[[str], bool] | None = None,
-        limit: int = 1000,
-    ) -> list[AuditRecord]:
-        """Matching records, oldest first; the newest ``limit`` when more match.
+    def query(self, *, after_seq: int = 0, limit: int = 1000, **filters: Any) -> list[AuditRecord]:
+        """The first ``limit`` matching records after ``after_seq``, oldest first.
 
-        ``start_ms <= ts_ms < end_ms``; ``kind`` and ``identity`` match exactly; ``point_glob`` is
-        called with each record's point ("" for records without one). Records still being
-        aggregated (write summaries, denial repeats) are not in the file yet.
+        Filters (see `page_records`): ``start_ms <= ts_ms < end_ms``, ``kind`` and ``identity``
+        exactly, ``point_glob(point)``. Records still being aggregated (write summaries, denial
+        repeats) are not in the file yet.
         """
-        return query_records(
-            self._path,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            kind=kind,
-            identity=identity,
-            point_glob=point_glob,
-            limit=limit,
-        )
+        return page_records(self._path, after_seq=after_seq, limit=limit, **filters)[0]
 
     def verify(self) -> int:
         """Check every line and the hash chain; the number of records checked.

@@ -1,5 +1,5 @@
-"""Reading the audit log file: a backward line reader, tail recovery on open, query, pages (oldest
-first, after a seq) and verify.
+"""Reading the audit log file: a backward line reader and tail recovery on open, pages of records
+(oldest first, after a seq) and verify.
 
 Everything here needs only the file, not a started AuditLog (`smx audit` verifies a stopped
 core's log). The writer is trusted.core.audit; the line format is trusted.core.audit_record.
@@ -24,7 +24,7 @@ from trusted.core.audit_record import (
     to_record,
 )
 
-__all__ = ["lines_backward", "page_records", "query_records", "recover_tail", "verify_chain"]
+__all__ = ["lines_backward", "page_records", "recover_tail", "verify_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -90,41 +90,6 @@ def recover_tail(path: Path, fd: int, size: int) -> tuple[int, str, int]:
     return (rec.seq if rec else 0), last_hash, keep
 
 
-def query_records(
-    path: Path,
-    *,
-    start_ms: int | None = None,
-    end_ms: int | None = None,
-    kind: str | None = None,
-    identity: str | None = None,
-    point_glob: Callable[[str], bool] | None = None,
-    limit: int = 1000,
-) -> list[AuditRecord]:
-    """Matching records of the file at ``path``; see :meth:`trusted.core.audit.AuditLog.query`."""
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    match = _Matcher(start_ms, end_ms, kind, identity, point_glob)
-    # Read backwards and stop at `limit` matches: the common query (the latest records)
-    # touches only the end of a file that may be tens of MB. No early stop on time: a box
-    # without an RTC writes 1970 timestamps until NTP syncs, so ts_ms is not monotonic.
-    found: list[AuditRecord] = []
-    with _open(path) as f:
-        if f is None:
-            return []
-        fd = f.fileno()
-        for _, raw in lines_backward(fd, os.fstat(fd).st_size, chunk=1024 * 1024):
-            if not raw.endswith(b"\n"):
-                continue  # a torn tail that start() has not cut yet
-            rec = match(raw)
-            if rec is not None:
-                found.append(rec)
-                if len(found) >= limit:
-                    break
-    match.report(path)
-    found.reverse()
-    return found
-
-
 def page_records(
     path: Path,
     *,
@@ -138,7 +103,9 @@ def page_records(
 ) -> tuple[list[AuditRecord], bool]:
     """The first ``limit`` matching records with a seq above ``after_seq``, oldest first, and
     whether more match. Seqs only grow down the file, so the start is found by bisection:
-    each page costs a few reads plus the records it covers, however long the log is."""
+    each page costs a few reads plus the records it covers, however long the log is. There is
+    no early stop on time: a box without an RTC writes 1970 timestamps until NTP syncs, so
+    ts_ms is not monotonic."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     match = _Matcher(start_ms, end_ms, kind, identity, point_glob)
