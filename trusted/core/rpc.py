@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_OPEN_STREAMS = 32
 
 Unary = Callable[[Any, Caller, grpc.aio.ServicerContext], Awaitable[Any]]
-Stream = Callable[[Any, Caller, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Stream = Callable[[Any, Caller, grpc.aio.ServicerContext], AsyncGenerator[Any, None]]
 
 
 def service_handler(
@@ -129,9 +129,12 @@ def _stream(
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served yet")
                 return
             with stream_slot(gate, caller.peer):
-                async for item in fn(parse(data), caller, context):
-                    gate.recheck(caller.peer, method)
-                    yield item
+                # aclosing: the handler's own clean-up (unwatch) runs when the stream ends, not
+                # whenever the garbage collector gets to it.
+                async with contextlib.aclosing(fn(parse(data), caller, context)) as items:
+                    async for item in items:
+                        gate.recheck(caller.peer, method)
+                        yield item
         except CoreError as err:
             await _abort(context, gate, err, caller, method)
 

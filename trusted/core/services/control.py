@@ -6,6 +6,7 @@ handler checks the names it touches with `caller.require` / `caller.may` (same v
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from smx.timestamps import duration_s
@@ -59,8 +60,10 @@ class ControlService:
         def match(name: str) -> bool:
             return wanted.match(name) and caller.may(name)
 
-        async for msg in owner_stream(self.s.board, match, req.start_revision, heartbeat):
-            yield msg
+        stream = owner_stream(self.s.board, match, req.start_revision, heartbeat)
+        async with contextlib.aclosing(stream):  # the log forgets the stream when it ends
+            async for msg in stream:
+                yield msg
 
     async def WatchSetpointOutcomes(
         self, req: pb.WatchSetpointOutcomesRequest, caller: Caller, ctx: object
@@ -73,8 +76,9 @@ class ControlService:
             return wanted.match(name) and caller.may(name)
 
         stream = outcome_stream(self.s.board, match, caller.uri, req.start_revision, heartbeat)
-        async for msg in stream:
-            yield msg
+        async with contextlib.aclosing(stream):
+            async for msg in stream:
+                yield msg
 
     async def ReportSetpoint(self, req: pb.ReportSetpointRequest, caller: Caller, ctx: object):
         sp = self.s.board.get(setpoint_id=req.id)

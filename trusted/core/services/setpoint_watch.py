@@ -12,7 +12,8 @@ been sent, and a new watch may start after such a revision.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from smx.v1 import control_service_pb2 as pb
@@ -29,7 +30,7 @@ Match = Callable[[str], bool]
 
 async def owner_stream(
     board: SetpointBoard, match: Match, start_revision: int, heartbeat: float
-) -> AsyncIterator[pb.WatchSetpointsResponse]:
+) -> AsyncGenerator[pb.WatchSetpointsResponse, None]:
     board.log.check_start(start_revision)
     position = start_revision or board.revisions.revision
     first = []
@@ -57,13 +58,14 @@ async def owner_stream(
     def idle(revision: int) -> pb.WatchSetpointsResponse:
         return pb.WatchSetpointsResponse(revision=revision, heartbeat=True)
 
-    async for msg in _follow(board, position, first, batch, idle, heartbeat):
-        yield msg
+    async with contextlib.aclosing(_follow(board, position, first, batch, idle, heartbeat)) as s:
+        async for msg in s:
+            yield msg
 
 
 async def outcome_stream(
     board: SetpointBoard, match: Match, requester: str, start_revision: int, heartbeat: float
-) -> AsyncIterator[pb.WatchSetpointOutcomesResponse]:
+) -> AsyncGenerator[pb.WatchSetpointOutcomesResponse, None]:
     board.log.check_start(start_revision)
     position = start_revision or board.revisions.revision
     first = []
@@ -91,8 +93,9 @@ async def outcome_stream(
     def idle(revision: int) -> pb.WatchSetpointOutcomesResponse:
         return pb.WatchSetpointOutcomesResponse(revision=revision, heartbeat=True)
 
-    async for msg in _follow(board, position, first, batch, idle, heartbeat):
-        yield msg
+    async with contextlib.aclosing(_follow(board, position, first, batch, idle, heartbeat)) as s:
+        async for msg in s:
+            yield msg
 
 
 def _split(entries: list[SetpointChange]) -> Iterator[list[SetpointChange]]:
@@ -112,7 +115,7 @@ async def _follow(
     batch: Callable[[list[SetpointChange], int], list[Any]],
     idle: Callable[[int], Any],
     heartbeat: float,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """`first` (built at revision `position`), then the log after `position` in `batch`es, or
     an `idle` heartbeat when nothing was sent for `heartbeat` seconds.
 
