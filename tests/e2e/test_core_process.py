@@ -40,7 +40,7 @@ def history(stubs, name: str) -> list[tuple[int, float]]:
     start = Timestamp()
     start.FromMilliseconds(0)
     return [
-        (s.time.ToMilliseconds(), s.value.double_value)
+        (s.sample_time.ToMilliseconds(), s.value.double_value)
         for chunk in stubs.points.ReadHistory(
             spb.ReadHistoryRequest(names=[name], start_time=start)
         )
@@ -149,8 +149,8 @@ def test_sighup_reloads_policy_without_dropping_connections(plain_site):
     stream.cancel()
     reloads = (
         site.sync_stubs("admin")
-        .admin.QueryAudit(apb.QueryAuditRequest(kind="policy_reload"))
-        .records
+        .admin.ListAuditRecords(apb.ListAuditRecordsRequest(kind="policy_reload"))
+        .audit_records
     )
     assert [r.identity for r in reloads] == ["signal:SIGHUP"]
     core.kill(signal.SIGTERM)

@@ -206,10 +206,10 @@ def test_generated_policy_is_least_privilege(site):
         site.stubs("ess").points.WritePoints(spb.WritePointsRequest(samples=[sample]), timeout=5)
     records = (
         site.stubs("admin")
-        .admin.QueryAudit(
-            apb.QueryAuditRequest(kind="denied", identity=f"spiffe://{SITE}/trusted/meter")
+        .admin.ListAuditRecords(
+            apb.ListAuditRecordsRequest(kind="denied", identity=f"spiffe://{SITE}/trusted/meter")
         )
-        .records
+        .audit_records
     )
     assert any(r.point == "other/x" for r in records)
 
