@@ -1,39 +1,8 @@
-"""The core's TOML config file (``core.toml``): parsed, validated, unknown keys rejected.
+"""The core's TOML config file (``core.toml``): parsed, validated, unknown keys rejected. The
+keys are specified in docs/SITE.md; the value checks are the shared ones of smx.settings.
 
 Every error names the file and the dotted key, e.g.
 ``core.toml: history.max_age: expected a duration like "30d", got "12"``.
-
-Format (every key optional; relative paths are relative to the site home)::
-
-    site = "usm-0017"            # "" (default): the caller takes it from the site CA
-    socket = "core.sock"         # Unix socket; its full path must stay under 100 bytes
-    tcp = "127.0.0.1:7443"       # optional extra mTLS listener, host:port or [v6]:port
-    policy = "policy.toml"
-    pki_dir = "pki"
-
-    [history]
-    path = "data/history.db"
-    flush_interval = "2s"        # 50ms .. 60s
-    max_age = "30d"              # or "off"
-    max_size = "2GB"             # or "off"
-    retention_interval = "60s"
-
-    [audit]
-    path = "data/audit.jsonl"
-
-    [watch]
-    backlog = 20000              # revisions (and setpoint changes) kept so a watcher can resume
-    stale_factor = 2.0
-    stale_check_interval = "500ms"
-
-    [limits]
-    max_request_items = 10000
-    max_message_bytes = "4MB"
-
-Durations are a number with a unit, ``ms s m h d`` (``"500ms"``, ``"1.5h"``, ``"30d"``), or a
-plain TOML number of seconds. Sizes are a number with a unit, ``B KB MB GB TB`` (case-insensitive;
-``KiB``-style spellings accepted too), **1024-based** (``"1KB"`` = 1024 bytes, fractions rounded
-down), or a plain TOML integer of bytes.
 """
 
 from __future__ import annotations

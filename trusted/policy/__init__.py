@@ -1,51 +1,7 @@
 """The core's RBAC policy: roles grant verbs on point patterns, bindings give roles to identities.
 
-Verbs
------
-========  ===============================================================================
-read      GetPoints, ListPoints, WatchPoints, ReadHistory, GetSetpoint
-write     WritePoints, DeclarePoints
-request   RequestSetpoint
-control   WatchSetpoints, ReportSetpoint (the owner side of setpoints)
-admin     AdminService (QueryAudit, ReloadPolicy, ListClients); its patterns are ignored
-========  ===============================================================================
-
-File format (TOML)
-------------------
-::
-
-    [roles.trusted-extension]
-    description = "A device extension: only its own device's points"    # optional
-    rules = [ { verbs = ["read", "write", "control"], points = ["{name}/**"] } ]
-
-    [roles.ops]
-    rules = [ { verbs = ["admin"] } ]             # `points` may be left out for admin only
-
-    [[bindings]]
-    identity = "spiffe://usm-0017/trusted/fronius"  # exact identity URI
-    roles = ["trusted-extension"]
-    rules = [ { verbs = ["read"], points = ["smm/P"] } ]   # optional extra rules for this identity
-    description = "Fronius hybrid inverter"                 # optional
-
-    [[bindings]]
-    identity = "spiffe://usm-0017/untrusted/*"    # every identity of that site and domain
-    roles = ["gui"]
-
-- Top level: `roles` (table of roles) and `bindings` (array of tables); both optional.
-- Role names: `[a-z][a-z0-9_-]{0,63}`. Role keys: `description`, `rules`.
-- Rule keys: `verbs` (non-empty list of the verbs above) and `points` (glob patterns, see
-  smx.names: `*` within one segment, `**` one or more whole segments). `points` is required
-  and non-empty unless the rule's only verb is `admin`.
-- Binding keys: `identity`, `roles`, `rules`, `description`. `identity` is an exact
-  `spiffe://<site>/<domain>/<name>` URI, or the one wildcard form `spiffe://<site>/<domain>/*`
-  (every client of that site and domain; no other wildcards). An identity matched by both an
-  exact and a wildcard binding gets the union of both. One binding per identity string.
-- In role and binding patterns, `{name}` and `{site}` are replaced by the caller's identity
-  name and site, so one role (or one wildcard binding) gives each client its own device.
-
-Any unknown key, unknown verb, bad pattern, undefined role, wrong type or TOML syntax error is a
-PolicyError naming the file and the key, e.g. `policy.toml: roles.gui.rules[0]: unknown key
-'verb'`. Default deny: an identity without a binding may do nothing.
+The file format, the verbs and the default roles are specified in docs/POLICY.md; which verb
+each RPC needs is the one table `METHOD_VERBS` (trusted.policy.model).
 
 A Policy is immutable; reloading means loading a new one and swapping it in. Decisions are
 cached per (identity, verb, point) in a bounded dict, because allows() runs on every write. The
