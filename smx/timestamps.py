@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 __all__ = [
+    "iso_time",
     "duration_s",
     "ms_to_ts",
     "now_ms",
@@ -71,3 +72,8 @@ def ts_of(when: float | dt.datetime | Timestamp | None = None) -> Timestamp:
         ts.FromDatetime(when.astimezone(dt.UTC))
         return ts
     return seconds_to_ts(when)
+
+
+def iso_time(ts: Timestamp) -> str:
+    """A Timestamp as people read it in logs and tables: ISO 8601, UTC, milliseconds."""
+    return ts.ToDatetime(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -4,6 +4,7 @@ stubs in sync with proto/, the import rule between trust domains, and one error 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -87,3 +88,57 @@ def test_every_error_reason_has_one_status_code():
         "UNSPECIFIED"
     }
     assert reasons == set(CODES)
+
+
+# --------------------------------------------------------------------------- one home per contract
+
+# Contract spellings that may appear in product code only in their home module
+# (docs/ARCHITECTURE.md): a second copy drifts (the SDK once wrote a health state that the
+# supervisor could not read).
+CONTRACT_HOMES = {
+    # the process environment
+    r"\bSMX_(SITE|NAME|DOMAIN|TARGET|CA|CERT|KEY|DEVICES|CONFIG|HEALTH_FILE)\b": (
+        "smx/process_env.py"
+    ),
+    # the device-id grammar
+    re.escape("[a-z][a-z0-9_-]{0,31}"): "smx/names.py",
+    # the channel options every client needs to reach the core
+    r"grpc\.ssl_target_name_override|grpc\.default_authority": "smx/client.py",
+    # seconds <-> Timestamp/Duration
+    r"\.(From|To)(Milliseconds|Nanoseconds|Seconds|Datetime)\(": "smx/timestamps.py",
+}
+PRODUCT = ("smx", "trusted", "extensions", "untrusted", "examples")
+
+
+def _code_strings_and_calls(path: Path) -> str:
+    """The code of `path` without its docstrings and comments: what a copy would live in."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                docstrings.add(id(body[0].value))
+    parts = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) not in docstrings:
+                parts.append(node.value)
+        elif isinstance(node, ast.Attribute):
+            parts.append(f".{node.attr}(")
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("pattern", list(CONTRACT_HOMES), ids=list(CONTRACT_HOMES.values()))
+def test_each_contract_is_spelled_in_its_home_only(pattern):
+    home = CONTRACT_HOMES[pattern]
+    assert re.search(pattern, _code_strings_and_calls(ROOT / home)), f"{home} lost its contract"
+    copies = [
+        str(p.relative_to(ROOT))
+        for package in PRODUCT
+        for p in (ROOT / package).rglob("*.py")
+        if "v1" not in p.relative_to(ROOT).parts
+        and str(p.relative_to(ROOT)) != home
+        and re.search(pattern, _code_strings_and_calls(p))
+    ]
+    assert copies == [], f"{copies} spell a contract whose one home is {home}: import it from there"

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import time
 from collections.abc import Callable
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from smx.cli.connect import add_connection_options, connect
 from smx.client import error_reason
 from smx.settings import ConfigError, parse_duration
+from smx.timestamps import iso_time, seconds_to_duration, seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
 from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import identity_service_pb2 as identity_pb
@@ -145,7 +144,7 @@ def format_value(v: point_pb2.Value) -> str:
 
 
 def format_time(ts: Timestamp) -> str:
-    return ts.ToDatetime(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_time(ts)
 
 
 def _print_point(p: point_pb2.Point) -> None:
@@ -222,18 +221,17 @@ def points_declare(args: argparse.Namespace) -> int:
         name=args.name, unit=args.unit, kind=kind, description=args.description
     )
     if args.period:
-        meta.expected_period.FromMilliseconds(int(parse_duration(args.period, "--period") * 1000))
+        meta.expected_period.CopyFrom(seconds_to_duration(parse_duration(args.period, "--period")))
     connect(args).points.DeclarePoints(points_pb.DeclarePointsRequest(points=[meta]))
     print(f"declared {args.name}")
     return 0
 
 
 def points_history(args: argparse.Namespace) -> int:
-    start = Timestamp()
-    start.FromMilliseconds(int((time.time() - parse_duration(args.since, "--since")) * 1000))
+    start = seconds_to_ts(time.time() - parse_duration(args.since, "--since"))
     req = points_pb.ReadHistoryRequest(names=args.names, start_time=start)
     if args.bucket:
-        req.bucket.FromMilliseconds(int(parse_duration(args.bucket, "--bucket") * 1000))
+        req.bucket.CopyFrom(seconds_to_duration(parse_duration(args.bucket, "--bucket")))
         req.aggregation = AGG[args.agg]
     for chunk in connect(args).points.ReadHistory(req):
         for s in chunk.samples:
@@ -259,8 +257,7 @@ def _print_setpoint(sp: control_pb.Setpoint) -> None:
 
 
 def setpoint_request(args: argparse.Namespace) -> int:
-    valid = Duration()
-    valid.FromMilliseconds(int(parse_duration(args.valid_for, "--valid-for") * 1000))
+    valid = seconds_to_duration(parse_duration(args.valid_for, "--valid-for"))
     resp = connect(args).control.RequestSetpoint(
         control_pb.RequestSetpointRequest(
             name=args.name, value=parse_value(args.value, args.kind), valid_for=valid

@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 
 from smx.cli.client_cmd import _client, format_time
 from smx.cli.connect import connect, site_home
+from smx.timestamps import seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
 from trusted.core.audit import AuditError, AuditLog
 from trusted.core.config import ConfigError, load_core_config, parse_duration
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.since:
         since_s = parse_duration(args.since, "--since")
-        req.start_time.FromMilliseconds(int((time.time() - since_s) * 1000))
+        req.start_time.CopyFrom(seconds_to_ts(time.time() - since_s))
     stubs, shown = connect(args), 0
     while True:
         resp = stubs.admin.ListAuditRecords(req)

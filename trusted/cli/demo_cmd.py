@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from smx.client import Credentials, Stubs, unix_target
+from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
@@ -214,7 +215,7 @@ async def _setpoint_line(stubs: Stubs) -> str:
     status = cpb.SetpointStatus.Name(sp.status).removeprefix("SETPOINT_STATUS_")
     applied = f" -> {_fmt(sp.applied_value)} W" if sp.HasField("applied_value") else ""
     why = f" ({sp.reason})" if sp.reason else ""
-    left = max(0.0, sp.expire_time.ToMilliseconds() / 1000 - time.time())
+    left = max(0.0, ts_to_seconds(sp.expire_time) - time.time())
     return (
         f"setpoint battery/P_set = {_fmt(sp.value)} W from "
         f"{sp.requester.rsplit('/', 1)[-1]}: {status}{applied}{why}, {left:.0f} s left"
