@@ -142,3 +142,13 @@ def test_each_contract_is_spelled_in_its_home_only(pattern):
         and re.search(pattern, _code_strings_and_calls(p))
     ]
     assert copies == [], f"{copies} spell a contract whose one home is {home}: import it from there"
+
+
+def test_the_shared_contracts_depend_on_no_process():
+    """smx/ is the bottom layer every process imports: it may not import a process's code."""
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "smx").rglob("*.py")
+        if _imports(p) & {"trusted", "extensions", "untrusted", "examples"}
+    ]
+    assert offenders == [], f"{offenders} import process code: smx/ must stand alone"
