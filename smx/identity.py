@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # the parsing side (the core) has cryptography loaded already
 __all__ = ["DOMAINS", "Identity", "IdentityError", "identity_from_certificate"]
 
 DOMAINS = ("trusted", "untrusted")
-# Site and client names share the device-id grammar of DATA-MODEL.md, so a client name can be
+# Site and client names share the device-id grammar of docs/DATA-MODEL.md, so a client name can be
 # used as the device prefix of the points it owns.
 _NAME = DEVICE_ID
 _SITE = r"[a-z0-9][a-z0-9_.-]{0,62}"

@@ -1,4 +1,4 @@
-"""Point names and the glob patterns over them (DATA-MODEL.md).
+"""Point names and the glob patterns over them (docs/DATA-MODEL.md).
 
 Point names
 -----------

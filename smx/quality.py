@@ -1,4 +1,4 @@
-"""Quality names of point samples (DATA-MODEL.md) and the API's enum, both ways.
+"""Quality names of point samples (docs/DATA-MODEL.md) and the API's enum, both ways.
 
 GOOD, DERIVED, UNCERTAIN and BAD are written by the owner of a point; STALE is set by the core
 only (a write carrying it is refused), so it is a name a reader sees but never a writer's choice.

@@ -1,4 +1,4 @@
-"""OBIS-addressed data sets of an IEC 62056-21 readout -> the meter vocabulary (DATA-MODEL.md).
+"""OBIS-addressed data sets of an IEC 62056-21 readout -> the meter vocabulary (docs/DATA-MODEL.md).
 
 `1-0:1.8.0*255(012345.678*kWh)` and `1.8.0(012345.678*kWh)` are the same register. Values are
 converted to the vocabulary's units (Wh -> kWh, kW -> W, ...), powers to the load reference
@@ -200,7 +200,7 @@ def map_datasets(datasets: Iterable[DataSet], *, tz: dt.tzinfo = dt.UTC) -> Obis
             result.error_code = current[key].value.value
     quality = "GOOD"
     if result.error_code is not None and result.error_code.strip("0 ") != "":
-        quality = "UNCERTAIN"  # the meter reports an error state (DATA-MODEL.md)
+        quality = "UNCERTAIN"  # the meter reports an error state (docs/DATA-MODEL.md)
 
     mapped = {"0.9.1", "0.9.2", "F.F.0", "F.F"}
     values = _map_registers(_pairs(current), mapped)

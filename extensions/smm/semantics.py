@@ -1,5 +1,5 @@
 """Meter semantics shared by every meter reader: the vocabulary (names, units, kinds),
-primary values from VT/CT ratios, and plausibility (DATA-MODEL.md).
+primary values from VT/CT ratios, and plausibility (docs/DATA-MODEL.md).
 
 Readers produce *secondary* values as the meter reports them, named with the vocabulary
 (`U1`, `P`, `Ap`, `Ap_T1`, ...); `Meter.readings` turns them into the points of one device.

@@ -1,6 +1,6 @@
 """The smm extension under `smx run`: two Modbus meters (an SDM630 as the PCC meter `smm`, an
 EM24 as the PV sub-meter `pv`) on one Modbus TCP simulator, read into the core with
-DATA-MODEL.md units; a config mistake is a clear error in `smx status`."""
+docs/DATA-MODEL.md units; a config mistake is a clear error in `smx status`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Point names and globs: the grammar of DATA-MODEL.md and the glob semantics RBAC relies on."""
+"""Point names and globs: the grammar of docs/DATA-MODEL.md and the glob semantics of RBAC."""
 
 from __future__ import annotations
 

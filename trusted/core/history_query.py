@@ -28,8 +28,9 @@ __all__ = ["AGGREGATIONS", "HistoryQueryError", "Sample", "read_samples"]
 
 AGGREGATIONS = ("min", "max", "avg", "last")
 
-# Quality order best -> worst (DATA-MODEL.md). Codes not listed (0 UNSPECIFIED, future values) are
-# not known to be usable, but not known to have failed either: they rank between UNCERTAIN and BAD.
+# Quality order best -> worst (docs/DATA-MODEL.md). Codes not listed (0 UNSPECIFIED, future
+# values) are not known to be usable, but not known to have failed either: they rank between
+# UNCERTAIN and BAD.
 _QUALITY_RANK = {1: 0, 2: 1, 3: 2, 4: 4, 5: 5}
 _UNKNOWN_RANK = 3
 # The rank in SQL, packed with the code so MAX() picks the worst and keeps its code.

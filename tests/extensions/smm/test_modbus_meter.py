@@ -24,7 +24,7 @@ from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
-# What each simulated meter shows (secondary values, DATA-MODEL.md units and signs: the PCC
+# What each simulated meter shows (secondary values, docs/DATA-MODEL.md units and signs: the PCC
 # exports 2.5 kW, so P < 0), and the unit ids they answer on.
 KNOWN = {
     "eastron_sdm630": (
