@@ -102,7 +102,7 @@ def test_a_config_mistake_is_a_clear_error_in_status(home):
             )
 
         wait_for(lambda: smm()["restarts"] >= 1)
-        assert "unknown key(s) ['pollling']" in smm()["last_error"]
+        assert "extensions.smm.config.pollling: unknown key" in smm()["last_error"]
         assert smm()["last_exit"] == "exit code 2"
     finally:
         sup.send_signal(signal.SIGTERM)
