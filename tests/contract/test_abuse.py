@@ -235,3 +235,62 @@ async def test_revoked_client_gets_no_health_or_reflection(site, core):
         ):
             pass
     assert error_reason(info.value) == "CERTIFICATE_REVOKED"
+
+
+async def test_reflection_streams_count_against_the_cap(site, core):
+    gui = site.stubs("gui")
+    watches = [gui.points.WatchPoints(spb.WatchPointsRequest()) for _ in range(MAX_OPEN_STREAMS)]
+    for w in watches:
+        assert (await w.read()).snapshot
+    reflect = reflection_pb2_grpc.ServerReflectionStub(site.creds("gui").aio_channel(site.target))
+    stream = reflect.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    code, reason = await refused(stream)
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+    watches.pop().cancel()
+    await asyncio.sleep(0.2)
+    stream = reflect.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    assert (await stream.read()).list_services_response.service
+    for w in watches:
+        w.cancel()
+
+
+async def test_setpoint_values_are_of_the_declared_kind_and_short(site, core):
+    await site.stubs("ess").points.DeclarePoints(
+        spb.DeclarePointsRequest(
+            points=[
+                ppb.PointMetadata(name="ess/P_set", unit="W", kind=ppb.VALUE_KIND_DOUBLE),
+                ppb.PointMetadata(name="ess/mode_set", kind=ppb.VALUE_KIND_STRING),
+            ]
+        )
+    )
+    agent = site.stubs("lessag").control
+
+    def request(name: str, value: ppb.Value):
+        return agent.RequestSetpoint(
+            cpb.RequestSetpointRequest(name=name, value=value, valid_for=Duration(seconds=60))
+        )
+
+    huge = ppb.Value(string_value="x" * 4096)
+    assert await refused(request("ess/mode_set", huge)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    code, reason = await refused(request("ess/P_set", ppb.Value(string_value="3000")))
+    assert reason == "VALUE_KIND_MISMATCH"
+    assert (await refused(request("ess/P_set", ppb.Value())))[1] == "INVALID_ARGUMENT"
+    ok = await request("ess/mode_set", ppb.Value(string_value="eco"))
+    assert ok.setpoint.value.string_value == "eco"
+
+
+async def test_a_deeply_nested_page_token_is_invalid_argument(site, core):
+    import base64
+
+    token = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode()
+    code, reason = await refused(
+        site.stubs("gui").points.ListPoints(spb.ListPointsRequest(page_token=token))
+    )
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")

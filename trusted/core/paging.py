@@ -43,7 +43,8 @@ def read_token(token: str, query: tuple[Hashable, ...], kind: type[T]) -> T:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         digest, position = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as err:
+    except (binascii.Error, ValueError, TypeError, RecursionError) as err:
+        # RecursionError: json.loads of a deeply nested forged token.
         raise CoreError("INVALID_ARGUMENT", "page_token is not a token this core issued") from err
     if digest != _digest(query):
         raise CoreError(

@@ -3,7 +3,8 @@
 They are registered outside rpc.py's wrapper, so without this a revoked certificate, or one of
 another site, would still get answers (and hold Health.Watch streams open). They need no verb:
 any authenticated client may ask whether the core is serving and what its API is. A
-Health.Watch stream takes one of the client's open-stream places like any watch.
+Health.Watch or reflection stream takes one of the client's open-stream places like any
+watch.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ class _CheckedReflection(ReflectionServicer):
     async def ServerReflectionInfo(
         self, request_iterator: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        await _authenticate(
-            self.gate, context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-        )
-        async for response in super().ServerReflectionInfo(request_iterator, context):
-            yield response
+        method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        peer = await _authenticate(self.gate, context, method)
+        try:
+            # A reflection stream is long-lived like a watch: it takes a stream place too.
+            with stream_slot(self.gate, peer):
+                async for response in super().ServerReflectionInfo(request_iterator, context):
+                    yield response
+        except CoreError as err:  # TOO_MANY_STREAMS: only the slot raises CoreError here
+            await _refuse(self.gate, context, err, peer.uri, method)
 
 
 def add_reflection(server: grpc.aio.Server, service_names: list[str], gate: Gate) -> None:

@@ -38,7 +38,8 @@ METHOD_VERBS: Mapping[str, str] = {
     "/smx.v1.PointService/ReadHistory": "read",
     "/smx.v1.PointService/DeclarePoints": "write",
     "/smx.v1.PointService/WritePoints": "write",
-    # Its own requests are visible to a requester without read on the point.
+    # With read on some point, a requester also sees its own requests on points it may not
+    # read; a requester holding only `request` follows its setpoints on WatchSetpointOutcomes.
     "/smx.v1.ControlService/GetSetpoint": "read",
     "/smx.v1.ControlService/RequestSetpoint": "request",
     "/smx.v1.ControlService/WatchSetpointOutcomes": "request",

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from smx.timestamps import duration_s
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2
+from smx.values import KIND_OF_FIELD
 from trusted.core.auth import Caller
 from trusted.core.errors import CoreError
 from trusted.core.rate_limit import TokenBuckets
@@ -25,6 +26,9 @@ __all__ = ["ControlService"]
 # bursts (a schedule pushed at once) while keeping a runaway client from flooding the audit log.
 REQUEST_RATE = 5.0
 REQUEST_BURST = 50
+# A setpoint is a value for a device, not a document: a longer string is refused, because every
+# request is kept in memory (the setpoint table and log) and written to the audit log.
+MAX_SETPOINT_STRING = 256
 
 
 class ControlService:
@@ -47,6 +51,7 @@ class ControlService:
             raise CoreError("POINT_NOT_FOUND", f"no extension declared {name}", point=name)
         if not req.HasField("valid_for"):
             raise CoreError("INVALID_ARGUMENT", "valid_for is required")
+        _check_value(name, req.value, self.s.db.meta[name].kind)
         sp = self.s.board.request(caller.uri, name, req.value, duration_s(req.valid_for))
         self.s.wake_expiry()
         return pb.RequestSetpointResponse(setpoint=sp)
@@ -109,3 +114,23 @@ class ControlService:
         if sp.requester != caller.uri and not may_read:
             caller.require(sp.name)
         return pb.GetSetpointResponse(setpoint=sp)
+
+
+def _check_value(name: str, value: point_pb2.Value, declared: int) -> None:
+    """A requested value must be set, of the point's declared kind, and short."""
+    field = value.WhichOneof("kind")
+    if field is None:
+        raise CoreError("INVALID_ARGUMENT", f"setpoint {name}: no value", point=name)
+    if declared and KIND_OF_FIELD[field] != declared:
+        raise CoreError(
+            "VALUE_KIND_MISMATCH",
+            f"setpoint {name} is declared {point_pb2.ValueKind.Name(declared)}, got {field}",
+            point=name,
+        )
+    if field == "string_value" and len(value.string_value) > MAX_SETPOINT_STRING:
+        raise CoreError(
+            "INVALID_ARGUMENT",
+            f"setpoint {name}: string of {len(value.string_value)} characters exceeds "
+            f"{MAX_SETPOINT_STRING}",
+            point=name,
+        )
