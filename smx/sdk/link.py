@@ -121,7 +121,28 @@ class CoreLink:
             self.last_error = ""
             self.connected.set()
             log.info("connected to the core as %s", self.identity)
-            await self._lost.wait()
+            await self._until_lost(stubs)
+
+    async def _until_lost(self, stubs: Stubs) -> None:
+        """Until a call fails for want of the core, or the connection drops: a core that
+        restarted between two calls would otherwise go unnoticed (and with it, what it forgot:
+        declarations, watches)."""
+        lost = asyncio.ensure_future(self._lost.wait())
+        changed: asyncio.Future[None] | None = None
+        state = stubs.channel.get_state()
+        try:
+            while not lost.done():
+                changed = asyncio.ensure_future(stubs.channel.wait_for_state_change(state))
+                await asyncio.wait({lost, changed}, return_when=asyncio.FIRST_COMPLETED)
+                if lost.done():
+                    return
+                was, state = state, stubs.channel.get_state()
+                if was == grpc.ChannelConnectivity.READY and state != was:
+                    self.lost(ConnectionError(f"connection to the core dropped ({state.name})"))
+        finally:
+            for future in (lost, changed):
+                if future is not None:
+                    future.cancel()
 
     async def close(self) -> None:
         if self.stubs is not None:

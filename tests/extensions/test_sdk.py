@@ -242,6 +242,11 @@ async def test_survives_the_core_going_away(site):
 
 
 async def test_writing_another_devices_point_is_refused_dropped_and_audited(site):
+    site.sync_stubs("grid").points.WritePoints(
+        spb.WritePointsRequest(
+            samples=[ppb.PointSample(name="grid/P", value=ppb.Value(double_value=1.0))]
+        )
+    )
     ext = Extension(site.env("battery"))
     await ext.start()
     try:

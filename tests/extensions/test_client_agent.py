@@ -1,0 +1,140 @@
+"""Agents (smx.sdk.Agent): untrusted processes that request setpoints and follow their outcomes
+on the core's stream, and publish their health only where the policy lets them — so a whole
+demo site runs without a single denial in the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from extensions.sdk import Agent, Applied, Extension, SetpointState
+from extensions.sdk.testing import TestSite, smx_command
+from smx.process_env import RunPaths
+from smx.v1 import admin_service_pb2 as apb
+from tests.extensions.test_sdk import until
+from tests.support.net import wait_for
+from trusted.cli.demo_cmd import site_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def site():
+    with TestSite(
+        {
+            "battery": ("trusted", ["trusted-extension"], []),
+            "planner": ("untrusted", ["untrusted-agent"], []),
+            "viewer": ("untrusted", ["gui"], []),  # a role without its own health points
+        }
+    ) as s:
+        yield s
+
+
+async def test_an_agent_follows_outcomes_and_publishes_its_health(site):
+    owner = Extension(site.env("battery"))
+
+    @owner.on_setpoint("battery/P_set")
+    async def set_power(req):
+        return Applied()
+
+    agent = Agent(site.env("planner"))
+    outcomes: list[SetpointState] = []
+    agent.on_outcome(outcomes.append)
+
+    async def plan() -> None:
+        sp = await agent.request_setpoint("battery/P_set", 1000.0, valid_for=30)
+        await agent.outcome(sp.id, timeout=10)
+
+    await owner.start()
+    await until(lambda: owner.client.connected)
+    await until(lambda: owner.client.declared("battery/P_set"))
+    agent.background(plan)
+    await agent.start()
+    try:
+        done = await until(lambda: next((o for o in outcomes if o.status == "APPLIED"), None))
+        assert done.name == "battery/P_set" and done.value == 1000.0
+        async with site.client("admin") as admin:
+            got = await until(lambda: _points(admin, "planner/ext.state"), timeout=10)
+        assert got["planner/ext.state"].value == "running"
+        assert agent.health()["state"] == "running"
+    finally:
+        await agent.stop()
+        await owner.stop()
+
+
+async def test_an_agent_skips_health_points_its_role_does_not_let_it_write(site):
+    viewer = Agent(site.env("viewer"))
+    await viewer.start()
+    try:
+        await until(lambda: viewer.client.connected)
+        await until(lambda: viewer.health()["state"] == "running")
+        await asyncio.sleep(4.5)  # the health loop runs every 2 s: a few turns
+        assert _health_points(viewer) == [] and viewer.client.dropped == 0
+        async with site.client("admin") as admin:
+            denied = await admin.stubs.admin.ListAuditRecords(
+                apb.ListAuditRecordsRequest(
+                    kind="denied", identity="spiffe://test-site/untrusted/viewer"
+                )
+            )
+        assert list(denied.audit_records) == []
+        assert read_health(viewer)["state"] == "running"
+    finally:
+        await viewer.stop()
+
+
+def _health_points(agent: Agent) -> list[str]:
+    return [n for n in agent.client.declared_names() if n.endswith("/ext.state")]
+
+
+def read_health(agent: Agent) -> dict:
+    return json.loads(agent.env.health_file.read_text())
+
+
+async def _points(client, *names):
+    try:
+        got = await client.get_points(names)
+    except Exception:
+        return None
+    return got if len(got) == len(names) else None
+
+
+def test_the_demo_site_runs_without_a_denial():
+    home = Path(tempfile.mkdtemp(prefix="smx-dd-"))
+    (home / "site.toml").write_text(site_toml())
+    sup = subprocess.Popen(
+        [*smx_command(), "run", "--config", str(home / "site.toml")],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    paths = RunPaths(home)
+    try:
+        planner_log = paths.log_file("planner")
+        wait_for(lambda: "APPLIED" in planner_log.read_text(errors="replace"), 30)
+        time.sleep(15)  # a while of normal operation: polls, health writes, a few setpoints
+        statuses = {p["name"]: p for p in json.loads(paths.status.read_text())["processes"]}
+        assert {statuses[n]["health"] for n in ("battery", "smm", "planner")} == {"running"}
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
+    try:
+        records = [json.loads(line) for line in (home / "data" / "audit.jsonl").open()]
+        assert records  # the audit log was written
+        denied = [r for r in records if r.get("kind") == "denied"]
+        assert denied == []
+        log = planner_log.read_text()
+        # The planner learnt every outcome from the stream.
+        assert re.search(r"requested battery/P_set=3000.0 for 8s: APPLIED", log), log
+        assert "level=ERROR" not in log
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
