@@ -13,7 +13,9 @@ from smx.v1 import control_service_pb2 as pb
 __all__ = [
     "ANSWERED",
     "IN_FORCE",
+    "IN_FORCE_CODES",
     "OWNER_REPORTS",
+    "OWNER_REPORT_CODES",
     "STATUSES",
     "status_code",
     "status_name",
@@ -33,6 +35,9 @@ IN_FORCE = frozenset({"PENDING", "APPLIED", "CLAMPED"})
 OWNER_REPORTS = frozenset({"APPLIED", "CLAMPED", "REJECTED"})
 # No longer PENDING: the owner answered, or the setpoint ended before it did.
 ANSWERED = frozenset(STATUSES) - {"PENDING"}
+# The same sets as the API's enum values, for code that holds Setpoint messages.
+IN_FORCE_CODES = frozenset(STATUSES[name] for name in IN_FORCE)
+OWNER_REPORT_CODES = frozenset(STATUSES[name] for name in OWNER_REPORTS)
 _NAMES: dict[int, str] = {code: name for name, code in STATUSES.items()}
 
 

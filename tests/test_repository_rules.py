@@ -152,3 +152,16 @@ def test_the_shared_contracts_depend_on_no_process():
         if _imports(p) & {"trusted", "extensions", "untrusted", "examples"}
     ]
     assert offenders == [], f"{offenders} import process code: smx/ must stand alone"
+
+
+def test_quality_and_setpoint_status_names_come_from_their_home():
+    """Names are spelled from the API's enums once, in smx/quality.py and smx/setpoint_status.py;
+    stripping enum prefixes elsewhere is a second copy of that table."""
+    prefix = re.compile(r"^(QUALITY_|SETPOINT_STATUS_)$", re.M)
+    copies = [
+        str(p.relative_to(ROOT))
+        for package in PRODUCT
+        for p in (ROOT / package).rglob("*.py")
+        if "v1" not in p.relative_to(ROOT).parts and prefix.search(_code_strings_and_calls(p))
+    ]
+    assert copies == [], f"{copies}: use smx.quality / smx.setpoint_status"

@@ -13,6 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from smx.cli.connect import add_connection_options, connect
 from smx.client import error_reason
+from smx.quality import quality_name
+from smx.setpoint_status import status_name
 from smx.settings import ConfigError, parse_duration
 from smx.timestamps import iso_time, seconds_to_duration, seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
@@ -24,7 +26,6 @@ from smx.values import KINDS
 
 __all__ = ["register", "parse_value", "format_value", "format_time"]
 
-QUALITY = {v: k.removeprefix("QUALITY_") for k, v in point_pb2.Quality.items()}
 AGG = {
     "min": points_pb.AGGREGATION_MIN,
     "max": points_pb.AGGREGATION_MAX,
@@ -149,7 +150,7 @@ def format_time(ts: Timestamp) -> str:
 
 def _print_point(p: point_pb2.Point) -> None:
     print(
-        f"{p.name:<28} {format_value(p.value):>14} {p.unit:<6} {QUALITY[p.quality]:<9} "
+        f"{p.name:<28} {format_value(p.value):>14} {p.unit:<6} {quality_name(p.quality):<9} "
         f"{format_time(p.source_time)}  rev {p.revision}  by {p.writer}"
     )
 
@@ -238,13 +239,13 @@ def points_history(args: argparse.Namespace) -> int:
             extra = f"  ({s.count} samples)" if s.count > 1 else ""
             print(
                 f"{chunk.name:<28} {format_time(s.sample_time)} {format_value(s.value):>14} "
-                f"{QUALITY[s.quality]}{extra}"
+                f"{quality_name(s.quality)}{extra}"
             )
     return 0
 
 
 def _print_setpoint(sp: control_pb.Setpoint) -> None:
-    status = control_pb.SetpointStatus.Name(sp.status).removeprefix("SETPOINT_STATUS_")
+    status = status_name(sp.status)
     applied = f" applied {format_value(sp.applied_value)}" if sp.HasField("applied_value") else ""
     why = f" ({sp.reason})" if sp.reason else ""
     print(f"{sp.name} = {format_value(sp.value)}: {status}{applied}{why}")

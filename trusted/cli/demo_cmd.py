@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 
 from smx.client import Credentials, Stubs, unix_target
+from smx.quality import quality_name
+from smx.setpoint_status import status_name
 from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
@@ -212,7 +214,7 @@ async def _setpoint_line(stubs: Stubs) -> str:
         ).setpoint
     except grpc.aio.AioRpcError:
         return "no setpoint requested yet"
-    status = cpb.SetpointStatus.Name(sp.status).removeprefix("SETPOINT_STATUS_")
+    status = status_name(sp.status)
     applied = f" -> {_fmt(sp.applied_value)} W" if sp.HasField("applied_value") else ""
     why = f" ({sp.reason})" if sp.reason else ""
     left = max(0.0, ts_to_seconds(sp.expire_time) - time.time())
@@ -223,7 +225,7 @@ async def _setpoint_line(stubs: Stubs) -> str:
 
 
 def _quality(p: ppb.Point) -> str:
-    return ppb.Quality.Name(p.quality).removeprefix("QUALITY_")
+    return quality_name(p.quality)
 
 
 def _fmt(v: ppb.Value) -> str:

@@ -13,23 +13,18 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
+from smx.setpoint_status import IN_FORCE_CODES, OWNER_REPORT_CODES
 from smx.timestamps import ms_to_ts, now_ms, ts_to_ms
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2
 from trusted.core.errors import CoreError
 from trusted.core.setpoint_log import Revisions, SetpointLog
 
-__all__ = ["SetpointBoard", "ACTIVE"]
+__all__ = ["SetpointBoard"]
 
 log = logging.getLogger(__name__)
 
 APPLIED_NOW = frozenset({pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED})
-ACTIVE = frozenset(
-    {pb.SETPOINT_STATUS_PENDING, pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED}
-)
-REPORTABLE = frozenset(
-    {pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED, pb.SETPOINT_STATUS_REJECTED}
-)
 MIN_VALID_S, MAX_VALID_S = 1.0, 24 * 3600.0
 # Finished setpoints kept for GetSetpoint by id.
 KEEP_FINISHED = 10_000
@@ -71,7 +66,7 @@ class SetpointBoard:
         now = now_ms()
         revision = self.revisions.next_revision()
         previous = self.current(name)
-        if previous is not None and previous.status in ACTIVE:
+        if previous is not None and previous.status in IN_FORCE_CODES:
             previous.status = pb.SETPOINT_STATUS_SUPERSEDED
             self._changed(revision, previous, _NO_EVENT)
             self._on_change("setpoint_superseded", previous)
@@ -103,11 +98,11 @@ class SetpointBoard:
         sp = self._by_id.get(setpoint_id)
         if sp is None:
             raise CoreError("SETPOINT_NOT_FOUND", f"no setpoint with id {setpoint_id!r}")
-        if status not in REPORTABLE:
+        if status not in OWNER_REPORT_CODES:
             raise CoreError("INVALID_ARGUMENT", "status must be APPLIED, CLAMPED or REJECTED")
         # An owner may report again (e.g. after a restart it re-applies), but not revive a
         # setpoint that expired, was superseded or rejected.
-        if sp.status not in ACTIVE:
+        if sp.status not in IN_FORCE_CODES:
             raise CoreError(
                 "SETPOINT_NOT_PENDING",
                 f"setpoint {setpoint_id} is {pb.SetpointStatus.Name(sp.status)}",
@@ -171,11 +166,11 @@ class SetpointBoard:
             fall_back = self._current.get(sp.name) == sid or (
                 running and (current is None or current.status not in APPLIED_NOW)
             )
-            if sp.status not in ACTIVE and not fall_back:
+            if sp.status not in IN_FORCE_CODES and not fall_back:
                 continue
             revision = revision or self.revisions.next_revision()
             event = pb.SETPOINT_EVENT_EXPIRED if fall_back else _NO_EVENT
-            if sp.status in ACTIVE:
+            if sp.status in IN_FORCE_CODES:
                 sp.status = pb.SETPOINT_STATUS_EXPIRED
                 expired.append(sp)
                 self._changed(revision, sp, event)
@@ -191,7 +186,7 @@ class SetpointBoard:
         """The current setpoint of every name while it is still active (PENDING, APPLIED,
         CLAMPED): what an owner must run, and what a requester's watch starts with."""
         found = (self._by_id.get(sid) for sid in self._current.values())
-        return [sp for sp in found if sp is not None and sp.status in ACTIVE]
+        return [sp for sp in found if sp is not None and sp.status in IN_FORCE_CODES]
 
     def _changed(self, revision: int, sp: pb.Setpoint, event: pb.SetpointEvent) -> None:
         """`sp` changed under `revision`: its requester follows it, and `event` (if any) is

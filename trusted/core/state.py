@@ -13,6 +13,7 @@ import psutil
 from google.protobuf.duration_pb2 import Duration
 
 from smx.identity import Identity
+from smx.setpoint_status import status_name
 from smx.timestamps import now_ms, ts_to_ms
 from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import point_pb2
@@ -165,7 +166,7 @@ class CoreState:
             kind,
             who,
             point=sp.name,
-            reason=control_pb.SetpointStatus.Name(sp.status).removeprefix("SETPOINT_STATUS_"),
+            reason=status_name(sp.status),
             detail=detail,
         )
 
