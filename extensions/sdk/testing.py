@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,9 +27,16 @@ from smx.client import Credentials, Stubs, unix_target
 from smx.process_env import ProcessEnv, RunPaths
 from smx.sdk import Client
 
-__all__ = ["TestSite", "smx_command"]
+__all__ = ["TestSite", "free_port", "smx_command"]
 
 SITE = "test-site"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, for a device simulator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def smx_command() -> list[str]:

@@ -24,6 +24,7 @@ from smx.timestamps import seconds_to_duration, ts_to_seconds
 from smx.v1 import control_service_pb2 as pb
 from smx.values import from_value
 
+from .callbacks import call_back
 from .link import CoreLink
 from .resumable import ResumableStream
 
@@ -168,9 +169,4 @@ class Outcomes(ResumableStream):
 
     async def _deliver(self, state: SetpointState) -> None:
         for callback in self.callbacks:
-            try:
-                result = callback(state)
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:  # an author's callback never ends the stream
-                log.exception("outcome callback for setpoint %s failed", state.id)
+            await call_back(callback, state, f"outcome of setpoint {state.id}")

@@ -4,11 +4,11 @@ cannot resume (it restarted, or we were away longer than it keeps changes)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from smx.v1 import point_service_pb2 as pb
 
+from .callbacks import call_back
 from .link import CoreLink
 from .points import PointUpdate
 from .resumable import ResumableStream
@@ -33,7 +33,5 @@ class Subscription(ResumableStream):
             for p in msg.points:
                 update = PointUpdate.of(p)
                 self.latest[p.name] = update
-                result = self.callback(update)
-                if asyncio.iscoroutine(result):
-                    await result
+                await call_back(self.callback, update, self.what)
             self.revision = msg.revision

@@ -44,7 +44,7 @@ async def test_get_list_and_watch_with_resume(site):
     async with site.client("meter") as meter, site.client("gui") as gui:
         meter.declare([PointSpec("meter/P", unit="W", period=5.0, description="PCC power")])
         meter.publish_sample(sample("meter/P", 1500.0))
-        got = await until(lambda: _points_or_none(gui, "meter/P"))
+        got = await until(lambda: client_points(gui, "meter/P"))
         p = got["meter/P"]
         assert (p.value, p.unit, p.quality) == (1500.0, "W", "GOOD")
         assert p.writer == "spiffe://test-site/trusted/meter"
@@ -66,7 +66,8 @@ async def test_get_list_and_watch_with_resume(site):
         assert spec.unit == "W"
 
 
-async def _points_or_none(client: Client, *names: str):
+async def client_points(client: Client, *names: str):
+    """The points by name once all exist and are readable, else None (for `until`)."""
     try:
         got = await client.get_points(names)
     except grpc.aio.AioRpcError:

@@ -21,6 +21,7 @@ from extensions.sdk import Agent, Applied, Extension, SetpointState
 from extensions.sdk.testing import TestSite, smx_command
 from smx.process_env import RunPaths
 from smx.v1 import admin_service_pb2 as apb
+from tests.extensions.test_client import client_points
 from tests.extensions.test_sdk import until
 from tests.support.net import wait_for
 from trusted.cli.demo_cmd import site_toml
@@ -64,7 +65,7 @@ async def test_an_agent_follows_outcomes_and_publishes_its_health(site):
         done = await until(lambda: next((o for o in outcomes if o.status == "APPLIED"), None))
         assert done.name == "battery/P_set" and done.value == 1000.0
         async with site.client("admin") as admin:
-            got = await until(lambda: _points(admin, "planner/ext.state"), timeout=10)
+            got = await until(lambda: client_points(admin, "planner/ext.state"), timeout=10)
         assert got["planner/ext.state"].value == "running"
         assert agent.health()["state"] == "running"
     finally:
@@ -98,14 +99,6 @@ def _health_points(agent: Agent) -> list[str]:
 
 def read_health(agent: Agent) -> dict:
     return json.loads(agent.env.health_file.read_text())
-
-
-async def _points(client, *names):
-    try:
-        got = await client.get_points(names)
-    except Exception:
-        return None
-    return got if len(got) == len(names) else None
 
 
 def test_the_demo_site_runs_without_a_denial():
