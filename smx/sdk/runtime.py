@@ -59,7 +59,8 @@ class Runtime:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._background: list[tuple[Callable[[], Coroutine[Any, Any, Any]], str]] = []
-        self._health_points: dict[str, PointSpec] = {}
+        self._declared_health: dict[str, PointSpec] = {}
+        self.client.on_connect(self._tell_supervisor_soon)
 
     @classmethod
     def from_environ(cls: type[R], environ: Mapping[str, str] | None = None) -> R:
@@ -251,6 +252,11 @@ class Runtime:
                 log.warning("cannot write health file %s: %s", self.env.health_file, err)
         return report
 
+    async def _tell_supervisor_soon(self) -> None:
+        # Runs before the client counts as connected: write the health file right after, so
+        # `smx status` shows the process up without waiting for the next period.
+        asyncio.get_running_loop().call_soon(self._write_health_file)
+
     def health_points(self, report: HealthReport) -> dict[str, Any]:
         """The process's health as point values; extensions add their devices."""
         return {f"{self.name}/ext.state": report.state}
@@ -268,9 +274,9 @@ class Runtime:
         for name, value in self.health_points(report).items():
             if not self.client.may("write", name):
                 continue
-            if name not in self._health_points:
+            if name not in self._declared_health:
                 kind = "string" if isinstance(value, str) else "int"
                 spec = PointSpec(name, kind=kind, period=HEALTH_POINT_PERIOD)
-                self._health_points[name] = spec
+                self._declared_health[name] = spec
                 self.client.declare([spec])
             self.client.publish_sample(point_pb2.PointSample(name=name, value=to_value(value)))

@@ -11,11 +11,12 @@ import asyncio
 import json
 import time
 import tomllib
+import types
 
 import grpc
 import pytest
 
-from extensions.remote_usm import UNREACHABLE, RemoteConfig, RemoteUsm
+from extensions.remote_usm import UNREACHABLE, RemoteConfig, RemoteUsm, SetpointForwarder
 from extensions.sdk import (
     Applied,
     Clamped,
@@ -23,6 +24,7 @@ from extensions.sdk import (
     PointSpec,
     ProcessEnv,
     Rejected,
+    SetpointState,
     SetupError,
     parse_settings,
 )
@@ -393,13 +395,6 @@ def test_missing_remote_certificate_is_a_setup_error(tmp_path):
 async def test_a_lost_reply_finds_the_remote_setpoint_instead_of_rejecting(tmp_path):
     # The remote accepted the request but the reply was lost (link blip): reporting REJECTED
     # would leave the remote running what the local requester was told was refused.
-    import types
-
-    import grpc
-
-    from extensions.remote_usm.forward import SetpointForwarder
-    from extensions.sdk import SetpointState
-
     link_id = "spiffe://remote/trusted/usm-link"
     remote_sp: dict = {}
 
