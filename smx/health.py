@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 __all__ = [
     "FRESH_S",
     "HEALTHY_STATES",
+    "MAX_FILE_BYTES",
     "STATES",
     "WRITE_PERIOD_S",
     "DeviceHealth",
@@ -43,6 +45,8 @@ WRITE_PERIOD_S = 2.0
 # Several missed writes, not one slow event loop turn.
 FRESH_S = 15.0
 _MAX_ERROR = 300
+# A report is a few hundred bytes, a thousand devices some 100 KB: more is not a health file.
+MAX_FILE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -128,9 +132,29 @@ def write_health_file(path: Path, report: HealthReport) -> None:
 
 
 def read_health_file(path: Path) -> HealthReport | None:
-    """The file's report, or None when it is missing or not the documented JSON."""
+    """The file's report, or None when it is missing or not the documented JSON.
+
+    The supervisor reads files that processes it does not trust write, on its event loop: only
+    a regular file (no FIFO that would block, no link to another process's file or a device) of
+    at most `MAX_FILE_BYTES`, and JSON nested too deep is refused like any other bad JSON.
+    """
     try:
-        raw = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
+            return None
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        return None
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
         return None
     return HealthReport.from_json(raw)

@@ -237,6 +237,17 @@ def test_a_device_has_one_owner(tmp_path):
     assert "devices[1]: 'a' is listed twice" in error(tmp_path, dup)
 
 
+def test_a_client_is_not_named_after_a_device_another_process_owns(tmp_path):
+    # Its role lets a client write {name}/...: an agent named `smm` could write the meter's points.
+    for order in ((0, 1), (1, 0)):
+        tables = [
+            '[extensions.meter]\nmodule = "x"\ndevices = ["smm"]\n',
+            '[agents.smm]\nmodule = "y"\ndevices = ["zzz"]\n',
+        ]
+        text = 'site = "s"\n' + "".join(tables[i] for i in order)
+        assert "agents.smm: the name 'smm' is a device owned by 'meter'" in error(tmp_path, text)
+
+
 def test_unreadable_and_invalid_files(tmp_path):
     with pytest.raises(SiteConfigError, match="missing.toml: cannot read site file"):
         load_site_config(tmp_path / "missing.toml")

@@ -282,6 +282,15 @@ def _processes(data: dict[str, Any], base: Path) -> tuple[ProcessSpec, ...]:
                         )
                     owners[dev] = name
             out.append(spec)
+    # A client's own name is a device prefix its role lets it write ({name}/...): it may not be
+    # a device another process owns, or an agent named `smm` could write smm/* points.
+    for spec in out:
+        owner = owners.get(spec.name)
+        if spec.domain is not None and spec.enabled and owner not in (None, spec.name):
+            raise SiteConfigError(
+                f"{seen[spec.name]}.{dotted_key(spec.name)}: the name {spec.name!r} is a device "
+                f"owned by {owner!r} (its role would let it write {spec.name}/...): rename one"
+            )
     return tuple(out)
 
 

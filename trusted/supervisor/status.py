@@ -136,7 +136,15 @@ def _ago(seconds: float) -> str:
 def _cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
-    return str(value)
+    return printable(str(value))
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes: what a process writes (its last error,
+    its log line) must not move the cursor, retitle the terminal or forge a row of the table."""
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
 
 
 def format_status(status: dict[str, Any], running: bool, now: float | None = None) -> str:
@@ -158,7 +166,7 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
             "processes (the next `smx run` stops any that are left)"
         )
     if status.get("error"):
-        head += f"\nerror: {status['error']}"
+        head += f"\nerror: {printable(str(status['error']))}"
     rows = [_HEADER]
     for p in status["processes"]:
         if not isinstance(p, dict):
