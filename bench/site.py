@@ -25,6 +25,8 @@ from pathlib import Path
 import psutil
 from harness import ROOT, fmt_table, target_line  # also puts the repository on sys.path
 
+from extensions.sdk.testing import free_port
+
 SITE = """\
 site = "bench-site"
 [simulators.sim1]
@@ -55,14 +57,6 @@ IMPORTS = {  # what each kind of process imports before it is useful
     "agent": "import untrusted.planner",
 }
 KINDS = ["core", "extension", "extension", "simulator", "simulator", "agent"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def baseline_start() -> float:

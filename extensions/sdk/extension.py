@@ -68,6 +68,9 @@ class Extension(Runtime):
     def add_device(self, device: AnyDevice) -> None:
         """A `PolledDevice` (polled every `interval`) or a `PushedDevice` (runs its sessions);
         both started with the extension, isolated from each other."""
+        if any(known.name == device.name for known, _ in self.devices):
+            # The name keys its health entry and its log lines: two would merge silently.
+            raise ValueError(f"two devices named {device.name!r}: give each device its own name")
         state = DeviceState()
         if isinstance(device, PushedDevice):
             attach(device, state, self._publisher_of(device))

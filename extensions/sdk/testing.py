@@ -1,6 +1,7 @@
 """Test helpers for extension authors: a real core on a temporary socket with temporary
 certificates, driven through the `smx` command (not imported), so tests of an extension talk to
-exactly what runs on a site.
+exactly what runs on a site; and the waiting helpers every test needs (`until`, `wait_for`,
+`point_where`, `free_port`).
 
     with TestSite({"battery": ("trusted", ["trusted-extension"], [])}) as site:
         ext = Extension(site.env("battery", config={"port": 7701}))
@@ -11,6 +12,8 @@ exactly what runs on a site.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -20,14 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from smx.client import Credentials, Stubs, unix_target
 from smx.process_env import ProcessEnv, RunPaths
 from smx.sdk import Client
+from smx.v1 import point_service_pb2 as spb
 
-__all__ = ["TestSite", "free_port", "smx_command"]
+__all__ = ["TestSite", "free_port", "point_where", "smx_command", "until", "wait_for"]
 
 SITE = "test-site"
 
@@ -37,6 +42,63 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def until(
+    predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05, what: str = ""
+) -> Any:
+    """The first truthy value of `predicate()` (a function or a coroutine function); an
+    exception counts as "not yet" (a point not declared yet, a core still starting). Fails the
+    test after `timeout` seconds, showing the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+            if inspect.isawaitable(last):
+                last = await last
+        except Exception as err:  # noqa: BLE001 - not there yet
+            last = err
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what or 'condition'} not met in {timeout:g} s (last: {last!r})")
+        await asyncio.sleep(step)
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.1, what: str = ""
+) -> Any:
+    """`until` for code without an event loop (tests that drive processes)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as err:  # noqa: BLE001 - not there yet
+            last = err
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what or 'condition'} not met in {timeout:g} s (last: {last!r})")
+        time.sleep(step)
+
+
+async def point_where(
+    site: TestSite, name: str, check: Callable[[Any], Any], timeout: float = 10.0
+) -> Any:
+    """The point `name` (an `smx.v1.Point`, read as admin) once `check(point)` holds."""
+
+    stubs = site.stubs("admin")
+
+    async def probe() -> Any:
+        resp = await stubs.points.GetPoints(spb.GetPointsRequest(names=[name]))
+        point = resp.points[0] if resp.points else None
+        return point if point is not None and check(point) else None
+
+    return await until(probe, timeout, what=f"{name} as expected")
 
 
 def smx_command() -> list[str]:

@@ -8,11 +8,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from extensions.sdk.testing import free_port
 from smx.client import Stubs, error_reason
 from smx.v1 import identity_service_pb2 as ipb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
-from tests.support.net import free_port
 from trusted.core.server import Core
 
 

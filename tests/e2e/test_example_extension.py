@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, free_port, wait_for
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
-from tests.support.net import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

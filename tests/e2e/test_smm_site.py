@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from extensions.sdk.testing import free_port, wait_for
 from smx.client import Credentials, Stubs, unix_target
 from smx.v1 import point_service_pb2 as spb
-from tests.support.net import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import grpc
 import psutil
 import pytest
 
+from extensions.sdk.testing import wait_for
 from smx.client import Credentials, Stubs, error_reason, unix_target
 from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import point_pb2 as ppb
@@ -69,16 +70,6 @@ def smx(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def alive(pid: int) -> bool:
@@ -158,7 +149,7 @@ def healthy(site: RunningSite) -> bool:
 
 def test_all_processes_come_up_healthy(site):
     t0 = time.monotonic()
-    wait_for("a healthy site", lambda: healthy(site) or site.proc.poll() is not None, 20)
+    wait_for(lambda: healthy(site) or site.proc.poll() is not None, 20, what="a healthy site")
     assert site.proc.poll() is None, site.log()
     print(f"site healthy {time.monotonic() - t0:.2f}s after `smx run`")
     r = smx("status", "--config", str(site.config))
@@ -169,7 +160,9 @@ def test_all_processes_come_up_healthy(site):
     assert rows["ess"][1:4] == ["extension", "running", "running"]
     assert rows["meter-sim"][1:4] == ["simulator", "running", "-"]
     # The crashing simulator is retried with back-off and shows what it said before dying.
-    flaky = wait_for("flaky restarted", lambda: site.proc_of("flaky")["restarts"] >= 2 and 1)
+    flaky = wait_for(
+        lambda: site.proc_of("flaky")["restarts"] >= 2 and 1, 15.0, what="flaky restarted"
+    )
     assert flaky
     flaky = site.proc_of("flaky")
     assert flaky["last_exit"] == "exit code 3"
@@ -218,8 +211,9 @@ def test_killed_extension_is_restarted(site):
     old = site.proc_of("meter")["pid"]
     os.kill(old, signal.SIGKILL)
     p = wait_for(
-        "meter restarted",
         lambda: (p := site.proc_of("meter"))["pid"] != old and p["state"] != "backoff" and p,
+        15.0,
+        what="meter restarted",
     )
     assert p["restarts"] == 1
     assert p["last_exit"] == "killed by SIGKILL"
@@ -240,22 +234,23 @@ def _value(stubs: Stubs, name: str) -> float:
 
 def test_killed_core_is_restarted_and_extensions_reconnect(site):
     admin = site.stubs("admin")
-    before = wait_for("ess writing", lambda: _value(admin, "ess/alive") > 0 and 1)
+    before = wait_for(lambda: _value(admin, "ess/alive") > 0 and 1, 15.0, what="ess writing")
     assert before
     before = _value(admin, "ess/alive")
     ess_pid = site.proc_of("ess")["pid"]
     core_pid = site.proc_of("core")["pid"]
     os.kill(core_pid, signal.SIGKILL)
     core = wait_for(
-        "core restarted and serving",
         lambda: (c := site.proc_of("core"))["pid"] != core_pid and c["health"] == "serving" and c,
+        15.0,
+        what="core restarted and serving",
     )
     assert core["restarts"] == 1 and core["last_exit"] == "killed by SIGKILL"
     # ess was not restarted: it reconnected by itself and its points come back.
-    wait_for("ess writing again", lambda: _value(admin, "ess/alive") > before)
+    wait_for(lambda: _value(admin, "ess/alive") > before, 15.0, what="ess writing again")
     ess = site.proc_of("ess")
     assert ess["pid"] == ess_pid and ess["restarts"] == 0
-    wait_for("ess healthy", lambda: site.proc_of("ess")["health"] == "running")
+    wait_for(lambda: site.proc_of("ess")["health"] == "running", 15.0, what="ess healthy")
 
 
 def test_sigterm_stops_everything(site):

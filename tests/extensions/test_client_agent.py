@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from extensions.sdk import Agent, Applied, Extension, SetpointState
-from extensions.sdk.testing import TestSite, smx_command
+from extensions.sdk.testing import TestSite, smx_command, wait_for
 from smx.process_env import RunPaths
 from smx.v1 import admin_service_pb2 as apb
 from tests.extensions.test_client import client_points
 from tests.extensions.test_sdk import until
-from tests.support.net import wait_for
 from trusted.cli.demo_cmd import site_toml
 
 ROOT = Path(__file__).resolve().parents[2]

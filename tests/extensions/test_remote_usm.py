@@ -29,12 +29,11 @@ from extensions.sdk import (
     parse_settings,
 )
 from extensions.sdk.setpoints import SetpointRequest, SetpointRouter
-from extensions.sdk.testing import SITE, TestSite
+from extensions.sdk.testing import SITE, TestSite, free_port, point_where, until
 from smx.client import Credentials
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
-from tests.support.net import free_port
 
 PERIOD = 0.5
 # The exact lines the remote operator adds to the remote policy.toml for this link.
@@ -47,33 +46,9 @@ description = "remote_usm link of the main USM: read everything, request setpoin
 """
 
 
-async def until(predicate, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(step)
-    raise AssertionError(f"condition not met in time (last: {last!r})")
-
-
 async def get_point(site, name):
     resp = await site.stubs("admin").points.GetPoints(spb.GetPointsRequest(names=[name]))
     return resp.points[0] if resp.points else None
-
-
-async def point_where(site, name, check):
-    async def probe():
-        try:
-            p = await get_point(site, name)
-        except Exception:
-            return None
-        return p if p is not None and check(p) else None
-
-    return await until(probe)
 
 
 def value(p):

@@ -22,7 +22,7 @@ from extensions.sdk import (
     Rejected,
     SetupError,
 )
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, until
 from smx.client import Credentials
 from smx.sdk.certificate import check_certificate
 from smx.v1 import admin_service_pb2 as apb
@@ -70,18 +70,6 @@ class Hanging(PolledDevice):
 async def get(site, *names):
     resp = await site.stubs("admin").points.GetPoints(spb.GetPointsRequest(names=list(names)))
     return {p.name: p for p in resp.points}
-
-
-async def until(predicate, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 async def points_or_none(site, *names):
@@ -329,3 +317,14 @@ async def test_device_falls_back_at_start_when_no_setpoint_is_in_force(site):
         await until(lambda: fallbacks == ["battery/P_set"], timeout=10)
     finally:
         await ext.stop()
+
+
+def test_two_devices_with_one_name_are_refused(site):
+    class Meter(PolledDevice):
+        async def poll(self):
+            return {}
+
+    ext = Extension(site.env("battery"))
+    ext.add_device(Meter())
+    with pytest.raises(ValueError, match="two devices named 'device'"):
+        ext.add_device(Meter())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from extensions.sdk.testing import smx_command
+from extensions.sdk.testing import free_port, smx_command, wait_for
 from smx.health import (
     FRESH_S,
     STATES,
@@ -24,7 +24,6 @@ from smx.health import (
     write_health_file,
 )
 from tests.e2e.test_site_with_sdk_extension import home  # noqa: F401 - a fixture
-from tests.support.net import free_port, wait_for
 from trusted.supervisor.status import format_status
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """A tiny stand-in extension for supervisor tests: `python -m tests.support.dummy_ext`.
 
-With a certificate in its environment (SMX_CERT, as the supervisor gives extensions and agents)
+With a certificate in its environment (as the supervisor gives extensions and agents)
 it writes its health file every 0.5 s and the point `<SMX_NAME>/alive` (a counter) every 0.5 s,
 reconnecting by itself when the core goes away. Without one (a simulator) it only idles. Either
 way it prints its config file's contents once and exits 0 on SIGTERM.
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import grpc
 
-from smx.client import Credentials, Stubs
+from smx.client import Stubs
+from smx.health import HealthReport, write_health_file
+from smx.process_env import ENV_NAME, ProcessEnv, SetupError, load_config
 from smx.v1 import point_pb2, point_service_pb2
 
 __all__ = ["main"]
@@ -26,13 +28,7 @@ PERIOD_S = 0.5
 
 
 def _write_health(path: Path, state: str, connected: bool, error: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(
-            {"state": state, "ts": time.time(), "core_connected": connected, "last_error": error}
-        )
-    )
-    os.replace(tmp, path)
+    write_health_file(path, HealthReport(state, core_connected=connected, last_error=error))
 
 
 def main() -> int:
@@ -43,17 +39,19 @@ def main() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    name = os.environ["SMX_NAME"]
-    config = json.loads(Path(os.environ["SMX_CONFIG"]).read_text())
-    print(f"{name}: config {json.dumps(config, sort_keys=True)}", flush=True)
-    if "SMX_CERT" not in os.environ:
+    # The process contract (docs/SITE.md) read with its one definition, as any process would.
+    try:
+        env = ProcessEnv.from_environ(os.environ)
+    except SetupError:  # a simulator: only a name and a config file
+        name = os.environ[ENV_NAME]
+        print(f"{name}: config {json.dumps(load_config(os.environ), sort_keys=True)}", flush=True)
         while not stop:
             time.sleep(0.1)
         return 0
-
-    health = Path(os.environ["SMX_HEALTH_FILE"])
-    creds = Credentials(os.environ["SMX_CA"], os.environ["SMX_CERT"], os.environ["SMX_KEY"])
-    target = os.environ["SMX_TARGET"]
+    name = env.name
+    print(f"{name}: config {json.dumps(env.load_config(), sort_keys=True)}", flush=True)
+    assert env.health_file is not None
+    health, creds, target = env.health_file, env.credentials, env.target
     channel = None
     counter = 0
     error = ""

@@ -10,13 +10,14 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extensions.sdk.testing import until
 from trusted.core import audit as audit_mod
 from trusted.core import audit_reader, audit_record
 from trusted.core.audit import GENESIS, AuditError, AuditLog, AuditRecord
@@ -45,13 +46,6 @@ async def audit(path: Path) -> AsyncIterator[AuditLog]:
 
 def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 # -- appending and the file ------------------------------------------------------------------
@@ -129,7 +123,7 @@ async def test_fsync_runs_in_the_background_at_most_every_interval(
     monkeypatch.setattr(audit_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
     for i in range(200):
         audit.append("setpoint_request", BOB, point=f"p{i}")
-    await wait_for(lambda: len(calls) >= 1)
+    await until(lambda: len(calls) >= 1)
     await asyncio.sleep(0.3)
     # 200 records, fsync_interval 0.05 s: one or a few fsyncs, not one per record.
     assert 1 <= len(calls) <= 3
@@ -200,7 +194,7 @@ async def test_many_write_batches_become_one_record_per_identity(path: Path) -> 
             log.record_write(ALICE, [f"fronius.P_{i % 30:02d}", "fronius.E_tot"], 100 + i)
         log.record_write(BOB, iter(["ess1.soc"]), 7)  # any iterable
         assert log.query(kind="write") == []  # nothing on disk before the interval ends
-        await wait_for(lambda: len(log.query(kind="write")) == 2)
+        await until(lambda: len(log.query(kind="write")) == 2)
         await asyncio.sleep(0.05)
         alice = log.query(kind="write", identity=ALICE)
         assert len(alice) == 1
@@ -216,7 +210,7 @@ async def test_many_write_batches_become_one_record_per_identity(path: Path) -> 
         assert bob.detail["batches"] == 1 and bob.detail["names"] == ["ess1.soc"]
         # The next interval starts from zero.
         log.record_write(ALICE, ["fronius.P_00"], 600)
-        await wait_for(lambda: len(log.query(kind="write")) == 3)
+        await until(lambda: len(log.query(kind="write")) == 3)
         last = log.query(kind="write")[-1]
         assert last.detail["batches"] == 1 and last.detail["first_revision"] == 600
     finally:
@@ -250,7 +244,7 @@ async def test_identical_denials_are_coalesced_within_the_window(audit: AuditLog
     assert other.seq == 2
     assert [r.seq for r in audit.query(kind="denied")] == [1, 2]
 
-    await wait_for(lambda: len(audit.query(kind="denied")) == 3)
+    await until(lambda: len(audit.query(kind="denied")) == 3)
     summary = audit.query(kind="denied")[-1]
     assert summary.point == "ess1.P_set" and summary.reason == "PERMISSION_NOT_GRANTED"
     assert summary.detail["repeats"] == 99

@@ -17,7 +17,7 @@ from pymodbus.simulator.simcore import SimCore
 from sunspec2.device import Model
 
 from extensions.sdk.protocols.modbus_link import ModbusLinkError
-from tests.support.net import free_port
+from extensions.sdk.testing import free_port
 
 __all__ = [
     "FIXTURES",

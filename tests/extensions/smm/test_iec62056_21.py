@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extensions.sdk import Extension
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, until
 from extensions.smm.iec62056_21 import (
     BccError,
     FramingError,
@@ -261,19 +261,6 @@ async def _points(site, names):
     return {p.name: p for p in resp.points}
 
 
-async def _until(check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = await check()
-        except Exception:  # the point may not exist yet
-            got = None
-        if got:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def test_device_in_a_core_goes_bad_on_faults_and_recovers():
     sim = IecSimulator(SimMeter(EM214), initial_baud=9600, reaction_time=0.05).start()
     with TestSite({"smm": ("trusted", ["trusted-extension"], [])}) as site:
@@ -295,15 +282,15 @@ async def test_device_in_a_core_goes_bad_on_faults_and_recovers():
         names = ["smm/P", "smm/I1", "smm/Ap_T1"]
         quality = lambda q: lambda: _points_with(site, names, q)  # noqa: E731
         try:
-            got = await _until(quality(ppb.QUALITY_GOOD))
+            got = await until(quality(ppb.QUALITY_GOOD))
             assert got["smm/Ap_T1"].value.double_value == pytest.approx(2 * 22108.7)  # CT 2
             assert got["smm/P"].unit == "W"
             for fault in ("silent", "bcc", "wrong_baud"):
                 sim.fault = fault
-                got = await _until(quality(ppb.QUALITY_BAD))
+                got = await until(quality(ppb.QUALITY_BAD))
                 assert got["smm/Ap_T1"].value.double_value >= 2 * 22108.7  # last good value
                 sim.fault = None
-                await _until(quality(ppb.QUALITY_GOOD))
+                await until(quality(ppb.QUALITY_GOOD))
             state = dict((d.name, s) for d, s in ext.devices)["iec:smm"]
             assert state.failures >= 3 and state.ok
         finally:
@@ -332,7 +319,7 @@ async def test_billing_snapshots_are_readable_back_through_the_api():
         ext.add_device(device)
         await ext.start()
         try:
-            got = await _until(lambda: _points(site, ["smm/Ap.bill01", "smm/Ap"]), timeout=30)
+            got = await until(lambda: _points(site, ["smm/Ap.bill01", "smm/Ap"]), timeout=30)
             bill = got["smm/Ap.bill01"]
             assert bill.value.double_value == pytest.approx(7904.135)
             assert bill.unit == "kWh"

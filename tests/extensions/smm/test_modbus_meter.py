@@ -13,14 +13,13 @@ import pytest
 from extensions.sdk import Extension
 from extensions.sdk.devices import DeviceState, poll_forever
 from extensions.sdk.protocols.modbus_link import LinkPool, ModbusLinkError
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, free_port, until
 from extensions.smm.meter_maps import resolve_map
 from extensions.smm.modbus_device import MeterConfigError, ModbusMeter, build_meters
 from extensions.smm.modbus_simulator import BusSimulator, SimMeter
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 from tests.extensions.sdk_protocols.ptys import socat_pair
-from tests.support.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -365,19 +364,6 @@ async def _points(site, *names):
     return {p.name: p for p in resp.points}
 
 
-async def _until(fn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = await fn()
-        except Exception:  # noqa: BLE001 - not there yet
-            got = None
-        if got:
-            return got
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 async def test_through_a_real_core_points_units_and_a_dead_meter_turning_bad(pty_pair):
     sim_end, reader_end = pty_pair
     sim = sim_of("eastron_sdm630", "carlogavazzi_em24")
@@ -404,7 +390,7 @@ async def test_through_a_real_core_points_units_and_a_dead_meter_turning_bad(pty
         await ext_em24.start()
         await ext.start()
         try:
-            got = await _until(lambda: _points(site, "smm/P", "em24/P", "smm/Ap"))
+            got = await until(lambda: _points(site, "smm/P", "em24/P", "smm/Ap"))
             assert got["smm/P"].value.double_value == pytest.approx(-2500.0)
             assert got["smm/P"].quality == ppb.QUALITY_GOOD
             assert got["em24/P"].value.double_value == pytest.approx(456.7)
@@ -414,10 +400,10 @@ async def test_through_a_real_core_points_units_and_a_dead_meter_turning_bad(pty
             units = {p.name: p.unit for p in listed.points}
             assert units["smm/P"] == "W" and units["smm/Ap"] == "kWh" and units["smm/f"] == "Hz"
             sim.silent.add(3)  # the EM24 dies
-            bad = await _until(lambda: _bad(site, "em24/P"), timeout=5)
+            bad = await until(lambda: _bad(site, "em24/P"), timeout=5)
             assert bad["em24/P"].value.double_value == pytest.approx(456.7)  # last good value
             sim.set_values(1, {"P": 1000.0})
-            await _until(
+            await until(
                 lambda: _value_is(site, "smm/P", 1000.0), timeout=5
             )  # the live meter goes on
             assert ext.health()["state"] == "running"
