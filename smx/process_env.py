@@ -155,7 +155,7 @@ class ProcessEnv:
         if missing:
             raise SetupError(
                 f"missing environment variables {', '.join(missing)}: start the process with "
-                "`smx run` (which sets them), or set them by hand (see docs/EXTENSIONS.md)"
+                "`smx run` (which sets them), or set them by hand (see docs/SITE.md)"
             )
 
         def path(key: str) -> Path | None:
