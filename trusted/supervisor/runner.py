@@ -11,22 +11,10 @@ ran healthy for ``stable_after``. The core is restarted the same way; the client
 reconnect by themselves. SIGTERM, SIGINT or SIGHUP stop the site: extensions and agents first,
 then simulators, the core last; each gets SIGTERM and, after ``stop_timeout``, SIGKILL.
 
-The process contract (the extension SDK relies on it exactly)
--------------------------------------------------------------
-Every extension and agent is started with the supervisor's environment (minus any ``SMX_*``
-variable), ``PYTHONPATH`` starting with the directory that holds the ``trusted`` package (so
-``-m extensions.x`` works from a source checkout), ``PYTHONUNBUFFERED=1`` unless set, the site
-home as working directory, stdin from /dev/null, and the ``SMX_*`` variables of
-smx.process_env (written with ``ProcessEnv.to_environ``, read back by the SDK with
-``ProcessEnv.from_environ``). Each writes its health file (smx.health), which the supervisor
-deletes before each start.
-
-Simulators get SMX_NAME and SMX_CONFIG only. stdout and stderr of every process are appended to
-``<home>/run/logs/<name>.log`` (the core's to ``core.log``). On SIGTERM a process stops within
-``stop_timeout`` (default 5 s) or is killed. Clients connect with the channel options of
-smx.client (the TLS server name ``smxcore``, quick reconnects).
-
-Health as ``smx status`` shows it: see trusted.supervisor.status.
+The process contract (environment, working directory, health file, logs, signals) is
+specified in docs/SITE.md and defined in code once, in smx.process_env and smx.health: the
+supervisor writes the environment with ``ProcessEnv.to_environ`` and reads health files with
+``read_health_file``. Health as ``smx status`` shows it: see trusted.supervisor.status.
 """
 
 from __future__ import annotations
