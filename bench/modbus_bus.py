@@ -40,6 +40,7 @@ from harness import fmt_table, target_line  # noqa: E402
 
 from extensions.sdk.devices import DeviceState, poll_forever  # noqa: E402
 from extensions.sdk.protocols.modbus_link import LinkConfig, LinkPool  # noqa: E402
+from extensions.smm.config import ModbusMeterConfig  # noqa: E402
 from extensions.smm.meter_maps import resolve_map  # noqa: E402
 from extensions.smm.modbus_device import build_meters  # noqa: E402
 
@@ -105,14 +106,14 @@ async def run_meters(line: Line, baud: int, n: int, seconds: float) -> dict[str,
     """N meters polled by the SDK for `seconds`: share of expected polls, failures, CPU."""
     pool = LinkPool()
     entries = [
-        {
-            "device": f"m{u}",
-            "map": MAP,
-            "unit": u,
-            "serial": str(line.reader_end),
-            "baudrate": baud,
-            "response_timeout": 0.5,
-        }
+        ModbusMeterConfig(
+            device=f"m{u}",
+            map=MAP,
+            unit=u,
+            serial=str(line.reader_end),
+            baudrate=baud,
+            response_timeout=0.5,
+        )
         for u in range(1, n + 1)
     ]
     meters = build_meters(entries, pool)

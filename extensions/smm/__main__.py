@@ -1,17 +1,17 @@
 """The smm extension: every meter of the site's metering (the SMM at the point of common
 coupling and the sub-meters) read into the core, each under its own device id.
 
-Config (the `[extensions.smm.config]` table of site.toml; list each device id in the
-extension's `devices` so the policy lets it write them):
+Config (the `[extensions.smm.config]` table of site.toml, every key in config.py; list each
+device id in the extension's `devices` so the policy lets it write them):
 
-    [[extensions.smm.config.modbus]]      # Modbus RTU / TCP meters: see modbus_device.py
+    [[extensions.smm.config.modbus]]      # Modbus RTU / TCP meters: ModbusMeterConfig
     device = "pv"
     map = "eastron_sdm630"
     unit = 1
     host = "127.0.0.1"
     port = 5020
 
-    [[extensions.smm.config.iec62056]]    # IEC 62056-21 meters: see iec_device.py
+    [[extensions.smm.config.iec62056]]    # IEC 62056-21 meters: IecMeterConfig
     device = "smm"
     port = "/dev/ttyUSB0"
 """
@@ -19,51 +19,52 @@ extension's `devices` so the policy lets it write them):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from extensions.sdk import Extension, SetupError, main_of
 from extensions.sdk.protocols.modbus_link import LinkPool
 
-from .modbus_device import MeterConfigError, build_meters
+from .config import SmmConfig
+from .modbus_device import build_meters
+
+__all__ = ["SmmConfig", "setup"]
 
 log = logging.getLogger("smm")
 
 
-@dataclass(frozen=True)
-class SmmConfig:
-    """The smm config table: one entry per meter, checked by its reader (modbus_device.py,
-    iec_device.py)."""
-
-    modbus: list[dict[str, Any]] = field(default_factory=list)
-    iec62056: list[dict[str, Any]] = field(default_factory=list)
-
-
 def setup(ext: Extension) -> None:
     config = ext.settings(SmmConfig)
-    devices: list[Any] = []
-    try:
-        # Relative paths (user register maps) are relative to the site directory.
-        devices += build_meters(config.modbus, LinkPool(), base_dir=ext.site_dir)
-        if config.iec62056:
-            from .iec_device import IecConfigError, IecMeterDevice
+    check_devices(config, ext.device_ids, ext.config_key)
+    # Relative paths (user register maps) are relative to the site directory.
+    devices: list[Any] = build_meters(
+        config.modbus, LinkPool(), base_dir=ext.site_dir, where=f"{ext.config_key}.modbus"
+    )
+    if config.iec62056:
+        from .iec_device import IecMeterDevice
 
-            try:
-                devices += [IecMeterDevice(entry) for entry in config.iec62056]
-            except IecConfigError as err:
-                raise SetupError(f"{ext.config_key}.iec62056: {err}") from err
-    except (MeterConfigError, ValueError) as err:
-        raise SetupError(f"{ext.config_key}: {err}") from err
-    owned = set(ext.device_ids)
+        devices += [IecMeterDevice(entry) for entry in config.iec62056]
     for device in devices:
-        if device.meter.device not in owned:
-            raise SetupError(
-                f"{ext.config_key}: meter device {device.meter.device!r} is not in this "
-                f"extension's devices {sorted(owned)} (add it to `devices` in site.toml)"
-            )
         ext.declare(device.specs())
         ext.add_device(device)
     log.info("%d meters configured", len(devices))
+
+
+def check_devices(config: SmmConfig, owned: tuple[str, ...], where: str) -> None:
+    """Every meter publishes under a device id of this extension, one meter per id; SetupError
+    naming the entry's `device` key otherwise."""
+    used: dict[str, str] = {}
+    entries = [(f"modbus[{i}]", e.device) for i, e in enumerate(config.modbus)]
+    entries += [(f"iec62056[{i}]", e.device) for i, e in enumerate(config.iec62056)]
+    for entry, device in entries:
+        key = f"{where}.{entry}.device"
+        if device not in owned:
+            raise SetupError(
+                f"{key}: {device!r} is not one of this extension's devices {sorted(owned)} "
+                "(add it to `devices` in site.toml)"
+            )
+        if device in used:
+            raise SetupError(f"{key}: {device!r} is already the device of {used[device]}")
+        used[device] = entry
 
 
 if __name__ == "__main__":

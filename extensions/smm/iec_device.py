@@ -1,103 +1,59 @@
 """One IEC 62056-21 meter as an SDK device: a readout per poll, mapped to the vocabulary and
 to primary values (semantics.Meter). Meters on one RS-485 port share a bus (the SDK polls them
-one at a time) and one open port (the SDK's SerialLine), and are told apart by address."""
+one at a time) and one open port (the SDK's SerialLine), and are told apart by address. Its
+config keys: config.py, `IecMeterConfig`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import zoneinfo
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from extensions.sdk import Device, PointSpec, Reading
 
-from .iec62056_21 import CHAR_TIMEOUT
+from .config import DEFAULT_POINTS, IecMeterConfig
 from .iec_client import IecClient, Readout, iec_line
 from .obis import ObisResult, map_datasets
 from .semantics import Meter, Ratios
 
-__all__ = ["DEFAULT_POINTS", "IecConfigError", "IecMeterDevice"]
+__all__ = ["DEFAULT_POINTS", "IecMeterDevice"]
 
 log = logging.getLogger(__name__)
 
-# Declared before the first readout (a readout may add tariff and billing points).
-DEFAULT_POINTS = ("U1", "U2", "U3", "I1", "I2", "I3", "P", "Q", "f", "Ap", "Am", "Rp", "Rm")
-_KEYS = {
-    "port", "address", "device", "name", "mode", "initial_baud", "max_baud", "interval",
-    "timeout", "read_timeout", "char_timeout", "reaction_time", "answer_timeout", "ct", "vt",
-    "index_max", "timezone", "require_bcc", "bus", "bus_gap", "max_backoff", "points",
-}  # fmt: skip
-
-
-class IecConfigError(ValueError):
-    """The meter's configuration is unusable; the message names the key and value."""
-
 
 class IecMeterDevice(Device):
-    """Config keys (all optional but `port`):
+    """One meter from its checked config entry (`IecMeterConfig`: port, address, mode, bauds,
+    timeouts, ratios, timezone, bus, points)."""
 
-    port            serial device, e.g. /dev/ttyUSB0
-    address         meter address for the sign-on ("" = whoever is on the line)
-    device          SMX device id of the points (default "smm")
-    name            poller/health name (default "iec:<device>")
-    mode            "C" (default), "B", "A", or "D" (meter pushes; polls wait for a telegram)
-    initial_baud    300 (2400 in mode D); max_baud caps the mode C switch
-    interval        seconds between readout starts (default 10)
-    read_timeout    whole readout (default 60); timeout (SDK poll cut-off) read_timeout + 5
-    char_timeout    silence inside a message (1.5); reaction_time before our ACK (0.2);
-    answer_timeout  wait for the identification after t_r (1.5)
-    ct, vt          transformer ratios; index_max register recirculation (kWh)
-    timezone        IANA zone of the meter clock (default: this host's local zone)
-    require_bcc     reject a data message without ETX/BCC (default true)
-    bus             poll-serialisation key (default: the port); bus_gap quiet time after a poll
-    points          vocabulary names to declare up front (default DEFAULT_POINTS)
-    """
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        unknown = sorted(set(config) - _KEYS)
-        if unknown:
-            raise IecConfigError(
-                f"unknown IEC meter config key(s) {unknown}; known: {sorted(_KEYS)}"
-            )
-        port = config.get("port")
-        if not isinstance(port, str) or not port:
-            raise IecConfigError(f"IEC meter config: 'port' must be a device path, not {port!r}")
-        device = str(config.get("device", "smm"))
-        try:
-            self.meter = Meter(
-                device,
-                Ratios(ct=float(config.get("ct", 1.0)), vt=float(config.get("vt", 1.0))),
-                index_max=float(config.get("index_max", 0.0)),
-                period=float(config.get("interval", 10.0)),
-            )
-            read_timeout = float(config.get("read_timeout", 60.0))
-            self.interval = float(config.get("interval", 10.0))
-            self.timeout = float(config.get("timeout", read_timeout + 5.0))
-            self.bus_gap = float(config.get("bus_gap", 0.0))
-            self.max_backoff = float(config.get("max_backoff", 60.0))
-            char_timeout = float(config.get("char_timeout", CHAR_TIMEOUT))
-            self.client = IecClient(
-                iec_line(port, char_timeout=char_timeout),
-                address=str(config.get("address", "")),
-                mode=str(config.get("mode", "C")),
-                initial_baud=int(config.get("initial_baud", 300)),
-                max_baud=int(config["max_baud"]) if config.get("max_baud") else None,
-                reaction_time=float(config.get("reaction_time", 0.2)),
-                answer_timeout=float(config.get("answer_timeout", 1.5)),
-                read_timeout=read_timeout,
-                require_bcc=bool(config.get("require_bcc", True)),
-            )
-        except (TypeError, ValueError) as err:
-            raise IecConfigError(f"IEC meter {device!r} on {port}: {err}") from err
-        zone = config.get("timezone")
-        try:
-            self.tz: dt.tzinfo = zoneinfo.ZoneInfo(zone) if zone else _local_zone()
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
-            raise IecConfigError(f"IEC meter {device!r}: unknown timezone {zone!r}") from err
-        self.name = str(config.get("name", f"iec:{device}"))
-        self.bus = str(config.get("bus", port))
-        self.points = tuple(config.get("points", DEFAULT_POINTS))
+    def __init__(self, config: IecMeterConfig) -> None:
+        self.config = config
+        self.meter = Meter(
+            config.device,
+            Ratios(ct=config.ct, vt=config.vt),
+            index_max=config.index_max,
+            period=config.interval,
+        )
+        self.interval = config.interval
+        self.timeout = config.read_timeout + 5.0 if config.timeout is None else config.timeout
+        self.bus_gap = config.bus_gap
+        self.max_backoff = config.max_backoff
+        self.client = IecClient(
+            iec_line(config.port, char_timeout=config.char_timeout),
+            address=config.address,
+            mode=config.mode,
+            initial_baud=config.initial_baud,
+            max_baud=config.max_baud,
+            reaction_time=config.reaction_time,
+            answer_timeout=config.answer_timeout,
+            read_timeout=config.read_timeout,
+            require_bcc=config.require_bcc,
+        )
+        zone = config.timezone
+        self.tz: dt.tzinfo = zoneinfo.ZoneInfo(zone) if zone else _local_zone()
+        self.name = config.name or f"iec:{config.device}"
+        self.bus = config.bus or config.port
+        self.points = config.points
         self.last_readout: Readout | None = None
         self.last_result: ObisResult | None = None
 

@@ -7,61 +7,30 @@ the requests of one poll) the line stays quiet for the Modbus RTU inter-frame ga
 does not answer costs one response timeout per try (no retries: the SDK backs off) and never
 the others' turn.
 
-Site config (the smm extension passes each entry of its `modbus` list to `build_meters`):
-
-    [[extensions.smm.config.modbus]]
-    device = "smm"                 # device id of the points (smm/P, ...)
-    map = "eastron_sdm630"         # a shipped map, or a path to a map file
-    unit = 1                       # Modbus unit (slave) id
-    serial = "/dev/ttyUSB0"        # RTU ...
-    baudrate = 9600                # parity = "N", stopbits = 1, bytesize = 8
-    # host = "192.0.2.10"          # ... or Modbus TCP (port = 502)
-    interval = 1.0                 # s between polls
-    response_timeout = 0.3         # s to wait for an answer
-    ct = 1.0                       # CT / VT ratios, for meters behind transformers
-    vt = 1.0
-    # index_max = 99999.99         # overrides the map's
+Site config: the smm extension passes its checked `modbus` entries (config.py,
+`ModbusMeterConfig`) to `build_meters`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from extensions.sdk import Device, PointSpec
-from extensions.sdk.protocols.modbus_link import (
-    LINK_KEYS,
-    LinkConfig,
-    LinkConfigError,
-    LinkPool,
-    ModbusLink,
-)
-from extensions.sdk.protocols.modbus_maps import RegisterMap
+from extensions.sdk import Device, PointSpec, SetupError
+from extensions.sdk.protocols.modbus_link import LinkConfig, LinkConfigError, LinkPool, ModbusLink
+from extensions.sdk.protocols.modbus_maps import MapError, RegisterMap
 
-from .meter_maps import resolve_map
+from .config import ModbusMeterConfig
+from .meter_maps import resolve_map, shipped_maps
 from .semantics import Meter, Ratios
 
-__all__ = ["MeterConfigError", "ModbusMeter", "build_meters"]
+__all__ = ["ModbusMeter", "build_meters"]
 
 log = logging.getLogger(__name__)
-
-_METER_KEYS = {
-    "device",
-    "map",
-    "unit",
-    "interval",
-    "ct",
-    "vt",
-    "index_max",
-    "max_backoff",
-} | LINK_KEYS
-
-
-class MeterConfigError(ValueError):
-    """A `modbus` entry of the smm config that cannot be used (names the entry and key)."""
 
 
 class ModbusMeter(Device):
@@ -122,53 +91,60 @@ class ModbusMeter(Device):
 
 
 def build_meters(
-    entries: Sequence[Mapping[str, Any]],
+    entries: Sequence[ModbusMeterConfig],
     pool: LinkPool | None = None,
+    *,
     base_dir: Path | None = None,
+    where: str = "extensions.smm.config.modbus",
 ) -> list[ModbusMeter]:
-    """The smm config's `modbus` entries -> devices (shared links from `pool`). Map paths are
-    relative to `base_dir` (the site config's directory)."""
+    """The smm config's checked `modbus` entries -> devices (shared links from `pool`). Map
+    paths are relative to `base_dir` (the site config's directory). What the schema cannot
+    check is a SetupError naming the key as `where[i].key`."""
     pool = pool or LinkPool()
     meters: list[ModbusMeter] = []
     seen: dict[str, str] = {}
     for i, entry in enumerate(entries):
-        where = f"smm config modbus[{i}]"
-        bad = set(entry) - _METER_KEYS
-        if bad:
-            raise MeterConfigError(
-                f"{where}: unknown key(s) {sorted(bad)}; known: {sorted(_METER_KEYS)}"
-            )
-        for key in ("device", "map", "unit"):
-            if key not in entry:
-                raise MeterConfigError(f"{where}: missing key {key!r}")
-        device = str(entry["device"])
-        unit = entry["unit"]
-        if not isinstance(unit, int) or isinstance(unit, bool) or not 1 <= unit <= 247:
-            raise MeterConfigError(f"{where}: unit must be 1..247, not {unit!r}")
-        try:
-            link_cfg = LinkConfig.from_config(entry, where)
-        except LinkConfigError as err:
-            raise MeterConfigError(str(err)) from err
-        here = f"{link_cfg.key} unit {unit}"
+        key = f"{where}[{i}]"
+        link_cfg = LinkConfig.from_config(entry, key)
+        here = f"{link_cfg.key} unit {entry.unit}"
         if here in seen:
-            raise MeterConfigError(f"{where}: {here} is already device {seen[here]!r}")
-        seen[here] = device
-        register_map = resolve_map(str(entry["map"]), base_dir)
+            raise SetupError(f"{key}.unit: {here} is already device {seen[here]!r}")
+        seen[here] = entry.device
+        register_map = _register_map(entry.map, base_dir, f"{key}.map")
         try:
             link = pool.get(link_cfg)
         except LinkConfigError as err:
-            raise MeterConfigError(f"{where}: {err}") from err
+            raise SetupError(f"{key}: {err}") from err
         meters.append(
             ModbusMeter(
-                device,
+                entry.device,
                 register_map,
                 link,
-                unit,
+                entry.unit,
                 pool=pool,
-                interval=float(entry.get("interval", 1.0)),
-                ratios=Ratios(ct=float(entry.get("ct", 1.0)), vt=float(entry.get("vt", 1.0))),
-                index_max=float(entry["index_max"]) if "index_max" in entry else None,
-                max_backoff=float(entry.get("max_backoff", 30.0)),
+                interval=entry.interval,
+                ratios=Ratios(ct=entry.ct, vt=entry.vt),
+                index_max=entry.index_max,
+                max_backoff=entry.max_backoff,
             )
         )
     return meters
+
+
+def _register_map(ref: str, base_dir: Path | None, key: str) -> RegisterMap:
+    """A shipped map or a map file; SetupError naming `key` (and the nearest shipped name)."""
+    shipped = shipped_maps()
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if ref not in shipped and path.suffix != ".toml" and not path.exists():
+        close = difflib.get_close_matches(ref, list(shipped), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SetupError(
+            f"{key}: no register map {ref!r} ({hint}shipped: {', '.join(shipped)}; "
+            "or the path of a .toml map file)"
+        )
+    try:
+        return resolve_map(ref, base_dir)
+    except MapError as err:
+        raise SetupError(f"{key}: {err}") from err

@@ -7,27 +7,31 @@ the Modbus RTU inter-frame gap (3.5 characters at the configured baud, 1.75 ms a
 baud). A device that does not answer costs one response timeout per try (no retries: the SDK
 backs off) and never the others' turn.
 
-Config keys of a line (`LinkConfig.from_config`, `LINK_KEYS`):
+Config keys of a line: `LinkConfig` is their schema (`ext.settings`, smx.sdk.config). A device
+entry's schema inherits it, e.g. `@dataclass(frozen=True, kw_only=True) class MeterConfig(
+LinkConfig)`, and `LinkConfig.from_config(entry, key)` is the entry's line:
 
     serial = "/dev/ttyUSB0"        # RTU ...
     baudrate = 9600                # parity = "N", stopbits = 1, bytesize = 8
     # host = "192.0.2.10"          # ... or Modbus TCP (port = 502)
-    response_timeout = 0.3         # s to wait for an answer
+    response_timeout = "300ms"     # to wait for an answer (a plain number is seconds)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from smx.process_env import SetupError
+from smx.sdk.config import Seconds, setting
+
 __all__ = [
     "EXCEPTION_NAMES",
-    "LINK_KEYS",
     "LinkConfig",
     "LinkConfigError",
     "LinkPool",
@@ -50,10 +54,6 @@ EXCEPTION_NAMES = {
 }
 _FUNCTIONS = {3: "holding", 4: "input"}
 
-LINK_KEYS = frozenset(
-    {"serial", "baudrate", "parity", "stopbits", "bytesize", "host", "port", "response_timeout"}
-)
-
 
 class ModbusLinkError(Exception):
     """A read that failed: no answer, a Modbus exception, or the line/connection is down.
@@ -70,40 +70,29 @@ class LinkConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LinkConfig:
-    """One line: an RS-485 serial port (RTU) or a TCP endpoint."""
+    """One line: an RS-485 serial port (RTU) or a TCP endpoint. Also the schema of a config
+    entry's line keys (smx.sdk.config checks types and ranges; `from_config` the rest)."""
 
     serial: str = ""
     host: str = ""
-    port: int = 502
-    baudrate: int = 9600
-    parity: str = "N"
-    stopbits: int = 1
-    bytesize: int = 8
-    response_timeout: float = 0.3
+    port: int = setting(502, min=1, max=65535)
+    baudrate: int = setting(9600, min=50, max=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = setting(1, min=1, max=2)
+    bytesize: int = setting(8, min=5, max=8)
+    response_timeout: Seconds = setting(0.3, min=0.001, max=60)
 
     @classmethod
-    def from_config(cls, entry: Mapping[str, Any], where: str = "config") -> LinkConfig:
-        """The line keys of a config entry (other keys are left to the caller)."""
-        if bool(entry.get("serial")) == bool(entry.get("host")):
-            raise LinkConfigError(f"{where}: give either serial (RTU) or host (TCP)")
-        try:
-            config = cls(
-                serial=str(entry.get("serial", "")),
-                host=str(entry.get("host", "")),
-                port=int(entry.get("port", 502)),
-                baudrate=int(entry.get("baudrate", 9600)),
-                parity=str(entry.get("parity", "N")),
-                stopbits=int(entry.get("stopbits", 1)),
-                bytesize=int(entry.get("bytesize", 8)),
-                response_timeout=float(entry.get("response_timeout", 0.3)),
-            )
-        except (TypeError, ValueError) as err:
-            raise LinkConfigError(f"{where}: {err}") from err
-        if config.parity not in ("N", "E", "O"):
-            raise LinkConfigError(f"{where}: parity must be N, E or O, not {config.parity!r}")
-        if config.baudrate <= 0 or config.response_timeout <= 0:
-            raise LinkConfigError(f"{where}: baudrate and response_timeout must be > 0")
-        return config
+    def from_config(cls, entry: LinkConfig, where: str) -> LinkConfig:
+        """The line of a checked config entry (a schema that inherits LinkConfig; its other
+        keys are the caller's). `where` is the entry's key in site.toml, for the SetupError
+        when it gives both or neither of serial and host."""
+        if bool(entry.serial) == bool(entry.host):
+            both = ", not both" if entry.serial else ""
+            raise SetupError(f"{where}: give either serial (RTU) or host (TCP){both}")
+        return LinkConfig(
+            **{f.name: getattr(entry, f.name) for f in dataclasses.fields(LinkConfig)}
+        )
 
     @property
     def is_rtu(self) -> bool:

@@ -9,9 +9,11 @@ import os
 import select
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 
+from extensions.sdk import SetupError, parse_settings, setting
 from extensions.sdk.protocols.modbus_link import (
     LinkConfig,
     LinkConfigError,
@@ -141,24 +143,38 @@ def test_rtu_timing_follows_the_character_frame():
     assert LinkConfig(host="h").frame_gap == 0.0 and LinkConfig(host="h").line_time(10) == 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class InverterEntry(LinkConfig):
+    """A device entry's schema: the line keys and its own."""
+
+    unit: int = setting(1, min=1, max=247)
+
+
 @pytest.mark.parametrize(
-    ("entry", "needle"),
+    ("entry", "message"),
     [
-        ({}, "either serial"),
-        ({"serial": "/dev/x", "host": "h"}, "either serial"),
-        ({"serial": "/dev/x", "parity": "X"}, "parity"),
-        ({"host": "h", "port": "five"}, "five"),
-        ({"serial": "/dev/x", "baudrate": 0}, "baudrate"),
+        ({}, "inverter[0]: give either serial (RTU) or host (TCP)"),
+        ({"serial": "/dev/x", "host": "h"}, "inverter[0]: give either serial (RTU) or host (TCP)"),
+        ({"serial": "/dev/x", "parity": "X"}, 'inverter[0].parity: "X" is not a choice'),
+        ({"host": "h", "port": "five"}, 'inverter[0].port: expected an integer, got "five"'),
+        ({"serial": "/dev/x", "baudrate": 0}, "inverter[0].baudrate: must be between"),
+        ({"host": "h", "response_timeout": "soon"}, "inverter[0].response_timeout: expected a"),
+        ({"host": "h", "prot": 502}, "inverter[0].prot: unknown key (did you mean 'port'?"),
     ],
 )
-def test_line_config_mistakes_name_the_entry(entry, needle):
-    with pytest.raises(LinkConfigError, match=needle) as err:
-        LinkConfig.from_config(entry, "inverter[0]")
-    assert str(err.value).startswith("inverter[0]: ")
+def test_line_config_mistakes_name_the_key(entry, message):
+    with pytest.raises(SetupError) as err:
+        checked = parse_settings(InverterEntry, entry, where="inverter[0]")
+        LinkConfig.from_config(checked, "inverter[0]")
+    assert str(err.value).startswith(message), str(err.value)
 
 
 def test_line_config_from_an_entry():
-    config = LinkConfig.from_config({"host": "192.0.2.7", "port": 1502, "unit": 1, "x": 2})
-    assert config.key == "tcp:192.0.2.7:1502" and not config.is_rtu
-    config = LinkConfig.from_config({"serial": "/dev/ttyUSB0", "baudrate": 19200, "parity": "E"})
+    entry = parse_settings(InverterEntry, {"host": "192.0.2.7", "port": 1502, "unit": 2})
+    config = LinkConfig.from_config(entry, "inverter[0]")
+    assert type(config) is LinkConfig and config.key == "tcp:192.0.2.7:1502" and not config.is_rtu
+    entry = parse_settings(
+        InverterEntry, {"serial": "/dev/ttyUSB0", "baudrate": 19200, "parity": "E"}
+    )
+    config = LinkConfig.from_config(entry, "inverter[0]")
     assert config.key == "rtu:/dev/ttyUSB0" and config.char_time == pytest.approx(11 / 19200)

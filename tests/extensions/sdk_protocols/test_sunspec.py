@@ -21,6 +21,7 @@ from extensions.sdk.protocols.sunspec import (
     read_model,
 )
 from extensions.sdk.protocols.sunspec_models import decode_model, fixed_points
+from extensions.smm.config import ModbusMeterConfig
 from extensions.smm.meter_maps import resolve_map
 from extensions.smm.modbus_device import build_meters
 
@@ -209,13 +210,13 @@ async def test_smm_fronius_203_map_sits_where_discovery_finds_model_203():
             sunspec = await read_model(link, 240, models[1])
             (smm_meter,) = build_meters(
                 [
-                    {
-                        "device": "grid",
-                        "map": "fronius_smart_meter_203",
-                        "unit": 240,
-                        "host": "127.0.0.1",
-                        "port": server.port,
-                    }
+                    ModbusMeterConfig(
+                        device="grid",
+                        map="fronius_smart_meter_203",
+                        unit=240,
+                        host="127.0.0.1",
+                        port=server.port,
+                    )
                 ],
                 pool,
             )

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from extensions.sdk import Extension
 from extensions.sdk.testing import TestSite, until
+from extensions.smm.config import IecMeterConfig
 from extensions.smm.iec62056_21 import (
     BccError,
     FramingError,
@@ -265,15 +266,15 @@ async def test_device_in_a_core_goes_bad_on_faults_and_recovers():
     sim = IecSimulator(SimMeter(EM214), initial_baud=9600, reaction_time=0.05).start()
     with TestSite({"smm": ("trusted", ["trusted-extension"], [])}) as site:
         device = IecMeterDevice(
-            {
-                "port": sim.port,
-                "initial_baud": 9600,
-                "interval": 0.3,
-                "max_backoff": 0.6,
-                "ct": 2.0,
-                "timezone": "UTC",
+            IecMeterConfig(
+                port=sim.port,
+                initial_baud=9600,
+                interval=0.3,
+                max_backoff=0.6,
+                ct=2.0,
+                timezone="UTC",
                 **FAST,
-            }
+            )
         )
         ext = Extension(site.env("smm"))
         ext.declare(device.specs(["P", "I1", "Ap_T1"]))
@@ -312,7 +313,7 @@ async def test_billing_snapshots_are_readable_back_through_the_api():
     sim = IecSimulator(meter, initial_baud=9600, reaction_time=0.05).start()
     with TestSite({"smm": ("trusted", ["trusted-extension"], [])}) as site:
         device = IecMeterDevice(
-            {"port": sim.port, "initial_baud": 9600, "interval": 2.0, "timezone": "UTC", **FAST}
+            IecMeterConfig(port=sim.port, initial_baud=9600, interval=2.0, timezone="UTC", **FAST)
         )
         ext = Extension(site.env("smm"))
         ext.declare(device.specs())

@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from extensions.sdk import Extension
+from extensions.sdk import Extension, SetupError
 from extensions.sdk.devices import DeviceState, poll_forever
 from extensions.sdk.protocols.modbus_link import LinkPool, ModbusLinkError
 from extensions.sdk.testing import TestSite, free_port, until
+from extensions.smm.config import ModbusMeterConfig as Entry
 from extensions.smm.meter_maps import resolve_map
-from extensions.smm.modbus_device import MeterConfigError, ModbusMeter, build_meters
+from extensions.smm.modbus_device import ModbusMeter, build_meters
 from extensions.smm.modbus_simulator import BusSimulator, SimMeter
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
@@ -158,7 +160,7 @@ async def test_every_shipped_map_reads_checked_values_over_tcp(name):
     await sim.start_tcp("127.0.0.1", port)
     pool = LinkPool()
     (meter,) = build_meters(
-        [{"device": "m1", "map": name, "unit": unit, "host": "127.0.0.1", "port": port}], pool
+        [Entry(device="m1", map=name, unit=unit, host="127.0.0.1", port=port)], pool
     )
     try:
         check(await meter.poll(), name, expected)
@@ -176,7 +178,7 @@ async def test_all_maps_on_one_rtu_bus_through_a_pty(pty_pair):
     sim = sim_of(*KNOWN)
     await sim.start_rtu(sim_end, 19200)
     entries = [
-        {"device": f"m{unit}", "map": name, "unit": unit, "serial": reader_end, "baudrate": 19200}
+        Entry(device=f"m{unit}", map=name, unit=unit, serial=reader_end, baudrate=19200)
         for name, (unit, _) in KNOWN.items()
     ]
     pool = LinkPool()
@@ -199,16 +201,16 @@ async def test_ratios_scale_to_primary_values():
     sim = sim_of("eastron_sdm630")
     port = free_port()
     await sim.start_tcp("127.0.0.1", port)
-    entry = {
-        "device": "smm",
-        "map": "eastron_sdm630",
-        "unit": 1,
-        "host": "127.0.0.1",
-        "port": port,
-        "ct": 40.0,
-        "vt": 1.0,
-        "index_max": 999999.99,
-    }
+    entry = Entry(
+        device="smm",
+        map="eastron_sdm630",
+        unit=1,
+        host="127.0.0.1",
+        port=port,
+        ct=40.0,
+        vt=1.0,
+        index_max=999999.99,
+    )
     (meter,) = build_meters([entry])
     try:
         got = await meter.poll()
@@ -235,7 +237,7 @@ async def test_user_map_from_config_by_path(tmp_path):
     )
     port = free_port()
     await sim.start_tcp("127.0.0.1", port)
-    entry = {"device": "acme", "map": "acme.toml", "unit": 7, "host": "127.0.0.1", "port": port}
+    entry = Entry(device="acme", map="acme.toml", unit=7, host="127.0.0.1", port=port)
     (meter,) = build_meters([entry], base_dir=tmp_path)
     try:
         got = await meter.poll()
@@ -253,11 +255,11 @@ async def test_modbus_exception_and_no_answer_are_clear_errors():
     port = free_port()
     await sim.start_tcp("127.0.0.1", port)
     pool = LinkPool()
-    base = {"host": "127.0.0.1", "port": port, "response_timeout": 0.2}
+    base: dict[str, Any] = {"host": "127.0.0.1", "port": port, "response_timeout": 0.2}
     wrong, dead = build_meters(
         [
-            {**base, "device": "wrong", "map": "eastron_sdm630", "unit": 3},
-            {**base, "device": "dead", "map": "carlogavazzi_em24", "unit": 9},
+            Entry(**base, device="wrong", map="eastron_sdm630", unit=3),
+            Entry(**base, device="dead", map="carlogavazzi_em24", unit=9),
         ],
         pool,
     )
@@ -274,29 +276,41 @@ async def test_modbus_exception_and_no_answer_are_clear_errors():
         await sim.stop()
 
 
-def test_bad_config_entries_are_refused():
-    with pytest.raises(MeterConfigError, match="baud"):
+def test_what_the_schema_cannot_check_is_refused_naming_the_key():
+    key = "extensions.smm.config.modbus"
+    with pytest.raises(SetupError) as err:
+        build_meters([Entry(device="x", map="eastron_sdm630", unit=1)])
+    assert str(err.value).startswith(f"{key}[0]: give either serial (RTU) or host (TCP)")
+    with pytest.raises(SetupError) as err:
+        build_meters([Entry(device=d, map="eastron_sdm630", unit=1, host="h") for d in "xy"])
+    assert str(err.value) == f"{key}[1].unit: tcp:h:502 unit 1 is already device 'x'"
+    with pytest.raises(SetupError) as err:
         build_meters(
-            [{"device": "x", "map": "eastron_sdm630", "unit": 1, "serial": "/x", "baud": 9600}]
+            [
+                Entry(device="x", map="eastron_sdm630", unit=1, serial="/x", baudrate=9600),
+                Entry(device="y", map="eastron_sdm630", unit=2, serial="/x", baudrate=19200),
+            ]
         )
-    with pytest.raises(MeterConfigError, match="either serial"):
-        build_meters([{"device": "x", "map": "eastron_sdm630", "unit": 1}])
-    with pytest.raises(MeterConfigError, match="unit must be"):
-        build_meters([{"device": "x", "map": "eastron_sdm630", "unit": 0, "host": "h"}])
+    assert str(err.value).startswith(f"{key}[1]: rtu:/x: devices on one line must share")
 
 
 async def test_a_dead_meter_never_slows_the_others_on_one_rtu_bus(pty_pair):
     sim_end, reader_end = pty_pair
     sim = sim_of("eastron_sdm630", "eastron_sdm120", "carlogavazzi_em24", live=True)
     await sim.start_rtu(sim_end, 9600)
-    base = {"serial": reader_end, "baudrate": 9600, "response_timeout": 0.3, "max_backoff": 2.0}
+    base: dict[str, Any] = {
+        "serial": reader_end,
+        "baudrate": 9600,
+        "response_timeout": 0.3,
+        "max_backoff": 2.0,
+    }
     pool = LinkPool()
     meters = build_meters(
         [
-            {**base, "device": "a", "map": "eastron_sdm630", "unit": 1},
-            {**base, "device": "b", "map": "eastron_sdm120", "unit": 2},
-            {**base, "device": "c", "map": "carlogavazzi_em24", "unit": 3},
-            {**base, "device": "dead", "map": "eastron_sdm630", "unit": 17},
+            Entry(**base, device="a", map="eastron_sdm630", unit=1),
+            Entry(**base, device="b", map="eastron_sdm120", unit=2),
+            Entry(**base, device="c", map="carlogavazzi_em24", unit=3),
+            Entry(**base, device="dead", map="eastron_sdm630", unit=17),
         ],
         pool,
     )
@@ -347,7 +361,7 @@ async def test_live_values_change():
     port = free_port()
     await sim.start_tcp("127.0.0.1", port)
     (meter,) = build_meters(
-        [{"device": "s", "map": "eastron_sdm630", "unit": 1, "host": "127.0.0.1", "port": port}]
+        [Entry(device="s", map="eastron_sdm630", unit=1, host="127.0.0.1", port=port)]
     )
     try:
         first = (await meter.poll())["s/P"].value
@@ -368,7 +382,12 @@ async def test_through_a_real_core_points_units_and_a_dead_meter_turning_bad(pty
     sim_end, reader_end = pty_pair
     sim = sim_of("eastron_sdm630", "carlogavazzi_em24")
     await sim.start_rtu(sim_end, 19200)
-    base = {"serial": reader_end, "baudrate": 19200, "response_timeout": 0.2, "max_backoff": 1}
+    base: dict[str, Any] = {
+        "serial": reader_end,
+        "baudrate": 19200,
+        "response_timeout": 0.2,
+        "max_backoff": 1,
+    }
     # The core lets a client write only its own device's points ({name}/**) unless the site
     # file grants more; TestSite has no site file, so each meter gets its own extension here.
     # Both share one line (one client from one pool) and the SDK's bus lock.
@@ -376,8 +395,8 @@ async def test_through_a_real_core_points_units_and_a_dead_meter_turning_bad(pty
     with TestSite(clients) as site:
         meters = build_meters(
             [
-                {**base, "device": "smm", "map": "eastron_sdm630", "unit": 1},
-                {**base, "device": "em24", "map": "carlogavazzi_em24", "unit": 3},
+                Entry(**base, device="smm", map="eastron_sdm630", unit=1),
+                Entry(**base, device="em24", map="carlogavazzi_em24", unit=3),
             ]
         )
         exts = []
