@@ -4,7 +4,12 @@ back when a setpoint expires — even if the core is unreachable at that moment.
 A handler is registered for an exact name (`battery/P_set`) or a glob pattern (`usm1/**/*_set`,
 the core's own glob syntax, smx.names). An exact name wins over a pattern; patterns are tried
 in the order they were added. Each handler has its own time limit (`timeout`): a handler still
-running then has failed, and the setpoint is reported REJECTED.
+running then has failed, the setpoint is reported REJECTED and a later answer is ignored.
+
+Each point has its own worker (setpoint_worker): points are handled side by side, the requests
+of one point in order, and a request superseded before its handler started is never applied. A
+handler that answers something other than Applied, Clamped or Rejected, or a value that is not
+finite, has made a mistake: the setpoint is REJECTED with a reason that says which.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -25,6 +31,8 @@ from smx.setpoint_status import status_code, status_name
 from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as pb
 from smx.values import from_value, to_value
+
+from .setpoint_worker import HandlerCancelled, NoAnswer, PointWorker, call_with_deadline
 
 if TYPE_CHECKING:
     from smx.sdk import Client
@@ -97,6 +105,9 @@ class SetpointRouter:
         self.expiry_handlers: dict[str, ExpiryHandler] = {}
         self.active: dict[str, SetpointRequest] = {}  # name -> what is in force
         self._expired_ids: set[str] = set()
+        self._expiring: set[str] = set()  # handed to a worker, not yet run
+        self._workers: dict[str, PointWorker] = {}  # point name -> its worker
+        self._mistakes_logged: set[Handler] = set()
         self._unreported: dict[str, pb.ReportSetpointRequest] = {}
         self._reports: dict[str, pb.ReportSetpointRequest] = {}  # last report per setpoint id
         self._wake = asyncio.Event()
@@ -159,6 +170,9 @@ class SetpointRouter:
                         await asyncio.sleep(REFUSED_RETRY_S)
         finally:
             expiry.cancel()
+            for worker in self._workers.values():
+                worker.stop()
+            self._workers.clear()
 
     async def _fall_back_where_nothing_is_in_force(self) -> None:
         """At start: a setpoint that expired while this process was not running was never
@@ -187,13 +201,39 @@ class SetpointRouter:
                 sp.id, sp.name, from_value(sp.value), sp.requester, ts_to_seconds(sp.expire_time)
             )
             if msg.event == pb.SETPOINT_EVENT_EXPIRED:
-                await self._expire(req)
-            elif msg.event == pb.SETPOINT_EVENT_REQUESTED:
-                await self._apply(req)
+                self._expire_later(req)
+            elif msg.event == pb.SETPOINT_EVENT_REQUESTED and self.route_for(req.name):
+                self._worker(req.name).request(req)
+
+    def _worker(self, name: str) -> PointWorker:
+        worker = self._workers.get(name)
+        if worker is None:
+            if len(self._workers) > 1000:  # names come and go under a glob: forget idle ones
+                self._workers = {n: w for n, w in self._workers.items() if not w.idle}
+            worker = self._workers[name] = PointWorker(name, self._apply, self._expire_job)
+        return worker
+
+    def _expire_later(self, req: SetpointRequest) -> None:
+        """Fall back in the point's worker, after what came before (the handler of the setpoint
+        that expires may still be running)."""
+        if req.id and (req.id in self._expired_ids or req.id in self._expiring):
+            return
+        if req.id:
+            self._expiring.add(req.id)
+        self._worker(req.name).expire(req)
+
+    async def _expire_job(self, req: SetpointRequest) -> None:
+        try:
+            await self._expire(req)
+        finally:
+            self._expiring.discard(req.id)
 
     async def _apply(self, req: SetpointRequest) -> None:
+        """Apply one request now (its point's worker calls this, one request at a time)."""
         route = self.route_for(req.name)
         if route is None or req.expires_at <= time.time():
+            if route is not None:
+                log.info("setpoint %s (%s) expired before it could be applied", req.name, req.id)
             return
         previous = self.active.get(req.name)
         if previous is not None and previous.id == req.id and req.id in self._reports:
@@ -203,22 +243,24 @@ class SetpointRouter:
         # In force from now on for the local expiry timer and for a late EXPIRED of the
         # setpoint it replaces (which must not make the device fall back over this one).
         self.active[req.name] = req
+        what = f"setpoint handler {_name_of(route.handler)} for {req.name} ({req.id})"
+        result: Any
         try:
-            result = await asyncio.wait_for(route.handler(req), route.timeout)
+            result = await call_with_deadline(route.handler, req, route.timeout, what)
+        except (NoAnswer, HandlerCancelled) as err:
+            log.warning("setpoint %s=%r: %s", req.name, req.value, err)
+            result = Rejected(str(err))
         except Exception as err:  # a failing device refuses; it never kills the router
             log.warning("setpoint %s=%r failed: %s", req.name, req.value, err)
-            text = f"no answer within {route.timeout:g} s" if isinstance(err, TimeoutError) else ""
-            result = Rejected(text or f"{type(err).__name__}: {err}")
-        if not isinstance(result, Applied | Clamped | Rejected):
-            result = Applied(result)
+            result = Rejected(f"{type(err).__name__}: {err}")
+        result = self._checked(route.handler, result)
         if isinstance(result, Rejected):
             # The device still runs what it ran before; the core tells us if that must end.
             if previous is not None:
                 self.active[req.name] = previous
             else:
                 del self.active[req.name]
-        else:
-            self._wake.set()
+        self._wake.set()
         report = _report_of(req.id, result)
         log.info(
             "setpoint %s=%r from %s: %s",
@@ -228,6 +270,17 @@ class SetpointRouter:
             status_name(report.status),
         )
         await self._report(report)
+
+    def _checked(self, handler: Handler, result: Any) -> Result:
+        """The handler's answer, or a rejection naming its mistake (logged once per handler)."""
+        mistake = _mistake_in(result)
+        if mistake is None:
+            return cast(Result, result)
+        reason = f"handler {_name_of(handler)} {mistake}"
+        if handler not in self._mistakes_logged:
+            self._mistakes_logged.add(handler)
+            log.error("setpoint %s: reported REJECTED (logged once per handler)", reason)
+        return Rejected(reason)
 
     async def _report(self, report: pb.ReportSetpointRequest) -> None:
         if len(self._reports) > 1000:
@@ -248,10 +301,12 @@ class SetpointRouter:
             await self._report(report)
 
     async def _expire(self, req: SetpointRequest) -> None:
-        """Fall back once per setpoint, whoever notices the expiry first (core or local timer)."""
-        if req.id in self._expired_ids:
-            return
-        self._expired_ids.add(req.id)
+        """Fall back once per setpoint, whoever notices the expiry first (core or local timer).
+        At start (no id) once per point."""
+        if req.id:
+            if req.id in self._expired_ids:
+                return
+            self._expired_ids.add(req.id)
         if len(self._expired_ids) > 10_000:
             self._expired_ids.clear()
         current = self.active.get(req.name)
@@ -262,8 +317,10 @@ class SetpointRouter:
         log.info("setpoint %s (%s) expired: falling back", req.name, req.id)
         if handler is not None:
             route = self.route_for(req.name)
+            timeout = route.timeout if route else DEFAULT_TIMEOUT
+            what = f"fallback {_name_of(handler)} for {req.name}"
             try:
-                await asyncio.wait_for(handler(req), route.timeout if route else DEFAULT_TIMEOUT)
+                await call_with_deadline(handler, req, timeout, what)
             except Exception as err:
                 log.error("fallback for %s failed: %s", req.name, err)
 
@@ -271,10 +328,15 @@ class SetpointRouter:
         # Local clock: the device falls back on time even while the core is unreachable.
         while True:
             now = time.time()
-            due = [r for r in self.active.values() if r.expires_at <= now]
-            for req in due:
-                await self._expire(req)
-            upcoming = [r.expires_at for r in self.active.values()]
+            waiting = [
+                r
+                for r in self.active.values()
+                if r.id not in self._expired_ids and r.id not in self._expiring
+            ]
+            for req in waiting:
+                if req.expires_at <= now:
+                    self._expire_later(req)
+            upcoming = [r.expires_at for r in waiting if r.expires_at > now]
             timeout = max(0.05, min(upcoming) - now) if upcoming else 3600.0
             self._wake.clear()
             try:
@@ -283,12 +345,37 @@ class SetpointRouter:
                 pass
 
 
+def _name_of(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def _mistake_in(result: Any) -> str | None:
+    """What is wrong with a handler's answer, in words for the requester; None if nothing."""
+    if not isinstance(result, Applied | Clamped | Rejected):
+        shown = repr(result)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return f"returned {shown} ({type(result).__name__}), not Applied, Clamped or Rejected"
+    if isinstance(result, Rejected):
+        return None
+    kind, value = type(result).__name__, result.value
+    if value is None:
+        return f"returned {kind} without a value" if isinstance(result, Clamped) else None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"returned {kind}({value!r}): not a finite number"
+    try:
+        to_value(value)
+    except TypeError:
+        return f"returned {kind} with {type(value).__name__} value, not a point value"
+    return None
+
+
 def _report_of(setpoint_id: str, result: Result) -> pb.ReportSetpointRequest:
     if isinstance(result, Rejected):
         return pb.ReportSetpointRequest(
-            id=setpoint_id, status=status_code("REJECTED"), reason=result.reason or "rejected"
+            id=setpoint_id, status=status_code("REJECTED"), reason=str(result.reason or "rejected")
         )
-    report = pb.ReportSetpointRequest(id=setpoint_id, reason=getattr(result, "reason", ""))
+    reason = result.reason if isinstance(result, Clamped) else ""
+    report = pb.ReportSetpointRequest(id=setpoint_id, reason=str(reason or ""))
     report.status = status_code("CLAMPED" if isinstance(result, Clamped) else "APPLIED")
     if result.value is not None:
         report.applied_value.CopyFrom(to_value(result.value))
