@@ -4,7 +4,9 @@
 pending in one WritePoints every `interval` (or sooner when `max_batch` points wait). While the
 core is unreachable nothing is lost but intermediate values: each point keeps its latest sample
 and all of them are written as soon as the core is back. Points added since the last flush are
-declared first, so they get their metadata before their first value.
+declared first, so they get their metadata before their first value: a value whose point is still
+to be declared (added while a declaration call was in flight, or the core went away meanwhile)
+waits in `pending` until that declaration is done.
 """
 
 from __future__ import annotations
@@ -64,14 +66,21 @@ class Publisher:
                 pass
             self._wake.clear()
             await self.link.connected.wait()
-            await self.declarations.declare_new()
             await self.flush()
 
     async def flush(self) -> bool:
-        """Send everything pending; False when the core was unreachable (all kept)."""
-        while self.pending and self.link.connected.is_set():
-            names = list(self.pending)[: self.max_batch]
-            batch = [self.pending.pop(n) for n in names]
+        """Declare what is new, then send everything pending; False when the core was
+        unreachable (all kept)."""
+        reachable = await self.declarations.declare_new()
+        while reachable and self.pending and self.link.connected.is_set():
+            self._drop_refused_declarations()
+            # Values of declared points only: a point added while a declaration call was in
+            # flight (or while the last batch was) is declared first, never written undeclared.
+            ready = [n for n in self.pending if not self.declarations.waiting(n)]
+            if not ready:
+                reachable = await self.declarations.declare_new()
+                continue
+            batch = [self.pending.pop(n) for n in ready[: self.max_batch]]
             try:
                 resp = await self.link.open().points.WritePoints(
                     pb.WritePointsRequest(samples=batch), timeout=CALL_TIMEOUT
@@ -88,6 +97,11 @@ class Publisher:
             self.written += len(batch)
             self.last_revision = resp.revision
         return not self.pending
+
+    def _drop_refused_declarations(self) -> None:
+        for name in [n for n in self.pending if n in self.declarations.refused]:
+            del self.pending[name]
+            self.dropped += 1  # the core refused its declaration: it would refuse the value
 
     def _put_back(self, batch: list[point_pb2.PointSample]) -> None:
         # Samples published while the call was in flight are newer: they win.

@@ -165,3 +165,41 @@ async def _request_or_none(client: Client, value: float, valid_for: float):
 
 def _state_of(changes: list[SetpointState], setpoint_id: str, status: str):
     return next((c for c in changes if c.id == setpoint_id and c.status == status), None)
+
+
+async def test_a_point_added_while_a_declaration_is_in_flight_is_declared_before_its_value(
+    site, monkeypatch
+):
+    """The mirror case: new points arrive (declared, then published) while the declaration of
+    earlier ones is still in flight; their values must not reach the core before their own
+    declaration, or the core creates them without unit or description."""
+    async with site.client("meter") as meter, site.client("gui") as gui:
+        declarations = meter._declarations
+        calls: list[tuple[set[str], asyncio.Event]] = []
+        declare = declarations._call
+
+        async def gated(specs):
+            gate = asyncio.Event()
+            calls.append(({s.name for s in specs}, gate))
+            await gate.wait()
+            await declare(specs)
+
+        monkeypatch.setattr(declarations, "_call", gated)
+        meter.declare([PointSpec("meter/inflight/A", unit="W")])
+        meter.publish_sample(sample("meter/inflight/A", 1.0))
+        await until(lambda: calls)  # A's declaration is in flight, held
+        meter.declare([PointSpec("meter/inflight/B", unit="Wh", description="added meanwhile")])
+        meter.publish_sample(sample("meter/inflight/B", 2.0))
+        calls[0][1].set()
+
+        # B's own declaration is the next call, and B's value waits for it.
+        await until(lambda: len(calls) >= 2)
+        assert calls[1][0] == {"meter/inflight/B"}
+        a = await until(lambda: client_points(gui, "meter/inflight/A"))
+        assert a["meter/inflight/A"].unit == "W"
+        assert await client_points(gui, "meter/inflight/B") is None
+        assert meter.pending == 1
+
+        calls[1][1].set()
+        got = await until(lambda: client_points(gui, "meter/inflight/B"))
+        assert (got["meter/inflight/B"].value, got["meter/inflight/B"].unit) == (2.0, "Wh")
