@@ -14,7 +14,6 @@ import difflib
 import math
 import re
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +117,8 @@ def parse_size(value: Any, key: str = "size") -> int:
     elif isinstance(value, str):
         m = _SIZE.fullmatch(value.strip())
         if m is not None and not (m.group(3) and not m.group(2)):  # "iB" alone is not a unit
+            from decimal import Decimal  # exact fractions ("1.5MB"); only configs with sizes
+
             n = int(Decimal(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
             if n <= _MAX_SIZE:
                 return n

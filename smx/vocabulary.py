@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 __all__ = ["NotInVocabulary", "Term", "check_declaration", "lookup", "terms", "unit_of"]
@@ -72,7 +72,9 @@ def _fail(what: str) -> ValueError:
 
 @functools.cache
 def _vocabulary() -> _Vocabulary:
-    doc = tomllib.loads(resources.files("smx").joinpath("vocabulary.toml").read_text("utf-8"))
+    # Beside this module (package data): importlib.resources would cost every process ~1 MB of
+    # modules (shutil, tempfile, bz2, lzma) for one read.
+    doc = tomllib.loads((Path(__file__).with_name("vocabulary.toml")).read_text("utf-8"))
     ranges: dict[str, tuple[int, int]] = {}
     for family, pair in doc.get("ranges", {}).items():
         if family not in _FAMILIES or not (
