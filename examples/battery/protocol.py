@@ -4,7 +4,7 @@
     {"op": "set", "P": 3000.0}     -> {"P": 3000.0}          (the power the battery accepted)
     anything else                  -> {"error": "..."}
 
-Power follows DATA-MODEL.md: load reference, P > 0 charging.
+Power follows docs/DATA-MODEL.md: load reference, P > 0 charging.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
 Both shapes share the same bookkeeping, so they look the same in health and in the core: a
 success marks the device ok and publishes its readings; after a failure its points are
-republished as BAD (last value kept, DATA-MODEL.md), the device is not ok, and the next try
+republished as BAD (last value kept, docs/DATA-MODEL.md), the device is not ok, and the next try
 backs off exponentially up to `max_backoff`.
 
 Polling: one task per device. Each poll gets a timeout, so a dead device costs its own task a
@@ -92,7 +92,7 @@ def record_failure(
     state.last_error = text
     if state.consecutive_failures == 1:
         log.warning("device %s failed: %s", name, text)
-        # DATA-MODEL.md: BAD = the last read failed; the value is the last good one.
+        # docs/DATA-MODEL.md: BAD = the last read failed; the value is the last good one.
         for point, value in state.last_values.items():
             publish(point, value, "BAD", None)
     elif state.consecutive_failures in (5, 50) or state.consecutive_failures % 500 == 0:

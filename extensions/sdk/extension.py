@@ -54,7 +54,7 @@ class Extension(Runtime):
 
     def declare(self, *specs: PointSpec | Iterable[PointSpec]) -> None:
         """Points this extension owns, declared before their first value and after every
-        reconnect. A unit or kind that contradicts the vocabulary (DATA-MODEL.md) is a
+        reconnect. A unit or kind that contradicts the vocabulary (docs/DATA-MODEL.md) is a
         SetupError naming the point."""
         flat = [
             spec for item in specs for spec in ([item] if isinstance(item, PointSpec) else item)

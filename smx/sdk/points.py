@@ -17,7 +17,7 @@ _KIND_NAMES = {code: name for name, code in KINDS.items()}
 
 @dataclass(frozen=True)
 class PointSpec:
-    """A point's metadata (DATA-MODEL.md names and units)."""
+    """A point's metadata (docs/DATA-MODEL.md names and units)."""
 
     name: str  # full name, e.g. "battery/P"
     unit: str = ""
