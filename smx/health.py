@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from smx.files import read_regular_file
 
 __all__ = [
     "FRESH_S",
@@ -134,24 +135,12 @@ def write_health_file(path: Path, report: HealthReport) -> None:
 def read_health_file(path: Path) -> HealthReport | None:
     """The file's report, or None when it is missing or not the documented JSON.
 
-    The supervisor reads files that processes it does not trust write, on its event loop: only
-    a regular file (no FIFO that would block, no link to another process's file or a device) of
-    at most `MAX_FILE_BYTES`, and JSON nested too deep is refused like any other bad JSON.
+    The supervisor reads files that processes it does not trust write (smx.files: a regular
+    file of at most `MAX_FILE_BYTES`, no link, no FIFO), and JSON nested too deep is refused like
+    any other bad JSON.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
-            return None
-        data = os.read(fd, MAX_FILE_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
+    data = read_regular_file(path, MAX_FILE_BYTES)
+    if data is None:
         return None
     try:
         raw = json.loads(data)

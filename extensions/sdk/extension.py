@@ -29,6 +29,7 @@ from smx.vocabulary import check_declaration, lookup
 
 from .devices import DeviceState, PolledDevice, Publish, poll_forever
 from .pushed import PushedDevice, attach, push_forever
+from .setpoint_worker import check_handler
 from .setpoints import DEFAULT_TIMEOUT, ExpiryHandler, Handler, SetpointRouter
 
 __all__ = ["Extension", "main_of"]
@@ -100,6 +101,7 @@ class Extension(Runtime):
         """Decorator: called once when the setpoint in force for `name` expires (fall back)."""
 
         def register(handler: ExpiryHandler) -> ExpiryHandler:
+            check_handler(handler, "expiry handler")
             self.setpoints.expiry_handlers[name] = handler
             return handler
 

@@ -7,7 +7,10 @@ superseded (it reports SUPERSEDED itself) never reaches the device.
 
 A handler call ends at its deadline whatever the handler does: it runs as its own task, is
 cancelled then, and an answer it gives later (a handler that swallows the cancellation) is
-logged and ignored.
+logged and ignored. While such an abandoned call of a point has not ended, the point's next
+requests are refused at once rather than piling up more calls that will not end either.
+Handlers are `async def` (checked at registration): a plain function would block the whole
+extension, and no deadline could stop it.
 """
 
 from __future__ import annotations
@@ -22,14 +25,22 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from .setpoints import SetpointRequest
 
-__all__ = ["HandlerCancelled", "NoAnswer", "PointWorker", "call_with_deadline"]
+__all__ = [
+    "HandlerCancelled",
+    "NoAnswer",
+    "PointWorker",
+    "StillRunning",
+    "call_with_deadline",
+    "check_handler",
+]
 
 log = logging.getLogger("extensions.sdk.setpoints")
 
 Job = Callable[["SetpointRequest"], Awaitable[None]]
 
-# Calls abandoned at their deadline that have not ended yet: referenced until they do.
-_abandoned: set[asyncio.Future[Any]] = set()
+# Calls abandoned at their deadline that have not ended yet, by key (the point and whether it
+# was an apply or an expiry): referenced until they end, at most one per key.
+_abandoned: dict[str, asyncio.Future[Any]] = {}
 
 
 class NoAnswer(Exception):
@@ -44,36 +55,64 @@ class HandlerCancelled(Exception):
     """Something inside the handler cancelled it (not the SDK)."""
 
 
+class StillRunning(Exception):
+    """The handler's previous call for this point outlived its time limit and has not ended."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the handler's previous call for {key} is still running past its time limit"
+        )
+
+
+def check_handler(handler: Callable[..., Any], what: str) -> None:
+    """Refuse, at registration, a handler that is not a coroutine function."""
+    call = getattr(handler, "__call__", None)  # noqa: B004 - callable objects count too
+    if not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)):
+        raise TypeError(
+            f"{what} {getattr(handler, '__qualname__', handler)!r} must be an `async def`: a "
+            "plain function would block the extension and no time limit could stop it"
+        )
+
+
 async def call_with_deadline(
-    fn: Callable[[SetpointRequest], Any], req: SetpointRequest, timeout: float, what: str
+    fn: Callable[[SetpointRequest], Any],
+    req: SetpointRequest,
+    timeout: float,
+    what: str,
+    key: str = "",
 ) -> Any:
     """`await fn(req)`, but never past `timeout` s: raises NoAnswer then, and leaves the call
-    cancelled behind; whatever it answers afterwards is ignored."""
+    cancelled behind; whatever it answers afterwards is ignored. Raises StillRunning at once
+    while an earlier abandoned call with the same `key` has not ended."""
+    key = key or req.name
+    if key in _abandoned:
+        raise StillRunning(key)
     call = fn(req)
     if not inspect.isawaitable(call):
-        return call  # a plain function: its value is the answer
+        return call  # registration refuses plain functions; kept for direct callers
     task = asyncio.ensure_future(call)
     try:
         await asyncio.wait({task}, timeout=timeout)
     except asyncio.CancelledError:  # the extension stops: so does the call
-        _abandon(task, what)
+        _abandon(task, what, key)
         raise
     if not task.done():
-        _abandon(task, what)
+        _abandon(task, what, key)
         raise NoAnswer(timeout)
     if task.cancelled():
         raise HandlerCancelled("the handler was cancelled from inside")
     return task.result()
 
 
-def _abandon(task: asyncio.Future[Any], what: str) -> None:
+def _abandon(task: asyncio.Future[Any], what: str, key: str) -> None:
     task.cancel()
     if task.done():
         return
-    _abandoned.add(task)
+    _abandoned[key] = task
 
     def ended(t: asyncio.Future[Any]) -> None:
-        _abandoned.discard(t)
+        if _abandoned.get(key) is t:
+            del _abandoned[key]
         if t.cancelled():
             return
         err = t.exception()

@@ -32,7 +32,14 @@ from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as pb
 from smx.values import from_value, to_value
 
-from .setpoint_worker import HandlerCancelled, NoAnswer, PointWorker, call_with_deadline
+from .setpoint_worker import (
+    HandlerCancelled,
+    NoAnswer,
+    PointWorker,
+    StillRunning,
+    call_with_deadline,
+    check_handler,
+)
 
 if TYPE_CHECKING:
     from smx.sdk import Client
@@ -120,6 +127,9 @@ class SetpointRouter:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         """`name` is an exact setpoint name or a glob pattern (a bad one fails here)."""
+        check_handler(handler, "setpoint handler")
+        if on_expire is not None:
+            check_handler(on_expire, "expiry handler")
         route = Route(handler, timeout)
         if "*" in name:
             self.pattern_handlers[Glob(name)] = route
@@ -247,7 +257,7 @@ class SetpointRouter:
         result: Any
         try:
             result = await call_with_deadline(route.handler, req, route.timeout, what)
-        except (NoAnswer, HandlerCancelled) as err:
+        except (NoAnswer, HandlerCancelled, StillRunning) as err:
             log.warning("setpoint %s=%r: %s", req.name, req.value, err)
             result = Rejected(str(err))
         except Exception as err:  # a failing device refuses; it never kills the router
@@ -320,7 +330,7 @@ class SetpointRouter:
             timeout = route.timeout if route else DEFAULT_TIMEOUT
             what = f"fallback {_name_of(handler)} for {req.name}"
             try:
-                await call_with_deadline(handler, req, timeout, what)
+                await call_with_deadline(handler, req, timeout, what, key=f"{req.name} (fallback)")
             except Exception as err:
                 log.error("fallback for %s failed: %s", req.name, err)
 

@@ -23,6 +23,7 @@ CLIENTS = {
     "ess2": ("trusted", ["trusted-extension"], []),
     "ess3": ("trusted", ["trusted-extension"], []),
     "ess4": ("trusted", ["trusted-extension"], []),
+    "ess5": ("trusted", ["trusted-extension"], []),
     "ctrl": ("untrusted", ["untrusted-agent"], []),
 }
 
@@ -160,3 +161,46 @@ async def test_a_wrong_answer_or_a_non_finite_value_is_rejected_and_logged_once(
     assert got[3.0].reason.endswith("sloppy returned Clamped(inf): not a finite number")
     mistakes = [r for r in caplog.records if "sloppy returned" in r.getMessage()]
     assert len(mistakes) == 1 and mistakes[0].levelno == logging.ERROR
+
+
+async def test_a_call_that_outlives_its_limit_refuses_the_points_next_requests_at_once(site):
+    # Calls that never end must not pile up: while one is still running, the next is refused.
+    ext = Extension(site.env("ess5"))
+    calls: list[float] = []
+    release = asyncio.Event()
+
+    @ext.on_setpoint("ess5/P_set", timeout=0.5)
+    async def stuck(req: SetpointRequest) -> Applied:
+        calls.append(req.value)
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # refuses to stop
+        return Applied()
+
+    async with running(ext, "ess5/P_set"), site.client("ctrl") as ctrl:
+        first = await request(ctrl, "ess5/P_set", 1.0)
+        assert (await ctrl.outcome(first.id, timeout=5)).status == "REJECTED"
+        t0 = time.monotonic()
+        second = await request(ctrl, "ess5/P_set", 2.0)
+        done = await ctrl.outcome(second.id, timeout=5)
+        assert done.status == "REJECTED" and "still running" in done.reason
+        assert time.monotonic() - t0 < 0.5  # at once, not after another time limit
+        assert calls == [1.0]  # the handler was not called again
+        release.set()
+        await asyncio.sleep(0.1)
+        third = await request(ctrl, "ess5/P_set", 3.0)
+        assert (await ctrl.outcome(third.id, timeout=5)).status == "APPLIED"
+
+
+def test_a_plain_function_is_refused_as_a_handler(site):
+    ext = Extension(site.env("ess5"))
+
+    def blocking(req: SetpointRequest) -> Applied:
+        return Applied()
+
+    with pytest.raises(TypeError, match="must be an `async def`"):
+        ext.on_setpoint("ess5/P_set")(blocking)
+    with pytest.raises(TypeError, match="must be an `async def`"):
+        ext.on_setpoint_expired("ess5/P_set")(blocking)

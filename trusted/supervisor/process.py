@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from smx.files import read_regular_file
 from trusted.supervisor.site_config import SupervisorSettings
 
 __all__ = ["LOG_ROTATE_BYTES", "ManagedProcess", "describe_exit", "signal_group"]
@@ -52,13 +53,10 @@ def signal_group(pid: int, sig: int) -> None:
 
 
 def _last_line(path: Path, offset: int) -> str:
-    """The last non-empty line written to ``path`` after ``offset``."""
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(offset, size - _TAIL_BYTES))
-            tail = f.read()
-    except OSError:
+    """The last non-empty line written to ``path`` after ``offset``. The process may have
+    replaced its log (a FIFO, a link): smx.files reads only a regular file, never blocking."""
+    tail = read_regular_file(path, _TAIL_BYTES, start=offset, tail=True)
+    if tail is None:
         return ""
     for line in reversed(tail.decode("utf-8", "replace").splitlines()):
         line = line.strip()
