@@ -27,9 +27,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from smx.client import Credentials
+if TYPE_CHECKING:  # a simulator reads its config here without loading grpc (~20 MB)
+    from smx.client import Credentials
 
 __all__ = [
     "ENV_CA",
@@ -164,7 +165,7 @@ class ProcessEnv:
         return cls(
             name=environ[ENV_NAME],
             target=environ[ENV_TARGET],
-            credentials=Credentials(
+            credentials=_credentials(
                 Path(environ[ENV_CA]), Path(environ[ENV_CERT]), Path(environ[ENV_KEY])
             ),
             site=environ.get(ENV_SITE, ""),
@@ -194,3 +195,9 @@ def load_config(path: Path | Mapping[str, str]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise SetupError(f"{ENV_CONFIG} {path}: expected a JSON object")
     return config
+
+
+def _credentials(ca: Path, cert: Path, key: Path) -> Credentials:
+    from smx.client import Credentials
+
+    return Credentials(ca, cert, key)
