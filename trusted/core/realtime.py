@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 RESTART_REVISION_GAP = 1 << 20
 # How far ahead of the core's clock a device's timestamp may be.
 MAX_FUTURE_S = 24 * 3600
+# The range of google.protobuf.Timestamp (0001-01-01 .. 9999-12-31 UTC): a value outside it
+# cannot be formatted or converted by any reader, so it is refused instead of stored.
+MIN_TS_SECONDS, MAX_TS_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 class HistorySink(Protocol):
@@ -197,15 +201,16 @@ class RealtimeDB:
                 raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
             if s.quality not in _WRITABLE_QUALITIES:
                 raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {s.quality}")
-            if s.HasField("source_time") and s.source_time.seconds > horizon:
-                # One sample dated years ahead would distort history retention and every
-                # time-range query; a device clock that far off is an error to report.
+            if field == "double_value" and not math.isfinite(s.value.double_value):
+                # NaN and infinities are no measurement: every sum, average and comparison a
+                # reader makes would silently turn into NaN. Quality BAD says "no good value".
                 raise CoreError(
                     "INVALID_ARGUMENT",
-                    f"point {name}: source_time {s.source_time.ToJsonString()} is more than "
-                    f"{MAX_FUTURE_S // 3600} h ahead of the core's clock",
+                    f"point {name}: {s.value.double_value} is not a finite number",
                     point=name,
                 )
+            if s.HasField("source_time"):
+                _check_source_time(name, s.source_time, horizon)
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise CoreError("INVALID_ARGUMENT", f"point {dup} appears twice in one batch")
@@ -355,6 +360,27 @@ _WRITABLE_QUALITIES = frozenset(
         point_pb2.QUALITY_BAD,
     }
 )
+
+
+def _check_source_time(name: str, ts: Any, horizon: int) -> None:
+    """A device's timestamp must be a valid Timestamp (checked first: an invalid one cannot
+    even be formatted) and not far ahead of the core's clock."""
+    if not (MIN_TS_SECONDS <= ts.seconds <= MAX_TS_SECONDS and 0 <= ts.nanos <= 999_999_999):
+        raise CoreError(
+            "INVALID_ARGUMENT",
+            f"point {name}: source_time (seconds={ts.seconds}, nanos={ts.nanos}) is outside "
+            "the Timestamp range 0001-01-01..9999-12-31",
+            point=name,
+        )
+    if ts.seconds > horizon:
+        # One sample dated years ahead would distort history retention and every
+        # time-range query; a device clock that far off is an error to report.
+        raise CoreError(
+            "INVALID_ARGUMENT",
+            f"point {name}: source_time {ts.ToJsonString()} is more than "
+            f"{MAX_FUTURE_S // 3600} h ahead of the core's clock",
+            point=name,
+        )
 
 
 def _valid_name(name: str) -> str:

@@ -1,0 +1,93 @@
+"""Values are validated at the edge: timestamps protobuf can represent, finite numbers, bounded
+strings and replies, and watch heartbeats frequent enough to re-check the caller."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from smx.client import error_reason
+from smx.v1 import point_pb2 as ppb
+from smx.v1 import point_service_pb2 as pb
+
+
+async def expect_error(coro, code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        result = coro
+        if hasattr(result, "read"):
+            await result.read()
+        else:
+            await result
+    assert info.value.code() == code, info.value.details()
+    assert error_reason(info.value) == reason
+    return info.value
+
+
+def write(name: str, value: ppb.Value, **kw) -> pb.WritePointsRequest:
+    return pb.WritePointsRequest(samples=[ppb.PointSample(name=name, value=value, **kw)])
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (253_402_300_800, 0),  # 10000-01-01
+        (2**62, 0),
+        (-62_135_596_801, 0),  # just before 0001-01-01
+        (-(2**62), 0),
+        (1_700_000_000, -1),
+        (1_700_000_000, 1_000_000_000),
+    ],
+)
+async def test_source_time_outside_the_timestamp_range_is_refused(site, core, seconds, nanos):
+    meter = site.stubs("meter")
+    ts = Timestamp(seconds=seconds, nanos=nanos)
+    err = await expect_error(
+        meter.points.WritePoints(write("meter/T", ppb.Value(double_value=1), source_time=ts)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert "meter/T" in (err.details() or "")
+    await expect_error(
+        meter.points.GetPoints(pb.GetPointsRequest(names=["meter/T"])),
+        grpc.StatusCode.NOT_FOUND,
+        "POINT_NOT_FOUND",
+    )
+
+
+async def test_source_time_at_the_edges_of_the_range_is_stored_and_readable(site, core):
+    meter = site.stubs("meter")
+    oldest = Timestamp(seconds=-62_135_596_800, nanos=0)
+    await meter.points.WritePoints(write("meter/T", ppb.Value(double_value=1), source_time=oldest))
+    (p,) = (await meter.points.GetPoints(pb.GetPointsRequest(names=["meter/T"]))).points
+    assert p.source_time.ToJsonString() == "0001-01-01T00:00:00Z"
+    # The far-future refusal still holds inside the range.
+    ahead = Timestamp(seconds=int(time.time()) + 3 * 86400, nanos=999_999_999)
+    await expect_error(
+        meter.points.WritePoints(write("meter/T", ppb.Value(double_value=2), source_time=ahead)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+async def test_non_finite_measurements_are_refused_naming_the_point(site, core, value):
+    meter = site.stubs("meter")
+    err = await expect_error(
+        meter.points.WritePoints(write("meter/P", ppb.Value(double_value=value))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert "meter/P" in (err.details() or "")
+    await expect_error(
+        meter.points.GetPoints(pb.GetPointsRequest(names=["meter/P"])),
+        grpc.StatusCode.NOT_FOUND,
+        "POINT_NOT_FOUND",
+    )
+    # Extreme finite values are measurements like any other.
+    await meter.points.WritePoints(
+        write("meter/P", ppb.Value(double_value=-1.7976931348623157e308))
+    )
