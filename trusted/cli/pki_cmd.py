@@ -41,7 +41,7 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 
     ca = SiteCA.load(_pki_dir(args))
     live = [c for c in ca.list() if c.name == args.name and not c.revoked]
-    issued = ca.issue(args.name, args.domain, days=args.days, replace=args.replace)
+    issued = ca.issue(args.name, args.domain, days=args.days, replace=args.replace, by_hand=True)
     for old in live:
         print(f"revoked {old.identity} serial {old.serial:x} (replaced)")
     print(f"issued {issued.identity} serial {issued.serial:x} valid until {issued.not_after:%F}")

@@ -13,21 +13,21 @@ Authorization has two steps, so that no handler can forget the first: the RPC ed
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from smx.identity import Identity, IdentityError, identity_from_certificate
 from trusted.core.audit import AuditLog
 from trusted.core.errors import CoreError
-from trusted.pki import RevocationList, load_certificate_pem
+from trusted.core.refusal_log import RefusalLog
+from trusted.pki import CORE_NAMES, RevocationList, load_certificate_pem
 from trusted.policy import NO_VERB, Policy
 
 __all__ = ["Caller", "Gate", "ClientStats", "Peer"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,8 @@ class Gate:
     clients: dict[str, ClientStats] = field(default_factory=dict)
     # peer PEM -> Peer or the CoreError it raises; certificates are few and long-lived.
     _certs: dict[bytes, Peer | CoreError] = field(default_factory=dict)
+    # Refusals reach the core's log as rate-limited summaries per (identity, reason).
+    refusal_log: RefusalLog = field(default_factory=RefusalLog)
 
     def admit(self, context: grpc.aio.ServicerContext, method: str, verb: str | None) -> Caller:
         """Authenticate, then the coarse right: the caller must hold `verb` on at least one
@@ -143,6 +145,13 @@ class Gate:
             return CoreError(
                 "WRONG_SITE", f"certificate is for site {identity.site!r}, this is {self.site!r}"
             )
+        if identity.name in CORE_NAMES or _is_server_certificate(cert):
+            # The core's own certificate (or one carrying its name) is never a client: a
+            # binding such as `trusted/*` must not empower whoever holds the core's key.
+            return CoreError(
+                "IDENTITY_INVALID",
+                f"certificate refused: {identity.uri} is the core's own identity, not a client",
+            )
         not_after = cert.not_valid_after_utc.timestamp()
         return Peer(identity, identity.uri, cert.serial_number, not_after)
 
@@ -171,11 +180,14 @@ class Gate:
         err.identity = identity
         if point:
             err.metadata.setdefault("point", point)
-        log.warning(
-            "denied identity=%s method=%s point=%s reason=%s",
-            identity or "-",
-            method,
-            point or "-",
-            err.reason,
-        )
+        self.refusal_log.record(identity, err.reason, method, point)
         return err
+
+
+def _is_server_certificate(cert: x509.Certificate) -> bool:
+    """Client certificates of the site CA carry clientAuth only; serverAuth marks the core's."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.SERVER_AUTH in eku

@@ -47,6 +47,8 @@ from trusted.pki.files import (
 )
 
 __all__ = [
+    "CORE_NAMES",
+    "RESERVED_NAMES",
     "SERVER_NAME",
     "IssuedCert",
     "PkiError",
@@ -60,6 +62,10 @@ log = logging.getLogger(__name__)
 # Clients pass this as grpc.ssl_target_name_override; it is also the core's own client name, so
 # no client certificate may be issued under it.
 SERVER_NAME = "smxcore"
+# The core's own names: never a client certificate, and the core refuses a client presenting one.
+CORE_NAMES = (SERVER_NAME, "core")
+# Names only provisioning (`smx run`) may issue: `smx pki issue` refuses them (by_hand=True).
+RESERVED_NAMES = (*CORE_NAMES, "supervisor")
 
 _INDEX_VERSION = 1
 
@@ -233,12 +239,20 @@ class SiteCA:
     # --- client certificates
 
     def issue(
-        self, name: str, domain: str, days: int = 365, *, replace: bool = False
+        self,
+        name: str,
+        domain: str,
+        days: int = 365,
+        *,
+        replace: bool = False,
+        by_hand: bool = False,
     ) -> IssuedCert:
         """Issue a client certificate with the single identity spiffe://<site>/<domain>/<name>.
 
         A name that already has a live certificate is refused unless ``replace``, which revokes
         the old serial first. A name whose certificate was revoked may be issued again.
+        The core's names (`CORE_NAMES`) are never issued; ``by_hand`` (``smx pki issue``) also
+        refuses the other `RESERVED_NAMES`, which only provisioning issues.
         """
         try:
             Identity.check_name(name)
@@ -246,8 +260,13 @@ class SiteCA:
             raise PkiError(str(err)) from err
         if domain not in DOMAINS:
             raise PkiError(f"invalid domain {domain!r}: use one of {', '.join(DOMAINS)}")
-        if name == SERVER_NAME:
+        if name in CORE_NAMES:
             raise PkiError(f"client name {name!r} is reserved for the core's own certificate")
+        if by_hand and name in RESERVED_NAMES:
+            raise PkiError(
+                f"client name {name!r} is reserved ({', '.join(RESERVED_NAMES)}): "
+                "only `smx run` provisioning issues it"
+            )
         if days < 1:
             raise PkiError(f"days must be at least 1, got {days}")
 
