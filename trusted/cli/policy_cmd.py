@@ -9,6 +9,7 @@ from pathlib import Path
 from smx.cli.connect import site_home
 from smx.identity import DOMAINS, Identity, IdentityError
 from smx.toml_text import toml_list, toml_str
+from trusted.core.site_files import write_private
 from trusted.policy import Policy, PolicyError, default_policy_text
 
 __all__ = ["register"]
@@ -61,7 +62,7 @@ def init(args: argparse.Namespace) -> int:
     if path.exists() and not args.force:
         raise PolicyError(str(path), "", "exists already (use --force to overwrite)")
     site = _site(home)
-    path.write_text(default_policy_text(site, [("trusted/admin", ["admin"])]))
+    write_private(path, default_policy_text(site, [("trusted/admin", ["admin"])]).encode())
     print(f"wrote {path}: default roles, trusted/admin bound to admin")
     return 0
 
@@ -81,7 +82,7 @@ def bind(args: argparse.Namespace) -> int:
         block.append(f'rules = [ {{ verbs = ["read"], points = {toml_list(args.read)} }} ]')
     text = path.read_text() + "\n".join(block) + "\n"
     Policy.from_toml(text, str(path))  # refuse to write a policy the core would refuse
-    path.write_text(text)
+    write_private(path, text.encode())
     print(f"bound {uri} to {', '.join(args.roles)}; reload with `smx admin reload` or SIGHUP")
     return 0
 

@@ -31,6 +31,7 @@ from typing import Any
 from trusted.core.audit_reader import page_records, recover_tail, verify_chain
 from trusted.core.audit_record import GENESIS, AuditError, AuditRecord, jsonable, record_hash
 from trusted.core.rate_limit import TokenBuckets
+from trusted.core.site_files import create_private_file, private_dir
 
 __all__ = ["GENESIS", "KINDS", "AuditError", "AuditLog", "AuditRecord"]
 
@@ -154,7 +155,8 @@ class AuditLog:
     def _open(self) -> None:
         path = self._path
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(path.parent)  # 0700 with its missing parents, whatever the umask
+            create_private_file(path)  # exactly 0600, whatever the umask
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as err:
             raise AuditError(f"{path}: cannot open audit log: {err.strerror}") from err

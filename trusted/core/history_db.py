@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trusted.core.site_files import (
+    PRIVATE_FILE_MODE,
+    create_private_file,
+    private_dir,
+    tighten_existing,
+)
+
 __all__ = [
     "BUSY_TIMEOUT_S",
     "I64_MAX",
@@ -117,7 +124,10 @@ class HistoryStats:
 def open_db(path: Path) -> tuple[sqlite3.Connection, dict[str, int], int]:
     """Open or create the database: (writer connection, name -> names.id, used bytes)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Private whatever the umask: data/ 0700 and the file 0600 before SQLite opens it, so
+        # that SQLite creates the -wal and -shm files with the database's mode.
+        private_dir(path.parent)
+        create_private_file(path)
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
         )
@@ -146,7 +156,9 @@ def open_db(path: Path) -> tuple[sqlite3.Connection, dict[str, int], int]:
         conn.execute("COMMIT")
         ids = dict(conn.execute("SELECT name, id FROM names"))
         used = used_bytes(conn)
-    except sqlite3.Error as err:
+        for suffix in ("-wal", "-shm"):  # SQLite's mode minus the umask: never more than 0600
+            tighten_existing(Path(f"{path}{suffix}"), PRIVATE_FILE_MODE)
+    except (sqlite3.Error, OSError) as err:
         conn.close()
         raise HistoryError(f"cannot open history database {path}: {err}") from err
     except BaseException:

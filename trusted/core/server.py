@@ -27,6 +27,7 @@ from trusted.core.services.admin import AdminService
 from trusted.core.services.control import ControlService
 from trusted.core.services.identity import IdentityService
 from trusted.core.services.points import PointService
+from trusted.core.site_files import SHARED_DIR_MODE, check_site, private_dir
 from trusted.core.standard_services import CheckedHealth, add_reflection
 from trusted.core.state import CoreState
 
@@ -49,8 +50,10 @@ class Core:
         self.health = CheckedHealth(self.state.gate)
 
     async def start(self) -> None:
-        await self.state.start()
         cfg = self.config
+        # Before anything is opened: the private files must not be readable by other users.
+        check_site(cfg.home, history=cfg.history.path, audit=cfg.audit_path, policy=cfg.policy)
+        await self.state.start()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes * GRPC_RECEIVE_HEADROOM),
@@ -89,7 +92,7 @@ class Core:
             require_client_auth=True,
         )
         _clear_stale_socket(cfg.socket)
-        cfg.socket.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.socket.parent, SHARED_DIR_MODE)
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
         try:
             server.add_secure_port(f"unix://{cfg.socket}", creds)

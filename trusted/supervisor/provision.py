@@ -26,6 +26,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trusted.core.config import CoreConfig
+from trusted.core.site_files import (
+    CONFIG_FILE_MODE,
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    SHARED_DIR_MODE,
+    private_dir,
+    write_private,
+)
 from trusted.pki import IssuedCert, PkiError, SiteCA
 from trusted.pki.files import write_atomic
 from trusted.policy import PolicyError, default_policy_text
@@ -141,9 +149,11 @@ def provision(cfg: SiteConfig) -> Provisioned:
     """Set the site up for a start (see the module docstring); safe to run on every start."""
     paths = RunPaths(cfg.home)
     try:
-        for d in (cfg.home, cfg.home / "data", paths.run, paths.logs):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(paths.run, 0o750)  # config files may hold device passwords
+        # Modes set explicitly, whatever the umask (the core checks them again at start).
+        private_dir(cfg.home, SHARED_DIR_MODE)  # the socket's group reaches core.sock
+        private_dir(cfg.home / "data", PRIVATE_DIR_MODE)  # history and audit: the core's alone
+        private_dir(paths.logs, SHARED_DIR_MODE)
+        os.chmod(paths.run, SHARED_DIR_MODE)  # config files may hold device passwords
         ca = _ca(cfg.core, cfg.site)
         out = Provisioned(ca)
         latest = _latest(ca)
@@ -152,9 +162,9 @@ def provision(cfg: SiteConfig) -> Provisioned:
         for name, domain, own in wanted:
             _ensure_cert(ca, name, domain, latest.get(name), own=own, out=out)
         policy = site_policy_text(cfg)
-        write_atomic(cfg.core.policy, policy.encode(), 0o644)
+        write_private(cfg.core.policy, policy.encode(), PRIVATE_FILE_MODE)
         core_toml = render_core_toml(cfg.site, cfg.core_table, str(cfg.source))
-        write_atomic(cfg.home / "core.toml", core_toml.encode(), 0o644)
+        write_private(cfg.home / "core.toml", core_toml.encode(), CONFIG_FILE_MODE)
         for spec in cfg.processes:
             if spec.enabled:
                 _write_config(paths, spec)
