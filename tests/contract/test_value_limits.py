@@ -8,11 +8,15 @@ import time
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from smx.client import error_reason
+from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
+from trusted.core.config import ConfigError, load_core_config
+from trusted.core.server import Core
 
 
 async def expect_error(coro, code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
@@ -91,3 +95,93 @@ async def test_non_finite_measurements_are_refused_naming_the_point(site, core, 
     await meter.points.WritePoints(
         write("meter/P", ppb.Value(double_value=-1.7976931348623157e308))
     )
+
+
+async def test_string_values_are_capped_by_max_string_bytes(site, core):
+    meter = site.stubs("meter")
+    limit = core.state.config.max_string_bytes
+    assert limit == 2048  # the default
+    await meter.points.WritePoints(write("meter/S", ppb.Value(string_value="x" * limit)))
+    err = await expect_error(
+        meter.points.WritePoints(write("meter/S", ppb.Value(string_value="x" * (limit + 1)))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_TOO_LARGE",
+    )
+    assert "meter/S" in (err.details() or "")
+    # Bytes, not characters: 700 three-byte characters are 2100 bytes.
+    await expect_error(
+        meter.points.WritePoints(write("meter/S", ppb.Value(string_value="€" * 700))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_TOO_LARGE",
+    )
+    (p,) = (await meter.points.GetPoints(pb.GetPointsRequest(names=["meter/S"]))).points
+    assert p.value.string_value == "x" * limit
+
+
+async def test_max_string_bytes_is_configurable(site):
+    core = Core(site.config(max_string_bytes=64))
+    await core.start()
+    try:
+        meter = site.stubs("meter")
+        await meter.points.WritePoints(write("meter/S", ppb.Value(string_value="y" * 64)))
+        await expect_error(
+            meter.points.WritePoints(write("meter/S", ppb.Value(string_value="y" * 65))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "REQUEST_TOO_LARGE",
+        )
+    finally:
+        await core.stop(grace=0.1)
+
+
+def test_limits_max_string_bytes_in_core_toml(tmp_path):
+    toml = tmp_path / "core.toml"
+    toml.write_text('[limits]\nmax_string_bytes = "4KB"\n')
+    assert load_core_config(toml, home=tmp_path).max_string_bytes == 4096
+    toml.write_text("[limits]\nmax_string_bytes = 8\n")
+    with pytest.raises(ConfigError, match="limits.max_string_bytes"):
+        load_core_config(toml, home=tmp_path)
+
+
+@pytest.fixture
+async def setpoints(site, core):
+    await site.stubs("ess").points.DeclarePoints(
+        pb.DeclarePointsRequest(
+            points=[ppb.PointMetadata(name="ess/P_set", unit="W", kind=ppb.VALUE_KIND_DOUBLE)]
+        )
+    )
+    return site.stubs("lessag").control
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+async def test_non_finite_setpoints_are_refused(site, setpoints, value):
+    req = cpb.RequestSetpointRequest(
+        name="ess/P_set", value=ppb.Value(double_value=value), valid_for=Duration(seconds=60)
+    )
+    err = await expect_error(
+        setpoints.RequestSetpoint(req), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    )
+    assert "ess/P_set" in (err.details() or "")
+
+
+async def test_a_non_finite_applied_value_is_refused(site, setpoints):
+    req = cpb.RequestSetpointRequest(
+        name="ess/P_set", value=ppb.Value(double_value=3000), valid_for=Duration(seconds=60)
+    )
+    sp = (await setpoints.RequestSetpoint(req)).setpoint
+    ess = site.stubs("ess").control
+    for bad in (ppb.Value(double_value=math.nan), ppb.Value(string_value="3000")):
+        await expect_error(
+            ess.ReportSetpoint(
+                cpb.ReportSetpointRequest(
+                    id=sp.id, status=cpb.SETPOINT_STATUS_CLAMPED, applied_value=bad
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "VALUE_KIND_MISMATCH" if bad.HasField("string_value") else "INVALID_ARGUMENT",
+        )
+    rep = await ess.ReportSetpoint(
+        cpb.ReportSetpointRequest(
+            id=sp.id, status=cpb.SETPOINT_STATUS_CLAMPED, applied_value=ppb.Value(double_value=1)
+        )
+    )
+    assert rep.setpoint.applied_value.double_value == 1

@@ -53,7 +53,7 @@ _SECTIONS = {
     "history": ("path", "flush_interval", "max_age", "max_size", "retention_interval"),
     "audit": ("path",),
     "watch": ("backlog", "stale_factor", "stale_check_interval"),
-    "limits": ("max_request_items", "max_message_bytes"),
+    "limits": ("max_request_items", "max_message_bytes", "max_string_bytes"),
 }
 
 
@@ -81,6 +81,7 @@ class CoreConfig:
     watch_backlog: int = 20_000  # revisions kept for resuming a watch
     max_request_items: int = 10_000
     max_message_bytes: int = 4 * 1024 * 1024
+    max_string_bytes: int = 2048  # one string value of a point write, UTF-8
 
 
 def _off(value: Any) -> bool:
@@ -171,6 +172,12 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
             f"limits.max_message_bytes: must be between {fmt_bytes(lo)} and {fmt_bytes(hi)}, "
             f"got {show_value(limits.get('max_message_bytes'))}"
         )
+    max_string_bytes = parse_size(limits.get("max_string_bytes", 2048), "limits.max_string_bytes")
+    if not 16 <= max_string_bytes <= 1024**2:
+        raise ConfigError(
+            "limits.max_string_bytes: must be between 16B and 1MB, "
+            f"got {show_value(limits.get('max_string_bytes'))}"
+        )
     return CoreConfig(
         site=site,
         home=home,
@@ -189,6 +196,7 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
             limits.get("max_request_items", 10_000), "limits.max_request_items", 1, 1_000_000
         ),
         max_message_bytes=max_message_bytes,
+        max_string_bytes=max_string_bytes,
     )
 
 

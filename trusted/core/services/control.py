@@ -7,6 +7,7 @@ handler checks the names it touches with `caller.require` / `caller.may` (same v
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import AsyncIterator
 
 from smx.timestamps import duration_s
@@ -89,6 +90,10 @@ class ControlService:
         sp = self.s.board.get(setpoint_id=req.id)
         caller.require(sp.name)
         applied = req.applied_value if req.HasField("applied_value") else None
+        if applied is not None and applied.WhichOneof("kind"):
+            # What is in force becomes the point's value: finite, short, of the declared kind.
+            meta = self.s.db.meta.get(sp.name)
+            _check_value(sp.name, applied, meta.kind if meta is not None else 0)
         sp = self.s.board.report(caller.uri, req.id, req.status, applied, req.reason)
         if sp.status in (pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED):
             # The setpoint point carries what is in force, so watchers and history see it.
@@ -125,6 +130,13 @@ def _check_value(name: str, value: point_pb2.Value, declared: int) -> None:
         raise CoreError(
             "VALUE_KIND_MISMATCH",
             f"setpoint {name} is declared {point_pb2.ValueKind.Name(declared)}, got {field}",
+            point=name,
+        )
+    if field == "double_value" and not math.isfinite(value.double_value):
+        # A device turns NaN or infinity into whatever its clamp makes of it: refuse them.
+        raise CoreError(
+            "INVALID_ARGUMENT",
+            f"setpoint {name}: {value.double_value} is not a finite number",
             point=name,
         )
     if field == "string_value" and len(value.string_value) > MAX_SETPOINT_STRING:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import grpc
@@ -44,6 +44,21 @@ class PointService:
                 f"{n} {what} in one request; the limit is {self.s.config.max_request_items}",
             )
 
+    def _check_strings(self, samples: Sequence[point_pb2.PointSample]) -> None:
+        """A string value is a reading, not a document: every value is kept in memory (the
+        current value, each watcher's backlog) and in the history, so its size is capped."""
+        limit = self.s.config.max_string_bytes
+        for s in samples:
+            # Characters first: a string of at most limit/4 characters fits in any encoding.
+            text = s.value.string_value
+            if len(text) * 4 > limit and len(text.encode()) > limit:
+                raise CoreError(
+                    "REQUEST_TOO_LARGE",
+                    f"point {s.name}: string value of {len(text.encode())} bytes exceeds "
+                    f"{limit} ([limits] max_string_bytes)",
+                    point=s.name,
+                )
+
     async def GetPoints(self, req: pb.GetPointsRequest, caller: Caller, ctx: object):
         self._limit(req.names, "names")
         for name in req.names:
@@ -73,6 +88,7 @@ class PointService:
         names = [s.name for s in req.samples]
         for name in names:
             caller.require(point_name(name))
+        self._check_strings(req.samples)
         revision = self.s.db.write(caller.uri, req.samples)
         self.s.audit.record_write(caller.uri, names, revision)
         return pb.WritePointsResponse(revision=revision)
