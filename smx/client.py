@@ -45,8 +45,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     # Notice a restarted core within a second, not after grpc's default back-off of up to two
     # minutes; a try costs one connect on a local socket.
+    # Not grpc.min_reconnect_backoff_ms: grpc's core takes it as the time a connection attempt
+    # (TLS handshake included) may last, and at 100 ms a loaded board fails handshakes with
+    # "handshaker shutdown".
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     # A peer gone without closing (a remote USM behind a dead link) is found within 15 s on an
     # open stream; the core allows pings every 5 s.
