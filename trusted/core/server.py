@@ -118,6 +118,7 @@ class Core:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)
             self.server = None
+        self.state.gate.refusal_log.close()  # the summaries still counting are written now
         await self.state.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.socket.unlink()
