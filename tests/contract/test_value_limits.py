@@ -3,6 +3,8 @@ strings and replies, and watch heartbeats frequent enough to re-check the caller
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 
@@ -185,3 +187,27 @@ async def test_a_non_finite_applied_value_is_refused(site, setpoints):
         )
     )
     assert rep.setpoint.applied_value.double_value == 1
+
+
+async def test_watch_heartbeat_interval_is_at_most_a_minute(site, core):
+    gui, ess, agent = site.stubs("gui"), site.stubs("ess"), site.stubs("lessag")
+    for seconds, ok in ((60, True), (61, False), (10**9, False)):
+        beat = Duration(seconds=seconds)
+        streams = [
+            gui.points.WatchPoints(pb.WatchPointsRequest(heartbeat_interval=beat)),
+            ess.control.WatchSetpoints(cpb.WatchSetpointsRequest(heartbeat_interval=beat)),
+            agent.control.WatchSetpointOutcomes(
+                cpb.WatchSetpointOutcomesRequest(heartbeat_interval=beat)
+            ),
+        ]
+        for stream in streams:
+            if ok:
+                # Accepted: a first message (a snapshot), or nothing yet on an idle stream.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stream.read(), 0.5)
+                stream.cancel()
+            else:
+                err = await expect_error(
+                    stream, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+                )
+                assert "heartbeat_interval" in (err.details() or "")

@@ -11,6 +11,7 @@ from trusted.core.errors import CoreError
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
+    "MAX_HEARTBEAT_S",
     "MAX_WATCH_PATTERNS",
     "check_patterns",
     "globs",
@@ -20,7 +21,9 @@ __all__ = [
 
 # Patterns in one watch: each is compiled and matched against every point name.
 MAX_WATCH_PATTERNS = 64
-DEFAULT_HEARTBEAT_S, MIN_HEARTBEAT_S = 10.0, 0.1
+# An idle watch re-checks its caller (revocation, policy) when a heartbeat is due, so the
+# longest interval bounds how long a revoked client keeps an idle stream.
+DEFAULT_HEARTBEAT_S, MIN_HEARTBEAT_S, MAX_HEARTBEAT_S = 10.0, 0.1, 60.0
 
 
 def point_name(name: str) -> str:
@@ -56,4 +59,8 @@ def heartbeat_s(req: Any) -> float:
     heartbeat = duration_s(req.heartbeat_interval)
     if heartbeat < MIN_HEARTBEAT_S:
         raise CoreError("INVALID_ARGUMENT", "heartbeat_interval must be at least 100 ms")
+    if heartbeat > MAX_HEARTBEAT_S:
+        raise CoreError(
+            "INVALID_ARGUMENT", f"heartbeat_interval must be at most {MAX_HEARTBEAT_S:g} s"
+        )
     return heartbeat
