@@ -211,3 +211,39 @@ async def test_watch_heartbeat_interval_is_at_most_a_minute(site, core):
                     stream, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
                 )
                 assert "heartbeat_interval" in (err.details() or "")
+
+
+async def test_get_points_answers_each_name_once(site, core):
+    meter = site.stubs("meter")
+    await meter.points.WritePoints(
+        pb.WritePointsRequest(
+            samples=[
+                ppb.PointSample(name=n, value=ppb.Value(double_value=1))
+                for n in ("meter/A", "meter/B")
+            ]
+        )
+    )
+    names = ["meter/B", "meter/A"] * 5000
+    got = await meter.points.GetPoints(pb.GetPointsRequest(names=names))
+    assert [p.name for p in got.points] == ["meter/B", "meter/A"]
+
+
+async def test_a_reply_over_max_message_bytes_is_refused_before_it_is_built(site):
+    core = Core(site.config(max_message_bytes=64 * 1024))
+    await core.start()
+    try:
+        meter = site.stubs("meter")
+        names = [f"meter/S{i}" for i in range(40)]  # 40 x 2 KiB strings: over 64 KiB
+        for name in names:
+            await meter.points.WritePoints(write(name, ppb.Value(string_value="z" * 2048)))
+        err = await expect_error(
+            meter.points.GetPoints(pb.GetPointsRequest(names=names)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "REPLY_TOO_LARGE",
+        )
+        assert "max_message_bytes" in (err.details() or "")
+        # Fewer names per call, and the same names repeated, are answered.
+        got = await meter.points.GetPoints(pb.GetPointsRequest(names=names[:20] * 50))
+        assert len(got.points) == 20
+    finally:
+        await core.stop(grace=0.1)

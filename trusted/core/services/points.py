@@ -30,6 +30,9 @@ AGGREGATIONS = {
     pb.AGGREGATION_LAST: "last",
 }
 MAX_HISTORY_NAMES = 100
+# Bytes of a repeated-field entry around a message (tag + length varint), and of the rest of a
+# reply (revision, gRPC framing), counted when a reply is sized before it is built.
+ENTRY_OVERHEAD, REPLY_OVERHEAD = 6, 64
 
 
 class PointService:
@@ -61,9 +64,26 @@ class PointService:
 
     async def GetPoints(self, req: pb.GetPointsRequest, caller: Caller, ctx: object):
         self._limit(req.names, "names")
-        for name in req.names:
+        # One entry per name, in the order first asked: a name repeated 10,000 times must not
+        # make the core build (and send) 10,000 copies of one point.
+        names = list(dict.fromkeys(req.names))
+        for name in names:
             caller.require(point_name(name))
-        return pb.GetPointsResponse(points=self.s.db.get(req.names), revision=self.s.db.revision)
+        points = self.s.db.get(names)
+        # Sized before the reply is built: grpc would otherwise serialize all of it and then
+        # fail without a reason the client can act on.
+        limit = self.s.config.max_message_bytes - REPLY_OVERHEAD
+        size = 0
+        for p in points:
+            size += p.ByteSize() + ENTRY_OVERHEAD
+            if size > limit:
+                raise CoreError(
+                    "REPLY_TOO_LARGE",
+                    f"the reply for {len(points)} points would exceed "
+                    f"{self.s.config.max_message_bytes} bytes ([limits] max_message_bytes); "
+                    "ask for fewer names per call",
+                )
+        return pb.GetPointsResponse(points=points, revision=self.s.db.revision)
 
     async def ListPoints(self, req: pb.ListPointsRequest, caller: Caller, ctx: object):
         size = page_size(req.page_size)
