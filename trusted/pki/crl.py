@@ -53,9 +53,11 @@ class RevocationList:
     """The revoked serials of ``crl_path``, reloaded when the file changes.
 
     Cheap enough to call on every RPC: at most one stat every ``min_interval`` seconds, and a
-    parse only when the file's inode, mtime or size changed. A CRL that is corrupt or not signed
-    by the CA is logged and ignored; the previous list stays in force. The first load must
-    succeed, so a core never starts without knowing what is revoked.
+    parse only when the file's inode, mtime or size changed. A CRL that is corrupt, not signed
+    by the CA, without a CRLNumber, or whose CRLNumber does not increase over the one in force
+    (an older list put back, which would revive revoked certificates) is logged and ignored;
+    the previous list stays in force. The first load must succeed, so a core never starts
+    without knowing what is revoked.
     """
 
     def __init__(
@@ -74,7 +76,10 @@ class RevocationList:
         stamp = self._stat()
         if stamp is None:
             raise PkiError(f"CRL not found: {self._path}")
-        self._serials = self._parse()  # raises PkiError: refuse to start on a bad CRL
+        # Raises PkiError: refuse to start on a bad CRL.
+        self._number, self._serials = self._parse()
+        # Counts the lists taken into force, so a watcher can tell that the list changed.
+        self._version = 0
         # None while the file is missing, so its reappearance counts as a change.
         self._stamp: tuple[int, int, int] | None = stamp
         self._next_check = clock() + min_interval
@@ -86,6 +91,16 @@ class RevocationList:
     @property
     def revoked_serials(self) -> frozenset[int]:
         return self._serials
+
+    @property
+    def number(self) -> int:
+        """The CRLNumber of the list in force."""
+        return self._number
+
+    @property
+    def version(self) -> int:
+        """Incremented each time a new list is taken into force."""
+        return self._version
 
     def is_revoked(self, serial: int) -> bool:
         self.refresh()
@@ -109,13 +124,23 @@ class RevocationList:
             # Remember the stamp even on failure, so one bad file logs one error, not one per RPC.
             self._stamp = stamp
             try:
-                serials = self._parse()
+                number, serials = self._parse()
             except PkiError as err:
                 log.error("%s; keeping the previous revocation list", err)
                 return
+            if number <= self._number:
+                log.error(
+                    "CRL %s refused: its CRLNumber %d does not increase over %d in force "
+                    "(an older list put back?); keeping the previous revocation list",
+                    self._path,
+                    number,
+                    self._number,
+                )
+                return
             if serials != self._serials:
                 log.info("CRL %s reloaded: %d revoked certificate(s)", self._path, len(serials))
-            self._serials = serials
+            self._number, self._serials = number, serials
+            self._version += 1
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -124,7 +149,7 @@ class RevocationList:
             return None
         return st.st_ino, st.st_mtime_ns, st.st_size
 
-    def _parse(self) -> frozenset[int]:
+    def _parse(self) -> tuple[int, frozenset[int]]:
         data = read_file(self._path, "CRL")
         try:
             crl = x509.load_pem_x509_crl(data)
@@ -141,4 +166,12 @@ class RevocationList:
                 valid = False
         if not valid:
             raise PkiError(f"CRL {self._path} is not signed by the site CA")
-        return frozenset(r.serial_number for r in crl)
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            in_force = getattr(self, "_number", None)
+            raise PkiError(
+                f"CRL {self._path} refused: it has no CRLNumber"
+                + (f" (CRLNumber in force: {in_force})" if in_force is not None else "")
+            ) from None
+        return number, frozenset(r.serial_number for r in crl)
