@@ -85,6 +85,7 @@ class ManagedProcess:
         settings: SupervisorSettings,
         on_change: Callable[[], None],
         health_file: Path | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
@@ -93,6 +94,9 @@ class ManagedProcess:
         self.cwd = cwd
         self.log_path = log_path
         self.health_file = health_file
+        # Run in the child between fork and exec: the privilege drop of
+        # trusted.supervisor.isolation (None: the child keeps the supervisor's user).
+        self.preexec = preexec
         self.settings = settings
         self.restart_on_crash = True
         self.state = "stopped"
@@ -221,13 +225,15 @@ class ManagedProcess:
                     env=self.env,
                     cwd=self.cwd,
                     start_new_session=True,
+                    preexec_fn=self.preexec,
                 )
             finally:
                 os.close(fd)
-        except OSError as err:
+        except (OSError, subprocess.SubprocessError) as err:
             self.pid = None
             self.last_exit, self.last_exit_code = "did not start", None
-            self.last_error = f"cannot start {self.argv[0]}: {err.strerror or err}"
+            why = err.strerror if isinstance(err, OSError) and err.strerror else err
+            self.last_error = f"cannot start {self.argv[0]}: {why}"
             log.error("%s: %s", self.name, self.last_error)
             return None
         self._proc, self.pid = proc, proc.pid

@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trusted.core.config import CoreConfig
 from trusted.core.site_files import (
@@ -37,6 +38,7 @@ from trusted.core.site_files import (
 from trusted.pki import IssuedCert, PkiError, SiteCA
 from trusted.pki.files import write_atomic
 from trusted.policy import PolicyError, default_policy_text
+from trusted.supervisor.isolation import IsolationError, apply_ownership, ensure_accounts
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig, render_core_toml
 from trusted.supervisor.status import ADMIN_NAME, SUPERVISOR_NAME, ProvisionError, RunPaths
 
@@ -145,8 +147,10 @@ def _write_config(paths: RunPaths, spec: ProcessSpec) -> None:
     write_atomic(paths.config_file(spec.name), data.encode(), 0o600)
 
 
-def provision(cfg: SiteConfig) -> Provisioned:
-    """Set the site up for a start (see the module docstring); safe to run on every start."""
+def provision(cfg: SiteConfig, *, isolate: bool = False) -> Provisioned:
+    """Set the site up for a start (see the module docstring); safe to run on every start.
+    ``isolate`` (``smx run`` as root): also create the OS users of the site and give every path
+    to its owner (trusted.supervisor.isolation)."""
     paths = RunPaths(cfg.home)
     try:
         # Modes set explicitly, whatever the umask (the core checks them again at start).
@@ -168,6 +172,10 @@ def provision(cfg: SiteConfig) -> Provisioned:
         for spec in cfg.processes:
             if spec.enabled:
                 _write_config(paths, spec)
+        if isolate:
+            _isolate(cfg)
+    except IsolationError as err:
+        raise ProvisionError(f"isolation of {cfg.home}: {err}") from err
     except PkiError as err:
         raise ProvisionError(f"PKI {cfg.core.pki_dir}: {err}") from err
     except PolicyError as err:
@@ -178,6 +186,30 @@ def provision(cfg: SiteConfig) -> Provisioned:
     if out.issued:
         log.info("issued certificates: %s", ", ".join(out.issued))
     return out
+
+
+def _isolate(cfg: SiteConfig) -> None:
+    enabled = [s for s in cfg.processes if s.enabled]
+    clients = [s.name for s in enabled if s.kind != "simulator"]
+    others = [s.name for s in enabled if s.kind == "simulator"]
+    accounts = ensure_accounts(cfg.site, [*clients, *others])
+    history = cfg.core.history.path
+    audit = cfg.core.audit_path
+    apply_ownership(
+        cfg.home,
+        site=cfg.site,
+        accounts=accounts,
+        clients=clients,
+        others=others,
+        pki_dir=cfg.core.pki_dir,
+        data_paths={cfg.home / "data", history.parent, audit.parent},
+        core_files=[
+            cfg.core.policy,
+            cfg.home / "core.toml",
+            *(Path(f"{history}{s}") for s in ("", "-wal", "-shm")),
+            audit,
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("site_toml")
+    parser.add_argument("--isolate", action="store_true", help="create users, set owners")
     args = parser.parse_args(argv)
     try:
-        out = provision(load_site_config(args.site_toml))
+        out = provision(load_site_config(args.site_toml), isolate=args.isolate)
     except (ProvisionError, SiteConfigError) as err:
         print(err, file=sys.stderr)
         return 2

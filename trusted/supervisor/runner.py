@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smx.client import Credentials, unix_target
 from smx.health import read_health_file
 from smx.process_env import ProcessEnv, RunPaths, simulator_environ
+from trusted.supervisor import isolation
 from trusted.supervisor.process import ManagedProcess, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
 from trusted.supervisor.status import (
@@ -99,6 +100,9 @@ class Supervisor:
         self._write_pending = False
         self._channel: Any = None
         self._health: Any = None
+        # OS isolation of the children (trusted.supervisor.isolation): as root only.
+        self.isolated = isolation.isolation_wanted()
+        self._accounts: dict[str, isolation.Account] = {}
 
     # --- public
 
@@ -162,11 +166,18 @@ class Supervisor:
         """Provision in a child process (trusted.supervisor.provision): the supervisor runs for
         months and should neither hold the CA key nor carry cryptography's memory. Returns the
         processes that must not start, with the reason."""
+        if not self.isolated:
+            log.warning(
+                "ISOLATION IS OFF: `smx run` is not root, so every extension, agent and "
+                "simulator runs as uid %d with the supervisor's rights (docs/SITE.md, Isolation)",
+                os.getuid(),
+            )
         child = await asyncio.create_subprocess_exec(
             self.python,
             "-m",
             "trusted.supervisor.provision",
             str(self.cfg.source),
+            *(["--isolate"] if self.isolated else []),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=_base_env(),
@@ -227,18 +238,44 @@ class Supervisor:
         for pid in pids:
             signal_group(pid, signal.SIGKILL)
 
+    def _health_file(self, name: str) -> Path:
+        # Isolated, a client cannot write in run/: its heartbeat lives in its private directory
+        # (run/<name>.health.json is a link to it, made by provisioning).
+        if self.isolated:
+            return isolation.private_dir_of(self.cfg.home, name) / "health.json"
+        return self.paths.health_file(name)
+
+    def _isolation_kwargs(self, name: str, env: dict[str, str]) -> dict[str, Any]:
+        """Working directory, environment and privilege drop of child ``name``."""
+        if not self.isolated:
+            return {"env": env, "cwd": self.cfg.home}
+        env = dict(env)
+        # Modules next to site.toml were found through the working directory (the home).
+        env["PYTHONPATH"] = os.pathsep.join([str(self.cfg.home), env["PYTHONPATH"]])
+        reach = [
+            Path(os.path.realpath(self.python)),
+            Path(sys.base_prefix),
+            Path(sys.prefix),
+            _ROOT,
+            self.cfg.home.parent,
+        ]
+        return {
+            "env": isolation.minimal_environ(env),
+            "cwd": isolation.private_dir_of(self.cfg.home, name),
+            "preexec": isolation.privilege_dropper(self._accounts[name], reach),
+        }
+
     def _process(self, spec: ProcessSpec, env: dict[str, str]) -> ManagedProcess:
-        health = self.paths.health_file(spec.name) if spec.domain else None
+        health = self._health_file(spec.name) if spec.domain else None
         return ManagedProcess(
             spec.name,
             spec.kind,
             spec.argv(self.python),
-            env=env,
-            cwd=self.cfg.home,
             log_path=self.paths.log_file(spec.name),
             settings=self.cfg.supervisor,
             on_change=self._changed,
             health_file=health,
+            **self._isolation_kwargs(spec.name, env),
         )
 
     def _build(self, refused: dict[str, str]) -> None:
@@ -248,12 +285,15 @@ class Supervisor:
         def client_credentials(name: str) -> Credentials:
             return Credentials(ca, clients / f"{name}.crt", clients / f"{name}.key")
 
+        if self.isolated:
+            self._accounts = isolation.lookup_accounts(
+                cfg.site, [s.name for s in cfg.processes if s.enabled]
+            )
         self.core = ManagedProcess(
             "core",
             "core",
             [self.python, "-m", "trusted.cli.main", "--home", str(cfg.home), "core"],
-            env=base,
-            cwd=cfg.home,
+            **self._isolation_kwargs("core", base),
             log_path=self.paths.log_file("core"),
             settings=cfg.supervisor,
             on_change=self._changed,
@@ -271,7 +311,7 @@ class Supervisor:
                 domain=spec.domain,
                 devices=tuple(spec.devices),
                 config_file=self.paths.config_file(spec.name),
-                health_file=self.paths.health_file(spec.name),
+                health_file=self._health_file(spec.name),
             )
             proc = self._process(spec, base | process_env.to_environ())
             if spec.name in refused:

@@ -1,0 +1,253 @@
+"""OS isolation under `smx run` as root (docs/SITE.md, "Isolation"): a real site in which an
+agent (a module next to site.toml) tries to read the CA key, the core's key, another client's
+key, the admin key, policy.toml and the history, and to open the audit log for writing; every
+attempt must fail with PermissionError. Every child runs as its own non-root user with
+no_new_privs, no capabilities, a minimal environment and its private working directory, and the
+site still works end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from extensions.sdk.testing import wait_for
+from smx.client import Credentials, Stubs, unix_target
+from smx.v1 import point_service_pb2 as spb
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="OS isolation needs `smx run` as root (creates users, drops privileges); CI runs "
+    "as root",
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SITE_TOML = """\
+site = "usm-0098"
+
+[core.history]
+flush_interval = "200ms"
+
+[supervisor]
+backoff_initial = "200ms"
+backoff_max = "1s"
+stop_timeout = "3s"
+health_timeout = "15s"
+
+[extensions.meter]
+module = "tests.support.dummy_ext"
+
+[agents.spy]
+module = "spy_agent"
+role = "trusted-extension"
+
+[simulators.sim]
+module = "tests.support.dummy_ext"
+"""
+
+# The untrusted agent: tries what an attacker would, records the outcome in its private
+# working directory, then behaves as the dummy extension (heartbeat, points).
+SPY = """\
+import json, os
+from pathlib import Path
+
+home = Path(os.environ["SMX_CONFIG"]).parent.parent
+pki = Path(os.environ["SMX_CA"]).parent
+attempts = {
+    "ca.key": (pki / "ca.key", "rb"),
+    "core key": (pki / "server" / "smxcore.key", "rb"),
+    "meter key": (pki / "clients" / "meter.key", "rb"),
+    "admin key": (pki / "clients" / "admin.key", "rb"),
+    "policy": (home / "policy.toml", "rb"),
+    "policy for writing": (home / "policy.toml", "ab"),
+    "history": (home / "data" / "history.db", "rb"),
+    "audit for writing": (home / "data" / "audit.jsonl", "ab"),
+    "meter config": (home / "run" / "meter.config.json", "rb"),
+}
+found = {}
+for what, (path, mode) in attempts.items():
+    try:
+        with open(path, mode):
+            found[what] = "opened"
+    except OSError as err:
+        found[what] = type(err).__name__
+found["own key"] = len(Path(os.environ["SMX_KEY"]).read_bytes()) > 0
+found["cwd"] = os.getcwd()
+Path("findings.json").write_text(json.dumps(found))
+
+from tests.support.dummy_ext import main
+raise SystemExit(main())
+"""
+
+ALLOWED_ENV = {"PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED"}
+
+
+class Site:
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="smx-iso-"))
+        self.config = self.home / "site.toml"
+        self.config.write_text(SITE_TOML)
+        (self.home / "spy_agent.py").write_text(SPY)
+        self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115
+        env = dict(os.environ, PYTHONPATH=str(ROOT), SMX_SECRET_OF_THE_SUPERVISOR="x")
+        env["AWS_SECRET_ACCESS_KEY"] = "do-not-leak"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trusted.cli.main", "run", "--config", str(self.config)],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.home / "run" / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            return {"processes": []}
+
+    def procs(self) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in self.status()["processes"]}
+
+    def log(self) -> str:
+        return (self.home / "smx-run.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        pids = [p["pid"] for p in self.procs().values() if p.get("pid")]
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for pid in pids:
+            if psutil.pid_exists(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        self.out.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    s = Site()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def running(site: Site) -> bool:
+    procs = site.procs()
+    want = {"core": "serving", "meter": "running", "spy": "running", "sim": "-"}
+    return all(
+        procs.get(n, {}).get("state") == "running" and procs[n]["health"] == h
+        for n, h in want.items()
+    )
+
+
+def test_site_runs_isolated_end_to_end(site):
+    wait_for(lambda: running(site) or site.proc.poll() is not None, 30, what="a running site")
+    assert site.proc.poll() is None, site.log()
+    assert "ISOLATION IS OFF" not in site.log()
+    r = subprocess.run(
+        [sys.executable, "-m", "trusted.cli.main", "status", "--config", str(site.config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("core", "meter", "spy", "sim"):
+        (row,) = [line for line in r.stdout.splitlines() if line.split()[:1] == [name]]
+        assert row.split()[2] == "running", r.stdout
+    # The agent's and the extension's points reach the core.
+    creds = Credentials.from_site(site.home, "admin")
+    stubs = Stubs(creds.channel(unix_target(site.home / "core.sock")))
+
+    def value(name: str) -> float:
+        try:
+            resp = stubs.points.GetPoints(spb.GetPointsRequest(names=[name]), timeout=2)
+        except grpc.RpcError:
+            return -1.0
+        return resp.points[0].value.double_value if resp.points else -1.0
+
+    wait_for(lambda: value("spy/alive") > 0 and value("meter/alive") > 0, 15, what="points")
+
+
+def test_the_agent_cannot_read_or_write_what_is_not_its_own(site):
+    findings = site.home / "run" / "spy" / "findings.json"
+    wait_for(findings.exists, 15, what="the agent's findings")
+    found = json.loads(findings.read_text())
+    for what in (
+        "ca.key",
+        "core key",
+        "meter key",
+        "admin key",
+        "policy",
+        "policy for writing",
+        "history",
+        "audit for writing",
+        "meter config",
+    ):
+        assert found[what] == "PermissionError", (what, found)
+    assert found["own key"] is True
+    assert found["cwd"] == str(site.home / "run" / "spy")
+    assert (site.home / "run" / "spy").stat().st_mode & 0o777 == 0o700
+
+
+def _status_fields(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def test_every_child_runs_unprivileged(site):
+    procs = site.procs()
+    uids = set()
+    for name in ("core", "meter", "spy", "sim"):
+        pid = procs[name]["pid"]
+        st = _status_fields(pid)
+        uid = int(st["Uid"].split()[0])
+        assert uid != 0, (name, st["Uid"])
+        assert all(int(u) == uid for u in st["Uid"].split()), st["Uid"]
+        assert st["NoNewPrivs"] == "1", name
+        assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0, name
+        uids.add(uid)
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        keys = {e.split(b"=", 1)[0].decode() for e in env if e}
+        extra = {k for k in keys - ALLOWED_ENV if not k.startswith("SMX_")}
+        assert not extra, (name, extra)
+        assert "SMX_SECRET_OF_THE_SUPERVISOR" not in keys
+        assert os.readlink(f"/proc/{pid}/cwd") == str(site.home / "run" / name)
+    assert len(uids) == 4  # one user per process
+
+
+def test_ownership_of_the_site_files(site):
+    home, pki = site.home, site.home / "pki"
+    core_uid = (home / "policy.toml").stat().st_uid
+    assert core_uid != 0
+    assert (home / "data").stat().st_uid == core_uid
+    assert (home / "data" / "history.db").stat().st_uid == core_uid
+    assert (pki / "server" / "smxcore.key").stat().st_uid == core_uid
+    assert (pki / "ca.key").stat().st_uid == 0
+    assert (pki / "ca.key").stat().st_mode & 0o777 == 0o600
+    meter_key = (pki / "clients" / "meter.key").stat()
+    assert meter_key.st_uid not in (0, core_uid) and meter_key.st_mode & 0o777 == 0o600
+    assert (home / "run" / "meter.config.json").stat().st_uid == meter_key.st_uid
+    sock = (home / "core.sock").stat()
+    assert sock.st_mode & 0o777 == 0o660
+    assert sock.st_gid == (home / "run").stat().st_gid  # the site group

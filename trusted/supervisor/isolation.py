@@ -1,0 +1,342 @@
+"""Least privilege between the processes of a site, enforced by the OS (``smx run`` as root).
+
+Users and groups (created by provisioning, :func:`ensure_accounts`, with ``useradd --system``
+when missing): one user per extension, agent and simulator, ``smx-<h>-<name>``, one for the core,
+``smx-<h>-core``, each with its own primary group, and the site group ``smx-<h>`` that every
+child has as its one supplementary group: it reaches the home, ``run/`` and the core's socket.
+``<h>`` is 4 hex digits of the site id's SHA-256; names stay within 32 characters.
+
+Ownership (:func:`apply_ownership`, on every start):
+
+- home: the core's user, the site group, 02750 (setgid: the socket the core creates there is
+  born in the site group, mode 0660); ``run/``, ``run/logs/``, ``pki/`` and its directories:
+  root, the site group, 0750 (pki 0755 left as is);
+- ``data/`` and everything in it, ``policy.toml``, ``core.toml``, the server key and
+  certificate: the core's user (modes as docs/SITE.md);
+- ``pki/ca.key``, ``admin.key``, ``supervisor.key``: root only (0600);
+- each client's key and certificate, ``run/<name>.config.json`` and its private directory
+  ``run/<name>/`` (0700, its working directory, holding ``health.json``): its own user.
+
+Each child (:func:`drop_privileges`, run between fork and exec): a private mount namespace
+when the interpreter lives below a directory other users cannot enter (e.g. ``/root``: a tmpfs
+is mounted there holding only the needed entries), then ``setgroups``/``setgid``/``setuid`` to
+its own user (a uid change from root clears every capability; the bounding set is emptied
+too), ``PR_SET_NO_NEW_PRIVS``, umask 077. The environment is :func:`minimal_environ`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import grp
+import hashlib
+import os
+import pwd
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Account",
+    "IsolationError",
+    "apply_ownership",
+    "core_user",
+    "ensure_accounts",
+    "isolation_wanted",
+    "minimal_environ",
+    "privilege_dropper",
+    "private_dir_of",
+    "site_group",
+    "user_name",
+]
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
+_MAX_NAME = 32
+# Environment variables a child keeps besides SMX_* (docs/SITE.md, "Isolation").
+_KEEP_ENV = ("PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED")
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class IsolationError(Exception):
+    """An account cannot be created or a path cannot be given to its owner."""
+
+
+def isolation_wanted() -> bool:
+    """Isolation is on when the supervisor runs as root."""
+    return os.geteuid() == 0
+
+
+def _h(text: str, n: int = 4) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def site_group(site: str) -> str:
+    return f"smx-{_h(site)}"
+
+
+def user_name(site: str, name: str) -> str:
+    """The OS user of process ``name`` of ``site``: ``smx-<h>-<name>``, at most 32 characters
+    (a long name is cut and given 4 hex digits of its hash)."""
+    prefix = f"{site_group(site)}-"
+    if len(prefix) + len(name) <= _MAX_NAME:
+        return prefix + name
+    keep = _MAX_NAME - len(prefix) - 5
+    return f"{prefix}{name[:keep]}-{_h(name)}"
+
+
+def core_user(site: str) -> str:
+    return user_name(site, "core")  # "core" is a reserved process name: no clash
+
+
+def private_dir_of(home: Path, name: str) -> Path:
+    """The private working directory of process ``name``: ``run/<name>/``."""
+    return Path(home) / "run" / name
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who a child runs as."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def _run(argv: list[str]) -> None:
+    # useradd/groupadd lock /etc/passwd: a concurrent provisioning may hold the lock briefly.
+    for attempt in range(20):
+        r = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if r.returncode == 0:
+            return
+        if attempt == 19 or "lock" not in (r.stderr + r.stdout).lower():
+            raise IsolationError(f"{' '.join(argv)}: {(r.stderr or r.stdout).strip()}")
+        time.sleep(0.1)
+
+
+def _ensure_group(name: str) -> int:
+    with contextlib.suppress(KeyError):
+        return grp.getgrnam(name).gr_gid
+    failure = None
+    try:
+        _run(["groupadd", "--system", name])
+    except IsolationError as err:  # a concurrent provisioning may have created it
+        failure = err
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise IsolationError(f"cannot create the group {name}: {failure}") from None
+
+
+def _ensure_user(name: str, comment: str) -> pwd.struct_passwd:
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(name)
+    failure = None
+    try:
+        _run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                "--comment",
+                comment,
+                name,
+            ]
+        )
+    except IsolationError as err:  # a concurrent provisioning may have created it
+        failure = err
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise IsolationError(f"cannot create the user {name}: {failure}") from None
+
+
+def ensure_accounts(site: str, names: Iterable[str]) -> dict[str, Account]:
+    """Create (if missing) the site group, the core's user and one user per process name;
+    returns name -> Account, the core under ``"core"``."""
+    gid = _ensure_group(site_group(site))
+    out: dict[str, Account] = {}
+    for name in ["core", *names]:
+        pw = _ensure_user(user_name(site, name), f"SMX site {site} process {name}")
+        out[name] = Account(pw.pw_uid, pw.pw_gid, (gid,))
+    return out
+
+
+def lookup_accounts(site: str, names: Iterable[str]) -> dict[str, Account]:
+    """The accounts :func:`ensure_accounts` created (KeyError if one is missing)."""
+    gid = grp.getgrnam(site_group(site)).gr_gid
+    out: dict[str, Account] = {}
+    for name in ["core", *names]:
+        pw = pwd.getpwnam(user_name(site, name))
+        out[name] = Account(pw.pw_uid, pw.pw_gid, (gid,))
+    return out
+
+
+def _own(path: Path, uid: int, gid: int, mode: int | None = None) -> None:
+    # A path that cannot exist (a file where a directory should be) is the core's to report.
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.lchown(path, uid, gid)
+        if mode is not None and not Path(path).is_symlink():
+            os.chmod(path, mode)
+
+
+def apply_ownership(
+    home: Path,
+    *,
+    site: str,
+    accounts: Mapping[str, Account],
+    clients: Iterable[str],
+    others: Iterable[str],
+    pki_dir: Path,
+    data_paths: Iterable[Path],
+    core_files: Iterable[Path],
+) -> None:
+    """Give every site path to its owner (see the module docstring). ``clients`` have a key;
+    ``others`` (simulators) only a config file and a private directory."""
+    home = Path(home)
+    core = accounts["core"]
+    site_gid = core.groups[0]
+    run = home / "run"
+    _own(home, core.uid, site_gid, 0o2750)
+    _own(run, 0, site_gid, 0o750)
+    _own(run / "logs", 0, site_gid, 0o750)
+    for d in (pki_dir, pki_dir / "server", pki_dir / "clients"):
+        if d.is_dir():
+            _own(d, 0, site_gid, 0o750)
+    for public in ("ca.crt", "crl.pem"):
+        _own(pki_dir / public, 0, site_gid)
+    _own(pki_dir / "ca.key", 0, 0, 0o600)
+    for server in (pki_dir / "server").glob("smxcore.*"):
+        _own(server, core.uid, core.gid)
+    for f in core_files:
+        _own(f, core.uid, core.gid)
+    for d in data_paths:
+        d = Path(d)
+        if not d.is_relative_to(home) or not d.exists():
+            continue
+        _own(d, core.uid, core.gid)
+        if d.is_dir():
+            for root, dirs, files in os.walk(d):
+                for n in dirs + files:
+                    os.lchown(os.path.join(root, n), core.uid, core.gid)
+    private_dir_core = private_dir_of(home, "core")
+    _make_private(private_dir_core, core)
+    for name in [*clients, *others]:
+        acc = accounts[name]
+        _make_private(private_dir_of(home, name), acc)
+        _own(run / f"{name}.config.json", acc.uid, acc.gid, 0o600)
+        link = run / f"{name}.health.json"
+        if link.is_symlink() or not link.exists():
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(f"{name}/health.json")
+    for name in clients:
+        acc = accounts[name]
+        for suffix in (".key", ".crt"):
+            _own(pki_dir / "clients" / f"{name}{suffix}", acc.uid, acc.gid)
+
+
+def _make_private(d: Path, acc: Account) -> None:
+    if d.is_symlink() or (d.exists() and not d.is_dir()):
+        d.unlink()
+    d.mkdir(mode=0o700, exist_ok=True)
+    os.lchown(d, acc.uid, acc.gid)
+    os.chmod(d, 0o700)
+
+
+def minimal_environ(env: Mapping[str, str]) -> dict[str, str]:
+    """PATH, LANG, PYTHONPATH, PYTHONUNBUFFERED and the SMX_* variables of ``env``, no other."""
+    out = {k: v for k, v in env.items() if k in _KEEP_ENV or k.startswith("SMX_")}
+    out.setdefault("PATH", _DEFAULT_PATH)
+    return out
+
+
+def _blocked(paths: Iterable[Path]) -> dict[str, set[str]]:
+    """{directory other users cannot enter: {its entries on the way to ``paths``}}."""
+    out: dict[str, set[str]] = {}
+    for path in paths:
+        parts = Path(os.path.realpath(path)).parts
+        cur = Path(parts[0])
+        for part in parts[1:]:
+            try:
+                st = os.stat(cur)
+            except OSError:
+                break
+            if stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o001 and st.st_uid == 0:
+                out.setdefault(str(cur), set()).add(part)
+                break
+            cur = cur / part
+    return out
+
+
+def privilege_dropper(account: Account, reach: Iterable[Path]) -> Callable[[], None]:
+    """The function run in the child between fork and exec (subprocess ``preexec_fn``): see the
+    module docstring. ``reach``: paths the child must reach (interpreter, code); a root-owned
+    directory on their way that other users cannot enter is replaced, in the child's own mount
+    namespace, by a tmpfs holding only the entries leading to them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, mount, unshare = libc.prctl, libc.mount, libc.unshare
+    bridges = sorted(_blocked(reach).items())
+    uid, gid, groups = account.uid, account.gid, list(account.groups)
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    def drop() -> None:
+        try:
+            _drop()
+        except BaseException as err:  # stderr is already the process's log
+            os.write(2, f"smx run: cannot drop privileges: {err}\n".encode())
+            raise
+
+    def _drop() -> None:
+        if bridges:
+            check(unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            check(mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount private /")
+            for blocked, names in bridges:
+                fds = [(n, os.open(os.path.join(blocked, n), _O_PATH)) for n in sorted(names)]
+                check(
+                    mount(
+                        b"tmpfs",
+                        blocked.encode(),
+                        b"tmpfs",
+                        _MS_NOSUID | _MS_NODEV,
+                        b"mode=0755,size=64k",
+                    ),
+                    f"mount tmpfs on {blocked}",
+                )
+                for n, fd in fds:
+                    target = os.path.join(blocked, n)
+                    if stat.S_ISDIR(os.fstat(fd).st_mode):
+                        os.mkdir(target)
+                    else:
+                        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+                    src = f"/proc/self/fd/{fd}".encode()
+                    check(
+                        mount(src, target.encode(), None, _MS_BIND | _MS_REC, None),
+                        f"bind {target}",
+                    )
+                    os.close(fd)
+        for cap in range(64):
+            if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                break  # EINVAL: past the last capability of this kernel
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+        os.umask(0o077)
+
+    return drop
