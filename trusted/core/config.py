@@ -53,7 +53,12 @@ _SECTIONS = {
     "history": ("path", "flush_interval", "max_age", "max_size", "retention_interval"),
     "audit": ("path",),
     "watch": ("backlog", "stale_factor", "stale_check_interval"),
-    "limits": ("max_request_items", "max_message_bytes", "max_string_bytes"),
+    "limits": (
+        "max_request_items",
+        "max_message_bytes",
+        "max_string_bytes",
+        "max_points_per_client",
+    ),
 }
 
 
@@ -82,6 +87,7 @@ class CoreConfig:
     max_request_items: int = 10_000
     max_message_bytes: int = 4 * 1024 * 1024
     max_string_bytes: int = 2048  # one string value of a point write, UTF-8
+    max_points_per_client: int = 10_000  # points one client created or declared
 
 
 def _off(value: Any) -> bool:
@@ -197,6 +203,12 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
         ),
         max_message_bytes=max_message_bytes,
         max_string_bytes=max_string_bytes,
+        max_points_per_client=integer(
+            limits.get("max_points_per_client", 10_000),
+            "limits.max_points_per_client",
+            1,
+            10_000_000,
+        ),
     )
 
 

@@ -39,6 +39,7 @@ CODES: dict[str, grpc.StatusCode] = {
     "RATE_LIMITED": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "METHOD_UNGUARDED": grpc.StatusCode.PERMISSION_DENIED,
     "REPLY_TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "POINT_QUOTA_EXCEEDED": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 # Errors that refuse the caller something: each is audited once, at the edge (rpc.py). Not

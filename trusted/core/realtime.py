@@ -10,6 +10,7 @@ never blocks writers or the other watchers.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 from collections import deque
@@ -96,6 +97,14 @@ class RealtimeDB:
         self._watchers: set[Watcher] = set()
         # name -> stale deadline (ms) for points with an expected period.
         self._deadlines: dict[str, int] = {}
+        # Every name (declared or written) in sorted order: a listing walks it from its page
+        # position instead of sorting the whole database per call.
+        self._names: list[str] = []
+        # name -> the identity the point counts against ([limits] max_points_per_client): its
+        # owner once declared, else the client that created it by writing. The core's own
+        # points count against nobody.
+        self._charged: dict[str, str] = {}
+        self._charges: dict[str, int] = {}
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -114,6 +123,10 @@ class RealtimeDB:
             self.points[name] = point
             top = max(top, point.revision)
             self._arm_deadline(name, ts_to_ms(point.receive_time))
+        self._names = sorted(self.meta.keys() | self.points.keys())
+        for name in self._names:
+            m = self.meta.get(name)
+            self._charge(name, m.owner if m is not None and m.owner else self.points[name].writer)
         if last or floor is not None:
             self.revision = max(top, floor or 0) + RESTART_REVISION_GAP
         self._compacted = self.revision
@@ -146,7 +159,17 @@ class RealtimeDB:
             if m.kind not in point_pb2.ValueKind.values():
                 raise CoreError("INVALID_ARGUMENT", f"{name}: unknown value kind {m.kind}")
             checked.append(m)
+        self._add_names(
+            list(
+                {
+                    m.name: None
+                    for m in checked
+                    if m.name not in self.meta and m.name not in self.points
+                }
+            )
+        )
         for m in checked:
+            self._charge(m.name, identity)
             stored = point_pb2.PointMetadata()
             stored.CopyFrom(m)
             stored.owner = identity
@@ -160,19 +183,93 @@ class RealtimeDB:
         return len(checked)
 
     def list_metadata(self, pattern: str) -> list[point_pb2.PointMetadata]:
+        page, _ = self.scan_metadata(pattern, "", lambda _: True, len(self._names), 1 << 62)
+        return page
+
+    def scan_metadata(
+        self, pattern: str, after: str, keep: Callable[[str], bool], limit: int, budget: int
+    ) -> tuple[list[point_pb2.PointMetadata], str]:
+        """Up to `limit` points matching `pattern` and `keep`, in name order after `after`,
+        examining at most `budget` names. Returns the page and the name to continue after
+        ("" when nothing is left): the last one returned when more matches follow, or the last
+        one examined when the budget ran out first (the page may then be short, even empty)."""
         glob = _glob(pattern or "**")
-        names = {n for n in self.meta if glob.match(n)} | {n for n in self.points if glob.match(n)}
-        out = []
-        for name in sorted(names):
-            m = self.meta.get(name)
-            if m is None:
-                # Written but never declared: metadata is only its name and the value kind seen.
-                field = self.points[name].value.WhichOneof("kind")
-                m = point_pb2.PointMetadata(
-                    name=name, kind=KIND_OF_FIELD.get(field or "", point_pb2.VALUE_KIND_UNSPECIFIED)
-                )
-            out.append(m)
-        return out
+        # Every name a glob matches starts with the text before its first `*`.
+        prefix = (pattern or "").split("*", 1)[0]
+        names = self._names
+        if after >= prefix:
+            i = bisect.bisect_right(names, after)
+        else:
+            i = bisect.bisect_left(names, prefix)
+        out: list[point_pb2.PointMetadata] = []
+        examined = 0
+        while i < len(names):
+            name = names[i]
+            if not name.startswith(prefix):
+                break
+            if examined >= budget:
+                return out, names[i - 1]
+            examined += 1
+            i += 1
+            if glob.match(name) and keep(name):
+                if len(out) == limit:
+                    return out, out[-1].name
+                out.append(self._metadata(name))
+        return out, ""
+
+    def _metadata(self, name: str) -> point_pb2.PointMetadata:
+        m = self.meta.get(name)
+        if m is None:
+            # Written but never declared: metadata is only its name and the value kind seen.
+            field = self.points[name].value.WhichOneof("kind")
+            m = point_pb2.PointMetadata(
+                name=name, kind=KIND_OF_FIELD.get(field or "", point_pb2.VALUE_KIND_UNSPECIFIED)
+            )
+        return m
+
+    # -- per-client point counts ----------------------------------------------------------------
+
+    def points_of(self, identity: str) -> int:
+        """How many points count against `identity` ([limits] max_points_per_client)."""
+        return self._charges.get(identity, 0)
+
+    def new_points_for(self, identity: str, names: Iterable[str], *, declaring: bool) -> int:
+        """How many more points would count against `identity` after writing (or declaring)
+        `names`: names that do not exist yet, and, for a declaration, points that exist but
+        nobody has declared (the declarer becomes their owner)."""
+        if identity == self.core_identity:
+            return 0
+        new = 0
+        for name in set(names):
+            if name not in self.points and name not in self.meta:
+                new += 1
+            elif declaring and self._charged.get(name) != identity:
+                m = self.meta.get(name)
+                if m is None or not m.owner:
+                    new += 1
+        return new
+
+    def _charge(self, name: str, identity: str) -> None:
+        previous = self._charged.get(name)
+        if previous == identity:
+            return
+        if previous is not None:
+            self._charges[previous] -= 1
+            if not self._charges[previous]:
+                del self._charges[previous]
+            del self._charged[name]
+        if identity and identity != self.core_identity:
+            self._charged[name] = identity
+            self._charges[identity] = self._charges.get(identity, 0) + 1
+
+    def _add_names(self, new: list[str]) -> None:
+        if len(new) < 32:
+            for name in new:
+                bisect.insort(self._names, name)
+        else:
+            # Appending a sorted run and sorting merges two runs: linear, not n log n.
+            self._names.extend(sorted(new))
+            self._names.sort()
 
     # -- values -------------------------------------------------------------------------------
 
@@ -214,6 +311,10 @@ class RealtimeDB:
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise CoreError("INVALID_ARGUMENT", f"point {dup} appears twice in one batch")
+        created = [n for n in names if n not in self.points and n not in self.meta]
+        self._add_names(created)
+        for name in created:
+            self._charge(name, identity)
         rev = self.next_revision()
         now = now_ms()
         # What every point of the batch shares, serialized once: parsing it back is the

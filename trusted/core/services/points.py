@@ -33,6 +33,10 @@ MAX_HISTORY_NAMES = 100
 # Bytes of a repeated-field entry around a message (tag + length varint), and of the rest of a
 # reply (revision, gRPC framing), counted when a reply is sized before it is built.
 ENTRY_OVERHEAD, REPLY_OVERHEAD = 6, 64
+# One ListPoints call examines at most this many points per point of page_size (and at least
+# LIST_SCAN_MIN): a caller whose rights match few of many points pages through the database
+# in bounded steps instead of making one call cost seconds of the core's single loop.
+LIST_SCAN_FACTOR, LIST_SCAN_MIN = 10, 1000
 
 
 class PointService:
@@ -62,6 +66,24 @@ class PointService:
                     point=s.name,
                 )
 
+    def _check_quota(self, caller: Caller, names: list[str], *, declaring: bool) -> None:
+        """Refuse a batch that would take the caller over its number of points. Checked and
+        stored in one turn of the loop, so concurrent calls cannot both slip under it."""
+        db = self.s.db
+        new = db.new_points_for(caller.uri, names, declaring=declaring)
+        if not new:
+            return
+        limit = self.s.config.max_points_per_client
+        have = db.points_of(caller.uri)
+        if have + new > limit:
+            raise CoreError(
+                "POINT_QUOTA_EXCEEDED",
+                f"{caller.uri} has {have} points; this call would add {new}, over the limit of "
+                f"{limit} ([limits] max_points_per_client)",
+                limit=str(limit),
+                points=str(have),
+            )
+
     async def GetPoints(self, req: pb.GetPointsRequest, caller: Caller, ctx: object):
         self._limit(req.names, "names")
         # One entry per name, in the order first asked: a name repeated 10,000 times must not
@@ -90,17 +112,24 @@ class PointService:
         query = ("ListPoints", req.pattern)
         after = str(read_token(req.page_token, query, str)) if req.page_token else ""
         # Names the caller may not read are not listed at all: their existence is data too.
-        visible = [
-            m for m in self.s.db.list_metadata(req.pattern) if m.name > after and caller.may(m.name)
-        ]
-        page = visible[:size]
-        token = make_token(query, page[-1].name) if len(visible) > size else ""
+        # The work is bounded by the page, not by the database: the scan starts at the token's
+        # name and stops at page_size matches or after examining its budget of names, handing
+        # back a token to continue (a page may be short, even empty, with a token).
+        page, resume = self.s.db.scan_metadata(
+            req.pattern,
+            after,
+            caller.may,
+            size,
+            max(LIST_SCAN_FACTOR * size, LIST_SCAN_MIN),
+        )
+        token = make_token(query, resume) if resume else ""
         return pb.ListPointsResponse(points=page, next_page_token=token)
 
     async def DeclarePoints(self, req: pb.DeclarePointsRequest, caller: Caller, ctx: object):
         self._limit(req.points, "points")
         for m in req.points:
             caller.require(point_name(m.name))
+        self._check_quota(caller, [m.name for m in req.points], declaring=True)
         return pb.DeclarePointsResponse(declared=self.s.db.declare(caller.uri, req.points))
 
     async def WritePoints(self, req: pb.WritePointsRequest, caller: Caller, ctx: object):
@@ -109,6 +138,7 @@ class PointService:
         for name in names:
             caller.require(point_name(name))
         self._check_strings(req.samples)
+        self._check_quota(caller, names, declaring=False)
         revision = self.s.db.write(caller.uri, req.samples)
         self.s.audit.record_write(caller.uri, names, revision)
         return pb.WritePointsResponse(revision=revision)
