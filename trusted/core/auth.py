@@ -24,6 +24,7 @@ from smx.identity import Identity, IdentityError, identity_from_certificate
 from trusted.core.audit import AuditLog
 from trusted.core.errors import CoreError
 from trusted.core.refusal_log import RefusalLog
+from trusted.core.stream_registry import StreamRegistry
 from trusted.pki import CORE_NAMES, RevocationList, load_certificate_pem
 from trusted.policy import NO_VERB, Policy
 
@@ -88,6 +89,8 @@ class Gate:
     _certs: dict[bytes, Peer | CoreError] = field(default_factory=dict)
     # Refusals reach the core's log as rate-limited summaries per (identity, reason).
     refusal_log: RefusalLog = field(default_factory=RefusalLog)
+    # Open streams by caller, re-checked on a timer (trusted.core.stream_registry).
+    streams: StreamRegistry = field(default_factory=StreamRegistry)
 
     def admit(self, context: grpc.aio.ServicerContext, method: str, verb: str | None) -> Caller:
         """Authenticate, then the coarse right: the caller must hold `verb` on at least one
@@ -126,8 +129,9 @@ class Gate:
         return peer
 
     def recheck(self, peer: Peer, method: str) -> None:
-        """Expiry and revocation; also called while a stream is open, so a revoked client's
-        watch ends instead of flowing on."""
+        """Expiry and revocation; also called before every message of a stream, and for every
+        caller with open streams by the registry's watchdog (at most 0.5 s apart, at once when
+        a new CRL is in force), so a revoked client's streams end even while idle."""
         if time.time() > peer.not_after:
             err = CoreError("CERTIFICATE_EXPIRED", "client certificate has expired")
             raise self._deny(peer.uri, method, "", err)

@@ -10,6 +10,7 @@ becomes a status with ErrorInfo in exactly one place, and every refusal is audit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -22,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from trusted.core.auth import Caller, Gate, Peer
 from trusted.core.errors import REFUSALS, CoreError, to_rpc_status
+from trusted.core.stream_registry import OpenStream
 from trusted.policy import METHOD_VERBS
 
 __all__ = ["MAX_OPEN_STREAMS", "service_handler", "stream_slot"]
@@ -71,18 +73,25 @@ def service_handler(
 
 
 @contextlib.contextmanager
-def stream_slot(gate: Gate, peer: Peer) -> Iterator[None]:
+def stream_slot(
+    gate: Gate, peer: Peer, method: str, context: grpc.aio.ServicerContext
+) -> Iterator[OpenStream]:
     """Hold one of the client's MAX_OPEN_STREAMS places for the life of a stream; every
-    long-lived stream the core serves (watches, Health.Watch) takes one."""
+    long-lived stream the core serves (watches, Health.Watch, reflection) takes one. The stream
+    is registered with its caller, so the revocation watchdog (trusted.core.stream_registry)
+    ends it when the caller is revoked or expires, even while it sends nothing."""
     stats = gate.clients[peer.uri]
     if stats.open_streams >= MAX_OPEN_STREAMS:
         raise CoreError(
             "TOO_MANY_STREAMS", f"{peer.uri} already has {MAX_OPEN_STREAMS} open streams"
         )
+    stream = OpenStream(peer, method, context, asyncio.current_task())
     stats.open_streams += 1
+    gate.streams.add(gate, stream)
     try:
-        yield
+        yield stream
     finally:
+        gate.streams.discard(stream)
         stats.open_streams -= 1
 
 
@@ -128,13 +137,19 @@ def _stream(
             if fn is None:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served yet")
                 return
-            with stream_slot(gate, caller.peer):
-                # aclosing: the handler's own clean-up (unwatch) runs when the stream ends, not
-                # whenever the garbage collector gets to it.
-                async with contextlib.aclosing(fn(parse(data), caller, context)) as items:
-                    async for item in items:
-                        gate.recheck(caller.peer, method)
-                        yield item
+            with stream_slot(gate, caller.peer, method, context) as stream:
+                try:
+                    # aclosing: the handler's own clean-up (unwatch) runs when the stream ends,
+                    # not whenever the garbage collector gets to it.
+                    async with contextlib.aclosing(fn(parse(data), caller, context)) as items:
+                        async for item in items:
+                            gate.recheck(caller.peer, method)
+                            yield item
+                except asyncio.CancelledError:
+                    if stream.ended is None:
+                        raise
+                    # Ended by the revocation watchdog: status sent and audited already.
+                    return
         except CoreError as err:
             await _abort(context, gate, err, caller, method)
 

@@ -4,11 +4,13 @@ They are registered outside rpc.py's wrapper, so without this a revoked certific
 another site, would still get answers (and hold Health.Watch streams open). They need no verb:
 any authenticated client may ask whether the core is serving and what its API is. A
 Health.Watch or reflection stream takes one of the client's open-stream places like any
-watch.
+watch, and is registered with its caller like one: the revocation watchdog ends it when the
+caller is revoked or expires (a reflection stream is also re-checked before each answer).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,8 +54,13 @@ class CheckedHealth(health.aio.HealthServicer):
         method = "/grpc.health.v1.Health/Watch"
         peer = await _authenticate(self.gate, context, method)
         try:
-            with stream_slot(self.gate, peer):
-                return await super().Watch(request, context)
+            with stream_slot(self.gate, peer, method, context) as stream:
+                try:
+                    return await super().Watch(request, context)
+                except asyncio.CancelledError:
+                    if stream.ended is None:
+                        raise
+                    return None  # ended by the revocation watchdog, refusal sent and audited
         except CoreError as err:  # TOO_MANY_STREAMS: only the slot raises CoreError here
             await _refuse(self.gate, context, err, peer.uri, method)
             return None
@@ -74,10 +81,16 @@ class _CheckedReflection(ReflectionServicer):
         peer = await _authenticate(self.gate, context, method)
         try:
             # A reflection stream is long-lived like a watch: it takes a stream place too.
-            with stream_slot(self.gate, peer):
-                async for response in super().ServerReflectionInfo(request_iterator, context):
-                    yield response
-        except CoreError as err:  # TOO_MANY_STREAMS: only the slot raises CoreError here
+            with stream_slot(self.gate, peer, method, context) as stream:
+                try:
+                    async for response in super().ServerReflectionInfo(request_iterator, context):
+                        self.gate.recheck(peer, method)
+                        yield response
+                except asyncio.CancelledError:
+                    if stream.ended is None:
+                        raise
+                    return  # ended by the revocation watchdog, refusal sent and audited
+        except CoreError as err:  # TOO_MANY_STREAMS, or refused by the re-check
             await _refuse(self.gate, context, err, peer.uri, method)
 
 
