@@ -13,8 +13,10 @@ from smx.cli.client_cmd import _client, format_time
 from smx.cli.connect import connect, site_home
 from smx.timestamps import seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
-from trusted.core.audit import AuditError, AuditLog
+from trusted.core.audit import AuditError
+from trusted.core.audit_checkpoint import load_verifier, verify_log
 from trusted.core.config import ConfigError, load_core_config, parse_duration
+from trusted.pki import SERVER_NAME
 
 __all__ = ["register"]
 
@@ -40,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verify",
         action="store_true",
-        help="check the hash chain of the local audit file instead of querying",
+        help="check the local audit file instead of querying: its hash chain, every signed "
+        "checkpoint against the core's certificate, and that it reaches the latest checkpoint",
     )
     _client(p, run)
 
@@ -83,14 +86,24 @@ def _print(r: admin_pb.AuditRecord, as_json: bool) -> None:
 
 
 def verify(args: argparse.Namespace) -> int:
+    """One line: ``audit log intact: ...`` (exit 0) or ``audit log BROKEN: ...`` (exit 1)."""
     home = site_home(args)
     try:
         config = load_core_config(
             home / "core.toml" if (home / "core.toml").exists() else None, home=home
         )
-        count = AuditLog(config.audit_path).verify()
-    except (AuditError, ConfigError) as err:
+    except ConfigError as err:
         print(f"smx audit: {err}", file=sys.stderr)
         return 1
-    print(f"{config.audit_path}: {count} records, hash chain intact")
+    try:
+        key = load_verifier(config.pki_dir / "server" / f"{SERVER_NAME}.crt")
+        report = verify_log(config.audit_path, key)
+    except AuditError as err:
+        print(f"audit log BROKEN: {config.audit_path}: {err}")
+        return 1
+    breaks = f"; {report.breaks} earlier break(s) recorded as audit_break" if report.breaks else ""
+    print(
+        f"audit log intact: {report.records} records, last signed checkpoint at seq "
+        f"{report.last_checkpoint} (hash chain intact, signatures valid){breaks}"
+    )
     return 0

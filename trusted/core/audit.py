@@ -28,6 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trusted.core.audit_checkpoint import (
+    BREAK_KIND,
+    CHECKPOINT_KIND,
+    Checkpoint,
+    CheckpointSigner,
+    PublicKey,
+    checkpoint_path,
+    read_checkpoint_file,
+    verify_log,
+    write_checkpoint_file,
+)
 from trusted.core.audit_reader import page_records, recover_tail, verify_chain
 from trusted.core.audit_record import GENESIS, AuditError, AuditRecord, jsonable, record_hash
 from trusted.core.rate_limit import TokenBuckets
@@ -39,8 +50,20 @@ log = logging.getLogger(__name__)
 
 # Kinds the core writes; append() accepts others too so new features need no change here.
 KINDS = frozenset(
-    {"write", "setpoint_request", "setpoint_report", "setpoint_expired", "denied", "policy_reload"}
+    {
+        "write",
+        "setpoint_request",
+        "setpoint_report",
+        "setpoint_expired",
+        "denied",
+        "policy_reload",
+        CHECKPOINT_KIND,
+        BREAK_KIND,
+    }
 )
+
+# A log up to this size is verified before start() returns; a larger one in the background.
+VERIFY_INLINE_BYTES = 8 * 2**20
 
 _SUMMARY_NAMES = 20  # names listed in a write summary
 _MAX_DISTINCT_NAMES = 100_000  # per identity and interval; beyond it the count is a lower bound
@@ -92,11 +115,21 @@ class AuditLog:
         fsync_interval: float = 1.0,
         denial_window: float = 1.0,
         max_denial_keys: int = 1024,
+        signer: CheckpointSigner | None = None,
+        verifier: PublicKey | None = None,
+        identity: str = "",
+        checkpoint_interval: float = 60.0,
     ) -> None:
+        """With a ``signer`` the log keeps signed checkpoints (see trusted.core.audit_checkpoint):
+        one at start, every ``checkpoint_interval`` seconds when records were added, one on
+        close; ``identity`` is the writer's (the core's) identity on checkpoint records. With a
+        ``verifier`` (the public key of the signer) the whole log is verified at start, and a
+        break is logged and recorded as an ``audit_break`` record."""
         for name, value in (
             ("write_summary_interval", write_summary_interval),
             ("fsync_interval", fsync_interval),
             ("denial_window", denial_window),
+            ("checkpoint_interval", checkpoint_interval),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -107,6 +140,15 @@ class AuditLog:
         self._fsync_interval = float(fsync_interval)
         self._denial_window = float(denial_window)
         self._max_denial_keys = max_denial_keys
+        self._signer = signer
+        self._verifier = verifier
+        self._identity = identity
+        self._cp_interval = float(checkpoint_interval)
+        self._cp_path = checkpoint_path(self._path)
+        self._cp_seq = -1  # seq covered by the checkpoint file (-1: none)
+        self._cp_snapshot: Checkpoint | None = None
+        self._next_checkpoint = 0.0
+        self._verify_task: asyncio.Task[None] | None = None
 
         self._fd: int | None = None
         self._closed = False
@@ -145,12 +187,98 @@ class AuditLog:
             raise AuditError(f"{self._path}: audit log already closed")
         if self._fd is not None:
             raise AuditError(f"{self._path}: audit log already started")
+        snapshot: Checkpoint | None = None
+        snapshot_error: AuditError | None = None
+        if self._signer is not None or self._verifier is not None:
+            try:
+                snapshot = read_checkpoint_file(self._cp_path)
+            except AuditError as err:
+                snapshot_error = err
         self._open()
+        if snapshot is not None and snapshot.seq == self._seq and snapshot.hash == self._prev:
+            self._cp_seq = self._seq
+        verified_size = self._size
         now = time.monotonic()
         self._last_fsync = now
         self._next_summary = now + self._summary_interval
+        self._next_checkpoint = now + self._cp_interval
         self._stop = asyncio.Event()
+        if self._verifier is not None:
+            check = self._verify_at_start(snapshot, snapshot_error, verified_size)
+            if verified_size <= VERIFY_INLINE_BYTES:
+                await check
+            else:
+                log.info(
+                    "audit log %s: verifying %d bytes in the background", self._path, verified_size
+                )
+                self._verify_task = asyncio.create_task(check, name="audit-verify")
+        await self.checkpoint()
         self._task = asyncio.create_task(self._run(), name=f"audit-log:{self._path.name}")
+
+    async def _verify_at_start(
+        self, snapshot: Checkpoint | None, snapshot_error: AuditError | None, size: int
+    ) -> None:
+        assert self._verifier is not None
+        try:
+            if snapshot_error is not None:
+                raise snapshot_error
+            report = await asyncio.to_thread(
+                verify_log,
+                self._path,
+                self._verifier,
+                checkpoint=snapshot,
+                checkpoint_file=self._cp_path,
+                size=size,
+                require_checkpoint=False,
+            )
+        except AuditError as err:
+            log.error("AUDIT LOG BROKEN: %s: %s", self._path, err)
+            if self._fd is not None:
+                detail: dict[str, Any] = {"error": str(err)}
+                if err.seq is not None:
+                    detail["seq"] = err.seq
+                self._write(BREAK_KIND, self._identity, "", "", "AUDIT_CHAIN_BROKEN", detail)
+            return
+        except Exception:
+            log.exception("audit log verification at start failed")
+            return
+        if snapshot is None and report.records:
+            log.warning(
+                "audit log %s: %d records without a signed checkpoint (written before "
+                "checkpoints existed); signing from here on",
+                self._path,
+                report.records,
+            )
+        else:
+            log.info(
+                "audit log %s verified: %d records, last signed checkpoint at seq %d",
+                self._path,
+                report.records,
+                report.last_checkpoint,
+            )
+
+    async def checkpoint(self) -> None:
+        """Append a signed checkpoint record if records were added since the last one, fsync
+        the log, then replace the checkpoint file (in that order: the file never runs ahead of
+        what is on disk). No-op without a signer."""
+        if self._signer is None or self._fd is None:
+            return
+        if self._seq == self._cp_seq and self._cp_path.exists():
+            return
+        if self._seq > 0 and self._seq != self._cp_seq:
+            self._write(
+                CHECKPOINT_KIND,
+                self._identity,
+                "",
+                "",
+                "",
+                self._signer.detail(self._seq, self._prev),
+            )
+        seq, digest, fd = self._seq, self._prev, self._fd
+        await asyncio.to_thread(os.fsync, fd)
+        self._dirty = False
+        await asyncio.to_thread(write_checkpoint_file, self._cp_path, self._signer, seq, digest)
+        self._cp_seq = seq
 
     def _open(self) -> None:
         path = self._path
@@ -195,11 +323,19 @@ class AuditLog:
                 await self._task
             except Exception:
                 log.exception("audit log background task failed")
+        if self._verify_task is not None:
+            self._verify_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._verify_task
         try:
             self._flush_summaries()
             self._flush_denials(force=True)
         except AuditError:
             log.exception("audit log: pending records lost on close")
+        try:
+            await self.checkpoint()
+        except (AuditError, OSError) as err:
+            log.error("%s: final checkpoint failed: %s", self._path, err)
         fd, self._fd = self._fd, None
         self._closed = True
         try:
@@ -225,6 +361,14 @@ class AuditLog:
                 self._flush_denials(force=False, now=now)
             except AuditError:
                 log.exception("audit log housekeeping failed")
+            if self._signer is not None and now >= self._next_checkpoint:
+                self._next_checkpoint = now + self._cp_interval
+                try:
+                    await self.checkpoint()
+                except (AuditError, OSError) as err:
+                    log.error("%s: checkpoint failed: %s", self._path, err)
+                if self._fd is None:
+                    return
             if self._dirty and now - self._last_fsync >= self._fsync_interval:
                 self._dirty = False
                 self._last_fsync = now

@@ -7,8 +7,9 @@ Each line of the audit log is one record::
 
 ``hash`` is the SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of every other field,
 ``prev`` included, so editing, reordering or deleting a line in the middle breaks the chain and
-:meth:`AuditLog.verify` names the first bad seq. (Cutting records off the *end* is not detectable
-from the file alone.)
+:meth:`AuditLog.verify` names the first bad seq. Cutting records off the *end*, or re-hashing
+every record after an edit, is detected by the signed checkpoints of
+trusted.core.audit_checkpoint, not by the chain alone.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from smx.v1 import control_service_pb2 as control_pb
 from smx.v1 import point_pb2
 from smx.values import from_value
 from trusted.core.audit import AuditLog
+from trusted.core.audit_checkpoint import CheckpointSigner, load_verifier
 from trusted.core.auth import Gate
 from trusted.core.config import ConfigError, CoreConfig
 from trusted.core.errors import CoreError
@@ -60,7 +61,13 @@ class CoreState:
             max_bytes=config.history.max_bytes,
             retention_interval=config.history.retention_interval,
         )
-        self.audit = AuditLog(config.audit_path)
+        # Checkpoints are signed with the core's own key; the chain is verified at start.
+        self.audit = AuditLog(
+            config.audit_path,
+            signer=CheckpointSigner.from_pem_file(self.ca.server_key_path),
+            verifier=load_verifier(self.ca.server_cert_path),
+            identity=self.identity,
+        )
         self.db = RealtimeDB(
             core_identity=self.identity,
             history=self.history,
