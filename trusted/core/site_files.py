@@ -22,6 +22,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from smx.files import write_atomic
+
 __all__ = [
     "CONFIG_FILE_MODE",
     "PRIVATE_DIR_MODE",
@@ -82,19 +84,7 @@ def create_private_file(path: Path, mode: int = PRIVATE_FILE_MODE) -> bool:
 
 def write_private(path: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> None:
     """Replace ``path`` atomically (temp file + rename) by ``data`` with exactly ``mode``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    write_atomic(path, data, mode)
 
 
 def tighten_existing(path: Path, mode: int) -> None:

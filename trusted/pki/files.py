@@ -7,13 +7,13 @@ Shared by the CA side (trusted.pki, run by `smx pki`) and the core's revocation 
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from smx.files import write_atomic
 
 __all__ = [
     "KEY_MODE",
@@ -32,27 +32,6 @@ PUBLIC_MODE = 0o644
 
 class PkiError(Exception):
     """A PKI operation that cannot be done; the message names the file, name or value."""
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file + os.replace: readers see the old or the new file, never half of one.
-
-    The temp file is created with ``mode`` by os.open, so a key is never world-readable, not even
-    between create and chmod; fchmod then pins the mode whatever the umask.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
