@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +64,45 @@ def _last_line(path: Path, offset: int) -> str:
         if line:
             return line if len(line) <= _MAX_ERROR else line[: _MAX_ERROR - 3] + "..."
     return ""
+
+
+def open_log(path: Path) -> int:
+    """The log file `path` opened for appending (rotated first when large), through directories
+    the supervisor itself owns, never following a link.
+
+    The supervisor may be root and the site home its core's user's: a process could swap
+    `run/` or `run/logs/` for its own directory with a link in it, and root would then create
+    or append to any file. So `run/` and `run/logs/` are opened without following links and
+    must belong to the supervisor's user, and the log itself is opened relative to them.
+    """
+    me = os.geteuid()
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    run_fd = os.open(path.parent.parent, flags)
+    try:
+        logs_fd = os.open(path.parent.name, flags, dir_fd=run_fd)
+    finally:
+        os.close(run_fd)
+    try:
+        # A swapped run/ can only hold a logs/ its swapper owns: checking logs/ is enough.
+        if os.fstat(logs_fd).st_uid != me:
+            raise PermissionError(f"{path.parent} is not the supervisor's own directory: refusing")
+        with contextlib.suppress(FileNotFoundError):
+            info = os.stat(path.name, dir_fd=logs_fd, follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_size > LOG_ROTATE_BYTES:
+                os.replace(path.name, path.name + ".1", src_dir_fd=logs_fd, dst_dir_fd=logs_fd)
+        fd = os.open(
+            path.name,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o640,
+            dir_fd=logs_fd,
+        )
+    finally:
+        os.close(logs_fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != me:
+        os.close(fd)
+        raise PermissionError(f"{path} is not a plain file of the supervisor's: refusing")
+    return fd
 
 
 class ManagedProcess:
@@ -206,13 +246,10 @@ class ManagedProcess:
         self.healthy_since = None
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
-                    os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
             if self.health_file is not None:
                 # A health file left by the previous run must not pass for this one's.
                 self.health_file.unlink(missing_ok=True)
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            fd = open_log(self.log_path)
             try:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 os.write(fd, f"--- smx run: starting {self.name} at {stamp}\n".encode())
