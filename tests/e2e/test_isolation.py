@@ -251,3 +251,5 @@ def test_ownership_of_the_site_files(site):
     sock = (home / "core.sock").stat()
     assert sock.st_mode & 0o777 == 0o660
     assert sock.st_gid == (home / "run").stat().st_gid  # the site group
+    # site.toml holds every process's config table: written 0644 by the test, made private.
+    assert site.config.stat().st_mode & 0o077 == 0

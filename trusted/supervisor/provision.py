@@ -189,6 +189,7 @@ def provision(cfg: SiteConfig, *, isolate: bool = False) -> Provisioned:
 
 
 def _isolate(cfg: SiteConfig) -> None:
+    _keep_site_file_private(cfg.source)
     enabled = [s for s in cfg.processes if s.enabled]
     clients = [s.name for s in enabled if s.kind != "simulator"]
     others = [s.name for s in enabled if s.kind == "simulator"]
@@ -210,6 +211,23 @@ def _isolate(cfg: SiteConfig) -> None:
             audit,
         ],
     )
+
+
+def _keep_site_file_private(path: Path) -> None:
+    """site.toml holds every process's config table (device passwords among them): the isolated
+    processes must not read it, so others' bits are cleared, with one warning."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            log.warning(
+                "%s: mode %04o let other users read every process's config; changed to %04o",
+                path,
+                mode,
+                mode & 0o700,
+            )
+    except OSError as err:
+        log.warning("%s: cannot keep it private: %s", path, err.strerror or err)
 
 
 def main(argv: list[str] | None = None) -> int:
