@@ -27,7 +27,7 @@ from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
-from trusted.supervisor import Supervisor
+from trusted.supervisor.runner import Supervisor
 from trusted.supervisor.site_config import load_site_config
 
 __all__ = ["register", "site_toml"]

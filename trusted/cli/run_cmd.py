@@ -42,7 +42,7 @@ def _site_file(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trusted.supervisor import Supervisor, SupervisorError  # grpc only when running
+    from trusted.supervisor.runner import Supervisor, SupervisorError  # grpc only when running
     from trusted.supervisor.status import ProvisionError
 
     try:

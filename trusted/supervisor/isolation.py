@@ -17,7 +17,8 @@ Ownership (:func:`apply_ownership`, on every start):
 - each client's key and certificate, ``run/<name>.config.json`` and its private directory
   ``run/<name>/`` (0700, its working directory, holding ``health.json``): its own user.
 
-Each child (:func:`drop_privileges`, run between fork and exec): a private mount namespace
+Each child (:func:`privilege_dropper`, run by a fresh interpreter that then execs the child,
+:func:`exec_argv`): a private mount namespace
 when the interpreter lives below a directory other users cannot enter (e.g. ``/root``: a tmpfs
 is mounted there holding only the needed entries), then ``setgroups``/``setgid``/``setuid`` to
 its own user (a uid change from root clears every capability; the bounding set is emptied
@@ -30,6 +31,7 @@ import contextlib
 import ctypes
 import grp
 import hashlib
+import json
 import os
 import pwd
 import stat
@@ -41,6 +43,7 @@ from pathlib import Path
 
 __all__ = [
     "Account",
+    "exec_argv",
     "IsolationError",
     "apply_ownership",
     "core_user",
@@ -281,7 +284,7 @@ def _blocked(paths: Iterable[Path]) -> dict[str, set[str]]:
 
 
 def privilege_dropper(account: Account, reach: Iterable[Path]) -> Callable[[], None]:
-    """The function run in the child between fork and exec (subprocess ``preexec_fn``): see the
+    """The privilege drop, run in the fresh interpreter of `exec_argv` before it execs: see the
     module docstring. ``reach``: paths the child must reach (interpreter, code); a root-owned
     directory on their way that other users cannot enter is replaced, in the child's own mount
     namespace, by a tmpfs holding only the entries leading to them."""
@@ -340,3 +343,34 @@ def privilege_dropper(account: Account, reach: Iterable[Path]) -> Callable[[], N
         os.umask(0o077)
 
     return drop
+
+
+def exec_argv(python: str, account: Account, reach: Iterable[Path], argv: list[str]) -> list[str]:
+    """`argv` started through a fresh interpreter that drops privileges and then execs it.
+
+    Not a `preexec_fn`: the supervisor has gRPC threads, and Python code run between fork and
+    exec in such a process can abort the child (gRPC's fork handlers are skipped while other
+    threads are inside it; the core was seen dying with SIGABRT under load). The fresh
+    interpreter has no thread and no gRPC.
+    """
+    spec = {
+        "uid": account.uid,
+        "gid": account.gid,
+        "groups": list(account.groups),
+        "reach": [str(p) for p in reach],
+    }
+    return [python, "-m", "trusted.supervisor.isolation", json.dumps(spec), "--", *argv]
+
+
+def main(args: list[str]) -> None:
+    """`python -m trusted.supervisor.isolation SPEC -- ARGV...` (see `exec_argv`)."""
+    spec, argv = json.loads(args[0]), args[2:]
+    account = Account(spec["uid"], spec["gid"], tuple(spec["groups"]))
+    privilege_dropper(account, [Path(p) for p in spec["reach"]])()
+    os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

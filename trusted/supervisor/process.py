@@ -125,18 +125,17 @@ class ManagedProcess:
         settings: SupervisorSettings,
         on_change: Callable[[], None],
         health_file: Path | None = None,
-        preexec: Callable[[], None] | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
         self.name = name
         self.kind = kind
-        self.argv = list(argv)
+        # `wrap` starts the program through the privilege drop of trusted.supervisor.isolation
+        # (None: the child keeps the supervisor's user).
+        self.argv = wrap(list(argv)) if wrap is not None else list(argv)
         self.env = dict(env)
         self.cwd = cwd
         self.log_path = log_path
         self.health_file = health_file
-        # Run in the child between fork and exec: the privilege drop of
-        # trusted.supervisor.isolation (None: the child keeps the supervisor's user).
-        self.preexec = preexec
         self.settings = settings
         self.restart_on_crash = True
         self.state = "stopped"
@@ -262,7 +261,6 @@ class ManagedProcess:
                     env=self.env,
                     cwd=self.cwd,
                     start_new_session=True,
-                    preexec_fn=self.preexec,
                 )
             finally:
                 os.close(fd)

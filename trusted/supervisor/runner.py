@@ -262,7 +262,9 @@ class Supervisor:
         return {
             "env": isolation.minimal_environ(env),
             "cwd": isolation.private_dir_of(self.cfg.home, name),
-            "preexec": isolation.privilege_dropper(self._accounts[name], reach),
+            "wrap": lambda argv: isolation.exec_argv(
+                self.python, self._accounts[name], reach, argv
+            ),
         }
 
     def _process(self, spec: ProcessSpec, env: dict[str, str]) -> ManagedProcess:
