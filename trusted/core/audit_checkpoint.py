@@ -28,7 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from trusted.core.audit_record import FIELDS, GENESIS, AuditError, record_hash, to_record
+from trusted.core.audit_reader import chain_records
+from trusted.core.audit_record import AuditError
 from trusted.core.site_files import write_private
 
 __all__ = [
@@ -192,67 +193,32 @@ def verify_log(
             "the core's certificate",
             seq=checkpoint.seq,
         )
-    prev, expected, count, last_cp, breaks = GENESIS, 1, 0, 0, 0
+    count, last_cp, breaks = 0, 0, 0
     cp_seen = False
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        f = None
-    except OSError as err:
-        raise AuditError(f"{path}: cannot read audit log: {err.strerror}") from err
-    if f is not None:
-        with f:
-            remaining = size if size is not None else -1
-            for lineno, raw in enumerate(f, 1):
-                if remaining >= 0:
-                    if remaining == 0:
-                        break
-                    remaining -= len(raw)
-                where = f"seq {expected} (line {lineno})"
-                if not raw.endswith(b"\n"):
-                    raise AuditError(f"{where}: torn line without a newline", seq=expected)
-                try:
-                    obj = json.loads(raw)
-                    to_record(obj)
-                except ValueError as err:
-                    raise AuditError(f"{where}: not a valid record: {err}", seq=expected) from err
-                if set(obj) != set(FIELDS):
-                    raise AuditError(f"{where}: fields differ from a record's", seq=expected)
-                seq = obj["seq"]
-                if seq != expected:
-                    raise AuditError(
-                        f"{where}: found seq {seq} (a record is missing or out of order)",
-                        seq=expected,
-                    )
-                if obj["prev"] != prev:
-                    raise AuditError(
-                        f"{where}: prev does not match the hash of seq {seq - 1}", seq=seq
-                    )
-                digest = obj.pop("hash")
-                if record_hash(obj) != digest:
-                    raise AuditError(f"{where}: hash mismatch, the record was altered", seq=seq)
-                if obj["kind"] == CHECKPOINT_KIND:
-                    d = obj["detail"]
-                    if d.get("covers_seq") != seq - 1 or d.get("covers_hash") != prev:
-                        raise AuditError(f"{where}: checkpoint covers another record", seq=seq)
-                    if not _signature_ok(key, seq - 1, prev, d.get("sig")):
-                        raise AuditError(
-                            f"{where}: checkpoint signature does not match the core's "
-                            "certificate (records before it were altered or re-hashed)",
-                            seq=seq,
-                        )
-                    cp_seen, last_cp = True, seq - 1
-                elif obj["kind"] == BREAK_KIND:
-                    breaks += 1
-                if checkpoint is not None and seq == checkpoint.seq:
-                    if digest != checkpoint.hash:
-                        raise AuditError(
-                            f"{where}: hash differs from the signed checkpoint in {cp_file.name} "
-                            "(records up to it were altered or re-hashed)",
-                            seq=seq,
-                        )
-                    last_cp = max(last_cp, seq)
-                prev, expected, count = digest, seq + 1, count + 1
+    for where, obj, digest in chain_records(path, size=size, missing_ok=True):
+        seq, prev = obj["seq"], obj["prev"]
+        if obj["kind"] == CHECKPOINT_KIND:
+            d = obj["detail"]
+            if d.get("covers_seq") != seq - 1 or d.get("covers_hash") != prev:
+                raise AuditError(f"{where}: checkpoint covers another record", seq=seq)
+            if not _signature_ok(key, seq - 1, prev, d.get("sig")):
+                raise AuditError(
+                    f"{where}: checkpoint signature does not match the core's "
+                    "certificate (records before it were altered or re-hashed)",
+                    seq=seq,
+                )
+            cp_seen, last_cp = True, seq - 1
+        elif obj["kind"] == BREAK_KIND:
+            breaks += 1
+        if checkpoint is not None and seq == checkpoint.seq:
+            if digest != checkpoint.hash:
+                raise AuditError(
+                    f"{where}: hash differs from the signed checkpoint in {cp_file.name} "
+                    "(records up to it were altered or re-hashed)",
+                    seq=seq,
+                )
+            last_cp = max(last_cp, seq)
+        count = seq
     if checkpoint is not None and count < checkpoint.seq:
         raise AuditError(
             f"log ends at seq {count}, before the signed checkpoint at seq {checkpoint.seq} "

@@ -24,7 +24,7 @@ from trusted.core.audit_record import (
     to_record,
 )
 
-__all__ = ["lines_backward", "page_records", "recover_tail", "verify_chain"]
+__all__ = ["chain_records", "lines_backward", "page_records", "recover_tail", "verify_chain"]
 
 log = logging.getLogger(__name__)
 
@@ -251,16 +251,30 @@ def _lines_forward(fd: int, start: int, size: int, chunk: int = 1024 * 1024) -> 
             yield line + b"\n"
 
 
-def verify_chain(path: Path) -> int:
-    """Check ``path`` line by line and its hash chain; see `AuditLog.verify`."""
-    prev, expected, count = GENESIS, 1, 0
+def chain_records(
+    path: Path, *, size: int | None = None, missing_ok: bool = False, prefix: str = ""
+) -> Iterator[tuple[str, dict, str]]:
+    """Each record of ``path`` once its line, fields, sequence and hash chain are checked:
+    (where, the record without its hash, its hash). Raises AuditError at the first break.
+    ``size`` limits the bytes read (a log still being appended to); ``prefix`` starts the
+    `where` of every message."""
+    prev, expected = GENESIS, 1
     try:
         f = open(path, "rb")
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise AuditError(f"{path}: cannot read audit log: No such file or directory") from None
     except OSError as err:
         raise AuditError(f"{path}: cannot read audit log: {err.strerror}") from err
     with f:
+        remaining = size if size is not None else -1
         for lineno, raw in enumerate(f, 1):
-            where = f"{path}: seq {expected} (line {lineno})"
+            if remaining >= 0:
+                if remaining == 0:
+                    return
+                remaining -= len(raw)
+            where = f"{prefix}seq {expected} (line {lineno})"
             if not raw.endswith(b"\n"):
                 raise AuditError(f"{where}: torn line without a newline", seq=expected)
             try:
@@ -284,5 +298,10 @@ def verify_chain(path: Path) -> int:
             digest = obj.pop("hash")
             if record_hash(obj) != digest:
                 raise AuditError(f"{where}: hash mismatch, the record was altered", seq=seq)
-            prev, expected, count = digest, seq + 1, count + 1
-    return count
+            yield where, obj, digest
+            prev, expected = digest, seq + 1
+
+
+def verify_chain(path: Path) -> int:
+    """Check ``path`` line by line and its hash chain; see `AuditLog.verify`."""
+    return sum(1 for _ in chain_records(path, prefix=f"{path}: "))
