@@ -19,20 +19,11 @@ from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 from tests.contract.audit_log import audit_records
+from tests.contract.calls import refused
 from trusted.core.rpc import MAX_OPEN_STREAMS
 from trusted.core.services.control import REQUEST_BURST
 from trusted.core.services.fields import MAX_WATCH_PATTERNS
 from trusted.pki import SiteCA
-
-
-async def refused(coro) -> tuple[grpc.StatusCode, str | None]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        result = coro
-        if hasattr(result, "read"):
-            await result.read()
-        else:
-            await result
-    return info.value.code(), error_reason(info.value)
 
 
 async def denied_records(site, identity: str):

@@ -17,20 +17,16 @@ from smx.client import error_reason
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
+from tests.contract.calls import refusal
 from trusted.core.config import ConfigError, load_core_config
 from trusted.core.server import Core
 
 
 async def expect_error(coro, code: grpc.StatusCode, reason: str) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        result = coro
-        if hasattr(result, "read"):
-            await result.read()
-        else:
-            await result
-    assert info.value.code() == code, info.value.details()
-    assert error_reason(info.value) == reason
-    return info.value
+    err = await refusal(coro)
+    assert err.code() == code, err.details()
+    assert error_reason(err) == reason
+    return err
 
 
 def write(name: str, value: ppb.Value, **kw) -> pb.WritePointsRequest:
