@@ -165,3 +165,16 @@ def test_quality_and_setpoint_status_names_come_from_their_home():
         if "v1" not in p.relative_to(ROOT).parts and prefix.search(_code_strings_and_calls(p))
     ]
     assert copies == [], f"{copies}: use smx.quality / smx.setpoint_status"
+
+
+def test_no_asyncio_wait_for_in_product_code():
+    """On Python 3.11, `asyncio.wait_for` loses a cancellation that arrives in the same turn as
+    its awaitable's result: a loop around it then never stops (an extension's stop hung forever
+    on a device polled every 50 ms). `async with asyncio.timeout(...)` keeps the cancellation."""
+    users = [
+        str(p.relative_to(ROOT))
+        for package in PRODUCT
+        for p in (ROOT / package).rglob("*.py")
+        if ".wait_for(" in _code_strings_and_calls(p) and "asyncio" in _imports(p)
+    ]
+    assert users == [], f"{users} use asyncio.wait_for: use `async with asyncio.timeout(...)`"

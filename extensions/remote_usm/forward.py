@@ -90,10 +90,8 @@ class SetpointForwarder:
             self._remember(req.id, adopted)
             return adopted
         try:
-            sp = await asyncio.wait_for(
-                self.remote.client.request_setpoint(name, req.value, remaining),
-                max(0.5, deadline - time.monotonic()),
-            )
+            async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
+                sp = await self.remote.client.request_setpoint(name, req.value, remaining)
         except (grpc.aio.AioRpcError, TimeoutError) as err:
             if isinstance(err, grpc.aio.AioRpcError) and err.code() not in TRANSIENT:
                 return Rejected(f"remote USM refused the request: {describe_error(err)}")
@@ -125,7 +123,8 @@ class SetpointForwarder:
 
     async def _adopt_after_loss(self, req: SetpointRequest, name: str, deadline: float) -> str:
         try:
-            await asyncio.wait_for(self.remote.up.wait(), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.remote.up.wait()
         except TimeoutError:
             return ""
         return await self._adoptable(req, name)

@@ -112,7 +112,8 @@ class Mirror:
         try:
             while True:
                 try:
-                    msg = await asyncio.wait_for(call.read(), silence)
+                    async with asyncio.timeout(silence):
+                        msg = await call.read()
                 except TimeoutError as err:
                     raise RemoteSilent(f"no message from the remote for {silence:g} s") from err
                 if msg is grpc.aio.EOF:

@@ -152,11 +152,13 @@ async def poll_forever(device: PolledDevice, state: DeviceState, publish: Publis
         try:
             if lock is not None:
                 async with lock:
-                    readings = await asyncio.wait_for(device.poll(), device.timeout)
+                    async with asyncio.timeout(device.timeout):
+                        readings = await device.poll()
                     if device.bus_gap:
                         await asyncio.sleep(device.bus_gap)
             else:
-                readings = await asyncio.wait_for(device.poll(), device.timeout)
+                async with asyncio.timeout(device.timeout):
+                    readings = await device.poll()
         except asyncio.CancelledError as err:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -350,7 +350,8 @@ class SetpointRouter:
             timeout = max(0.05, min(upcoming) - now) if upcoming else 3600.0
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

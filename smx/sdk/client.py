@@ -76,7 +76,8 @@ class Client:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:
-            await asyncio.wait_for(self._link.connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._link.connected.wait()
         except TimeoutError:
             raise CoreUnavailable(
                 f"no answer from the core at {self._link.target} within {timeout:g} s"
@@ -88,7 +89,8 @@ class Client:
         if not self._link.connected.is_set():
             return not self._publisher.pending
         try:
-            return await asyncio.wait_for(self._publisher.flush(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._publisher.flush()
         except TimeoutError:
             return False
 

@@ -103,7 +103,8 @@ class Outcomes(ResumableStream):
         future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(setpoint_id, []).append(future)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             waiters = self._waiters.get(setpoint_id, [])
             if future in waiters:

@@ -16,6 +16,8 @@ __all__ = ["TaskSet"]
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE = 5.0  # seconds a cancelled task gets to finish
+
 
 class TaskSet:
     def __init__(self, on_crash: Callable[[str], None] | None = None) -> None:
@@ -40,7 +42,19 @@ class TaskSet:
             task.remove_done_callback(self._done)
             task.cancel()
             self._tasks.remove(task)
-        await asyncio.gather(*chosen, return_exceptions=True)
+        if not chosen:
+            return
+        # A task that swallows its cancellation must not hang the process's stop forever.
+        done, stuck = await asyncio.wait(chosen, timeout=STOP_GRACE)
+        for task in done:  # retrieved, so asyncio does not report them as never retrieved
+            if not task.cancelled():
+                task.exception()
+        if stuck:
+            log.error(
+                "task(s) %s ignored cancellation for %g s; leaving them",
+                ", ".join(sorted(t.get_name() for t in stuck)),
+                STOP_GRACE,
+            )
 
     async def stop(self, *, keep: Iterable[str] = ()) -> None:
         """Cancel every task but those named in `keep` (they stop at the next call)."""

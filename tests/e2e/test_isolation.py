@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import pytest
 
 from extensions.sdk.testing import wait_for
 from smx.client import Credentials, Stubs, unix_target
+from trusted.supervisor.isolation import Account, exec_argv
 from smx.v1 import point_service_pb2 as spb
 
 pytestmark = pytest.mark.skipif(
@@ -76,6 +78,9 @@ attempts = {
     "history": (home / "data" / "history.db", "rb"),
     "audit for writing": (home / "data" / "audit.jsonl", "ab"),
     "meter config": (home / "run" / "meter.config.json", "rb"),
+    "pki index": (pki / "index.json", "rb"),
+    "supervisor state": (home / "run" / "supervisor.json", "rb"),
+    "a module planted in the home": (home / "json.py", "wb"),
 }
 found = {}
 for what, (path, mode) in attempts.items():
@@ -203,6 +208,9 @@ def test_the_agent_cannot_read_or_write_what_is_not_its_own(site):
         "history",
         "audit for writing",
         "meter config",
+        "pki index",
+        "supervisor state",
+        "a module planted in the home",
     ):
         assert found[what] == "PermissionError", (what, found)
     assert found["own key"] is True
@@ -248,8 +256,64 @@ def test_ownership_of_the_site_files(site):
     meter_key = (pki / "clients" / "meter.key").stat()
     assert meter_key.st_uid not in (0, core_uid) and meter_key.st_mode & 0o777 == 0o600
     assert (home / "run" / "meter.config.json").stat().st_uid == meter_key.st_uid
+    site_gid = (home / "run").stat().st_gid
+    assert (home.stat().st_uid, home.stat().st_gid) == (0, site_gid)
+    assert (pki / "index.json").stat().st_uid == 0
+    assert (pki / "index.json").stat().st_mode & 0o777 == 0o600
+    # The core's socket: in its own directory, reached through root's link in the home.
+    link = (home / "core.sock").lstat()
+    assert stat.S_ISLNK(link.st_mode) and link.st_uid == 0
+    assert (home / "sock").stat().st_uid == core_uid
     sock = (home / "core.sock").stat()
-    assert sock.st_mode & 0o777 == 0o660
-    assert sock.st_gid == (home / "run").stat().st_gid  # the site group
+    assert stat.S_ISSOCK(sock.st_mode) and sock.st_mode & 0o777 == 0o660
+    assert sock.st_gid == site_gid
     # site.toml holds every process's config table: written 0644 by the test, made private.
     assert site.config.stat().st_mode & 0o077 == 0
+
+
+# What the core's own user tries against the other processes: plant a module where every child
+# imports local modules from, swap the PKI directory, rewrite the socket link.
+AS_CORE = """\
+import os, sys
+from pathlib import Path
+home = Path(sys.argv[1])
+for what, act in (
+    ("plant a module", lambda: (home / "json.py").write_text("")),
+    ("swap pki", lambda: os.rename(home / "pki", home / "pki.old")),
+    ("replace the socket link", lambda: os.unlink(home / "core.sock")),
+    ("write a client key", lambda: open(home / "pki" / "clients" / "meter.key", "ab")),
+):
+    try:
+        act()
+        print(what, "DONE")
+    except PermissionError:
+        print(what, "refused")
+"""
+
+
+def test_the_core_user_cannot_reach_into_the_other_processes(site):
+    core_uid = (site.home / "policy.toml").stat().st_uid
+    core_gid = (site.home / "policy.toml").stat().st_gid
+    site_gid = (site.home / "run").stat().st_gid
+    # Started the way the supervisor starts the core (the interpreter may live under /root).
+    argv = exec_argv(
+        sys.executable,
+        Account(core_uid, core_gid, (site_gid,)),
+        [Path(sys.executable), ROOT],
+        [sys.executable, "-c", AS_CORE, str(site.home)],
+    )
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:-1] == [
+        "plant a module refused",
+        "swap pki refused",
+        "replace the socket link refused",
+        "write a client key refused",
+    ]

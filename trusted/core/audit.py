@@ -350,7 +350,8 @@ class AuditLog:
         tick = min(0.25, self._fsync_interval, self._summary_interval, self._denial_window / 4)
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), tick)
+                async with asyncio.timeout(tick):
+                    await self._stop.wait()
             if self._stop.is_set() or self._fd is None:
                 return
             now = time.monotonic()

@@ -296,7 +296,8 @@ class HistoryLog:
         assert self._stop is not None and self._wake is not None
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
+                async with asyncio.timeout(self._flush_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -364,7 +365,8 @@ class HistoryLog:
         assert self._stop is not None
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), self._retention_interval)
+                async with asyncio.timeout(self._retention_interval):
+                    await self._stop.wait()
             except TimeoutError:
                 pass
             if self._stop.is_set():

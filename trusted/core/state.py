@@ -47,7 +47,7 @@ CORE_POINTS = {
 class CoreState:
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        self.ca = SiteCA.load(config.pki_dir)
+        self.ca = SiteCA.load(config.pki_dir, ledger=False)  # the core verifies, never issues
         self.site = self.ca.site
         if config.site and config.site != self.site:
             raise ConfigError(
@@ -189,7 +189,8 @@ class CoreState:
             timeout = 3600.0 if nxt is None else max(0.0, (nxt - now_ms()) / 1000)
             self._expiry_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._expiry_wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._expiry_wake.wait()
 
     def _declare_core_points(self) -> None:
         period = Duration(seconds=int(CORE_POINTS_PERIOD))

@@ -2,7 +2,7 @@
 
 Layout of the PKI directory (``<site home>/pki``)::
 
-    ca.crt  ca.key (0600)  crl.pem  index.json
+    ca.crt  ca.key (0600)  crl.pem  index.json (0600)
     server/smxcore.crt  server/smxcore.key (0600)
     clients/<name>.crt  clients/<name>.key (0600)
 
@@ -128,6 +128,7 @@ class SiteCA:
         self._site = site
         self._ca_cert = ca_cert
         self._ca_key: ec.EllipticCurvePrivateKey | None = None
+        self._verify_only = False
 
     # --- paths and properties
 
@@ -213,8 +214,10 @@ class SiteCA:
         return ca
 
     @classmethod
-    def load(cls, pki_dir: Path) -> SiteCA:
-        """Open an existing site CA; the CA key is only read when something must be signed."""
+    def load(cls, pki_dir: Path, *, ledger: bool = True) -> SiteCA:
+        """Open an existing site CA; the CA key is only read when something must be signed.
+        ``ledger=False`` opens it for verifying only (the core): ``index.json``, private to the
+        CA's owner, is not read, and nothing may be issued or revoked through it."""
         pki_dir = Path(pki_dir)
         cert_path = pki_dir / "ca.crt"
         if not cert_path.exists():
@@ -229,6 +232,9 @@ class SiteCA:
             raise PkiError(f"CA certificate {cert_path} has no spiffe://<site> URI SAN")
         site = uris[0].removeprefix("spiffe://")
         ca = cls(pki_dir, site, cert)
+        if not ledger:
+            ca._verify_only = True
+            return ca
         index = ca._load_index()
         if index["site"] != site:
             raise PkiError(
@@ -396,6 +402,8 @@ class SiteCA:
 
     def _load_index(self) -> dict[str, Any]:
         path = self.index_path
+        if self._verify_only:
+            raise PkiError(f"the site CA in {self._dir} was opened for verifying only")
         try:
             raw = json.loads(read_file(path, "PKI index"))
             index = {
@@ -416,7 +424,7 @@ class SiteCA:
         out = dict(index)
         out["certificates"] = [_record_to_json(r) for r in index["certificates"]]
         data = json.dumps(out, indent=2, sort_keys=True).encode() + b"\n"
-        write_atomic(self.index_path, data, PUBLIC_MODE)
+        write_atomic(self.index_path, data, KEY_MODE)  # who holds which name: the CA's own
 
     @staticmethod
     def _current(index: dict[str, Any], name: str) -> dict[str, Any] | None:

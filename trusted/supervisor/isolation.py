@@ -8,12 +8,15 @@ child has as its one supplementary group: it reaches the home, ``run/`` and the 
 
 Ownership (:func:`apply_ownership`, on every start):
 
-- home: the core's user, the site group, 02750 (setgid: the socket the core creates there is
-  born in the site group, mode 0660); ``run/``, ``run/logs/``, ``pki/`` and its directories:
-  root, the site group, 0750 (pki 0755 left as is);
+- home, ``run/``, ``run/logs/``, ``pki/`` and its directories: root, the site group, 0750. The
+  home is root's because every child imports local modules from it (it is on their
+  ``PYTHONPATH``) and ``pki/`` lives in it: its owner could plant code in every child or swap
+  the CA. The core's socket lives in ``sock/`` (the core's user, the site group, 02750: the
+  socket is born in the site group, mode 0660); ``core.sock`` in the home is root's symlink to
+  it, so every client keeps the one address;
 - ``data/`` and everything in it, ``policy.toml``, ``core.toml``, the server key and
   certificate: the core's user (modes as docs/SITE.md);
-- ``pki/ca.key``, ``admin.key``, ``supervisor.key``: root only (0600);
+- ``pki/ca.key``, ``pki/index.json``, ``admin.key``, ``supervisor.key``: root only (0600);
 - each client's key and certificate, ``run/<name>.config.json`` and its private directory
   ``run/<name>/`` (0700, its working directory, holding ``health.json``): its own user.
 
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "SOCKET_DIR",
     "Account",
     "exec_argv",
     "IsolationError",
@@ -62,6 +66,7 @@ _CLONE_NEWNS = 0x00020000
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
 _MAX_NAME = 32
+SOCKET_DIR = "sock"  # the core's socket under isolation: the one place in the home it may write
 # Environment variables a child keeps besides SMX_* (docs/SITE.md, "Isolation").
 _KEEP_ENV = ("PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED")
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -204,14 +209,30 @@ def apply_ownership(
     pki_dir: Path,
     data_paths: Iterable[Path],
     core_files: Iterable[Path],
+    socket_link: Path | None = None,
 ) -> None:
     """Give every site path to its owner (see the module docstring). ``clients`` have a key;
-    ``others`` (simulators) only a config file and a private directory."""
+    ``others`` (simulators) only a config file and a private directory; ``socket_link``, in the
+    home, becomes root's symlink to the core's socket in ``sock/``."""
     home = Path(home)
+    for d in data_paths:
+        if Path(d).resolve() == home.resolve():
+            raise IsolationError(
+                f"the history or the audit log is directly in the site home {home}: the home "
+                "belongs to root when processes are isolated; put them in a directory of the "
+                "home such as data/"
+            )
     core = accounts["core"]
     site_gid = core.groups[0]
     run = home / "run"
-    _own(home, core.uid, site_gid, 0o2750)
+    _own(home, 0, site_gid, 0o750)
+    sock = home / SOCKET_DIR
+    if sock.is_symlink() or (sock.exists() and not sock.is_dir()):
+        sock.unlink()
+    sock.mkdir(exist_ok=True)
+    _own(sock, core.uid, site_gid, 0o2750)
+    if socket_link is not None:
+        _link_socket(Path(socket_link), sock / Path(socket_link).name)
     _own(run, 0, site_gid, 0o750)
     _own(run / "logs", 0, site_gid, 0o750)
     for d in (pki_dir, pki_dir / "server", pki_dir / "clients"):
@@ -220,6 +241,7 @@ def apply_ownership(
     for public in ("ca.crt", "crl.pem"):
         _own(pki_dir / public, 0, site_gid)
     _own(pki_dir / "ca.key", 0, 0, 0o600)
+    _own(pki_dir / "index.json", 0, 0, 0o600)
     for server in (pki_dir / "server").glob("smxcore.*"):
         _own(server, core.uid, core.gid)
     for f in core_files:
@@ -248,6 +270,19 @@ def apply_ownership(
         acc = accounts[name]
         for suffix in (".key", ".crt"):
             _own(pki_dir / "clients" / f"{name}{suffix}", acc.uid, acc.gid)
+
+
+def _link_socket(link: Path, socket: Path) -> None:
+    """``link`` -> ``socket`` (relative), replacing a socket a core left at ``link``."""
+    target = os.path.relpath(socket, link.parent)
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    if link.is_symlink() or link.is_socket():
+        link.unlink()
+    elif link.exists():
+        raise IsolationError(f"{link} is in the way of the core's socket link: remove it")
+    link.symlink_to(target)
+    os.lchown(link, 0, 0)
 
 
 def _make_private(d: Path, acc: Account) -> None:

@@ -314,7 +314,8 @@ class ManagedProcess:
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         signal_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self.settings.stop_timeout)
+            async with asyncio.timeout(self.settings.stop_timeout):
+                await proc.wait()
         except TimeoutError:
             log.warning(
                 "%s did not stop within %gs of SIGTERM: SIGKILL",
@@ -340,7 +341,8 @@ class ManagedProcess:
         log.info("%s: restart in %gs", self.name, delay)
         self._on_change()
         try:
-            await asyncio.wait_for(self._stop.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._stop.wait()
         except TimeoutError:
             return True
         return False

@@ -25,6 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trusted.core.config import CoreConfig
 from trusted.core.site_files import (
@@ -38,7 +39,12 @@ from trusted.core.site_files import (
 from trusted.pki import IssuedCert, PkiError, SiteCA
 from trusted.pki.files import write_atomic
 from trusted.policy import PolicyError, default_policy_text
-from trusted.supervisor.isolation import IsolationError, apply_ownership, ensure_accounts
+from trusted.supervisor.isolation import (
+    SOCKET_DIR,
+    IsolationError,
+    apply_ownership,
+    ensure_accounts,
+)
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig, render_core_toml
 from trusted.supervisor.status import ADMIN_NAME, SUPERVISOR_NAME, ProvisionError, RunPaths
 
@@ -167,7 +173,7 @@ def provision(cfg: SiteConfig, *, isolate: bool = False) -> Provisioned:
             _ensure_cert(ca, name, domain, latest.get(name), own=own, out=out)
         policy = site_policy_text(cfg)
         write_private(cfg.core.policy, policy.encode(), PRIVATE_FILE_MODE)
-        core_toml = render_core_toml(cfg.site, cfg.core_table, str(cfg.source))
+        core_toml = render_core_toml(cfg.site, _core_table(cfg, isolate), str(cfg.source))
         write_private(cfg.home / "core.toml", core_toml.encode(), CONFIG_FILE_MODE)
         for spec in cfg.processes:
             if spec.enabled:
@@ -188,6 +194,19 @@ def provision(cfg: SiteConfig, *, isolate: bool = False) -> Provisioned:
     return out
 
 
+def _socket_moves(cfg: SiteConfig, isolate: bool) -> bool:
+    """Isolated, the home is root's: a socket configured directly in it is created in
+    ``sock/`` instead, and the configured path becomes a link to it."""
+    return isolate and cfg.core.socket.parent.resolve() == cfg.home.resolve()
+
+
+def _core_table(cfg: SiteConfig, isolate: bool) -> dict[str, Any]:
+    table = dict(cfg.core_table)
+    if _socket_moves(cfg, isolate):
+        table["socket"] = f"{SOCKET_DIR}/{cfg.core.socket.name}"
+    return table
+
+
 def _isolate(cfg: SiteConfig) -> None:
     _keep_site_file_private(cfg.source)
     enabled = [s for s in cfg.processes if s.enabled]
@@ -204,6 +223,7 @@ def _isolate(cfg: SiteConfig) -> None:
         others=others,
         pki_dir=cfg.core.pki_dir,
         data_paths={cfg.home / "data", history.parent, audit.parent},
+        socket_link=cfg.core.socket if _socket_moves(cfg, True) else None,
         core_files=[
             cfg.core.policy,
             cfg.home / "core.toml",

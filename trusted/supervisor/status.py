@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 STATUS_VERSION = 1
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+def write_json_atomic(path: Path, data: Any, mode: int = 0o640) -> None:
     """Write JSON via a temp file and rename: readers see the old or the new file, never half.
 
     No fsync: these are runtime files, rewritten every few seconds (SD card wear)."""

@@ -166,7 +166,8 @@ class PointService:
                     yield msg
             while True:
                 try:
-                    await asyncio.wait_for(watcher.event.wait(), heartbeat)
+                    async with asyncio.timeout(heartbeat):
+                        await watcher.event.wait()
                 except TimeoutError:
                     if not watcher.pending:  # a write may land in the very turn of the timeout
                         yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)

@@ -143,7 +143,8 @@ async def _follow(
                 sent_at = loop.time()
                 continue
             try:
-                await asyncio.wait_for(waiter.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await waiter.wait()
             except TimeoutError:
                 pass
     finally:
