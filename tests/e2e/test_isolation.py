@@ -26,8 +26,8 @@ import pytest
 
 from extensions.sdk.testing import wait_for
 from smx.client import Credentials, Stubs, unix_target
-from trusted.supervisor.isolation import Account, exec_argv
 from smx.v1 import point_service_pb2 as spb
+from trusted.supervisor.isolation import Account, exec_argv
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,

@@ -2,9 +2,9 @@
 
 Each process runs in its own session (``start_new_session``), so a Ctrl-C in the terminal reaches
 only the supervisor, which then stops the processes in order; signals go to the whole process
-group so helpers a process spawned do not outlive it. stdout and stderr are appended to the
-process's log file; the last non-empty line written there since the start becomes
-``last_error`` when the process dies without being asked to.
+group so helpers a process spawned do not outlive it. stdout and stderr go through a pipe into
+the process's log (process_log.py: bounded in size and rate); the last non-empty line of a run
+becomes ``last_error`` when the process dies without being asked to.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,17 +22,15 @@ from typing import Any
 
 import psutil
 
-from smx.files import read_regular_file
+from trusted.supervisor.process_log import ProcessLog
 from trusted.supervisor.site_config import SupervisorSettings
 
-__all__ = ["LOG_ROTATE_BYTES", "ManagedProcess", "describe_exit", "signal_group"]
+__all__ = ["ManagedProcess", "describe_exit", "signal_group"]
 
 log = logging.getLogger(__name__)
 
-# A log bigger than this is moved to <name>.log.1 when the process (re)starts.
-LOG_ROTATE_BYTES = 10 * 1024 * 1024
-_TAIL_BYTES = 8192
-_MAX_ERROR = 300
+# After the process exits, its helpers may still hold the pipe: its log is read so much longer.
+_DRAIN_SECONDS = 2.0
 
 
 def describe_exit(returncode: int) -> str:
@@ -51,58 +48,6 @@ def signal_group(pid: int, sig: int) -> None:
     # The process leads its own group (start_new_session): this also reaches its helpers.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-
-
-def _last_line(path: Path, offset: int) -> str:
-    """The last non-empty line written to ``path`` after ``offset``. The process may have
-    replaced its log (a FIFO, a link): smx.files reads only a regular file, never blocking."""
-    tail = read_regular_file(path, _TAIL_BYTES, start=offset, tail=True)
-    if tail is None:
-        return ""
-    for line in reversed(tail.decode("utf-8", "replace").splitlines()):
-        line = line.strip()
-        if line:
-            return line if len(line) <= _MAX_ERROR else line[: _MAX_ERROR - 3] + "..."
-    return ""
-
-
-def open_log(path: Path) -> int:
-    """The log file `path` opened for appending (rotated first when large), through directories
-    the supervisor itself owns, never following a link.
-
-    The supervisor may be root and the site home its core's user's: a process could swap
-    `run/` or `run/logs/` for its own directory with a link in it, and root would then create
-    or append to any file. So `run/` and `run/logs/` are opened without following links and
-    must belong to the supervisor's user, and the log itself is opened relative to them.
-    """
-    me = os.geteuid()
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    run_fd = os.open(path.parent.parent, flags)
-    try:
-        logs_fd = os.open(path.parent.name, flags, dir_fd=run_fd)
-    finally:
-        os.close(run_fd)
-    try:
-        # A swapped run/ can only hold a logs/ its swapper owns: checking logs/ is enough.
-        if os.fstat(logs_fd).st_uid != me:
-            raise PermissionError(f"{path.parent} is not the supervisor's own directory: refusing")
-        with contextlib.suppress(FileNotFoundError):
-            info = os.stat(path.name, dir_fd=logs_fd, follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and info.st_size > LOG_ROTATE_BYTES:
-                os.replace(path.name, path.name + ".1", src_dir_fd=logs_fd, dst_dir_fd=logs_fd)
-        fd = os.open(
-            path.name,
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o640,
-            dir_fd=logs_fd,
-        )
-    finally:
-        os.close(logs_fd)
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != me:
-        os.close(fd)
-        raise PermissionError(f"{path} is not a plain file of the supervisor's: refusing")
-    return fd
 
 
 class ManagedProcess:
@@ -155,7 +100,8 @@ class ManagedProcess:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
-        self._log_offset = 0
+        self.output = ProcessLog(log_path, max_bytes=settings.log_max_size, rate=settings.log_rate)
+        self._pump: asyncio.Task[None] | None = None
 
     # --- control
 
@@ -236,6 +182,9 @@ class ManagedProcess:
             proc = self._proc
             if proc is not None and proc.returncode is None:  # cancelled or a bug: no orphans
                 signal_group(proc.pid, signal.SIGKILL)
+            if self._pump is not None:
+                self._pump.cancel()
+            self.output.close()
             if self.state != "failed":
                 self.state, self.health, self.next_start = "stopped", "down", None
                 self._on_change()
@@ -248,22 +197,25 @@ class ManagedProcess:
             if self.health_file is not None:
                 # A health file left by the previous run must not pass for this one's.
                 self.health_file.unlink(missing_ok=True)
-            fd = open_log(self.log_path)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.output.start_run(f"--- smx run: starting {self.name} at {stamp}")
+            read_fd, write_fd = os.pipe()
             try:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                os.write(fd, f"--- smx run: starting {self.name} at {stamp}\n".encode())
-                self._log_offset = os.fstat(fd).st_size
                 proc = await asyncio.create_subprocess_exec(
                     *self.argv,
                     stdin=subprocess.DEVNULL,
-                    stdout=fd,
+                    stdout=write_fd,
                     stderr=subprocess.STDOUT,
                     env=self.env,
                     cwd=self.cwd,
                     start_new_session=True,
                 )
+            except BaseException:
+                os.close(read_fd)
+                raise
             finally:
-                os.close(fd)
+                os.close(write_fd)
+            self._pump = asyncio.create_task(self.output.pump(read_fd), name=f"log-{self.name}")
         except (OSError, subprocess.SubprocessError) as err:
             self.pid = None
             self.last_exit, self.last_exit_code = "did not start", None
@@ -299,17 +251,30 @@ class ManagedProcess:
         rc = proc.returncode
         assert rc is not None
         signal_group(proc.pid, signal.SIGKILL)  # helpers it left behind
+        await self._drain()
         self.last_exit, self.last_exit_code = describe_exit(rc), rc
         if self._stop.is_set():
             log.info("%s stopped (%s)", self.name, self.last_exit)
             return True
-        line = _last_line(self.log_path, self._log_offset)
+        line = self.output.last_line()
         if rc == 0:
             self.last_error = line or "exited with code 0 without being asked to stop"
         else:
             self.last_error = line or self.last_exit
         log.warning("%s died (%s): %s", self.name, self.last_exit, self.last_error)
         return False
+
+    async def _drain(self) -> None:
+        """Let the log take in what the process wrote before it ended."""
+        pump, self._pump = self._pump, None
+        if pump is None:
+            return
+        done, _ = await asyncio.wait({pump}, timeout=_DRAIN_SECONDS)
+        if not done:  # a helper that left the process group still holds the pipe
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+        elif pump.exception() is not None:
+            log.warning("%s: its log could not be written: %s", self.name, pump.exception())
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         signal_group(proc.pid, signal.SIGTERM)

@@ -21,7 +21,15 @@ from typing import Any
 
 from smx.identity import Identity, IdentityError
 from smx.names import DEVICE_ID, Glob, InvalidName
-from smx.settings import ConfigError, check_keys, dotted_key, duration, show_value
+from smx.settings import (
+    ConfigError,
+    check_keys,
+    dotted_key,
+    duration,
+    fmt_bytes,
+    parse_size,
+    show_value,
+)
 from smx.toml_text import toml_str
 from trusted.core.config import CoreConfig, load_core_config
 from trusted.policy import Policy, default_roles_text
@@ -53,6 +61,8 @@ _SUPERVISOR_KEYS = (
     "stable_after",
     "stop_timeout",
     "health_timeout",
+    "log_max_size",
+    "log_rate",
 )
 _CLIENT_KEYS = ("module", "command", "devices", "reads", "role", "enabled", "config")
 _SIMULATOR_KEYS = ("module", "command", "enabled", "config")
@@ -70,6 +80,8 @@ class SupervisorSettings:
     stable_after: float = 30.0
     stop_timeout: float = 5.0
     health_timeout: float = 15.0
+    log_max_size: int = 10 * 1024 * 1024  # a process's log moves to .log.1 beyond this
+    log_rate: int = 8 * 1024  # bytes/s of a process's output written; the rest is dropped
 
 
 @dataclass(frozen=True)
@@ -177,12 +189,22 @@ def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
     def get(name: str, default: float, lo: float, hi: float) -> float:
         return duration(table.get(name, default), f"supervisor.{name}", lo, hi)
 
+    def size(name: str, default: int, lo: int) -> int:
+        n = parse_size(table.get(name, default), f"supervisor.{name}")
+        if n < lo:
+            raise SiteConfigError(
+                f"supervisor.{name}: at least {fmt_bytes(lo)}, got {fmt_bytes(n)}"
+            )
+        return n
+
     settings = SupervisorSettings(
         backoff_initial=get("backoff_initial", d.backoff_initial, 0.01, 3600),
         backoff_max=get("backoff_max", d.backoff_max, 0.01, 86400),
         stable_after=get("stable_after", d.stable_after, 0.1, 86400),
         stop_timeout=get("stop_timeout", d.stop_timeout, 0.1, 600),
         health_timeout=get("health_timeout", d.health_timeout, 0.5, 600),
+        log_max_size=size("log_max_size", d.log_max_size, 64 * 1024),
+        log_rate=size("log_rate", d.log_rate, 1024),
     )
     if settings.backoff_max < settings.backoff_initial:
         raise SiteConfigError(
