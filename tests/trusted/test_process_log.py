@@ -62,9 +62,9 @@ async def test_the_log_moves_to_dot_1_at_its_size_and_loses_no_line(tmp_path):
     log.close()
     old, new = (path.parent / "ext.log.1").read_text(), path.read_text()
     assert len(old.encode()) <= 64 * 1024 and len(new.encode()) <= 64 * 1024
-    lines = (old + new).splitlines()
-    n = int(lines[0].split()[1])  # the oldest line still kept
-    assert lines == [f"line {i:05d}" for i in range(n, 20_000)]
+    written = "--- start\n" + "".join(f"line {i:05d}\n" for i in range(20_000))
+    kept = old + new  # a rotation may fall inside a line: the two files join up exactly
+    assert len(kept) > 64 * 1024 and written.endswith(kept)
     assert not (path.parent / "ext.log.2").exists()
 
 
