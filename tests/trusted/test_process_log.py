@@ -50,6 +50,12 @@ async def test_a_flood_is_held_to_the_rate_with_a_note_and_the_last_line_kept(tm
     assert log.dropped_bytes > 1_000_000
     assert notes and all(n.startswith("--- smx run: ") for n in notes)
     assert text.splitlines()[-1] in (notes[-1], "the end")  # the note comes before what follows
+    # Whole lines only: the marker, the output's lines in order, the notes.
+    numbers = [int(line.split()[1]) for line in text.splitlines()[1:] if line.startswith("ref")]
+    assert all(
+        line.startswith(("refused ", "--- smx run: ", "the end")) for line in text.splitlines()
+    )
+    assert numbers == sorted(numbers) and numbers[0] == 0
     assert sum(int(n.split()[3]) for n in notes) == log.dropped_bytes
     assert log.last_line() == "the end"  # kept though the file never saw it
 

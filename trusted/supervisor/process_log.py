@@ -6,8 +6,8 @@ A process's stdout and stderr go into a pipe; the supervisor copies what arrives
 - size: when the file would pass ``max_bytes`` it becomes ``<name>.log.1`` (replacing the
   previous one) and a new file is started, so a process never holds more than twice
   ``max_bytes`` of log, while it runs as well as across restarts;
-- rate: output beyond ``rate`` bytes a second (averaged, with a burst of ``BURST_SECONDS`` of
-  it) is dropped; one line in the log then says how much was dropped;
+- rate: lines beyond ``rate`` bytes a second (averaged, with a burst of ``BURST_SECONDS`` of
+  it) are dropped, whole; one line in the log then says how much was dropped;
 - the last non-empty line of the current run is kept in memory: it becomes ``last_error`` when
   the process dies (it counts even when the rate dropped it from the file).
 """
@@ -83,12 +83,14 @@ class ProcessLog:
         self._tokens = self.burst
         self._refilled = time.monotonic()
         self._dropping = 0  # bytes dropped since the last note in the file
+        self._pending = b""  # a line still waiting for its end
         self._tail = b""
         self._ends_line = True
 
     def start_run(self, marker: str) -> None:
         """Open (or reopen) the file and write ``marker`` as a line: a new run of the process."""
         self.close()
+        self._pending = b""
         self._fd = open_log(self.path, self.max_bytes)
         self._size = os.fstat(self._fd).st_size
         self._tail = b""
@@ -109,21 +111,43 @@ class ProcessLog:
                 self.feed(chunk)
         finally:
             transport.close()
+            self._flush_pending()
             self._note_dropped()
 
     def feed(self, chunk: bytes) -> None:
-        """One piece of the process's output: written, or dropped over the rate."""
+        """One piece of the process's output. Whole lines are written, or dropped over the rate;
+        a partial line waits for its end (up to 64 KiB)."""
         self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+        data = self._pending + chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 and len(data) < _READ_CHUNK:
+            self._pending = data
+            return
+        if cut == 0:
+            cut = len(data)
+        self._pending = data[cut:]
+        self._lines(data[:cut])
+
+    def _lines(self, block: bytes) -> None:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
-        if len(chunk) > self._tokens:
-            self._dropping += len(chunk)
-            self.dropped_bytes += len(chunk)
-            return
-        self._tokens -= len(chunk)
-        self._note_dropped()
-        self._write(chunk)
+        head, rest = block, b""
+        if len(block) > self._tokens:  # over the rate: the whole lines that fit, no more
+            cut = block.rfind(b"\n", 0, int(self._tokens)) + 1
+            head, rest = block[:cut], block[cut:]
+        if head:
+            self._tokens -= len(head)
+            self._note_dropped()
+            self._write(head)
+        if rest:
+            self._dropping += len(rest)
+            self.dropped_bytes += len(rest)
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            self._lines(pending + b"\n")
 
     def last_line(self) -> str:
         """The last non-empty line of the current run (cut to 300 characters), or ''."""
@@ -135,6 +159,7 @@ class ProcessLog:
 
     def close(self) -> None:
         if self._fd is not None:
+            self._flush_pending()
             self._note_dropped()
             os.close(self._fd)
             self._fd = None
