@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _demo(home: Path, seconds: float, plain: bool) -> None:
-    supervisor = Supervisor(load_site_config(home / "site.toml"))
+    supervisor = Supervisor(load_site_config(home / "site.toml"), reap_strays=True)
     site = asyncio.create_task(supervisor.run(), name="supervisor")
     viewer: asyncio.Task[None] | None = None
     try:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"smx run: {err}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(Supervisor(cfg).run())
+        asyncio.run(Supervisor(cfg, reap_strays=True).run())
     except ProvisionError as err:
         print(f"smx run: {err}", file=sys.stderr)
         return 2

@@ -100,6 +100,7 @@ class ManagedProcess:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self.spawning = False
         self.output = ProcessLog(log_path, max_bytes=settings.log_max_size, rate=settings.log_rate)
         self._pump: asyncio.Task[None] | None = None
 
@@ -200,6 +201,7 @@ class ManagedProcess:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             self.output.start_run(f"--- smx run: starting {self.name} at {stamp}")
             read_fd, write_fd = os.pipe()
+            self.spawning = True  # not swept as a stray before its pid is known
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *self.argv,
@@ -214,6 +216,7 @@ class ManagedProcess:
                 os.close(read_fd)
                 raise
             finally:
+                self.spawning = False
                 os.close(write_fd)
             self._pump = asyncio.create_task(self.output.pump(read_fd), name=f"log-{self.name}")
         except (OSError, subprocess.SubprocessError) as err:

@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smx.client import Credentials, unix_target
 from smx.health import read_health_file
 from smx.process_env import ProcessEnv, RunPaths, simulator_environ
-from trusted.supervisor import isolation
+from trusted.supervisor import isolation, strays
 from trusted.supervisor.process import ManagedProcess, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
 from trusted.supervisor.status import (
@@ -80,7 +80,11 @@ class Supervisor:
         *,
         python: str = sys.executable,
         status_interval: float = STATUS_INTERVAL,
+        reap_strays: bool = False,
     ) -> None:
+        """``reap_strays``: this process exists to run the site (``smx run``, ``smx demo``), so
+        it may adopt and kill processes that escaped their group (trusted.supervisor.strays);
+        not for a supervisor embedded in a process that has children of its own."""
         self.cfg = cfg
         self.paths = RunPaths(cfg.home)
         self.python = python
@@ -103,6 +107,7 @@ class Supervisor:
         # OS isolation of the children (trusted.supervisor.isolation): as root only.
         self.isolated = isolation.isolation_wanted()
         self._accounts: dict[str, isolation.Account] = {}
+        self.reap_strays = reap_strays and strays.become_subreaper()
 
     # --- public
 
@@ -151,6 +156,7 @@ class Supervisor:
             raise
         finally:
             await self._shutdown()
+            self._sweep_strays(everything=True)
             if refresher is not None:
                 refresher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -368,6 +374,7 @@ class Supervisor:
             if starting or time.monotonic() - last >= self.status_interval:
                 last = time.monotonic()
                 await self._refresh_health()
+                self._sweep_strays()
                 self._write_status()
 
     async def _refresh_health(self) -> None:
@@ -389,6 +396,13 @@ class Supervisor:
                 # "degraded" (e.g. one dead meter) is a process doing its job: it counts as
                 # healthy for the restart back-off, or it would wait backoff_max forever.
                 p.set_health(rep.state, rep.healthy, rep.last_error)
+
+    def _sweep_strays(self, *, everything: bool = False) -> None:
+        if not self.reap_strays or any(p.spawning for p in self.processes):
+            return
+        own = {p.pid for p in self.processes if p.pid is not None}
+        running = {p.name for p in self.processes if p.alive}
+        strays.sweep(own, running, everything=everything)
 
     def _changed(self) -> None:
         # Coalesce the changes of one loop iteration into one write.

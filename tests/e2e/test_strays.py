@@ -1,0 +1,125 @@
+"""Processes that escape their process group (double fork into a new session) under `smx run`:
+adopted by the supervisor, left alone while the process they came from runs, killed when it
+dies and when the site stops (trusted/supervisor/strays.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from extensions.sdk.testing import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Forks a helper that leaves the process group and session and prints its pid into the log,
+# then lives on for `argv[1]` seconds (the helper sleeps for good).
+ESCAPER = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        print("helper pid", os.getpid(), flush=True)
+        time.sleep(3600)
+    os._exit(0)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def site_toml(home: Path) -> str:
+    def cmd(lives: float) -> str:
+        argv = [sys.executable, str(home / "escaper.py"), str(lives)]
+        return "[" + ", ".join(f"'{a}'" for a in argv) + "]"
+
+    return f"""\
+site = "usm-0097"
+
+[supervisor]
+backoff_initial = "10s"
+stop_timeout = "3s"
+
+[simulators.keeper]
+command = {cmd(3600)}
+
+[simulators.quitter]
+command = {cmd(1)}
+"""
+
+
+def stray_pids(home: Path, name: str) -> list[int]:
+    path = home / "run" / "logs" / f"{name}.log"
+    text = path.read_text() if path.exists() else ""
+    return [int(line.split()[2]) for line in text.splitlines() if line.startswith("helper pid ")]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class Site:
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="smx-"))
+        (self.home / "site.toml").write_text(site_toml(self.home))
+        (self.home / "escaper.py").write_text(ESCAPER)
+        self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trusted.cli.main", "run", "--config", "site.toml"],
+            cwd=self.home,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+
+    def log(self) -> str:
+        return (self.home / "smx-run.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in stray_pids(self.home, "keeper") + stray_pids(self.home, "quitter"):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.out.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    s = Site()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_escaped_helpers_are_adopted_and_killed_with_what_they_came_from(site):
+    wait_for(lambda: stray_pids(site.home, "keeper"), 30, what="the keeper's helper")
+    (kept,) = stray_pids(site.home, "keeper")
+    # The helper left its group and session, and the supervisor adopted it.
+    helper = psutil.Process(kept)
+    wait_for(lambda: helper.ppid() == site.proc.pid, 10, what="the supervisor adopting it")
+    assert os.getsid(kept) != os.getsid(site.proc.pid)
+
+    # The quitter exits after 1 s: its helper is killed although it escaped the group.
+    wait_for(lambda: stray_pids(site.home, "quitter"), 30, what="the quitter's helper")
+    (gone,) = stray_pids(site.home, "quitter")[:1]
+    wait_for(lambda: not alive(gone), 15, what="the quitter's helper killed")
+    wait_for(lambda: "quitter left a process behind" in site.log(), 5, what="the log line")
+    assert alive(kept), "a helper of a running process is left alone"
+
+    site.proc.send_signal(signal.SIGTERM)
+    assert site.proc.wait(30) == 0, site.log()
+    assert not alive(kept), "the site stopped but the keeper's helper lives on"
+    assert "keeper left a process behind" in site.log()
