@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 __all__ = ["main"]
+
+# Before any command imports grpc: gRPC logs every failed TLS handshake (a client without a
+# certificate) at INFO, one line each, so a flood of them only fills the log. What the core
+# refuses itself is summarised and audited; GRPC_VERBOSITY=INFO shows the handshakes again.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 # Each module registers its own sub-commands; a missing module is a packaging bug, not optional.
 COMMAND_MODULES = (
