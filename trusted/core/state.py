@@ -26,12 +26,16 @@ from trusted.core.errors import CoreError
 from trusted.core.history import HistoryLog
 from trusted.core.realtime import RealtimeDB
 from trusted.core.setpoints import SetpointBoard
+from trusted.core.site_files import private_dir
 from trusted.pki import RevocationList, SiteCA
 from trusted.policy import Policy, PolicyError
 
-__all__ = ["CoreState", "CORE_POINTS"]
+__all__ = ["CoreState", "CORE_POINTS", "CRL_NUMBER_FILE"]
 
 log = logging.getLogger(__name__)
+
+# In the history's directory: the highest CRLNumber the core has accepted (trusted.pki.crl).
+CRL_NUMBER_FILE = "crl.number"
 
 # The core's own health points, refreshed every CORE_POINTS_PERIOD seconds.
 CORE_POINTS_PERIOD = 5.0
@@ -77,10 +81,16 @@ class CoreState:
         self.board = SetpointBoard(
             self.db, backlog=config.watch_backlog, on_change=self._audit_setpoint
         )
+        # The highest CRLNumber accepted is kept next to the history (data/, 0700), so that an
+        # older CRL put back while the core was down is refused at start (docs/CORE.md).
+        crl_number_file = config.history.path.with_name(CRL_NUMBER_FILE)
+        private_dir(crl_number_file.parent)
         self.gate = Gate(
             site=self.site,
             policy=Policy.load(config.policy),
-            revocations=RevocationList(self.ca.crl_path, self.ca.ca_certificate),
+            revocations=RevocationList(
+                self.ca.crl_path, self.ca.ca_certificate, number_file=crl_number_file
+            ),
             audit=self.audit,
         )
         self.started = time.monotonic()

@@ -7,6 +7,8 @@ PEM and checks its serial against ``crl.pem``, which `smx pki revoke` rewrites i
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -21,15 +23,20 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPublicKeyTypes,
     CertificatePublicKeyTypes,
 )
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from trusted.pki.files import PkiError, read_file
+from trusted.pki.files import PkiError, read_file, write_atomic
 
-__all__ = ["RevocationList", "load_certificate_pem"]
+__all__ = ["NUMBER_FILE_MODE", "RevocationList", "load_certificate_pem"]
 
 log = logging.getLogger(__name__)
 
 # The key classes that can sign, as the installed cryptography defines them.
 _SIGNING_KEY_TYPES = get_args(CertificateIssuerPublicKeyTypes)
+
+# The number file lives in the core's private data directory: 0600 like the history and the
+# audit log there (trusted.core.site_files), written atomically (temp file, fsync, rename).
+NUMBER_FILE_MODE = 0o600
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,6 +65,13 @@ class RevocationList:
     (an older list put back, which would revive revoked certificates) is logged and ignored;
     the previous list stays in force. The first load must succeed, so a core never starts
     without knowing what is revoked.
+
+    With ``number_file``, the highest CRLNumber accepted is also kept on disk (JSON with the
+    number and the SHA-256 of the CA certificate, mode 0600, replaced atomically) before a list
+    is taken into force, so the check survives a restart: the first load refuses (PkiError) a
+    CRL whose number is lower than the one kept, and a number file that cannot be read. A number
+    kept for another CA (the site CA was re-created) does not apply: it is replaced, with one
+    WARNING line.
     """
 
     def __init__(
@@ -67,17 +81,30 @@ class RevocationList:
         *,
         min_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        number_file: Path | None = None,
     ) -> None:
         self._path = Path(crl_path)
         self._ca_cert = ca_cert
+        self._ca_sha256 = hashlib.sha256(ca_cert.public_bytes(Encoding.DER)).hexdigest()
         self._min_interval = min_interval
         self._clock = clock
         self._lock = threading.Lock()
+        self._number_file = None if number_file is None else Path(number_file)
         stamp = self._stat()
         if stamp is None:
             raise PkiError(f"CRL not found: {self._path}")
         # Raises PkiError: refuse to start on a bad CRL.
         self._number, self._serials = self._parse()
+        kept = self._read_number()
+        if kept is not None and self._number < kept:
+            raise PkiError(
+                f"CRL {self._path} refused: its CRLNumber {self._number} is lower than "
+                f"{kept}, the highest this core has accepted (kept in {self._number_file}): "
+                "an older list put back would revive revoked certificates; the core does not "
+                "start until the current crl.pem is put back"
+            )
+        if kept is None or self._number > kept:
+            self._write_number(self._number)
         # Counts the lists taken into force, so a watcher can tell that the list changed.
         self._version = 0
         # None while the file is missing, so its reappearance counts as a change.
@@ -139,8 +166,61 @@ class RevocationList:
                 return
             if serials != self._serials:
                 log.info("CRL %s reloaded: %d revoked certificate(s)", self._path, len(serials))
+            # Kept before it is in force; a failure is logged and the list is taken anyway: a
+            # revocation must apply now, the number is kept again with the next list.
+            self._write_number(number)
             self._number, self._serials = number, serials
             self._version += 1
+
+    def _read_number(self) -> int | None:
+        """The highest CRLNumber kept for this CA, None when there is none (or no file)."""
+        path = self._number_file
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise PkiError(
+                f"cannot read the CRL number file {path}: {err.strerror or err}; the core does "
+                "not start without knowing the highest CRLNumber it accepted"
+            ) from err
+        try:
+            kept = json.loads(data)
+        except ValueError:
+            kept = None
+        number = kept.get("crl_number") if isinstance(kept, dict) else None
+        ca = kept.get("ca_sha256") if isinstance(kept, dict) else None
+        if type(number) is not int or number < 0 or not isinstance(ca, str):
+            raise PkiError(
+                f"CRL number file {path} is corrupt (expected JSON with crl_number and "
+                "ca_sha256); the core does not start without knowing the highest CRLNumber it "
+                "accepted: make sure crl.pem is the current list, then delete the file"
+            )
+        if ca != self._ca_sha256:
+            log.warning(
+                "CRL number file %s was kept for another site CA (re-created?); its number %d "
+                "does not apply and is replaced",
+                path,
+                number,
+            )
+            return None
+        return number
+
+    def _write_number(self, number: int) -> None:
+        if self._number_file is None:
+            return
+        data = json.dumps({"crl_number": number, "ca_sha256": self._ca_sha256}) + "\n"
+        try:
+            write_atomic(self._number_file, data.encode(), NUMBER_FILE_MODE)
+        except OSError as err:
+            log.error(
+                "cannot keep CRLNumber %d in %s (%s): after a restart an older CRL could be taken",
+                number,
+                self._number_file,
+                err.strerror or err,
+            )
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
