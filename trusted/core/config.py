@@ -51,7 +51,7 @@ _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,6
 _TOP_KEYS = ("site", "socket", "tcp", "policy", "pki_dir", "history", "audit", "watch", "limits")
 _SECTIONS = {
     "history": ("path", "flush_interval", "max_age", "max_size", "retention_interval"),
-    "audit": ("path",),
+    "audit": ("path", "max_size", "keep"),
     "watch": ("backlog", "stale_factor", "stale_check_interval"),
     "limits": (
         "max_request_items",
@@ -81,6 +81,8 @@ class CoreConfig:
     policy: Path
     audit_path: Path
     history: HistoryConfig
+    audit_max_bytes: int | None = 64 * 1024**2  # rotated past this; None: never
+    audit_keep: int = 4  # rotated files kept (audit.jsonl.1 ...)
     stale_factor: float = 2.0
     stale_check_interval: float = 0.5
     watch_backlog: int = 20_000  # revisions kept for resuming a watch
@@ -166,6 +168,12 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
         )
 
     audit = _section(data, "audit")
+    audit_size = audit.get("max_size", "64MB")
+    audit_max_bytes = None if _off(audit_size) else parse_size(audit_size, "audit.max_size")
+    if audit_max_bytes is not None and audit_max_bytes < 1024**2:
+        raise ConfigError(
+            f'audit.max_size: must be at least 1MB (or "off"), got {show_value(audit_size)}'
+        )
     watch = _section(data, "watch")
     limits = _section(data, "limits")
     tcp = data.get("tcp")
@@ -193,6 +201,8 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
         policy=file_path(data.get("policy", "policy.toml"), "policy", home),
         audit_path=file_path(audit.get("path", "data/audit.jsonl"), "audit.path", home),
         history=history,
+        audit_max_bytes=audit_max_bytes,
+        audit_keep=integer(audit.get("keep", 4), "audit.keep", 1, 1000),
         stale_factor=number(watch.get("stale_factor", 2.0), "watch.stale_factor", 1.0, 100.0),
         stale_check_interval=duration(
             watch.get("stale_check_interval", 0.5), "watch.stale_check_interval", 0.05, 60
