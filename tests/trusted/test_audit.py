@@ -190,6 +190,7 @@ async def test_query_of_a_missing_file_is_empty(tmp_path: Path) -> None:
 async def test_many_write_batches_become_one_record_per_identity(path: Path) -> None:
     log = await started(path, write_summary_interval=0.3, fsync_interval=0.05)
     try:
+        before = time.time_ns() // 1_000_000
         for i in range(400):
             log.record_write(ALICE, [f"fronius.P_{i % 30:02d}", "fronius.E_tot"], 100 + i)
         log.record_write(BOB, iter(["ess1.soc"]), 7)  # any iterable
@@ -198,6 +199,8 @@ async def test_many_write_batches_become_one_record_per_identity(path: Path) -> 
         await asyncio.sleep(0.05)
         alice = log.query(kind="write", identity=ALICE)
         assert len(alice) == 1
+        since = alice[0].detail.pop("since_ms")
+        assert before <= since <= alice[0].ts_ms
         assert alice[0].detail == {
             "batches": 400,
             "points": 800,
@@ -208,8 +211,8 @@ async def test_many_write_batches_become_one_record_per_identity(path: Path) -> 
         }
         bob = log.query(kind="write", identity=BOB)[0]
         assert bob.detail["batches"] == 1 and bob.detail["names"] == ["ess1.soc"]
-        # The next interval starts from zero.
-        log.record_write(ALICE, ["fronius.P_00"], 600)
+        # The next summary counts from zero; a name not written before makes it due at once.
+        log.record_write(ALICE, ["fronius.P_00", "fronius.P_new"], 600)
         await until(lambda: len(log.query(kind="write")) == 3)
         last = log.query(kind="write")[-1]
         assert last.detail["batches"] == 1 and last.detail["first_revision"] == 600
@@ -224,6 +227,72 @@ async def test_pending_write_summary_is_written_on_close(path: Path) -> None:
     await log.close()
     (rec,) = log.query(kind="write")
     assert rec.detail["batches"] == 2 and rec.detail["last_revision"] == 2
+
+
+async def test_routine_writing_is_summarised_once_an_hour_a_new_name_at_once(path: Path) -> None:
+    log = await started(path, write_summary_interval=10, routine_summary_interval=3600)
+    t0 = time.monotonic() + 1e6  # a simulated clock, far ahead of the background task's
+    rev = 0
+
+    async def run(seconds: range, names: dict[str, list[str]]) -> None:
+        nonlocal rev
+        for s in seconds:
+            for who, ns in names.items():
+                rev += 1
+                log.record_write(who, ns, rev)
+            await log._tick(t0 + s)
+
+    routine = {ALICE: ["fronius/ext.state", "fronius/P"], BOB: ["lessag/ext.state"]}
+    await run(range(1, 7201), routine)  # two hours of heartbeats
+    writes = log.query(kind="write")
+    # Each identity: its first summary at once (new), then one an hour, not one per 10 s.
+    assert [(r.identity, r.detail["batches"]) for r in writes] == [
+        (ALICE, 1),
+        (BOB, 1),
+        (ALICE, 3600),
+        (BOB, 3600),
+    ]
+    assert writes[2].detail["first_revision"] == 3  # the counts carry on from the last one
+
+    # A name the previous summary did not list is written at the next summary (within the 20
+    # seconds run here), not an hour on.
+    seq = log.last_seq
+    await run(range(7201, 7221), {ALICE: ["fronius/ext.state", "fronius/P", "fronius/Q"]})
+    (changed,) = log.query(after_seq=seq, identity=ALICE)
+    assert "fronius/Q" in changed.detail["names"]
+    # Fewer names than before is still routine: counted, not written.
+    seq = log.last_seq
+    await run(range(7221, 7300), {ALICE: ["fronius/P"]})
+    assert log.last_seq == seq
+    await log.close()  # close writes what is pending
+    (pending,) = log.query(after_seq=seq)
+    assert pending.identity == ALICE and pending.detail["batches"] > 70
+    batches = sum(r.detail["batches"] for r in log.query(kind="write"))
+    assert batches == rev  # nothing lost from the counts
+
+
+async def test_an_idle_site_writes_little_to_the_log(path: Path) -> None:
+    """8 identities each writing their 3 routine points every second, with signed checkpoints:
+    a simulated three hours. (Before hourly routine summaries: ~31 MB a day.)"""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from trusted.core.audit_checkpoint import CheckpointSigner
+
+    signer = CheckpointSigner(ec.generate_private_key(ec.SECP256R1()))
+    log = await started(path, signer=signer, identity="spiffe://usm-0017/trusted/smxcore")
+    start = path.stat().st_size
+    t0 = time.monotonic() + 1e6
+    who = [f"spiffe://usm-0017/trusted/ext{i}" for i in range(8)]
+    hours = 3
+    for s in range(1, hours * 3600 + 1):
+        for i, ident in enumerate(who):
+            log.record_write(ident, [f"ext{i}/ext.state", f"ext{i}/ext.devices_ok", f"ext{i}/P"], s)
+        await log._tick(t0 + s)
+    per_day = (path.stat().st_size - start) * 24 / hours
+    kinds = [r.kind for r in log.query(limit=10_000)]
+    await log.close()
+    assert kinds.count("write") == 8 * (1 + hours - 1)  # the first ones, then one an hour
+    assert per_day < 200_000, per_day
 
 
 # -- denial coalescing -----------------------------------------------------------------------
@@ -277,7 +346,12 @@ async def test_a_flood_of_distinct_denials_keeps_memory_and_records_bounded(path
     assert len(recs) == 11
     accounted = sum(r.detail.get("repeats", 0) or 1 for r in recs)
     assert accounted == 1000
-    assert recs[-1].detail == {"repeats": 990, "points_omitted": True}
+    assert recs[-1].detail == {
+        "repeats": 990,
+        "points_omitted": True,
+        "by": [{"method": "m", "reason": "R", "repeats": 990}],
+    }
+    assert (recs[-1].method, recs[-1].reason) == ("m", "R")  # one pair: named on the record
 
 
 # -- hash chain, restart, torn lines ---------------------------------------------------------
@@ -427,3 +501,49 @@ async def test_a_client_varying_the_point_cannot_flood_the_log(tmp_path):
     assert counted == 2000 - DENIAL_RECORD_BURST  # nothing lost from the count
     assert any(r.identity.endswith("/other") for r in records)  # others still recorded
     assert log.verify() == len(records)
+
+
+async def test_a_client_varying_method_and_reason_costs_one_overflow_record_per_window(
+    tmp_path: Path,
+) -> None:
+    # Past its budget, an identity's refusals are counted into one record per window, however
+    # many (method, reason) pairs it spreads them over; the counts fold into its detail.
+    from trusted.core.audit import DENIAL_RECORD_BURST
+
+    log = await started(tmp_path / "audit.jsonl", denial_window=60.0)
+    hostile = "spiffe://s/untrusted/x"
+    for i in range(DENIAL_RECORD_BURST):  # spend the budget: one record each
+        log.append("denied", hostile, method="/m", point=f"a/p{i}", reason="R")
+    assert log.last_seq == DENIAL_RECORD_BURST
+    calls = 0
+    for m in range(40):
+        for r in range(10):
+            for _ in range(1 + (m == 2) * 99):  # /M2 is the most frequent method
+                log.append("denied", hostile, method=f"/M{m}", point=f"b/{calls}", reason=f"R{r}")
+                calls += 1
+    log.append("denied", "spiffe://s/untrusted/y", method="/M1", point="c/p", reason="R1")
+    assert log.last_seq == DENIAL_RECORD_BURST + 1  # nothing more written within the window
+
+    log._flush_denials(force=False, now=time.monotonic() + 61)  # the window closes
+    overflow = [r for r in log.query(after_seq=DENIAL_RECORD_BURST + 1) if r.identity == hostile]
+    assert len(overflow) == 1  # not one per (method, reason): 400 pairs here
+    (rec,) = overflow
+    assert (rec.method, rec.point, rec.reason) == ("", "", "")
+    assert rec.detail["repeats"] == calls and rec.detail["points_omitted"] is True
+    listed = rec.detail["by"]
+    assert len(listed) == 10
+    assert listed[0] == {"method": "/M2", "reason": "R0", "repeats": 100}
+    assert sum(e["repeats"] for e in listed) + rec.detail["other_repeats"] == calls
+    assert len(log._overflow) == 0
+
+    # The next window: again one record for the identity, whatever it varies.
+    for i in range(500):
+        log.append("denied", hostile, method=f"/N{i}", point=f"d/{i}", reason=f"Q{i % 7}")
+    # Memory per identity stays bounded: a fixed number of pairs, the rest only summed.
+    assert len(log._overflow[hostile].counts) <= 32
+    seq = log.last_seq
+    log._flush_denials(force=False, now=time.monotonic() + 200)
+    (rec,) = log.query(after_seq=seq)
+    assert rec.detail["repeats"] == 500 and len(rec.detail["by"]) == 10
+    await log.close()
+    assert log.verify() == log.last_seq

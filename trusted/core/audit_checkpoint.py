@@ -12,6 +12,11 @@ checkpoint (covering the checkpoint record itself) in a small file next to the l
 against the core's certificate, and that the log reaches the checkpoint file's seq with the same
 hash: a cut or emptied log ends before it, a re-hashed one no longer matches a signature.
 
+A rotation (trusted.core.audit_reader, `log_files`) changes nothing here: the chain and its
+checkpoints run on across the files, so a checkpoint whose record is now in ``<log>.1`` still
+verifies. One that retention has already deleted (only possible with several rotations within
+one checkpoint interval) can no longer be compared and is skipped; the log must still reach it.
+
 Limits: whoever can delete both the log *and* the checkpoint file leaves a brand-new site
 behind; a checkpoint file and log both replaced by an older, validly signed pair go unnoticed.
 """
@@ -160,9 +165,11 @@ def read_checkpoint_file(path: Path) -> Checkpoint | None:
 
 @dataclass(frozen=True)
 class LogReport:
-    records: int
+    records: int  # records checked (the files kept; without rotation, the last seq)
     last_checkpoint: int  # seq covered by the newest signed checkpoint (0: none)
     breaks: int  # audit_break records found (earlier breaks the core recorded)
+    first_seq: int = 1  # the oldest seq kept (above 1 once retention deleted a file)
+    last_seq: int = 0
 
 
 def verify_log(
@@ -193,10 +200,12 @@ def verify_log(
             "the core's certificate",
             seq=checkpoint.seq,
         )
-    count, last_cp, breaks = 0, 0, 0
+    count, records, first, last_cp, breaks = 0, 0, 0, 0, 0
     cp_seen = False
     for where, obj, digest in chain_records(path, size=size, missing_ok=True):
         seq, prev = obj["seq"], obj["prev"]
+        first = first or seq
+        records += 1
         if obj["kind"] == CHECKPOINT_KIND:
             d = obj["detail"]
             if d.get("covers_seq") != seq - 1 or d.get("covers_hash") != prev:
@@ -231,7 +240,7 @@ def verify_log(
             + (f" and signed checkpoints up to seq {last_cp}" if cp_seen else ""),
             seq=last_cp or None,
         )
-    return LogReport(count, last_cp, breaks)
+    return LogReport(records, last_cp, breaks, first or 1, count)
 
 
 def file_size(path: Path) -> int:

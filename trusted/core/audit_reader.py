@@ -1,7 +1,11 @@
-"""Reading the audit log file: a backward line reader and tail recovery on open, pages of records
-(oldest first, after a seq) and verify.
+"""Reading the audit log: its files, a backward line reader and tail recovery on open, pages of
+records (oldest first, after a seq) and verify.
 
-Everything here needs only the file, not a started AuditLog (`smx audit` verifies a stopped
+The log is the current file plus the rotated files kept beside it, oldest first:
+``<log>.N`` ... ``<log>.1``, ``<log>`` (see trusted.core.audit_record for the ``rotated`` record
+that links them). Queries and verification read across all of them, as one chain.
+
+Everything here needs only the files, not a started AuditLog (`smx audit` verifies a stopped
 core's log). The writer is trusted.core.audit; the line format is trusted.core.audit_record.
 """
 
@@ -18,13 +22,25 @@ from typing import BinaryIO
 from trusted.core.audit_record import (
     FIELDS,
     GENESIS,
+    ROTATED_KIND,
     AuditError,
     AuditRecord,
     record_hash,
     to_record,
 )
 
-__all__ = ["chain_records", "lines_backward", "page_records", "recover_tail", "verify_chain"]
+__all__ = [
+    "chain_records",
+    "first_seq",
+    "last_record",
+    "lines_backward",
+    "log_files",
+    "page_records",
+    "recover_tail",
+    "rotated_numbers",
+    "rotated_path",
+    "verify_chain",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +65,9 @@ def lines_backward(fd: int, size: int, chunk: int = 256 * 1024) -> Iterator[tupl
             return
 
 
-def recover_tail(path: Path, fd: int, size: int) -> tuple[int, str, int]:
-    """(last seq, last hash, size) to continue from; cuts a torn last line away.
-
-    ``fd`` is the writer's open descriptor of ``path`` (named in log messages).
-    """
+def _scan_tail(path: Path, fd: int, size: int) -> tuple[int, str, int]:
+    """(last seq, its hash, bytes up to the end of the last whole line); (0, GENESIS, ...)
+    when no line is a record."""
     keep = size
     for offset, raw in lines_backward(fd, size):
         if not raw.endswith(b"\n"):
@@ -81,13 +95,110 @@ def recover_tail(path: Path, fd: int, size: int) -> tuple[int, str, int]:
                 err,
             )
             continue
-        break
-    else:
-        rec, last_hash = None, GENESIS
+        return rec.seq, last_hash, keep
+    return 0, GENESIS, keep
+
+
+def recover_tail(path: Path, fd: int, size: int) -> tuple[int, str, int]:
+    """(last seq, last hash, size) to continue from; cuts a torn last line away.
+
+    ``fd`` is the writer's open descriptor of ``path`` (named in log messages).
+    """
+    seq, last_hash, keep = _scan_tail(path, fd, size)
     if keep != size:
         os.ftruncate(fd, keep)
         os.fsync(fd)
-    return (rec.seq if rec else 0), last_hash, keep
+    return seq, last_hash, keep
+
+
+def last_record(path: Path) -> tuple[int, str] | None:
+    """(seq, hash) of the last readable record of a file that is not written any more (a
+    rotated file); None when it holds none or is missing."""
+    with _open(path) as f:
+        if f is None:
+            return None
+        fd = f.fileno()
+        seq, last_hash, _ = _scan_tail(path, fd, os.fstat(fd).st_size)
+    return (seq, last_hash) if seq else None
+
+
+def first_seq(path: Path) -> int | None:
+    """The seq of the first line of ``path``; None when it is missing, empty or unreadable."""
+    with _open(path) as f:
+        if f is None:
+            return None
+        return _first_seq_of(f.fileno())
+
+
+def _first_seq_of(fd: int) -> int | None:
+    line = _line_at(fd, 0, os.fstat(fd).st_size)
+    return _seq_of(line) if line.endswith(b"\n") else None
+
+
+# -- the files of the log --------------------------------------------------------------------
+
+# Rotated files are <log>.1 (newest) to <log>.N; a suffix this long is nothing of ours.
+_MAX_SUFFIX_DIGITS = 6
+
+
+def rotated_path(path: Path, n: int) -> Path:
+    """``data/audit.jsonl``, 2 -> ``data/audit.jsonl.2``."""
+    return path.with_name(f"{path.name}.{n}")
+
+
+def rotated_numbers(path: Path) -> list[int]:
+    """The numbers of the rotated files of ``path`` that exist, ascending (newest first). A gap
+    (a rotation interrupted between two renames) is allowed: the chain shows what is missing."""
+    prefix = path.name + "."
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise AuditError(f"{path.parent}: cannot list audit log files: {err.strerror}") from err
+    found = []
+    for name in names:
+        if name.startswith(prefix):
+            tail = name[len(prefix) :]
+            if (
+                tail.isascii()
+                and tail.isdigit()
+                and len(tail) <= _MAX_SUFFIX_DIGITS
+                and tail[0] != "0"
+            ):
+                found.append(int(tail))
+    return sorted(found)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def log_files(path: Path) -> Iterator[list[tuple[Path, BinaryIO]]]:
+    """Every file of the log, opened, oldest first: ``<log>.N`` ... ``<log>.1``, ``<log>`` (an
+    empty list when there is none). All are opened before any is read, the current file first,
+    and the set is taken again if the current file was renamed meanwhile, so a rotation while a
+    reader pages or verifies can make it neither skip nor repeat a file."""
+    for _ in range(20):
+        with contextlib.ExitStack() as stack:
+            current = stack.enter_context(_open(path))
+            files: list[tuple[Path, BinaryIO]] = []
+            for n in reversed(rotated_numbers(path)):
+                f = stack.enter_context(_open(rotated_path(path, n)))
+                if f is not None:  # else deleted by retention meanwhile: older than the rest
+                    files.append((rotated_path(path, n), f))
+            try:
+                now = _identity(os.stat(path))
+            except FileNotFoundError:
+                now = None
+            if now != (None if current is None else _identity(os.fstat(current.fileno()))):
+                continue  # rotated while we opened: open the new set
+            if current is not None:
+                files.append((path, current))
+            yield files
+            return
+    raise AuditError(f"{path}: the audit log kept rotating while it was being opened")
 
 
 def page_records(
@@ -102,25 +213,34 @@ def page_records(
     limit: int = 100,
 ) -> tuple[list[AuditRecord], bool]:
     """The first ``limit`` matching records with a seq above ``after_seq``, oldest first, and
-    whether more match. Seqs only grow down the file, so the start is found by bisection:
-    each page costs a few reads plus the records it covers, however long the log is. There is
-    no early stop on time: a box without an RTC writes 1970 timestamps until NTP syncs, so
-    ts_ms is not monotonic."""
+    whether more match, across the rotated files and the current one. Seqs only grow down the
+    log, so files ending before ``after_seq`` are skipped by their first line and the start is
+    found by bisection: each page costs a few reads plus the records it covers, however long
+    the log is. There is no early stop on time: a box without an RTC writes 1970 timestamps
+    until NTP syncs, so ts_ms is not monotonic."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     match = _Matcher(start_ms, end_ms, kind, identity, point_glob)
     found: list[AuditRecord] = []
-    with _open(path) as f:
-        if f is None:
-            return [], False
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        for raw in _lines_forward(fd, _first_line_after(fd, size, after_seq), size):
-            rec = match(raw)
-            if rec is not None and rec.seq > after_seq:
-                found.append(rec)
-                if len(found) > limit:
-                    break
+    with log_files(path) as files:
+        start = 0
+        if after_seq > 0:
+            for i, (_, f) in enumerate(files):
+                first = _first_seq_of(f.fileno())
+                if first is not None and first <= after_seq + 1:
+                    start = i  # every file before it ends at or before after_seq
+        for i, (_, f) in enumerate(files[start:]):
+            fd = f.fileno()
+            size = os.fstat(fd).st_size
+            offset = _first_line_after(fd, size, after_seq) if i == 0 else 0
+            for raw in _lines_forward(fd, offset, size):
+                rec = match(raw)
+                if rec is not None and rec.seq > after_seq:
+                    found.append(rec)
+                    if len(found) > limit:
+                        break
+            if len(found) > limit:
+                break
     match.report(path)
     return found[:limit], len(found) > limit
 
@@ -254,54 +374,83 @@ def _lines_forward(fd: int, start: int, size: int, chunk: int = 1024 * 1024) -> 
 def chain_records(
     path: Path, *, size: int | None = None, missing_ok: bool = False, prefix: str = ""
 ) -> Iterator[tuple[str, dict, str]]:
-    """Each record of ``path`` once its line, fields, sequence and hash chain are checked:
-    (where, the record without its hash, its hash). Raises AuditError at the first break.
-    ``size`` limits the bytes read (a log still being appended to); ``prefix`` starts the
-    `where` of every message."""
-    prev, expected = GENESIS, 1
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        if missing_ok:
-            return
-        raise AuditError(f"{path}: cannot read audit log: No such file or directory") from None
-    except OSError as err:
-        raise AuditError(f"{path}: cannot read audit log: {err.strerror}") from err
-    with f:
-        remaining = size if size is not None else -1
-        for lineno, raw in enumerate(f, 1):
-            if remaining >= 0:
-                if remaining == 0:
-                    return
-                remaining -= len(raw)
-            where = f"{prefix}seq {expected} (line {lineno})"
-            if not raw.endswith(b"\n"):
-                raise AuditError(f"{where}: torn line without a newline", seq=expected)
-            try:
-                obj = json.loads(raw)
-                to_record(obj)
-            except ValueError as err:
-                raise AuditError(f"{where}: not a valid record: {err}", seq=expected) from err
-            if set(obj) != set(FIELDS):
-                raise AuditError(
-                    f"{where}: fields {sorted(obj)} differ from {sorted(FIELDS)}",
-                    seq=expected,
-                )
-            seq = obj["seq"]
-            if seq != expected:
-                raise AuditError(
-                    f"{where}: found seq {seq} (a record is missing or out of order)",
-                    seq=expected,
-                )
-            if obj["prev"] != prev:
-                raise AuditError(f"{where}: prev does not match the hash of seq {seq - 1}", seq=seq)
-            digest = obj.pop("hash")
-            if record_hash(obj) != digest:
-                raise AuditError(f"{where}: hash mismatch, the record was altered", seq=seq)
-            yield where, obj, digest
-            prev, expected = digest, seq + 1
+    """Each record of the log at ``path`` (its rotated files, oldest first, then ``path``) once
+    its line, fields, sequence and hash chain are checked: (where, the record without its hash,
+    its hash). Raises AuditError at the first break.
+
+    The chain starts at seq 1 from GENESIS, or, when retention deleted the files before it, at
+    a ``rotated`` record, taking its seq and ``prev`` as given; every later file continues the
+    chain of the one before. The newest ``rotated`` record names the first seq kept after it
+    (``kept_from_seq``): a log that starts later lost a file retention would have kept.
+    ``size`` limits the bytes read of ``path`` (a log still being appended to); ``prefix``
+    starts the `where` of every message."""
+    prev, expected = GENESIS, 0  # 0: the first record decides where the chain starts
+    first_kept = claim = claim_seq = 0
+    with log_files(path) as files:
+        if not files and not missing_ok:
+            raise AuditError(f"{path}: cannot read audit log: No such file or directory")
+        for file_path, f in files:
+            current = file_path == path
+            remaining = size if current and size is not None else -1
+            for lineno, raw in enumerate(f, 1):
+                if remaining >= 0:
+                    if remaining == 0:
+                        break
+                    remaining -= len(raw)
+                at = f"line {lineno}" if current else f"{file_path.name} line {lineno}"
+                where = f"{prefix}seq {expected or 1} ({at})"
+                if not raw.endswith(b"\n"):
+                    raise AuditError(f"{where}: torn line without a newline", seq=expected or 1)
+                try:
+                    obj = json.loads(raw)
+                    to_record(obj)
+                except ValueError as err:
+                    raise AuditError(
+                        f"{where}: not a valid record: {err}", seq=expected or 1
+                    ) from err
+                if set(obj) != set(FIELDS):
+                    raise AuditError(
+                        f"{where}: fields {sorted(obj)} differ from {sorted(FIELDS)}",
+                        seq=expected or 1,
+                    )
+                seq = obj["seq"]
+                if not expected:
+                    # The oldest file kept: the genesis file, or one a rotation started.
+                    if obj["kind"] == ROTATED_KIND and seq > 1:
+                        expected, prev = seq, obj["prev"]
+                    else:
+                        expected = 1
+                    first_kept = expected
+                    where = f"{prefix}seq {expected} ({at})"
+                if seq != expected:
+                    raise AuditError(
+                        f"{where}: found seq {seq} (a record is missing or out of order)",
+                        seq=expected,
+                    )
+                if obj["prev"] != prev:
+                    raise AuditError(
+                        f"{where}: prev does not match the hash of seq {seq - 1}", seq=seq
+                    )
+                if obj["kind"] == ROTATED_KIND:
+                    d = obj["detail"]
+                    if d.get("last_seq") != seq - 1 or d.get("last_hash") != prev:
+                        raise AuditError(f"{where}: rotated record names another record", seq=seq)
+                    kept = d.get("kept_from_seq")
+                    claim, claim_seq = (kept if type(kept) is int else 0), seq
+                digest = obj.pop("hash")
+                if record_hash(obj) != digest:
+                    raise AuditError(f"{where}: hash mismatch, the record was altered", seq=seq)
+                yield where, obj, digest
+                prev, expected = digest, seq + 1
+    if claim and first_kept > claim:
+        raise AuditError(
+            f"{prefix}the log starts at seq {first_kept}, but the rotation at seq {claim_seq} "
+            f"kept the records from seq {claim} (a file was deleted)",
+            seq=claim,
+        )
 
 
 def verify_chain(path: Path) -> int:
-    """Check ``path`` line by line and its hash chain; see `AuditLog.verify`."""
+    """Check the log at ``path`` (every file of it) line by line and its hash chain; the
+    number of records checked. See `AuditLog.verify`."""
     return sum(1 for _ in chain_records(path, prefix=f"{path}: "))

@@ -10,6 +10,17 @@ Each line of the audit log is one record::
 :meth:`AuditLog.verify` names the first bad seq. Cutting records off the *end*, or re-hashing
 every record after an edit, is detected by the signed checkpoints of
 trusted.core.audit_checkpoint, not by the chain alone.
+
+The log may span several files (see trusted.core.audit_reader, `log_files`): when the current
+file passes its size limit the writer renames it ``<log>.1`` (older ones shift to ``.2``, ...)
+and starts a new file whose first record is a ``rotated`` record: it continues the seq and the
+chain (its ``prev`` is the hash of the previous file's last record) and repeats that record's
+seq and hash in its detail::
+
+    detail = {"last_seq": s, "last_hash": "<hash of seq s>", "kept_from_seq": k}
+
+``kept_from_seq`` is the first seq still kept on disk after that rotation (older files are
+deleted by retention), so a verifier can tell retention from a deleted file.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from typing import Any
 __all__ = [
     "FIELDS",
     "GENESIS",
+    "ROTATED_KIND",
     "AuditError",
     "AuditRecord",
     "canonical",
@@ -33,6 +45,8 @@ __all__ = [
 
 # The `prev` of the first record.
 GENESIS = "0" * 64
+# The first record of a file that continues the chain of the file before it.
+ROTATED_KIND = "rotated"
 
 FIELDS = (
     "seq",
