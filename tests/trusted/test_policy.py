@@ -163,6 +163,95 @@ def test_default_policy_cases(
     assert default_policy.allows(identity, verb, point) is expected
 
 
+# Billing snapshots (docs/DATA-MODEL.md: `.bill00` .. `.bill99` after any tariff) are the meter
+# owner's data: the untrusted agent reads the live values and indexes, not the snapshots.
+BILLING = [
+    "smm/Ap.bill01",
+    "smm/Am.bill00",
+    "smm/Ap_T1.bill07",
+    "usm1/smm/Rp.bill99",
+    "ev1/Ap.bill02",
+]
+LIVE = ["smm/Ap", "smm/Am", "smm/Ap_T1", "smm/P", "usm1/smm/Ap", "usm1/ess/P", "ev1/Ap"]
+
+
+@pytest.mark.parametrize("point", BILLING)
+def test_the_untrusted_agent_reads_no_billing_snapshot(default_policy: Policy, point: str) -> None:
+    assert not default_policy.allows(LESSAG, "read", point)
+    assert not default_policy.filter_for(LESSAG, "read").match(point)
+    # The trusted readers still do.
+    for identity in (GUI, OPS, ER):
+        assert default_policy.allows(identity, "read", point), identity
+
+
+@pytest.mark.parametrize("point", LIVE)
+def test_the_untrusted_agent_keeps_the_live_values_and_indexes(
+    default_policy: Policy, point: str
+) -> None:
+    assert default_policy.allows(LESSAG, "read", point)
+    assert default_policy.filter_for(LESSAG, "read").match(point)
+
+
+def test_the_untrusted_agent_role_is_otherwise_unchanged(default_policy: Policy) -> None:
+    assert default_policy.rules_for(LESSAG) == [
+        (("read",), ("smm/*", "ess/*", "ev*/*", "pv/*", "fronius/*", "usm*/**")),
+        (("request",), ("*/*_set", "**/*_set")),
+        (("write",), ("lessag/ext.state",)),
+    ]
+    assert default_policy.filter_for(LESSAG, "read").excluded == ("**/*.bill*",)
+    assert not default_policy.filter_for(LESSAG, "write").excluded
+
+
+def test_an_exclusion_narrows_its_own_rule_only() -> None:
+    policy = Policy.from_toml(
+        """
+        [roles.agent]
+        rules = [
+          { verbs = ["read", "request"], points = ["smm/*", "{name}/**"], except = [
+              "**/*.bill*", "{name}/secret"] },
+          { verbs = ["read"], points = ["ess/*"] },
+        ]
+        [[bindings]]
+        identity = "spiffe://s/untrusted/*"
+        roles = ["agent"]
+        [[bindings]]
+        identity = "spiffe://s/untrusted/billing"
+        roles = ["agent"]
+        rules = [ { verbs = ["read"], points = ["smm/Ap.bill01"] } ]
+        """
+    )
+    lessag, billing = (
+        ident("untrusted", "lessag", site="s"),
+        ident("untrusted", "billing", site="s"),
+    )
+    assert policy.allows(lessag, "read", "smm/Ap")
+    assert not policy.allows(lessag, "read", "smm/Ap.bill01")
+    assert not policy.allows(lessag, "request", "smm/Ap.bill01")  # every verb of the rule
+    assert policy.allows(lessag, "read", "lessag/P")
+    assert not policy.allows(lessag, "read", "lessag/secret")  # placeholders substituted
+    assert policy.allows(lessag, "read", "ess/Ap.bill01")  # another rule, not narrowed
+    # Another rule (here the binding's) grants what one rule's exclusion leaves out.
+    assert policy.allows(billing, "read", "smm/Ap.bill01")
+    assert not policy.allows(billing, "read", "smm/Ap.bill02")
+    assert policy.roles["agent"].rules[0].excluded == ("**/*.bill*", "{name}/secret")
+
+
+def test_an_exclusion_that_cannot_be_substituted_drops_its_rule() -> None:
+    policy = Policy.from_toml(
+        """
+        [roles.agent]
+        rules = [ { verbs = ["read"], points = ["smm/*"], except = ["smm/{name}"] } ]
+        [[bindings]]
+        identity = "spiffe://s/untrusted/*"
+        roles = ["agent"]
+        """
+    )
+    assert policy.allows(ident("untrusted", "a", site="s"), "read", "smm/P")
+    assert not policy.allows(ident("untrusted", "a", site="s"), "read", "smm/a")
+    # An Identity built around the grammar: without the exclusion the rule would be wider.
+    assert not policy.allows(Identity("s", "untrusted", "*"), "read", "smm/P")
+
+
 def test_default_deny_everything_for_unbound(default_policy: Policy) -> None:
     for verb in VERBS:
         assert not default_policy.allows(STRANGER, verb, "stranger/P")
@@ -414,6 +503,26 @@ BAD_POLICIES: list[tuple[str, str]] = [
         "bindings[0].rules[0].verbs[0]: unknown verb 'root'",
     ),
     ("bindings = { identity = 'x' }", "bindings: expected an array, got table"),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = ["**"], except = ["a**b"] } ]',
+        "roles.gui.rules[0].except[0]: invalid pattern 'a**b'",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = ["**"], except = "**/*.bill*" } ]',
+        "roles.gui.rules[0].except: expected an array, got string",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = ["**"], except = ["{who}/P"] } ]',
+        "roles.gui.rules[0].except[0]: unknown placeholder {who}",
+    ),
+    (
+        '[roles.ops]\nrules = [ { verbs = ["admin"], except = ["**"] } ]',
+        "roles.ops.rules[0].except: an exclusion needs 'points'",
+    ),
+    (
+        '[roles.gui]\nrules = [ { verbs = ["read"], points = ["**"], excpt = ["x/P"] } ]',
+        "roles.gui.rules[0]: unknown key 'excpt' (allowed: verbs, points, except)",
+    ),
     ("[roles.gui\n", "TOML syntax error"),
     ('[roles.gui]\nrules = [ { verbs = ["read"], points = ["**"] }', "TOML syntax error"),
 ]

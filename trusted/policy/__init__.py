@@ -40,6 +40,7 @@ __all__ = [
     "NO_VERB",
     "VERBS",
     "Binding",
+    "PointFilter",
     "Policy",
     "PolicyError",
     "Role",
@@ -57,18 +58,59 @@ _MAX_DECISIONS = 65536
 _MAX_IDENTITIES = 1024
 
 
+class PointFilter:
+    """The points one identity may use one verb on: a name matched by a rule's `points` and by
+    none of that rule's `except` patterns. Rules without exclusions share one GlobSet."""
+
+    __slots__ = ("_granting", "_plain", "_narrowed")
+
+    def __init__(
+        self,
+        plain: Sequence[str] = (),
+        narrowed: Sequence[tuple[Sequence[str], Sequence[str]]] = (),
+        granting: Sequence[str] | None = None,
+    ) -> None:
+        self._plain = GlobSet(plain)
+        self._narrowed = tuple((GlobSet(p), GlobSet(x)) for p, x in narrowed if p)
+        # Every granting pattern, in file order (what WhoAmI shows), exclusions not applied.
+        self._granting = GlobSet(
+            granting if granting is not None else [*plain, *(q for p, _ in narrowed for q in p)]
+        )
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The granting patterns; a name they match may still be excluded (use `match`)."""
+        return self._granting.patterns
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """Every `except` pattern of the rules that grant the verb."""
+        return tuple(dict.fromkeys(x for _, ex in self._narrowed for x in ex.patterns))
+
+    def match(self, name: str) -> bool:
+        if self._plain.match(name):
+            return True
+        return any(p.match(name) and not x.match(name) for p, x in self._narrowed)
+
+    def __bool__(self) -> bool:
+        return bool(self._granting)
+
+    def __repr__(self) -> str:
+        return f"PointFilter({list(self.patterns)!r}, except={list(self.excluded)!r})"
+
+
 @dataclass(slots=True)
 class _Grants:
     """What one identity may do, after substitution of its name and site."""
 
     roles: list[str]
     rules: list[tuple[tuple[str, ...], tuple[str, ...]]]
-    sets: dict[str, GlobSet]
+    sets: dict[str, PointFilter]
     admin: bool
 
 
-_NO_GRANTS_SET = GlobSet()
-_ALL = GlobSet(["**"])
+_NO_GRANTS_SET = PointFilter()
+_ALL = PointFilter(["**"])
 
 
 class Policy:
@@ -170,8 +212,9 @@ class Policy:
         decisions[key] = decision
         return decision
 
-    def filter_for(self, identity: Identity, verb: str) -> GlobSet:
-        """The patterns `identity` may use `verb` on (empty: none). For admin: `**` or nothing."""
+    def filter_for(self, identity: Identity, verb: str) -> PointFilter:
+        """The points `identity` may use `verb` on (empty: none), rules' exclusions applied by
+        its `match`. For admin: `**` or nothing."""
         _check_verb(verb)
         grants = self._grants_for(identity)
         if verb == "admin":
@@ -182,7 +225,10 @@ class Policy:
         return list(self._grants_for(identity).roles)
 
     def rules_for(self, identity: Identity) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-        """Effective (verbs, patterns) for `identity`, in file order, placeholders substituted."""
+        """Effective (verbs, patterns) for `identity`, in file order, placeholders substituted.
+
+        A rule's `except` patterns are not in it (WhoAmI's Rule has no field for them): the
+        patterns say where a right is granted, `allows` decides a point."""
         return list(self._grants_for(identity).rules)
 
     def __repr__(self) -> str:
@@ -232,29 +278,45 @@ class Policy:
                 raw_rules.extend(self._roles[role_name].rules)
             raw_rules.extend(binding.rules)
         rules: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
-        patterns: dict[str, list[str]] = {}
+        granting: dict[str, list[str]] = {}
+        plain: dict[str, list[str]] = {}
+        narrowed: dict[str, list[tuple[list[str], list[str]]]] = {}
         admin = False
         for rule in raw_rules:
-            points: list[str] = []
-            for raw in rule.points:
-                try:
-                    pattern = substitute(raw, name=identity.name, site=identity.site)
-                    Glob(pattern)
-                except InvalidName as err:
-                    # Only reachable with an Identity built around the grammar: deny, loudly.
-                    log.warning(
-                        "policy %s: skipping pattern for %s: %s", self.source, identity, err
-                    )
-                    continue
-                points.append(pattern)
+            points = self._substituted(rule.points, identity)
+            excluded = self._substituted(rule.excluded, identity)
+            if len(excluded) < len(rule.excluded):
+                # A dropped exclusion would widen the rule: drop the rule's points instead.
+                points = []
             rules.append((rule.verbs, tuple(points)))
             for verb in rule.verbs:
                 if verb == "admin":
                     admin = True
                 elif points:
-                    patterns.setdefault(verb, []).extend(points)
-        sets = {verb: GlobSet(p) for verb, p in patterns.items()}
+                    granting.setdefault(verb, []).extend(points)
+                    if excluded:
+                        narrowed.setdefault(verb, []).append((points, excluded))
+                    else:
+                        plain.setdefault(verb, []).extend(points)
+        sets = {
+            verb: PointFilter(plain.get(verb, ()), narrowed.get(verb, ()), granting=p)
+            for verb, p in granting.items()
+        }
         return _Grants(roles=roles, rules=rules, sets=sets, admin=admin)
+
+    def _substituted(self, patterns: Sequence[str], identity: Identity) -> list[str]:
+        """`patterns` with `{name}` / `{site}` of `identity`; a pattern that cannot be is left
+        out (only reachable with an Identity built around the grammar), with a WARNING line."""
+        out: list[str] = []
+        for raw in patterns:
+            try:
+                pattern = substitute(raw, name=identity.name, site=identity.site)
+                Glob(pattern)
+            except InvalidName as err:
+                log.warning("policy %s: skipping pattern for %s: %s", self.source, identity, err)
+                continue
+            out.append(pattern)
+        return out
 
 
 def _check_verb(verb: str) -> None:

@@ -66,10 +66,13 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Verbs granted on patterns; patterns may still hold `{name}` / `{site}` placeholders."""
+    """Verbs granted on the names matching `points` and none of `excluded` (the rule's
+    `except` key); patterns may still hold `{name}` / `{site}` placeholders. An exclusion
+    narrows its own rule only: another rule may still grant what it leaves out."""
 
     verbs: tuple[str, ...]
     points: tuple[str, ...]
+    excluded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,7 +120,7 @@ class _Parser:
 
     def rule(self, raw: object, path: str) -> Rule:
         table = self.table(raw, path)
-        self.keys(table, path, ("verbs", "points"), ("verbs",))
+        self.keys(table, path, ("verbs", "points", "except"), ("verbs",))
         verbs = self.strings(table["verbs"], f"{path}.verbs")
         if not verbs:
             raise self.error(f"{path}.verbs", "empty: name at least one verb")
@@ -135,12 +135,22 @@ class _Parser:
                 f"{path}.points" if "points" in table else path,
                 "no point patterns: a rule needs 'points' unless its only verb is 'admin'",
             )
-        for i, pattern in enumerate(points):
-            try:
-                Glob(substitute(pattern, **_SAMPLE))
-            except InvalidName as err:
-                raise self.error(f"{path}.points[{i}]", str(err)) from err
-        return Rule(tuple(dict.fromkeys(verbs)), tuple(dict.fromkeys(points)))
+        excluded = self.strings(table.get("except", []), f"{path}.except")
+        if excluded and not points:
+            raise self.error(
+                f"{path}.except", "an exclusion needs 'points' to narrow (admin ignores patterns)"
+            )
+        for key, patterns in (("points", points), ("except", excluded)):
+            for i, pattern in enumerate(patterns):
+                try:
+                    Glob(substitute(pattern, **_SAMPLE))
+                except InvalidName as err:
+                    raise self.error(f"{path}.{key}[{i}]", str(err)) from err
+        return Rule(
+            tuple(dict.fromkeys(verbs)),
+            tuple(dict.fromkeys(points)),
+            tuple(dict.fromkeys(excluded)),
+        )
 
     def binding(self, raw: object, path: str, roles: Mapping[str, Role]) -> Binding:
         table = self.table(raw, path)
