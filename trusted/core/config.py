@@ -39,6 +39,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "show_value",
+    "tcp_is_loopback",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,24 @@ def _tcp(value: Any, key: str) -> str:
     if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"{key}: port must be 1..65535, got {show_value(port_text)}")
     return text
+
+
+def tcp_is_loopback(tcp: str) -> bool:
+    """Whether a `tcp` address (as `_tcp` accepted it) listens on loopback only: 127.0.0.0/8,
+    [::1] (or an IPv4-mapped loopback) or `localhost`. Decided on the text, never by resolving
+    a name: any other host name, and 0.0.0.0 or [::], count as reachable from the network."""
+    host = tcp.strip().rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 def _socket(value: Any, key: str, home: Path) -> Path:

@@ -21,7 +21,7 @@ from smx.v1 import (
     identity_service_pb2,
     point_service_pb2,
 )
-from trusted.core.config import CoreConfig
+from trusted.core.config import CoreConfig, tcp_is_loopback
 from trusted.core.rpc import service_handler
 from trusted.core.services.admin import AdminService
 from trusted.core.services.control import ControlService
@@ -112,6 +112,12 @@ class Core:
             cfg.socket,
             f" and {cfg.tcp}" if cfg.tcp else "",
         )
+        if cfg.tcp and not tcp_is_loopback(cfg.tcp):
+            log.warning(
+                "TCP listener %s is not a loopback address: the API is reachable from the "
+                "network (mTLS is still required on every call)",
+                cfg.tcp,
+            )
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
