@@ -136,6 +136,24 @@ def test_policy_is_least_privilege(tmp_path):
     assert policy.allows(sup, "read", "smm/P") and not policy.allows(sup, "write", "smm/P")
 
 
+def test_an_agents_extra_reads_leave_billing_snapshots_out_unless_named(tmp_path):
+    from smx.identity import Identity
+    from trusted.policy import Policy
+
+    text = (
+        'site = "s1"\n'
+        '[agents.north]\nmodule = "x"\nreads = ["meter/*", "meter/Ap.bill03"]\n'
+        '[extensions.ess]\nmodule = "y"\nreads = ["meter/*"]\n'
+    )
+    policy = Policy.from_toml(site_policy_text(load_site_config(write(tmp_path, text))))
+    north = Identity("s1", "untrusted", "north")
+    assert policy.allows(north, "read", "meter/P") and policy.allows(north, "read", "meter/Ap")
+    assert not policy.allows(north, "read", "meter/Ap.bill01")
+    assert policy.allows(north, "read", "meter/Ap.bill03")  # named in its reads
+    ess = Identity("s1", "trusted", "ess")  # a trusted extension reads as written
+    assert policy.allows(ess, "read", "meter/Ap.bill01")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

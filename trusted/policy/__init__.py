@@ -337,14 +337,15 @@ def default_policy_text(
     site: str,
     bindings: list[tuple[str, list[str]]],
     *,
-    extra_rules: Mapping[str, Sequence[tuple[Sequence[str], Sequence[str]]]] | None = None,
+    extra_rules: Mapping[str, Sequence[tuple[Sequence[str], ...]]] | None = None,
 ) -> str:
     """The default roles plus one `[[bindings]]` entry per (identity, roles), as TOML text.
 
     An identity is a full URI of `site` (`spiffe://<site>/<domain>/<name>` or `.../<domain>/*`)
     or the short form `<domain>/<name>` (or `<domain>/*`), completed with `site`.
-    `extra_rules` maps an identity (as given in `bindings`) to extra (verbs, patterns) rules for
-    that binding, e.g. the points a trusted extension declares it reads. The result is parsed
+    `extra_rules` maps an identity (as given in `bindings`) to extra (verbs, patterns) or
+    (verbs, patterns, except patterns) rules for that binding, e.g. the points a trusted
+    extension declares it reads. The result is parsed
     before it is returned, so an invalid role, verb, pattern or identity raises PolicyError.
     """
     source = "<default policy>"
@@ -369,10 +370,11 @@ def default_policy_text(
         rules = extra.pop(given, ())
         if rules:
             lines.append("rules = [")
-            lines += [
-                f"  {{ verbs = {toml_list(verbs)}, points = {toml_list(points)} }},"
-                for verbs, points in rules
-            ]
+            for verbs, points, *excluded in rules:
+                but = f", except = {toml_list(excluded[0])}" if excluded and excluded[0] else ""
+                lines.append(
+                    f"  {{ verbs = {toml_list(verbs)}, points = {toml_list(points)}{but} }},"
+                )
             lines.append("]")
     if extra:
         raise PolicyError(

@@ -73,25 +73,38 @@ class Provisioned:
     refused: dict[str, str] = field(default_factory=dict)  # name -> why it must not start
 
 
+BILLING_SNAPSHOTS = "**/*.bill*"  # as in the untrusted-agent role's except
+BILLING_SNAPSHOTS_HINT = ".bill"
+
+
 def site_policy_text(cfg: SiteConfig) -> str:
     """The policy the site's config implies (least privilege), as policy.toml text."""
     bindings: list[tuple[str, list[str]]] = [
         (f"trusted/{ADMIN_NAME}", ["admin"]),
         (f"trusted/{SUPERVISOR_NAME}", ["gui"]),
     ]
-    extra: dict[str, list[tuple[Sequence[str], Sequence[str]]]] = {}
+    extra: dict[str, list[tuple[Sequence[str], ...]]] = {}
     for spec in cfg.clients:
         assert spec.role is not None
         ident = f"{spec.domain}/{spec.name}"
         bindings.append((ident, [spec.role]))
-        rules: list[tuple[Sequence[str], Sequence[str]]] = []
+        rules: list[tuple[Sequence[str], ...]] = []
         if spec.kind == "extension":
             devices = [
                 d for d in spec.devices if not (d == spec.name and spec.role == _OWN_DEVICE_ROLE)
             ]
             if devices:
                 rules.append((["read", "write", "control"], [f"{d}/**" for d in devices]))
-        if spec.reads:
+        if spec.reads and spec.domain == "untrusted":
+            # As the untrusted role: billing snapshots are the meter owner's, unless a read
+            # names them itself (docs/POLICY.md).
+            named = [r for r in spec.reads if BILLING_SNAPSHOTS_HINT in r]
+            broad = [r for r in spec.reads if BILLING_SNAPSHOTS_HINT not in r]
+            if broad:
+                rules.append((["read"], broad, [BILLING_SNAPSHOTS]))
+            if named:
+                rules.append((["read"], named))
+        elif spec.reads:
             rules.append((["read"], list(spec.reads)))
         if rules:
             extra[ident] = rules
