@@ -105,6 +105,11 @@ async def test_world_readable_history_is_fixed_at_start_with_one_warning(caplog)
         await core.stop(grace=0.1)
         db = site.home / "data" / "history.db"
         os.chmod(db, 0o644)
+        rotated = (
+            site.home / "data" / "audit.jsonl.1"
+        )  # a rotated audit file, copied world-readable
+        rotated.write_bytes((site.home / "data" / "audit.jsonl").read_bytes())
+        os.chmod(rotated, 0o644)
         os.chmod(site.home / "data", 0o755)
         os.chmod(site.home, 0o777)
         core = Core(site.config())
@@ -120,6 +125,7 @@ async def test_world_readable_history_is_fixed_at_start_with_one_warning(caplog)
         assert modes["."] == 0o750
         lines = [r.getMessage() for r in caplog.records if r.name == "trusted.core.site_files"]
         assert f"{db}: file mode 0644 let other users in; changed to 0600" in lines
+        assert f"{rotated}: file mode 0644 let other users in; changed to 0600" in lines
         assert f"{site.home / 'data'}: directory mode 0755 let other users in; changed to 0700" in (
             lines
         )

@@ -4,6 +4,7 @@ signed checkpoints work across the files; the core.toml keys [audit] max_size an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -268,3 +269,24 @@ async def test_the_core_pages_and_verifies_across_a_rotation(site: Site) -> None
         assert core.state.audit.last_seq > last
     finally:
         await core.stop(grace=0.1)
+
+
+async def test_the_core_rotates_at_its_configured_size_and_keeps_its_configured_files(
+    site: Site,
+) -> None:
+    """[audit] max_size and keep reach the running core: records written by it past the size
+    start a new file, and only `keep` rotated files stay."""
+    core = Core(site.config(audit_max_bytes=4096, audit_keep=1))
+    await core.start()
+    try:
+        audit = core.state.audit
+        for i in range(200):
+            audit.append("policy_reload", CORE, detail={"i": i, "pad": "x" * 40})
+            if i % 20 == 0:
+                await asyncio.sleep(0.3)  # the writer's task rotates between appends
+    finally:
+        await core.stop(grace=0.1)
+    path = site.config().audit_path
+    assert rotated_numbers(path) == [1]
+    # Past the size by at most what was appended between two rotation checks.
+    assert path.stat().st_size <= 3 * 4096 and (path.parent / f"{path.name}.1").exists()

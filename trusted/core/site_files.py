@@ -5,7 +5,8 @@ Modes (the most a path may allow; see docs/SITE.md, "The site directory"):
 
 - the site home and the run directory: 0750 (the socket's group must reach ``core.sock``);
 - the directories holding the history database and the audit log (``data/``): 0700;
-- the history database, its ``-wal`` and ``-shm`` files, the audit log, ``policy.toml``: 0600;
+- the history database, its ``-wal`` and ``-shm`` files, the audit log and its rotated files,
+  ``policy.toml``: 0600;
 - ``core.toml``: 0640.
 
 `check_site` fixes a path the core may change (it owns it, or runs as root) by clearing the
@@ -149,6 +150,8 @@ def site_paths(
     for suffix in ("", "-wal", "-shm"):
         yield Path(f"{history}{suffix}"), PRIVATE_FILE_MODE
     yield Path(audit), PRIVATE_FILE_MODE
+    for rotated in sorted(Path(audit).parent.glob(f"{Path(audit).name}.*")):
+        yield rotated, PRIVATE_FILE_MODE  # audit.jsonl.1, .2, ...
     yield Path(policy), PRIVATE_FILE_MODE
     yield (core_toml or home / "core.toml"), CONFIG_FILE_MODE
 

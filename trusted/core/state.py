@@ -71,6 +71,8 @@ class CoreState:
             signer=CheckpointSigner.from_pem_file(self.ca.server_key_path),
             verifier=load_verifier(self.ca.server_cert_path),
             identity=self.identity,
+            max_bytes=config.audit_max_bytes,
+            keep=config.audit_keep,
         )
         self.db = RealtimeDB(
             core_identity=self.identity,

@@ -28,6 +28,8 @@ from collections.abc import Collection
 
 import psutil
 
+from smx.process_env import ENV_NAME
+
 __all__ = ["become_subreaper", "sweep"]
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def become_subreaper() -> bool:
 
 def _origin(proc: psutil.Process) -> str:
     try:
-        return proc.environ().get("SMX_NAME", "")
+        return proc.environ().get(ENV_NAME, "")
     except psutil.Error:
         return ""
 
