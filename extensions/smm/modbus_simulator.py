@@ -33,35 +33,75 @@ from extensions.sdk.protocols.modbus_maps import RegisterMap
 
 from .meter_maps import resolve_map
 
-__all__ = ["BusSimulator", "SimMeter", "typical_values", "main"]
+__all__ = ["BusSimulator", "SimMeter", "phase_values", "typical_values", "main"]
 
 log = logging.getLogger(__name__)
 
 
+# The simulated house, one load per phase: active power P_k = base + amp * sin(t / period +
+# phase) in W, at a constant displacement power factor (inductive: Q > 0, load reference), on a
+# voltage that swings a little. Everything else follows from these, as in a real meter.
+_PHASES = (
+    # base W, amplitude W, period s, phase, power factor, voltage offset V
+    (1000.0, 160.0, 10.0, 0.0, 0.97, 0.8),
+    (750.0, 120.0, 13.0, 2.1, 0.93, -0.6),
+    (550.0, 90.0, 17.0, 4.2, 0.99, 0.2),
+)
+_AP0, _AM0, _RP0, _RM0 = 12345.6, 2345.6, 3456.7, 123.4  # the indexes at t = 0 (kWh, kvarh)
+
+
+def phase_values(k: int, t: float) -> dict[str, float]:
+    """Phase `k` (0..2) of the simulated house at time `t` (s), by vocabulary name (U, I, P, Q,
+    S, PF), and `Wh`, the active energy drawn since t = 0 (the exact integral of P):
+    S = U * I, P = S * PF, Q = sqrt(S^2 - P^2)."""
+    base, amp, period, phase, pf, du = _PHASES[k]
+    p = base + amp * math.sin(t / period + phase)
+    s = p / pf
+    u = 230.0 + du + 2.0 * math.sin(t / 10.0 + k)
+    joules = base * t + amp * period * (math.cos(phase) - math.cos(t / period + phase))
+    return {
+        "U": u,
+        "I": s / u,
+        "P": p,
+        "Q": math.sqrt(s * s - p * p),
+        "S": s,
+        "PF": p / s,
+        "Wh": joules / 3600.0,
+    }
+
+
 def typical_values(register_map: RegisterMap, t: float = 0.0) -> dict[str, float]:
-    """Plausible values for every point of a map at time `t` (s): a house importing ~2.3 kW,
-    with a slow swing, and indexes that advance with the power."""
-    swing = math.sin(t / 10.0)
-    base = {
-        "U": 230.0 + 2.0 * swing,
-        "I": 3.3 + 0.5 * swing,
-        "P": 760.0 + 120.0 * swing,
-        "Q": 110.0,
-        "S": 770.0,
-        "PF": 0.98,
-        "f": 50.0 + 0.02 * swing,
+    """Plausible, physically consistent values for every point of a map at time `t` (s): a
+    house importing ~2.3 kW on three phases (the first phase alone, ~1 kW, on a single-phase
+    meter), with slow swings, and indexes that advance with the power.
+
+    Per phase S = U * I, |P| <= S, |Q| <= S, PF = P / S. Totals are the sums of the phases
+    (P, Q, and S as the arithmetic sum, as meters compute it), PF = P / S, I the sum of the
+    phase currents and U their mean. The import indexes are the integrals of P and Q."""
+    phases = [phase_values(k, t) for k in range(register_map.phases)]
+    total_p = sum(ph["P"] for ph in phases)
+    total_s = sum(ph["S"] for ph in phases)
+    # Q = P * tan(phi) per phase, so its integral is the phase's energy times tan(phi).
+    reactive_wh = sum(ph["Wh"] * ph["Q"] / ph["P"] for ph in phases)
+    totals = {
+        "U": sum(ph["U"] for ph in phases) / len(phases),
+        "I": sum(ph["I"] for ph in phases),
+        "P": total_p,
+        "Q": sum(ph["Q"] for ph in phases),
+        "S": total_s,
+        "PF": total_p / total_s,
+        "f": 50.0 + 0.02 * math.sin(t / 10.0),
+        "Ap": _AP0 + sum(ph["Wh"] for ph in phases) / 1000.0,
+        "Am": _AM0,  # the house only imports: the export indexes stand still
+        "Rp": _RP0 + reactive_wh / 1000.0,
+        "Rm": _RM0,
     }
     out: dict[str, float] = {}
     for name in register_map.points:
-        stem = name.rstrip("123")
-        if name in ("P", "Q", "S"):
-            out[name] = 3 * base[name] if register_map.phases == 3 else base[name]
-        elif name in ("Ap", "Rp"):
-            out[name] = 12345.6 + t * 2.3 / 3600.0
-        elif name in ("Am", "Rm"):
-            out[name] = 2345.6
-        elif stem in base:
-            out[name] = base[stem]
+        if name in totals:
+            out[name] = totals[name]
+        elif name[-1] in "123" and name[:-1] in ("U", "I", "P", "Q", "S", "PF"):
+            out[name] = phases[int(name[-1]) - 1][name[:-1]]
     return out
 
 
