@@ -2,8 +2,15 @@
 
 The demo writes a site.toml into a temporary directory and runs it exactly as `smx run` would:
 the core, every extension that exists so far against its device simulator, and the planner
-agent, each an OS process with its own certificate. This process shows the points and the
-processes live (read-only, with the site's admin certificate) and stops everything on Ctrl-C.
+agent, each an OS process with its own certificate. This process shows the site live
+(read-only, with the site's admin certificate) and stops everything on Ctrl-C.
+
+The live view fits the terminal: the processes and their health and the setpoint flow (the
+last requested setpoint, its status and what the owner did with it) on top, then the points
+grouped by device, as many as the terminal's height leaves room for (`--all`: every one). On
+Ctrl-C the view is drawn one last time from the site as it is at that moment, before anything
+is stopped, so the last frame shows the state as it really was. Without a terminal (or with
+`--plain`) each change is a line instead.
 """
 
 from __future__ import annotations
@@ -11,18 +18,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
+import logging
+import math
+import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from smx.client import Credentials, Stubs, unix_target
 from smx.quality import quality_name
-from smx.setpoint_status import status_name
+from smx.setpoint_status import IN_FORCE_CODES, status_name
 from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
@@ -30,15 +45,26 @@ from smx.v1 import point_service_pb2 as spb
 from trusted.supervisor.runner import Supervisor
 from trusted.supervisor.site_config import load_site_config
 
-__all__ = ["register", "site_toml"]
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+__all__ = ["SetpointState", "register", "render_view", "setpoint_line", "site_toml"]
 
 SITE = "demo-site"
+PLANNER_TARGET = "battery/P_set"
+MORE = "… {n} more, --all shows every point"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run a temporary demo site and show it live")
     p.add_argument("--seconds", type=float, default=0, help="stop after N seconds (0: Ctrl-C)")
     p.add_argument("--plain", action="store_true", help="print lines instead of a live table")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        dest="show_all",
+        help="show every point, even where the terminal is too short for them",
+    )
     p.add_argument("--keep", action="store_true", help="keep the site directory afterwards")
     p.set_defaults(func=run)
 
@@ -88,7 +114,7 @@ port = {meter_port}
 [agents.planner]
 module = "untrusted.planner"
 [agents.planner.config]
-target = "battery/P_set"
+target = "{PLANNER_TARGET}"
 plan = [3000.0, -2000.0, 8000.0]
 every = 10.0
 valid_for = 8.0
@@ -100,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="smx-demo-"))  # short: socket paths max 108 bytes
     (tmp / "site.toml").write_text(site_toml())
     try:
-        asyncio.run(_demo(tmp, args.seconds, plain))
+        asyncio.run(_demo(tmp, args.seconds, plain=plain, show_all=args.show_all))
     except KeyboardInterrupt:
         pass
     finally:
@@ -110,10 +136,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _demo(home: Path, seconds: float, plain: bool) -> None:
+async def _demo(home: Path, seconds: float, *, plain: bool, show_all: bool) -> None:
     supervisor = Supervisor(load_site_config(home / "site.toml"), reap_strays=True)
     site = asyncio.create_task(supervisor.run(), name="supervisor")
-    viewer: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
+    channel = None
     try:
         while supervisor.state != "running":
             if site.done():
@@ -125,107 +152,420 @@ async def _demo(home: Path, seconds: float, plain: bool) -> None:
             + ", ".join(f"{p.name} ({p.kind})" for p in supervisor.processes),
             flush=True,
         )
-        stubs = Stubs(
-            Credentials.from_site(home, "admin").aio_channel(unix_target(home / "core.sock"))
-        )
-        viewer = asyncio.create_task(_view(stubs, supervisor, plain))
-        stop = asyncio.sleep(seconds) if seconds else asyncio.Event().wait()
-        await asyncio.wait(
-            [site, viewer, asyncio.ensure_future(stop)], return_when=asyncio.FIRST_COMPLETED
-        )
+        # Ctrl-C from here on is the demo's: it draws the site as it is before stopping it.
+        # (The supervisor installed its own handler at its start; SIGTERM stays its.)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        channel = Credentials.from_site(home, "admin").aio_channel(unix_target(home / "core.sock"))
+        view = DemoView(Stubs(channel), supervisor, plain=plain, show_all=show_all)
+        finished = asyncio.Event()
+        tasks = [
+            asyncio.create_task(view.follow_points(), name="demo-points"),
+            asyncio.create_task(view.follow_setpoints(), name="demo-setpoints"),
+        ]
+        shower = None if plain else asyncio.create_task(_show_live(view, finished))
+        waits: list[asyncio.Future[Any]] = [site, asyncio.ensure_future(stop.wait())]
+        if seconds:
+            waits.append(asyncio.ensure_future(asyncio.sleep(seconds)))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits[1:]:
+            w.cancel()
+        # The last frame: the site as it is now, read once more while the core still runs.
+        if not site.done():
+            await view.read_setpoints(timeout=2.0)
+        view.stopped_at = time.time()
+        for t in tasks:
+            t.cancel()
+        finished.set()
+        if shower is not None:
+            await shower
+            # The last frame stays on the screen: no line per stopped process below it.
+            logging.getLogger("trusted.supervisor").setLevel(logging.WARNING)
+            print("stopping the site…", flush=True)
+        else:
+            view.print_final()
     finally:
-        if viewer is not None:
-            viewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await viewer
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if channel is not None:
+            await channel.close()
         supervisor.request_stop()
         with contextlib.suppress(asyncio.CancelledError):
             await site
 
 
-async def _view(stubs: Stubs, supervisor: Supervisor, plain: bool) -> None:
-    """Follow every point; redraw with the processes and the storage setpoint's status."""
-    points: dict[str, ppb.Point] = {}
-    while True:
-        try:
-            stream = stubs.points.WatchPoints(spb.WatchPointsRequest(patterns=["**"]))
-            if plain:
+# --- what the demo knows about the site
+
+
+@dataclass
+class SetpointState:
+    """The latest setpoint of one point as last read from the core."""
+
+    name: str
+    setpoint: cpb.Setpoint | None = None  # None: none requested yet (or not read yet)
+    read_at: float | None = None  # wall clock of the core's last answer
+    error: str = ""  # why the last read failed; the setpoint shown is then as of read_at
+
+
+class Process(Protocol):
+    """What the view shows of a supervised process (trusted.supervisor.process)."""
+
+    name: str
+    kind: str
+    state: str
+    health: str
+    health_error: str
+    last_error: str | None
+    restarts: int
+    pid: int | None
+
+
+class DemoView:
+    """Follows the site through the core (every point, the setpoints) and draws it."""
+
+    def __init__(
+        self, stubs: Stubs, supervisor: Supervisor, *, plain: bool, show_all: bool
+    ) -> None:
+        self.stubs = stubs
+        self.supervisor = supervisor
+        self.plain = plain
+        self.show_all = show_all
+        self.points: dict[str, ppb.Point] = {}
+        self.setpoints: dict[str, SetpointState] = {PLANNER_TARGET: SetpointState(PLANNER_TARGET)}
+        self.core_error = ""
+        self.stopped_at: float | None = None
+        self.changed = asyncio.Event()
+        self._setpoint_seen = asyncio.Event()
+
+    async def follow_points(self) -> None:
+        """Every point: a snapshot, then each change; back after a core restart."""
+        while True:
+            try:
+                stream = self.stubs.points.WatchPoints(spb.WatchPointsRequest(patterns=["**"]))
                 async for msg in stream:
+                    self.core_error = ""
                     for p in msg.points:
-                        if not p.name.startswith("core/"):
+                        self.points[p.name] = p
+                        if p.name.endswith("_set"):
+                            self.setpoints.setdefault(p.name, SetpointState(p.name))
+                            self._setpoint_seen.set()
+                        if self.plain and not p.name.startswith("core/"):
                             print(
                                 f"rev {p.revision:>8}  {p.name:<20} {_fmt(p.value):>12} "
-                                f"{p.unit:<4} {_quality(p)}",
+                                f"{p.unit:<4} {quality_name(p.quality)}",
                                 flush=True,
                             )
-                    if any(p.name == "battery/P_set" for p in msg.points):
-                        print(await _setpoint_line(stubs), flush=True)
-                return
-            await _live(stream, stubs, supervisor, points)
-            return
-        except grpc.aio.AioRpcError:
+                    self.changed.set()
+            except grpc.aio.AioRpcError as err:
+                self.core_error = _why(err)
+                self.changed.set()
             await asyncio.sleep(1)  # the core is restarting: the supervisor brings it back
 
+    async def follow_setpoints(self) -> None:
+        """The setpoints' statuses, read every second and as soon as a setpoint point
+        changes (the admin may read them, not follow their outcome streams)."""
+        while True:
+            await self.read_setpoints(timeout=2.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._setpoint_seen.wait()
+            self._setpoint_seen.clear()
 
-async def _live(stream, stubs: Stubs, supervisor: Supervisor, points: dict) -> None:
-    from rich.console import Group
-    from rich.live import Live
-    from rich.table import Table
+    async def read_setpoints(self, timeout: float) -> None:
+        for state in list(self.setpoints.values()):
+            before = _setpoint_key(state.setpoint)
+            try:
+                async with asyncio.timeout(timeout):
+                    resp = await self.stubs.control.GetSetpoint(
+                        cpb.GetSetpointRequest(name=state.name)
+                    )
+                state.setpoint, state.error = resp.setpoint, ""
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.NOT_FOUND:
+                    state.setpoint, state.error = None, ""
+                else:  # keep what was known, marked as of its time
+                    state.error = _why(err)
+                    continue
+            except TimeoutError:
+                state.error = "the core did not answer"
+                continue
+            state.read_at = time.time()
+            if _setpoint_key(state.setpoint) != before:
+                self.changed.set()
+                if self.plain:
+                    print(setpoint_line(state, self._unit(state.name), time.time()), flush=True)
 
-    caption = ""
+    def _unit(self, name: str) -> str:
+        p = self.points.get(name)
+        return p.unit if p is not None else ""
 
-    def render() -> Group:
-        values = Table(
-            title=f"SMX demo site {SITE}: live points (Ctrl-C stops everything)", caption=caption
+    def render(self, width: int, height: int) -> RenderableType:
+        return render_view(
+            self.points.values(),
+            self.supervisor.processes,
+            self.setpoints.values(),
+            width=width,
+            height=height,
+            show_all=self.show_all,
+            now=self.stopped_at or time.time(),
+            stopped=self.stopped_at is not None,
+            core_error=self.core_error,
         )
-        for col in ("point", "value", "unit", "quality", "writer", "revision"):
-            values.add_column(col, justify="right" if col in ("value", "revision") else "left")
-        for name in sorted(points):
-            p = points[name]
-            values.add_row(
-                name,
-                _fmt(p.value),
-                p.unit,
-                _quality(p),
-                p.writer.rsplit("/", 1)[-1],
-                str(p.revision),
+
+    def print_final(self) -> None:
+        """Plain mode: the site as it was when the demo was stopped."""
+        when = time.strftime("%H:%M:%S", time.localtime(self.stopped_at))
+        print(f"stopped at {when}; the site as it was then:")
+        now = self.stopped_at or time.time()
+        for state in self.setpoints.values():
+            print("  " + setpoint_line(state, self._unit(state.name), now))
+        for p in self.supervisor.processes:
+            print(
+                f"  process {p.name} ({p.kind}): {p.state}, health {p.health}, "
+                f"{p.restarts} restarts" + (f", {_note(p)}" if _note(p) else "")
             )
-        procs = Table(title="processes (one certificate each)")
-        for col in ("name", "kind", "state", "health", "restarts", "pid"):
-            procs.add_column(col)
-        for p in supervisor.processes:
-            procs.add_row(p.name, p.kind, p.state, p.health, str(p.restarts), str(p.pid or "-"))
-        return Group(values, procs)
-
-    last = 0.0
-    with Live(render(), refresh_per_second=4) as live:
-        async for msg in stream:
-            for p in msg.points:
-                points[p.name] = p
-            if time.monotonic() - last > 1:
-                caption, last = await _setpoint_line(stubs), time.monotonic()
-            live.update(render())
+        print(flush=True)
 
 
-async def _setpoint_line(stubs: Stubs) -> str:
-    try:
-        sp = (
-            await stubs.control.GetSetpoint(cpb.GetSetpointRequest(name="battery/P_set"))
-        ).setpoint
-    except grpc.aio.AioRpcError:
-        return "no setpoint requested yet"
+async def _show_live(view: DemoView, finished: asyncio.Event) -> None:
+    """Redraw on each change (at most 4 times a second) and every second; once `finished` is
+    set, draw the last frame and leave it on the screen."""
+    from rich.live import Live
+
+    def frame() -> RenderableType:
+        width, height = shutil.get_terminal_size()
+        return view.render(width, height)
+
+    with Live(
+        frame(),
+        auto_refresh=False,
+        vertical_overflow="visible" if view.show_all else "ellipsis",
+    ) as live:
+        while not finished.is_set():
+            waiters = [
+                asyncio.ensure_future(view.changed.wait()),
+                asyncio.ensure_future(finished.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+            view.changed.clear()
+            live.update(frame(), refresh=True)
+            if not finished.is_set():
+                await asyncio.sleep(0.25)
+        live.update(frame(), refresh=True)
+
+
+# --- the view
+
+
+def setpoint_line(state: SetpointState, unit: str, now: float) -> str:
+    """`setpoint battery/P_set = 3000.00 W from planner: APPLIED -> 3000.00 W, 5 s left`: the
+    latest request of a point, its status and the owner's outcome."""
+    sp = state.setpoint
+    stale = f" [as of {_clock(state.read_at)}: {state.error}]" if state.error else ""
+    if sp is None:
+        if state.read_at is None:
+            return f"setpoint {state.name}: not known yet" + (
+                f" ({state.error})" if state.error else ""
+            )
+        return f"setpoint {state.name}: none requested yet" + stale
+    unit = f" {unit}" if unit else ""
     status = status_name(sp.status)
-    applied = f" -> {_fmt(sp.applied_value)} W" if sp.HasField("applied_value") else ""
+    applied = f"{_fmt(sp.applied_value)}{unit}" if sp.HasField("applied_value") else ""
     why = f" ({sp.reason})" if sp.reason else ""
-    left = max(0.0, ts_to_seconds(sp.expire_time) - time.time())
+    expire = ts_to_seconds(sp.expire_time)
+    if sp.status in IN_FORCE_CODES:
+        left = expire - now
+        outcome = f" -> {applied}" if applied else ""
+        until = f", {left:.0f} s left" if left >= 0.5 else ", expiring"
+    else:  # over: say when, and what the device had run
+        outcome = f" at {_clock(expire)}" if status == "EXPIRED" else ""
+        until = f", after running at {applied}" if applied else ""
     return (
-        f"setpoint battery/P_set = {_fmt(sp.value)} W from "
-        f"{sp.requester.rsplit('/', 1)[-1]}: {status}{applied}{why}, {left:.0f} s left"
+        f"setpoint {state.name} = {_fmt(sp.value)}{unit} from "
+        f"{sp.requester.rsplit('/', 1)[-1]} at {_clock(ts_to_seconds(sp.request_time))}: "
+        f"{status}{outcome}{why}{until}{stale}"
     )
 
 
-def _quality(p: ppb.Point) -> str:
-    return quality_name(p.quality)
+def render_view(
+    points: Iterable[ppb.Point],
+    processes: Sequence[Process],
+    setpoints: Iterable[SetpointState],
+    *,
+    width: int,
+    height: int,
+    show_all: bool = False,
+    now: float | None = None,
+    stopped: bool = False,
+    core_error: str = "",
+) -> RenderableType:
+    """The demo's screen for a terminal of `width` x `height`: a title, the processes, the
+    setpoints, then the points grouped by device, trimmed to the height left (one line is left
+    free for the cursor) unless `show_all`."""
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.text import Text
+
+    now = time.time() if now is None else now
+    by_name = {p.name: p for p in points}
+    if stopped:
+        title = f"SMX demo site {SITE}, stopped at {_clock(now)}: the site as it was then"
+    else:
+        title = f"SMX demo site {SITE} at {_clock(now)} (Ctrl-C stops everything)"
+    if core_error:
+        title += f"; core: {core_error}"
+
+    procs = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("process", "kind", "state", "health", "restarts", "pid", "last error"):
+        procs.add_column(col, no_wrap=True, overflow="ellipsis")
+    for p in processes:
+        procs.add_row(
+            p.name,
+            p.kind,
+            Text(p.state, style="green" if p.state == "running" else "yellow"),
+            p.health,
+            str(p.restarts),
+            str(p.pid or "-"),
+            _note(p),
+        )
+    lines = [
+        setpoint_line(s, by_name[s.name].unit if s.name in by_name else "", now) for s in setpoints
+    ]
+    top = Group(
+        Text(title, style="bold"),
+        procs,
+        *(Text(line, style="cyan") for line in lines),
+        *([Text("")] if height > 30 else []),  # air where there is room for it
+    )
+    console = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    options = console.options.update_width(width)
+    room = height - 1 - len(console.render_lines(top, options, pad=False))
+
+    groups = _groups(by_name.values())
+    total = sum(len(g) for g in groups.values())
+    pane = _pane([(d, p) for d, g in groups.items() for p in g])
+    pane_width = console.measure(pane, options=options).maximum
+    gap = 3
+    fit = max(1, (width + gap) // (pane_width + gap))
+    rows = room - 1  # each pane has its header line
+    hidden = 0
+    if not show_all and total > fit * max(rows, 0):
+        rows -= 1  # the "… N more" line
+        chosen = _trim(groups, fit * max(rows, 0))
+        hidden = total - sum(len(g) for g in chosen.values())
+    else:
+        chosen = groups
+    flat = [(d, p) for d, g in chosen.items() for p in g]
+    panes = min(fit, max(1, math.ceil(len(flat) / max(rows, 1))))
+    per_pane = math.ceil(len(flat) / panes)
+    chunks = [flat[i : i + per_pane] for i in range(0, len(flat), per_pane)] if flat else []
+    parts: list[RenderableType] = [top]
+    if chunks and rows > 0:
+        grid = Table.grid(padding=(0, gap))
+        for _ in chunks:
+            grid.add_column()
+        grid.add_row(*(_pane(chunk) for chunk in chunks))
+        parts.append(grid)
+    if hidden:
+        parts.append(Text(MORE.format(n=hidden), style="dim"))
+    return Group(*parts)
+
+
+def _groups(points: Iterable[ppb.Point]) -> dict[str, list[ppb.Point]]:
+    """Points by device (the name's first part), devices alphabetically with the core last,
+    each device's points the most telling first (totals, per phase, the rest, ext.*)."""
+    groups: dict[str, list[ppb.Point]] = {}
+    for p in points:
+        groups.setdefault(p.name.split("/", 1)[0], []).append(p)
+    return {
+        d: sorted(groups[d], key=lambda p: _rank(p.name.split("/", 1)[-1]))
+        for d in sorted(groups, key=lambda d: (d == "core", d))
+    }
+
+
+_ORDER = ("P", "P_set", "SoC", "ESS_state", "Q", "S", "PF", "U", "I", "f", "Ap", "Am", "Rp", "Rm")
+_PHASE = re.compile(r"(U|I|P|Q|S|PF)([123])")
+
+
+def _rank(point: str) -> tuple[int, int, int, str]:
+    if point.startswith("ext."):
+        return (3, 0, 0, point)
+    if m := _PHASE.fullmatch(point):
+        return (1, _ORDER.index(m[1]), int(m[2]), point)
+    if point in _ORDER:
+        return (0, _ORDER.index(point), 0, point)
+    return (2, 0, 0, point)
+
+
+def _trim(groups: dict[str, list[ppb.Point]], room: int) -> dict[str, list[ppb.Point]]:
+    """At most `room` points, shared fairly: each device's points one at a time in turn, so a
+    big device does not crowd out a small one; the core's own points and the extensions' ext.*
+    (their health, in the processes table already) only when the devices' points all fit."""
+
+    def background(device: str, p: ppb.Point) -> bool:
+        return device == "core" or p.name.split("/", 1)[-1].startswith("ext.")
+
+    tiers = [
+        {d: [p for p in g if background(d, p) == tier] for d, g in groups.items()}
+        for tier in (False, True)
+    ]
+    keep: set[str] = set()
+    for tier in tiers:
+        while room > 0 and any(tier.values()):
+            for points in tier.values():
+                if room > 0 and points:
+                    keep.add(points.pop(0).name)
+                    room -= 1
+    chosen = {d: [p for p in g if p.name in keep] for d, g in groups.items()}
+    return {d: g for d, g in chosen.items() if g}
+
+
+def _pane(rows: list[tuple[str, ppb.Point]]) -> RenderableType:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("device", "point", "value", "unit", "quality", "writer", "rev"):
+        table.add_column(col, justify="right" if col in ("value", "rev") else "left", no_wrap=True)
+    last = None
+    for device, p in rows:
+        quality = quality_name(p.quality)
+        table.add_row(
+            device if device != last else "",
+            p.name.split("/", 1)[-1],
+            _fmt(p.value),
+            p.unit,
+            Text(quality, style="green" if quality == "GOOD" else "yellow"),
+            p.writer.rsplit("/", 1)[-1],
+            str(p.revision),
+        )
+        last = device
+    return table
+
+
+def _note(p: Process) -> str:
+    return p.last_error or p.health_error or ""
+
+
+def _setpoint_key(sp: cpb.Setpoint | None) -> tuple[object, ...]:
+    if sp is None:
+        return ()
+    return (sp.id, sp.status, sp.applied_value.SerializeToString(), sp.reason)
+
+
+def _why(err: grpc.aio.AioRpcError) -> str:
+    if err.code() == grpc.StatusCode.UNAVAILABLE:
+        return "unreachable"
+    return f"{err.code().name}: {err.details()}"
+
+
+def _clock(t: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
 
 
 def _fmt(v: ppb.Value) -> str:
