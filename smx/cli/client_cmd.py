@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-import grpc
-from google.protobuf.json_format import MessageToJson
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from smx.cli.connect import add_connection_options, connect
-from smx.client import error_reason
+from smx.cli.connect import client_command, connect
+from smx.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED
+from smx.cli.output import Table, add_json_option, print_json, print_table, proto_json
 from smx.quality import quality_name
 from smx.setpoint_status import status_name
-from smx.settings import ConfigError, parse_duration
+from smx.settings import parse_duration
 from smx.timestamps import iso_time, seconds_to_duration, seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
 from smx.v1 import control_service_pb2 as control_pb
@@ -24,7 +24,7 @@ from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as points_pb
 from smx.values import KINDS
 
-__all__ = ["register", "parse_value", "format_value", "format_time"]
+__all__ = ["register", "parse_value", "format_value", "format_time", "non_negative"]
 
 AGG = {
     "min": points_pb.AGGREGATION_MIN,
@@ -32,40 +32,46 @@ AGG = {
     "avg": points_pb.AGGREGATION_AVG,
     "last": points_pb.AGGREGATION_LAST,
 }
+KIND_NAMES = list(KINDS)
+# The columns of a point, in `points get` and `points watch`.
+POINT_HEADER = ("NAME", "VALUE", "UNIT", "QUALITY", "SOURCE TIME", "REVISION", "WRITER")
+POINT_WIDTHS = (28, 14, 6, 9, 24, 8, 0)
+POINT_RIGHT = (1, 5)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     points = sub.add_parser("points", help="read, watch, write and query points")
     psub = points.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = psub.add_parser("ls", help="list points (metadata) matching a glob")
-    p.add_argument("pattern", nargs="?", default="**")
-    _client(p, points_ls)
+    p = psub.add_parser("ls", aliases=["list"], help="list points (metadata) matching a glob")
+    p.add_argument("pattern", nargs="?", default="**", help="glob, e.g. 'meter/*' (default **)")
+    add_json_option(p, "one point's metadata per line")
+    client_command(p, points_ls)
     p = psub.add_parser("get", help="current values")
     p.add_argument("names", nargs="+")
-    p.add_argument("--json", action="store_true")
-    _client(p, points_get)
+    add_json_option(p, "one point per line")
+    client_command(p, points_get)
     p = psub.add_parser("watch", help="follow changes (Ctrl-C to stop)")
     p.add_argument("patterns", nargs="*")
-    p.add_argument("--from", dest="start", type=int, default=0, help="resume after revision")
-    p.add_argument("--count", type=int, default=0, help="stop after N changes (0: never)")
-    _client(p, points_watch)
+    _watch_options(p)
+    client_command(p, points_watch)
     p = psub.add_parser("write", help="write NAME=VALUE samples as one batch")
     p.add_argument("samples", nargs="+", metavar="NAME=VALUE")
-    p.add_argument("--kind", choices=["double", "int", "bool", "string"])
-    _client(p, points_write)
+    p.add_argument("--kind", choices=KIND_NAMES)
+    client_command(p, points_write)
     p = psub.add_parser("declare", help="declare a point's metadata (as its owner)")
     p.add_argument("name")
     p.add_argument("--unit", default="")
-    p.add_argument("--kind", choices=["double", "int", "bool", "string"])
+    p.add_argument("--kind", choices=KIND_NAMES)
     p.add_argument("--period", help="expected refresh period, e.g. 1s (STALE after 2x)")
     p.add_argument("--description", default="")
-    _client(p, points_declare)
+    client_command(p, points_declare)
     p = psub.add_parser("history", help="samples from the high-resolution log")
     p.add_argument("names", nargs="+")
     p.add_argument("--since", default="1h", help="how far back, e.g. 15m, 2h, 7d (default 1h)")
     p.add_argument("--bucket", help="downsample into buckets of this width, e.g. 1m")
     p.add_argument("--agg", choices=sorted(AGG), default="avg")
-    _client(p, points_history)
+    add_json_option(p, "one sample per line")
+    client_command(p, points_history)
 
     sp = sub.add_parser("setpoint", help="request setpoints and follow their status")
     ssub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -73,47 +79,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.add_argument("value")
     p.add_argument("--valid-for", default="15m", help="e.g. 30s, 15m (default 15m)")
-    p.add_argument("--kind", choices=["double", "int", "bool", "string"])
-    _client(p, setpoint_request)
+    p.add_argument("--kind", choices=KIND_NAMES)
+    add_json_option(p, "the setpoint as one JSON object")
+    client_command(p, setpoint_request)
     p = ssub.add_parser("status", help="the latest setpoint of NAME, or --id")
     p.add_argument("name", nargs="?", default="")
     p.add_argument("--id", default="")
-    _client(p, setpoint_status)
+    add_json_option(p, "the setpoint as one JSON object")
+    client_command(p, setpoint_status)
     p = ssub.add_parser(
         "watch", help="follow the outcome of the setpoints you requested (Ctrl-C to stop)"
     )
     p.add_argument("patterns", nargs="*")
-    p.add_argument("--from", dest="start", type=int, default=0, help="resume after revision")
-    p.add_argument("--count", type=int, default=0, help="stop after N changes (0: never)")
-    _client(p, setpoint_watch)
+    _watch_options(p)
+    client_command(p, setpoint_watch)
 
     p = sub.add_parser("whoami", help="identity and rights the core sees for a certificate")
-    _client(p, whoami)
+    add_json_option(p, "the core's answer as one JSON object")
+    client_command(p, whoami)
 
     adm = sub.add_parser("admin", help="core administration (needs the admin role)")
     asub = adm.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _client(asub.add_parser("clients", help="connected clients"), admin_clients)
-    _client(asub.add_parser("reload", help="reload the policy file"), admin_reload)
+    p = asub.add_parser("clients", help="connected clients")
+    add_json_option(p, "one client per line")
+    client_command(p, admin_clients)
+    client_command(asub.add_parser("reload", help="reload the policy file"), admin_reload)
 
 
-def _client(p: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], int]) -> None:
-    add_connection_options(p)
-    p.set_defaults(func=lambda args: _guarded(fn, args))
+def _watch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="start", type=non_negative, default=0, help="resume after REV")
+    p.add_argument("--count", type=non_negative, default=0, help="stop after N changes (0: never)")
+    add_json_option(p, "each message of the stream as the API sends it")
 
 
-def _guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+def non_negative(text: str) -> int:
     try:
-        return fn(args)
-    except grpc.RpcError as err:
-        reason = error_reason(err)
-        tag = f" [{reason}]" if reason else ""
-        print(f"smx: {err.code().name}{tag}: {err.details()}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError, ConfigError) as err:
-        print(f"smx: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def parse_value(text: str, kind: str | None = None) -> point_pb2.Value:
@@ -125,12 +131,15 @@ def parse_value(text: str, kind: str | None = None) -> point_pb2.Value:
             raise ValueError(f"not a bool: {text!r}")
         return point_pb2.Value(bool_value=text.lower() in ("true", "1"))
     if kind == "int":
-        return point_pb2.Value(int_value=int(text))
+        try:
+            return point_pb2.Value(int_value=int(text))
+        except ValueError:
+            raise ValueError(f"not a whole number (--kind int): {text!r}") from None
     try:
         return point_pb2.Value(double_value=float(text))
     except ValueError:
         if kind == "double":
-            raise
+            raise ValueError(f"not a number (--kind double): {text!r}") from None
         return point_pb2.Value(string_value=text)
 
 
@@ -148,42 +157,92 @@ def format_time(ts: Timestamp) -> str:
     return iso_time(ts)
 
 
-def _print_point(p: point_pb2.Point) -> None:
-    print(
-        f"{p.name:<28} {format_value(p.value):>14} {p.unit:<6} {quality_name(p.quality):<9} "
-        f"{format_time(p.source_time)}  rev {p.revision}  by {p.writer}"
+def _point_row(p: point_pb2.Point) -> tuple[str, ...]:
+    return (
+        p.name,
+        format_value(p.value),
+        p.unit,
+        quality_name(p.quality),
+        format_time(p.source_time),
+        str(p.revision),
+        p.writer,
     )
+
+
+def _kind_name(kind: int) -> str:
+    return point_pb2.ValueKind.Name(kind).removeprefix("VALUE_KIND_").lower()
 
 
 def points_ls(args: argparse.Namespace) -> int:
     stubs, token = connect(args), ""
+    found: list[point_pb2.PointMetadata] = []
     while True:
         resp = stubs.points.ListPoints(
             points_pb.ListPointsRequest(pattern=args.pattern, page_size=1000, page_token=token)
         )
         for m in resp.points:
-            kind = point_pb2.ValueKind.Name(m.kind).removeprefix("VALUE_KIND_").lower()
-            period = (
-                f"{m.expected_period.ToTimedelta().total_seconds():g}s"
-                if m.HasField("expected_period")
-                else "-"
-            )
-            print(
-                f"{m.name:<28} {m.unit:<6} {kind:<11} {period:>6}  {m.owner or '-'}  "
-                f"{m.description}"
-            )
+            if args.json:
+                print_json(proto_json(m))
+            found.append(m)
         token = resp.next_page_token
         if not token:
-            return 0
+            break
+    if not args.json:
+        print_table(
+            ("NAME", "UNIT", "KIND", "PERIOD", "OWNER", "DESCRIPTION"),
+            [
+                (
+                    m.name,
+                    m.unit,
+                    _kind_name(m.kind),
+                    f"{m.expected_period.ToTimedelta().total_seconds():g}s"
+                    if m.HasField("expected_period")
+                    else "",
+                    m.owner,
+                    m.description,
+                )
+                for m in found
+            ],
+        )
+    return 0
 
 
 def points_get(args: argparse.Namespace) -> int:
     resp = connect(args).points.GetPoints(points_pb.GetPointsRequest(names=args.names))
     if args.json:
-        print(MessageToJson(resp))
-        return 0
-    for p in resp.points:
-        _print_point(p)
+        for p in resp.points:
+            print_json(proto_json(p))
+    else:
+        print_table(POINT_HEADER, [_point_row(p) for p in resp.points], POINT_RIGHT)
+    found = {p.name for p in resp.points}
+    missing = [n for n in dict.fromkeys(args.names) if n not in found]
+    if missing:
+        sys.stdout.flush()  # the table first, then the line about what is not in it
+        print(
+            f"smx points: no such point, or not yours to read: {', '.join(missing)} "
+            "(`smx points ls` lists what you may read)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return 0
+
+
+def _follow(stream: Any, args: argparse.Namespace, show: Callable[[Any], int]) -> int:
+    """Print a watch stream until --count items, or Ctrl-C (the usual end of a watch: exit 130
+    without a message)."""
+    seen = 0
+    try:
+        for msg in stream:
+            if args.json:
+                print_json(proto_json(msg))
+            seen += show(msg)
+            sys.stdout.flush()  # a watch is read as it comes, through a pipe too
+            if args.count and seen >= args.count:
+                stream.cancel()
+                return 0
+    except KeyboardInterrupt:
+        stream.cancel()
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -191,17 +250,19 @@ def points_watch(args: argparse.Namespace) -> int:
     stream = connect(args).points.WatchPoints(
         points_pb.WatchPointsRequest(patterns=args.patterns, start_revision=args.start)
     )
-    seen = 0
-    for msg in stream:
+    table = Table(POINT_HEADER, POINT_WIDTHS, POINT_RIGHT)
+
+    def show(msg: points_pb.WatchPointsResponse) -> int:
+        if args.json:
+            return len(msg.points)
         if msg.snapshot:
             print(f"-- snapshot at revision {msg.revision}: {len(msg.points)} points")
+            table.start()
         for p in msg.points:
-            _print_point(p)
-            seen += 1
-        if args.count and seen >= args.count:
-            stream.cancel()
-            return 0
-    return 0
+            table.row(*_point_row(p))
+        return len(msg.points)
+
+    return _follow(stream, args, show)
 
 
 def points_write(args: argparse.Namespace) -> int:
@@ -234,12 +295,21 @@ def points_history(args: argparse.Namespace) -> int:
     if args.bucket:
         req.bucket.CopyFrom(seconds_to_duration(parse_duration(args.bucket, "--bucket")))
         req.aggregation = AGG[args.agg]
-    for chunk in connect(args).points.ReadHistory(req):
+    chunks: Iterable[points_pb.ReadHistoryResponse] = connect(args).points.ReadHistory(req)
+    table = Table(("NAME", "TIME", "VALUE", "QUALITY", "SAMPLES"), (28, 24, 14, 9, 0), (2,))
+    if not args.json:
+        table.start()
+    for chunk in chunks:
         for s in chunk.samples:
-            extra = f"  ({s.count} samples)" if s.count > 1 else ""
-            print(
-                f"{chunk.name:<28} {format_time(s.sample_time)} {format_value(s.value):>14} "
-                f"{quality_name(s.quality)}{extra}"
+            if args.json:
+                print_json({"name": chunk.name, **proto_json(s)})
+                continue
+            table.row(
+                chunk.name,
+                format_time(s.sample_time),
+                format_value(s.value),
+                quality_name(s.quality),
+                s.count or 1,
             )
     return 0
 
@@ -264,7 +334,10 @@ def setpoint_request(args: argparse.Namespace) -> int:
             name=args.name, value=parse_value(args.value, args.kind), valid_for=valid
         )
     )
-    _print_setpoint(resp.setpoint)
+    if args.json:
+        print_json(proto_json(resp.setpoint))
+    else:
+        _print_setpoint(resp.setpoint)
     return 0
 
 
@@ -277,7 +350,11 @@ def setpoint_status(args: argparse.Namespace) -> int:
         if args.id
         else control_pb.GetSetpointRequest(name=args.name)
     )
-    _print_setpoint(connect(args).control.GetSetpoint(req).setpoint)
+    sp = connect(args).control.GetSetpoint(req).setpoint
+    if args.json:
+        print_json(proto_json(sp))
+    else:
+        _print_setpoint(sp)
     return 0
 
 
@@ -285,43 +362,71 @@ def setpoint_watch(args: argparse.Namespace) -> int:
     stream = connect(args).control.WatchSetpointOutcomes(
         control_pb.WatchSetpointOutcomesRequest(patterns=args.patterns, start_revision=args.start)
     )
-    seen = 0
-    for msg in stream:
+    table = Table(
+        ("REVISION", "NAME", "VALUE", "STATUS", "APPLIED", "EXPIRES", "ID", "REASON"),
+        (8, 20, 10, 10, 10, 24, 36, 0),
+        (0, 2, 4),
+    )
+
+    def show(msg: control_pb.WatchSetpointOutcomesResponse) -> int:
+        if args.json:
+            return len(msg.setpoints)
         if msg.snapshot:
             print(f"-- in force at revision {msg.revision}: {len(msg.setpoints)} setpoints")
+            table.start()
         for sp in msg.setpoints:
-            print(f"rev {sp.revision}  ", end="")
-            _print_setpoint(sp)
-            seen += 1
-        if args.count and seen >= args.count:
-            stream.cancel()
-            return 0
-    return 0
+            applied = format_value(sp.applied_value) if sp.HasField("applied_value") else ""
+            table.row(
+                sp.revision,
+                sp.name,
+                format_value(sp.value),
+                status_name(sp.status),
+                applied,
+                format_time(sp.expire_time),
+                sp.id,
+                sp.reason,
+            )
+        return len(msg.setpoints)
+
+    return _follow(stream, args, show)
 
 
 def whoami(args: argparse.Namespace) -> int:
     r = connect(args).identity.WhoAmI(identity_pb.WhoAmIRequest())
+    if args.json:
+        print_json(proto_json(r))
+        return 0
     print(f"identity  {r.identity}\nroles     {', '.join(r.roles) or '(none: default deny)'}")
     print(f"serial    {r.certificate_serial}\nexpires   {format_time(r.certificate_expire_time)}")
-    for rule in r.rules:
-        print(f"  {','.join(rule.verbs):<24} {' '.join(rule.patterns)}")
+    print_table(("VERBS", "POINTS"), [(",".join(x.verbs), " ".join(x.patterns)) for x in r.rules])
     return 0
 
 
 def admin_clients(args: argparse.Namespace) -> int:
     stubs, token = connect(args), ""
+    rows = []
     while True:
         resp = stubs.admin.ListClients(
             admin_pb.ListClientsRequest(page_size=1000, page_token=token)
         )
         for c in resp.clients:
-            print(
-                f"{c.identity:<48} calls {c.calls:>8}  streams {c.open_streams:>3}  "
-                f"first {format_time(c.first_seen_time)}  last {format_time(c.last_seen_time)}"
+            if args.json:
+                print_json(proto_json(c))
+            rows.append(
+                (
+                    c.identity,
+                    c.calls,
+                    c.open_streams,
+                    format_time(c.first_seen_time),
+                    format_time(c.last_seen_time),
+                )
             )
         token = resp.next_page_token
         if not token:
-            return 0
+            break
+    if not args.json:
+        print_table(("IDENTITY", "CALLS", "STREAMS", "FIRST SEEN", "LAST SEEN"), rows, (1, 2))
+    return 0
 
 
 def admin_reload(args: argparse.Namespace) -> int:

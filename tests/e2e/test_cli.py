@@ -1,8 +1,12 @@
 """The README walk-through with the real `smx` command: provision a site, start the core, then
-write, read, watch, query history, request a setpoint and read the audit log; plus grpcurl."""
+write, read, watch, query history, request a setpoint and read the audit log; every read command
+with --json and every table with its header; plus grpcurl. The mistakes a user can make are
+tests/e2e/test_cli_mistakes.py."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -98,6 +102,64 @@ def test_walkthrough(running):
     assert "hash chain intact" in smx(home, "audit", "--verify")
     out = smx(home, "pki", "list")
     assert "meter" in out and "lessag" in out
+
+
+# Every command that reads, with the table header it prints without --json.
+READ_COMMANDS = [
+    (("points", "get", "meter/P", "meter/U1"), "NAME VALUE UNIT QUALITY SOURCE TIME REVISION"),
+    (("points", "ls", "meter/*"), "NAME UNIT KIND PERIOD OWNER DESCRIPTION"),
+    (("points", "list", "meter/*"), "NAME UNIT KIND PERIOD OWNER DESCRIPTION"),
+    (("points", "watch", "meter/*", "--count", "2"), "NAME VALUE UNIT QUALITY SOURCE TIME"),
+    (("points", "history", "meter/P", "--since", "5m"), "NAME TIME VALUE QUALITY SAMPLES"),
+    (("setpoint", "status", "--as", "lessag", "meter/P_set"), None),
+    (("setpoint", "watch", "--as", "lessag", "--count", "1"), "REVISION NAME VALUE STATUS"),
+    (("whoami", "--as", "meter"), None),
+    (("admin", "clients"), "IDENTITY CALLS STREAMS FIRST SEEN LAST SEEN"),
+    (("audit", "--limit", "5"), "SEQ TIME KIND IDENTITY METHOD POINT REASON DETAIL"),
+    (("pki", "list"), "NAME DOMAIN IDENTITY SERIAL NOT AFTER (UTC) STATUS"),
+    (("policy", "show"), None),
+    (("policy", "check"), None),
+]
+
+
+def test_read_commands_speak_json_and_tables_have_headers(running):
+    home = running
+    smx(home, "points", "write", "--as", "meter", "meter/P=1500", "meter/U1=230.5")
+    smx(home, "points", "declare", "--as", "meter", "meter/P_set", "--unit", "W")
+    smx(home, "setpoint", "request", "--as", "lessag", "meter/P_set", "2000")
+    time.sleep(2.5)  # one flush interval: history has the samples
+    for args, header in READ_COMMANDS:
+        lines = smx(home, *args, "--json").splitlines()
+        assert lines, args
+        objects = [json.loads(line) for line in lines]  # one object per line
+        assert all(isinstance(o, dict) for o in objects), args
+        out = smx(home, *args)
+        if header is not None:
+            first = next(line for line in out.splitlines() if not line.startswith("--"))
+            assert " ".join(first.split()).startswith(header), (args, out)
+    points = [
+        json.loads(line) for line in smx(home, "points", "get", "meter/P", "--json").splitlines()
+    ]
+    assert points[0]["name"] == "meter/P" and points[0]["value"] == {"double_value": 1500.0}
+    me = json.loads(smx(home, "whoami", "--as", "meter", "--json"))
+    assert me["identity"] == "spiffe://usm-0017/trusted/meter" and me["roles"] == [
+        "trusted-extension"
+    ]
+    sp = json.loads(smx(home, "setpoint", "status", "--as", "lessag", "meter/P_set", "--json"))
+    assert sp["status"] == "SETPOINT_STATUS_PENDING"
+    policy = json.loads(smx(home, "policy", "show", "--json"))
+    assert {b["identity"] for b in policy["bindings"]} >= {"spiffe://usm-0017/trusted/meter"}
+    verify = json.loads(smx(home, "audit", "--verify", "--json"))
+    assert verify["intact"] is True and verify["records"] > 0
+    # The whoami rules and the policy's roles and bindings are tables too.
+    assert re.search(r"^VERBS\s+POINTS$", smx(home, "whoami", "--as", "meter"), re.M)
+    out = smx(home, "policy", "show")
+    assert re.search(r"^ROLE\s+RULES\s+DESCRIPTION$", out, re.M)
+    assert re.search(r"^IDENTITY\s+ROLES\s+EXTRA RULES$", out, re.M)
+
+
+def test_version_comes_from_the_package_metadata(home):
+    assert smx(home, "--version").strip() == f"smx {importlib.metadata.version('smx')}"
 
 
 def test_cli_errors_are_one_clear_line(home):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import socket
+import struct
 from pathlib import Path
 
-from smx.cli.connect import site_home
+from smx.cli.connect import require_site, site_home
+from smx.cli.errors import EXIT_FAILED, CliError
 from trusted.core.config import ConfigError, load_core_config
 from trusted.policy import PolicyError
 
@@ -20,7 +22,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def serving_pid(path: Path) -> int | None:
+    """None when no process accepts connections on the Unix socket `path`; else the pid of the
+    one that does (0 where the OS does not say)."""
+    if not path.exists():
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(2.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return None  # left over from a core that stopped: the core replaces it
+        if not hasattr(socket, "SO_PEERCRED"):
+            return 0
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[0])
+
+
 def run(args: argparse.Namespace) -> int:
+    from trusted.core.audit_record import AuditError
+    from trusted.core.history_db import HistoryError
     from trusted.core.server import run_core  # grpc server imports only when serving
     from trusted.pki import PkiError
 
@@ -28,10 +49,23 @@ def run(args: argparse.Namespace) -> int:
     path = args.config or (home / "core.toml" if (home / "core.toml").exists() else None)
     try:
         config = load_core_config(path, home=home)
-        if not config.policy.exists():
-            raise ConfigError(
-                f"policy file {config.policy} not found: create it with `smx policy init`"
-            )
+    except ConfigError as err:
+        raise CliError(str(err)) from None
+    if config.pki_dir == home / "pki":
+        require_site(args)
+    elif not (config.pki_dir / "ca.crt").is_file():
+        raise CliError(f"no site CA in {config.pki_dir} (pki_dir of {path}): ca.crt not found")
+    if not config.policy.exists():
+        raise CliError(f"policy file {config.policy} not found: create it with `smx policy init`")
+    pid = serving_pid(config.socket)
+    if pid is not None:
+        who = f"another core (pid {pid})" if pid else "another core"
+        raise CliError(
+            f"{who} is already serving this site on {config.socket}: one core per site; stop "
+            "that one first, or give another site with --home",
+            EXIT_FAILED,
+        )
+    try:
         asyncio.run(
             run_core(
                 config,
@@ -40,7 +74,15 @@ def run(args: argparse.Namespace) -> int:
                 ),
             )
         )
-    except (ConfigError, PkiError, PolicyError, RuntimeError, OSError) as err:
-        print(f"smx core: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, PkiError, PolicyError) as err:
+        raise CliError(str(err)) from None
+    except AuditError as err:
+        if "in use" in str(err):  # another core holds it, still starting (no socket yet)
+            raise CliError(
+                f"another core is starting on this site ({err}): one core per site",
+                EXIT_FAILED,
+            ) from None
+        raise CliError(str(err), EXIT_FAILED) from None
+    except (HistoryError, RuntimeError, OSError) as err:
+        raise CliError(str(err), EXIT_FAILED) from None
     return 0

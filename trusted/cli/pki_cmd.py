@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from smx.cli.connect import site_home
+from smx.cli.connect import require_site, site_home
+from smx.cli.errors import CliError
+from smx.cli.output import add_json_option, print_json, print_table
 from smx.identity import DOMAINS
 
 __all__ = ["register"]
 
 
 def _pki_dir(args: argparse.Namespace) -> Path:
-    return site_home(args) / "pki"
-
-
-def _fail(message: str) -> int:
-    print(f"smx pki: {message}", file=sys.stderr)
-    return 2
+    """The site's pki directory; for every command but `init`, only if a site is there."""
+    if getattr(args, "pki_command", "") == "init":
+        return site_home(args) / "pki"
+    return require_site(args) / "pki"
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -65,24 +64,37 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     ca = SiteCA.load(_pki_dir(args))
     certs = ca.list()
-    if not certs:
-        print(f"no client certificates issued yet in {ca.pki_dir}")
+    if args.json:
+        for c in certs:
+            print_json(
+                {
+                    "name": c.name,
+                    "domain": c.domain,
+                    "identity": c.identity,
+                    "serial": f"{c.serial:x}",
+                    "not_after": c.not_after.isoformat(),
+                    "status": c.status,
+                    "certificate": str(c.cert_path),
+                    "key": str(c.key_path),
+                }
+            )
         return 0
-    header = ("NAME", "DOMAIN", "IDENTITY", "SERIAL", "NOT AFTER (UTC)", "STATUS")
-    rows = [
-        (
-            c.name,
-            c.domain,
-            c.identity,
-            f"{c.serial:x}",
-            f"{c.not_after:%Y-%m-%d %H:%M}",
-            c.status,
-        )
-        for c in certs
-    ]
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(
+        ("NAME", "DOMAIN", "IDENTITY", "SERIAL", "NOT AFTER (UTC)", "STATUS"),
+        [
+            (
+                c.name,
+                c.domain,
+                c.identity,
+                f"{c.serial:x}",
+                f"{c.not_after:%Y-%m-%d %H:%M}",
+                c.status,
+            )
+            for c in certs
+        ],
+    )
+    if not certs:
+        print(f"(no client certificates issued yet in {ca.pki_dir})")
     return 0
 
 
@@ -99,10 +111,12 @@ def _guarded(func: Handler) -> Handler:
         try:
             return func(args)
         except PkiError as err:
-            return _fail(str(err))
+            raise CliError(str(err)) from None
+        except BrokenPipeError:
+            raise  # the reader of the output went away: not a PKI problem
         except OSError as err:
             where = f" {err.filename}" if err.filename else ""
-            return _fail(f"{err.strerror or err}{where}")
+            raise CliError(f"{err.strerror or err}{where}") from None
 
     return run
 
@@ -140,5 +154,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="client name")
     p.set_defaults(func=_guarded(_cmd_revoke))
 
-    p = actions.add_parser("list", help="list issued client certificates")
+    p = actions.add_parser("list", aliases=["ls"], help="list issued client certificates")
+    add_json_option(p, "one certificate per line")
     p.set_defaults(func=_guarded(_cmd_list))

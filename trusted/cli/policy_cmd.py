@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from smx.cli.connect import site_home
+from smx.cli.connect import require_site
+from smx.cli.errors import CliError
+from smx.cli.output import add_json_option, print_json, print_table
 from smx.identity import DOMAINS, Identity, IdentityError
 from smx.toml_text import toml_list, toml_str
 from trusted.core.site_files import write_private
 from trusted.policy import Policy, PolicyError, default_policy_text
+from trusted.policy.model import Rule
 
 __all__ = ["register"]
 
@@ -34,18 +38,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.set_defaults(func=_guard(bind))
     q = psub.add_parser("check", help="validate policy.toml and print its bindings")
+    add_json_option(q, "the policy as one object, as `policy show --json`")
     q.set_defaults(func=_guard(check))
+    q = psub.add_parser("show", help="the roles and bindings of policy.toml")
+    add_json_option(q, "the policy as one object")
+    q.set_defaults(func=_guard(show))
 
 
-def _guard(fn):
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guard(fn: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from trusted.pki import PkiError  # loads cryptography: only when used
 
         try:
             return fn(args)
+        except BrokenPipeError:
+            raise  # the reader of the output went away: not a policy problem
         except (PolicyError, PkiError, IdentityError, OSError) as err:
-            print(f"smx policy: {err}", file=sys.stderr)
-            return 2
+            raise CliError(str(err)) from None
 
     return run
 
@@ -57,7 +69,7 @@ def _site(home: Path) -> str:
 
 
 def init(args: argparse.Namespace) -> int:
-    home = site_home(args)
+    home = require_site(args)
     path = home / "policy.toml"
     if path.exists() and not args.force:
         raise PolicyError(str(path), "", "exists already (use --force to overwrite)")
@@ -68,7 +80,7 @@ def init(args: argparse.Namespace) -> int:
 
 
 def bind(args: argparse.Namespace) -> int:
-    home = site_home(args)
+    home = require_site(args)
     path = home / "policy.toml"
     site = _site(home)
     uri = Identity(site, args.domain, Identity.check_name(args.name)).uri
@@ -87,10 +99,66 @@ def bind(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules(rules: tuple[Rule, ...]) -> str:
+    return "; ".join(f"{','.join(r.verbs)}: {' '.join(r.points)}" for r in rules)
+
+
+def _as_json(path: Path, policy: Policy) -> dict[str, Any]:
+    def rules(rs: tuple[Rule, ...]) -> list[dict[str, list[str]]]:
+        return [{"verbs": list(r.verbs), "points": list(r.points)} for r in rs]
+
+    return {
+        "path": str(path),
+        "roles": [
+            {"name": r.name, "description": r.description, "rules": rules(r.rules)}
+            for r in policy.roles.values()
+        ],
+        "bindings": [
+            {
+                "identity": b.identity,
+                "roles": list(b.roles),
+                "rules": rules(b.rules),
+                "description": b.description,
+            }
+            for b in policy.bindings
+        ],
+    }
+
+
+def _load(args: argparse.Namespace) -> tuple[Path, Policy]:
+    path = require_site(args) / "policy.toml"
+    if not path.exists():
+        raise CliError(f"no policy file {path}: create it with `smx policy init`")
+    return path, Policy.load(path)
+
+
+def _bindings_table(policy: Policy) -> None:
+    print_table(
+        ("IDENTITY", "ROLES", "EXTRA RULES"),
+        [(b.identity, ", ".join(b.roles), _rules(b.rules)) for b in policy.bindings],
+    )
+
+
 def check(args: argparse.Namespace) -> int:
-    path = site_home(args) / "policy.toml"
-    policy = Policy.load(path)
+    path, policy = _load(args)
+    if args.json:
+        print_json(_as_json(path, policy))
+        return 0
     print(f"{path}: {policy.roles_count} roles, {policy.bindings_count} bindings")
-    for b in policy.bindings:
-        print(f"  {b.identity}: {', '.join(b.roles)}")
+    _bindings_table(policy)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    path, policy = _load(args)
+    if args.json:
+        print_json(_as_json(path, policy))
+        return 0
+    print(f"{path}: {policy.roles_count} roles, {policy.bindings_count} bindings")
+    print_table(
+        ("ROLE", "RULES", "DESCRIPTION"),
+        [(r.name, _rules(r.rules), r.description) for r in policy.roles.values()],
+    )
+    print()
+    _bindings_table(policy)
     return 0

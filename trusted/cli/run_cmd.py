@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from smx.cli.connect import site_home
+from smx.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
+from smx.cli.output import add_json_option
 from trusted.supervisor.site_config import SiteConfigError, load_site_config
 from trusted.supervisor.status import RunPaths, format_status, pid_alive, read_status
 
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--home", default=argparse.SUPPRESS, help="site home (default: $SMX_HOME or ./site)"
     )
     where.add_argument("--config", type=Path, help="site file; its home is used")
-    s.add_argument("--json", action="store_true", help="print supervisor.json as it is")
+    add_json_option(s, "supervisor.json as one object")
     s.set_defaults(func=status)
 
 
@@ -45,21 +47,43 @@ def run(args: argparse.Namespace) -> int:
     from trusted.supervisor.runner import Supervisor, SupervisorError  # grpc only when running
     from trusted.supervisor.status import ProvisionError
 
+    class CliSupervisor(Supervisor):
+        """Remembers a stop asked for before the site was up (Ctrl-C reaches the provisioning
+        child too, which then fails for that reason only)."""
+
+        stopped_starting = False
+
+        def request_stop(self) -> None:
+            if self.state == "starting":
+                self.stopped_starting = True
+            super().request_stop()
+
+    path = _site_file(args)
     try:
-        cfg = load_site_config(_site_file(args))
+        cfg = load_site_config(path)
     except SiteConfigError as err:
-        print(f"smx run: {err}", file=sys.stderr)
-        return 2
+        fix = ""
+        if not path.exists():
+            fix = (
+                "; give the site file with --config or the site directory with --home "
+                "(docs/SITE.md describes the file; `smx demo --keep` leaves a complete example)"
+            )
+        raise CliError(f"{err}{fix}") from None
+    supervisor = CliSupervisor(cfg, reap_strays=True)
     try:
-        asyncio.run(Supervisor(cfg, reap_strays=True).run())
-    except ProvisionError as err:
-        print(f"smx run: {err}", file=sys.stderr)
-        return 2
-    except (SupervisorError, OSError) as err:
-        print(f"smx run: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # before the signal handlers were in place
-        return 130
+        asyncio.run(supervisor.run())
+    except (ProvisionError, SupervisorError, OSError) as err:
+        if supervisor.stopped_starting:
+            return _stopped_starting()
+        code = EXIT_USAGE if isinstance(err, ProvisionError) else EXIT_FAILED
+        raise CliError(str(err), code) from None
+    if supervisor.stopped_starting:
+        return _stopped_starting()
+    return 0
+
+
+def _stopped_starting() -> int:
+    print("smx run: stopped during start-up; nothing left running", file=sys.stderr)
     return 0
 
 
@@ -68,18 +92,22 @@ def status(args: argparse.Namespace) -> int:
         try:
             home = load_site_config(args.config).home
         except SiteConfigError as err:
-            print(f"smx status: {err}", file=sys.stderr)
-            return 2
+            raise CliError(str(err)) from None
     else:
         home = site_home(args)
+        if not home.is_dir():
+            raise CliError(
+                f"no site at {home}: no such directory; give the site directory with --home or "
+                "$SMX_HOME, or the site file with --config"
+            )
     path = RunPaths(home).status
     data = read_status(path)
     if data is None:
         print(f"supervisor not running ({path} not found or unreadable)")
-        return 1
+        return EXIT_FAILED
     running = pid_alive(data.get("pid"), data.get("pid_created"))
     if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print(json.dumps(data, sort_keys=True))
     else:
         print(format_status(data, running))
-    return 0 if running else 1
+    return 0 if running else EXIT_FAILED
