@@ -172,6 +172,15 @@ class Terminal:
                 frames.append(text.rstrip("\n").split("\n"))
         return frames
 
+    def frame_after(self, seen: int, timeout: float = 20) -> list[str]:
+        """The latest frame once at least two more than `seen` have been drawn (the first of
+        them may have been on its way before whatever the caller did)."""
+        deadline = time.monotonic() + timeout
+        while len(frames := self.frames()) < seen + 2:
+            assert time.monotonic() < deadline, self.text()[-3000:]
+            time.sleep(0.2)
+        return frames[-1]
+
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
@@ -200,16 +209,15 @@ def test_the_live_view_fits_the_terminal_and_leaves_the_site_as_it_was():
     try:
         term.wait_for(r"from planner at [\d:]+: (APPLIED|CLAMPED)")
         term.wait_for(r"PF3")  # the meter's points are in
-        time.sleep(1.2)  # a frame or two more
-        big = term.frames()[-1]
+        big = term.frame_after(len(term.frames()))
         check_fits(big, 48, 160)
         # 160 x 48 has room for every point (in two columns): nothing is left out.
         assert "more, --all shows every point" not in "\n".join(big), "\n".join(big)
         assert re.search(r"\bRm\s+123\.40\s+kvarh\s+GOOD", "\n".join(big))
 
+        seen = len(term.frames())
         term.resize(24, 80)
-        time.sleep(2.5)  # redrawn at least every second
-        small = term.frames()[-1]
+        small = term.frame_after(seen)  # redrawn at least every second
         check_fits(small, 24, 80)
         shown = "\n".join(small)
         assert re.search(r"^… \d+ more, --all shows every point$", shown, re.M), shown
@@ -242,7 +250,7 @@ def test_all_shows_every_point_even_on_a_small_terminal():
     try:
         term.wait_for(r"PF3")
         term.wait_for(r"battery\s+P\s")
-        time.sleep(1.2)
+        term.frame_after(len(term.frames()))
     finally:
         out = term.stop()
     assert term.proc.returncode == 0, out[-2000:]
