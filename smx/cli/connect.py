@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,8 +53,16 @@ def require_site(args: argparse.Namespace) -> Path:
     mistake is a command run from elsewhere than the site's parent without --home."""
     home = site_home(args)
     ca = home / "pki" / "ca.crt"
-    if ca.is_file():
-        return home
+    try:
+        if stat.S_ISREG(ca.stat().st_mode):
+            return home
+    except PermissionError:
+        raise CliError(
+            f"cannot read the site in {home}: permission denied (its files are private: run "
+            "as the user who owns them, or as root)"
+        ) from None
+    except OSError:
+        pass
     fix = (
         "give the site directory with --home or $SMX_HOME, or create a site with "
         "`smx pki init --site ID`"

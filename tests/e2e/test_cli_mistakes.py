@@ -81,6 +81,26 @@ MISTAKES = [
         r"`smx pki issue old --domain untrusted --replace`",
     ),
     Mistake(
+        "certificate-not-yet-valid",
+        ("whoami", "--cert", "{tmp}/future.crt", "--key", "{tmp}/future.key"),
+        2,
+        r"smx whoami: certificate \S+/future.crt is not valid yet: is this machine's clock right "
+        r"\(now \d{{4}}-",
+    ),
+    Mistake(
+        "not-a-certificate",
+        (
+            "whoami",
+            "--cert",
+            "{home}/pki/clients/admin.key",
+            "--key",
+            "{home}/pki/clients/admin.key",
+        ),
+        2,
+        r"smx whoami: \S+/admin.key is not a PEM certificate: give the certificate `smx pki issue` "
+        r"wrote",
+    ),
+    Mistake(
         "foreign-certificate",
         (
             "whoami",
@@ -300,6 +320,14 @@ def prepare(tmp: Path, site: TestSite) -> None:
         not_after=utcnow() - dt.timedelta(days=1),
     )
     write_pair(tmp, "old", cert, key)
+    cert, key = make_cert(
+        ca_cert,
+        ca_key,
+        uris=["spiffe://test-site/trusted/future"],
+        not_before=utcnow() + dt.timedelta(days=1),
+        not_after=utcnow() + dt.timedelta(days=10),
+    )
+    write_pair(tmp, "future", cert, key)
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp / "stale.sock"))  # bound, never listened on: what a killed core leaves
     stale.close()
