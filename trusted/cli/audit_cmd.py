@@ -23,9 +23,8 @@ __all__ = ["register"]
 
 # Records per ListAuditRecords call (the core's maximum page size).
 PAGE_SIZE = 1000
-# The kinds of record --kind may ask for. The core also writes setpoint_superseded
-# (trusted/core/setpoints.py), which trusted.core.audit.KINDS does not list.
-AUDIT_KINDS = sorted(KINDS | {"setpoint_superseded"})
+# The kinds of record --kind may ask for.
+AUDIT_KINDS = sorted(KINDS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -75,6 +75,7 @@ KINDS = frozenset(
         "setpoint_request",
         "setpoint_report",
         "setpoint_expired",
+        "setpoint_superseded",
         "denied",
         "policy_reload",
         CHECKPOINT_KIND,

@@ -151,8 +151,9 @@ class Supervisor:
                 )
             await self._stop.wait()
         except BaseException as err:
-            self.state = "failed"
-            self.error = str(err) or repr(err)
+            if not self._stop.is_set():  # a stop asked for during start-up is no failure
+                self.state = "failed"
+                self.error = str(err) or repr(err)
             raise
         finally:
             await self._shutdown()
