@@ -93,6 +93,18 @@ found["own key"] = len(Path(os.environ["SMX_KEY"]).read_bytes()) > 0
 found["cwd"] = os.getcwd()
 Path("findings.json").write_text(json.dumps(found))
 
+# A module left in its own working directory, named like one every Python imports: whoever
+# imports it leaves a mark with its uid. Only a Python of this agent's own may ever do so.
+here = os.getcwd()
+Path("json.py").write_text(f'''\
+import os, sys
+open(os.path.join({here!r}, "imported-by-" + str(os.getuid())), "w").close()
+sys.path = [p for p in sys.path if p not in ("", {here!r})]
+del sys.modules["json"]
+import json as _json
+globals().update(vars(_json))
+''')
+
 from tests.support.dummy_ext import main
 raise SystemExit(main())
 """
@@ -301,6 +313,7 @@ def test_the_core_user_cannot_reach_into_the_other_processes(site):
         Account(core_uid, core_gid, (site_gid,)),
         [Path(sys.executable), ROOT],
         [sys.executable, "-c", AS_CORE, str(site.home)],
+        Path("/"),
     )
     out = subprocess.run(
         argv,
@@ -317,3 +330,17 @@ def test_the_core_user_cannot_reach_into_the_other_processes(site):
         "replace the socket link refused",
         "write a client key refused",
     ]
+
+
+def test_a_module_a_process_leaves_in_its_directory_never_runs_as_root(site):
+    """The privilege drop runs as root before it enters the process's directory: a module the
+    process planted there (json.py) must not be imported by root at the next start."""
+    spy_dir = site.home / "run" / "spy"
+    wait_for(lambda: (spy_dir / "json.py").exists(), 15, what="the planted module")
+    old = site.procs()["spy"]["pid"]
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: site.procs()["spy"]["pid"] != old and running(site), 30, what="spy restarted")
+    marks = sorted(p.name for p in spy_dir.glob("imported-by-*"))
+    spy_uid = spy_dir.stat().st_uid
+    # The agent's own Python picked the module up (so the plant works), root never did.
+    assert marks == [f"imported-by-{spy_uid}"], marks

@@ -380,28 +380,36 @@ def privilege_dropper(account: Account, reach: Iterable[Path]) -> Callable[[], N
     return drop
 
 
-def exec_argv(python: str, account: Account, reach: Iterable[Path], argv: list[str]) -> list[str]:
-    """`argv` started through a fresh interpreter that drops privileges and then execs it.
+def exec_argv(
+    python: str, account: Account, reach: Iterable[Path], argv: list[str], cwd: Path
+) -> list[str]:
+    """`argv` started in `cwd` through a fresh interpreter that drops privileges and then
+    execs it. Start the result with working directory ``/``.
 
     Not a `preexec_fn`: the supervisor has gRPC threads, and Python code run between fork and
     exec in such a process can abort the child (gRPC's fork handlers are skipped while other
     threads are inside it; the core was seen dying with SIGABRT under load). The fresh
-    interpreter has no thread and no gRPC.
+    interpreter has no thread and no gRPC. It runs this file as a script in isolated mode
+    (``-I``: no working directory, no ``PYTHONPATH``, no user site on ``sys.path``) and enters
+    `cwd` only after the drop: `cwd` is the child's own directory, and a module the child
+    left there must never be imported by root.
     """
     spec = {
         "uid": account.uid,
         "gid": account.gid,
         "groups": list(account.groups),
         "reach": [str(p) for p in reach],
+        "cwd": str(cwd),
     }
-    return [python, "-m", "trusted.supervisor.isolation", json.dumps(spec), "--", *argv]
+    return [python, "-I", str(Path(__file__).resolve()), json.dumps(spec), "--", *argv]
 
 
 def main(args: list[str]) -> None:
-    """`python -m trusted.supervisor.isolation SPEC -- ARGV...` (see `exec_argv`)."""
+    """`python -I isolation.py SPEC -- ARGV...` (see `exec_argv`)."""
     spec, argv = json.loads(args[0]), args[2:]
     account = Account(spec["uid"], spec["gid"], tuple(spec["groups"]))
     privilege_dropper(account, [Path(p) for p in spec["reach"]])()
+    os.chdir(spec["cwd"])
     os.execvp(argv[0], argv)
 
 

@@ -181,6 +181,7 @@ class Supervisor:
             )
         child = await asyncio.create_subprocess_exec(
             self.python,
+            "-P",  # root must not import a module from whatever directory smx run started in
             "-m",
             "trusted.supervisor.provision",
             str(self.cfg.source),
@@ -268,9 +269,13 @@ class Supervisor:
         ]
         return {
             "env": isolation.minimal_environ(env),
-            "cwd": isolation.private_dir_of(self.cfg.home, name),
+            "cwd": Path("/"),  # the wrapper enters run/<name>/ only once it is not root
             "wrap": lambda argv: isolation.exec_argv(
-                self.python, self._accounts[name], reach, argv
+                self.python,
+                self._accounts[name],
+                reach,
+                argv,
+                isolation.private_dir_of(self.cfg.home, name),
             ),
         }
 
