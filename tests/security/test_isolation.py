@@ -344,3 +344,24 @@ def test_a_module_a_process_leaves_in_its_directory_never_runs_as_root(site):
     spy_uid = spy_dir.stat().st_uid
     # The agent's own Python picked the module up (so the plant works), root never did.
     assert marks == [f"imported-by-{spy_uid}"], marks
+
+
+def test_handing_data_to_the_core_never_follows_a_link_out_of_it(tmp_path):
+    """Root gives data/ to the core's user at every start; the core owns data/ and may have
+    left links in it: a symbolic link to a directory and a hard link to a file root owns must
+    not make root give those away."""
+    from trusted.supervisor.isolation import _give_tree
+
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "history.db").write_text("")
+    (data / "l").symlink_to(outside)
+    os.link(outside / "passwd", data / "hard")
+    _give_tree(data, Account(65534, 65534, ()))
+    assert (data / "sub" / "history.db").stat().st_uid == 65534
+    assert (data / "sub").stat().st_uid == 65534 and data.stat().st_uid == 65534
+    assert (outside / "passwd").stat().st_uid == 0 and outside.stat().st_uid == 0
+    assert (data / "l").lstat().st_uid == 65534  # the link itself, not its target

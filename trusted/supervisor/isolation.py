@@ -244,17 +244,16 @@ def apply_ownership(
     _own(pki_dir / "index.json", 0, 0, 0o600)
     for server in (pki_dir / "server").glob("smxcore.*"):
         _own(server, core.uid, core.gid)
+    data_dirs = [Path(d) for d in data_paths if Path(d).is_relative_to(home)]
     for f in core_files:
-        _own(f, core.uid, core.gid)
-    for d in data_paths:
-        d = Path(d)
-        if not d.is_relative_to(home) or not d.exists():
-            continue
-        _own(d, core.uid, core.gid)
-        if d.is_dir():
-            for root, dirs, files in os.walk(d):
-                for n in dirs + files:
-                    os.lchown(os.path.join(root, n), core.uid, core.gid)
+        # Files in the core's own directories are handed over by the walk below: a path
+        # through a directory the core owns could be swapped for a link on the way.
+        if not any(Path(f).is_relative_to(d) for d in data_dirs):
+            _own(f, core.uid, core.gid)
+    for d in data_dirs:
+        # A directory inside another is walked with it (its path would cross the core's own).
+        if not any(d != o and d.is_relative_to(o) for o in data_dirs):
+            _give_tree(d, core)
     private_dir_core = private_dir_of(home, "core")
     _make_private(private_dir_core, core)
     for name in [*clients, *others]:
@@ -283,6 +282,28 @@ def _link_socket(link: Path, socket: Path) -> None:
         raise IsolationError(f"{link} is in the way of the core's socket link: remove it")
     link.symlink_to(target)
     os.lchown(link, 0, 0)
+
+
+def _give_tree(top: Path, acc: Account) -> None:
+    """Give ``top`` and everything in it to ``acc``: walked through directory descriptors,
+    never following a link and never leaving the file system, so that the owner-to-be, who may
+    be changing the tree meanwhile, cannot steer root's chown to a path outside it."""
+    try:
+        st = os.stat(top, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    os.lchown(top, acc.uid, acc.gid)  # its parent (the home) is root's: no swap possible
+    for _root, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if info.st_dev != st.st_dev or (info.st_uid, info.st_gid) == (acc.uid, acc.gid):
+                    continue
+                if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                    continue  # a hard link may be another file's second name: never root's to give
+                os.chown(name, acc.uid, acc.gid, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _make_private(d: Path, acc: Account) -> None:
