@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from smx.names import Glob, InvalidName, validate_point_name
 from smx.timestamps import duration_s, ms_to_ts, now_ms, ts_to_ms
 from smx.v1 import point_pb2
-from smx.values import KIND_OF_FIELD
+from smx.values import KIND_OF_FIELD, KINDS
 from trusted.core.errors import CoreError
 
 __all__ = ["RealtimeDB", "Watcher", "HistorySink", "RESTART_REVISION_GAP"]
@@ -173,6 +173,23 @@ class RealtimeDB:
             stored = point_pb2.PointMetadata()
             stored.CopyFrom(m)
             stored.owner = identity
+            # A declaration fixes the point's kind; one that names no kind keeps the declared
+            # one, and one that names another kind changes it (the values already stored
+            # keep theirs). Writes never change a kind.
+            before = self.kind_of(m.name)
+            if not m.kind:
+                current = self.meta.get(m.name)
+                stored.kind = (
+                    current.kind if current is not None else point_pb2.VALUE_KIND_UNSPECIFIED
+                )
+            elif before and before != m.kind:
+                log.warning(
+                    "point %s: kind changed from %s to %s by %s's declaration",
+                    m.name,
+                    _KIND_NAME[before],
+                    _KIND_NAME[m.kind],
+                    identity,
+                )
             self.meta[m.name] = stored
             point = self.points.get(m.name)
             self._deadlines.pop(m.name, None)  # a re-declared period replaces the old one
@@ -220,11 +237,14 @@ class RealtimeDB:
     def _metadata(self, name: str) -> point_pb2.PointMetadata:
         m = self.meta.get(name)
         if m is None:
-            # Written but never declared: metadata is only its name and the value kind seen.
-            field = self.points[name].value.WhichOneof("kind")
-            m = point_pb2.PointMetadata(
-                name=name, kind=KIND_OF_FIELD.get(field or "", point_pb2.VALUE_KIND_UNSPECIFIED)
-            )
+            # Written but never declared: metadata is only its name and the kind of its values.
+            return point_pb2.PointMetadata(name=name, kind=self.kind_of(name))
+        if not m.kind and name in self.points:
+            # Declared without a kind: the kind its first write fixed.
+            fixed = point_pb2.PointMetadata()
+            fixed.CopyFrom(m)
+            fixed.kind = self.kind_of(name)
+            return fixed
         return m
 
     # -- per-client point counts ----------------------------------------------------------------
@@ -277,27 +297,24 @@ class RealtimeDB:
         """Validate the whole batch, then store it under one new revision."""
         batch = list(samples)
         names: list[str] = []
+        # What each sample stores: None for its own value as sent, else an int widened to a
+        # double, or (a quality-only update) the point's current value.
+        values: list[point_pb2.Value | None] = []
         horizon = now_ms() // 1000 + MAX_FUTURE_S
         for s in batch:
             # The validator's cache hands back one str object per name: the points dict, the
             # change log and the history buffer all share it instead of a copy per sample.
             name = _valid_name(s.name)
             names.append(name)
-            field = s.value.WhichOneof("kind")
-            if field is None:
-                raise CoreError("INVALID_ARGUMENT", f"point {name}: no value", point=name)
-            meta = self.meta.get(name)
-            if meta is not None and meta.kind and KIND_OF_FIELD[field] != meta.kind:
-                declared = point_pb2.ValueKind.Name(meta.kind)
-                raise CoreError(
-                    "VALUE_KIND_MISMATCH",
-                    f"point {name} is declared {declared}, got {field}",
-                    point=name,
-                )
             if s.quality == point_pb2.QUALITY_STALE:
                 raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
             if s.quality not in _WRITABLE_QUALITIES:
                 raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {s.quality}")
+            field = s.value.WhichOneof("kind")
+            if field is None:
+                values.append(self._kept_value(name, s.quality))
+            else:
+                values.append(self._check_kind(name, field, s.value))
             if field == "double_value" and not math.isfinite(s.value.double_value):
                 # NaN and infinities are no measurement: every sum, average and comparison a
                 # reader makes would silently turn into NaN. Quality BAD says "no good value".
@@ -322,16 +339,87 @@ class RealtimeDB:
         common = point_pb2.Point(
             receive_time=ms_to_ts(now), writer=identity, revision=rev
         ).SerializeToString()
-        for name, s in zip(names, batch, strict=True):
-            self._store(name, s, common, now)
+        for name, s, value in zip(names, batch, values, strict=True):
+            self._store(name, s, s.value if value is None else value, common, now)
         self._log_change(rev, tuple(names))
         return rev
 
-    def _store(self, name: str, s: point_pb2.PointSample, common: bytes, now: int) -> None:
+    def kind_of(self, name: str) -> point_pb2.ValueKind:
+        """The point's value kind: its declared kind, else the kind of the value it holds (its
+        first write fixed it); VALUE_KIND_UNSPECIFIED for a point with neither."""
+        meta = self.meta.get(name)
+        if meta is not None and meta.kind:
+            return meta.kind
+        point = self.points.get(name)
+        if point is not None:
+            field = point.value.WhichOneof("kind")
+            if field is not None:
+                return KIND_OF_FIELD[field]
+        return point_pb2.VALUE_KIND_UNSPECIFIED
+
+    def _check_kind(self, name: str, field: str, value: point_pb2.Value) -> point_pb2.Value | None:
+        """Refuse a value of another kind than the point's; an int for a double point is
+        widened (returned as the double to store) when the double holds it exactly."""
+        kind = self.kind_of(name)
+        given = KIND_OF_FIELD[field]
+        if not kind or given == kind:
+            return None
+        if kind == point_pb2.VALUE_KIND_DOUBLE and given == point_pb2.VALUE_KIND_INT:
+            widened = float(value.int_value)
+            if widened == value.int_value:  # exact: ints up to 2**53, and some beyond
+                return point_pb2.Value(double_value=widened)
+            raise self._kind_error(
+                name, kind, given, f"; the int {value.int_value} has no exact double value"
+            )
+        raise self._kind_error(name, kind, given, f"; got {_KIND_ARTICLE[given]} value")
+
+    def _kind_error(self, name: str, kind: int, given: int, detail: str) -> CoreError:
+        meta = self.meta.get(name)
+        origin = (
+            "declared"
+            if meta is not None and meta.kind
+            else "the kind of its first value; declaring the point sets another"
+        )
+        return CoreError(
+            "VALUE_KIND_MISMATCH",
+            f"point {name} holds {_KIND_NAME[kind]} values ({origin}){detail}",
+            point=name,
+            kind=_KIND_NAME[kind],
+            given_kind=_KIND_NAME[given],
+        )
+
+    def _kept_value(self, name: str, quality: int) -> point_pb2.Value:
+        """A sample without a value is a quality-only update: it marks the point BAD or
+        UNCERTAIN and keeps the value it holds (a GOOD or DERIVED quality needs a value)."""
+        if quality not in (point_pb2.QUALITY_BAD, point_pb2.QUALITY_UNCERTAIN):
+            raise CoreError(
+                "INVALID_ARGUMENT",
+                f"point {name}: no value (only quality BAD or UNCERTAIN may be written without "
+                "one, keeping the point's value)",
+                point=name,
+            )
+        point = self.points.get(name)
+        field = point.value.WhichOneof("kind") if point is not None else None
+        if point is None or field is None or KIND_OF_FIELD[field] != self.kind_of(name):
+            raise CoreError(
+                "INVALID_ARGUMENT",
+                f"point {name}: no value, and the point has no value of its kind to keep",
+                point=name,
+            )
+        return point.value
+
+    def _store(
+        self,
+        name: str,
+        s: point_pb2.PointSample,
+        value: point_pb2.Value,
+        common: bytes,
+        now: int,
+    ) -> None:
         meta = self.meta.get(name)
         point = point_pb2.Point.FromString(common)
         point.name = name
-        point.value.CopyFrom(s.value)
+        point.value.CopyFrom(value)
         if meta is not None:
             point.unit = meta.unit
         if s.HasField("source_time"):
@@ -351,7 +439,7 @@ class RealtimeDB:
             # Stored points are never modified (a change makes a new one), so the history
             # may serialize this one later, on its writer thread.
             self.history.append(
-                name, ts, getattr(s.value, s.value.WhichOneof("kind")), point.quality, point
+                name, ts, getattr(value, value.WhichOneof("kind")), point.quality, point
             )
 
     def _log_change(self, rev: int, names: tuple[str, ...]) -> None:
@@ -451,6 +539,12 @@ class RealtimeDB:
         log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
         return due
 
+
+# The kinds as the CLI and site files spell them, in messages and ErrorInfo metadata.
+_KIND_NAME: dict[int, str] = {kind: name for name, kind in KINDS.items()}
+_KIND_ARTICLE = {
+    kind: ("an " if name[0] in "aeiou" else "a ") + name for kind, name in _KIND_NAME.items()
+}
 
 _WRITABLE_QUALITIES = frozenset(
     {
