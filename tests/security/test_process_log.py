@@ -127,3 +127,21 @@ def test_a_logs_directory_owned_by_someone_else_is_refused(tmp_path):
     os.chown(logs, 65534, 65534)  # what a process that swapped run/ would own
     with pytest.raises(PermissionError, match="not the supervisor's own directory"):
         open_log(logs / "agent.log", 1024)
+
+
+async def test_drop_notes_cannot_be_used_to_write_past_the_rate(tmp_path):
+    # Alternating a line that is dropped with a 1-byte line would make a note per pair.
+    path = _logs(tmp_path) / "agent.log"
+    log = ProcessLog(path, max_bytes=16 * 1024 * 1024, rate=1024)
+    log.start_run("--- start")
+    big = b"x" * 4000 + b"\n"
+    started = time.monotonic()
+    for _ in range(3000):
+        log.feed(big)
+        log.feed(b"\n")
+    elapsed = time.monotonic() - started
+    log.close()
+    size = path.stat().st_size
+    notes = path.read_text().count("bytes of output dropped")
+    assert notes <= 2 + elapsed / 5.0
+    assert size <= log.burst + log.rate * elapsed + 200 * notes + 100

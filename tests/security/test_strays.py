@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,10 +117,74 @@ def test_escaped_helpers_are_adopted_and_killed_with_what_they_came_from(site):
     wait_for(lambda: stray_pids(site.home, "quitter"), 30, what="the quitter's helper")
     (gone,) = stray_pids(site.home, "quitter")[:1]
     wait_for(lambda: not alive(gone), 15, what="the quitter's helper killed")
-    wait_for(lambda: "quitter left a process behind" in site.log(), 5, what="the log line")
+    wait_for(lambda: "quitter left process(es) behind" in site.log(), 5, what="the log line")
     assert alive(kept), "a helper of a running process is left alone"
 
     site.proc.send_signal(signal.SIGTERM)
     assert site.proc.wait(30) == 0, site.log()
     assert not alive(kept), "the site stopped but the keeper's helper lives on"
-    assert "keeper left a process behind" in site.log()
+    assert "keeper left process(es) behind" in site.log()
+
+
+# A helper that drops its name (an empty environment) and hops: each generation starts a new
+# session, forks the next and exits, faster than a look at the supervisor's children.
+HOPPER = """\
+import os, sys, time
+if len(sys.argv) == 1:
+    if os.fork() == 0:
+        os.execve(sys.executable, [sys.executable, sys.argv[0], "hop"], {})
+    time.sleep(3600)
+while True:
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    time.sleep(0.002)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a process per user needs `smx run` as root")
+def test_a_helper_hopping_without_a_name_ends_with_the_site():
+    import pwd
+
+    from trusted.supervisor.isolation import user_name
+
+    home = Path(tempfile.mkdtemp(prefix="smx-"))
+    (home / "hopper.py").write_text(HOPPER)
+    (home / "site.toml").write_text(
+        'site = "usm-0096"\n[supervisor]\nstop_timeout = "3s"\n'
+        f"[simulators.hopper]\ncommand = ['{sys.executable}', '{home / 'hopper.py'}']\n"
+    )
+    out = open(home / "smx-run.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trusted.cli.main", "run", "--config", "site.toml"],
+        cwd=home,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        wait_for(lambda: _user_procs("usm-0096", "hopper"), 30, what="the hopper running")
+        uid = pwd.getpwnam(user_name("usm-0096", "hopper")).pw_uid
+        time.sleep(1.0)  # let it hop through a few hundred sessions
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        time.sleep(0.5)
+        left = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]
+        assert left == [], (home / "smx-run.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _user_procs(site: str, name: str) -> list[int]:
+    import pwd
+
+    from trusted.supervisor.isolation import user_name
+
+    try:
+        uid = pwd.getpwnam(user_name(site, name)).pw_uid
+    except KeyError:
+        return []
+    return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]

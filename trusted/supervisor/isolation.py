@@ -53,6 +53,7 @@ __all__ = [
     "core_user",
     "ensure_accounts",
     "isolation_wanted",
+    "kill_all_argv",
     "minimal_environ",
     "privilege_dropper",
     "private_dir_of",
@@ -425,8 +426,37 @@ def exec_argv(
     return [python, "-I", str(Path(__file__).resolve()), json.dumps(spec), "--", *argv]
 
 
+def kill_all_argv(python: str, account: Account) -> list[str]:
+    """A command that kills every process of ``account``'s user, run as that user: a helper
+    of a process, however it left its group and session, cannot outlive it. Each account
+    belongs to one process of the site, so nothing else is hit."""
+    spec = {"uid": account.uid, "gid": account.gid}
+    return [python, "-I", str(Path(__file__).resolve()), json.dumps(spec), "--kill-all"]
+
+
+KILLED_SOME = 3  # exit code of --kill-all when it found processes to kill
+
+
+def _kill_all(uid: int, gid: int) -> int:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # kill(-1) reaches every process of this user but the caller; a process forking as fast
+    # as it can is caught by the next round (a killed process forks no more).
+    for rounds in range(10_000):
+        try:
+            os.kill(-1, 9)
+        except ProcessLookupError:
+            return KILLED_SOME if rounds else 0
+    return KILLED_SOME
+
+
 def main(args: list[str]) -> None:
-    """`python -I isolation.py SPEC -- ARGV...` (see `exec_argv`)."""
+    """`python -I isolation.py SPEC -- ARGV...` (see `exec_argv`), or
+    `python -I isolation.py SPEC --kill-all` (see `kill_all_argv`)."""
+    if args[1:] == ["--kill-all"]:
+        spec = json.loads(args[0])
+        raise SystemExit(_kill_all(int(spec["uid"]), int(spec["gid"])))
     spec, argv = json.loads(args[0]), args[2:]
     account = Account(spec["uid"], spec["gid"], tuple(spec["groups"]))
     privilege_dropper(account, [Path(p) for p in spec["reach"]])()

@@ -22,8 +22,10 @@ from typing import Any
 
 import psutil
 
+from trusted.supervisor.isolation import KILLED_SOME
 from trusted.supervisor.process_log import ProcessLog
 from trusted.supervisor.site_config import SupervisorSettings
+from trusted.supervisor.status import printable
 
 __all__ = ["ManagedProcess", "describe_exit", "signal_group"]
 
@@ -71,8 +73,12 @@ class ManagedProcess:
         on_change: Callable[[], None],
         health_file: Path | None = None,
         wrap: Callable[[list[str]], list[str]] | None = None,
+        kill_user: Sequence[str] | None = None,
     ) -> None:
         self.name = name
+        # `kill_user`: a command killing every process of the process's own user (isolation),
+        # run each time it ends, so that no helper outlives it.
+        self.kill_user = list(kill_user) if kill_user else None
         self.kind = kind
         # `wrap` starts the program through the privilege drop of trusted.supervisor.isolation
         # (None: the child keeps the supervisor's user).
@@ -254,6 +260,7 @@ class ManagedProcess:
         rc = proc.returncode
         assert rc is not None
         signal_group(proc.pid, signal.SIGKILL)  # helpers it left behind
+        await self.kill_helpers()
         await self._drain()
         self.last_exit, self.last_exit_code = describe_exit(rc), rc
         if self._stop.is_set():
@@ -264,8 +271,27 @@ class ManagedProcess:
             self.last_error = line or "exited with code 0 without being asked to stop"
         else:
             self.last_error = line or self.last_exit
-        log.warning("%s died (%s): %s", self.name, self.last_exit, self.last_error)
+        # What the process wrote must not forge lines or send escapes in the supervisor's log.
+        log.warning("%s died (%s): %s", self.name, self.last_exit, printable(self.last_error))
         return False
+
+    async def kill_helpers(self) -> None:
+        """Kill what is left of the process's own user (helpers that left its group)."""
+        if self.kill_user is None:
+            return
+        self.spawning = True  # the killer is not a stray either
+        try:
+            killer = await asyncio.create_subprocess_exec(
+                *self.kill_user, stdin=subprocess.DEVNULL, cwd="/", start_new_session=True
+            )
+            if await killer.wait() == KILLED_SOME:
+                log.warning(
+                    "%s left process(es) behind: killed every process of its user", self.name
+                )
+        except OSError as err:
+            log.error("%s: cannot kill what is left of it: %s", self.name, err)
+        finally:
+            self.spawning = False
 
     async def _drain(self) -> None:
         """Let the log take in what the process wrote before it ended."""

@@ -7,7 +7,8 @@ A process's stdout and stderr go into a pipe; the supervisor copies what arrives
   previous one) and a new file is started, so a process never holds more than twice
   ``max_bytes`` of log, while it runs as well as across restarts;
 - rate: lines beyond ``rate`` bytes a second (averaged, with a burst of ``BURST_SECONDS`` of
-  it) are dropped, whole; one line in the log then says how much was dropped;
+  it) are dropped, whole; a line in the log says how much was dropped (at most one every
+  ``NOTE_INTERVAL`` seconds, charged to the rate);
 - the last non-empty line of the current run is kept in memory: it becomes ``last_error`` when
   the process dies (it counts even when the rate dropped it from the file).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 __all__ = ["BURST_SECONDS", "ProcessLog", "open_log"]
 
 BURST_SECONDS = 30.0  # a start-up or a traceback may come at once; a flood may not last
+NOTE_INTERVAL = 5.0  # seconds between two notes of dropped output while a run goes on
 _READ_CHUNK = 65536
 _TAIL_BYTES = 8192
 _MAX_ERROR = 300
@@ -84,6 +86,7 @@ class ProcessLog:
         self._refilled = time.monotonic()
         self._dropping = 0  # bytes dropped since the last note in the file
         self._pending = b""  # a line still waiting for its end
+        self._noted = -NOTE_INTERVAL  # monotonic time of the last drop note
         self._tail = b""
         self._ends_line = True
 
@@ -134,11 +137,13 @@ class ProcessLog:
         self._refilled = now
         head, rest = block, b""
         if len(block) > self._tokens:  # over the rate: the whole lines that fit, no more
-            cut = block.rfind(b"\n", 0, int(self._tokens)) + 1
+            cut = (
+                block.rfind(b"\n", 0, max(0, int(self._tokens))) + 1
+            )  # (a negative end counts from the end)
             head, rest = block[:cut], block[cut:]
         if head:
             self._tokens -= len(head)
-            self._note_dropped()
+            self._note_dropped(at_most_every=NOTE_INTERVAL)
             self._write(head)
         if rest:
             self._dropping += len(rest)
@@ -164,14 +169,23 @@ class ProcessLog:
             os.close(self._fd)
             self._fd = None
 
-    def _note_dropped(self) -> None:
-        if self._dropping and self._fd is not None:
-            n, self._dropping = self._dropping, 0
-            lead = "" if self._ends_line else "\n"
-            self._write(
-                f"{lead}--- smx run: {n} bytes of output dropped: more than "
-                f"{self.rate} bytes/s (supervisor.log_rate)\n".encode()
-            )
+    def _note_dropped(self, at_most_every: float = 0.0) -> None:
+        """Say in the file how much was dropped: at once at the end of a run, else at most every
+        `at_most_every` seconds, and charged to the rate like any line (notes alternating
+        with 1-byte lines would otherwise write far more than the rate)."""
+        if not self._dropping or self._fd is None:
+            return
+        now = time.monotonic()
+        if now - self._noted < at_most_every:
+            return
+        n, self._dropping, self._noted = self._dropping, 0, now
+        lead = "" if self._ends_line else "\n"
+        note = (
+            f"{lead}--- smx run: {n} bytes of output dropped: more than "
+            f"{self.rate} bytes/s (supervisor.log_rate)\n".encode()
+        )
+        self._tokens -= len(note)
+        self._write(note)
 
     def _write(self, data: bytes) -> None:
         if self._fd is None:

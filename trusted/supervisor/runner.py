@@ -157,6 +157,8 @@ class Supervisor:
             raise
         finally:
             await self._shutdown()
+            # Whatever is left of each process's user, then whatever else was adopted.
+            await asyncio.gather(*(p.kill_helpers() for p in self.processes))
             self._sweep_strays(everything=True)
             if refresher is not None:
                 refresher.cancel()
@@ -202,7 +204,10 @@ class Supervisor:
     def _take_lock(self) -> None:
         try:
             self.paths.run.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            # The supervisor's alone: a child that could open it could hold the lock and keep
+            # the site from ever starting again.
+            fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            os.fchmod(fd, 0o600)
         except OSError as err:
             raise SupervisorError(
                 f"cannot create {self.paths.lock}: {err.strerror or err}"
@@ -277,6 +282,7 @@ class Supervisor:
                 argv,
                 isolation.private_dir_of(self.cfg.home, name),
             ),
+            "kill_user": isolation.kill_all_argv(self.python, self._accounts[name]),
         }
 
     def _process(self, spec: ProcessSpec, env: dict[str, str]) -> ManagedProcess:
@@ -408,7 +414,10 @@ class Supervisor:
             return
         own = {p.pid for p in self.processes if p.pid is not None}
         running = {p.name for p in self.processes if p.alive}
-        strays.sweep(own, running, everything=everything)
+        # Isolated, a stray is known by its user (it cannot change it); else by the SMX_NAME it
+        # inherited, which it could change.
+        users = {acc.uid: name for name, acc in self._accounts.items()} if self.isolated else None
+        strays.sweep(own, running, everything=everything, users=users)
 
     def _changed(self) -> None:
         # Coalesce the changes of one loop iteration into one write.

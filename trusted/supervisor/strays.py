@@ -7,13 +7,17 @@ orphan anywhere below it is re-parented to it instead of to init, so every escap
 becomes one of its direct children. A direct child that is not a process the supervisor started
 itself is a stray. `sweep`:
 
-- a stray whose ``SMX_NAME`` (inherited from the process it came from) names a process that is
-  still running is left alone: a helper of a live process;
+- a stray of a process that is still running is left alone: a helper of a live process. Under
+  isolation a stray belongs to the process whose user it runs as; otherwise to the process its
+  inherited ``SMX_NAME`` names;
 - any other stray (its process stopped or died, or it cleared its environment) gets SIGKILL,
-  with one WARNING line naming the process it came from;
+  with one WARNING line per process it came from;
 - strays that ended are reaped, so none stays a zombie.
 
-`sweep(..., everything=True)` (the end of the site) kills every stray. The caller must not sweep
+`sweep(..., everything=True)` (the end of the site) kills every stray. Under isolation the
+supervisor also kills every process of a process's user each time that process ends
+(isolation.kill_all_argv): that reaches helpers hopping through new sessions faster than a
+sweep looks. The caller must not sweep
 while it is itself starting a process (the new child is not in ``own`` yet).
 """
 
@@ -24,11 +28,12 @@ import ctypes
 import logging
 import os
 import signal
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import psutil
 
 from smx.process_env import ENV_NAME
+from trusted.supervisor.status import printable
 
 __all__ = ["become_subreaper", "sweep"]
 
@@ -50,15 +55,22 @@ def _origin(proc: psutil.Process) -> str:
         return ""
 
 
-def sweep(own: Collection[int], running: Collection[str], *, everything: bool = False) -> list[int]:
+def sweep(
+    own: Collection[int],
+    running: Collection[str],
+    *,
+    everything: bool = False,
+    users: Mapping[int, str] | None = None,
+) -> list[int]:
     """Kill the strays among this process's children (see the module docstring); ``own``: the
-    pids the supervisor started, ``running``: the names of the processes still running. The
-    pids killed."""
-    killed: list[int] = []
+    pids the supervisor started, ``running``: the names of the processes still running,
+    ``users``: under isolation, the process name of each uid (a stray's origin is then its
+    user, which it cannot change). The pids killed; one WARNING line per origin."""
+    killed: dict[str, list[tuple[int, str]]] = {}
     try:
         children = psutil.Process().children()
     except psutil.Error:
-        return killed
+        return []
     for child in children:
         if child.pid in own:
             continue
@@ -66,23 +78,27 @@ def sweep(own: Collection[int], running: Collection[str], *, everything: bool = 
             if child.status() == psutil.STATUS_ZOMBIE:
                 _reap(child.pid)
                 continue
+            origin = users.get(child.uids().real, "") if users is not None else _origin(child)
+            if not everything and origin and origin in running:
+                continue
             cmd = " ".join(child.cmdline())[:120]
         except psutil.Error:
             continue
-        origin = _origin(child)
-        if not everything and origin and origin in running:
-            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child.pid, signal.SIGKILL)
-            killed.append(child.pid)
-            log.warning(
-                "%s left a process behind (pid %d: %s): killed",
-                origin or "a process that hid its name",
-                child.pid,
-                cmd or "?",
-            )
+            killed.setdefault(origin, []).append((child.pid, cmd))
         _reap(child.pid)  # or at the next sweep, once it is gone
-    return killed
+    for origin, procs in sorted(killed.items()):
+        pid, cmd = procs[0]
+        log.warning(
+            "%s left %d process(es) behind: killed (pid %d: %s%s)",
+            printable(origin) or "a process that hid its name",
+            len(procs),
+            pid,
+            printable(cmd) or "?",
+            f" and {len(procs) - 1} more" if len(procs) > 1 else "",
+        )
+    return [pid for procs in killed.values() for pid, _ in procs]
 
 
 def _reap(pid: int) -> None:
