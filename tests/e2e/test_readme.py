@@ -244,7 +244,8 @@ def test_the_commands_print_what_the_readme_says(session):
     assert re.fullmatch(r"meter/P 1500 - GOOD \S+ \d+ spiffe://usm-0017/trusted/meter", got[1])
     assert re.fullmatch(r"meter/U1 230.5 - GOOD \S+ \d+ spiffe://usm-0017/trusted/meter", got[2])
     listed = lines_of(session.one("smx points ls").output)
-    assert "meter/P_set W unspecified - spiffe://usm-0017/trusted/meter -" in listed
+    owned = r"meter/P_set W \S+ - spiffe://usm-0017/trusted/meter -"  # \S+: its kind
+    assert any(re.fullmatch(owned, row) for row in listed), listed
     watched = lines_of(session.one("smx points watch").output)
     assert re.fullmatch(r"-- snapshot at revision \d+: 2 points", watched[0])
     assert [line.split()[0] for line in watched[2:]] == ["meter/P", "meter/U1"]
