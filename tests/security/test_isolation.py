@@ -281,6 +281,7 @@ def test_ownership_of_the_site_files(site):
     assert sock.st_gid == site_gid
     # site.toml holds every process's config table: written 0644 by the test, made private.
     assert site.config.stat().st_mode & 0o077 == 0
+    assert "let other users read every process's config; changed to 0600" in site.log()
 
 
 # What the core's own user tries against the other processes: plant a module where every child

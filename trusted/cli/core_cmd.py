@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import socket
 import struct
 from pathlib import Path
@@ -14,6 +16,8 @@ from trusted.core.config import ConfigError, load_core_config
 from trusted.policy import PolicyError
 
 __all__ = ["register"]
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
             f"{who} is already serving this site on {config.socket}: one core per site; stop "
             "that one first, or give another site with --home",
             EXIT_FAILED,
+        )
+    if os.geteuid() == 0:
+        log.warning(
+            "smx core runs as root: nothing isolates it from the rest of the machine; run the "
+            "site with `smx run` (each process as its own user) or the systemd unit "
+            "(docs/SECURITY.md)"
         )
     try:
         asyncio.run(

@@ -46,6 +46,7 @@ from trusted.supervisor.status import (
     SUPERVISOR_NAME,
     ProvisionError,
     pid_alive,
+    printable,
     read_status,
     write_json_atomic,
 )
@@ -196,6 +197,10 @@ class Supervisor:
         if child.returncode != 0:
             text = err.decode(errors="replace").strip()
             raise ProvisionError(text.splitlines()[-1] if text else f"exit {child.returncode}")
+        # Provisioning's own warnings (e.g. site.toml made private) are the operator's to see.
+        for line in err.decode(errors="replace").splitlines():
+            if line.strip():
+                log.warning("provisioning: %s", printable(line.strip()))
         result = json.loads(out)
         if result["issued"]:
             log.info("issued certificates: %s", ", ".join(result["issued"]))
