@@ -51,7 +51,7 @@ command = ["bin/fronius", "--poll", "1s"]
 enabled = false
 
 [agents.lessag]
-module = "untrusted.lessag"
+module = "untrusted.planner"
 reads = ["smm/P"]
 
 [simulators.meter-sim]
@@ -60,8 +60,12 @@ command = ["/usr/bin/env", "sim"]
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    """site.toml in tmp_path, next to the modules x, y and z the examples run (found there as
+    in the site home, where a process starts)."""
     path = tmp_path / "site.toml"
     path.write_text(text)
+    for name in "xyz":
+        (tmp_path / f"{name}.py").write_text("")
     return path
 
 
@@ -343,6 +347,142 @@ def test_random_text_raises_only_site_config_error(text):
         parse_site_config(text, "fuzz.toml", Path("/tmp"))
     except SiteConfigError as err:
         assert str(err).startswith("fuzz.toml: ")
+
+
+# --------------------------------------------------------------------------- programs
+# What a process runs is checked when the file is loaded, as its child would find it: a wrong
+# module or command is one line naming the key, not a process restarted for ever.
+
+
+def program_error(tmp_path: Path, table: str, body: str) -> str:
+    return error(tmp_path, f'site = "s"\n[{table}]\n{body}\n')
+
+
+def test_a_module_not_found_is_named_with_the_nearest_one(tmp_path):
+    body = 'module = "extensions.smmm"'
+    assert program_error(tmp_path, "extensions.meter", body) == (
+        "extensions.meter.module: no module named 'extensions.smmm' "
+        "(did you mean 'extensions.smm'?)"
+    )
+    body = 'module = "extenshuns.smm"'
+    assert program_error(tmp_path, "agents.north", body) == (
+        "agents.north.module: no module named 'extenshuns.smm': no package 'extenshuns' "
+        "(did you mean 'extensions.smm'?)"
+    )
+    body = 'module = "untrusted.lessag"'  # nothing near: where it was looked for
+    assert program_error(tmp_path, "agents.lessag", body) == (
+        "agents.lessag.module: no module named 'untrusted.lessag': package 'untrusted' "
+        f"({ROOT / 'untrusted'}) has no 'lessag'"
+    )
+    message = program_error(tmp_path, "simulators.sim", 'module = "qqqqqq_nothing"')
+    assert message.startswith("simulators.sim.module: no module named 'qqqqqq_nothing' in the ")
+    assert f"site home {tmp_path}, the project {ROOT}" in message
+
+
+def test_a_module_must_be_runnable_with_python_m(tmp_path):
+    body = 'module = "extensions.sdk"'  # a package without __main__
+    assert program_error(tmp_path, "extensions.m", body) == (
+        "extensions.m.module: 'extensions.sdk' is a package without a __main__ module: name "
+        "the module that runs the process"
+    )
+    body = 'module = "extensions.smm.config.main"'  # config is a module
+    assert program_error(tmp_path, "extensions.m", body) == (
+        "extensions.m.module: no module named 'extensions.smm.config.main': "
+        "'extensions.smm.config' is a module, not a package"
+    )
+
+
+def test_modules_are_found_in_the_site_home_and_the_project_wherever_smx_runs(
+    tmp_path, monkeypatch
+):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "only_here.py").write_text("")
+    monkeypatch.chdir(elsewhere)  # the directory `smx run` was started in is not the child's
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mine.py").write_text("")
+    pkg = site / "myext"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("")
+    text = (
+        'site = "s"\n[extensions.a]\nmodule = "mine"\n[extensions.b]\nmodule = "myext"\n'
+        '[agents.c]\nmodule = "untrusted.planner"\n[simulators.d]\nmodule = "examples.battery"\n'
+    )
+    cfg = load_site_config(write(site, text))
+    assert [p.module for p in cfg.processes] == [
+        "mine",
+        "myext",
+        "untrusted.planner",
+        "examples.battery",
+    ]
+    text = 'site = "s"\n[extensions.a]\nmodule = "only_here"\n'
+    assert "no module named 'only_here'" in error(site, text)
+    # The home, not the site file's directory, is where a process starts.
+    text = 'site = "s"\nhome = "state"\n[extensions.a]\nmodule = "mine"\n'
+    assert f"in the site home {site / 'state'}" in error(site, text)
+    (site / "state").mkdir()
+    (site / "state" / "mine.py").write_text("")
+    load_site_config(write(site, text))
+
+
+def test_a_module_is_found_without_importing_it_or_its_package(tmp_path):
+    marker = tmp_path / "imported"
+    pkg = tmp_path / "noisy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (pkg / "run.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    load_site_config(write(tmp_path, 'site = "s"\n[extensions.n]\nmodule = "noisy.run"\n'))
+    assert not marker.exists()
+    assert "noisy" not in sys.modules and "noisy.run" not in sys.modules
+    assert "no module named 'noisy.walk'" in error(
+        tmp_path, 'site = "s"\n[extensions.n]\nmodule = "noisy.walk"\n'
+    )
+    assert not marker.exists()
+
+
+def test_a_module_written_after_a_first_look_is_found(tmp_path):
+    text = 'site = "s"\n[extensions.n]\nmodule = "late"\n'
+    assert "no module named 'late'" in error(tmp_path, text)
+    (tmp_path / "late.py").write_text("")
+    load_site_config(write(tmp_path, text))
+
+
+def test_a_command_must_exist_and_be_executable(tmp_path):
+    assert program_error(tmp_path, "extensions.m", 'command = ["/no/such/prog", "-v"]') == (
+        "extensions.m.command[0]: /no/such/prog: no such file"
+    )
+    # Relative to the site file's directory, as it runs.
+    assert program_error(tmp_path, "simulators.s", 'command = ["bin/sim"]') == (
+        f"simulators.s.command[0]: {tmp_path / 'bin/sim'}: no such file"
+    )
+    (tmp_path / "bin").mkdir()
+    sim = tmp_path / "bin" / "sim"
+    sim.write_text("#!/bin/sh\nexit 0\n")
+    assert program_error(tmp_path, "simulators.s", 'command = ["bin/sim"]') == (
+        f"simulators.s.command[0]: {sim} is not an executable file"
+    )
+    assert program_error(tmp_path, "simulators.s", f'command = ["{tmp_path / "bin"}"]') == (
+        f"simulators.s.command[0]: {tmp_path / 'bin'} is not an executable file"
+    )
+    sim.chmod(0o755)
+    cfg = load_site_config(write(tmp_path, 'site = "s"\n[simulators.s]\ncommand = ["bin/sim"]\n'))
+    assert cfg.processes[0].command == (str(sim),)
+    message = program_error(tmp_path, "agents.a", 'command = ["no-such-prog-xq", "x"]')
+    assert message.startswith(
+        "agents.a.command[0]: 'no-such-prog-xq' is not an executable found on PATH ("
+    )
+    assert message.endswith("); give its path")
+    load_site_config(write(tmp_path, 'site = "s"\n[agents.a]\ncommand = ["sh", "-c", "true"]\n'))
+
+
+def test_a_disabled_process_is_not_checked(tmp_path):
+    text = (
+        'site = "s"\n[extensions.a]\nmodule = "extensions.smmm"\nenabled = false\n'
+        '[simulators.b]\ncommand = ["/no/such/prog"]\nenabled = false\n'
+    )
+    assert [p.enabled for p in load_site_config(write(tmp_path, text)).processes] == [False, False]
 
 
 # --------------------------------------------------------------------------- provisioning

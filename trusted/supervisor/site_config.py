@@ -1,6 +1,8 @@
 """The site file (``site.toml``) read by ``smx run``: which core, extensions, agents and
 simulators a site runs, parsed and validated; unknown keys refused. The format is specified in
-docs/SITE.md.
+docs/SITE.md. What each process runs is checked too, as its child will find it: a ``module``
+must be importable (found, not imported), a ``command``'s executable must exist and be
+executable; a process that cannot start would otherwise be restarted for ever.
 
 Every error is a SiteConfigError naming the file and the dotted key, e.g.
 ``/etc/smx/site.toml: extensions.meter.devices[1]: invalid device id 'PV' ...``.
@@ -9,13 +11,20 @@ Every error is a SiteConfigError naming the file and the dotted key, e.g.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import importlib
+import importlib.machinery
 import math
 import os
+import pkgutil
 import re
+import shutil
+import sys
 import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +76,8 @@ _SUPERVISOR_KEYS = (
 _CLIENT_KEYS = ("module", "command", "devices", "reads", "role", "enabled", "config")
 _SIMULATOR_KEYS = ("module", "command", "enabled", "config")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+# The directory holding the `trusted` package: a child has it on PYTHONPATH (runner.py).
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SiteConfigError(ConfigError):
@@ -316,6 +327,136 @@ def _processes(data: dict[str, Any], base: Path) -> tuple[ProcessSpec, ...]:
     return tuple(out)
 
 
+# --------------------------------------------------------------------------- programs
+
+
+def _module_path(home: Path) -> list[str]:
+    """Where a child looks for its module: ``python -m`` in the site home (or the home on
+    PYTHONPATH when isolated), the project root on PYTHONPATH, then the interpreter's own path
+    (the caller's PYTHONPATH, the standard library, site-packages). This process's own
+    directory (the working directory or its script's) is not the child's."""
+    own = {"", os.getcwd(), os.path.dirname(os.path.abspath(sys.argv[0] or "."))}
+    out = [str(home), str(_ROOT)]
+    out += [p for p in sys.path if p not in own and p not in out]
+    return out
+
+
+def _find_one(name: str, path: list[str], *, top: bool) -> ModuleSpec | None:
+    """The spec of ``name`` from the import system's finders, without importing anything:
+    the path finder looks in ``path`` (the child's path for a top-level name, else the parent
+    package's locations); the others (builtins, frozen modules, an editable install) as they
+    would in the child."""
+    for finder in sys.meta_path:
+        try:
+            if finder is importlib.machinery.PathFinder:
+                spec = importlib.machinery.PathFinder.find_spec(name, path)
+            else:
+                find = getattr(finder, "find_spec", None)
+                spec = find(name, None if top else path) if find is not None else None
+        except Exception:  # a third-party finder's failure says nothing about the module
+            continue
+        if spec is not None:
+            return spec
+    return None
+
+
+def _find_module(name: str, search: list[str]) -> tuple[ModuleSpec | None, str, list[str] | None]:
+    """Find ``name`` level by level, as ``import`` would but without running any package's
+    ``__init__``. Returns its spec, or None with the first dotted prefix not found and the
+    locations it was looked for in (None when its parent is a module, not a package)."""
+    parts = name.split(".")
+    where = search
+    for i in range(len(parts)):
+        dotted = ".".join(parts[: i + 1])
+        spec = _find_one(dotted, where, top=i == 0)
+        if spec is None:
+            return None, dotted, where
+        if i == len(parts) - 1:
+            return spec, "", []
+        if spec.submodule_search_locations is None:
+            return None, ".".join(parts[: i + 2]), None
+        where = list(spec.submodule_search_locations)
+    raise AssertionError("unreachable: a module name has at least one part")
+
+
+def _suggestion(module: str, missing: str, where: list[str], search: list[str]) -> str | None:
+    """The nearest name to the part of ``module`` not found, among the modules where it was
+    looked for, with the rest of the name when that is found too."""
+    parent, _, last = missing.rpartition(".")
+    try:
+        names = [m.name for m in pkgutil.iter_modules(where)]
+    except Exception:  # an unreadable entry of the path: no suggestion
+        return None
+    close = difflib.get_close_matches(last, names, n=1)
+    if not close:
+        return None
+    near = f"{parent}.{close[0]}" if parent else close[0]
+    whole = near + module[len(missing) :]
+    return whole if _find_module(whole, search)[0] is not None else near
+
+
+def _check_module(module: str, key: str, home: Path) -> None:
+    search = _module_path(home)
+    spec, missing, where = _find_module(module, search)
+    if spec is None:
+        # A module created since this process looked at its directory: look again.
+        importlib.invalidate_caches()
+        spec, missing, where = _find_module(module, search)
+    if spec is None:
+        problem = f"{key}: no module named {module!r}"
+        if where is None:
+            parent = missing.rpartition(".")[0]
+            raise SiteConfigError(f"{problem}: {parent!r} is a module, not a package")
+        if missing != module:
+            problem += f": no package {missing!r}"
+        near = _suggestion(module, missing, where, search)
+        if near is not None:
+            raise SiteConfigError(f"{problem} (did you mean {near!r}?)")
+        parent, _, last = missing.rpartition(".")
+        if parent:
+            places = " or ".join(where) or "nowhere"
+            raise SiteConfigError(f"{problem}: package {parent!r} ({places}) has no {last!r}")
+        raise SiteConfigError(
+            f"{problem} in the site home {home}, the project {_ROOT} or the Python path of "
+            f"{sys.executable}"
+        )
+    if spec.submodule_search_locations is not None:
+        # `python -m package` runs the package's __main__.
+        main = _find_one(f"{module}.__main__", list(spec.submodule_search_locations), top=False)
+        if main is None:
+            raise SiteConfigError(
+                f"{key}: {module!r} is a package without a __main__ module: name the module "
+                "that runs the process"
+            )
+
+
+def _check_command(executable: str, key: str) -> None:
+    if "/" in executable:  # made absolute (relative to the site file) when parsed
+        if not os.path.exists(executable):
+            raise SiteConfigError(f"{key}: {executable}: no such file")
+        if not os.path.isfile(executable) or not os.access(executable, os.X_OK):
+            raise SiteConfigError(f"{key}: {executable} is not an executable file")
+    elif shutil.which(executable) is None:
+        raise SiteConfigError(
+            f"{key}: {executable!r} is not an executable found on PATH "
+            f"({os.environ.get('PATH', os.defpath)}); give its path"
+        )
+
+
+def _check_programs(processes: tuple[ProcessSpec, ...], home: Path) -> None:
+    """Each enabled process can be started: its module is found as its child will look for
+    it, or its command's executable exists and may be run. A disabled process is not run."""
+    section = {kind: name for name, kind in KINDS.items()}
+    for spec in processes:
+        if not spec.enabled:
+            continue
+        prefix = f"{section[spec.kind]}.{dotted_key(spec.name)}"
+        if spec.module is not None:
+            _check_module(spec.module, f"{prefix}.module", home)
+        elif spec.command is not None:
+            _check_command(spec.command[0], f"{prefix}.command[0]")
+
+
 # --------------------------------------------------------------------------- core.toml
 
 
@@ -405,6 +546,7 @@ def parse_site_config(text: str, source: str, base: Path) -> SiteConfig:
             supervisor=_supervisor(data),
             processes=_processes(data, base),
         )
+        _check_programs(config.processes, home)
     except ConfigError as err:
         raise SiteConfigError(f"{source}: {err}") from err
     return config
