@@ -314,7 +314,15 @@ class RealtimeDB:
             if field is None:
                 values.append(self._kept_value(name, s.quality))
             else:
-                values.append(self._check_kind(name, field, s.value))
+                # The point's kind, inline (this loop runs per sample): declared, else the
+                # kind of the value it holds.
+                meta = self.meta.get(name)
+                if meta is not None and meta.kind:
+                    same = KIND_OF_FIELD[field] == meta.kind
+                else:
+                    current = self.points.get(name)
+                    same = current is None or current.value.WhichOneof("kind") in (field, None)
+                values.append(None if same else self._check_kind(name, field, s.value))
             if field == "double_value" and not math.isfinite(s.value.double_value):
                 # NaN and infinities are no measurement: every sum, average and comparison a
                 # reader makes would silently turn into NaN. Quality BAD says "no good value".
