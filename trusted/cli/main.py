@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "trusted.cli.policy_cmd",
     "trusted.cli.demo_cmd",
     "trusted.cli.run_cmd",
+    "trusted.cli.backup_cmd",
 )
 
 LOGGING_COMMANDS = ("core", "run", "demo")
