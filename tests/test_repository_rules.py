@@ -170,7 +170,8 @@ def test_quality_and_setpoint_status_names_come_from_their_home():
 def test_no_asyncio_wait_for_in_product_code():
     """On Python 3.11, `asyncio.wait_for` loses a cancellation that arrives in the same turn as
     its awaitable's result: a loop around it then never stops (an extension's stop hung forever
-    on a device polled every 50 ms). `async with asyncio.timeout(...)` keeps the cancellation."""
+    on a device polled every 50 ms). Events are waited for with smx.aio.wait_event, anything
+    else with `async with asyncio.timeout(...)`."""
     users = [
         str(p.relative_to(ROOT))
         for package in PRODUCT

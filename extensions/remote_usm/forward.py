@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from extensions.sdk import Applied, Clamped, Rejected, SetpointRequest, SetpointState
+from smx.aio import wait_event
 from smx.client import TRANSIENT, describe_error
 
 from .config import RemoteConfig
@@ -122,10 +123,7 @@ class SetpointForwarder:
         return sp.id
 
     async def _adopt_after_loss(self, req: SetpointRequest, name: str, deadline: float) -> str:
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                await self.remote.up.wait()
-        except TimeoutError:
+        if not await wait_event(self.remote.up, deadline - time.monotonic()):
             return ""
         return await self._adoptable(req, name)
 

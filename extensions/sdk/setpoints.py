@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
+from smx.aio import wait_event
 from smx.client import TRANSIENT, describe_error
 from smx.names import Glob
 from smx.setpoint_status import status_code, status_name
@@ -349,11 +350,7 @@ class SetpointRouter:
             upcoming = [r.expires_at for r in waiting if r.expires_at > now]
             timeout = max(0.05, min(upcoming) - now) if upcoming else 3600.0
             self._wake.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, timeout)
 
 
 def _name_of(fn: Callable[..., Any]) -> str:

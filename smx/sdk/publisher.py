@@ -16,6 +16,7 @@ import logging
 
 import grpc
 
+from smx.aio import wait_event
 from smx.client import error_info
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
@@ -60,11 +61,7 @@ class Publisher:
 
     async def run(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.interval)
             self._wake.clear()
             await self.link.connected.wait()
             await self.flush()

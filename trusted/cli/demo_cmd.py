@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
+from smx.aio import wait_event
 from smx.client import Credentials, Stubs, unix_target
 from smx.quality import quality_name
 from smx.setpoint_status import IN_FORCE_CODES, status_name
@@ -267,9 +268,7 @@ class DemoView:
         changes (the admin may read them, not follow their outcome streams)."""
         while True:
             await self.read_setpoints(timeout=2.0)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._setpoint_seen.wait()
+            await wait_event(self._setpoint_seen, 1.0)
             self._setpoint_seen.clear()
 
     async def read_setpoints(self, timeout: float) -> None:

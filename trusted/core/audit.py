@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smx.aio import wait_event
 from trusted.core.audit_checkpoint import (
     BREAK_KIND,
     CHECKPOINT_KIND,
@@ -525,9 +526,7 @@ class AuditLog:
         assert self._stop is not None
         tick = min(0.25, self._fsync_interval, self._summary_interval, self._denial_window / 4)
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(tick):
-                    await self._stop.wait()
+            await wait_event(self._stop, tick)
             if self._stop.is_set() or self._fd is None:
                 return
             await self._tick(time.monotonic())

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smx.aio import wait_event
 from trusted.core.history_db import (
     HistoryError,
     HistoryStats,
@@ -295,11 +296,7 @@ class HistoryLog:
     async def _flush_loop(self) -> None:
         assert self._stop is not None and self._wake is not None
         while not self._stop.is_set():
-            try:
-                async with asyncio.timeout(self._flush_interval):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self._flush_interval)
             self._wake.clear()
             if self._stop.is_set():
                 return  # close() does the final flush
@@ -364,11 +361,7 @@ class HistoryLog:
     async def _retention_loop(self) -> None:
         assert self._stop is not None
         while not self._stop.is_set():
-            try:
-                async with asyncio.timeout(self._retention_interval):
-                    await self._stop.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._stop, self._retention_interval)
             if self._stop.is_set():
                 return
             try:

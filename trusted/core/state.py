@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 from google.protobuf.duration_pb2 import Duration
 
+from smx.aio import wait_event
 from smx.identity import Identity
 from smx.setpoint_status import status_name
 from smx.timestamps import now_ms, ts_to_ms
@@ -200,9 +201,7 @@ class CoreState:
             nxt = self.board.next_expiry_ms()
             timeout = 3600.0 if nxt is None else max(0.0, (nxt - now_ms()) / 1000)
             self._expiry_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._expiry_wake.wait()
+            await wait_event(self._expiry_wake, timeout)
 
     def _declare_core_points(self) -> None:
         period = Duration(seconds=int(CORE_POINTS_PERIOD))

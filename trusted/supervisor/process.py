@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from smx.aio import wait_event
 from trusted.supervisor.isolation import KILLED_SOME
 from trusted.supervisor.process_log import ProcessLog
 from trusted.supervisor.site_config import SupervisorSettings
@@ -334,9 +335,4 @@ class ManagedProcess:
         self.healthy_since = None
         log.info("%s: restart in %gs", self.name, delay)
         self._on_change()
-        try:
-            async with asyncio.timeout(delay):
-                await self._stop.wait()
-        except TimeoutError:
-            return True
-        return False
+        return not await wait_event(self._stop, delay)

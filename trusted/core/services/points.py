@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 import grpc
 
+from smx.aio import wait_event
 from smx.timestamps import duration_s, ms_to_ts, ts_to_ms
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
@@ -165,13 +165,10 @@ class PointService:
                 for msg in _chunks(first, db.revision):
                     yield msg
             while True:
-                try:
-                    async with asyncio.timeout(heartbeat):
-                        await watcher.event.wait()
-                except TimeoutError:
-                    if not watcher.pending:  # a write may land in the very turn of the timeout
-                        yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
-                        continue
+                if not await wait_event(watcher.event, heartbeat) and not watcher.pending:
+                    # (a write may land in the very turn of the timeout: then it is sent)
+                    yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
+                    continue
                 for msg in _chunks(watcher.take(), db.revision):
                     yield msg
         finally:

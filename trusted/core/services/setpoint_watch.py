@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
+from smx.aio import wait_event
 from smx.v1 import control_service_pb2 as pb
 from trusted.core.setpoint_log import SetpointChange
 from trusted.core.setpoints import SetpointBoard
@@ -142,10 +143,6 @@ async def _follow(
                 yield idle(position)
                 sent_at = loop.time()
                 continue
-            try:
-                async with asyncio.timeout(remaining):
-                    await waiter.wait()
-            except TimeoutError:
-                pass
+            await wait_event(waiter, remaining)
     finally:
         log.forget(waiter)

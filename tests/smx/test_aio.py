@@ -1,0 +1,48 @@
+"""smx.aio.wait_event against the two holes of Python 3.11's own waits: a cancellation arriving
+in the same turn as the event is never lost, and the waiting task is never cancelled by the
+time limit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from smx.aio import wait_event
+
+
+async def test_set_in_time_timed_out_and_already_set():
+    event = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    assert await wait_event(event, 5.0) is True
+    assert await wait_event(event, 0.0) is True  # already set
+    event.clear()
+    assert await wait_event(event, 0.02) is False
+
+
+async def test_a_loop_around_it_always_stops_when_cancelled():
+    # The shape that hung with asyncio.wait_for: the event comes in the very turn of the cancel.
+    async def loop(event: asyncio.Event) -> None:
+        while True:
+            await wait_event(event, 1.0)
+            event.clear()
+            asyncio.get_running_loop().call_soon(event.set)
+
+    hung = 0
+    for _ in range(300):
+        event = asyncio.Event()
+        event.set()
+        task = asyncio.create_task(loop(event))
+        for _ in range(random.randint(1, 20)):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        hung += not done
+    assert hung == 0
+
+
+async def test_the_time_limit_never_cancels_the_waiting_task():
+    event = asyncio.Event()
+    for _ in range(200):
+        await wait_event(event, 0.0005)
+    assert asyncio.current_task().cancelling() == 0
+    await asyncio.sleep(0)  # no cancellation left pending for this task
