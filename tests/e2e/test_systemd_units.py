@@ -1,6 +1,7 @@
 """The systemd units of deploy/systemd/: systemd itself parses them (`systemd-analyze verify`,
 where it is installed), they carry the hardening docs/SITE.md ("Isolation") promises, and what
-they start exists in the product (`smx run`, `smx core`, the provisioning module)."""
+they start exists in the product (`smx run`, `smx core`, the provisioning module); and the
+site file docs/DEPLOY.md gives for a Raspberry Pi is accepted."""
 
 from __future__ import annotations
 
@@ -203,3 +204,19 @@ def test_systemd_analyze_is_heard_when_a_unit_is_wrong(tmp_path):
         timeout=120,
     )
     assert "PrivateTemp" in r.stdout + r.stderr
+
+
+def test_the_site_file_of_the_deploy_guide_is_accepted(tmp_path):
+    """docs/DEPLOY.md's site file for a Pi: `smx run` accepts it, with the settings it says."""
+    from trusted.supervisor.site_config import parse_site_config
+
+    guide = (ROOT / "docs" / "DEPLOY.md").read_text()
+    section = guide.split("## 4.", 1)[1].split("\n## ", 1)[0]
+    text = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_site_config(text, "site.toml", tmp_path)
+    assert cfg.home == Path(HOME)
+    assert cfg.core.history.flush_interval == 10.0
+    assert cfg.core.history.max_bytes == 1024**3
+    assert (cfg.core.audit_max_bytes, cfg.core.audit_keep) == (16 * 1024**2, 4)
+    assert (cfg.supervisor.log_max_size, cfg.supervisor.log_rate) == (2 * 1024**2, 2048)
+    assert [p.name for p in cfg.processes] == ["smm"]
