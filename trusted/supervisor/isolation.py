@@ -460,8 +460,19 @@ def main(args: list[str]) -> None:
     spec, argv = json.loads(args[0]), args[2:]
     account = Account(spec["uid"], spec["gid"], tuple(spec["groups"]))
     privilege_dropper(account, [Path(p) for p in spec["reach"]])()
-    os.chdir(spec["cwd"])
-    os.execvp(argv[0], argv)
+    try:
+        os.chdir(spec["cwd"])
+        os.execvp(argv[0], argv)
+    except OSError as err:
+        # One line in the process's log, which `smx status` shows as its last error.
+        where = err.filename or argv[0]
+        print(
+            f"cannot start {argv[0]} as uid {account.uid}: {where}: {err.strerror}; every "
+            "directory on the way to the interpreter and the code must be open to other users "
+            "(e.g. install under /opt, not in a private home)",
+            file=__import__("sys").stderr,
+        )
+        raise SystemExit(126) from None
 
 
 if __name__ == "__main__":
