@@ -39,6 +39,7 @@ import os
 import pwd
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -470,12 +471,10 @@ def main(args: list[str]) -> None:
             f"cannot start {argv[0]} as uid {account.uid}: {where}: {err.strerror}; every "
             "directory on the way to the interpreter and the code must be open to other users "
             "(e.g. install under /opt, not in a private home)",
-            file=__import__("sys").stderr,
+            file=sys.stderr,
         )
         raise SystemExit(126) from None
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv[1:])
