@@ -47,6 +47,7 @@ from pathlib import Path
 
 __all__ = [
     "SOCKET_DIR",
+    "REAPER",
     "Account",
     "exec_argv",
     "IsolationError",
@@ -172,12 +173,17 @@ def _ensure_user(name: str, comment: str) -> pwd.struct_passwd:
         raise IsolationError(f"cannot create the user {name}: {failure}") from None
 
 
+# The user that kills what is left of a process's user (`kill_all_argv`); no process of the
+# site runs as it. A process name cannot start with "_": no clash.
+REAPER = "_reaper"
+
+
 def ensure_accounts(site: str, names: Iterable[str]) -> dict[str, Account]:
-    """Create (if missing) the site group, the core's user and one user per process name;
-    returns name -> Account, the core under ``"core"``."""
+    """Create (if missing) the site group, the core's user, the reaper and one user per process
+    name; returns name -> Account, the core under ``"core"``, the reaper under `REAPER`."""
     gid = _ensure_group(site_group(site))
     out: dict[str, Account] = {}
-    for name in ["core", *names]:
+    for name in ["core", REAPER, *names]:
         pw = _ensure_user(user_name(site, name), f"SMX site {site} process {name}")
         out[name] = Account(pw.pw_uid, pw.pw_gid, (gid,))
     return out
@@ -187,7 +193,7 @@ def lookup_accounts(site: str, names: Iterable[str]) -> dict[str, Account]:
     """The accounts :func:`ensure_accounts` created (KeyError if one is missing)."""
     gid = grp.getgrnam(site_group(site)).gr_gid
     out: dict[str, Account] = {}
-    for name in ["core", *names]:
+    for name in ["core", REAPER, *names]:
         pw = pwd.getpwnam(user_name(site, name))
         out[name] = Account(pw.pw_uid, pw.pw_gid, (gid,))
     return out
@@ -286,26 +292,50 @@ def _link_socket(link: Path, socket: Path) -> None:
     os.lchown(link, 0, 0)
 
 
+_WALK_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_WALK_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_WALK_DEPTH = 32
+
+
 def _give_tree(top: Path, acc: Account) -> None:
-    """Give ``top`` and everything in it to ``acc``: walked through directory descriptors,
-    never following a link and never leaving the file system, so that the owner-to-be, who may
-    be changing the tree meanwhile, cannot steer root's chown to a path outside it."""
+    """Give ``top`` and everything in it to ``acc``. The owner-to-be may be changing the tree
+    meanwhile, so root acts only through descriptors it opened itself: each entry is opened
+    relative to its parent without following a link and without blocking (a FIFO swapped in
+    cannot hang it), checked on its descriptor (same file system; a regular file with one
+    link; a directory), and chowned through that descriptor. Links are left alone."""
     try:
-        st = os.stat(top, follow_symlinks=False)
-    except FileNotFoundError:
+        fd = os.open(top, _WALK_DIR)  # its parent (the home) is root's: no swap possible
+    except (FileNotFoundError, NotADirectoryError, OSError):
         return
-    if not stat.S_ISDIR(st.st_mode):
+    try:
+        dev = os.fstat(fd).st_dev
+        _give_dir(fd, dev, acc, _WALK_DEPTH)
+    finally:
+        os.close(fd)
+
+
+def _give_dir(fd: int, dev: int, acc: Account, depth: int) -> None:
+    info = os.fstat(fd)
+    if info.st_dev != dev:
         return
-    os.lchown(top, acc.uid, acc.gid)  # its parent (the home) is root's: no swap possible
-    for _root, dirs, files, dir_fd in os.fwalk(top, follow_symlinks=False):
-        for name in dirs + files:
-            with contextlib.suppress(FileNotFoundError):
-                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if info.st_dev != st.st_dev or (info.st_uid, info.st_gid) == (acc.uid, acc.gid):
-                    continue
-                if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-                    continue  # a hard link may be another file's second name: never root's to give
-                os.chown(name, acc.uid, acc.gid, dir_fd=dir_fd, follow_symlinks=False)
+    if (info.st_uid, info.st_gid) != (acc.uid, acc.gid):
+        os.fchown(fd, acc.uid, acc.gid)
+    if depth <= 0:
+        return
+    for name in os.listdir(fd):
+        try:
+            child = os.open(name, _WALK_FILE, dir_fd=fd)
+        except OSError:
+            continue  # gone, a link (ELOOP), or not openable: nothing root should touch
+        try:
+            st = os.fstat(child)
+            if stat.S_ISDIR(st.st_mode):
+                _give_dir(child, dev, acc, depth - 1)
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_dev == dev:
+                if (st.st_uid, st.st_gid) != (acc.uid, acc.gid):
+                    os.fchown(child, acc.uid, acc.gid)
+        finally:
+            os.close(child)
 
 
 def _make_private(d: Path, acc: Account) -> None:
@@ -427,29 +457,53 @@ def exec_argv(
     return [python, "-I", str(Path(__file__).resolve()), json.dumps(spec), "--", *argv]
 
 
-def kill_all_argv(python: str, account: Account) -> list[str]:
-    """A command that kills every process of ``account``'s user, run as that user: a helper
-    of a process, however it left its group and session, cannot outlive it. Each account
-    belongs to one process of the site, so nothing else is hit."""
-    spec = {"uid": account.uid, "gid": account.gid}
+def kill_all_argv(python: str, target: Account, reaper: Account) -> list[str]:
+    """A command that kills every process of ``target``'s user: a helper of a process, however
+    it left its group and session, cannot outlive it. Each account belongs to one process of
+    the site, so nothing else is hit. It runs with the real and saved uid of ``reaper`` and the
+    effective uid of ``target``: it may signal the target's processes, which may not signal it
+    (they could stop it otherwise). Run one at a time: two would share their real uid."""
+    spec = {"uid": target.uid, "reaper_uid": reaper.uid, "reaper_gid": reaper.gid}
     return [python, "-I", str(Path(__file__).resolve()), json.dumps(spec), "--kill-all"]
 
 
 KILLED_SOME = 3  # exit code of --kill-all when it found processes to kill
 
 
-def _kill_all(uid: int, gid: int) -> int:
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    # kill(-1) reaches every process of this user but the caller; a process forking as fast
-    # as it can is caught by the next round (a killed process forks no more).
-    for rounds in range(10_000):
+def _processes_of(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is ``uid``, read from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
+            with open(f"/proc/{entry}/status", "rb") as f:
+                status = f.read(4096)
+        except OSError:
+            continue
+        fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
+        state, uids = fields.get(b"State", b"").split(), fields.get(b"Uid", b"").split()
+        if uids and int(uids[0]) == uid and state[:1] != [b"Z"]:
+            out.append(int(entry))
+    return out
+
+
+def _kill_all(uid: int, reaper_uid: int, reaper_gid: int) -> int:
+    os.setgroups([])
+    os.setresgid(reaper_gid, reaper_gid, reaper_gid)
+    os.setresuid(reaper_uid, uid, reaper_uid)
+    # Seen before the kill (a process hopping to a new pid every few ms may be missed by a
+    # scan; it only decides the warning).
+    found = bool(_processes_of(uid))
+    # kill(-1) reaches every process the effective uid may signal, in one pass the kernel
+    # makes atomic with fork, so it is always done; repeated while a scan still sees one.
+    for _ in range(1000):
+        with contextlib.suppress(OSError):
             os.kill(-1, 9)
-        except ProcessLookupError:
-            return KILLED_SOME if rounds else 0
-    return KILLED_SOME
+        if not _processes_of(uid):
+            break
+        found = True
+    return KILLED_SOME if found else 0
 
 
 def main(args: list[str]) -> None:
@@ -457,7 +511,9 @@ def main(args: list[str]) -> None:
     `python -I isolation.py SPEC --kill-all` (see `kill_all_argv`)."""
     if args[1:] == ["--kill-all"]:
         spec = json.loads(args[0])
-        raise SystemExit(_kill_all(int(spec["uid"]), int(spec["gid"])))
+        raise SystemExit(
+            _kill_all(int(spec["uid"]), int(spec["reaper_uid"]), int(spec["reaper_gid"]))
+        )
     spec, argv = json.loads(args[0]), args[2:]
     account = Account(spec["uid"], spec["gid"], tuple(spec["groups"]))
     privilege_dropper(account, [Path(p) for p in spec["reach"]])()

@@ -53,6 +53,44 @@ def signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+# Killers share the reaper's real uid, so one could signal another: they run one at a time.
+_KILLERS = asyncio.Lock()
+_KILL_TIMEOUT = 10.0
+
+
+async def kill_user(name: str, argv: Sequence[str], holder: Any = None) -> None:
+    """Run a killer command of trusted.supervisor.isolation (`kill_all_argv`) for process
+    ``name``; ``holder.helper_pid`` shows its pid meanwhile (it is no stray)."""
+    async with _KILLERS:
+        if holder is not None:
+            holder.spawning = True  # no sweep before its pid is known
+        try:
+            killer = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, cwd="/", start_new_session=True
+            )
+        except OSError as err:
+            log.error("%s: cannot kill what is left of it: %s", name, err)
+            return
+        finally:
+            if holder is not None:
+                holder.spawning = False
+        if holder is not None:
+            holder.helper_pid = killer.pid
+        try:
+            async with asyncio.timeout(_KILL_TIMEOUT):
+                rc = await killer.wait()
+        except TimeoutError:
+            signal_group(killer.pid, signal.SIGKILL)
+            await killer.wait()
+            log.error("%s: killing what is left of it took over %gs: gave up", name, _KILL_TIMEOUT)
+            return
+        finally:
+            if holder is not None:
+                holder.helper_pid = None
+        if rc == KILLED_SOME:
+            log.warning("%s left process(es) behind: killed every process of its user", name)
+
+
 class ManagedProcess:
     """A process the supervisor keeps running until :meth:`stop`.
 
@@ -108,6 +146,7 @@ class ManagedProcess:
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self.spawning = False
+        self.helper_pid: int | None = None  # a killer of its user's processes, while it runs
         self.output = ProcessLog(log_path, max_bytes=settings.log_max_size, rate=settings.log_rate)
         self._pump: asyncio.Task[None] | None = None
 
@@ -278,21 +317,8 @@ class ManagedProcess:
 
     async def kill_helpers(self) -> None:
         """Kill what is left of the process's own user (helpers that left its group)."""
-        if self.kill_user is None:
-            return
-        self.spawning = True  # the killer is not a stray either
-        try:
-            killer = await asyncio.create_subprocess_exec(
-                *self.kill_user, stdin=subprocess.DEVNULL, cwd="/", start_new_session=True
-            )
-            if await killer.wait() == KILLED_SOME:
-                log.warning(
-                    "%s left process(es) behind: killed every process of its user", self.name
-                )
-        except OSError as err:
-            log.error("%s: cannot kill what is left of it: %s", self.name, err)
-        finally:
-            self.spawning = False
+        if self.kill_user is not None:
+            await kill_user(self.name, self.kill_user, self)
 
     async def _drain(self) -> None:
         """Let the log take in what the process wrote before it ended."""

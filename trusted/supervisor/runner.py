@@ -39,7 +39,7 @@ from smx.client import Credentials, unix_target
 from smx.health import read_health_file
 from smx.process_env import ProcessEnv, RunPaths, simulator_environ
 from trusted.supervisor import isolation, strays
-from trusted.supervisor.process import ManagedProcess, signal_group
+from trusted.supervisor.process import ManagedProcess, kill_user, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
 from trusted.supervisor.status import (
     STATUS_VERSION,
@@ -56,6 +56,7 @@ __all__ = ["STATUS_INTERVAL", "Supervisor", "SupervisorError"]
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
+PROVISION_TIMEOUT = 120.0  # users, certificates and ownership of a site: seconds, not minutes
 # The directory holding the `trusted` package: children find `extensions.*` there.
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,6 +133,7 @@ class Supervisor:
         refresher: asyncio.Task[None] | None = None
         try:
             await self._reap_orphans()
+            await self._kill_leftover_users()
             self._build(await self._provision())
             self._write_status()
             refresher = asyncio.create_task(self._refresh_loop(), name="supervisor-status")
@@ -193,7 +195,16 @@ class Supervisor:
             stderr=asyncio.subprocess.PIPE,
             env=_base_env(),
         )
-        out, err = await child.communicate()
+        try:
+            async with asyncio.timeout(PROVISION_TIMEOUT):
+                out, err = await child.communicate()
+        except TimeoutError:
+            child.kill()
+            await child.wait()
+            raise ProvisionError(
+                f"provisioning took over {PROVISION_TIMEOUT:g}s and was stopped (a directory of "
+                "the site that a process keeps changing?)"
+            ) from None
         if child.returncode != 0:
             text = err.decode(errors="replace").strip()
             raise ProvisionError(text.splitlines()[-1] if text else f"exit {child.returncode}")
@@ -256,6 +267,23 @@ class Supervisor:
         for pid in pids:
             signal_group(pid, signal.SIGKILL)
 
+    async def _kill_leftover_users(self) -> None:
+        """Isolated: nothing may run as a user of this site before provisioning, which walks
+        directories those users own (a process left by a killed supervisor could race it)."""
+        if not self.isolated:
+            return
+        names = [s.name for s in self.cfg.processes]
+        try:
+            accounts = isolation.lookup_accounts(self.cfg.site, [])
+        except KeyError:
+            return  # the site's users do not exist yet: nothing of theirs can run
+        for name in names:
+            with contextlib.suppress(KeyError):
+                accounts |= isolation.lookup_accounts(self.cfg.site, [name])
+        reaper = accounts.pop(isolation.REAPER)
+        for name, account in accounts.items():
+            await kill_user(name, isolation.kill_all_argv(self.python, account, reaper))
+
     def _health_file(self, name: str) -> Path:
         # Isolated, a client cannot write in run/: its heartbeat lives in its private directory
         # (run/<name>.health.json is a link to it, made by provisioning).
@@ -287,7 +315,9 @@ class Supervisor:
                 argv,
                 isolation.private_dir_of(self.cfg.home, name),
             ),
-            "kill_user": isolation.kill_all_argv(self.python, self._accounts[name]),
+            "kill_user": isolation.kill_all_argv(
+                self.python, self._accounts[name], self._accounts[isolation.REAPER]
+            ),
         }
 
     def _process(self, spec: ProcessSpec, env: dict[str, str]) -> ManagedProcess:
@@ -418,6 +448,7 @@ class Supervisor:
         if not self.reap_strays or any(p.spawning for p in self.processes):
             return
         own = {p.pid for p in self.processes if p.pid is not None}
+        own |= {p.helper_pid for p in self.processes if p.helper_pid is not None}
         running = {p.name for p in self.processes if p.alive}
         # Isolated, a stray is known by its user (it cannot change it); else by the SMX_NAME it
         # inherited, which it could change.
