@@ -163,8 +163,8 @@ def test_a_helper_hopping_without_a_name_ends_with_the_site():
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     try:
-        wait_for(lambda: _user_procs("usm-0096", "hopper"), 30, what="the hopper running")
-        uid = pwd.getpwnam(user_name("usm-0096", "hopper")).pw_uid
+        wait_for(lambda: _user_procs("usm-0096", home, "hopper"), 30, what="the hopper running")
+        uid = pwd.getpwnam(user_name("usm-0096", home, "hopper")).pw_uid
         time.sleep(1.0)  # let it hop through a few hundred sessions
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -178,13 +178,13 @@ def test_a_helper_hopping_without_a_name_ends_with_the_site():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _user_procs(site: str, name: str) -> list[int]:
+def _user_procs(site: str, home: Path, name: str) -> list[int]:
     import pwd
 
     from trusted.supervisor.isolation import user_name
 
     try:
-        uid = pwd.getpwnam(user_name(site, name)).pw_uid
+        uid = pwd.getpwnam(user_name(site, home, name)).pw_uid
     except KeyError:
         return []
     return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]

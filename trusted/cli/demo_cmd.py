@@ -21,6 +21,7 @@ import contextlib
 import io
 import logging
 import math
+import os
 import re
 import shutil
 import signal
@@ -132,9 +133,25 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         if not args.keep:
+            _forget_site(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     print("demo stopped; nothing left running" + (f" (site kept in {tmp})" if args.keep else ""))
     return 0
+
+
+def _forget_site(home: Path) -> None:
+    """As root the demo ran each process as a user made for this site home: the home goes,
+    so do they."""
+    if os.geteuid() != 0:
+        return
+    from trusted.supervisor import isolation
+    from trusted.supervisor.site_config import SiteConfigError, load_site_config
+
+    try:
+        cfg = load_site_config(home / "site.toml")
+    except SiteConfigError:
+        return
+    isolation.remove_accounts(cfg.site, cfg.home, [p.name for p in cfg.processes])
 
 
 async def _demo(home: Path, seconds: float, *, plain: bool, show_all: bool) -> None:

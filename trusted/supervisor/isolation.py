@@ -59,6 +59,7 @@ __all__ = [
     "minimal_environ",
     "privilege_dropper",
     "private_dir_of",
+    "remove_accounts",
     "site_group",
     "user_name",
 ]
@@ -88,22 +89,24 @@ def _h(text: str, n: int = 4) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-def site_group(site: str) -> str:
-    return f"smx-{_h(site)}"
+def site_group(site: str, home: Path) -> str:
+    """The site's group ``smx-<h>``, ``<h>`` from the site id and its home: two sites of one id
+    (two demos) never share users, so one's cleanup cannot kill the other's processes."""
+    return f"smx-{_h(f'{site}:{Path(home).resolve()}', 6)}"
 
 
-def user_name(site: str, name: str) -> str:
+def user_name(site: str, home: Path, name: str) -> str:
     """The OS user of process ``name`` of ``site``: ``smx-<h>-<name>``, at most 32 characters
     (a long name is cut and given 4 hex digits of its hash)."""
-    prefix = f"{site_group(site)}-"
+    prefix = f"{site_group(site, home)}-"
     if len(prefix) + len(name) <= _MAX_NAME:
         return prefix + name
     keep = _MAX_NAME - len(prefix) - 5
     return f"{prefix}{name[:keep]}-{_h(name)}"
 
 
-def core_user(site: str) -> str:
-    return user_name(site, "core")  # "core" is a reserved process name: no clash
+def core_user(site: str, home: Path) -> str:
+    return user_name(site, home, "core")  # "core" is a reserved process name: no clash
 
 
 def private_dir_of(home: Path, name: str) -> Path:
@@ -178,25 +181,32 @@ def _ensure_user(name: str, comment: str) -> pwd.struct_passwd:
 REAPER = "_reaper"
 
 
-def ensure_accounts(site: str, names: Iterable[str]) -> dict[str, Account]:
+def ensure_accounts(site: str, home: Path, names: Iterable[str]) -> dict[str, Account]:
     """Create (if missing) the site group, the core's user, the reaper and one user per process
     name; returns name -> Account, the core under ``"core"``, the reaper under `REAPER`."""
-    gid = _ensure_group(site_group(site))
+    gid = _ensure_group(site_group(site, home))
     out: dict[str, Account] = {}
     for name in ["core", REAPER, *names]:
-        pw = _ensure_user(user_name(site, name), f"SMX site {site} process {name}")
+        pw = _ensure_user(user_name(site, home, name), f"SMX site {site} process {name}")
         out[name] = Account(pw.pw_uid, pw.pw_gid, (gid,))
     return out
 
 
-def lookup_accounts(site: str, names: Iterable[str]) -> dict[str, Account]:
+def lookup_accounts(site: str, home: Path, names: Iterable[str]) -> dict[str, Account]:
     """The accounts :func:`ensure_accounts` created (KeyError if one is missing)."""
-    gid = grp.getgrnam(site_group(site)).gr_gid
+    gid = grp.getgrnam(site_group(site, home)).gr_gid
     out: dict[str, Account] = {}
     for name in ["core", REAPER, *names]:
-        pw = pwd.getpwnam(user_name(site, name))
+        pw = pwd.getpwnam(user_name(site, home, name))
         out[name] = Account(pw.pw_uid, pw.pw_gid, (gid,))
     return out
+
+
+def remove_accounts(site: str, home: Path, names: Iterable[str]) -> None:
+    """Delete the users and the group of a site that will not run again (a demo's)."""
+    for name in ["core", REAPER, *names]:
+        subprocess.run(["userdel", user_name(site, home, name)], capture_output=True, check=False)
+    subprocess.run(["groupdel", site_group(site, home)], capture_output=True, check=False)
 
 
 def _own(path: Path, uid: int, gid: int, mode: int | None = None) -> None:

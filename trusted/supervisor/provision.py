@@ -225,7 +225,7 @@ def _isolate(cfg: SiteConfig) -> None:
     enabled = [s for s in cfg.processes if s.enabled]
     clients = [s.name for s in enabled if s.kind != "simulator"]
     others = [s.name for s in enabled if s.kind == "simulator"]
-    accounts = ensure_accounts(cfg.site, [*clients, *others])
+    accounts = ensure_accounts(cfg.site, cfg.home, [*clients, *others])
     history = cfg.core.history.path
     audit = cfg.core.audit_path
     apply_ownership(

@@ -274,12 +274,12 @@ class Supervisor:
             return
         names = [s.name for s in self.cfg.processes]
         try:
-            accounts = isolation.lookup_accounts(self.cfg.site, [])
+            accounts = isolation.lookup_accounts(self.cfg.site, self.cfg.home, [])
         except KeyError:
             return  # the site's users do not exist yet: nothing of theirs can run
         for name in names:
             with contextlib.suppress(KeyError):
-                accounts |= isolation.lookup_accounts(self.cfg.site, [name])
+                accounts |= isolation.lookup_accounts(self.cfg.site, self.cfg.home, [name])
         reaper = accounts.pop(isolation.REAPER)
         for name, account in accounts.items():
             await kill_user(name, isolation.kill_all_argv(self.python, account, reaper))
@@ -342,7 +342,7 @@ class Supervisor:
 
         if self.isolated:
             self._accounts = isolation.lookup_accounts(
-                cfg.site, [s.name for s in cfg.processes if s.enabled]
+                cfg.site, cfg.home, [s.name for s in cfg.processes if s.enabled]
             )
         self.core = ManagedProcess(
             "core",
