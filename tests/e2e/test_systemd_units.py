@@ -21,6 +21,7 @@ from trusted.cli.main import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
 PREFIX = "/opt/smx/.venv/bin/"  # where docs/DEPLOY.md installs SMX
+PLACEHOLDER = "smx-HHHHHH"  # the site group in the per-process units, replaced at install
 HOME = "/var/lib/smx"
 SITE_FILE = "/etc/smx/site.toml"
 # What the supervisor needs (docs/SITE.md, "Isolation"): drop privileges (SETUID, SETGID and
@@ -111,8 +112,8 @@ def test_every_unit_has_the_hardening_docs_site_md_promises(units, name):
         # Its own provisioned user in the site group, no capability at all.
         assert caps == set() and one(unit, "AmbientCapabilities") == ""
         user, group = one(unit, "User"), one(unit, "SupplementaryGroups")
-        assert user not in ("", "root", "0") and group == "smx-HHHH"
-        assert user == ("smx-HHHH-core" if name == "smx-core.service" else "smx-HHHH-%i")
+        assert user not in ("", "root", "0") and group == PLACEHOLDER
+        assert user == f"{PLACEHOLDER}-{'core' if name == 'smx-core.service' else '%i'}"
         assert one(unit, "RestrictSUIDSGID") == "yes"
         assert writable == ([HOME] if name == "smx-core.service" else [f"{HOME}/run/%i"])
 
@@ -220,3 +221,14 @@ def test_the_site_file_of_the_deploy_guide_is_accepted(tmp_path):
     assert (cfg.core.audit_max_bytes, cfg.core.audit_keep) == (16 * 1024**2, 4)
     assert (cfg.supervisor.log_max_size, cfg.supervisor.log_rate) == (2 * 1024**2, 2048)
     assert [p.name for p in cfg.processes] == ["smm"]
+
+
+def test_the_placeholder_has_the_shape_of_a_site_group():
+    """Replacing the units' placeholder by the site's group gives the users provisioning makes
+    (docs/SITE.md: smx-<h>, smx-<h>-core, smx-<h>-<name>)."""
+    from trusted.supervisor.isolation import core_user, site_group, user_name
+
+    group = site_group("usm-0017", Path(HOME))
+    assert len(group) == len(PLACEHOLDER) and group.startswith("smx-")
+    assert core_user("usm-0017", Path(HOME)) == f"{group}-core"
+    assert user_name("usm-0017", Path(HOME), "smm") == f"{group}-smm"
