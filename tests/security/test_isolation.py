@@ -8,6 +8,7 @@ site still works end to end.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
@@ -52,6 +53,7 @@ health_timeout = "15s"
 
 [extensions.meter]
 module = "tests.support.dummy_ext"
+os_groups = ["dialout"]
 
 [agents.spy]
 module = "spy_agent"
@@ -255,6 +257,10 @@ def test_every_child_runs_unprivileged(site):
         assert "SMX_SECRET_OF_THE_SUPERVISOR" not in keys
         assert os.readlink(f"/proc/{pid}/cwd") == str(site.home / "run" / name)
     assert len(uids) == 4  # one user per process
+    # site.toml's os_groups: the meter (a serial port) also has dialout, the others do not.
+    dialout = str(grp.getgrnam("dialout").gr_gid)
+    assert dialout in _status_fields(procs["meter"]["pid"])["Groups"].split()
+    assert dialout not in _status_fields(procs["spy"]["pid"])["Groups"].split()
 
 
 def test_ownership_of_the_site_files(site):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,18 @@ def test_an_agents_extra_reads_leave_billing_snapshots_out_unless_named(tmp_path
     assert policy.allows(north, "read", "meter/Ap.bill03")  # named in its reads
     ess = Identity("s1", "trusted", "ess")  # a trusted extension reads as written
     assert policy.allows(ess, "read", "meter/Ap.bill01")
+
+
+def test_os_groups_name_existing_groups_that_give_no_root_power(tmp_path):
+    ok = 'site = "s1"\n[extensions.m]\nmodule = "x"\nos_groups = ["dialout"]\n'
+    assert load_site_config(write(tmp_path, ok)).processes[0].os_groups == ("dialout",)
+    for group, message in (
+        ("sudo", "extensions.m.os_groups[0]: 'sudo' would give the process root's power"),
+        ("no-such-group-x", "extensions.m.os_groups[0]: no OS group named 'no-such-group-x'"),
+    ):
+        text = f'site = "s1"\n[extensions.m]\nmodule = "x"\nos_groups = ["{group}"]\n'
+        with pytest.raises(SiteConfigError, match=re.escape(message)):
+            load_site_config(write(tmp_path, text))
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import json
 import logging
 import os
@@ -344,6 +345,13 @@ class Supervisor:
             self._accounts = isolation.lookup_accounts(
                 cfg.site, cfg.home, [s.name for s in cfg.processes if s.enabled]
             )
+            for spec in cfg.processes:  # site.toml's os_groups, e.g. dialout for a serial port
+                if spec.enabled and spec.os_groups:
+                    acc = self._accounts[spec.name]
+                    extra = tuple(grp.getgrnam(g).gr_gid for g in spec.os_groups)
+                    self._accounts[spec.name] = isolation.Account(
+                        acc.uid, acc.gid, acc.groups + extra
+                    )
         self.core = ManagedProcess(
             "core",
             "core",

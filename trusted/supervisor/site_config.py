@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import grp
 import importlib
 import importlib.machinery
 import math
@@ -73,8 +74,21 @@ _SUPERVISOR_KEYS = (
     "log_max_size",
     "log_rate",
 )
-_CLIENT_KEYS = ("module", "command", "devices", "reads", "role", "enabled", "config")
-_SIMULATOR_KEYS = ("module", "command", "enabled", "config")
+_CLIENT_KEYS = (
+    "module",
+    "command",
+    "devices",
+    "reads",
+    "role",
+    "enabled",
+    "config",
+    "os_groups",
+)
+_SIMULATOR_KEYS = ("module", "command", "enabled", "config", "os_groups")
+# OS groups that give root's power or other users' data: never handed to a process.
+_FORBIDDEN_GROUPS = frozenset(
+    {"root", "sudo", "wheel", "admin", "adm", "shadow", "disk", "kmem", "docker", "lxd", "staff"}
+)
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 # The directory holding the `trusted` package: a child has it on PYTHONPATH (runner.py).
 _ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +122,8 @@ class ProcessSpec:
     role: str | None = None  # None for simulators
     enabled: bool = True
     config: Mapping[str, Any] = field(default_factory=dict)
+    # Extra OS groups of its user under isolation (e.g. "dialout" for a serial port).
+    os_groups: tuple[str, ...] = ()
 
     @property
     def domain(self) -> str | None:
@@ -261,8 +277,11 @@ def _process(
 
     config = _json_ready(_table(table.get("config", {}), f"{prefix}.config"), f"{prefix}.config")
     enabled = _bool(table.get("enabled", True), f"{prefix}.enabled")
+    os_groups = _os_groups(table.get("os_groups", []), f"{prefix}.os_groups")
     if not client:
-        return ProcessSpec(name, kind, module, command, enabled=enabled, config=config)
+        return ProcessSpec(
+            name, kind, module, command, enabled=enabled, config=config, os_groups=os_groups
+        )
 
     devices = _strings(table.get("devices", [name]), f"{prefix}.devices")
     if not devices:
@@ -288,8 +307,23 @@ def _process(
     if role not in roles:
         raise SiteConfigError(f"{prefix}.role: unknown role {role!r} (roles: {', '.join(roles)})")
     return ProcessSpec(
-        name, kind, module, command, tuple(devices), tuple(reads), role, enabled, config
+        name, kind, module, command, tuple(devices), tuple(reads), role, enabled, config, os_groups
     )
+
+
+def _os_groups(raw: Any, key: str) -> tuple[str, ...]:
+    names = _strings(raw, key)
+    for i, group in enumerate(names):
+        if group in _FORBIDDEN_GROUPS:
+            raise SiteConfigError(
+                f"{key}[{i}]: {group!r} would give the process root's power or other users' "
+                "data; give it only what its devices need (e.g. dialout for a serial port)"
+            )
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            raise SiteConfigError(f"{key}[{i}]: no OS group named {group!r}") from None
+    return tuple(names)
 
 
 def _processes(data: dict[str, Any], base: Path) -> tuple[ProcessSpec, ...]:
