@@ -15,6 +15,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from smx.terminal import printable
+
 __all__ = ["Table", "add_json_option", "print_json", "print_table", "proto_json"]
 
 
@@ -83,4 +85,4 @@ class Table:
 def _cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
-    return str(value)
+    return printable(str(value))  # names and values others wrote: no escapes reach the terminal

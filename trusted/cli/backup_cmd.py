@@ -659,18 +659,28 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return f.read()
 
 
+def _safe_mode(mode: int) -> int:
+    """A mode from an archive, without set-id or sticky bits and without write for the group or
+    others: root restores what anybody may have written."""
+    return stat.S_IMODE(mode) & 0o755
+
+
 def _restore_target(args: argparse.Namespace, site_text: bytes | None) -> tuple[Path, Path]:
     """(home, where the site file goes)."""
     if getattr(args, "home", None) or args.config is None:
         home = site_home(args)
         site_file = args.config.absolute() if args.config is not None else home / SITE_FILE
         return home, site_file
-    if site_text is None:
-        raise CliError(
-            "the backup holds no site file, so --config names no home: give the home with --home"
-        )
     config = args.config.absolute()
-    return _home_named_by(config, site_text.decode(errors="replace")), config
+    # Where root writes is never the archive's to say (nothing authenticates an archive): the
+    # home is the one the site file already in place names.
+    try:
+        text = config.read_text()
+    except OSError:
+        raise CliError(
+            f"{config} is not there to name the home: give the home to restore into with --home"
+        ) from None
+    return _home_named_by(config, text), config
 
 
 def _site_file_warning(site_file: Path, text: bytes, home: Path) -> str | None:
@@ -701,7 +711,7 @@ def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
-        os.fchmod(out.fileno(), stat.S_IMODE(member.mode) & 0o777)
+        os.fchmod(out.fileno(), _safe_mode(member.mode))
     return sha.hexdigest()
 
 
@@ -827,6 +837,8 @@ def _extract(
     archive: Path,
 ) -> dict[str, str]:
     """Write the home's members into ``staging``; the checksums the archive lists."""
+    # An archive is not authenticated: a small one may claim gigabytes (a decompression bomb).
+    budget, total = int(shutil.disk_usage(staging).free * 0.8), 0
     while member is not None:
         if member.name == CHECKSUMS and member.isreg():
             listed = _parse_sums(_read_member(tar, member), archive)
@@ -837,11 +849,17 @@ def _extract(
         if m.name == SITE_FILE:
             raise CliError(f"{archive}: {SITE_FILE} out of place: damaged archive")
         if m.name == HOME:
-            out.home_mode = stat.S_IMODE(member.mode)
+            out.home_mode = _safe_mode(member.mode)
         elif member.isdir():
             (staging / m.rel).mkdir(mode=0o700, parents=True, exist_ok=True)
-            out.dirs[m.rel] = stat.S_IMODE(member.mode)
+            out.dirs[m.rel] = _safe_mode(member.mode)
         else:
+            total += member.size
+            if total > budget:
+                raise CliError(
+                    f"{archive}: its files would take more than 80% of the free space of "
+                    f"{staging.parent}: nothing was restored"
+                )
             out.sums[m.name] = _extract_file(tar, member, staging / m.rel)
         member = next(members, None)
     raise CliError(f"{archive}: cut short (no {CHECKSUMS} at its end): damaged archive")
@@ -914,7 +932,7 @@ def _write_site_file(path: Path, text: bytes, mode: int, force: bool) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-            os.fchmod(out.fileno(), mode)
+            os.fchmod(out.fileno(), _safe_mode(mode))
         os.replace(tmp, path)
     except OSError as err:
         raise CliError(f"cannot write the site file {path}: {err.strerror or err}") from None

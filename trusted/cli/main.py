@@ -132,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say(line: str) -> None:
+    from smx.terminal import printable  # names in errors may come from others (archives, points)
+
     try:
-        print(line, file=sys.stderr, flush=True)
+        print(printable(line), file=sys.stderr, flush=True)
     except OSError:
         pass  # stderr is gone too
 

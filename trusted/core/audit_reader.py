@@ -12,9 +12,11 @@ core's log). The writer is trusted.core.audit; the line format is trusted.core.a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -294,14 +296,20 @@ class _Matcher:
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[BinaryIO | None]:
     """The file, or None when there is none yet (a core that never audited anything)."""
+    # Never through a link, never blocking: data/ is the core's, and root reads these files
+    # too (smx audit, smx backup).
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         yield None
         return
     except OSError as err:
-        raise AuditError(f"{path}: cannot read audit log: {err.strerror}") from err
-    with f:
+        why = "a link, not the log" if err.errno == errno.ELOOP else err.strerror
+        raise AuditError(f"{path}: cannot read audit log: {why}") from err
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AuditError(f"{path}: cannot read audit log: not a regular file")
+    with os.fdopen(fd, "rb") as f:
         yield f
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import psutil
 
 from smx.aio import wait_event
+from smx.terminal import printable
 from trusted.supervisor.isolation import KILLED_SOME
 from trusted.supervisor.process_log import ProcessLog
 from trusted.supervisor.site_config import SupervisorSettings
-from trusted.supervisor.status import printable
 
 __all__ = ["ManagedProcess", "describe_exit", "signal_group"]
 

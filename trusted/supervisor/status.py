@@ -38,6 +38,7 @@ import psutil
 
 from smx.health import read_health_file
 from smx.process_env import RunPaths
+from smx.terminal import printable
 
 # Certificates the supervisor issues besides the site's processes: the operator's CLI and its
 # own (for health checks).
@@ -137,14 +138,6 @@ def _cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
     return printable(str(value))
-
-
-def printable(text: str) -> str:
-    """`text` with control characters shown as escapes: what a process writes (its last error,
-    its log line) must not move the cursor, retitle the terminal or forge a row of the table."""
-    return "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
-    )
 
 
 def format_status(status: dict[str, Any], running: bool, now: float | None = None) -> str:

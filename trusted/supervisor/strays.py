@@ -33,7 +33,7 @@ from collections.abc import Collection, Mapping
 import psutil
 
 from smx.process_env import ENV_NAME
-from trusted.supervisor.status import printable
+from smx.terminal import printable
 
 __all__ = ["become_subreaper", "sweep"]
 
