@@ -76,9 +76,9 @@ class Credentials:
             object.__setattr__(self, field, Path(getattr(self, field)))
 
     @classmethod
-    def from_site(cls, home: Path, name: str) -> Credentials:
+    def from_site(cls, home: Path | str, name: str) -> Credentials:
         """The files `smx pki issue NAME` wrote under the site directory."""
-        pki = home / "pki"
+        pki = Path(home) / "pki"
         return cls(pki / "ca.crt", pki / "clients" / f"{name}.crt", pki / "clients" / f"{name}.key")
 
     def check(self) -> None:

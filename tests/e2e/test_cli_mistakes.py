@@ -252,7 +252,7 @@ MISTAKES = [
         r"shows its rights, `smx policy bind` grants roles",
     ),
     # -- the output goes nowhere
-    Mistake("broken-pipe-status", ("status",), 141, None, how="closed-stdout"),
+    Mistake("broken-pipe-points", ("points", "ls"), 141, None, how="closed-stdout"),
     Mistake("broken-pipe-table", ("pki", "list"), 141, None, how="closed-stdout"),
     # -- Ctrl-C
     Mistake("ctrl-c-watch", ("points", "watch", "core/*"), 130, None, how="sigint-watch"),

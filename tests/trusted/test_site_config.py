@@ -318,7 +318,8 @@ def test_smx_run_with_a_missing_or_bad_file_exits_2(tmp_path):
     assert f"{bad}: extensions.m.port: unknown key" in r.stderr
     assert not (tmp_path / "pki").exists()  # nothing provisioned from a bad file
     r = _smx("status", "--home", str(tmp_path))
-    assert r.returncode == 1 and "supervisor not running" in r.stdout
+    assert r.returncode == 1 and "no supervisor has run the site" in r.stderr
+    assert "smx run --config" in r.stderr
 
 
 toml_text = st.one_of(

@@ -103,8 +103,11 @@ def status(args: argparse.Namespace) -> int:
     path = RunPaths(home).status
     data = read_status(path)
     if data is None:
-        print(f"supervisor not running ({path} not found or unreadable)")
-        return EXIT_FAILED
+        raise CliError(
+            f"no supervisor has run the site in {home} ({path} not found or unreadable); start "
+            "it with `smx run --config <its site.toml>`",
+            EXIT_FAILED,
+        )
     running = pid_alive(data.get("pid"), data.get("pid_created"))
     if args.json:
         print(json.dumps(data, sort_keys=True))
