@@ -91,7 +91,13 @@ class _CheckedReflection(ReflectionServicer):
                         raise
                     return  # ended by the revocation watchdog, refusal sent and audited
         except CoreError as err:  # TOO_MANY_STREAMS, or refused by the re-check
-            await _refuse(self.gate, context, err, peer.uri, method)
+            # Set, not aborted: an abort raised inside this async generator sometimes reached
+            # the client as a bare INTERNAL (seen once in CI) instead of the refusal.
+            self.gate.refused(err, peer.uri, method)
+            status = to_rpc_status(err)
+            context.set_code(status.code)
+            context.set_details(status.details)
+            context.set_trailing_metadata(status.trailing_metadata)
 
 
 def add_reflection(server: grpc.aio.Server, service_names: list[str], gate: Gate) -> None:
