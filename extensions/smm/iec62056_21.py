@@ -34,6 +34,7 @@ __all__ = [
     "parse_data_block",
     "parse_data_message",
     "parse_identification",
+    "parse_push_telegram",
     "sign_on",
 ]
 
@@ -239,3 +240,64 @@ def parse_data_message(frame: bytes, *, require_bcc: bool = True) -> list[DataSe
     if not body.endswith(b"!\r\n"):
         raise FramingError(f"data block does not end with '!' CR LF: {body[-20:]!r}", frame)
     return parse_data_block(body)
+
+
+def parse_push_telegram(
+    raw: bytes, *, require_bcc: bool = False
+) -> tuple[Identification, list[DataSet]]:
+    """A mode D telegram as push meters (EMH eHZ and the like) really send it -> its
+    identification and data sets.
+
+    `/ident`, an optional blank line, optional STX, data lines, the `!` line, and after it
+    ETX BCC only if the telegram began with STX. Lines end in CR LF or LF alone. Bytes before
+    the telegram are skipped: it starts at the first `/` from which a whole telegram parses.
+    A framed telegram with ETX has its BCC checked (BccError); with `require_bcc` a telegram
+    that has STX but no ETX/BCC is rejected, an unframed one never is.
+    Raises only FramingError or BccError.
+    """
+    first: IecError | None = None
+    at = raw.find(b"/")
+    for _ in range(64):  # bounded: a long run of garbage slashes is not worth more tries
+        if at < 0:
+            break
+        try:
+            return _push_telegram(raw[at:], require_bcc)
+        except BccError:
+            raise
+        except FramingError as err:
+            first = first or err
+        at = raw.find(b"/", at + 1)
+    raise first or FramingError(f"no '/' identification in {raw[:40]!r}", raw)
+
+
+def _push_telegram(raw: bytes, require_bcc: bool) -> tuple[Identification, list[DataSet]]:
+    nl = raw.find(b"\n")
+    if nl < 0:
+        raise FramingError(f"identification without its line end: {raw[:40]!r}", raw)
+    ident = parse_identification(raw[:nl].removesuffix(b"\r"))
+    rest = raw[nl + 1 :].lstrip(b"\r\n")  # the blank line, if any
+    if rest.startswith(STX):
+        end = rest.find(ETX)
+        if end >= 0:
+            if end + 1 >= len(rest):
+                raise FramingError("telegram ends at ETX without its BCC", raw)
+            if end + 2 != len(rest):
+                raise FramingError(f"{len(rest) - end - 2} bytes after the BCC", raw)
+            expected = bcc(rest[1 : end + 1])
+            if rest[end + 1] != expected:
+                raise BccError(
+                    f"BCC mismatch: computed 0x{expected:02x}, received 0x{rest[end + 1]:02x} "
+                    f"({len(raw)} bytes)",
+                    raw,
+                )
+            body = rest[1:end]
+        elif require_bcc:
+            raise FramingError(f"telegram with STX but no ETX/BCC: {raw[-40:]!r}", raw)
+        else:
+            body = rest[1:]
+    else:
+        body = rest
+    lines = body.replace(b"\r\n", b"\n")
+    if not (lines == b"!\n" or lines.endswith(b"\n!\n")):
+        raise FramingError(f"telegram does not end with the '!' line: {raw[-40:]!r}", raw)
+    return ident, parse_data_block(lines.replace(b"\n", b"\r\n"))

@@ -49,6 +49,7 @@ from .iec62056_21 import (
     PortError,
     parse_data_message,
     parse_identification,
+    parse_push_telegram,
     sign_on,
 )
 
@@ -202,26 +203,71 @@ class IecClient:
 
     def listen(self, timeout: float | None = None, token: threading.Event | None = None) -> Readout:
         """Mode D: wait (at most `timeout`, default read_timeout) for the next pushed telegram
-        (identification then data message) and return it. Nothing is sent."""
+        and return it. Nothing is sent.
+
+        The telegram runs from `/` to the `!` line; STX, ETX/BCC and the blank line after the
+        identification are optional, lines may end in LF alone (`parse_push_telegram`).
+        Garbage is skipped: the reader resynchronises on the next `/` until a telegram parses
+        or the wait is over (then the last framing error, or NoAnswer if nothing came)."""
         with self.line.lock, _as_iec_errors():
             wait = self.read_timeout if timeout is None else timeout
             started, t0 = time.time(), time.monotonic()
             line = self.line
             line.start(self.initial_baud, token, drop_input=False)
-            deadline = t0 + wait + self.read_timeout
-            # Resynchronise on the start of an identification message (drop what precedes).
-            head = line.read_until(b"/", first_timeout=wait, deadline=t0 + wait, limit=4096)
-            if head is None:
-                raise NoAnswer(f"no telegram on {line.port} within {wait:g} s")
-            line.buffer[:0] = b"/"
-            ident_line = line.read_until(CRLF, first_timeout=0, deadline=deadline, limit=128)
-            assert ident_line is not None  # the "/" is in the buffer
-            ident = parse_identification(ident_line)
-            frame = self._data_message(deadline, answer=REACTION_MAX)
-            datasets = parse_data_message(frame, require_bcc=self.require_bcc)
-            return Readout(
-                ident, datasets, frame, self.initial_baud, started, time.monotonic() - t0
-            )
+            until = t0 + wait
+            last: FramingError | None = None
+            while True:
+                try:
+                    got = self._push(until)
+                except FramingError as err:
+                    if line.aborted or time.monotonic() >= until:
+                        raise
+                    log.debug("%s: skipping %s", self, err)
+                    last = err
+                    continue
+                if got is None:
+                    if last is not None:
+                        raise last
+                    raise NoAnswer(f"no telegram on {line.port} within {wait:g} s")
+                telegram, (ident, datasets) = got
+                return Readout(
+                    ident, datasets, telegram, self.initial_baud, started, time.monotonic() - t0
+                )
+
+    def _push(self, until: float) -> tuple[bytes, tuple[Identification, list[DataSet]]] | None:
+        """One telegram from the next `/`, parsed; None if no `/` came before `until`."""
+        try:
+            return self._push_once(until)
+        except IncompleteInput as err:  # garbage, a cut telegram: keep listening
+            raise FramingError(str(err), err.received) from err
+
+    def _push_once(self, until: float) -> tuple[bytes, tuple[Identification, list[DataSet]]] | None:
+        line = self.line
+        head = line.read_until(
+            b"/", first_timeout=max(0.0, until - time.monotonic()), deadline=until, limit=4096
+        )
+        if head is None or line.aborted:
+            return None
+        line.buffer[:0] = b"/"  # resynchronised: drop what preceded the "/"
+        deadline = time.monotonic() + self.read_timeout
+        telegram = line.read_until(b"!", first_timeout=0, deadline=deadline, limit=self.max_bytes)
+        assert telegram is not None  # the "/" is in the buffer
+        telegram += (
+            line.read_until(b"\n", first_timeout=REACTION_MAX, deadline=deadline, limit=2) or b""
+        )
+        if STX in telegram:  # framed: ETX and BCC follow the "!" line
+            try:
+                tail = line.read_until(
+                    ETX,
+                    first_timeout=REACTION_MAX if self.require_bcc else 0.05,
+                    deadline=deadline,
+                    limit=1,
+                    extra=1,
+                )
+            except IncompleteInput:
+                tail = None
+            telegram += tail or b""
+        return telegram, parse_push_telegram(telegram, require_bcc=self.require_bcc)
 
     def _capped(self, z: str) -> str:
         if self.max_baud is None or BAUD_MODE_C[z] <= self.max_baud:

@@ -8,7 +8,9 @@ the mode C baud switch, and it emulates a baud mismatch: the pty carries the rea
 settings, so a byte sent at a rate the reader's port is not set to arrives as garbage (what a
 UART would make of it). Faults (set `sim.fault` at any time): "bcc" wrong BCC, "truncate" the
 data message stops halfway, "garbage" noise instead of the identification, "silent" no answer,
-"wrong_baud" the data message at another rate than agreed.
+"wrong_baud" the data message at another rate than agreed. Mode D pushes telegrams framed
+as the standard says, or (`push_framing`) as real push meters send them: no STX/ETX/BCC,
+with or without the blank line, LF-only; `sim.push_garbage` is sent before each telegram.
 
     python -m extensions.smm.iec_simulator --fixture tests/extensions/smm/fixtures/x.txt
 """
@@ -43,11 +45,12 @@ from .iec62056_21 import (
 )
 from .obis import parse_obis
 
-__all__ = ["FAULTS", "IecSimulator", "SimMeter", "main"]
+__all__ = ["FAULTS", "PUSH_FRAMINGS", "IecSimulator", "SimMeter", "main"]
 
 log = logging.getLogger(__name__)
 
 FAULTS = ("bcc", "truncate", "garbage", "silent", "wrong_baud")
+PUSH_FRAMINGS = ("framed", "unframed", "no_blank", "lf")
 _REQUEST = re.compile(rb"/\?([0-9A-Za-z ]{0,32})!\r\n")
 _ACK = re.compile(rb"\x06([0-9])([0-9A-Za-z])([0-9])\r\n")
 _LINE = re.compile(r"([^()]*)\(([^()*]*)(\*[^()]*)?\)(.*)")
@@ -94,9 +97,14 @@ class SimMeter:
             raise ValueError(f"fixture {str(fixture)[:60]}: no identification line")
         self.identification = parse_identification(idents[0])
         start = raw.find(STX)
+        if start < 0:  # an unframed mode D telegram: the data follow the identification
+            at = raw.find(idents[0] + CRLF)
+            start = at + len(idents[0]) + 1 if at >= 0 else -1
+            while 0 <= start < len(raw) - 2 and raw[start + 1 : start + 3] == CRLF:
+                start += 2
         end = raw.find(b"!\r\n", start)
         if start < 0 or end < 0:
-            raise ValueError(f"fixture {str(fixture)[:60]}: no STX ... ! CR LF data block")
+            raise ValueError(f"fixture {str(fixture)[:60]}: no [STX] ... ! CR LF data block")
         self.lines = raw[start + 1 : end].decode("ascii").split("\r\n")[:-1]
         self.base: dict[str, float] = {}
         for line in self.lines:
@@ -166,6 +174,7 @@ class IecSimulator:
         reaction_time: float = 0.2,
         echo: bool = False,
         push_interval: float = 1.0,
+        push_framing: str = "framed",
         fault: str | None = None,
         seed: int = 1,
     ) -> None:
@@ -178,6 +187,10 @@ class IecSimulator:
         self.reaction_time = reaction_time
         self.echo = echo
         self.push_interval = push_interval
+        if push_framing not in PUSH_FRAMINGS:
+            raise ValueError(f"push_framing must be one of {PUSH_FRAMINGS}, not {push_framing!r}")
+        self.push_framing = push_framing
+        self.push_garbage = b""  # sent before each pushed telegram (line noise)
         self.fault = fault
         self.readouts = 0
         self.last_duration = 0.0  # seconds from request received to last byte sent
@@ -350,10 +363,23 @@ class IecSimulator:
 
     def _push(self) -> None:
         for meter in self.meters.values():
-            body = meter.block() + ETX
-            telegram = meter.identification.line + STX + body + bytes([bcc(body)])
-            self._send(telegram, self.initial_baud)
+            self._send(self.push_garbage + self.telegram(meter), self.initial_baud)
             self.readouts += 1
+
+    def telegram(self, meter: SimMeter) -> bytes:
+        """One pushed telegram of `meter` in this simulator's `push_framing`:
+        "framed" `/ident CR LF STX data ! CR LF ETX BCC` (the standard's mode D);
+        "unframed" `/ident CR LF CR LF data ! CR LF`, no STX/ETX/BCC (EMH eHZ and the like);
+        "no_blank" the same without the blank line; "lf" unframed with LF-only line ends."""
+        block = meter.block()
+        if self.push_framing == "framed":
+            body = block + ETX
+            return meter.identification.line + STX + body + bytes([bcc(body)])
+        telegram = meter.identification.line
+        if self.push_framing != "no_blank":
+            telegram += CRLF
+        telegram += block
+        return telegram.replace(CRLF, b"\n") if self.push_framing == "lf" else telegram
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--initial-baud", type=int, default=300)
     parser.add_argument("--reaction-time", type=float, default=0.2)
     parser.add_argument("--push-interval", type=float, default=1.0)
+    parser.add_argument("--push-framing", default="framed", choices=PUSH_FRAMINGS)
     parser.add_argument("--echo", action="store_true")
     parser.add_argument("--fault", choices=FAULTS)
     args = parser.parse_args(argv)
@@ -378,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         reaction_time=args.reaction_time,
         echo=args.echo,
         push_interval=args.push_interval,
+        push_framing=args.push_framing,
         fault=args.fault,
     )
     stop = threading.Event()
