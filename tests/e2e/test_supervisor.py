@@ -28,6 +28,7 @@ from smx.client import Credentials, Stubs, error_reason, unix_target
 from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.support.smx_run import SmxRun
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = "usm-0099"
@@ -79,25 +80,13 @@ def alive(pid: int) -> bool:
         return False
 
 
-class RunningSite:
+class RunningSite(SmxRun):
     def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="smx-"))
-        self.config = self.home / "site.toml"
-        self.config.write_text(SITE_TOML)
-        self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trusted.cli.main", "run", "--config", str(self.config)],
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
+        super().__init__(SITE_TOML)
         self.pids: set[int] = set()  # every pid the supervisor ever reported
 
     def status(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.home / "run" / "supervisor.json").read_text())
-        except (OSError, ValueError):
-            return {"processes": []}
+        data = super().status()
         self.pids |= {p["pid"] for p in data["processes"] if p.get("pid")}
         return data
 
@@ -109,19 +98,12 @@ class RunningSite:
         creds = Credentials.from_site(self.home, name)
         return Stubs(creds.channel(unix_target(self.home / "core.sock")))
 
-    def log(self) -> str:
-        return (self.home / "smx-run.log").read_text(errors="replace")
-
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
         self.status()
-        for pid in self.pids:
+        super().close()
+        for pid in self.pids:  # restarted ones too
             if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
-        self.out.close()
-        shutil.rmtree(self.home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,21 @@ from __future__ import annotations
 import grp
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
-import psutil
 import pytest
 
 from extensions.sdk.testing import wait_for
 from smx.client import Credentials, Stubs, unix_target
 from smx.v1 import point_service_pb2 as spb
+from tests.support.smx_run import SmxRun
 from trusted.supervisor.isolation import Account, exec_argv
 
 pytestmark = pytest.mark.skipif(
@@ -115,63 +112,18 @@ raise SystemExit(main())
 ALLOWED_ENV = {"PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED"}
 
 
-class Site:
-    def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="smx-iso-"))
-        self.config = self.home / "site.toml"
-        self.config.write_text(SITE_TOML)
-        (self.home / "spy_agent.py").write_text(SPY)
-        self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115
-        env = dict(os.environ, PYTHONPATH=str(ROOT), SMX_SECRET_OF_THE_SUPERVISOR="x")
-        env["AWS_SECRET_ACCESS_KEY"] = "do-not-leak"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trusted.cli.main", "run", "--config", str(self.config)],
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.home / "run" / "supervisor.json").read_text())
-        except (OSError, ValueError):
-            return {"processes": []}
-
-    def procs(self) -> dict[str, dict[str, Any]]:
-        return {p["name"]: p for p in self.status()["processes"]}
-
-    def log(self) -> str:
-        return (self.home / "smx-run.log").read_text(errors="replace")
-
-    def close(self) -> None:
-        pids = [p["pid"] for p in self.procs().values() if p.get("pid")]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for pid in pids:
-            if psutil.pid_exists(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        self.out.close()
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    s = Site()
+def site() -> Iterator[SmxRun]:
+    # Variables the supervisor has that no child may inherit.
+    leaky = {"SMX_SECRET_OF_THE_SUPERVISOR": "x", "AWS_SECRET_ACCESS_KEY": "do-not-leak"}
+    s = SmxRun(SITE_TOML, {"spy_agent.py": SPY}, prefix="smx-iso-", env=leaky)
     try:
         yield s
     finally:
         s.close()
 
 
-def running(site: Site) -> bool:
+def running(site: SmxRun) -> bool:
     procs = site.procs()
     want = {"core": "serving", "meter": "running", "spy": "running", "sim": "-"}
     return all(

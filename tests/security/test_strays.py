@@ -5,11 +5,8 @@ dies and when the site stops (trusted/supervisor/strays.py)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ import psutil
 import pytest
 
 from extensions.sdk.testing import wait_for
+from tests.support.smx_run import SmxRun
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,37 +66,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-class Site:
-    def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="smx-"))
-        (self.home / "site.toml").write_text(site_toml(self.home))
-        (self.home / "escaper.py").write_text(ESCAPER)
-        self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trusted.cli.main", "run", "--config", "site.toml"],
-            cwd=self.home,
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-
-    def log(self) -> str:
-        return (self.home / "smx-run.log").read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for pid in stray_pids(self.home, "keeper") + stray_pids(self.home, "quitter"):
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        self.out.close()
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
 @pytest.fixture
-def site() -> Iterator[Site]:
-    s = Site()
+def site() -> Iterator[SmxRun]:
+    s = SmxRun(site_toml, {"escaper.py": ESCAPER})
     try:
         yield s
     finally:
@@ -148,20 +118,14 @@ def test_a_helper_hopping_without_a_name_ends_with_the_site():
 
     from trusted.supervisor.isolation import user_name
 
-    home = Path(tempfile.mkdtemp(prefix="smx-"))
-    (home / "hopper.py").write_text(HOPPER)
-    (home / "site.toml").write_text(
-        'site = "usm-0096"\n[supervisor]\nstop_timeout = "3s"\n'
-        f"[simulators.hopper]\ncommand = ['{sys.executable}', '{home / 'hopper.py'}']\n"
+    site = SmxRun(
+        lambda home: (
+            'site = "usm-0096"\n[supervisor]\nstop_timeout = "3s"\n'
+            f"[simulators.hopper]\ncommand = ['{sys.executable}', '{home / 'hopper.py'}']\n"
+        ),
+        {"hopper.py": HOPPER},
     )
-    out = open(home / "smx-run.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trusted.cli.main", "run", "--config", "site.toml"],
-        cwd=home,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    home, proc = site.home, site.proc
     try:
         wait_for(lambda: _user_procs("usm-0096", home, "hopper"), 30, what="the hopper running")
         uid = pwd.getpwnam(user_name("usm-0096", home, "hopper")).pw_uid
@@ -170,12 +134,9 @@ def test_a_helper_hopping_without_a_name_ends_with_the_site():
         assert proc.wait(30) == 0
         time.sleep(0.5)
         left = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]
-        assert left == [], (home / "smx-run.log").read_text()
+        assert left == [], site.log()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        out.close()
-        shutil.rmtree(home, ignore_errors=True)
+        site.close()
 
 
 def _user_procs(site: str, home: Path, name: str) -> list[int]:

@@ -1,0 +1,73 @@
+"""`smx run` as its own process on a fresh site home, for the tests that drive a whole site:
+the site file and the files next to it are written first, its output goes to
+`<home>/smx-run.log`, and `close` stops it and removes the home."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SmxRun:
+    def __init__(
+        self,
+        site_toml: str | Callable[[Path], str],
+        files: Mapping[str, str] | None = None,
+        *,
+        prefix: str = "smx-",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix=prefix))  # short: socket paths are limited
+        self.config = self.home / "site.toml"
+        for name, text in (files or {}).items():
+            (self.home / name).write_text(text)
+        self.config.write_text(site_toml(self.home) if callable(site_toml) else site_toml)
+        self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trusted.cli.main", "run", "--config", str(self.config)],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+
+    def status(self) -> dict[str, Any]:
+        """run/supervisor.json, or no processes while there is none yet."""
+        try:
+            return json.loads((self.home / "run" / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            return {"processes": []}
+
+    def procs(self) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in self.status()["processes"]}
+
+    def log(self) -> str:
+        return (self.home / "smx-run.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        """Stop the supervisor (SIGTERM, SIGKILL after 20 s), then every process group it
+        reported, and remove the home."""
+        pids = [p["pid"] for p in self.procs().values() if p.get("pid")]
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass  # gone with its supervisor, as it should be
+        self.out.close()
+        shutil.rmtree(self.home, ignore_errors=True)
