@@ -803,3 +803,9 @@ def test_allows_speed() -> None:
     )
     assert cached > 50_000  # the steady state: the same points written again and again
     assert uncached > 20_000  # a loaded CI box measured ~150k/s; keep a wide margin
+
+
+def test_the_untrusted_role_excludes_the_billing_snapshots_provisioning_excludes() -> None:
+    from trusted.policy import BILLING_SNAPSHOTS, default_roles_text
+
+    assert f'except = ["{BILLING_SNAPSHOTS}"]' in default_roles_text()

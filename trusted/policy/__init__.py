@@ -36,6 +36,7 @@ from trusted.policy.model import (
 from trusted.policy.parser import parse_policy
 
 __all__ = [
+    "BILLING_SNAPSHOTS",
     "METHOD_VERBS",
     "NO_VERB",
     "VERBS",
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 
 _MAX_DECISIONS = 65536
 _MAX_IDENTITIES = 1024
+
+# Billing snapshots (docs/DATA-MODEL.md) are the meter owner's: the untrusted-agent role reads
+# none of them (its `except` in default_policy.toml), nor do an agent's generated extra reads.
+BILLING_SNAPSHOTS = "**/*.bill*"
 
 
 class PointFilter:

@@ -38,7 +38,7 @@ from trusted.core.site_files import (
 )
 from trusted.pki import IssuedCert, PkiError, SiteCA
 from trusted.pki.files import write_atomic
-from trusted.policy import PolicyError, default_policy_text
+from trusted.policy import BILLING_SNAPSHOTS, PolicyError, default_policy_text
 from trusted.supervisor.isolation import (
     SOCKET_DIR,
     IsolationError,
@@ -73,8 +73,7 @@ class Provisioned:
     refused: dict[str, str] = field(default_factory=dict)  # name -> why it must not start
 
 
-BILLING_SNAPSHOTS = "**/*.bill*"  # as in the untrusted-agent role's except
-BILLING_SNAPSHOTS_HINT = ".bill"
+BILLING_SNAPSHOTS_HINT = ".bill"  # a read naming a snapshot itself
 
 
 def site_policy_text(cfg: SiteConfig) -> str:
