@@ -160,10 +160,8 @@ class Supervisor:
                 self.error = str(err) or repr(err)
             raise
         finally:
-            await self._shutdown()
-            # Whatever is left of each process's user, then whatever else was adopted.
-            await asyncio.gather(*(p.kill_helpers() for p in self.processes))
-            self._sweep_strays(everything=True)
+            await self._shutdown()  # each process's user emptied as it ended (ManagedProcess)
+            self._sweep_strays(everything=True)  # what else was adopted
             if refresher is not None:
                 refresher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
