@@ -70,20 +70,26 @@ async def write_some(site: Site) -> None:
         await stubs.points.WritePoints(spb.WritePointsRequest(samples=[sample]))
 
 
+async def modes_after_a_start(site: Site, caplog) -> dict[str, int]:
+    """Start a core on `site` (its warnings about modes captured), write and flush some points,
+    stop it: the modes of the site's paths then."""
+    core = Core(site.config())
+    with caplog.at_level(logging.WARNING, logger="trusted.core.site_files"):
+        await core.start()
+    try:
+        await write_some(site)
+        await core.state.history.flush()
+        return site_modes(site.home)
+    finally:
+        await core.stop(grace=0.1)
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o000])
 async def test_core_in_process_creates_private_files_whatever_the_umask(mask, caplog):
     with umask(mask):
         site = Site()  # its policy.toml is written with the umask: 0644 or 0666
         try:
-            core = Core(site.config())
-            with caplog.at_level(logging.WARNING, logger="trusted.core.site_files"):
-                await core.start()
-            try:
-                await write_some(site)
-                await core.state.history.flush()
-                modes = site_modes(site.home)
-            finally:
-                await core.stop(grace=0.1)
+            modes = await modes_after_a_start(site, caplog)
             no_other_users(modes)
             assert mode(site.socket.parent) & 0o027 == 0
             warned = [r.getMessage() for r in caplog.records if "policy.toml" in r.getMessage()]
@@ -105,22 +111,13 @@ async def test_world_readable_history_is_fixed_at_start_with_one_warning(caplog)
         await core.stop(grace=0.1)
         db = site.home / "data" / "history.db"
         os.chmod(db, 0o644)
-        rotated = (
-            site.home / "data" / "audit.jsonl.1"
-        )  # a rotated audit file, copied world-readable
+        # A rotated audit file, copied world-readable.
+        rotated = site.home / "data" / "audit.jsonl.1"
         rotated.write_bytes((site.home / "data" / "audit.jsonl").read_bytes())
         os.chmod(rotated, 0o644)
         os.chmod(site.home / "data", 0o755)
         os.chmod(site.home, 0o777)
-        core = Core(site.config())
-        with caplog.at_level(logging.WARNING, logger="trusted.core.site_files"):
-            await core.start()
-        try:
-            await write_some(site)
-            await core.state.history.flush()
-            modes = site_modes(site.home)
-        finally:
-            await core.stop(grace=0.1)
+        modes = await modes_after_a_start(site, caplog)
         no_other_users(modes)
         assert modes["."] == 0o750
         lines = [r.getMessage() for r in caplog.records if r.name == "trusted.core.site_files"]
