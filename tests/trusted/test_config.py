@@ -192,6 +192,17 @@ def test_bad_sizes_name_the_key(value: object) -> None:
         parse_size(value, "history.max_size")
 
 
+def test_billing_snapshots_are_kept_by_default_and_keep_is_checked(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "").history.keep == ("**/*.bill*",)
+    assert load_text(tmp_path, '[history]\nkeep = ["smm/**", "x/E"]\n').history.keep == (
+        "smm/**",
+        "x/E",
+    )
+    assert load_text(tmp_path, "[history]\nkeep = []\n").history.keep == ()
+    assert "history.keep: expected a list" in error_of(tmp_path, '[history]\nkeep = "x"\n')
+    assert "history.keep[1]:" in error_of(tmp_path, '[history]\nkeep = ["a/b", "a//b"]\n')
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

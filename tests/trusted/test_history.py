@@ -342,6 +342,35 @@ async def test_retention_by_age_deletes_only_old_samples(tmp_path: Path) -> None
     await log.close()
 
 
+async def test_billing_snapshots_are_a_retention_class_of_their_own(tmp_path: Path) -> None:
+    """A snapshot is dated by its billing date, often older than max_age: age and size
+    retention delete the ordinary samples around it and leave every snapshot."""
+    log = HistoryLog(
+        tmp_path / "h.db",
+        flush_interval=3600,
+        max_age_s=3600,
+        max_bytes=1_000_000,
+        retention_interval=3600,
+        keep=["**/*.bill*"],
+    )
+    await log.start()
+    now = int(time.time() * 1000)
+    two_years = 2 * 365 * 86_400_000
+    bills = [now - two_years + month * 30 * 86_400_000 for month in range(24)]
+    for i, ts in enumerate(bills):
+        log.append("smm/Ap.bill01", ts, float(i), GOOD, b"")
+    for ts in range(now - 7_200_000, now, 1000):  # two hours of ordinary samples
+        log.append("smm/Ap", ts, 1.0, GOOD, b"")
+    for i in range(60_000):  # over max_bytes with old ones
+        log.append(f"d{i % 20}/P", now - 3_000_000 + i * 10, 1.0, GOOD, b"")
+    await log.flush()
+    assert await log.enforce_retention() > 0
+    got = await collect(log, ["smm/Ap.bill01", "smm/Ap"])
+    assert [s.ts_ms for s in got["smm/Ap.bill01"]] == bills
+    assert min(s.ts_ms for s in got["smm/Ap"]) >= now - 3_600_000
+    await log.close()
+
+
 async def test_retention_runs_by_itself_every_interval(tmp_path: Path) -> None:
     log = HistoryLog(tmp_path / "h.db", flush_interval=0.05, max_age_s=60, retention_interval=0.05)
     await log.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from smx.identity import Identity, IdentityError
+from smx.names import Glob, InvalidName
 from smx.settings import (
     ConfigError,
     check_keys,
@@ -30,6 +31,7 @@ from smx.settings import (
     show_value,
     string,
 )
+from trusted.policy import BILLING_SNAPSHOTS
 
 __all__ = [
     "ConfigError",
@@ -51,7 +53,7 @@ _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,6
 
 _TOP_KEYS = ("site", "socket", "tcp", "policy", "pki_dir", "history", "audit", "watch", "limits")
 _SECTIONS = {
-    "history": ("path", "flush_interval", "max_age", "max_size", "retention_interval"),
+    "history": ("path", "flush_interval", "max_age", "max_size", "retention_interval", "keep"),
     "audit": ("path", "max_size", "keep"),
     "watch": ("backlog", "stale_factor", "stale_check_interval"),
     "limits": (
@@ -70,6 +72,8 @@ class HistoryConfig:
     max_age_s: float | None = 30.0 * 86400
     max_bytes: int | None = 2 * 1024**3
     retention_interval: float = 60.0
+    # Points retention never deletes: billing snapshots are kept for the meter's life.
+    keep: tuple[str, ...] = (BILLING_SNAPSHOTS,)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,18 @@ class CoreConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_string_bytes: int = 2048  # one string value of a point write, UTF-8
     max_points_per_client: int = 10_000  # points one client created or declared
+
+
+def _globs(value: Any, key: str) -> tuple[str, ...]:
+    """A list of point-name globs (e.g. `["**/*.bill*"]`)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of point-name patterns, got {show_value(value)}")
+    for i, pattern in enumerate(value):
+        try:
+            Glob(pattern)
+        except InvalidName as err:
+            raise ConfigError(f"{key}[{i}]: {err}") from err
+    return tuple(value)
 
 
 def _off(value: Any) -> bool:
@@ -180,6 +196,7 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
         retention_interval=duration(
             hist.get("retention_interval", 60.0), "history.retention_interval", 1, 86400
         ),
+        keep=_globs(hist.get("keep", [BILLING_SNAPSHOTS]), "history.keep"),
     )
     if history.max_bytes is not None and history.max_bytes < 1024**2:
         raise ConfigError(

@@ -23,13 +23,14 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smx.aio import wait_event
+from smx.names import GlobSet
 from trusted.core.history_db import (
     HistoryError,
     HistoryStats,
@@ -85,6 +86,7 @@ class HistoryLog:
         max_age_s: float | None = None,
         max_bytes: int | None = None,
         retention_interval: float = 60.0,
+        keep: Iterable[str] = (),
     ) -> None:
         if flush_interval <= 0:
             raise HistoryError(f"flush_interval must be > 0, got {flush_interval!r}")
@@ -99,6 +101,8 @@ class HistoryLog:
         self._max_age_s = max_age_s
         self._max_bytes = max_bytes
         self._retention_interval = retention_interval
+        # Points of a retention class of their own (billing snapshots): never deleted.
+        self._keep = GlobSet(keep)
         self._max_pending = MAX_PENDING
         # The buffers are touched only on the event-loop thread (append, the flush swap, the
         # flush-done callback), so they need no lock: append stays a bare deque append.
@@ -371,11 +375,11 @@ class HistoryLog:
 
     def _age_batch(self, cutoff: int) -> tuple[int, bool]:
         assert self._conn is not None
-        return age_batch(self._conn, self._stats, cutoff)
+        return age_batch(self._conn, self._stats, cutoff, self._keep.match)
 
     def _size_batch(self, max_bytes: int) -> tuple[int, bool]:
         assert self._conn is not None
-        return size_batch(self._conn, self._stats, self._path, max_bytes)
+        return size_batch(self._conn, self._stats, self._path, max_bytes, self._keep.match)
 
     def _vacuum(self) -> None:
         assert self._conn is not None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Value = float | int | bool | str
+Keep = Callable[[str], bool] | None  # point names retention leaves alone
 
 SCHEMA_VERSION = 1
 
@@ -82,7 +83,7 @@ _INSERT_LAST = "INSERT OR REPLACE INTO last (name, blob) VALUES (?, ?)"
 _INSERT_META = "INSERT OR REPLACE INTO meta (name, blob) VALUES (?, ?)"
 _NAME_RANGES = (
     "SELECT id, (SELECT MIN(ts_ms) FROM samples WHERE name_id = names.id),"
-    " (SELECT MAX(ts_ms) FROM samples WHERE name_id = names.id) FROM names"
+    " (SELECT MAX(ts_ms) FROM samples WHERE name_id = names.id), name FROM names"
 )
 _DELETE_BEFORE = "DELETE FROM samples WHERE name_id = ? AND ts_ms < ?"
 
@@ -298,9 +299,12 @@ def _insert_one_by_one(
 # -- retention -----------------------------------------------------------------------------------
 
 
-def age_batch(conn: sqlite3.Connection, stats: HistoryStats, cutoff: int) -> tuple[int, bool]:
-    """Delete one batch of the samples older than `cutoff`: (rows deleted, all of them gone)."""
-    ranges = _ranges(conn)
+def age_batch(
+    conn: sqlite3.Connection, stats: HistoryStats, cutoff: int, keep: Keep = None
+) -> tuple[int, bool]:
+    """Delete one batch of the samples older than `cutoff`: (rows deleted, all of them gone).
+    Points for which `keep(name)` is true are never deleted (a retention class of their own)."""
+    ranges = _ranges(conn, keep)
     if not ranges:
         return 0, True
     oldest = min(r[1] for r in ranges)
@@ -313,14 +317,14 @@ def age_batch(conn: sqlite3.Connection, stats: HistoryStats, cutoff: int) -> tup
 
 
 def size_batch(
-    conn: sqlite3.Connection, stats: HistoryStats, path: Path, max_bytes: int
+    conn: sqlite3.Connection, stats: HistoryStats, path: Path, max_bytes: int, keep: Keep = None
 ) -> tuple[int, bool]:
     """Delete one batch of the oldest samples while over `max_bytes`: (rows deleted, done)."""
     used = used_bytes(conn)
     stats.db_bytes = used
     if used <= max_bytes:
         return 0, True
-    ranges = _ranges(conn)
+    ranges = _ranges(conn, keep)
     oldest = min((r[1] for r in ranges), default=None)
     newest = max((r[2] for r in ranges), default=None)
     if oldest is None or newest is None or newest <= oldest:
@@ -347,9 +351,14 @@ def vacuum(conn: sqlite3.Connection, stats: HistoryStats) -> None:
     stats.db_bytes = used_bytes(conn)
 
 
-def _ranges(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
-    """(name id, oldest ts, newest ts) of every name with samples: one index seek each."""
-    return [r for r in conn.execute(_NAME_RANGES) if r[1] is not None]
+def _ranges(conn: sqlite3.Connection, keep: Keep) -> list[tuple[int, int, int]]:
+    """(name id, oldest ts, newest ts) of every name with samples that retention may delete:
+    one index seek each."""
+    return [
+        (nid, lo, hi)
+        for nid, lo, hi, name in conn.execute(_NAME_RANGES)
+        if lo is not None and not (keep and keep(name))
+    ]
 
 
 def _delete_before(

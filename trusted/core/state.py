@@ -65,6 +65,7 @@ class CoreState:
             max_age_s=config.history.max_age_s,
             max_bytes=config.history.max_bytes,
             retention_interval=config.history.retention_interval,
+            keep=config.history.keep,
         )
         # Checkpoints are signed with the core's own key; the chain is verified at start.
         self.audit = AuditLog(
