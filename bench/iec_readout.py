@@ -22,8 +22,7 @@ from extensions.smm.iec_client import IecClient  # noqa: E402
 from extensions.smm.iec_simulator import IecSimulator, SimMeter  # noqa: E402
 
 FIXTURE = (
-    Path(__file__).resolve().parent.parent
-    / "tests/extensions/smm/fixtures/smartmeter-obis_iskra_MT174_modeC.txt"
+    Path(__file__).resolve().parent.parent / "tests/extensions/smm/fixtures/iskra_mt174/readout.txt"
 )
 TARGET = 1.2
 

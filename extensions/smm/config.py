@@ -32,8 +32,9 @@ from .semantics import unit_of
 
 __all__ = ["DEFAULT_POINTS", "IecMeterConfig", "ModbusMeterConfig", "SmmConfig"]
 
-# Declared before the first readout (a readout may add tariff and billing points).
-DEFAULT_POINTS = ("U1", "U2", "U3", "I1", "I2", "I3", "P", "Q", "f", "Ap", "Am", "Rp", "Rm")
+# Declared before the first readout: none by default, so a point exists only once the meter
+# has sent it (a meter without reactive registers has no Rp). `points` declares some up front.
+DEFAULT_POINTS: tuple[str, ...] = ()
 
 
 def _time_zone(name: str) -> str | None:
@@ -76,6 +77,8 @@ class ModbusMeterConfig(LinkConfig):
     ct: float = setting(1.0, min=0.001, max=1e6)  # CT / VT ratios: meters behind transformers
     vt: float = setting(1.0, min=0.001, max=1e6)
     index_max: float | None = setting(None, min=0.001)  # overrides the map's
+    u_nominal: float = setting(230.0, min=1, max=1e6)  # V phase-neutral, for plausibility
+    i_max: float = setting(100.0, min=0.001, max=1e5)  # A, the nameplate's maximum current
     max_backoff: Seconds = setting(30.0, min=0.01, max=86400)  # between tries of a dead meter
 
 
@@ -101,12 +104,14 @@ class IecMeterConfig:
     ct: float = setting(1.0, min=0.001, max=1e6)  # transformer ratios
     vt: float = setting(1.0, min=0.001, max=1e6)
     index_max: float = setting(0.0, min=0)  # register recirculation (kWh)
+    u_nominal: float = setting(230.0, min=1, max=1e6)  # V phase-neutral, for plausibility
+    i_max: float = setting(100.0, min=0.001, max=1e5)  # A, the nameplate's maximum current
     timezone: str | None = setting(None, check=_time_zone)  # of the meter clock (default: local)
     require_bcc: bool = True  # reject a data message without ETX/BCC
     bus: str | None = None  # poll-serialisation key (default: the port)
     bus_gap: Seconds = setting(0.0, max=60)  # quiet time after a poll
     max_backoff: Seconds = setting(60.0, min=0.01, max=86400)  # between tries of a dead meter
-    # vocabulary names to declare up front
+    # vocabulary names to declare before the first readout (the rest come with the readouts)
     points: tuple[str, ...] = setting(DEFAULT_POINTS, check=_vocabulary_points)
 
 

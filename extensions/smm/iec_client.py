@@ -252,8 +252,9 @@ class IecClient:
         deadline = time.monotonic() + self.read_timeout
         telegram = line.read_until(b"!", first_timeout=0, deadline=deadline, limit=self.max_bytes)
         assert telegram is not None  # the "/" is in the buffer
+        # The "!" line ends in CR LF, after a DSMR meter's four CRC digits.
         telegram += (
-            line.read_until(b"\n", first_timeout=REACTION_MAX, deadline=deadline, limit=2) or b""
+            line.read_until(b"\n", first_timeout=REACTION_MAX, deadline=deadline, limit=6) or b""
         )
         if STX in telegram:  # framed: ETX and BCC follow the "!" line
             try:

@@ -15,7 +15,7 @@ from extensions.sdk import Device, PointSpec, Reading
 from .config import DEFAULT_POINTS, IecMeterConfig
 from .iec_client import IecClient, Readout, iec_line
 from .obis import ObisResult, map_datasets
-from .semantics import Meter, Ratios
+from .semantics import Meter, Ratings, Ratios
 
 __all__ = ["DEFAULT_POINTS", "IecMeterDevice"]
 
@@ -33,6 +33,7 @@ class IecMeterDevice(Device):
             Ratios(ct=config.ct, vt=config.vt),
             index_max=config.index_max,
             period=config.interval,
+            ratings=Ratings(config.u_nominal, config.i_max),
         )
         self.interval = config.interval
         self.timeout = config.read_timeout + 5.0 if config.timeout is None else config.timeout

@@ -11,8 +11,10 @@ data message stops halfway, "garbage" noise instead of the identification, "sile
 "wrong_baud" the data message at another rate than agreed. Mode D pushes telegrams framed
 as the standard says, or (`push_framing`) as real push meters send them: no STX/ETX/BCC,
 with or without the blank line, LF-only; `sim.push_garbage` is sent before each telegram.
+With `replay`, a meter sends its recording's own bytes unchanged instead of live values.
 
-    python -m extensions.smm.iec_simulator --fixture tests/extensions/smm/fixtures/x.txt
+    python -m extensions.smm.iec_simulator --replay \
+        --fixture tests/extensions/smm/fixtures/iskra_mt174/readout.txt
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class SimMeter:
         energy_speedup: float = 1.0,
         seed: int = 0,
         clock_tz: dt.tzinfo = dt.UTC,
+        replay: bool = False,
     ) -> None:
         raw = fixture if isinstance(fixture, bytes) else Path(fixture).read_bytes()
         self.address = address
@@ -96,6 +99,19 @@ class SimMeter:
         if not idents:
             raise ValueError(f"fixture {str(fixture)[:60]}: no identification line")
         self.identification = parse_identification(idents[0])
+        # Replay: the meter's own bytes exactly as recorded, whatever they are (a DSMR CRC, a
+        # gateway's trailing junk, a missing ETX): the identification line, then the data
+        # message from STX (mode A/B/C), or the whole telegram from its "/" (mode D).
+        self.replay = replay
+        at = raw.find(idents[0] + CRLF)
+        self.recorded_identification = idents[0] + CRLF
+        self.recorded_telegram = raw[at:]
+        stx = raw.find(STX, at)
+        self.recorded_message = raw[stx:] if stx >= 0 else b""
+        self.lines: list[str] = []
+        self.base: dict[str, float] = {}
+        if replay:
+            return
         start = raw.find(STX)
         if start < 0:  # an unframed mode D telegram: the data follow the identification
             at = raw.find(idents[0] + CRLF)
@@ -106,11 +122,10 @@ class SimMeter:
         if start < 0 or end < 0:
             raise ValueError(f"fixture {str(fixture)[:60]}: no [STX] ... ! CR LF data block")
         self.lines = raw[start + 1 : end].decode("ascii").split("\r\n")[:-1]
-        self.base: dict[str, float] = {}
         for line in self.lines:
             m = _LINE.fullmatch(line)
             code = parse_obis(m.group(1)) if m else None
-            if m and code and code.billing is None:
+            if m and code and code.current:
                 try:
                     self.base.setdefault(code.key, float(m.group(2)))
                 except ValueError:
@@ -134,7 +149,7 @@ class SimMeter:
         for line in self.lines:
             m = _LINE.fullmatch(line)
             code = parse_obis(m.group(1)) if m else None
-            if m is None or code is None or code.billing is not None:
+            if m is None or code is None or not code.current:
                 out.append(line)
                 continue
             value = self._live(code.key, m.group(2), clock)
@@ -313,6 +328,8 @@ class IecSimulator:
         fault = self.fault
         if meter is None or fault == "silent":
             return
+        if meter.replay and not meter.recorded_message:
+            return  # a push recording has no answer to give
         t0 = time.monotonic()
         baud = self.initial_baud
         time.sleep(len(request) * 10 / baud)  # the request's last bytes are still on the line
@@ -329,6 +346,8 @@ class IecSimulator:
             rate = BAUD_MODE_C[z]
             z = next((c for c, b in BAUD_MODE_B.items() if b == rate), "E")
         ident_bytes = Identification(ident.manufacturer, z, ident.ident, ident.enhanced).line
+        if meter.replay:
+            ident_bytes = meter.recorded_identification
         self._send(ident_bytes, baud)
         sent = len(ident_bytes)
         if self.mode == "C" and z in BAUD_MODE_C:
@@ -347,11 +366,14 @@ class IecSimulator:
             time.sleep(self.reaction_time)
         else:
             time.sleep(self.reaction_time)
-        body = meter.block() + ETX
-        check = bcc(body)
-        if fault == "bcc":
-            check ^= 0x5A
-        frame = STX + body + bytes([check])
+        if meter.replay:
+            frame = meter.recorded_message
+        else:
+            body = meter.block() + ETX
+            check = bcc(body)
+            if fault == "bcc":
+                check ^= 0x5A
+            frame = STX + body + bytes([check])
         if fault == "truncate":
             frame = frame[: len(frame) // 2]
         if fault == "wrong_baud":
@@ -371,6 +393,8 @@ class IecSimulator:
         "framed" `/ident CR LF STX data ! CR LF ETX BCC` (the standard's mode D);
         "unframed" `/ident CR LF CR LF data ! CR LF`, no STX/ETX/BCC (EMH eHZ and the like);
         "no_blank" the same without the blank line; "lf" unframed with LF-only line ends."""
+        if meter.replay:
+            return meter.recorded_telegram
         block = meter.block()
         if self.push_framing == "framed":
             body = block + ETX
@@ -392,12 +416,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-interval", type=float, default=1.0)
     parser.add_argument("--push-framing", default="framed", choices=PUSH_FRAMINGS)
     parser.add_argument("--echo", action="store_true")
+    parser.add_argument(
+        "--replay", action="store_true", help="send the recorded bytes unchanged (no live values)"
+    )
     parser.add_argument("--fault", choices=FAULTS)
     args = parser.parse_args(argv)
     addresses = args.address or [""] * len(args.fixture)
     if len(addresses) != len(args.fixture):
         parser.error("give one --address per --fixture")
-    meters = [SimMeter(f, address=a) for f, a in zip(args.fixture, addresses, strict=True)]
+    meters = [
+        SimMeter(f, address=a, replay=args.replay)
+        for f, a in zip(args.fixture, addresses, strict=True)
+    ]
     sim = IecSimulator(
         meters,
         mode=args.mode,

@@ -26,7 +26,7 @@ from extensions.sdk.protocols.modbus_maps import MapError, RegisterMap
 
 from .config import ModbusMeterConfig
 from .meter_maps import resolve_map, shipped_maps
-from .semantics import Meter, Ratios
+from .semantics import Meter, Ratings, Ratios
 
 __all__ = ["ModbusMeter", "build_meters"]
 
@@ -48,6 +48,7 @@ class ModbusMeter(Device):
         ratios: Ratios | None = None,
         index_max: float | None = None,
         max_backoff: float = 30.0,
+        ratings: Ratings | None = None,
     ) -> None:
         self.name = device
         self.map = register_map
@@ -61,6 +62,7 @@ class ModbusMeter(Device):
             ratios or Ratios(),
             register_map.index_max if index_max is None else index_max,
             period=interval,
+            ratings=ratings or Ratings(),
         )
         cfg = link.config
         self.bus = link.config.key  # every meter behind one port or gateway takes turns
@@ -126,6 +128,7 @@ def build_meters(
                 ratios=Ratios(ct=entry.ct, vt=entry.vt),
                 index_max=entry.index_max,
                 max_backoff=entry.max_backoff,
+                ratings=Ratings(entry.u_nominal, entry.i_max),
             )
         )
     return meters

@@ -3,8 +3,10 @@
 `1-0:1.8.0*255(012345.678*kWh)` and `1.8.0(012345.678*kWh)` are the same register. Values are
 converted to the vocabulary's units (Wh -> kWh, kW -> W, ...), powers to the load reference
 (import - export), billing snapshots `1.8.0*NN` become `Ap.billNN` with the billing date of
-`0.1.2*NN` as their source time, and the meter clock (`0.9.1` time, `0.9.2` date) is the source
-time of everything else. Anything not understood ends in `unmapped`, never in an error.
+`0.1.2*NN` as their source time (no valid date: no snapshot), and the meter clock (`0.9.1` time,
+`0.9.2` date, or DSMR's `0-0:1.0.0`) is the source time of everything else. Reactive energy and
+power given per quadrant fill Rp/Rm and Q. Anything not understood ends in `unmapped`, never in
+an error. The rules, with the reasons: docs/METERING.md.
 """
 
 from __future__ import annotations
@@ -33,19 +35,32 @@ _OBIS = re.compile(
 
 
 class ObisCode(NamedTuple):
-    """A parsed OBIS address. `key` is C.D.E (E defaults to 0 for numeric C.D codes);
-    `billing` is the F group when it names a stored billing period (0..99), else None."""
+    """A parsed OBIS address. `key` is C.D.E (E defaults to 0 for numeric C.D codes); `f` is
+    the F group as sent (None when absent)."""
 
     a: int | None
     b: int | None
     c: str
     d: str
     e: str
-    billing: int | None
+    f: int | None
 
     @property
     def key(self) -> str:
         return f"{self.c}.{self.d}.{self.e}" if self.e else f"{self.c}.{self.d}"
+
+    @property
+    def current(self) -> bool:
+        """The register's present value: F absent or 255."""
+        return self.f is None or self.f == 255
+
+    @property
+    def billing(self) -> int | None:
+        """The billing period an F of 0..95 names. 96..99 are left out on purpose: household
+        meters (EMH, EasyMeter, ...) use them for consumption over the last day, week, month
+        or year, which is not an index at a billing date. 100..254 (relative periods) are not
+        dated either."""
+        return self.f if self.f is not None and self.f <= 95 else None
 
 
 def parse_obis(address: str) -> ObisCode | None:
@@ -57,11 +72,15 @@ def parse_obis(address: str) -> ObisCode | None:
     if not e and c.isdigit() and d.isdigit():
         e = "0"  # "1.8" is "1.8.0"
     f = m.group("f")
-    billing = int(f) if f is not None and int(f) < 100 else None
     a = m.group("a")
     b = m.group("b")
     return ObisCode(
-        int(a) if a is not None else None, int(b) if b is not None else None, c, d, e, billing
+        int(a) if a is not None else None,
+        int(b) if b is not None else None,
+        c,
+        d,
+        e,
+        int(f) if f is not None else None,
     )
 
 
@@ -120,7 +139,9 @@ class ObisResult:
     error_code: str | None = None
 
 
-def parse_meter_datetime(date: str, time: str, tz: dt.tzinfo) -> dt.datetime | None:
+def parse_meter_datetime(
+    date: str, time: str, tz: dt.tzinfo, *, fold: int = 0
+) -> dt.datetime | None:
     """Meter clock: date `YYMMDD` (some meters prefix a digit: `0170318`), time `hhmmss`
     (or `hhmm`), in the meter's zone `tz` -> aware UTC datetime. None if not a valid date."""
     date, time = date.strip(), time.strip().replace(":", "")
@@ -136,6 +157,7 @@ def parse_meter_datetime(date: str, time: str, tz: dt.tzinfo) -> dt.datetime | N
             int(time[2:4]),
             int(time[4:6] or 0),
             tzinfo=tz,
+            fold=fold,
         )
     except ValueError:
         return None
@@ -182,19 +204,19 @@ def map_datasets(datasets: Iterable[DataSet], *, tz: dt.tzinfo = dt.UTC) -> Obis
         code = parse_obis(ds.address)
         if code is None or not ds.values or (code.a is not None and code.a not in (0, 1)):
             result.unmapped[ds.address] = _text(ds)
-        elif code.billing is None:
+        elif code.current:
             if code.key in current:  # the same register twice: keep the first, note the other
                 result.unmapped[ds.address] = _text(ds)
             current.setdefault(code.key, ds)
+        elif code.billing is None:  # history or relative registers (see ObisCode.billing)
+            result.unmapped[ds.address] = _text(ds)
         elif code.key == "0.1.2":
             billing_dates[code.billing] = _stamp(ds.value.value, tz)
         else:
             billing.setdefault(code.billing, {}).setdefault(code.key, ds)
 
-    if "0.9.1" in current and "0.9.2" in current:
-        result.meter_time = parse_meter_datetime(
-            current["0.9.2"].value.value, current["0.9.1"].value.value, tz
-        )
+    mapped = {"0.9.1", "0.9.2", "F.F.0", "F.F"}
+    result.meter_time = _meter_clock(current, tz, mapped)
     for key in ("F.F.0", "F.F"):
         if key in current:
             result.error_code = current[key].value.value
@@ -202,24 +224,46 @@ def map_datasets(datasets: Iterable[DataSet], *, tz: dt.tzinfo = dt.UTC) -> Obis
     if result.error_code is not None and result.error_code.strip("0 ") != "":
         quality = "UNCERTAIN"  # the meter reports an error state (docs/DATA-MODEL.md)
 
-    mapped = {"0.9.1", "0.9.2", "F.F.0", "F.F"}
     values = _map_registers(_pairs(current), mapped)
     result.readings = {n: Reading(v, quality, result.meter_time) for n, v in values.items()}
     for key, ds in current.items():
         if key not in mapped:
             result.unmapped[ds.address] = _text(ds)
     for period, registers in sorted(billing.items()):
+        date = billing_dates.get(period)
         done: set[str] = set()
-        for name, v in _map_registers(_pairs(registers), done, energy_only=True).items():
-            result.readings[f"{name}.bill{period:02d}"] = Reading(
-                v, quality, billing_dates.get(period)
-            )
+        if date is not None:  # an unused slot has no (or a zero) date: not a snapshot
+            for name, v in _map_registers(_pairs(registers), done, energy_only=True).items():
+                result.readings[f"{name}.bill{period:02d}"] = Reading(v, quality, date)
         for key, ds in registers.items():
             if key not in done:
                 result.unmapped[ds.address] = _text(ds)
     if result.unmapped:
         log.debug("unmapped OBIS data sets: %s", ", ".join(result.unmapped))
     return result
+
+
+def _meter_clock(
+    current: dict[str, DataSet], tz: dt.tzinfo, mapped: set[str]
+) -> dt.datetime | None:
+    """The meter clock: `0.9.2` date with `0.9.1` time, or DSMR's `0-0:1.0.0(YYMMDDhhmmssX)`
+    (X: S summer, W winter time, which settles the hour that occurs twice)."""
+    if "0.9.1" in current and "0.9.2" in current:
+        return parse_meter_datetime(current["0.9.2"].value.value, current["0.9.1"].value.value, tz)
+    ds = current.get("1.0.0")
+    code = parse_obis(ds.address) if ds is not None else None
+    if ds is None or code is None or code.a != 0:
+        return None
+    m = _DSMR_CLOCK.fullmatch(ds.value.value.strip())
+    if m is None:
+        return None
+    # Winter time settles the hour that occurs twice: its second occurrence (fold 1).
+    stamp = parse_meter_datetime(m.group(1), m.group(2), tz, fold=int(m.group(3) in ("W", "w")))
+    mapped.add("1.0.0")
+    return stamp
+
+
+_DSMR_CLOCK = re.compile(r"(\d{6})(\d{6})([SWsw])?")
 
 
 def _pairs(registers: dict[str, DataSet]) -> dict[str, tuple[str, str]]:
@@ -248,6 +292,7 @@ def _map_registers(
             if number is not None:
                 out[name] = number
                 mapped.add(key)
+    _quadrant_energies(registers, mapped, out)
     if energy_only:
         return out
     for name, (plus, minus, target) in _POWER.items():
@@ -255,16 +300,64 @@ def _map_registers(
         b = _convert(*registers[minus], target) if minus in registers else None
         if a is None and b is None:
             net = _NET_POWER.get(name)
-            if net is None or net not in registers:
-                continue
-            c = _convert(*registers[net], target)
-            if c is not None:
-                out[name] = c
-                mapped.add(net)
+            if net is not None and net in registers:
+                c = _convert(*registers[net], target)
+                if c is not None:
+                    out[name] = c
+                    mapped.add(net)
+            elif name in _QUADRANT_POWER:
+                _quadrant_sum(registers, _QUADRANT_POWER[name], "var", name, mapped, out)
             continue
         out[name] = (a or 0.0) - (b or 0.0)
         mapped.update(k for k, v in ((plus, a), (minus, b)) if v is not None)
     return out
+
+
+# Reactive quantities per quadrant (QI..QIV: C = 5, 6, 7, 8 for the total, 25.. 45.. 65.. per
+# phase). Under OBIS, R+ = QI + QII and R- = QIII + QIV; a meter that gives only the quadrants
+# gets Rp/Rm (and Q = R+ - R-) from them. All four are needed, or the sum would be wrong.
+_QUADRANT_POWER = {
+    "Q": (("5.7.0", "6.7.0"), ("7.7.0", "8.7.0")),
+    "Q1": (("25.7.0", "26.7.0"), ("27.7.0", "28.7.0")),
+    "Q2": (("45.7.0", "46.7.0"), ("47.7.0", "48.7.0")),
+    "Q3": (("65.7.0", "66.7.0"), ("67.7.0", "68.7.0")),
+}
+
+
+def _quadrant_energies(
+    registers: dict[str, tuple[str, str]], mapped: set[str], out: dict[str, float]
+) -> None:
+    for tariff in range(10):
+        suffix = "" if tariff == 0 else f"_T{tariff}"
+        q = [f"{c}.8.{tariff}" for c in (5, 6, 7, 8)]
+        if not all(k in registers for k in q):
+            continue
+        for name, pair in ((f"Rp{suffix}", q[:2]), (f"Rm{suffix}", q[2:])):
+            if name in out:  # the meter's own R+/R- register wins
+                continue
+            values = [_convert(*registers[k], "kvarh") for k in pair]
+            if None not in values:
+                out[name] = sum(v for v in values if v is not None)
+                mapped.update(pair)
+
+
+def _quadrant_sum(
+    registers: dict[str, tuple[str, str]],
+    quadrants: tuple[tuple[str, str], tuple[str, str]],
+    target: str,
+    name: str,
+    mapped: set[str],
+    out: dict[str, float],
+) -> None:
+    keys = [*quadrants[0], *quadrants[1]]
+    if not all(k in registers for k in keys):
+        return
+    values = [_convert(*registers[k], target) for k in keys]
+    if any(v is None for v in values):
+        return
+    qi, qii, qiii, qiv = (v or 0.0 for v in values)
+    out[name] = qi + qii - qiii - qiv
+    mapped.update(keys)
 
 
 def _text(ds: DataSet) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from extensions.sdk import PointSpec, Reading
 from smx import vocabulary
 
-__all__ = ["Ratios", "Meter", "unit_of", "scale_of"]
+__all__ = ["Meter", "Ratings", "Ratios", "scale_of", "unit_of"]
 
 # The meter points of the vocabulary (smx/vocabulary.toml has their units and meanings):
 # per-phase U I P Q S PF, f, and the energy indexes with tariff and billing forms.
@@ -35,9 +35,36 @@ _SCALE = {
     "Rm": "both",
 }
 
-# Plausible ranges of *primary* values per kind of point (beyond: UNCERTAIN). Wide on purpose:
-# they catch a decoding error (wrong register, word order), not an unusual site.
-_PLAUSIBLE = {"U": (0.0, 1e6), "I": (-1e5, 1e5), "f": (40.0, 70.0), "PF": (-1.0001, 1.0001)}
+# Plausibility: how far above its ratings a meter may read before a value is taken for a
+# decoding error (wrong register, word order, scale) and marked UNCERTAIN.
+_MARGIN = 1.5
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """A meter's nominal ratings on its own terminals (secondary side), from its nameplate:
+    the phase-to-neutral nominal voltage and the maximum current. Plausibility limits derive
+    from them: |U| <= 1.5 Un, |I| <= 1.5 Imax per phase, powers within the product of the two
+    per phase (three times that for a total), f within 45..65 Hz, |PF| <= 1."""
+
+    u_nominal: float = 230.0
+    i_max: float = 100.0
+
+    def limit(self, point: str) -> tuple[float, float] | None:
+        """(low, high) of a plausible secondary value of `point`; None: no limit."""
+        m = _NAME.fullmatch(point)
+        if m is None or m.group(1) is None:
+            return (45.0, 65.0) if point == "f" else None
+        base, phase = m.group(1), m.group(2)
+        u, i = _MARGIN * self.u_nominal, _MARGIN * self.i_max
+        phases = 1 if phase else 3
+        if base == "U":
+            return (0.0, u)
+        if base == "I":
+            return (-i * phases, i * phases)
+        if base == "PF":
+            return (-1.0001, 1.0001)
+        return (-u * i * phases, u * i * phases)  # P, Q, S
 
 
 def _base(point: str) -> str:
@@ -76,12 +103,13 @@ class Ratios:
 
 @dataclass(frozen=True)
 class Meter:
-    """One meter as the site sees it: its device id, ratios and the index maximum."""
+    """One meter as the site sees it: its device id, ratios, ratings and the index maximum."""
 
     device: str
     ratios: Ratios = Ratios()
     index_max: float = 0.0  # where the energy registers recirculate (0: unknown)
     period: float = 1.0
+    ratings: Ratings = Ratings()
 
     def spec(self, point: str) -> PointSpec:
         base = _base(point)
@@ -109,10 +137,11 @@ class Meter:
         out: dict[str, Reading] = {}
         for point, item in raw.items():
             reading = item if isinstance(item, Reading) else Reading(item)
-            value = self.ratios.primary(point, float(reading.value))
+            secondary = float(reading.value)
+            value = self.ratios.primary(point, secondary)
             quality = reading.quality
-            low, high = _PLAUSIBLE.get(_base(point), (None, None))
-            if low is not None and high is not None and not low <= value <= high:
+            limit = self.ratings.limit(point)
+            if limit is not None and not limit[0] <= secondary <= limit[1]:
                 quality = "UNCERTAIN"
             if _base(point) in ("Ap", "Am", "Rp", "Rm") and (
                 value < 0

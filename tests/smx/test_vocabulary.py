@@ -53,12 +53,9 @@ def test_every_point_of_the_shipped_register_maps_is_a_vocabulary_name(path):
     _meter_names(set(tomllib.loads(path.read_text())["points"]))
 
 
-@pytest.mark.parametrize(
-    "fixture",
-    ["smartmeter-obis_iskra_MT174_modeC.txt", "smartmeter-obis_itron_EM214_tariffs.txt"],
-)
+@pytest.mark.parametrize("fixture", ["iskra_mt174", "itron_em214"])
 def test_every_name_of_the_recorded_iec_readouts_is_a_vocabulary_name(fixture):
-    raw = (IEC_FIXTURES / fixture).read_bytes()
+    raw = (IEC_FIXTURES / fixture / "readout.txt").read_bytes()
     datasets = parse_data_message(raw[raw.index(b"\x02") :], require_bcc=False)
     names = set(map_datasets(datasets).readings)
     assert "Ap_T1" in names
@@ -72,11 +69,12 @@ def test_every_obis_register_the_meter_code_maps_is_a_vocabulary_name():
     codes += [f"{c}.7.0" for c in (32, 52, 72, 31, 51, 71, 33, 53, 73)]
     codes += [f"{c}.7.0" for c in (1, 2, 21, 22, 41, 42, 61, 62, 3, 4, 23, 24, 43, 44, 63, 64)]
     codes += [f"{c}.8.{t}" for c in (1, 2, 3, 4) for t in range(10)]
-    codes += [f"{c}.8.{t}*{f:02d}" for c in (1, 2, 3, 4) for t in (0, 1, 9) for f in (0, 1, 99)]
+    codes += [f"{c}.8.{t}*{f:02d}" for c in (1, 2, 3, 4) for t in (0, 1, 9) for f in (0, 1, 95)]
     datasets = [DataSet(code, (DataValue("1.5"),)) for code in codes]
+    datasets += [DataSet(f"0.1.2*{f:02d}", (DataValue("2401010000"),)) for f in (0, 1, 95)]
     net = [DataSet(code, (DataValue("1.5"),)) for code in ("16.7.0", "36.7.0")]
     names = set(map_datasets(datasets).readings) | set(map_datasets(net).readings)
-    assert {"U1", "PF3", "Q2", "Rm_T9", "Ap.bill00", "Am_T9.bill99", "P1"} <= names
+    assert {"U1", "PF3", "Q2", "Rm_T9", "Ap.bill00", "Am_T9.bill95", "P1"} <= names
     assert not map_datasets(datasets).unmapped
     _meter_names(names)
 

@@ -37,8 +37,8 @@ from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 
 FIXTURES = Path(__file__).parent / "fixtures"
-MT174 = FIXTURES / "smartmeter-obis_iskra_MT174_modeC.txt"
-EM214 = FIXTURES / "smartmeter-obis_itron_EM214_tariffs.txt"
+MT174 = FIXTURES / "iskra_mt174" / "readout.txt"
+EM214 = FIXTURES / "itron_em214" / "readout.txt"
 # The MT174 readout with only the first billing period: the same meter at a tenth of the line
 # time, for tests about what happens after a readout rather than about the line itself.
 MT174_ONE_PERIOD = b"\r\n".join(

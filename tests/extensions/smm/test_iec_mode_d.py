@@ -18,6 +18,8 @@ from extensions.smm.iec62056_21 import (
     FramingError,
     IecError,
     bcc,
+    crc16,
+    parse_identification,
     parse_push_telegram,
 )
 from extensions.smm.iec_client import IecClient
@@ -28,7 +30,7 @@ from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 
 FIXTURES = Path(__file__).parent / "fixtures"
-EHZ = (FIXTURES / "own_ehz_mode_d_unframed.txt").read_bytes()
+EHZ = (FIXTURES / "written" / "ehz_mode_d_unframed.txt").read_bytes()
 IDENT, _, REST = EHZ.partition(b"\r\n\r\n")
 DATA = REST  # data lines then "! CR LF"
 FAST = {"char_timeout": 0.3, "answer_timeout": 0.4, "reaction_time": 0.05}
@@ -187,3 +189,40 @@ async def test_unframed_push_meter_points_are_published():
         finally:
             await ext.stop()
             sim.stop()
+
+
+# -- DSMR P1: mode D with a CRC after the "!" ----------------------------------------------------
+
+AM550 = (FIXTURES / "iskra_am550" / "readout.txt").read_bytes()
+
+
+def test_crc16_is_crc16_arc():
+    assert crc16(b"123456789") == 0xBB3D  # the catalogued check value of CRC-16/ARC
+    assert AM550.endswith(b"!56DD\r\n") and crc16(AM550[: AM550.rindex(b"!") + 1]) == 0x56DD
+
+
+def test_dsmr_telegram_crc_is_checked():
+    ident, sets = parse_push_telegram(AM550)
+    assert (ident.manufacturer, ident.enhanced, ident.ident) == ("ISK", "2", "M550T-1012")
+    assert sets[-1].address == "0-2:24.2.1" and len(sets) == 38
+    bad = AM550.replace(b"(00.111*kW)", b"(00.112*kW)")
+    with pytest.raises(BccError, match="CRC mismatch: computed [0-9A-F]{4}, received 56DD"):
+        parse_push_telegram(bad)
+    lowercase = AM550.replace(b"!56DD", b"!56dd")
+    assert parse_push_telegram(lowercase)[1] == sets
+    with pytest.raises(FramingError, match="does not end with the '!' line"):
+        parse_push_telegram(AM550.replace(b"!56DD", b"!56D"))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"/ABC5\\@MT691-1", ("ABC", "5", "@", "MT691-1")),  # enhanced capabilities
+        (b"/ISk5\\2MT382-1000", ("ISk", "5", "2", "MT382-1000")),
+        (b"/KMP5 KA6U001660297912", ("KMP", "5", "", " KA6U001660297912")),  # 17 > 16
+    ],
+)
+def test_identifications_as_meters_send_them(line, expected):
+    ident = parse_identification(line + b"\r\n")
+    assert (ident.manufacturer, ident.baud_char, ident.enhanced, ident.ident) == expected
+    assert ident.line == line + b"\r\n"

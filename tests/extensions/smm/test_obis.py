@@ -4,6 +4,7 @@ hand), units, load-reference signs, billing snapshots with their dates, unknown 
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def _values(result) -> dict[str, float]:
 
 
 def test_iskra_mt174_readout_maps_to_checked_values():
-    datasets = parse_data_message(_frame("smartmeter-obis_iskra_MT174_modeC.txt"))
+    datasets = parse_data_message(_frame("iskra_mt174/readout.txt"))
     assert len(datasets) == 343
     result = map_datasets(datasets, tz=UTC)
     values = _values(result)
@@ -54,9 +55,7 @@ def test_iskra_mt174_readout_maps_to_checked_values():
 
 
 def test_itron_em214_readout_maps_tariffs_and_phase_currents():
-    datasets = parse_data_message(
-        _frame("smartmeter-obis_itron_EM214_tariffs.txt"), require_bcc=False
-    )
+    datasets = parse_data_message(_frame("itron_em214/readout.txt"), require_bcc=False)
     result = map_datasets(datasets, tz=UTC)
     assert _values(result) == {
         "P": 490.0,  # 1.7.0(00.49*kW) - 2.7.0(00.00*kW)
@@ -144,6 +143,9 @@ def test_meter_clock_in_its_own_time_zone():
         ("1.8.0&12", "1.8.0", 12),
         ("0-0:C.1.0*255", "C.1.0", None),
         ("F.F", "F.F", None),
+        ("1.8.0*95", "1.8.0", 95),
+        ("1.8.0*96", "1.8.0", None),  # last day/week/month/year on household meters
+        ("1.8.0*101", "1.8.0", None),  # a relative period: no date
     ],
 )
 def test_obis_addresses(address, key, billing):
@@ -153,3 +155,80 @@ def test_obis_addresses(address, key, billing):
 
 def test_not_obis():
     assert parse_obis("") is None and parse_obis("hello") is None
+
+
+def _map(*lines: str, tz: dt.tzinfo = UTC):
+    return map_datasets(parse_data_block("\r\n".join(lines) + "\r\n!\r\n"), tz=tz)
+
+
+def test_billing_snapshots_only_with_a_valid_billing_date():
+    result = _map(
+        "1.8.0(000123.4*kWh)",
+        "1.8.0*00(0000.0*kWh)",  # an unused slot: its date is all zeros
+        "0.1.2*00(0000000000)",
+        "1.8.0*01(000100.0*kWh)",
+        "0.1.2*01(2403010000)",
+        "1.8.0*02(000090.0*kWh)",  # no date at all
+        "2.8.0*01(000002.5*kWh)",
+    )
+    assert _values(result) == {"Ap": 123.4, "Ap.bill01": 100.0, "Am.bill01": 2.5}
+    assert result.readings["Ap.bill01"].source_time == dt.datetime(2024, 3, 1, tzinfo=UTC)
+    assert {"1.8.0*00", "1.8.0*02"} <= set(result.unmapped)
+
+
+def test_history_registers_are_never_billing_snapshots():
+    result = _map("1.8.0(5*kWh)", *(f"1.8.0*{f}(1*kWh)" for f in (96, 97, 98, 99)))
+    assert _values(result) == {"Ap": 5.0}
+    assert set(result.unmapped) == {"1.8.0*96", "1.8.0*97", "1.8.0*98", "1.8.0*99"}
+
+
+def test_the_current_value_does_not_depend_on_line_order():
+    for lines in (("1.8.0*101(7*kWh)", "1.8.0(9*kWh)"), ("1.8.0(9*kWh)", "1.8.0*101(7*kWh)")):
+        assert _values(_map(*lines)) == {"Ap": 9.0}
+    assert _values(_map("1.8.0*255(9*kWh)", "1.8.0*254(7*kWh)")) == {"Ap": 9.0}
+
+
+def test_reactive_quadrants_fill_rp_rm_and_q():
+    """R+ = QI + QII, R- = QIII + QIV (OBIS); Q = R+ - R- in the load reference."""
+    result = _map(
+        "5.8.0(1.5*kvarh)",
+        "6.8.0(0.5*kvarh)",
+        "7.8.0(3*kvarh)",
+        "8.8.0(4000*varh)",
+        "5.8.1(1*kvarh)",
+        "6.8.1(1*kvarh)",
+        "7.8.1(1*kvarh)",
+        "8.8.1(1*kvarh)",
+        "5.7.0(0.1*kvar)",
+        "6.7.0(0.2*kvar)",
+        "7.7.0(0.5*kvar)",
+        "8.7.0(0.05*kvar)",
+    )
+    assert _values(result) == {
+        "Rp": 2.0,
+        "Rm": 7.0,
+        "Rp_T1": 2.0,
+        "Rm_T1": 2.0,
+        "Q": pytest.approx(-250.0),
+    }
+    assert result.unmapped == {}
+    # The meter's own R+/R- registers win, and three quadrants are not enough for a sum.
+    own = _map(
+        "3.8.0(9*kvarh)", "5.8.0(1*kvarh)", "6.8.0(1*kvarh)", "7.8.0(1*kvarh)", "8.8.0(1*kvarh)"
+    )
+    assert _values(own) == {"Rp": 9.0, "Rm": 2.0}
+    assert _values(_map("5.8.0(1*kvarh)", "6.8.0(1*kvarh)", "7.8.0(1*kvarh)")) == {}
+
+
+def test_dsmr_clock_with_its_summer_and_winter_flag():
+    """The hour 02:00-03:00 on the last Sunday of October occurs twice; the flag says which."""
+    ams = zoneinfo.ZoneInfo("Europe/Amsterdam")
+    summer = _map("0-0:1.0.0(231029023000S)", "1-0:1.7.0(1*kW)", tz=ams)
+    winter = _map("0-0:1.0.0(231029023000W)", "1-0:1.7.0(1*kW)", tz=ams)
+    assert summer.meter_time == dt.datetime(2023, 10, 29, 0, 30, tzinfo=UTC)
+    assert winter.meter_time == dt.datetime(2023, 10, 29, 1, 30, tzinfo=UTC)
+    assert winter.readings["P"].source_time == winter.meter_time
+    assert "0-0:1.0.0" not in winter.unmapped
+    # Not a clock: another A group, or not a time stamp.
+    assert _map("1-0:1.0.0(231029023000W)").meter_time is None
+    assert _map("0-0:1.0.0(hello)").meter_time is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from extensions.smm.semantics import Meter, Ratios
+from extensions.smm.semantics import Meter, Ratings, Ratios
 
 
 def test_ratios_scale_what_the_transformers_scale():
@@ -41,3 +41,27 @@ def test_implausible_values_are_uncertain_and_billing_points_never_go_stale():
     assert m.spec("Ap.bill01").period is None and m.spec("Ap").period is not None
     with pytest.raises(ValueError):
         m.spec("Volts")
+
+
+def test_plausibility_limits_follow_the_meters_ratings():
+    """1.5 x the nameplate on U and I, their product per phase on powers, 3x for totals: a
+    decoding error (77 MW from a broken map) is UNCERTAIN, an unusual but real value is not."""
+    direct = Meter("smm")  # 230 V, 100 A
+    q = {
+        k.partition("/")[2]: r.quality
+        for k, r in direct.readings(
+            {"P": 77e6, "P1": 30_000.0, "U1": 253.0, "I1": 140.0, "Q": -100_000.0}
+        ).items()
+    }
+    assert q == {"P": "UNCERTAIN", "P1": "GOOD", "U1": "GOOD", "I1": "GOOD", "Q": "GOOD"}
+    assert direct.readings({"U1": 400.0})["smm/U1"].quality == "UNCERTAIN"  # > 345 V
+    assert direct.readings({"I2": -151.0})["smm/I2"].quality == "UNCERTAIN"
+    assert direct.readings({"P2": 52_000.0})["smm/P2"].quality == "UNCERTAIN"  # > 51.75 kW
+
+    # A CT meter rated 6 A on its terminals: the limits apply before the ratio.
+    ct = Meter("smm", Ratios(ct=200.0), ratings=Ratings(u_nominal=230.0, i_max=6.0))
+    assert ct.readings({"I1": 5.0})["smm/I1"].value == 1000.0
+    assert ct.readings({"I1": 5.0})["smm/I1"].quality == "GOOD"
+    assert ct.readings({"I1": 10.0})["smm/I1"].quality == "UNCERTAIN"
+    assert ct.readings({"P": 5_000.0})["smm/P"].quality == "GOOD"  # 1 MW primary
+    assert ct.readings({"P": 10_000.0})["smm/P"].quality == "UNCERTAIN"
