@@ -6,6 +6,7 @@ import asyncio
 import gc
 import math
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -391,26 +392,33 @@ async def test_retention_by_size_keeps_the_newest_under_max_bytes(tmp_path: Path
     log = HistoryLog(path, flush_interval=3600, max_bytes=max_bytes, retention_interval=3600)
     await log.start()
     names = [f"d{i}/P" for i in range(20)]
-    for ts in range(5000):
+    rng = random.Random(7)
+    n = 12_500
+    for ts in range(n):
         for name in names:
-            log.append(name, 1_000_000 + ts * 100, float(ts), GOOD, b"")
+            # Noisy values: chunks compress them to ~9 bytes a sample, not to nothing.
+            log.append(name, 1_000_000 + ts * 100, rng.random(), GOOD, b"")
+        if ts % 2000 == 0:
+            await log.flush()
     await log.flush()
+    await log.compact()  # retention deletes chunks; the segment holds only the newest samples
     before, _ = used_bytes(path)
     assert before > 2 * max_bytes  # the test means something only if there is a lot to delete
     t0 = time.perf_counter()
     deleted = await log.enforce_retention()
     elapsed = time.perf_counter() - t0
     after, free_pages = used_bytes(path)
-    assert 0 < deleted < 100_000
+    assert 0 < deleted < n * len(names)
     assert after <= max_bytes
     assert log.stats()["db_bytes"] == after
     assert free_pages == 0  # incremental_vacuum gave the pages back
     got = await collect(log, names)
     for name in names:
         ts = [s.ts_ms for s in got[name]]
-        assert ts[-1] == 1_000_000 + 4999 * 100  # newest kept
+        assert ts[-1] == 1_000_000 + (n - 1) * 100  # newest kept
         assert ts[0] > 1_000_000  # oldest gone
         assert ts == list(range(ts[0], ts[-1] + 1, 100))  # a clean cut, no holes
+    assert sum(len(v) for v in got.values()) == n * len(names) - deleted
     assert elapsed < 5
     await log.close()
 
@@ -548,11 +556,18 @@ async def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path: Path) -> N
 
 
 async def _set_read_only(log: HistoryLog, on: bool) -> None:
-    """Make the writer connection refuse writes, like a disk that went read-only."""
-    conn = log._conn
-    assert conn is not None
-    pragma = f"PRAGMA query_only = {'ON' if on else 'OFF'}"
-    await asyncio.get_running_loop().run_in_executor(log._executor, conn.execute, pragma)
+    """Make the segment file refuse writes, like a disk that went read-only: its descriptor
+    is replaced by a read-only one (or a writable one again)."""
+    seg = log._segment
+    assert seg is not None and seg._fd is not None
+    fd = seg._fd
+
+    def swap() -> None:
+        other = os.open(seg.path, os.O_RDONLY if on else os.O_RDWR)
+        os.dup2(other, fd)
+        os.close(other)
+
+    await asyncio.get_running_loop().run_in_executor(log._executor, swap)
 
 
 async def test_a_failed_flush_keeps_the_samples_for_the_next_one(
@@ -665,5 +680,257 @@ async def test_a_full_buffer_is_flushed_before_the_timer(tmp_path: Path) -> None
             await asyncio.sleep(0.02)
         assert log.stats()["flushed"] == history_mod.FLUSH_AT
         assert log.stats()["pending"] == 0
+    finally:
+        await log.close()
+
+
+# -- chunks, compaction, migration ---------------------------------------------------------------
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("append"),
+            st.sampled_from(["a/P", "b/P"]),
+            st.integers(-50, 50),
+            st.one_of(
+                st.floats(-1e6, 1e6, allow_nan=False),
+                st.integers(-(2**63), 2**63 - 1),
+                st.booleans(),
+                st.text(max_size=3),
+            ),
+            st.sampled_from([1, 2, 4, -7]),
+        ),
+        st.tuples(st.just("flush")),
+        st.tuples(st.just("compact")),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS, lo=st.none() | st.integers(-60, 60), hi=st.none() | st.integers(-60, 60))
+def test_reads_merge_chunks_and_recent_samples_like_a_dict(
+    ops: list[tuple], lo: int | None, hi: int | None
+) -> None:
+    """Whatever mix of flushes and compactions put them where they are, a read returns what a
+    dict of (name, ts) -> the last write holds, in time order; also after a restart."""
+    ref: dict[str, dict[int, tuple[object, int]]] = {"a/P": {}, "b/P": {}}
+
+    async def scenario(path: Path) -> list[dict[str, list[Sample]]]:
+        log = HistoryLog(path, flush_interval=3600)
+        await log.start()
+        for op in ops:
+            if op[0] == "append":
+                _, name, ts, v, q = op
+                log.append(name, ts, v, q, b"")
+                ref[name][ts] = (v, q)
+            elif op[0] == "flush":
+                await log.flush()
+            else:
+                await log.flush()
+                await log.compact()
+        await log.flush()
+        first = await collect(log, ["a/P", "b/P"], lo, hi, chunk=7)
+        await log.close()
+        log = HistoryLog(path, flush_interval=3600)
+        await log.start()
+        second = await collect(log, ["a/P", "b/P"], lo, hi)
+        await log.close()
+        return [first, second]
+
+    with tempfile.TemporaryDirectory() as d:
+        results = asyncio.run(scenario(Path(d) / "h.db"))
+    for got in results:
+        for name, stored in ref.items():
+            want = [
+                Sample(ts, *stored[ts])
+                for ts in sorted(stored)
+                if (lo is None or ts >= lo) and (hi is None or ts < hi)
+            ]
+            have = got.get(name, [])
+            assert have == want, name
+            assert [type(s.value) for s in have] == [type(s.value) for s in want]
+
+
+async def test_compaction_moves_the_segment_into_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    log = HistoryLog(path, flush_interval=3600)
+    await log.start()
+    for ts in range(5000):
+        log.append("m/P", ts * 1000, ts / 10, GOOD, b"snap")
+    log.put_metadata("m/P", b"unit=W")
+    await log.flush()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 0
+    await log.compact()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT first_ts, last_ts, n FROM chunks ORDER BY first_ts").fetchall()
+        assert conn.execute("SELECT blob FROM last").fetchall() == [(b"snap",)]
+        assert conn.execute("SELECT blob FROM meta").fetchall() == [(b"unit=W",)]
+    assert rows == [(0, 4095_000, 4096), (4096_000, 4999_000, 904)]  # CHUNK_MAX samples a chunk
+    assert log._segment is not None and log._segment.end == 0  # starts over
+    got = (await collect(log, ["m/P"], 1_000_000, 4_500_000))["m/P"]
+    assert [s.ts_ms for s in got] == list(range(1_000_000, 4_500_000, 1000))
+    assert got[0].value == 100.0
+    await log.close()
+
+
+async def test_retention_by_age_trims_the_chunk_that_straddles_the_cutoff(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    log = HistoryLog(
+        path,
+        flush_interval=3600,
+        max_age_s=3600,
+        retention_interval=3600,
+        keep=["**/*.bill*"],
+    )
+    await log.start()
+    now = int(time.time() * 1000)
+    stamps = list(range(now - 7_200_000, now, 10_000))  # two hours, 720 samples: one chunk
+    for ts in stamps:
+        log.append("m/P", ts, float(ts), GOOD, b"")
+        log.append("bill/Ap.bill01", ts, 1.0, GOOD, b"")
+    await log.flush()
+    await log.compact()
+    deleted = await log.enforce_retention()
+    got = await collect(log, ["m/P", "bill/Ap.bill01"])
+    kept = [s.ts_ms for s in got["m/P"]]
+    assert kept == [ts for ts in stamps if ts >= kept[0]]  # the newest, without a hole
+    assert now - 3_600_000 - 2_000 <= kept[0] <= now - 3_600_000 + 12_000
+    assert deleted == 720 - len(kept)
+    assert [s.ts_ms for s in got["bill/Ap.bill01"]] == stamps  # the keep class: untouched
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT first_ts, n FROM chunks JOIN names ON names.id = name_id WHERE name = 'm/P'"
+        ).fetchall()
+    assert rows == [(kept[0], len(kept))]  # the chunk was rewritten, not dropped
+    await log.close()
+
+
+def _v1_database(path: Path) -> None:
+    """A history database of schema 1, as the previous core wrote it."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        PRAGMA auto_vacuum = INCREMENTAL;
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+        CREATE TABLE samples (
+            name_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, v, q INTEGER NOT NULL,
+            kind INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name_id, ts_ms)
+        ) WITHOUT ROWID;
+        CREATE TABLE last (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
+        CREATE TABLE meta (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
+        INSERT INTO names VALUES (1, 'm/P'), (2, 'ess/state'), (3, 'ev/plugged'), (4, 'x/E');
+        INSERT INTO last VALUES ('m/P', x'01'), ('x/E', x'02');
+        INSERT INTO meta VALUES ('m/P', x'03');
+        PRAGMA user_version = 1;
+        """
+    )
+    rows = [(1, ts, ts / 2, GOOD, 0) for ts in range(10_000)]
+    rows += [(1, 10_000, None, BAD, 0)]  # NaN was stored as NULL
+    rows += [(2, 1, "STANDBY", GOOD, 0), (2, 2, "CHARGING", UNCERTAIN, 0)]
+    rows += [(3, 1, 1, GOOD, 1), (3, 2, 0, GOOD, 1)]
+    rows += [(4, 5, 2**62, DERIVED, 0), (4, 6, 7, GOOD, 0)]
+    conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+
+
+async def test_a_schema_1_database_is_migrated_on_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "h.db"
+    _v1_database(path)
+    caplog.set_level("INFO")
+    log = HistoryLog(path, flush_interval=3600)
+    await log.start()
+    try:
+        assert "migrating 10007 samples of schema 1" in caplog.text
+        got = await collect(log, ["m/P", "ess/state", "ev/plugged", "x/E"])
+        assert [s.ts_ms for s in got["m/P"]] == list(range(10_001))
+        assert got["m/P"][4].value == 2.0 and math.isnan(got["m/P"][-1].value)
+        assert got["m/P"][-1].quality == BAD
+        assert got["ess/state"] == [Sample(1, "STANDBY", GOOD), Sample(2, "CHARGING", UNCERTAIN)]
+        assert got["ev/plugged"] == [Sample(1, True, GOOD), Sample(2, False, GOOD)]
+        assert [type(s.value) for s in got["ev/plugged"]] == [bool, bool]
+        assert got["x/E"] == [Sample(5, 2**62, DERIVED), Sample(6, 7, GOOD)]
+        assert log.load_last() == {"m/P": b"\x01", "x/E": b"\x02"}
+        assert log.load_metadata() == {"m/P": b"\x03"}
+        # New samples go on from there.
+        log.append("m/P", 20_000, 1.0, GOOD, b"\x04")
+        await log.flush()
+        assert (await collect(log, ["m/P"], 10_001))["m/P"] == [Sample(20_000, 1.0, GOOD)]
+    finally:
+        await log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "samples" not in tables and "chunks" in tables
+
+
+KILL_COMPACTING_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from pathlib import Path
+    from trusted.core import history
+
+    history.COMPACT_INTERVAL = 0.3  # compactions all the time, so a kill may hit one
+
+    async def main():
+        log = history.HistoryLog(Path(sys.argv[2]), flush_interval=0.1)
+        await log.start()
+        print("ready", flush=True)
+        i = 0
+        while True:
+            for k in range(50):
+                log.append(f"t/p{k}", i, time.time(), 1, str(i).encode())
+            i += 1
+            await asyncio.sleep(0.002)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("run", range(3))
+async def test_kill_9_during_compactions_loses_at_most_the_flush_interval(
+    tmp_path: Path, run: int
+) -> None:
+    path = tmp_path / "h.db"
+    flush_interval, margin = 0.1, 0.6
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_COMPACTING_CHILD, str(REPO), str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
+        assert line.strip() == "ready"
+        await asyncio.sleep(1.5 + run * 0.37)
+        killed_at = time.time()
+        os.kill(child.pid, signal.SIGKILL)
+        await asyncio.to_thread(child.wait, 10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0  # it compacted
+    log = HistoryLog(path, flush_interval=3600)
+    await log.start()
+    try:
+        names = [f"t/p{k}" for k in range(50)]
+        got = await collect(log, names)
+        n = len(got["t/p0"])
+        for name in names:  # every flush is whole: all points up to the same tick
+            assert [s.ts_ms for s in got[name]] == list(range(n)), name
+        assert killed_at - got["t/p0"][-1].value < flush_interval + margin
+        assert log.load_last()["t/p0"] == str(n - 1).encode()
     finally:
         await log.close()

@@ -15,11 +15,12 @@ The archive, in this order (restore reads it as a stream):
 - ``smx-backup.sha256``: the SHA-256 of every file, checked by restore before anything is moved
   into place.
 
-Consistency while the core runs: the history is copied with SQLite's online backup API in one step
-(one read transaction: the copy is the database as it was at one moment, the write-ahead log
-included, while the core keeps writing). The audit log's checkpoint file is read before the log,
-whose files are opened together (a rotation meanwhile neither skips nor repeats one), and a record
-being written as it is read is cut off; the copy is then verified like `smx audit --verify`, and
+Consistency while the core runs: the history's recent-samples segment is copied first, then the
+database with SQLite's online backup API in one step (one read transaction: the copy is the
+database as it was at one moment, the write-ahead log included, while the core keeps writing).
+The audit log's checkpoint file is read before the log, whose files are opened together (a
+rotation meanwhile neither skips nor repeats one), and a record being written as it is read is
+cut off; the copy is then verified like `smx audit --verify`, and
 taken again if a rotation raced it.
 """
 
@@ -307,6 +308,12 @@ def _copy_history(staged: _Staged, home: Path, db: Path) -> int | None:
         raise CliError(f"cannot read {db}: permission denied ({PRIVATE})") from None
     arcname = _arcname(home, db, "history")
     _add_parents(staged, home, arcname)
+    # The recent-samples segment first, the database after: a compaction in between only
+    # makes the copied segment obsolete (its samples are then in the database copy), and a
+    # record being written as it is read fails its checksum and is dropped at start.
+    segment = db.with_name(db.name + "-seg")
+    if segment.exists():
+        _copy_file(staged, segment, _arcname(home, segment, "history"))
     target = staged.add_file(arcname, stat.S_IMODE(st.st_mode))
     uri = db.resolve().as_uri()
     try:

@@ -1,17 +1,20 @@
-"""High-resolution history log: every sample of every point, in SQLite (WAL), written in batches.
+"""High-resolution history log: every sample of every point, made for flash storage.
 
 The core calls `append` for every sample it stores; that is an in-memory deque append and nothing
-else. A periodic task hands the buffered batch to a single writer thread, which writes it in one
-transaction (one fsync-free WAL commit, synchronous=NORMAL) every `flush_interval` seconds, so an
-SD card sees one write burst per interval instead of one per sample, and a `kill -9` loses at most
-the samples of the last interval. The newest serialized point per name (`snapshot`) is written in
-the same transaction, which is how the realtime DB gets its last values back after a restart.
+else. Every `flush_interval` a single writer thread appends the buffered batch, with the newest
+serialized point per name (`snapshot`, how the realtime DB gets its last values back after a
+restart) and new metadata, as one checksummed record to the segment file and fdatasyncs it: a
+flush writes about its own compressed bytes, and a `kill -9` loses at most the last interval.
+Every COMPACT_INTERVAL (and at a clean stop, and when COMPACT_AT samples wait) the segment's
+samples become compressed per-point chunks in SQLite in one transaction, and the segment starts
+over. docs/CORE.md, "History on disk", has the formats and the figures.
 
 Values are plain Python values; the gRPC layer converts to and from protobuf.
 
-This module is the event-loop side (buffering, flush and retention scheduling). The SQLite work
-of the writer thread is in trusted.core.history_db, reads and downsampling in
-trusted.core.history_query.
+This module is the event-loop side (buffering, flush, compaction and retention scheduling). The
+segment file is trusted.core.history_segment, the samples it holds in memory
+trusted.core.history_recent, the SQLite work trusted.core.history_db, the chunk format
+trusted.core.history_chunk, reads and downsampling trusted.core.history_query.
 """
 
 from __future__ import annotations
@@ -36,14 +39,16 @@ from trusted.core.history_db import (
     HistoryStats,
     Value,
     age_batch,
+    compact,
     connect_reader,
     open_db,
     size_batch,
     used_bytes,
     vacuum,
-    write_batch,
 )
 from trusted.core.history_query import AGGREGATIONS, HistoryQueryError, Sample, read_samples
+from trusted.core.history_recent import Recent
+from trusted.core.history_segment import Segment, build, read_records, segment_path
 
 __all__ = [
     "AGGREGATIONS",
@@ -65,6 +70,11 @@ MAX_PENDING = 100_000
 # a big buffer costs memory that CPython never gives back (measured: +55 MB at 50k points/s
 # with a 2 s interval). At ordinary rates (hundreds of points/s) only the timer flushes.
 FLUSH_AT = 10_000
+# Compaction into chunks: every this many seconds (longer chunks compress better and cost fewer
+# page writes per sample), or sooner once this many samples wait in the segment (they are also
+# held in memory, ~50 bytes each).
+COMPACT_INTERVAL = 600.0
+COMPACT_AT = 200_000
 
 
 @dataclass(slots=True)
@@ -111,6 +121,9 @@ class HistoryLog:
         self._meta: dict[str, bytes] = {}
         self._stats = HistoryStats()
         self._conn: sqlite3.Connection | None = None
+        self._segment: Segment | None = None
+        self._recent = Recent()
+        self._compacted_at = 0.0  # time.monotonic() of the last compaction
         self._executor: ThreadPoolExecutor | None = None
         self._ids: dict[str, int] = {}  # name -> names.id; touched by the writer thread only
         self._flush_lock: asyncio.Lock | None = None
@@ -165,6 +178,12 @@ class HistoryLog:
                 len(self._pending),
                 err,
             )
+        try:
+            await self.compact()
+        except HistoryError as err:
+            log.error(
+                "history log %s: no compaction at close (the segment keeps it): %s", self._path, err
+            )
         self._state = "closed"
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close_conn)
@@ -193,6 +212,7 @@ class HistoryLog:
     def load_last(self) -> dict[str, bytes]:
         """Last snapshot per point: the stored ones, overlaid with any not yet flushed."""
         stored = self._load_table("last")
+        stored.update(self._recent.last)
         stored.update(
             {n: b if isinstance(b, bytes) else b.SerializeToString() for n, b in self._last.items()}
         )
@@ -201,6 +221,7 @@ class HistoryLog:
     def load_metadata(self) -> dict[str, bytes]:
         """Metadata blob per point: the stored ones, overlaid with any not yet flushed."""
         stored = self._load_table("meta")
+        stored.update(self._recent.meta)
         stored.update(self._meta)
         return stored
 
@@ -306,31 +327,97 @@ class HistoryLog:
                 return  # close() does the final flush
             try:
                 await self.flush()
+                if self._compaction_due():
+                    await self.compact()
             except HistoryError:
-                pass  # logged by _flush_done; the batch is kept
+                pass  # logged by _flush_done / compact; the segment keeps the samples
             except Exception:
                 log.exception("history flush to %s failed unexpectedly", self._path)
+
+    def _compaction_due(self) -> bool:
+        return (
+            self._recent.count >= COMPACT_AT
+            or time.monotonic() - self._compacted_at >= COMPACT_INTERVAL
+        )
+
+    # -- compaction ------------------------------------------------------------------------------
+
+    async def compact(self) -> None:
+        """Move the samples of the segment into compressed chunks (one transaction) and start
+        the segment over. Raises HistoryError on failure; the segment still holds them."""
+        self._require_started()
+        assert self._flush_lock is not None
+        async with self._flush_lock:  # never between a flush's segment write and its recent add
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._executor, self._compact)
+            except (sqlite3.Error, OSError) as err:
+                log.error("history compaction of %s failed: %s", self._path, err)
+                raise HistoryError(f"compaction of {self._path} failed: {err}") from err
 
     # -- writer thread ---------------------------------------------------------------------------
 
     def _open(self) -> None:
-        self._conn, self._ids, self._stats.db_bytes = open_db(self._path)
+        self._conn, self._ids, self._stats.db_bytes, gen = open_db(self._path)
+        self._compacted_at = time.monotonic()
+        seg_path = segment_path(self._path)
+        try:
+            records, end, torn = read_records(seg_path, gen)
+            self._segment = Segment(seg_path, gen, end, len(records))
+        except OSError as err:
+            self._conn.close()
+            raise HistoryError(f"cannot open the history segment {seg_path}: {err}") from err
+        if torn:
+            log.warning(
+                "history segment %s: a torn last record (%d bytes) was dropped", seg_path, torn
+            )
+        if records:
+            for rec in records:
+                self._recent.add(rec)
+            log.info(
+                "history segment %s: %d samples of %d flushes recovered",
+                seg_path,
+                self._recent.count,
+                len(records),
+            )
+            try:
+                self._compact()
+            except BaseException:
+                self._close_conn()
+                raise
 
     def _close_conn(self) -> None:
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def _write(self, batch: _Batch) -> tuple[int, int]:
-        """One transaction: samples, last snapshots, metadata. Returns (written, rejected)."""
-        conn = self._conn
-        if conn is None:
-            raise HistoryError(f"history database {self._path} is closed")
-        written, rejected = write_batch(
-            conn, self._path, self._ids, batch.samples, batch.last, batch.meta
-        )
+        """One segment record: samples, last snapshots, metadata. Returns (written, rejected)."""
+        seg = self._segment
+        if seg is None:
+            raise HistoryError(f"history log {self._path} is closed")
+        rec, body, rejected = build(batch.samples, batch.last, batch.meta)
+        if rec.samples or rec.last or rec.meta:
+            seg.append(body)
+            self._recent.add(rec)
+        return len(rec.samples), rejected
+
+    def _compact(self) -> None:
+        conn, seg = self._conn, self._segment
+        if conn is None or seg is None:
+            raise HistoryError(f"history log {self._path} is closed")
+        self._compacted_at = time.monotonic()
+        if seg.seq == 0:
+            return  # nothing written since the last compaction
+        series, last, meta = self._recent.drain()
+        compact(conn, self._ids, series, last, meta, seg.gen + 1)
+        # Committed: the segment's records are obsolete, and the next one overwrites them.
+        seg.reset(seg.gen + 1)
+        self._recent.clear()
         self._stats.db_bytes = used_bytes(conn)
-        return written, rejected
 
     # -- retention -------------------------------------------------------------------------------
 
@@ -343,6 +430,8 @@ class HistoryLog:
         # Each batch is its own executor job, so flushes interleave with a long retention run.
         if self._max_age_s is not None:
             cutoff = int(time.time() * 1000) - int(self._max_age_s * 1000)
+            if self._recent.older_than(cutoff, self._keep.match):
+                await self.compact()  # retention deletes from chunks only
             while True:
                 n, done = await loop.run_in_executor(self._executor, self._age_batch, cutoff)
                 total += n
@@ -398,10 +487,12 @@ class HistoryLog:
     ) -> AsyncIterator[tuple[str, list[Sample]]]:
         """Stored samples of `names`, in that order, oldest first, [start_ms, end_ms), in chunks of
         at most `chunk`; with `bucket_ms`, one aggregated Sample per non-empty epoch-aligned
-        bucket. Names without samples in the range yield nothing. Samples still buffered (the
+        bucket. Names without samples in the range yield nothing. Samples not flushed yet (the
         last flush interval) are not included."""
         self._require_started()
-        reader = read_samples(self._path, names, start_ms, end_ms, bucket_ms, aggregation, chunk)
+        reader = read_samples(
+            self._path, self._recent, names, start_ms, end_ms, bucket_ms, aggregation, chunk
+        )
         # aclosing: a caller that stops early closes the reader's connection now, not at GC.
         async with contextlib.aclosing(reader):
             async for item in reader:

@@ -1,5 +1,5 @@
-"""The SQLite side of the history log: schema, connections, the batch write transaction and the
-retention deletes.
+"""The SQLite side of the history log: schema (and the migration from the first one), the
+compaction transaction that turns the recent samples into compressed chunks, and retention.
 
 Everything here blocks: HistoryLog (trusted.core.history) runs it on its single writer thread, with
 the one writer connection `open_db` returns. Reads use connections of their own
@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-from collections.abc import Callable, Iterable
+from array import array as _array
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from trusted.core import history_chunk
+from trusted.core.history_chunk import Columns
 from trusted.core.site_files import (
     PRIVATE_FILE_MODE,
     create_private_file,
@@ -25,21 +28,21 @@ from trusted.core.site_files import (
 
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "CHUNK_MAX",
+    "I32_MAX",
     "I64_MAX",
     "I64_MIN",
-    "I32_MAX",
-    "KIND_BOOL",
     "SCHEMA_VERSION",
     "HistoryError",
     "HistoryStats",
     "Value",
     "age_batch",
+    "compact",
     "connect_reader",
     "open_db",
     "size_batch",
     "used_bytes",
     "vacuum",
-    "write_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,58 +50,49 @@ log = logging.getLogger(__name__)
 Value = float | int | bool | str
 Keep = Callable[[str], bool] | None  # point names retention leaves alone
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
-_I32_MIN = -(2**31)
 I32_MAX = 2**31 - 1
 # One retention batch deletes at most this fraction of the stored time span, so a first run on a
 # large, long-neglected database is many short transactions rather than one long one.
 _RETENTION_SPAN_FRACTION = 0.2
 _JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
 BUSY_TIMEOUT_S = 5.0
-_KIND_PLAIN = 0  # int, float or str: SQLite's own storage class says which
-KIND_BOOL = 1  # stored as 0/1; read back as bool
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS samples (
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
     name_id INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    v,
-    q INTEGER NOT NULL,
-    kind INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (name_id, ts_ms)
-) WITHOUT ROWID;
+    first_ts INTEGER NOT NULL,
+    last_ts INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    text INTEGER NOT NULL,
+    blob BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_name ON chunks (name_id, first_ts, last_ts);
 CREATE TABLE IF NOT EXISTS last (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO state (key, value) VALUES ('segment_gen', 1);
 """
-# `v` has no declared type on purpose: no type affinity, so 3.0 stays REAL and "12" stays TEXT.
+# chunks.id grows with every write, so of two chunks holding the same ts the higher id is the
+# later write and wins. `text`: 1 when the chunk holds strings (avg/min/max refuse them).
 
-_INSERT_SAMPLE = (
-    "INSERT OR REPLACE INTO samples (name_id, ts_ms, v, q, kind) VALUES (?, ?, ?, ?, ?)"
+INSERT_CHUNK = (
+    "INSERT INTO chunks (name_id, first_ts, last_ts, n, text, blob) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_LAST = "INSERT OR REPLACE INTO last (name, blob) VALUES (?, ?)"
 _INSERT_META = "INSERT OR REPLACE INTO meta (name, blob) VALUES (?, ?)"
 _NAME_RANGES = (
-    "SELECT id, (SELECT MIN(ts_ms) FROM samples WHERE name_id = names.id),"
-    " (SELECT MAX(ts_ms) FROM samples WHERE name_id = names.id), name FROM names"
+    "SELECT c.name_id, MIN(c.first_ts), MAX(c.last_ts), names.name FROM chunks AS c"
+    " JOIN names ON names.id = c.name_id GROUP BY c.name_id"
 )
-_DELETE_BEFORE = "DELETE FROM samples WHERE name_id = ? AND ts_ms < ?"
-
-# Errors that come from the data of one row, not from the disk: retrying the same batch would
-# fail forever, so such a batch is written row by row and the bad rows are dropped.
-_ROW_ERRORS = (
-    OverflowError,
-    UnicodeError,
-    ValueError,
-    TypeError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    sqlite3.DataError,
-    sqlite3.IntegrityError,
-)
+# Samples of a point past this many go to a further chunk: bounds what a read of a short range
+# decodes, and what one retention trim rewrites.
+CHUNK_MAX = 4096
 
 
 class HistoryError(Exception):
@@ -122,8 +116,9 @@ class HistoryStats:
 # -- connections ---------------------------------------------------------------------------------
 
 
-def open_db(path: Path) -> tuple[sqlite3.Connection, dict[str, int], int]:
-    """Open or create the database: (writer connection, name -> names.id, used bytes)."""
+def open_db(path: Path) -> tuple[sqlite3.Connection, dict[str, int], int, int]:
+    """Open or create the database, migrating a first-schema one: (writer connection,
+    name -> names.id, used bytes, the segment generation to read and write)."""
     try:
         # Private whatever the umask: data/ 0700 and the file 0600 before SQLite opens it, so
         # that SQLite creates the -wal and -shm files with the database's mode.
@@ -153,9 +148,16 @@ def open_db(path: Path) -> tuple[sqlite3.Connection, dict[str, int], int]:
         for stmt in _SCHEMA.split(";"):
             if stmt.strip():
                 conn.execute(stmt)
+        if version == 1:
+            from trusted.core.history_migrate import migrate_v1
+
+            migrate_v1(conn, path)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
+        if version == 1:
+            conn.executescript("PRAGMA incremental_vacuum")
         ids = dict(conn.execute("SELECT name, id FROM names"))
+        gen = int(conn.execute(_GEN).fetchone()[0])
         used = used_bytes(conn)
         for suffix in ("-wal", "-shm"):  # SQLite's mode minus the umask: never more than 0600
             tighten_existing(Path(f"{path}{suffix}"), PRIVATE_FILE_MODE)
@@ -165,7 +167,10 @@ def open_db(path: Path) -> tuple[sqlite3.Connection, dict[str, int], int]:
     except BaseException:
         conn.close()
         raise
-    return conn, ids, used
+    return conn, ids, used, gen
+
+
+_GEN = "SELECT value FROM state WHERE key = 'segment_gen'"
 
 
 def connect_reader(path: Path) -> sqlite3.Connection:
@@ -187,113 +192,56 @@ def used_bytes(conn: sqlite3.Connection) -> int:
     return int((pages - free) * size)
 
 
-# -- writing -------------------------------------------------------------------------------------
+# -- compaction ----------------------------------------------------------------------------------
 
 
-def write_batch(
+def chunk_rows(nid: int, cols: Columns) -> list[tuple[int, int, int, int, int, bytes]]:
+    """The chunk rows of one point's sorted samples, CHUNK_MAX samples at most each."""
+    ts, values, qs = cols
+    rows = []
+    for at in range(0, len(ts), CHUNK_MAX):
+        t, v, q = ts[at : at + CHUNK_MAX], values[at : at + CHUNK_MAX], qs[at : at + CHUNK_MAX]
+        text = int(any(type(x) is str for x in v)) if not isinstance(v, _array) else 0
+        rows.append((nid, t[0], t[-1], len(t), text, history_chunk.encode(t, v, q)))
+    return rows
+
+
+def compact(
     conn: sqlite3.Connection,
-    path: Path,
     ids: dict[str, int],
-    samples: Iterable[tuple[str, int, Value, int]],
+    series: dict[str, Columns],
     last: dict[str, bytes],
     meta: dict[str, bytes],
-) -> tuple[int, int]:
-    """One transaction: samples, last snapshots, metadata. Returns (written, rejected).
-
-    `ids` (name -> names.id) learns the names this batch added, once they are committed.
-    """
+    next_gen: int,
+) -> None:
+    """One transaction: the recent samples as chunks, the last snapshots and metadata, and the
+    segment's next generation (which makes the current segment content obsolete)."""
     new_ids: dict[str, int] = {}
     try:
         conn.execute("BEGIN IMMEDIATE")
-        rows, rejected = _rows(conn, ids, samples, new_ids)
-        last_rows = _blob_rows(last, "snapshot")
-        meta_rows = _blob_rows(meta, "metadata")
-        try:
-            conn.executemany(_INSERT_SAMPLE, rows)
-        except _ROW_ERRORS as err:
-            log.warning(
-                "history batch for %s has an unstorable row (%s); writing row by row",
-                path,
-                err,
-            )
-            rows, bad = _insert_one_by_one(conn, rows)
-            rejected += bad
-        conn.executemany(_INSERT_LAST, last_rows)
-        conn.executemany(_INSERT_META, meta_rows)
+        rows = []
+        for name, cols in series.items():
+            if not cols[0]:
+                continue
+            nid = ids.get(name)
+            if nid is None:
+                nid = new_ids[name] = _name_id(conn, name)
+            rows.extend(chunk_rows(nid, cols))
+        conn.executemany(INSERT_CHUNK, rows)
+        conn.executemany(_INSERT_LAST, last.items())
+        conn.executemany(_INSERT_META, meta.items())
+        conn.execute("UPDATE state SET value = ? WHERE key = 'segment_gen'", (next_gen,))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    ids.update(new_ids)  # only now: the rolled-back ids of a failed batch are not real
-    return len(rows), rejected
-
-
-def _rows(
-    conn: sqlite3.Connection,
-    ids: dict[str, int],
-    samples: Iterable[tuple[str, int, Value, int]],
-    new_ids: dict[str, int],
-) -> tuple[list[tuple[int, int, Value, int, int]], int]:
-    rows: list[tuple[int, int, Value, int, int]] = []
-    rejected = 0
-    for name, ts, v, q in samples:
-        t = type(v)
-        if t is bool:
-            kind = KIND_BOOL
-        elif t is float or t is int or t is str:
-            kind = _KIND_PLAIN
-        else:
-            rejected += 1
-            log.warning("history: dropped sample of %r: value type %s", name, t.__name__)
-            continue
-        if type(ts) is not int or not I64_MIN <= ts <= I64_MAX:
-            rejected += 1
-            log.warning("history: dropped sample of %r: bad ts_ms %r", name, ts)
-            continue
-        if type(q) is not int or not _I32_MIN <= q <= I32_MAX:
-            rejected += 1
-            log.warning("history: dropped sample of %r: bad quality %r", name, q)
-            continue
-        nid = ids.get(name)
-        if nid is None:
-            nid = new_ids.get(name)
-            if nid is None:
-                nid = _name_id(conn, name)
-                new_ids[name] = nid
-        rows.append((nid, ts, v, q, kind))
-    return rows, rejected
+    ids.update(new_ids)  # only now: the rolled-back ids of a failed transaction are not real
 
 
 def _name_id(conn: sqlite3.Connection, name: str) -> int:
     conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (name,))
     return int(conn.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()[0])
-
-
-def _blob_rows(blobs: dict[str, Any], what: str) -> list[tuple[str, bytes]]:
-    rows = []
-    for name, blob in blobs.items():
-        if isinstance(blob, bytes | bytearray | memoryview):
-            rows.append((name, bytes(blob)))
-        else:
-            log.warning(
-                "history: dropped %s of %r: not bytes but %s", what, name, type(blob).__name__
-            )
-    return rows
-
-
-def _insert_one_by_one(
-    conn: sqlite3.Connection, rows: list[tuple[int, int, Value, int, int]]
-) -> tuple[list[tuple[int, int, Value, int, int]], int]:
-    ok = []
-    for row in rows:
-        try:
-            conn.execute(_INSERT_SAMPLE, row)
-        except _ROW_ERRORS as err:
-            log.warning("history: dropped sample (name id %d, ts %d): %s", row[0], row[1], err)
-            continue
-        ok.append(row)
-    return ok, len(rows) - len(ok)
 
 
 # -- retention -----------------------------------------------------------------------------------
@@ -302,7 +250,7 @@ def _insert_one_by_one(
 def age_batch(
     conn: sqlite3.Connection, stats: HistoryStats, cutoff: int, keep: Keep = None
 ) -> tuple[int, bool]:
-    """Delete one batch of the samples older than `cutoff`: (rows deleted, all of them gone).
+    """Delete one batch of the samples older than `cutoff`: (samples deleted, all of them gone).
     Points for which `keep(name)` is true are never deleted (a retention class of their own)."""
     ranges = _ranges(conn, keep)
     if not ranges:
@@ -319,7 +267,7 @@ def age_batch(
 def size_batch(
     conn: sqlite3.Connection, stats: HistoryStats, path: Path, max_bytes: int, keep: Keep = None
 ) -> tuple[int, bool]:
-    """Delete one batch of the oldest samples while over `max_bytes`: (rows deleted, done)."""
+    """Delete one batch of the oldest samples while over `max_bytes`: (samples deleted, done)."""
     used = used_bytes(conn)
     stats.db_bytes = used
     if used <= max_bytes:
@@ -352,27 +300,49 @@ def vacuum(conn: sqlite3.Connection, stats: HistoryStats) -> None:
 
 
 def _ranges(conn: sqlite3.Connection, keep: Keep) -> list[tuple[int, int, int]]:
-    """(name id, oldest ts, newest ts) of every name with samples that retention may delete:
-    one index seek each."""
+    """(name id, oldest ts, newest ts) of every name with samples that retention may delete."""
     return [
         (nid, lo, hi)
         for nid, lo, hi, name in conn.execute(_NAME_RANGES)
-        if lo is not None and not (keep and keep(name))
+        if not (keep and keep(name))
     ]
 
 
 def _delete_before(
     conn: sqlite3.Connection, stats: HistoryStats, ranges: list[tuple[int, int, int]], cutoff: int
 ) -> int:
-    before = conn.total_changes
+    """Delete the chunks wholly before `cutoff` and trim the ones that straddle it."""
+    deleted = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        doomed = [(nid, cutoff) for nid, lo, _ in ranges if lo < cutoff]
-        conn.executemany(_DELETE_BEFORE, doomed)
+        for nid, lo, _ in ranges:
+            if lo >= cutoff:
+                continue
+            args = (nid, cutoff)
+            gone = conn.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE name_id = ? AND last_ts < ?", args
+            ).fetchone()[0]
+            conn.execute("DELETE FROM chunks WHERE name_id = ? AND last_ts < ?", args)
+            deleted += gone
+            straddling = conn.execute(
+                "SELECT id, first_ts, blob FROM chunks"
+                " WHERE name_id = ? AND first_ts < ? AND last_ts >= ?",
+                (nid, cutoff, cutoff),
+            ).fetchall()
+            for cid, first, blob in straddling:
+                ts, values, qs = history_chunk.decode(first, blob)
+                at = bisect_left(ts, cutoff)
+                t, v, q = ts[at:], values[at:], qs[at:]
+                text = int(any(type(x) is str for x in v)) if not isinstance(v, _array) else 0
+                conn.execute(
+                    "UPDATE chunks SET first_ts = ?, n = ?, text = ?, blob = ? WHERE id = ?",
+                    (t[0], len(t), text, history_chunk.encode(t, v, q), cid),
+                )
+                deleted += at
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     stats.db_bytes = used_bytes(conn)
-    return conn.total_changes - before
+    return int(deleted)

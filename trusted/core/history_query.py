@@ -1,8 +1,10 @@
-"""Reading the history log: raw samples in keyset-paged chunks, and downsampling to one
-aggregated sample (min, max, avg or last) per epoch-aligned bucket, done in SQL.
+"""Reading the history log: raw samples in pages, and downsampling to one aggregated sample
+(min, max, avg or last) per epoch-aligned bucket.
 
-Each read runs on a read-only connection of its own, in worker threads, so it never waits for
-(or blocks) the writer thread of trusted.core.history.
+A read merges the compressed chunks of the database with the recent samples not yet compacted
+(trusted.core.history_recent), in time order, the later write of a ts winning. It runs on a
+read-only connection of its own, in worker threads, so it never waits for (or blocks) the
+writer thread of trusted.core.history.
 """
 
 from __future__ import annotations
@@ -10,19 +12,22 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
-from collections.abc import AsyncGenerator
+from array import array
+from bisect import bisect_left
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trusted.core import history_chunk
+from trusted.core.history_chunk import Columns
 from trusted.core.history_db import (
-    I32_MAX,
     I64_MAX,
     I64_MIN,
-    KIND_BOOL,
     HistoryError,
     Value,
     connect_reader,
 )
+from trusted.core.history_recent import Recent
 
 __all__ = ["AGGREGATIONS", "HistoryQueryError", "Sample", "read_samples"]
 
@@ -33,30 +38,13 @@ AGGREGATIONS = ("min", "max", "avg", "last")
 # UNCERTAIN and BAD.
 _QUALITY_RANK = {1: 0, 2: 1, 3: 2, 4: 4, 5: 5}
 _UNKNOWN_RANK = 3
-# The rank in SQL, packed with the code so MAX() picks the worst and keeps its code.
-_QUALITY_KEY = (
-    "((CASE q "
-    + " ".join(f"WHEN {q} THEN {rank}" for q, rank in _QUALITY_RANK.items())
-    + f" ELSE {_UNKNOWN_RANK} END) * 4294967296 + (q & 4294967295))"
-)
-# Epoch-aligned bucket start; SQLite's % truncates toward zero, so fold negatives back.
-_BUCKET = "ts_ms - (((ts_ms % :w) + :w) % :w)"
-_RANGE = "name_id = :id AND ts_ms >= :lo AND ts_ms < :hi"
+_NEWEST = 2**63  # priority of the recent samples: newer than any chunk
 
-_RAW = f"SELECT ts_ms, v, q, kind FROM samples WHERE {_RANGE} ORDER BY ts_ms LIMIT :n"
-_FIRST_TS = f"SELECT MIN(ts_ms) FROM samples WHERE {_RANGE}"
-_HAS_TEXT = f"SELECT 1 FROM samples WHERE {_RANGE} AND typeof(v) = 'text' LIMIT 1"
-_AGG = (
-    "SELECT b, {fn}(v), COUNT(*), MAX(qk), MIN(kind) FROM ("
-    f"SELECT {_BUCKET} AS b, v, {_QUALITY_KEY} AS qk, kind FROM samples WHERE {_RANGE}"
-    ") GROUP BY b ORDER BY b"
+_CHUNKS = (
+    "SELECT id, first_ts, last_ts, text FROM chunks"
+    " WHERE name_id = ? AND first_ts < ? AND last_ts >= ? ORDER BY first_ts, id"
 )
-_AGG_LAST = (
-    "SELECT g.b, s.v, g.n, g.qk, s.kind FROM ("
-    "SELECT b, MAX(ts_ms) AS t, COUNT(*) AS n, MAX(qk) AS qk FROM ("
-    f"SELECT {_BUCKET} AS b, ts_ms, {_QUALITY_KEY} AS qk FROM samples WHERE {_RANGE}"
-    ") GROUP BY b) AS g JOIN samples AS s ON s.name_id = :id AND s.ts_ms = g.t ORDER BY g.b"
-)
+_BLOB = "SELECT blob FROM chunks WHERE id = ?"
 
 
 class HistoryQueryError(HistoryError, ValueError):
@@ -74,6 +62,7 @@ class Sample:
 
 async def read_samples(
     path: Path,
+    recent: Recent,
     names: list[str],
     start_ms: int | None,
     end_ms: int | None,
@@ -81,7 +70,8 @@ async def read_samples(
     aggregation: str,
     chunk: int,
 ) -> AsyncGenerator[tuple[str, list[Sample]], None]:
-    """The samples of the database at `path`; see :meth:`trusted.core.history.HistoryLog.read`."""
+    """The samples of the database at `path` and of `recent`; see
+    :meth:`trusted.core.history.HistoryLog.read`."""
     if aggregation not in AGGREGATIONS:
         raise HistoryQueryError(
             f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}"
@@ -100,26 +90,18 @@ async def read_samples(
         if bucket_ms is not None and aggregation != "last":
             # Checked for all names before anything is yielded, so a stream never fails
             # half-way because of a query the caller should not have made.
-            text = await asyncio.to_thread(_first_text, conn, ids, lo, hi)
+            text = await asyncio.to_thread(_first_text, conn, recent, ids, names, lo, hi)
             if text is not None:
                 raise HistoryQueryError(
                     f"point {text!r} holds strings: aggregation "
                     f"{aggregation!r} is not defined for them; use 'last'"
                 )
         for name in names:
-            nid = ids.get(name)
-            if nid is None:
-                continue
-            cursor: int | None = lo
-            while cursor is not None:
-                if bucket_ms is None:
-                    got, cursor = await asyncio.to_thread(_raw_chunk, conn, nid, cursor, hi, chunk)
-                else:
-                    got, cursor = await asyncio.to_thread(
-                        _bucket_chunk, conn, nid, cursor, hi, bucket_ms, aggregation, chunk
-                    )
-                if got:
-                    yield name, got
+            pages = await asyncio.to_thread(
+                _pages, conn, recent, ids.get(name), name, lo, hi, bucket_ms, aggregation, chunk
+            )
+            while (page := await asyncio.to_thread(next, pages, None)) is not None:
+                yield name, page
     except sqlite3.Error as err:
         raise HistoryError(f"history read from {path} failed: {err}") from err
     finally:
@@ -138,68 +120,187 @@ def _lookup_ids(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
     return ids
 
 
-def _first_text(conn: sqlite3.Connection, ids: dict[str, int], lo: int, hi: int) -> str | None:
-    for name, nid in ids.items():
-        if conn.execute(_HAS_TEXT, {"id": nid, "lo": lo, "hi": hi}).fetchone() is not None:
+def _first_text(
+    conn: sqlite3.Connection,
+    recent: Recent,
+    ids: dict[str, int],
+    names: list[str],
+    lo: int,
+    hi: int,
+) -> str | None:
+    for name in dict.fromkeys(names):
+        if recent.has_text(name, lo, hi):
             return name
+        nid = ids.get(name)
+        if nid is None:
+            continue
+        for cid, first, _, text in conn.execute(_CHUNKS, (nid, hi, lo)).fetchall():
+            if text and (cols := _decode(conn, cid, first)) is not None:
+                ts, values, _ = cols
+                a, b = bisect_left(ts, lo), bisect_left(ts, hi)
+                if any(type(v) is str for v in values[a:b]):
+                    return name
     return None
 
 
-def _value(v: object, kind: int) -> Value:
-    if v is None:
-        return math.nan  # SQLite stores NaN as NULL, and NULL is written for nothing else
-    if kind == KIND_BOOL:
-        return bool(v)
-    return v  # type: ignore[return-value]
+def _decode(conn: sqlite3.Connection, cid: int, first: int) -> Columns | None:
+    row = conn.execute(_BLOB, (cid,)).fetchone()
+    if row is None:
+        return None  # deleted by retention since the chunk list was read
+    return history_chunk.decode(first, row[0])
 
 
-def _quality(key: int) -> int:
-    q = key & 0xFFFFFFFF
-    return q - 2**32 if q > I32_MAX else q
-
-
-def _raw_chunk(
-    conn: sqlite3.Connection, nid: int, cursor: int, hi: int, chunk: int
-) -> tuple[list[Sample], int | None]:
-    rows = conn.execute(_RAW, {"id": nid, "lo": cursor, "hi": hi, "n": chunk}).fetchall()
-    out = [Sample(ts, _value(v, kind), q) for ts, v, q, kind in rows]
-    if len(rows) < chunk:
-        return out, None
-    nxt = rows[-1][0] + 1  # keyset paging: no read transaction stays open between chunks
-    return out, (nxt if nxt < hi else None)
-
-
-def _bucket_chunk(
+def _pages(
     conn: sqlite3.Connection,
-    nid: int,
-    cursor: int,
+    recent: Recent,
+    nid: int | None,
+    name: str,
+    lo: int,
     hi: int,
-    width: int,
+    bucket_ms: int | None,
     aggregation: str,
     chunk: int,
-) -> tuple[list[Sample], int | None]:
-    first = conn.execute(_FIRST_TS, {"id": nid, "lo": cursor, "hi": hi}).fetchone()[0]
-    if first is None:
-        return [], None
-    # A window of at most `chunk` buckets starting at the next sample, so sparse series skip
-    # their gaps with one index seek and each query aggregates a bounded slice.
-    wstart = first - first % width
-    wend = min(wstart + chunk * width, hi)
-    args = {"id": nid, "lo": max(wstart, cursor), "hi": wend, "w": width}
-    out: list[Sample] = []
+) -> Iterator[list[Sample]]:
+    # The recent samples are copied before the chunks are listed: a compaction in between
+    # puts the same samples in both, which the merge folds into one.
+    rec = recent.columns(name)
+    metas = [] if nid is None else conn.execute(_CHUNKS, (nid, hi, lo)).fetchall()
+    runs = _runs(conn, metas, rec, lo, hi)
+    if bucket_ms is None:
+        return _raw_pages(runs, chunk)
+    return _bucket_pages(runs, bucket_ms, aggregation, chunk)
+
+
+def _runs(
+    conn: sqlite3.Connection,
+    metas: list[tuple[int, int, int, int]],
+    rec: Columns | None,
+    lo: int,
+    hi: int,
+) -> Iterator[Columns]:
+    """Sorted, disjoint, increasing runs of samples in [lo, hi): the chunks, and the recent
+    samples, merged where they overlap (the later write of a ts wins)."""
+    # (first, last, priority, columns or None for a chunk not read yet)
+    sources: list[tuple[int, int, int, Columns | None]] = [
+        (first, last, cid, None) for cid, first, last, _ in metas
+    ]
+    if rec is not None:
+        ts, values, qs = rec
+        a, b = bisect_left(ts, lo), bisect_left(ts, hi)
+        # Cut at every chunk's edges, so that a recent sample overlaps only the chunks it
+        # falls in, not every chunk between it and the next recent one.
+        cuts = {a, b}
+        for _, first, last, _ in metas:
+            cuts.add(min(b, max(a, bisect_left(ts, first))))
+            cuts.add(min(b, max(a, bisect_left(ts, last + 1))))
+        edges = sorted(cuts)
+        for x, y in zip(edges, edges[1:], strict=False):
+            if x < y:
+                sources.append((ts[x], ts[y - 1], _NEWEST, (ts[x:y], values[x:y], qs[x:y])))
+        sources.sort(key=lambda s: (s[0], s[2]))
+    group: list[tuple[int, int, int, Columns | None]] = []
+    end = I64_MIN
+    for src in sources:
+        if group and src[0] > end:
+            yield from _clip(_merge(conn, group), lo, hi)
+            group = []
+        group.append(src)
+        end = src[1] if len(group) == 1 else max(end, src[1])
+    if group:
+        yield from _clip(_merge(conn, group), lo, hi)
+
+
+def _merge(conn: sqlite3.Connection, group: list[tuple[int, int, int, Columns | None]]) -> Columns:
+    cols = [
+        (prio, c if c is not None else _decode(conn, prio, first)) for first, _, prio, c in group
+    ]
+    present = [(p, c) for p, c in cols if c is not None]
+    if len(present) == 1:
+        return present[0][1]
+    merged: dict[int, tuple[Value, int]] = {}
+    for _, (ts, values, qs) in sorted(present, key=lambda pc: pc[0]):
+        merged.update(zip(ts, zip(values, qs, strict=True), strict=True))
+    order = sorted(merged)
+    return (
+        array("q", order),
+        [merged[t][0] for t in order],
+        array("i", [merged[t][1] for t in order]),
+    )
+
+
+def _clip(cols: Columns, lo: int, hi: int) -> Iterator[Columns]:
+    ts, values, qs = cols
+    if not ts:
+        return
+    if ts[0] >= lo and ts[-1] < hi:
+        yield cols
+        return
+    a, b = bisect_left(ts, lo), bisect_left(ts, hi)
+    if a < b:
+        yield ts[a:b], values[a:b], qs[a:b]
+
+
+def _raw_pages(runs: Iterator[Columns], chunk: int) -> Iterator[list[Sample]]:
+    page: list[Sample] = []
+    for ts, values, qs in runs:
+        at, n = 0, len(ts)
+        while at < n:
+            take = min(n - at, chunk - len(page))
+            page.extend(map(Sample, ts[at : at + take], values[at : at + take], qs[at : at + take]))
+            at += take
+            if len(page) == chunk:
+                yield page
+                page = []
+    if page:
+        yield page
+
+
+def _quality_key(q: int) -> tuple[int, int]:
+    return _QUALITY_RANK.get(q, _UNKNOWN_RANK), q & 0xFFFFFFFF
+
+
+def _aggregate(b: int, values: Sequence[Value], qs: Sequence[int], aggregation: str) -> Sample:
+    n = len(values)
+    worst = max(set(qs), key=_quality_key)
     if aggregation == "last":
-        for b, v, n, qk, kind in conn.execute(_AGG_LAST, args):
-            out.append(Sample(b, _value(v, kind), _quality(qk), n))
-    else:
-        sql = _AGG.format(fn=aggregation.upper())
-        for b, v, n, qk, min_kind in conn.execute(sql, args):
-            if v is None:
-                value: Value = math.nan
-            elif aggregation == "avg":
-                value = float(v)
-            elif min_kind == KIND_BOOL:  # every sample of the bucket is a bool
-                value = bool(v)
-            else:
-                value = v
-            out.append(Sample(b, value, _quality(qk), n))
-    return out, (wend if wend < hi else None)
+        return Sample(b, values[-1], worst, n)
+    # NaN is no value (schema 1 stored it as NULL, which AVG, MIN and MAX skip).
+    vals = [v for v in values if v == v] if any(v != v for v in values) else values
+    if not vals:
+        return Sample(b, math.nan, worst, n)
+    if aggregation == "avg":
+        return Sample(b, math.fsum(vals) / len(vals), worst, n)  # type: ignore[arg-type]
+    value = min(vals) if aggregation == "min" else max(vals)
+    if type(value) is bool and not all(type(v) is bool for v in vals):
+        value = int(value)
+    return Sample(b, value, worst, n)
+
+
+def _bucket_pages(
+    runs: Iterator[Columns], width: int, aggregation: str, chunk: int
+) -> Iterator[list[Sample]]:
+    page: list[Sample] = []
+    # The bucket that may go on in the next run: (start, values, qualities).
+    open_b: int | None = None
+    open_v: list[Value] = []
+    open_q: list[int] = []
+    for ts, values, qs in runs:
+        at, n = 0, len(ts)
+        while at < n:
+            t = ts[at]
+            b = t - t % width
+            end = bisect_left(ts, b + width, at)
+            if b != open_b:
+                if open_b is not None:
+                    page.append(_aggregate(open_b, open_v, open_q, aggregation))
+                    if len(page) == chunk:
+                        yield page
+                        page = []
+                open_b, open_v, open_q = b, [], []
+            open_v.extend(values[at:end])
+            open_q.extend(qs[at:end])
+            at = end
+    if open_b is not None:
+        page.append(_aggregate(open_b, open_v, open_q, aggregation))
+    if page:
+        yield page
