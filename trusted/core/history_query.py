@@ -215,8 +215,8 @@ def _merge(conn: sqlite3.Connection, group: list[tuple[int, int, int, Columns | 
         (prio, c if c is not None else _decode(conn, prio, first)) for first, _, prio, c in group
     ]
     present = [(p, c) for p, c in cols if c is not None]
-    if len(present) == 1:
-        return present[0][1]
+    if len(present) <= 1:  # none: deleted by retention since they were listed
+        return present[0][1] if present else (array("q"), [], array("i"))
     merged: dict[int, tuple[Value, int]] = {}
     for _, (ts, values, qs) in sorted(present, key=lambda pc: pc[0]):
         merged.update(zip(ts, zip(values, qs, strict=True), strict=True))
