@@ -56,6 +56,15 @@ def _vocabulary_points(names: tuple[str, ...]) -> str | None:
     return None
 
 
+_BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def _baud(rate: int | None) -> str | None:
+    if rate is None or rate in _BAUDS:
+        return None
+    return f"must be a standard rate ({', '.join(map(str, _BAUDS))}), not {rate}"
+
+
 def _iec_mode(mode: str) -> str | None:
     return None if mode.upper() in ("A", "B", "C", "D") else f"must be A, B, C or D, not {mode!r}"
 
@@ -93,8 +102,8 @@ class IecMeterConfig:
     name: str | None = None  # poller/health name (default "iec:<device>")
     # "C" (300 baud sign-on, then the switch), "B", "A", or "D" (the meter pushes)
     mode: str = setting("C", check=_iec_mode)
-    initial_baud: int = setting(300, min=300, max=115200)  # 300 means 2400 in mode D
-    max_baud: int | None = setting(None, min=300, max=115200)  # caps the mode C switch
+    initial_baud: int = setting(300, check=_baud)  # 300 means 2400 in mode D; DSMR 4/5: 115200
+    max_baud: int | None = setting(None, check=_baud)  # caps the mode C switch
     interval: Seconds = setting(10.0, min=0.01, max=86400)  # between readout starts
     timeout: Seconds | None = setting(None, min=0.01, max=86400)  # poll cut-off: read_timeout + 5
     read_timeout: Seconds = setting(60.0, min=0.01, max=86400)  # the whole readout
@@ -106,7 +115,8 @@ class IecMeterConfig:
     index_max: float = setting(0.0, min=0)  # register recirculation (kWh)
     u_nominal: float = setting(230.0, min=1, max=1e6)  # V phase-neutral, for plausibility
     i_max: float = setting(100.0, min=0.001, max=1e5)  # A, the nameplate's maximum current
-    timezone: str | None = setting(None, check=_time_zone)  # of the meter clock (default: local)
+    # of the meter clock (default: this box's own zone; set it, a meter's clock is local time)
+    timezone: str | None = setting(None, check=_time_zone)
     require_bcc: bool = True  # reject a data message without ETX/BCC
     bus: str | None = None  # poll-serialisation key (default: the port)
     bus_gap: Seconds = setting(0.0, max=60)  # quiet time after a poll

@@ -79,7 +79,15 @@ def _as_iec_errors() -> Iterator[None]:
         yield
     except LineError as err:
         kind = next((iec for line, iec in _AS_IEC.items() if isinstance(err, line)), IecError)
-        raise kind(str(err), err.received) from err
+        raise kind(str(err) + _garbage_hint(err.received), err.received) from err
+
+
+def _garbage_hint(received: bytes) -> str:
+    """IEC 62056-21 is 7-bit ASCII: bytes with the high bit set are what a UART makes of
+    characters sent at another rate or frame than it is set to."""
+    if len(received) >= 8 and sum(b >= 0x80 for b in received) * 4 > len(received):
+        return " (non-ASCII bytes: a wrong baud rate? check mode and initial_baud)"
+    return ""
 
 
 @dataclass(frozen=True)

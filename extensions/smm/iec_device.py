@@ -57,6 +57,7 @@ class IecMeterDevice(Device):
         self.points = config.points
         self.last_readout: Readout | None = None
         self.last_result: ObisResult | None = None
+        self._zone_told = False
 
     def specs(self, points: Iterable[str] | None = None) -> list[PointSpec]:
         """Point specs to declare: `points` (vocabulary names), else the configured ones plus
@@ -80,6 +81,14 @@ class IecMeterDevice(Device):
         readout = await self.client.aread()
         result = map_datasets(readout.datasets, tz=self.tz)
         self.last_readout, self.last_result = readout, result
+        if result.meter_time is not None and self.config.timezone is None and not self._zone_told:
+            self._zone_told = True  # a wrong zone shifts every source time: say so once
+            log.warning(
+                "%s: the meter's clock is read in this box's time zone (%s); set timezone "
+                '(e.g. "Europe/Rome") to the meter\'s own',
+                self.name,
+                dt.datetime.now(self.tz).tzname(),
+            )
         if result.unmapped:
             log.debug("%s: %d unmapped data sets", self.name, len(result.unmapped))
         return self.meter.readings(result.readings)

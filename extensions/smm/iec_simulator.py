@@ -214,6 +214,9 @@ class IecSimulator:
         self._master, self._slave = os.openpty()
         tty.setraw(self._master)
         tty.setraw(self._slave)  # no echo/line editing before the reader configures it
+        # A push meter sends whether or not anyone listens: a full line must not block it
+        # (a blocked write also made the next reader's open fail with EINVAL).
+        os.set_blocking(self._master, False)
         self.port = os.ttyname(self._slave)
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
@@ -269,7 +272,10 @@ class IecSimulator:
             if rx and rx != baud:  # the reader's UART samples at another rate: garbage
                 n = max(1, round(len(chunk) * rx / baud))
                 chunk = bytes(self._rng.randrange(0x80, 0x100) for _ in range(n))
-            os.write(self._master, chunk)
+            try:
+                os.write(self._master, chunk)
+            except BlockingIOError:  # nobody reads the line: a meter's bytes are just lost
+                pass
 
     def _receive(self, timeout: float) -> bool:
         r, _, _ = select.select([self._master, self._wake_r], [], [], timeout)
@@ -367,7 +373,7 @@ class IecSimulator:
         else:
             time.sleep(self.reaction_time)
         if meter.replay:
-            frame = meter.recorded_message
+            frame = _corrupt(meter.recorded_message) if fault == "bcc" else meter.recorded_message
         else:
             body = meter.block() + ETX
             check = bcc(body)
@@ -394,7 +400,11 @@ class IecSimulator:
         "unframed" `/ident CR LF CR LF data ! CR LF`, no STX/ETX/BCC (EMH eHZ and the like);
         "no_blank" the same without the blank line; "lf" unframed with LF-only line ends."""
         if meter.replay:
-            return meter.recorded_telegram
+            return (
+                _corrupt(meter.recorded_telegram)
+                if self.fault == "bcc"
+                else meter.recorded_telegram
+            )
         block = meter.block()
         if self.push_framing == "framed":
             body = block + ETX
@@ -406,8 +416,25 @@ class IecSimulator:
         return telegram.replace(CRLF, b"\n") if self.push_framing == "lf" else telegram
 
 
+def _corrupt(recorded: bytes) -> bytes:
+    """The "bcc" fault on a replayed recording: its first digit inside a value changed, so its
+    BCC or CRC no longer matches (an unframed telegram has none: it reads as sent)."""
+    at = recorded.find(b"(")
+    while at >= 0 and not recorded[at + 1 : at + 2].isdigit():
+        at = recorded.find(b"(", at + 1)
+    if at < 0:
+        return recorded
+    digit = recorded[at + 1]
+    return recorded[: at + 1] + bytes([48 + (digit - 47) % 10]) + recorded[at + 2 :]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="An IEC 62056-21 meter on a pseudo-terminal: prints the port to open (as "
+        "the serial port of an smm meter), then serves until Ctrl-C or SIGTERM. Modes A-C "
+        "answer a sign-on; mode D pushes every --push-interval seconds (DSMR: --initial-baud "
+        "115200). With --replay the recording is sent byte for byte, else with live values."
+    )
     parser.add_argument("--fixture", required=True, type=Path, action="append")
     parser.add_argument("--address", action="append", help="meter address, one per fixture")
     parser.add_argument("--mode", default="C", choices=list("ABCD"))
@@ -424,10 +451,14 @@ def main(argv: list[str] | None = None) -> int:
     addresses = args.address or [""] * len(args.fixture)
     if len(addresses) != len(args.fixture):
         parser.error("give one --address per --fixture")
-    meters = [
-        SimMeter(f, address=a, replay=args.replay)
-        for f, a in zip(args.fixture, addresses, strict=True)
-    ]
+    try:
+        meters = [
+            SimMeter(f, address=a, replay=args.replay)
+            for f, a in zip(args.fixture, addresses, strict=True)
+        ]
+    except (OSError, ValueError) as err:
+        hint = "" if args.replay else " (a push or DSMR recording? try --replay --mode D)"
+        parser.error(f"{err}{hint}")
     sim = IecSimulator(
         meters,
         mode=args.mode,

@@ -149,7 +149,9 @@ def format_value(v: point_pb2.Value) -> str:
         return "-"
     value = getattr(v, field)
     if field == "double_value":
-        return f"{value:.6g}"
+        # 15 significant digits: every decimal a meter sends, exactly (billing arithmetic is
+        # done on these), without binary noise or a trailing ".0".
+        return f"{value:.15g}"
     return str(value).lower() if field == "bool_value" else str(value)
 
 

@@ -128,7 +128,14 @@ class SerialLine:
                     self.port, baudrate=baud, timeout=READ_SLICE, **self._settings
                 )
             except (serial.SerialException, OSError, ValueError) as err:
-                raise LinePortError(f"cannot open serial port {self.port}: {err}") from err
+                hint = ""
+                if "Permission denied" in str(err) or "Errno 13" in str(err):
+                    # Under `smx run` as root each process has a user of its own.
+                    hint = (
+                        " (this process's user may not open it: give it the device's group"
+                        ' with os_groups = ["dialout"] in site.toml, docs/DEPLOY.md)'
+                    )
+                raise LinePortError(f"cannot open serial port {self.port}: {err}{hint}") from err
         elif self._serial.baudrate != baud:
             self.set_baud(baud)
         return self._serial

@@ -71,6 +71,12 @@ def mistake(tmp_path: Path, config: dict[str, Any]) -> str:
             id="iec-not-a-duration",
         ),
         pytest.param(
+            {"iec62056": [{**IEC, "initial_baud": 12345}]},
+            "extensions.smm.config.iec62056[0].initial_baud: must be a standard rate "
+            "(300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200), not 12345",
+            id="iec-odd-baud",
+        ),
+        pytest.param(
             {"modbus": [TCP, {**TCP, "unit": 248}]},
             "extensions.smm.config.modbus[1].unit: must be between 1 and 247, got 248",
             id="modbus-out-of-range",

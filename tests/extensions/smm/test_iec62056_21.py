@@ -215,7 +215,7 @@ def test_a_client_that_does_not_switch_baud_sees_garbage():
     with IecSimulator(SimMeter(EM214), initial_baud=1200) as sim:  # 9600 after the ACK
         client = _client(sim)
         client.line.set_baud = lambda baud: None  # the reader forgets to switch
-        with pytest.raises(FramingError):
+        with pytest.raises(FramingError, match=r"non-ASCII bytes: a wrong baud rate\?"):
             client.read()
 
 
