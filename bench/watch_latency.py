@@ -1,5 +1,7 @@
-"""Watch latency: write -> subscriber latency at 1,000 points/s with 1 and 20 subscribers,
-against a bare grpc.aio server-streaming relay measured in the same run on the same transport.
+"""Watch latency and cost per message: write -> subscriber latency at 1,000 points/s with 0, 1
+and 20 subscribers, against a bare grpc.aio server-streaming relay and (when `mosquitto` is
+installed) the Mosquitto MQTT broker, measured in the same run on the same transport: a Unix
+socket with TLS and client certificates, the same serialized payload.
 
 - writer: this process, grpc.aio, 10 points every 10 ms, each with source_time = now.
 - subscribers: separate processes (spawned), each holding one or more streams, each stream on
@@ -8,8 +10,13 @@ against a bare grpc.aio server-streaming relay measured in the same run on the s
 - core: WritePoints (meter) -> WatchPoints(["meter/w*"]) (gui).
 - baseline: Publish(the same serialized WritePointsRequest) -> bare server -> Subscribe stream
   of those bytes, parsed by the subscriber; same processes, streams and credentials.
+- mqtt: the same bytes published with QoS 1 to Mosquitto (started by the bench on a Unix socket
+  with the site's server certificate, client certificates required), subscribers at QoS 1.
+- server CPU per write: the server process's CPU time during a case / the writes of the case
+  (with 0 subscribers: the cost of one write; with 20: including the fan-out).
 
-Run: `python bench/watch_latency.py [--quick] [--seconds 6] [--procs 4]`
+Run: `python bench/watch_latency.py [--quick] [--seconds 6] [--procs 4] [--one-point]`
+(`--one-point`: 1,000 one-point writes/s instead of 100 writes of 10 points)
 """
 
 from __future__ import annotations
@@ -17,10 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
+import pwd
 import queue
+import shutil
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import harness
@@ -33,9 +46,17 @@ from smx.v1 import point_service_pb2 as pb
 __all__ = ["main"]
 
 POINTS_PER_WRITE = 10
-WRITE_PERIOD = 0.010  # 10 points every 10 ms: 1,000 points/s
+WRITE_PERIOD = 0.010  # 10 points every 10 ms: 1,000 points/s (`--one-point`: 1 every 1 ms)
 WARMUP = 0.5  # seconds of samples discarded at the start
 TARGETS_P99_MS = {1: 10.0, 20: 25.0}
+TARGETS_P99_MS_ONE_POINT = {1: 10.0, 20: 10.0}
+MAX_IN_FLIGHT = 64  # writes the writer keeps open when the schedule is faster than a round trip
+TOPIC = "meter/w"
+
+
+def _configure(one_point: bool) -> None:
+    global POINTS_PER_WRITE, WRITE_PERIOD
+    POINTS_PER_WRITE, WRITE_PERIOD = (1, 0.001) if one_point else (10, 0.010)
 
 
 # -- subscriber process ---------------------------------------------------------------------------
@@ -51,7 +72,70 @@ def subscriber_main(
     results: mp.Queue,
 ) -> None:
     """One subscriber process: `streams` streams; sends back (source_ms, latency_ms) pairs."""
+    if kind == "mqtt":
+        results.put(_subscribe_mqtt(Path(home), target, streams, ready, stop))
+        return
     results.put(asyncio.run(_subscribe(kind, Path(home), target, streams, ready, stop)))
+
+
+def _mqtt_client(home: Path, name: str, client_id: str, socket: str) -> Any:
+    """A connected paho client with `name`'s certificate, its network loop running."""
+    import paho.mqtt.client as mqtt
+
+    creds = Credentials.from_site(home, name)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport="unix")
+    client.tls_set(ca_certs=str(creds.ca), certfile=str(creds.cert), keyfile=str(creds.key))
+    client.tls_insecure_set(True)  # a socket path is no host name; the chain is still verified
+    client.max_inflight_messages_set(MAX_IN_FLIGHT)
+    connected = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+        connected.set()
+
+    client.on_connect = on_connect
+    client.connect(socket)
+    client.loop_start()
+    if not connected.wait(15) or refused:
+        client.loop_stop()
+        raise RuntimeError(f"MQTT connect as {name}: {refused or 'no CONNACK'}")
+    return client
+
+
+def _subscribe_mqtt(
+    home: Path, socket: str, streams: int, ready: mp.Queue, stop: mp.Event
+) -> list[tuple[float, float]]:
+    samples: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        now = time.time()
+        got = []
+        for s in pb.WritePointsRequest.FromString(msg.payload).samples:
+            src = s.source_time.seconds + s.source_time.nanos / 1e9
+            got.append((src, (now - src) * 1000))
+        with lock:
+            samples.extend(got)
+
+    clients = []
+    for i in range(streams):
+        client = _mqtt_client(home, "gui", f"sub-{os.getpid()}-{i}", socket)
+        subscribed = threading.Event()
+        client.on_message = on_message
+        client.on_subscribe = lambda *_, ev=subscribed: ev.set()
+        client.subscribe(TOPIC, qos=1)
+        if not subscribed.wait(15):
+            raise TimeoutError("no SUBACK from the broker")
+        clients.append(client)
+    ready.put(streams)
+    while not stop.is_set():
+        time.sleep(0.05)
+    for client in clients:
+        client.disconnect()
+        client.loop_stop()
+    return samples
 
 
 async def _subscribe(
@@ -115,6 +199,7 @@ class Result:
     delivered: float  # points received / points written x subscribers, in the window
     writes: int
     late_writes: int  # writes started more than one period behind schedule
+    cpu_per_write_us: float  # the server's CPU during the case / writes
 
 
 def _request(count: int) -> pb.WritePointsRequest:
@@ -133,11 +218,23 @@ def _request(count: int) -> pb.WritePointsRequest:
 
 
 async def _write_for(kind: str, site: Site, target: str, seconds: float) -> tuple[int, int, float]:
-    """Write on schedule for `seconds`; returns (writes, late writes, time of the first)."""
+    """Write on schedule for `seconds`; returns (writes, late writes, time of the first).
+    Writes overlap (at most MAX_IN_FLIGHT) when the schedule is faster than a round trip."""
+    if kind == "mqtt":
+        return await asyncio.to_thread(_publish_for, site, target, seconds)
     ch = harness.aio_channel(site.creds("meter"), target)
     method = "/smx.v1.PointService/WritePoints" if kind == "core" else harness.PUBLISH
     call = ch.unary_unary(method, request_serializer=pb.WritePointsRequest.SerializeToString)
     await call(_request(0))  # connect before the clock starts
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def one(n: int) -> None:
+        try:
+            await call(_request(n))
+        finally:
+            slots.release()
+
     start = time.monotonic()
     first = time.time()
     writes = late = 0
@@ -149,18 +246,106 @@ async def _write_for(kind: str, site: Site, target: str, seconds: float) -> tupl
         elif delay < -WRITE_PERIOD:
             late += 1
         writes += 1
-        await call(_request(writes))
+        await slots.acquire()
+        task = asyncio.create_task(one(writes))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
         nxt += WRITE_PERIOD
+    await asyncio.gather(*pending)
     await asyncio.sleep(0.2)  # let the last changes reach the subscribers
     await ch.close()
     return writes, late, first
 
 
-def run_case(kind: str, site: Site, target: str, subs: int, procs: int, seconds: float) -> Result:
+def _publish_for(site: Site, socket: str, seconds: float) -> tuple[int, int, float]:
+    """The MQTT writer: QoS 1 publishes on schedule, at most MAX_IN_FLIGHT unacknowledged."""
+    client = _mqtt_client(site.home, "meter", "writer", socket)
+    acked = threading.Semaphore(MAX_IN_FLIGHT)
+    client.on_publish = lambda *_: acked.release()
+    start = time.monotonic()
+    first = time.time()
+    writes = late = 0
+    nxt = start
+    while nxt - start < seconds:
+        delay = nxt - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -WRITE_PERIOD:
+            late += 1
+        writes += 1
+        if not acked.acquire(timeout=10):
+            raise RuntimeError("the broker stopped acknowledging")
+        client.publish(TOPIC, _request(writes).SerializeToString(), qos=1)
+        nxt += WRITE_PERIOD
+    for _ in range(MAX_IN_FLIGHT):  # every publish acknowledged
+        acked.acquire(timeout=5)
+    time.sleep(0.2)
+    client.disconnect()
+    client.loop_stop()
+    return writes, late, first
+
+
+class Mosquitto:
+    """Mosquitto on a Unix socket of the site, with the core's server certificate and client
+    certificates required (TLS 1.3), persistence off: the broker a user might pick instead."""
+
+    def __init__(self, site: Site) -> None:
+        from trusted.pki import SiteCA
+
+        ca = SiteCA.load(site.home / "pki")
+        self.socket = site.home / "mqtt.sock"
+        conf = site.home / "mosquitto.conf"
+        conf.write_text(
+            f"listener 0 {self.socket}\n"
+            f"cafile {site.home / 'pki' / 'ca.crt'}\n"
+            f"certfile {ca.server_cert_path}\nkeyfile {ca.server_key_path}\n"
+            "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.3\n"
+            "persistence false\nmax_queued_messages 100000\n"
+            # As root it would switch to its own user, who may not enter the site home.
+            + (f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else "")
+        )
+        self.log = open(site.home / "mosquitto.log", "ab")  # noqa: SIM115
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self.log, stderr=self.log)
+        self.ps = harness.psutil.Process(self.proc.pid)
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not start: {(site.home / 'mosquitto.log')}")
+            time.sleep(0.05)
+        self.target = str(self.socket)
+
+    def cpu_seconds(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def mosquitto_available() -> bool:
+    try:
+        import paho.mqtt  # noqa: F401
+    except ImportError:
+        return False
+    return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+
+
+def run_case(
+    kind: str,
+    site: Site,
+    target: str,
+    subs: int,
+    procs: int,
+    seconds: float,
+    cpu: Any,
+) -> Result:
     ctx = mp.get_context("spawn")  # never fork a process that has grpc state
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = max(1, min(procs, subs))
-    split = [subs // procs + (1 if i < subs % procs else 0) for i in range(procs)]
+    procs = min(procs, subs)
+    split = [subs // procs + (1 if i < subs % procs else 0) for i in range(procs)] if procs else []
     children = [
         ctx.Process(
             target=subscriber_main,
@@ -174,7 +359,9 @@ def run_case(kind: str, site: Site, target: str, subs: int, procs: int, seconds:
     got = 0
     while got < subs:
         got += ready.get(timeout=30)
+    cpu0 = cpu()
     writes, late, first = asyncio.run(_write_for(kind, site, target, seconds))
+    cpu_used = cpu() - cpu0
     stop.set()
     samples: list[tuple[float, float]] = []
     for _ in children:
@@ -193,9 +380,10 @@ def run_case(kind: str, site: Site, target: str, subs: int, procs: int, seconds:
         percentile(lat, 50),
         percentile(lat, 99),
         max(lat, default=float("nan")),
-        len(lat) / (expected * subs) if expected else float("nan"),
+        len(lat) / (expected * subs) if expected and subs else float("nan"),
         writes,
         late,
+        cpu_used / writes * 1e6 if writes else float("nan"),
     )
 
 
@@ -206,63 +394,98 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--procs", type=int, default=4, help="subscriber processes for the 20-subscriber case"
     )
+    parser.add_argument(
+        "--one-point", action="store_true", help="1,000 one-point writes/s (default 100 x 10)"
+    )
+    parser.add_argument("--no-mqtt", action="store_true", help="leave Mosquitto out")
     args = parser.parse_args(argv)
+    _configure(args.one_point)
     seconds = 1.5 if args.quick else args.seconds
+    with_mqtt = not args.no_mqtt and mosquitto_available()
     site = Site()
-    core = bare = None
+    core = bare = mosq = None
     results: list[Result] = []
     try:
         core = BenchCore(site)
         bare = BareServer(site)
+        servers: list[tuple[str, str, Any]] = [
+            ("bare", bare.target, lambda: sum(bare.ps.cpu_times()[:2])),
+            ("core", site.target, core.cpu_seconds),
+        ]
+        if with_mqtt:
+            mosq = Mosquitto(site)
+            servers.append(("mqtt", mosq.target, mosq.cpu_seconds))
         rss_idle = core.rss_mb()
         cpu0 = core.cpu_seconds()
-        for subs in (1, 20):
-            for kind, target in (("bare", bare.target), ("core", site.target)):
-                results.append(run_case(kind, site, target, subs, args.procs, seconds))
+        for subs in (0, 1, 20):
+            for kind, target, cpu in servers:  # interleaved: the same machine state for each
+                results.append(run_case(kind, site, target, subs, args.procs, seconds, cpu))
         rss_after = core.rss_mb()
         core_cpu = core.cpu_seconds() - cpu0
     finally:
-        if bare is not None:
-            bare.stop()
-        if core is not None:
-            core.stop()
+        for server in (mosq, bare, core):
+            if server is not None:
+                server.stop()
         site.cleanup()
 
-    print("watch latency: write -> subscriber, 1,000 points/s (10 points every 10 ms)")
+    shape = (
+        "1,000 one-point writes/s" if args.one_point else "1,000 points/s (10 points every 10 ms)"
+    )
+    print(f"watch latency and cost per message: write -> subscriber, {shape}")
     print(
         f"  {seconds:g} s per case, first {WARMUP:g} s discarded; subscribers in "
         f"{args.procs} process(es) for 20, 1 for 1; baseline = bare grpc.aio relay"
+        + ("; mqtt = Mosquitto, QoS 1" if with_mqtt else " (Mosquitto not installed: left out)")
     )
     rows = []
     by = {(r.server, r.subscribers): r for r in results}
     for r in results:
         base = by[("bare", r.subscribers)]
-        ratio = f"{r.p99 / base.p99:.1f}x" if r.server == "core" else ""
+        ratio = f"{r.p99 / base.p99:.1f}x" if r.server != "bare" and r.subscribers else ""
+        cpu_ratio = (
+            f"{r.cpu_per_write_us / base.cpu_per_write_us:.2f}x" if r.server != "bare" else ""
+        )
         rows.append(
             [
                 r.server,
                 r.subscribers,
-                r.p50,
-                r.p99,
-                r.max,
+                r.p50 if r.subscribers else "",
+                r.p99 if r.subscribers else "",
+                r.max if r.subscribers else "",
                 ratio,
-                f"{r.delivered:.1%}",
+                f"{r.delivered:.1%}" if r.subscribers else "",
                 f"{r.writes} ({r.late_writes} late)",
+                f"{r.cpu_per_write_us:.0f}",
+                cpu_ratio,
             ]
         )
     print(
         fmt_table(
-            ["server", "subs", "p50 ms", "p99 ms", "max ms", "p99 vs bare", "delivered", "writes"],
+            [
+                "server",
+                "subs",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "p99 vs bare",
+                "delivered",
+                "writes",
+                "CPU us/write",
+                "CPU vs bare",
+            ],
             rows,
         )
     )
     print(f"core RSS: {rss_idle:.1f} MB idle, {rss_after:.1f} MB after; core CPU {core_cpu:.1f} s")
-    for subs, limit in TARGETS_P99_MS.items():
+    targets = TARGETS_P99_MS_ONE_POINT if args.one_point else TARGETS_P99_MS
+    for subs, limit in targets.items():
         print(
             target_line(
                 f"p99 with {subs} subscriber(s)", by[("core", subs)].p99, limit, "ms", False
             )
         )
+    cost = by[("core", 0)].cpu_per_write_us / by[("bare", 0)].cpu_per_write_us
+    print(target_line("core CPU per write vs bare", cost, 1.3, "x", False))
     return 0
 
 

@@ -6,13 +6,16 @@ arrives in the same turn as its result (a loop around it then never stops), and
 gRPC (and anything else cancelling that task) then have to tell apart from a real
 cancellation. `wait_event` waits in a task of its own through `asyncio.wait`, which neither
 cancels the caller nor swallows the caller's cancellation.
+
+`Wakeup` is the same contract for a flag with one waiter, without the task: one future and one
+timer per wait, for the paths that wait once per message (a watch stream's delivery loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-__all__ = ["wait_event"]
+__all__ = ["Wakeup", "wait_event"]
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -26,3 +29,46 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
         if not waiter.done():
             waiter.cancel()
     return bool(done)
+
+
+class Wakeup:
+    """A flag one task waits on with a time limit. The wait awaits a bare future: a
+    cancellation of the waiting task reaches it unchanged (none is lost in the turn the flag
+    is set), and the time limit only resolves the future, it never cancels the task."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self, seconds: float) -> bool:
+        """True once set, False after `seconds` without it."""
+        if self._flag:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(max(0.0, seconds), _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from smx.aio import wait_event
+from smx.aio import Wakeup, wait_event
 
 
 async def test_set_in_time_timed_out_and_already_set():
@@ -46,3 +46,46 @@ async def test_the_time_limit_never_cancels_the_waiting_task():
         await wait_event(event, 0.0005)
     assert asyncio.current_task().cancelling() == 0
     await asyncio.sleep(0)  # no cancellation left pending for this task
+
+
+# -- Wakeup: the same contract without a task per wait --------------------------------------------
+
+
+async def test_wakeup_set_in_time_timed_out_and_already_set():
+    flag = Wakeup()
+    asyncio.get_running_loop().call_later(0.01, flag.set)
+    assert await flag.wait(5.0) is True
+    assert await flag.wait(0.0) is True  # already set
+    flag.clear()
+    t0 = asyncio.get_running_loop().time()
+    assert await flag.wait(0.02) is False
+    assert asyncio.get_running_loop().time() - t0 >= 0.015
+
+
+async def test_wakeup_loop_always_stops_when_cancelled():
+    async def loop(flag: Wakeup) -> None:
+        while True:
+            await flag.wait(1.0)
+            flag.clear()
+            asyncio.get_running_loop().call_soon(flag.set)
+
+    hung = 0
+    for _ in range(300):
+        flag = Wakeup()
+        flag.set()
+        task = asyncio.create_task(loop(flag))
+        for _ in range(random.randint(1, 20)):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        hung += not done
+    assert hung == 0
+
+
+async def test_wakeup_time_limit_never_cancels_the_waiting_task_and_leaves_no_timer():
+    flag = Wakeup()
+    for _ in range(200):
+        assert await flag.wait(0.0005) is False
+    assert asyncio.current_task().cancelling() == 0
+    loop = asyncio.get_running_loop()
+    assert not [h for h in loop._scheduled if not h.cancelled()]  # every timer cancelled

@@ -9,7 +9,6 @@ never blocks writers or the other watchers.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 import math
@@ -17,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from smx.aio import Wakeup
 from smx.names import Glob, InvalidName, validate_point_name
 from smx.timestamps import duration_s, ms_to_ts, now_ms, ts_to_ms
 from smx.v1 import point_pb2
@@ -53,7 +53,7 @@ class Watcher:
         self._match = match
         self._cache: dict[str, bool] = {}
         self.pending: dict[str, point_pb2.Point] = {}
-        self.event = asyncio.Event()
+        self.event = Wakeup()  # one waiter, woken once per delivery: no task per wait
 
     def matches(self, name: str) -> bool:
         hit = self._cache.get(name)

@@ -7,7 +7,6 @@ from typing import cast
 
 import grpc
 
-from smx.aio import wait_event
 from smx.timestamps import duration_s, ms_to_ts, ts_to_ms
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
@@ -165,7 +164,7 @@ class PointService:
                 for msg in _chunks(first, db.revision):
                     yield msg
             while True:
-                if not await wait_event(watcher.event, heartbeat) and not watcher.pending:
+                if not await watcher.event.wait(heartbeat) and not watcher.pending:
                     # (a write may land in the very turn of the timeout: then it is sent)
                     yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
                     continue
