@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -155,6 +156,29 @@ def test_all_processes_come_up_healthy(site):
         in (site.home / "run" / "logs" / "meter.log").read_text()
     )
     assert (site.home / "run" / "meter.config.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_status_shows_each_process_memory_and_the_sites_total(site):
+    """PSS per process and the total: RSS would count the shared Python/grpc pages again for
+    every process."""
+    wait_for(lambda: healthy(site) or site.proc.poll() is not None, 20, what="a healthy site")
+    r = smx("status", "--home", str(site.home), "--json")
+    data = json.loads(r.stdout)
+    # (the crashing simulator may die between the status file and the read of its memory)
+    running = [p for p in data["processes"] if p["state"] == "running" and p["memory"]]
+    assert {"core", "meter", "ess"} <= {p["name"] for p in running}
+    assert all(p["memory"]["pss"] > 1_000_000 for p in running)
+    for p in running:
+        m = p["memory"]
+        assert m["uss"] <= m["pss"] <= m["rss"], p["name"]
+    total = data["memory_total"]
+    assert total["pss"] == data["memory"]["pss"] + sum(p["memory"]["pss"] for p in running)
+    assert total["pss"] < total["rss"]  # shared pages counted once
+    table = smx("status", "--home", str(site.home)).stdout
+    assert "PSS MB" in table.splitlines()[1]
+    core = next(line for line in table.splitlines() if line.startswith("core "))
+    assert re.search(r"\s\d+\.\d\s", core), core
+    assert re.search(r"memory, supervisor and processes: [\d.]+ MB PSS", table), table
 
 
 def test_a_second_supervisor_for_the_same_site_is_refused(site):

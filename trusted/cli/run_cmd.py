@@ -12,7 +12,13 @@ from smx.cli.connect import site_home
 from smx.cli.errors import EXIT_FAILED, EXIT_USAGE, CliError
 from smx.cli.output import add_json_option
 from trusted.supervisor.site_config import SiteConfigError, load_site_config
-from trusted.supervisor.status import RunPaths, format_status, pid_alive, read_status
+from trusted.supervisor.status import (
+    RunPaths,
+    add_memory,
+    format_status,
+    pid_alive,
+    read_status,
+)
 
 __all__ = ["register"]
 
@@ -109,6 +115,8 @@ def status(args: argparse.Namespace) -> int:
             EXIT_FAILED,
         )
     running = pid_alive(data.get("pid"), data.get("pid_created"))
+    if running:
+        add_memory(data)
     if args.json:
         print(json.dumps(data, sort_keys=True))
     else:

@@ -118,9 +118,47 @@ _HEADER = (
     "PID",
     "RESTARTS",
     "UPTIME",
+    "PSS MB",
     "LAST EXIT",
     "LAST ERROR",
 )
+
+
+def memory_of(pid: Any, created: Any = None) -> dict[str, int] | None:
+    """RSS, PSS and USS of a live process in bytes; None if it is gone or not ours to read.
+    PSS is the figure to add up: RSS counts the pages processes share (Python, grpc, OpenSSL)
+    once per process, PSS divides them among the processes that map them."""
+    if not pid_alive(pid, created):
+        return None
+    try:
+        info = psutil.Process(pid).memory_full_info()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
+    return {"rss": int(info.rss), "pss": int(getattr(info, "pss", 0)), "uss": int(info.uss)}
+
+
+def add_memory(status: dict[str, Any]) -> None:
+    """Each running process's `memory` (and the supervisor's, and their `memory_total`), read
+    now from /proc: what `smx status` shows."""
+    total = {"rss": 0, "pss": 0, "uss": 0}
+    own = memory_of(status.get("pid"), status.get("pid_created"))
+    status["memory"] = own
+    found = [own] if own else []
+    for proc in status.get("processes", []):
+        if isinstance(proc, dict) and proc.get("state") in ("starting", "running"):
+            proc["memory"] = memory_of(proc.get("pid"), proc.get("pid_created"))
+            if proc["memory"]:
+                found.append(proc["memory"])
+    for m in found:
+        for key in total:
+            total[key] += m[key]
+    status["memory_total"] = total if found else None
+
+
+def _mb(memory: Any, key: str = "pss") -> str:
+    if not isinstance(memory, dict) or not isinstance(memory.get(key), int):
+        return ""
+    return f"{memory[key] / 2**20:.1f}"
 
 
 def _ago(seconds: float) -> str:
@@ -180,6 +218,7 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
                 _cell(p.get("pid") if state in ("starting", "running") else None),
                 _cell(p.get("restarts", 0)),
                 _cell(uptime),
+                _cell(_mb(p.get("memory"))),
                 _cell(p.get("last_exit")),
                 _cell(error if len(error) <= 80 else error[:77] + "..."),
             )
@@ -189,4 +228,12 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
         for r in rows
     ]
-    return head + "\n" + "\n".join(line.rstrip() for line in lines)
+    out = head + "\n" + "\n".join(line.rstrip() for line in lines)
+    total = status.get("memory_total")
+    if isinstance(total, dict) and running:
+        out += (
+            f"\nmemory, supervisor and processes: {_mb(total)} MB PSS "
+            f"({_mb(total, 'uss')} MB USS, {_mb(total, 'rss')} MB RSS summed; "
+            f"supervisor {_mb(status.get('memory')) or '?'} MB PSS)"
+        )
+    return out
