@@ -17,3 +17,35 @@ def test_light_contracts_load_neither_grpc_nor_protobuf():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _loaded_by(argv: list[str], modules: tuple[str, ...]) -> list[str]:
+    code = (
+        "import sys\n"
+        "from trusted.cli.main import build_parser\n"
+        f"build_parser({argv!r}).parse_args({argv!r})\n"
+        f"print(','.join(m for m in {modules!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_long_running_commands_load_only_what_they_use():
+    """`smx run` supervises a site for months: no cryptography (the CA lives in a provisioning
+    child), no sqlite3, no rich; the client commands neither."""
+    heavy = ("cryptography", "sqlite3", "rich", "trusted.core.audit", "trusted.pki")
+    assert _loaded_by(["--home", "/x", "run", "--config", "site.toml"], heavy) == []
+    assert _loaded_by(["status", "--home", "/x"], heavy) == []
+    assert _loaded_by(["points", "get", "a/b"], heavy) == []
+
+
+def test_help_still_lists_every_command():
+    from trusted.cli.main import COMMANDS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "trusted.cli.main", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    block = out.stdout.split("COMMAND\n", 1)[1].split("\noptions:", 1)[0]
+    listed = [ln.split()[0] for ln in block.splitlines() if ln[:4] == "    " and ln[4:5] != " "]
+    assert sorted(listed) == sorted(COMMANDS)

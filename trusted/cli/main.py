@@ -25,16 +25,25 @@ __all__ = ["main", "version"]
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 # Each module registers its own sub-commands; a missing module is a packaging bug, not optional.
-COMMAND_MODULES = (
-    "trusted.cli.pki_cmd",
-    "trusted.cli.core_cmd",
-    "smx.cli.client_cmd",
-    "trusted.cli.audit_cmd",
-    "trusted.cli.policy_cmd",
-    "trusted.cli.demo_cmd",
-    "trusted.cli.run_cmd",
-    "trusted.cli.backup_cmd",
-)
+# Each command -> the module that registers it. Only the module of the command given is
+# imported: `smx run` supervises a site for months and must not carry what `smx audit`
+# (cryptography) or `smx backup` (sqlite3) load, nor `smx points` the core's modules.
+COMMANDS = {
+    "pki": "trusted.cli.pki_cmd",
+    "core": "trusted.cli.core_cmd",
+    "points": "smx.cli.client_cmd",
+    "setpoint": "smx.cli.client_cmd",
+    "whoami": "smx.cli.client_cmd",
+    "admin": "smx.cli.client_cmd",
+    "audit": "trusted.cli.audit_cmd",
+    "policy": "trusted.cli.policy_cmd",
+    "demo": "trusted.cli.demo_cmd",
+    "run": "trusted.cli.run_cmd",
+    "status": "trusted.cli.run_cmd",
+    "backup": "trusted.cli.backup_cmd",
+    "restore": "trusted.cli.backup_cmd",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 LOGGING_COMMANDS = ("core", "run", "demo")
 
@@ -62,7 +71,20 @@ def version() -> str:
             return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_word(argv: list[str]) -> str | None:
+    """The command named in `argv` (after the global options), or None."""
+    words = iter(argv)
+    for word in words:
+        if word == "--home":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with `argv`, only the module of the command it names is loaded (all of
+    them for help, a mistyped command or none)."""
     import argparse
     import importlib
 
@@ -79,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help="site directory (default: $SMX_HOME or ./site)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    word = None if argv is None else _command_word(argv)
+    for name in (COMMANDS[word],) if word in COMMANDS else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -92,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     loads is the one that still ends in Python's own traceback."""
     prog, verbose = "smx", False
     try:
-        parser = build_parser()
+        parser = build_parser(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(argv)
         verbose = args.verbose
         if args.command is None:
