@@ -776,6 +776,47 @@ async def test_compaction_moves_the_segment_into_chunks(tmp_path: Path) -> None:
     await log.close()
 
 
+async def test_a_failing_compaction_bounds_what_waits_and_is_not_retried_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compaction failing (database unwritable, disk full): past MAX_RECENT samples flushes
+    stop taking new ones (the bounded buffer drops the oldest, counted), a failed compaction
+    waits COMPACT_RETRY before the next try, and once it works again nothing waiting is lost."""
+    monkeypatch.setattr(history, "MAX_RECENT", 300)
+    monkeypatch.setattr(history, "COMPACT_AT", 100)
+    broken = {"on": True}
+    real = history.compact
+
+    def compact(*args: object, **kw: object) -> None:
+        if broken["on"]:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(*args, **kw)
+
+    monkeypatch.setattr(history, "compact", compact)
+    log = HistoryLog(tmp_path / "h.db", flush_interval=3600)
+    log._max_pending = 500
+    await log.start()
+    for ts in range(400):
+        log.append("m/P", ts, float(ts), GOOD, b"")
+        if ts % 100 == 99 and ts < 300:
+            await log.flush()
+    assert log._recent.count == 300
+    with pytest.raises(HistoryError, match="compaction .* failed"):
+        await log.compact()
+    assert not log._compaction_due()  # retried after COMPACT_RETRY, not at the next flush
+    with pytest.raises(HistoryError, match="wait for compaction"):
+        await log.flush()  # the last 100 stay buffered
+    for ts in range(400, 1000):
+        log.append("m/P", ts, float(ts), GOOD, b"")
+    assert len(log._pending) == 500 and log.stats()["dropped"] == 200  # bounded
+    broken["on"] = False
+    await log.compact()
+    await log.flush()
+    got = [s.ts_ms for s in (await collect(log, ["m/P"]))["m/P"]]
+    assert got == list(range(300)) + list(range(500, 1000))
+    await log.close()
+
+
 async def test_retention_by_age_trims_the_chunk_that_straddles_the_cutoff(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
     log = HistoryLog(

@@ -75,6 +75,11 @@ FLUSH_AT = 10_000
 # held in memory, ~50 bytes each).
 COMPACT_INTERVAL = 600.0
 COMPACT_AT = 200_000
+# While compaction fails (database unwritable, disk full) the segment and its copy in memory
+# would grow without end: past this many samples flushes wait (the buffer above then drops the
+# oldest, counted), and a failed compaction is retried after COMPACT_RETRY seconds, not at once.
+MAX_RECENT = 3 * COMPACT_AT
+COMPACT_RETRY = 60.0
 
 
 @dataclass(slots=True)
@@ -124,6 +129,7 @@ class HistoryLog:
         self._segment: Segment | None = None
         self._recent = Recent()
         self._compacted_at = 0.0  # time.monotonic() of the last compaction
+        self._compact_retry_at = 0.0  # after a failed compaction, none before this
         self._executor: ThreadPoolExecutor | None = None
         self._ids: dict[str, int] = {}  # name -> names.id; touched by the writer thread only
         self._flush_lock: asyncio.Lock | None = None
@@ -244,6 +250,11 @@ class HistoryLog:
         self._require_started()
         assert self._flush_lock is not None
         async with self._flush_lock:  # a second flush() waits until the first one is on disk
+            if self._recent.count >= MAX_RECENT:
+                raise HistoryError(
+                    f"{self._recent.count} samples wait for compaction into {self._path}, "
+                    "which keeps failing: new samples stay buffered"
+                )
             batch = self._take()
             if batch is None:
                 return
@@ -335,10 +346,10 @@ class HistoryLog:
                 log.exception("history flush to %s failed unexpectedly", self._path)
 
     def _compaction_due(self) -> bool:
-        return (
-            self._recent.count >= COMPACT_AT
-            or time.monotonic() - self._compacted_at >= COMPACT_INTERVAL
-        )
+        now = time.monotonic()
+        if now < self._compact_retry_at:
+            return False
+        return self._recent.count >= COMPACT_AT or now - self._compacted_at >= COMPACT_INTERVAL
 
     # -- compaction ------------------------------------------------------------------------------
 
@@ -352,8 +363,15 @@ class HistoryLog:
             try:
                 await loop.run_in_executor(self._executor, self._compact)
             except (sqlite3.Error, OSError) as err:
-                log.error("history compaction of %s failed: %s", self._path, err)
+                self._compact_retry_at = time.monotonic() + COMPACT_RETRY
+                log.error(
+                    "history compaction of %s failed (retried in %gs): %s",
+                    self._path,
+                    COMPACT_RETRY,
+                    err,
+                )
                 raise HistoryError(f"compaction of {self._path} failed: {err}") from err
+            self._compact_retry_at = 0.0
 
     # -- writer thread ---------------------------------------------------------------------------
 
