@@ -118,6 +118,8 @@ class IecMeterConfig:
     # of the meter clock (default: this box's own zone; set it, a meter's clock is local time)
     timezone: str | None = setting(None, check=_time_zone)
     require_bcc: bool = True  # reject a data message without ETX/BCC
+    # mode D: reject a telegram without a CRC after "!" (absent: only DSMR 4/5, which send one)
+    require_crc: bool | None = None
     bus: str | None = None  # poll-serialisation key (default: the port)
     bus_gap: Seconds = setting(0.0, max=60)  # quiet time after a poll
     max_backoff: Seconds = setting(60.0, min=0.01, max=86400)  # between tries of a dead meter

@@ -69,7 +69,10 @@ _IDENT = re.compile(
 # `!` and the CRC-16 of everything from `/` to `!` as four hex digits (empty in DSMR 2/3).
 _CRC_END = re.compile(rb"!([0-9A-Fa-f]{4})?")
 # One data set: address, then one or more (value*unit) groups.
+# Matched anchored at each position (never searched: a search rescans a line without any
+# "(" from every start, quadratic in its length) on lines of at most MAX_LINE characters.
 _DATASET = re.compile(r"([^()/!\r\n]*)((?:\([^()\r\n]*\))+)")
+MAX_LINE = 2048  # the longest real data line seen is ~330 characters (a DSMR history list)
 _GROUP = re.compile(r"\(([^()\r\n]*)\)")
 
 
@@ -218,9 +221,14 @@ def parse_data_block(block: bytes | str) -> list[DataSet]:
             break
         if not line:
             continue
+        if len(line) > MAX_LINE:
+            raise FramingError(
+                f"line {number} has {len(line)} characters (at most {MAX_LINE})", _raw(block)
+            )
         pos = 0
-        for m in _DATASET.finditer(line):
-            if m.start() != pos:
+        while pos < len(line):
+            m = _DATASET.match(line, pos)
+            if m is None:
                 break
             pos = m.end()
             groups = tuple(_value(g) for g in _GROUP.findall(m.group(2)))
@@ -272,7 +280,7 @@ def parse_data_message(frame: bytes, *, require_bcc: bool = True) -> list[DataSe
 
 
 def parse_push_telegram(
-    raw: bytes, *, require_bcc: bool = False
+    raw: bytes, *, require_bcc: bool = False, require_crc: bool | None = None
 ) -> tuple[Identification, list[DataSet]]:
     """A mode D telegram as push meters (EMH eHZ and the like) really send it -> its
     identification and data sets.
@@ -282,7 +290,9 @@ def parse_push_telegram(
     the telegram are skipped: it starts at the first `/` from which a whole telegram parses.
     A framed telegram with ETX has its BCC checked (BccError); with `require_bcc` a telegram
     that has STX but no ETX/BCC is rejected, an unframed one never is. A DSMR P1 telegram ends
-    with `!` and a CRC-16 (`!6EEE`), which is checked (BccError).
+    with `!` and a CRC-16 (`!6EEE`), which is checked (BccError). A telegram without one is
+    refused when `require_crc`, or (None) when it says it is DSMR 4 or later (`1-3:0.2.8`
+    >= 40), which always sends one: 8N1 lines have no parity, so the CRC is the only check.
     Raises only FramingError or BccError.
     """
     first: IecError | None = None
@@ -291,7 +301,7 @@ def parse_push_telegram(
         if at < 0:
             break
         try:
-            return _push_telegram(raw[at:], require_bcc)
+            return _push_telegram(raw[at:], require_bcc, require_crc)
         except BccError:
             raise
         except FramingError as err:
@@ -300,7 +310,9 @@ def parse_push_telegram(
     raise first or FramingError(f"no '/' identification in {raw[:40]!r}", raw)
 
 
-def _push_telegram(raw: bytes, require_bcc: bool) -> tuple[Identification, list[DataSet]]:
+def _push_telegram(
+    raw: bytes, require_bcc: bool, require_crc: bool | None
+) -> tuple[Identification, list[DataSet]]:
     nl = raw.find(b"\n")
     if nl < 0:
         raise FramingError(f"identification without its line end: {raw[:40]!r}", raw)
@@ -341,4 +353,18 @@ def _push_telegram(raw: bytes, require_bcc: bool) -> tuple[Identification, list[
                 f"({len(raw)} bytes)",
                 raw,
             )
-    return ident, parse_data_block(data.replace(b"\n", b"\r\n") + b"\r\n!\r\n")
+    sets = parse_data_block(data.replace(b"\n", b"\r\n") + b"\r\n!\r\n")
+    if mark.group(1) is None and not rest.startswith(STX):  # (a framed one has its BCC)
+        version = _dsmr_version(sets)
+        if require_crc or (require_crc is None and version >= 40):
+            said = f"DSMR {version / 10:g} " if version else ""
+            raise FramingError(f"{said}telegram without its CRC after the '!' (bytes lost?)", raw)
+    return ident, sets
+
+
+def _dsmr_version(sets: list[DataSet]) -> int:
+    """The DSMR version a telegram declares (`1-3:0.2.8(50)` is 5.0), 0 if none."""
+    for ds in sets:
+        if ds.address == "1-3:0.2.8" and ds.value.value.isdigit():
+            return int(ds.value.value)
+    return 0

@@ -41,6 +41,7 @@ from .iec62056_21 import (
     REACTION_MAX,
     REACTION_MIN,
     STX,
+    BccError,
     DataSet,
     FramingError,
     Identification,
@@ -125,6 +126,7 @@ class IecClient:
         read_timeout: float = 60.0,
         max_bytes: int = 256 * 1024,
         require_bcc: bool = True,
+        require_crc: bool | None = None,
     ) -> None:
         mode = mode.upper()
         if mode not in ("A", "B", "C", "D"):
@@ -139,6 +141,7 @@ class IecClient:
         self.read_timeout = read_timeout
         self.max_bytes = max_bytes
         self.require_bcc = require_bcc
+        self.require_crc = require_crc  # DSMR: None = when the telegram is DSMR 4 or later
         self.line = (
             port
             if isinstance(port, SerialLine)
@@ -215,19 +218,22 @@ class IecClient:
 
         The telegram runs from `/` to the `!` line; STX, ETX/BCC and the blank line after the
         identification are optional, lines may end in LF alone (`parse_push_telegram`).
-        Garbage is skipped: the reader resynchronises on the next `/` until a telegram parses
-        or the wait is over (then the last framing error, or NoAnswer if nothing came)."""
+        What came before the call is dropped: a meter pushes every second or two and is read
+        every `interval`, so a kept buffer would hand out ever older telegrams as current.
+        Garbage and telegrams with a wrong checksum are skipped: the reader resynchronises on
+        the next `/` until a telegram parses or the wait is over (then the last error, or
+        NoAnswer if nothing came)."""
         with self.line.lock, _as_iec_errors():
             wait = self.read_timeout if timeout is None else timeout
             started, t0 = time.time(), time.monotonic()
             line = self.line
-            line.start(self.initial_baud, token, drop_input=False)
+            line.start(self.initial_baud, token)  # drops older input: the next telegram only
             until = t0 + wait
-            last: FramingError | None = None
+            last: FramingError | BccError | None = None
             while True:
                 try:
                     got = self._push(until)
-                except FramingError as err:
+                except (FramingError, BccError) as err:
                     if line.aborted or time.monotonic() >= until:
                         raise
                     log.debug("%s: skipping %s", self, err)
@@ -276,7 +282,9 @@ class IecClient:
             except IncompleteInput:
                 tail = None
             telegram += tail or b""
-        return telegram, parse_push_telegram(telegram, require_bcc=self.require_bcc)
+        return telegram, parse_push_telegram(
+            telegram, require_bcc=self.require_bcc, require_crc=self.require_crc
+        )
 
     def _capped(self, z: str) -> str:
         if self.max_baud is None or BAUD_MODE_C[z] <= self.max_baud:

@@ -49,6 +49,7 @@ class IecMeterDevice(Device):
             answer_timeout=config.answer_timeout,
             read_timeout=config.read_timeout,
             require_bcc=config.require_bcc,
+            require_crc=config.require_crc,
         )
         zone = config.timezone
         self.tz: dt.tzinfo = zoneinfo.ZoneInfo(zone) if zone else _local_zone()

@@ -4,6 +4,7 @@ on a pty, and the device in a real core."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,33 @@ def test_identifications_as_meters_send_them(line, expected):
     ident = parse_identification(line + b"\r\n")
     assert (ident.manufacturer, ident.baud_char, ident.enhanced, ident.ident) == expected
     assert ident.line == line + b"\r\n"
+
+
+def test_each_listen_gives_the_newest_telegram_not_a_buffered_old_one():
+    """A meter pushes every 0.2 s and is read every 3 s: what a read returns was sent after
+    the read began (a kept buffer handed out ever older telegrams as current)."""
+    clocked = b"/EMH5eHZ\r\n\r\n1-0:0.9.1(120000)\r\n1-0:0.9.2(240101)\r\n1-0:1.8.0(1*kWh)\r\n!\r\n"
+    meter = SimMeter(clocked, drift=False)  # the simulator writes its clock into 0.9.1/0.9.2
+    with IecSimulator(meter, mode="D", initial_baud=9600, push_interval=0.2) as sim:
+        client = IecClient(sim.port, mode="D", initial_baud=9600, read_timeout=5)
+        try:
+            for _ in range(3):
+                time.sleep(3.0)
+                readout = client.listen()
+                sent = map_datasets(readout.datasets).meter_time
+                assert sent is not None
+                assert time.time() - sent.timestamp() < 2.0  # hhmmss: up to 1 s coarse
+        finally:
+            client.close()
+
+
+def test_a_dsmr_4_or_5_telegram_without_its_crc_is_refused():
+    """DSMR 4/5 lines are 8N1: without parity the CRC is the only check, and these meters
+    always send one, so a telegram that lost it (bytes dropped by an adapter) is refused."""
+    stripped = AM550.replace(b"!56DD", b"!")
+    with pytest.raises(FramingError, match=r"DSMR 5 telegram without its CRC"):
+        parse_push_telegram(stripped)
+    assert parse_push_telegram(stripped, require_crc=False)[1] == parse_push_telegram(AM550)[1]
+    with pytest.raises(FramingError, match="without its CRC"):
+        parse_push_telegram(EHZ, require_crc=True)  # forced for a meter without a version
+    _check(EHZ)  # an eHZ sends none: accepted by default

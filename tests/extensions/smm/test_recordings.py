@@ -56,7 +56,9 @@ def published(folder: Path) -> dict[str, dict[str, Any]]:
     if info["mode"] == "D":
         raw = meter.recorded_telegram
         end = raw.index(b"\n", raw.index(b"!")) + 1  # the reader stops at the "!" line
-        _, datasets = parse_push_telegram(raw[:end])
+        _, datasets = parse_push_telegram(
+            raw[:end], require_crc=info.get("reader", {}).get("require_crc")
+        )
     else:
         datasets = parse_data_message(meter.recorded_message, require_bcc=_require_bcc(info))
     result = map_datasets(datasets, tz=zoneinfo.ZoneInfo(info.get("timezone", "UTC")))
@@ -121,6 +123,7 @@ def _site_toml(sims: dict[str, IecSimulator]) -> str:
             'interval = "2s"',
             'answer_timeout = "3s"',
         ]
+        lines += [f"{k} = {str(v).lower()}" for k, v in info.get("reader", {}).items()]
     return "\n".join(lines) + "\n"
 
 
