@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -191,7 +192,8 @@ def _convert(value: str, unit: str, target: str) -> float | None:
         return None
     if not number.is_finite():
         return None
-    return float(number * factor)
+    result = float(number * factor)
+    return result if math.isfinite(result) else None  # 1e400 is a finite Decimal
 
 
 def map_datasets(datasets: Iterable[DataSet], *, tz: dt.tzinfo = dt.UTC) -> ObisResult:
@@ -234,7 +236,14 @@ def map_datasets(datasets: Iterable[DataSet], *, tz: dt.tzinfo = dt.UTC) -> Obis
         done: set[str] = set()
         if date is not None:  # an unused slot has no (or a zero) date: not a snapshot
             for name, v in _map_registers(_pairs(registers), done, energy_only=True).items():
-                result.readings[f"{name}.bill{period:02d}"] = Reading(v, quality, date)
+                now = result.readings.get(name)
+                # A snapshot dated after the meter's clock, or above today's index, is wrong.
+                odd = (result.meter_time is not None and date > result.meter_time) or (
+                    now is not None and isinstance(now.value, float) and v > now.value
+                )
+                result.readings[f"{name}.bill{period:02d}"] = Reading(
+                    v, "UNCERTAIN" if odd else quality, date
+                )
         for key, ds in registers.items():
             if key not in done:
                 result.unmapped[ds.address] = _text(ds)
@@ -332,6 +341,8 @@ def _quadrant_energies(
         q = [f"{c}.8.{tariff}" for c in (5, 6, 7, 8)]
         if not all(k in registers for k in q):
             continue
+        if any((_convert(*registers[k], "kvarh") or 0.0) < 0 for k in q):
+            continue  # an energy register is never negative: not a sum to trust
         for name, pair in ((f"Rp{suffix}", q[:2]), (f"Rm{suffix}", q[2:])):
             if name in out:  # the meter's own R+/R- register wins
                 continue

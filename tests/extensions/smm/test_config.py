@@ -162,3 +162,28 @@ def test_the_schemas_keep_every_key_and_default():
         0.0,
         0.0,
     )
+
+
+def test_without_timezone_the_meter_clock_follows_the_box_zone_with_its_dst(monkeypatch):
+    """The default zone keeps its daylight-saving rules: a fixed offset taken at start
+    (winter) would put a summer reading an hour off."""
+    import datetime as dt
+
+    from extensions.smm.iec_device import IecMeterDevice
+    from extensions.smm.obis import parse_meter_datetime
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    device = IecMeterDevice(IecMeterConfig(port="/dev/null"))
+    summer = parse_meter_datetime("240715", "120000", device.tz)
+    winter = parse_meter_datetime("240115", "120000", device.tz)
+    assert summer == dt.datetime(2024, 7, 15, 10, 0, tzinfo=dt.UTC)
+    assert winter == dt.datetime(2024, 1, 15, 11, 0, tzinfo=dt.UTC)
+
+
+def test_the_ratings_of_the_config_reach_the_meter():
+    from extensions.smm.iec_device import IecMeterDevice
+
+    device = IecMeterDevice(IecMeterConfig(port="/dev/null", u_nominal=120.0, i_max=5.0))
+    assert device.meter.readings({"U1": 200.0})["smm/U1"].quality == "UNCERTAIN"  # > 180 V
+    assert device.meter.readings({"I1": 7.0})["smm/I1"].quality == "GOOD"  # <= 7.5 A
+    assert device.meter.readings({"I1": 8.0})["smm/I1"].quality == "UNCERTAIN"

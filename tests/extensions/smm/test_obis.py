@@ -232,3 +232,25 @@ def test_dsmr_clock_with_its_summer_and_winter_flag():
     # Not a clock: another A group, or not a time stamp.
     assert _map("1-0:1.0.0(231029023000W)").meter_time is None
     assert _map("0-0:1.0.0(hello)").meter_time is None
+
+
+def test_impossible_values_are_not_published_good():
+    assert _values(_map("1.8.0(1e400*kWh)")) == {}  # finite as a Decimal, not as a float
+    # A negative quadrant register is no energy: no sum is made from it.
+    assert (
+        _values(_map("5.8.0(-100*kvarh)", "6.8.0(150*kvarh)", "7.8.0(1*kvarh)", "8.8.0(1*kvarh)"))
+        == {}
+    )
+    snap = _map(
+        "0.9.1(120000)",
+        "0.9.2(240315)",
+        "1.8.0(100*kWh)",
+        "1.8.0*01(90*kWh)",
+        "0.1.2*01(2403010000)",  # fine
+        "1.8.0*02(500*kWh)",
+        "0.1.2*02(2402010000)",  # above today's index
+        "1.8.0*03(80*kWh)",
+        "0.1.2*03(2404010000)",  # dated after the meter's clock
+    )
+    q = {k: r.quality for k, r in snap.readings.items() if ".bill" in k}
+    assert q == {"Ap.bill01": "GOOD", "Ap.bill02": "UNCERTAIN", "Ap.bill03": "UNCERTAIN"}

@@ -65,3 +65,10 @@ def test_plausibility_limits_follow_the_meters_ratings():
     assert ct.readings({"I1": 10.0})["smm/I1"].quality == "UNCERTAIN"
     assert ct.readings({"P": 5_000.0})["smm/P"].quality == "GOOD"  # 1 MW primary
     assert ct.readings({"P": 10_000.0})["smm/P"].quality == "UNCERTAIN"
+
+
+def test_a_current_without_phase_is_limited_as_a_total():
+    m = Meter("smm")  # 100 A: 150 A per phase, 450 A for the sum of three
+    assert m.readings({"I": 400.0})["smm/I"].quality == "GOOD"
+    assert m.readings({"I": 460.0})["smm/I"].quality == "UNCERTAIN"
+    assert m.readings({"I1": 160.0})["smm/I1"].quality == "UNCERTAIN"
