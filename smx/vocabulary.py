@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NotInVocabulary", "Term", "check_declaration", "lookup", "terms", "unit_of"]
+__all__ = [
+    "is_billing_snapshot",
+    "NotInVocabulary",
+    "Term",
+    "check_declaration",
+    "lookup",
+    "terms",
+    "unit_of",
+]
 
 _DOC = "docs/DATA-MODEL.md"
 _KINDS = ("double", "int", "bool", "string")
@@ -111,6 +119,11 @@ def _number(vocabulary: _Vocabulary, family: str, digits: str) -> int | None:
     first, last = vocabulary.ranges.get(family, (1, 0))
     n = int(digits)
     return n if first <= n <= last else None
+
+
+def is_billing_snapshot(point: str) -> bool:
+    """`Ap.bill03`, `smm/Ap_T2.bill03`: a record the meter dated itself (its billing date)."""
+    return _BILLING.fullmatch(point.rpartition("/")[2]) is not None
 
 
 def lookup(point: str) -> Term | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smx.sdk.points import PointSpec
+from smx.vocabulary import is_billing_snapshot
 
 from .values import Reading
 
@@ -93,8 +94,11 @@ def record_failure(
     if state.consecutive_failures == 1:
         log.warning("device %s failed: %s", name, text)
         # docs/DATA-MODEL.md: BAD = the last read failed; the value is the last good one.
+        # A billing snapshot is a record the meter dated: a failed read does not make it bad
+        # (and a BAD sample "now" would sit in its history among the billing dates).
         for point, value in state.last_values.items():
-            publish(point, value, "BAD", None)
+            if not is_billing_snapshot(point):
+                publish(point, value, "BAD", None)
     elif state.consecutive_failures in (5, 50) or state.consecutive_failures % 500 == 0:
         log.warning(
             "device %s: %d failures in a row, last: %s", name, state.consecutive_failures, text

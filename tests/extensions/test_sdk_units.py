@@ -100,3 +100,24 @@ async def test_a_setpoint_re_sent_after_a_reconnect_is_reported_not_re_applied()
     await router._apply(request("A", 1000))  # the core re-sends what is in force
     assert applied == ["A"]
     assert reports == [("A", pb.SETPOINT_STATUS_APPLIED)] * 2
+
+
+def test_a_failure_marks_the_last_values_bad_but_not_billing_snapshots():
+    """BAD with the last good value, at the time of the failure; a billing snapshot is a
+    record the meter dated, and a failed read does not make it bad."""
+    import datetime as dt
+
+    from extensions.sdk import Reading
+    from extensions.sdk.devices import record_failure, record_success
+
+    published: list[tuple[str, object, str, object]] = []
+
+    def publish(point: str, value: object, quality: str, when: object) -> None:
+        published.append((point, value, quality, when))
+
+    state = DeviceState()
+    billed = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    record_success("m", state, {"m/P": 5.0, "m/Ap.bill01": Reading(90.0, "GOOD", billed)}, publish)
+    published.clear()
+    record_failure("m", state, "no answer", publish)
+    assert published == [("m/P", 5.0, "BAD", None)]

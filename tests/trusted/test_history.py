@@ -975,3 +975,68 @@ async def test_kill_9_during_compactions_loses_at_most_the_flush_interval(
         assert log.load_last()["t/p0"] == str(n - 1).encode()
     finally:
         await log.close()
+
+
+async def test_the_same_sample_written_again_is_stored_once(tmp_path: Path) -> None:
+    """smm republishes each billing snapshot with its billing date at every poll: the history
+    holds it once, however many polls and compactions."""
+    log = HistoryLog(tmp_path / "h.db", flush_interval=3600)
+    await log.start()
+    for _ in range(5):
+        for _ in range(10):
+            log.append("m/Ap.bill01", 1_000, 90.0, GOOD, b"")
+            log.append("m/P", 2_000, 1.0, GOOD, b"")
+        await log.flush()
+        await log.compact()
+    log.append("m/P", 2_000, 2.0, GOOD, b"")  # a new value at the same time still replaces
+    log.append("m/P", 3_000, 2.0, GOOD, b"")  # and the same value later is a new sample
+    await log.flush()
+    got = await collect(log, ["m/Ap.bill01", "m/P"])
+    assert got["m/Ap.bill01"] == [Sample(1_000, 90.0, GOOD)]
+    assert got["m/P"] == [Sample(2_000, 2.0, GOOD), Sample(3_000, 2.0, GOOD)]
+    with sqlite3.connect(tmp_path / "h.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 2  # 1 per point
+    await log.close()
+
+
+async def test_kept_points_are_capped_per_point_and_max_size_still_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keep class is never deleted by age, but a writer cannot grow it without end: at
+    most KEEP_MAX_SAMPLES per point (in whole chunks), and when only kept samples are left
+    over max_size, the oldest of them go too."""
+    monkeypatch.setattr(history, "KEEP_MAX_SAMPLES", 1000)
+    log = HistoryLog(
+        tmp_path / "h.db", flush_interval=3600, retention_interval=3600, keep=["**/*.bill*"]
+    )
+    await log.start()
+    for part in range(3):  # three chunks of 1,000 samples
+        for i in range(1000):
+            log.append("x/spam.bill01", (part * 1000 + i) * 1000, float(i), GOOD, b"")
+        await log.flush()
+        await log.compact()
+    assert await log.enforce_retention() == 2000
+    got = [s.ts_ms for s in (await collect(log, ["x/spam.bill01"]))["x/spam.bill01"]]
+    assert got == [t * 1000 for t in range(2000, 3000)]  # the newest 1,000
+    await log.close()
+
+    rng = random.Random(7)
+    path = tmp_path / "s.db"
+    log = HistoryLog(path, flush_interval=3600, keep=["**/*.bill*"])
+    await log.start()
+    for part in range(3):  # kept samples only, three chunks per point
+        for p in range(100):
+            for i in range(300):
+                log.append(f"d{p}/Ap.bill01", (part * 300 + i) * 1000, rng.random(), GOOD, b"")
+        await log.flush()
+        await log.compact()
+    await log.close()
+    before = used_bytes(path)[0]
+    limit = before * 2 // 3
+    log = HistoryLog(path, flush_interval=3600, max_bytes=limit, keep=["**/*.bill*"])
+    await log.start()
+    assert await log.enforce_retention() > 0
+    assert log.stats()["db_bytes"] <= limit
+    got = (await collect(log, ["d0/Ap.bill01"]))["d0/Ap.bill01"]
+    assert got[0].ts_ms > 0 and got[-1].ts_ms == 899_000  # the oldest went, the newest stayed
+    await log.close()

@@ -41,6 +41,7 @@ from trusted.core.history_db import (
     age_batch,
     compact,
     connect_reader,
+    keep_cap,
     open_db,
     size_batch,
     used_bytes,
@@ -80,6 +81,10 @@ COMPACT_AT = 200_000
 # oldest, counted), and a failed compaction is retried after COMPACT_RETRY seconds, not at once.
 MAX_RECENT = 3 * COMPACT_AT
 COMPACT_RETRY = 60.0
+# Samples kept per point of the `keep` class (billing snapshots: 1,000 months), counted in
+# whole chunks: retention never deletes them by age, so a writer could otherwise grow them
+# without end.
+KEEP_MAX_SAMPLES = 1000
 
 
 @dataclass(slots=True)
@@ -123,6 +128,7 @@ class HistoryLog:
         # flush-done callback), so they need no lock: append stays a bare deque append.
         self._pending: deque[tuple[str, int, Value, int]] = deque(maxlen=self._max_pending)
         self._last: dict[str, bytes] = {}
+        self._appended: dict[str, tuple[int, Value, int]] = {}  # the last sample per point
         self._meta: dict[str, bytes] = {}
         self._stats = HistoryStats()
         self._conn: sqlite3.Connection | None = None
@@ -201,11 +207,17 @@ class HistoryLog:
     def append(self, name: str, ts_ms: int, value: Value, quality: int, snapshot: Any) -> None:
         """Buffer one sample; `snapshot` (the serialized point, or an immutable message with
         SerializeToString, serialized at flush) becomes its last value."""
+        self._last[name] = snapshot
+        sample = (ts_ms, value, quality)
+        if self._appended.get(name) == sample:
+            # The same sample again (a snapshot republished with its billing date, a value
+            # re-sent unchanged with the same source time): stored once, not once per write.
+            return
+        self._appended[name] = sample
         pending = self._pending
         if len(pending) == self._max_pending:
             self._stats.dropped += 1  # the deque drops the oldest itself
         pending.append((name, ts_ms, value, quality))
-        self._last[name] = snapshot
         if len(pending) >= FLUSH_AT and self._wake is not None:
             self._wake.set()
 
@@ -455,6 +467,7 @@ class HistoryLog:
                 total += n
                 if done:
                     break
+        total += await loop.run_in_executor(self._executor, self._keep_cap)
         if self._max_bytes is not None:
             while True:
                 n, done = await loop.run_in_executor(
@@ -483,6 +496,10 @@ class HistoryLog:
     def _age_batch(self, cutoff: int) -> tuple[int, bool]:
         assert self._conn is not None
         return age_batch(self._conn, self._stats, cutoff, self._keep.match)
+
+    def _keep_cap(self) -> int:
+        assert self._conn is not None
+        return keep_cap(self._conn, self._stats, self._keep.match, KEEP_MAX_SAMPLES)
 
     def _size_batch(self, max_bytes: int) -> tuple[int, bool]:
         assert self._conn is not None

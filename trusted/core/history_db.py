@@ -42,6 +42,7 @@ __all__ = [
     "open_db",
     "size_batch",
     "used_bytes",
+    "keep_cap",
     "vacuum",
 ]
 
@@ -275,6 +276,14 @@ def size_batch(
     ranges = _ranges(conn, keep)
     oldest = min((r[1] for r in ranges), default=None)
     newest = max((r[2] for r in ranges), default=None)
+    if (oldest is None or newest is None or newest <= oldest) and keep is not None:
+        # Only kept points are left to cut: max_size holds all the same, oldest first.
+        log.warning(
+            "history %s: over max_size with only kept points (billing snapshots) left to "
+            "delete: deleting the oldest of them",
+            path,
+        )
+        return size_batch(conn, stats, path, max_bytes, None)
     if oldest is None or newest is None or newest <= oldest:
         # Only the newest millisecond is left (or nothing): that is never deleted.
         log.warning(
@@ -289,6 +298,31 @@ def size_batch(
     share = min(_RETENTION_SPAN_FRACTION, (used - max_bytes) / used + 0.02)
     cut = min(newest, oldest + max(1, math.ceil((newest - oldest) * share)))
     return _delete_before(conn, stats, ranges, cut), False
+
+
+def keep_cap(conn: sqlite3.Connection, stats: HistoryStats, keep: Keep, cap: int) -> int:
+    """Delete the chunks of each kept point that lie wholly beyond its newest `cap` samples:
+    the kept class is never deleted by age, so a writer must not be able to grow it without
+    end. Returns the samples deleted."""
+    if keep is None:
+        return 0
+    kept = [nid for nid, name in conn.execute("SELECT id, name FROM names") if keep(name)]
+    deleted = 0
+    for nid in kept:
+        seen, doomed = 0, []
+        rows = conn.execute(
+            "SELECT id, n FROM chunks WHERE name_id = ? ORDER BY last_ts DESC", (nid,)
+        )
+        for cid, n in rows:
+            if seen >= cap:
+                doomed.append((cid,))
+                deleted += n
+            seen += n
+        if doomed:
+            conn.executemany("DELETE FROM chunks WHERE id = ?", doomed)  # autocommit: each alone
+    if deleted:
+        stats.db_bytes = used_bytes(conn)
+    return deleted
 
 
 def vacuum(conn: sqlite3.Connection, stats: HistoryStats) -> None:
