@@ -43,6 +43,7 @@ from .iec62056_21 import (
     STX,
     Identification,
     bcc,
+    crc16,
     parse_identification,
 )
 from .obis import parse_obis
@@ -52,7 +53,7 @@ __all__ = ["FAULTS", "PUSH_FRAMINGS", "IecSimulator", "SimMeter", "main"]
 log = logging.getLogger(__name__)
 
 FAULTS = ("bcc", "truncate", "garbage", "silent", "wrong_baud")
-PUSH_FRAMINGS = ("framed", "unframed", "no_blank", "lf")
+PUSH_FRAMINGS = ("framed", "unframed", "no_blank", "lf", "dsmr")
 _REQUEST = re.compile(rb"/\?([0-9A-Za-z ]{0,32})!\r\n")
 _ACK = re.compile(rb"\x06([0-9])([0-9A-Za-z])([0-9])\r\n")
 _LINE = re.compile(r"([^()]*)\(([^()*]*)(\*[^()]*)?\)(.*)")
@@ -94,17 +95,19 @@ class SimMeter:
         self.energy_speedup = energy_speedup
         self.clock_tz = clock_tz
         self._rng = random.Random(seed)
-        lines = raw.split(CRLF)
+        lines = [ln.removesuffix(b"\r") for ln in raw.split(b"\n")]
         idents = [ln for ln in lines if ln.startswith(b"/") and not ln.startswith(b"/?")]
-        if not idents:
-            raise ValueError(f"fixture {str(fixture)[:60]}: no identification line")
-        self.identification = parse_identification(idents[0])
+        if not idents and replay:
+            raise ValueError(f"fixture {str(fixture)[:60]}: no identification line to replay")
+        # A recording without one (data lines only) gets a made-up identification.
+        self.identification = parse_identification(idents[0] if idents else b"/SIM5RECORDING")
         # Replay: the meter's own bytes exactly as recorded, whatever they are (a DSMR CRC, a
         # gateway's trailing junk, a missing ETX): the identification line, then the data
         # message from STX (mode A/B/C), or the whole telegram from its "/" (mode D).
         self.replay = replay
-        at = raw.find(idents[0] + CRLF)
-        self.recorded_identification = idents[0] + CRLF
+        ident_line = idents[0] if idents else b""
+        at = raw.find(ident_line) if ident_line else 0
+        self.recorded_identification = ident_line + CRLF
         self.recorded_telegram = raw[at:]
         stx = raw.find(STX, at)
         self.recorded_message = raw[stx:] if stx >= 0 else b""
@@ -112,16 +115,9 @@ class SimMeter:
         self.base: dict[str, float] = {}
         if replay:
             return
-        start = raw.find(STX)
-        if start < 0:  # an unframed mode D telegram: the data follow the identification
-            at = raw.find(idents[0] + CRLF)
-            start = at + len(idents[0]) + 1 if at >= 0 else -1
-            while 0 <= start < len(raw) - 2 and raw[start + 1 : start + 3] == CRLF:
-                start += 2
-        end = raw.find(b"!\r\n", start)
-        if start < 0 or end < 0:
-            raise ValueError(f"fixture {str(fixture)[:60]}: no [STX] ... ! CR LF data block")
-        self.lines = raw[start + 1 : end].decode("ascii").split("\r\n")[:-1]
+        self.lines = _data_lines(raw, ident_line)
+        if not self.lines:
+            raise ValueError(f"fixture {str(fixture)[:60]}: no data lines")
         for line in self.lines:
             m = _LINE.fullmatch(line)
             code = parse_obis(m.group(1)) if m else None
@@ -174,6 +170,26 @@ class SimMeter:
         if key in ("32.7.0", "52.7.0", "72.7.0", "12.7.0"):
             return _like(text, base * (1 + self._rng.gauss(0, 0.004)))
         return text
+
+
+def _data_lines(raw: bytes, ident_line: bytes) -> list[str]:
+    """The data lines of a recording as it comes: after STX if it has one, else after the
+    identification line (if any); CR LF or LF; up to the "!" line (with or without a CRC),
+    an ETX, or the end of the file."""
+    start = raw.find(STX)
+    if start >= 0:
+        data = raw[start + 1 :]
+    elif ident_line:
+        data = raw[raw.find(ident_line) + len(ident_line) :]
+    else:
+        data = raw
+    lines = []
+    for line in data.replace(CRLF, b"\n").split(b"\n"):
+        if line.startswith((b"!", ETX)):
+            break
+        if line.strip() and not line.startswith(b"/?"):
+            lines.append(line.decode("ascii"))
+    return lines
 
 
 class IecSimulator:
@@ -398,7 +414,8 @@ class IecSimulator:
         """One pushed telegram of `meter` in this simulator's `push_framing`:
         "framed" `/ident CR LF STX data ! CR LF ETX BCC` (the standard's mode D);
         "unframed" `/ident CR LF CR LF data ! CR LF`, no STX/ETX/BCC (EMH eHZ and the like);
-        "no_blank" the same without the blank line; "lf" unframed with LF-only line ends."""
+        "no_blank" the same without the blank line; "lf" unframed with LF-only line ends;
+        "dsmr" unframed with the CRC-16 of DSMR 4/5 after the "!"."""
         if meter.replay:
             return (
                 _corrupt(meter.recorded_telegram)
@@ -413,6 +430,9 @@ class IecSimulator:
         if self.push_framing != "no_blank":
             telegram += CRLF
         telegram += block
+        if self.push_framing == "dsmr":
+            telegram = telegram[:-2]  # "!" then its CRC, then CR LF
+            return telegram + f"{crc16(telegram):04X}".encode() + CRLF
         return telegram.replace(CRLF, b"\n") if self.push_framing == "lf" else telegram
 
 

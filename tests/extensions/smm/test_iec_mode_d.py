@@ -257,3 +257,26 @@ def test_a_dsmr_4_or_5_telegram_without_its_crc_is_refused():
     with pytest.raises(FramingError, match="without its CRC"):
         parse_push_telegram(EHZ, require_crc=True)  # forced for a meter without a version
     _check(EHZ)  # an eHZ sends none: accepted by default
+
+
+@pytest.mark.parametrize(
+    "recording",
+    [
+        pytest.param(AM550, id="dsmr-crc"),
+        pytest.param(AM550.replace(b"\r\n", b"\n"), id="lf-only"),
+        pytest.param(AM550[AM550.index(b"1-3:0.2.8") : AM550.index(b"!")], id="data-lines-only"),
+        pytest.param(AM550[: AM550.index(b"!")], id="no-end-mark"),
+    ],
+)
+def test_the_simulator_takes_recordings_as_they_come(recording):
+    """With or without identification line, framing, CRC or trailing "!", CR LF or LF: the
+    simulator replays the data lines with live values in a telegram that parses."""
+    meter = SimMeter(recording, drift=False)
+    sim = IecSimulator(meter, mode="D", push_framing="dsmr")  # with its CRC: DSMR 5
+    try:
+        ident, sets = parse_push_telegram(sim.telegram(meter))
+    finally:
+        sim.stop()
+    assert len(sets) == 38
+    assert {s.address: s.value.value for s in sets}["1-0:1.8.1"] == "002130.115"
+    assert ident.manufacturer in ("ISK", "SIM")
