@@ -33,3 +33,44 @@ def _no_core_left_running():
     for core in list(CoreProcess.running):
         if id(core) not in before:
             core.kill(9)
+
+
+# Sites run by `smx run` as root get OS users and a group each (smx-<h>-<name>, smx-<h>); a
+# test's site home is temporary, so the accounts the run created are removed at its end (or a
+# machine that runs the suite often runs out of system group ids). Done by the controlling
+# process only, after every worker has finished.
+_ACCOUNTS_BEFORE: tuple[set[str], set[str]] = (set(), set())
+
+
+def _site_accounts() -> tuple[set[str], set[str]]:
+    import grp
+    import pwd
+
+    users = {p.pw_name for p in pwd.getpwall() if p.pw_name.startswith("smx-")}
+    groups = {g.gr_name for g in grp.getgrall() if g.gr_name.startswith("smx-")}
+    return users, groups
+
+
+def _controller(session: pytest.Session) -> bool:
+    import os
+
+    return os.geteuid() == 0 and not hasattr(session.config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _ACCOUNTS_BEFORE
+    if _controller(session):
+        _ACCOUNTS_BEFORE = _site_accounts()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import subprocess
+
+    if not _controller(session):
+        return
+    users, groups = _site_accounts()
+    for user in sorted(users - _ACCOUNTS_BEFORE[0]):
+        subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, check=False)
+        subprocess.run(["userdel", user], capture_output=True, check=False)
+    for group in sorted(groups - _ACCOUNTS_BEFORE[1]):
+        subprocess.run(["groupdel", group], capture_output=True, check=False)

@@ -43,6 +43,7 @@ from trusted.supervisor import isolation, strays
 from trusted.supervisor.process import ManagedProcess, kill_user, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
 from trusted.supervisor.status import (
+    STATUS_HEARTBEAT_S,
     STATUS_VERSION,
     SUPERVISOR_NAME,
     ProvisionError,
@@ -57,6 +58,8 @@ __all__ = ["STATUS_INTERVAL", "Supervisor", "SupervisorError"]
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
+# supervisor.json is rewritten on every change, else every STATUS_HEARTBEAT_S (an SD card pays a
+# block and a journal commit per rewrite); `smx status` computes uptimes itself.
 PROVISION_TIMEOUT = 120.0  # users, certificates and ownership of a site: seconds, not minutes
 # The directory holding the `trusted` package: children find `extensions.*` there.
 _ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +108,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
         self._write_pending = False
+        self._status_written = 0.0  # time.monotonic() of the last supervisor.json write
         self._channel: Any = None
         self._health: Any = None
         # OS isolation of the children (trusted.supervisor.isolation): as root only.
@@ -428,7 +432,8 @@ class Supervisor:
                 last = time.monotonic()
                 await self._refresh_health()
                 self._sweep_strays()
-                self._write_status()
+                if time.monotonic() - self._status_written >= STATUS_HEARTBEAT_S:
+                    self._write_status()
 
     async def _refresh_health(self) -> None:
         core = self.core
@@ -469,6 +474,7 @@ class Supervisor:
 
     def _write_status(self) -> None:
         self._write_pending = False
+        self._status_written = time.monotonic()
         data = {
             "version": STATUS_VERSION,
             "site": self.cfg.site,

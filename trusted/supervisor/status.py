@@ -4,7 +4,7 @@ files the processes write, and ``supervisor.json``, the state ``smx status`` rea
 The layout of the run directory (`RunPaths`) and the health file (`read_health_file`) are shared
 contracts with the processes: they live in smx.process_env and smx.health.
 
-``supervisor.json`` (rewritten atomically on every change and every 2 s)::
+``supervisor.json`` (rewritten atomically on every change and every STATUS_HEARTBEAT_S)::
 
     {"version": 1, "site": "usm-0017", "home": "/var/lib/smx", "config": "/etc/smx/site.toml",
      "pid": 4242, "pid_created": 1764140000.12, "started_at": 1764140000.5,
@@ -63,6 +63,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATUS_VERSION = 1
+# How often the supervisor rewrites supervisor.json when nothing changes (runner.py).
+STATUS_HEARTBEAT_S = 30.0
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o640) -> None:
@@ -187,7 +189,7 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
         up = _ago(now - float(status.get("started_at") or now))
         head = f"site {site}: supervisor pid {pid}, {status.get('state', '?')}, up {up}"
         updated = status.get("updated_at")
-        if isinstance(updated, int | float) and now - updated > 10:
+        if isinstance(updated, int | float) and now - updated > 2 * STATUS_HEARTBEAT_S + 15:
             head += f" (status not updated for {_ago(now - updated)}: supervisor stuck?)"
     elif status.get("state") in ("stopped", "failed"):
         head = f"site {site}: supervisor not running (last pid {pid}, {status['state']})"
