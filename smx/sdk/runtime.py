@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -262,11 +263,21 @@ class Runtime:
         return {f"{self.name}/ext.state": report.state}
 
     async def _health_loop(self) -> None:
+        # Looked at every second, written when it changed (state, connection, an error, a
+        # device) and else every WRITE_PERIOD_S: each write costs an SD card a block.
+        written: tuple[Any, ...] | None = None
+        written_at = 0.0
         while True:
-            report = self._write_health_file()
-            if self.client.connected:
-                self._publish_health(report)
-            await asyncio.sleep(WRITE_PERIOD_S)
+            report = self.health_report()
+            now = time.monotonic()
+            content = (report.state, report.core_connected, report.last_error, report.devices)
+            if content != written or now - written_at >= WRITE_PERIOD_S:
+                report = self._write_health_file()
+                written = (report.state, report.core_connected, report.last_error, report.devices)
+                written_at = now
+                if self.client.connected:
+                    self._publish_health(report)
+            await asyncio.sleep(1.0)
 
     def _publish_health(self, report: HealthReport) -> None:
         # Only the points the policy lets this process write: a refused write is an audited
