@@ -9,7 +9,8 @@ mirrored points down to it (storage, EV and PV sub-meters that are USMs of their
     remote_cert = "/etc/smx/usm1/usm-link.crt"
     remote_key = "/etc/smx/usm1/usm-link.key"
 
-Config keys (SMX_CONFIG): `remote` (host:port of the remote core's TCP listener, its core.toml
+Config keys (SMX_CONFIG): `remote` (host:port of the remote core's TCP listener, required with
+its port; the remote site.toml's `[core]` or core.toml
 `tcp = "..."`), `remote_ca`, `remote_cert`, `remote_key` (paths), `prefix` (default: the
 extension's name), `patterns` (remote points to mirror, default ["**"]), `period` (s, default 5:
 republish period and minimum expected period of mirrored points), `forward_timeout` (s, default

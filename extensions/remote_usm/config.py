@@ -26,8 +26,23 @@ __all__ = ["RemoteConfig"]
 _DEVICE_ID = re.compile(DEVICE_ID)
 
 
-def _not_empty(text: str) -> str | None:
-    return None if text else "must not be empty"
+def _host_port(remote: str) -> str | None:
+    """`host:port` or `[v6]:port`: without a port gRPC would silently take 443."""
+    host, sep, port = remote.strip().rpartition(":")
+    if not remote.strip():
+        return "must not be empty"
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or not 1 <= int(port) <= 65535
+        or (":" in host and not (host.startswith("[") and host.endswith("]")))
+    ):
+        return (
+            f'{remote!r} is not host:port (e.g. "192.0.2.10:7443" or "[2001:db8::1]:7443"; '
+            "the remote core's [core] tcp)"
+        )
+    return None
 
 
 def _device_id(prefix: str) -> str | None:
@@ -49,7 +64,7 @@ def _globs(patterns: list[str]) -> str | None:
 
 @dataclass(frozen=True)
 class RemoteConfig:
-    remote: str = setting(check=_not_empty)
+    remote: str = setting(check=_host_port)
     remote_ca: Path = setting()
     remote_cert: Path = setting()
     remote_key: Path = setting()

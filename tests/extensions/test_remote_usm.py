@@ -343,6 +343,11 @@ def test_config_errors_name_the_key(tmp_path):
         parse({**base, "patterns": "**"})
     with pytest.raises(SetupError, match=r"patterns: invalid pattern 'a\*\*'"):
         parse({**base, "patterns": ["a**"]})
+    # Without a port gRPC would silently take 443.
+    for bad in ("usm1.example", "10.0.0.2:", "h:0", "h:70000", "2001:db8::1:7443", ":7443"):
+        with pytest.raises(SetupError, match=r"config\.remote: .* is not host:port"):
+            parse({**base, "remote": bad})
+    assert parse({**base, "remote": "[2001:db8::1]:7443"}).remote == "[2001:db8::1]:7443"
 
 
 def local_env(tmp_path, config) -> ProcessEnv:
