@@ -34,13 +34,17 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
 class Wakeup:
     """A flag one task waits on with a time limit. The wait awaits a bare future: a
     cancellation of the waiting task reaches it unchanged (none is lost in the turn the flag
-    is set), and the time limit only resolves the future, it never cancels the task."""
+    is set), and the time limit only resolves the future, it never cancels the task. One timer
+    serves many waits: it is re-armed only when it fires early for the current wait, so a
+    wait the flag ends costs one future, no timer."""
 
-    __slots__ = ("_flag", "_waiter")
+    __slots__ = ("_flag", "_waiter", "_deadline", "_timer")
 
     def __init__(self) -> None:
         self._flag = False
         self._waiter: asyncio.Future[bool] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def set(self) -> None:
         self._flag = True
@@ -60,15 +64,26 @@ class Wakeup:
             return True
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(max(0.0, seconds), _expire, waiter)
+        self._deadline = loop.time() + max(0.0, seconds)
+        timer = self._timer
+        if timer is not None and timer.when() > self._deadline:  # armed for a later time
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer = loop.call_at(self._deadline, self._expire)
         try:
             return await waiter
         finally:
-            timer.cancel()
             if self._waiter is waiter:
                 self._waiter = None
 
-
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer of its own
+        loop = waiter.get_loop()
+        if loop.time() < self._deadline:  # armed by an earlier wait: this one ends later
+            self._timer = loop.call_at(self._deadline, self._expire)
+        else:
+            waiter.set_result(False)

@@ -89,3 +89,23 @@ async def test_wakeup_time_limit_never_cancels_the_waiting_task_and_leaves_no_ti
     assert asyncio.current_task().cancelling() == 0
     loop = asyncio.get_running_loop()
     assert not [h for h in loop._scheduled if not h.cancelled()]  # every timer cancelled
+
+
+async def test_wakeup_one_timer_still_keeps_every_waits_own_time_limit():
+    loop = asyncio.get_running_loop()
+    flag = Wakeup()
+    # A wait ended by the flag leaves its timer armed; the next wait must still last its own
+    # full time, not end when that earlier timer fires.
+    loop.call_later(0.05, flag.set)
+    assert await flag.wait(0.2) is True
+    flag.clear()
+    t0 = loop.time()
+    assert await flag.wait(0.2) is False
+    assert loop.time() - t0 >= 0.19
+    # And a shorter wait after a long one is not held to the long one's timer.
+    loop.call_later(0.01, flag.set)
+    assert await flag.wait(5.0) is True
+    flag.clear()
+    t0 = loop.time()
+    assert await flag.wait(0.05) is False
+    assert loop.time() - t0 < 1.0
