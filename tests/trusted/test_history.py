@@ -1040,3 +1040,71 @@ async def test_kept_points_are_capped_per_point_and_max_size_still_holds(
     got = (await collect(log, ["d0/Ap.bill01"]))["d0/Ap.bill01"]
     assert got[0].ts_ms > 0 and got[-1].ts_ms == 899_000  # the oldest went, the newest stayed
     await log.close()
+
+
+async def test_a_read_that_races_retention_never_shifts_timestamps(tmp_path: Path) -> None:
+    """Retention trims a chunk while a read is between pages: what the read still returns
+    keeps each value at its own time (the trimmed chunk decodes from its new first time)."""
+    log = HistoryLog(tmp_path / "h.db", flush_interval=3600, max_age_s=3600)
+    await log.start()
+    now = int(time.time() * 1000)
+    start = now - 8_600_000  # the cut (an hour ago) falls at sample 5,000: in the 2nd chunk
+    for i in range(8000):  # two chunks of 4,096 and 3,904 samples, one a second
+        log.append("m/P", start + i * 1000, float(i), GOOD, b"")
+    await log.flush()
+    await log.compact()
+    pages = log.read(["m/P"], None, None)
+    first = await anext(pages)
+    assert await log.enforce_retention() > 0  # the cut is inside the second chunk
+    rest = [s async for _, page in pages for s in page]
+    for s in [*first[1], *rest]:
+        assert s.value == (s.ts_ms - start) / 1000, s  # never a value at another time
+    await log.close()
+
+
+async def test_a_dropped_sample_is_stored_when_it_comes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buffer overflowed and dropped a snapshot: its next republication is stored, not
+    skipped as 'the same sample again'."""
+    log = HistoryLog(tmp_path / "h.db", flush_interval=3600)
+    log._max_pending = 3
+    await log.start()
+    log.append("m/Ap.bill01", 1_000, 90.0, GOOD, b"")
+    for ts in range(3):  # pushes the snapshot out of the full buffer
+        log.append("m/P", 10_000 + ts, 1.0, GOOD, b"")
+    assert log.stats()["dropped"] == 1
+    log.append("m/Ap.bill01", 1_000, 90.0, GOOD, b"")
+    await log.flush()
+    assert (await collect(log, ["m/Ap.bill01"]))["m/Ap.bill01"] == [Sample(1_000, 90.0, GOOD)]
+    # A change of type at the same time is a new sample, though 1 == 1.0.
+    log.append("m/n", 5, 1, GOOD, b"")
+    log.append("m/n", 5, 1.0, GOOD, b"")
+    await log.flush()
+    assert [type(s.value) for s in (await collect(log, ["m/n"]))["m/n"]] == [float]
+    await log.close()
+
+
+async def test_the_keep_cap_counts_distinct_times_and_keeps_corrections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "KEEP_MAX_SAMPLES", 3)
+    log = HistoryLog(tmp_path / "h.db", flush_interval=3600, keep=["**/*.bill*"])
+    await log.start()
+    for ts in (1, 2, 3):
+        log.append("m/Ap.bill01", ts, float(ts), GOOD, b"")
+    await log.flush()
+    await log.compact()
+    log.append("m/Ap.bill01", 2, 999.0, GOOD, b"")  # a correction, in a later chunk
+    await log.flush()
+    await log.compact()
+    await log.enforce_retention()
+    got = (await collect(log, ["m/Ap.bill01"]))["m/Ap.bill01"]
+    assert [(s.ts_ms, s.value) for s in got] == [(1, 1.0), (2, 999.0), (3, 3.0)]
+    log.append("m/Ap.bill01", 4, 4.0, GOOD, b"")
+    await log.flush()
+    await log.compact()
+    await log.enforce_retention()
+    got = (await collect(log, ["m/Ap.bill01"]))["m/Ap.bill01"]
+    assert [(s.ts_ms, s.value) for s in got] == [(2, 999.0), (3, 3.0), (4, 4.0)]
+    await log.close()

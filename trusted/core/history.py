@@ -128,7 +128,8 @@ class HistoryLog:
         # flush-done callback), so they need no lock: append stays a bare deque append.
         self._pending: deque[tuple[str, int, Value, int]] = deque(maxlen=self._max_pending)
         self._last: dict[str, bytes] = {}
-        self._appended: dict[str, tuple[int, Value, int]] = {}  # the last sample per point
+        # The last sample appended per point: (ts, type, value, quality).
+        self._appended: dict[str, tuple[int, type, Value, int]] = {}
         self._meta: dict[str, bytes] = {}
         self._stats = HistoryStats()
         self._conn: sqlite3.Connection | None = None
@@ -208,7 +209,7 @@ class HistoryLog:
         """Buffer one sample; `snapshot` (the serialized point, or an immutable message with
         SerializeToString, serialized at flush) becomes its last value."""
         self._last[name] = snapshot
-        sample = (ts_ms, value, quality)
+        sample = (ts_ms, type(value), value, quality)  # 1, 1.0 and True differ here
         if self._appended.get(name) == sample:
             # The same sample again (a snapshot republished with its billing date, a value
             # re-sent unchanged with the same source time): stored once, not once per write.
@@ -217,6 +218,9 @@ class HistoryLog:
         pending = self._pending
         if len(pending) == self._max_pending:
             self._stats.dropped += 1  # the deque drops the oldest itself
+            old = pending[0]
+            if self._appended.get(old[0]) == (old[1], type(old[2]), old[2], old[3]):
+                del self._appended[old[0]]  # dropped, not stored: its next write must count
         pending.append((name, ts_ms, value, quality))
         if len(pending) >= FLUSH_AT and self._wake is not None:
             self._wake.set()
@@ -412,6 +416,10 @@ class HistoryLog:
             )
             try:
                 self._compact()
+            except (sqlite3.Error, OSError) as err:
+                # The segment keeps them and compaction is retried, as in steady state.
+                self._compact_retry_at = time.monotonic() + COMPACT_RETRY
+                log.error("history compaction of %s at start failed: %s", self._path, err)
             except BaseException:
                 self._close_conn()
                 raise

@@ -143,7 +143,11 @@ def open_db(path: Path) -> tuple[sqlite3.Connection, dict[str, int], int, int]:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise HistoryError(f"history database {path} refused WAL mode ({mode})")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        # FULL: a commit is on disk before it returns. Compaction commits the chunks and then
+        # starts the segment over; were the commit lost in a power cut, so would be every
+        # sample since the last compaction (the segment's records are gone by then). Only
+        # compaction and retention write here, every few minutes: the syncs cost nothing.
+        conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
         conn.execute("BEGIN IMMEDIATE")
         for stmt in _SCHEMA.split(";"):
@@ -300,6 +304,9 @@ def size_batch(
     return _delete_before(conn, stats, ranges, cut), False
 
 
+_KEPT_COUNT = "SELECT COALESCE(SUM(n), 0) FROM chunks WHERE name_id = ?"
+
+
 def keep_cap(conn: sqlite3.Connection, stats: HistoryStats, keep: Keep, cap: int) -> int:
     """Delete the chunks of each kept point that lie wholly beyond its newest `cap` samples:
     the kept class is never deleted by age, so a writer must not be able to grow it without
@@ -309,19 +316,17 @@ def keep_cap(conn: sqlite3.Connection, stats: HistoryStats, keep: Keep, cap: int
     kept = [nid for nid, name in conn.execute("SELECT id, name FROM names") if keep(name)]
     deleted = 0
     for nid in kept:
-        seen, doomed = 0, []
-        rows = conn.execute(
-            "SELECT id, n FROM chunks WHERE name_id = ? ORDER BY last_ts DESC", (nid,)
-        )
-        for cid, n in rows:
-            if seen >= cap:
-                doomed.append((cid,))
-                deleted += n
-            seen += n
-        if doomed:
-            conn.executemany("DELETE FROM chunks WHERE id = ?", doomed)  # autocommit: each alone
-    if deleted:
-        stats.db_bytes = used_bytes(conn)
+        if conn.execute(_KEPT_COUNT, (nid,)).fetchone()[0] <= cap:
+            continue  # (counts duplicates: never fewer than the distinct times)
+        stamps: set[int] = set()  # distinct times: chunks overlap, a later one corrects
+        for first, blob in conn.execute(
+            "SELECT first_ts, blob FROM chunks WHERE name_id = ?", (nid,)
+        ):
+            stamps.update(history_chunk.decode(first, blob)[0])
+        if len(stamps) <= cap:
+            continue
+        cutoff = sorted(stamps)[-cap]  # keep the newest `cap` times, cut exactly before
+        deleted += _delete_before(conn, stats, [(nid, min(stamps), max(stamps))], cutoff)
     return deleted
 
 

@@ -44,7 +44,9 @@ _CHUNKS = (
     "SELECT id, first_ts, last_ts, text FROM chunks"
     " WHERE name_id = ? AND first_ts < ? AND last_ts >= ? ORDER BY first_ts, id"
 )
-_BLOB = "SELECT blob FROM chunks WHERE id = ?"
+# first_ts with the blob: retention may have trimmed the chunk since it was listed, and its
+# deltas then start from a new first.
+_BLOB = "SELECT first_ts, blob FROM chunks WHERE id = ?"
 
 
 class HistoryQueryError(HistoryError, ValueError):
@@ -147,7 +149,7 @@ def _decode(conn: sqlite3.Connection, cid: int, first: int) -> Columns | None:
     row = conn.execute(_BLOB, (cid,)).fetchone()
     if row is None:
         return None  # deleted by retention since the chunk list was read
-    return history_chunk.decode(first, row[0])
+    return history_chunk.decode(row[0], row[1])
 
 
 def _pages(
