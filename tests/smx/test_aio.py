@@ -7,52 +7,29 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from smx.aio import Wakeup, wait_event
 
 
-async def test_set_in_time_timed_out_and_already_set():
-    event = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.01, event.set)
-    assert await wait_event(event, 5.0) is True
-    assert await wait_event(event, 0.0) is True  # already set
-    event.clear()
-    assert await wait_event(event, 0.02) is False
+class _Event:
+    """An asyncio.Event waited through wait_event, with Wakeup's interface: the same contract
+    tested on both."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.set, self.clear = self.event.set, self.event.clear
+
+    async def wait(self, seconds: float) -> bool:
+        return await wait_event(self.event, seconds)
 
 
-async def test_a_loop_around_it_always_stops_when_cancelled():
-    # The shape that hung with asyncio.wait_for: the event comes in the very turn of the cancel.
-    async def loop(event: asyncio.Event) -> None:
-        while True:
-            await wait_event(event, 1.0)
-            event.clear()
-            asyncio.get_running_loop().call_soon(event.set)
-
-    hung = 0
-    for _ in range(300):
-        event = asyncio.Event()
-        event.set()
-        task = asyncio.create_task(loop(event))
-        for _ in range(random.randint(1, 20)):
-            await asyncio.sleep(0)
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=0.5)
-        hung += not done
-    assert hung == 0
+FLAGS = pytest.mark.parametrize("make", [_Event, Wakeup], ids=["wait_event", "Wakeup"])
 
 
-async def test_the_time_limit_never_cancels_the_waiting_task():
-    event = asyncio.Event()
-    for _ in range(200):
-        await wait_event(event, 0.0005)
-    assert asyncio.current_task().cancelling() == 0
-    await asyncio.sleep(0)  # no cancellation left pending for this task
-
-
-# -- Wakeup: the same contract without a task per wait --------------------------------------------
-
-
-async def test_wakeup_set_in_time_timed_out_and_already_set():
-    flag = Wakeup()
+@FLAGS
+async def test_set_in_time_timed_out_and_already_set(make):
+    flag = make()
     asyncio.get_running_loop().call_later(0.01, flag.set)
     assert await flag.wait(5.0) is True
     assert await flag.wait(0.0) is True  # already set
@@ -62,8 +39,10 @@ async def test_wakeup_set_in_time_timed_out_and_already_set():
     assert asyncio.get_running_loop().time() - t0 >= 0.015
 
 
-async def test_wakeup_loop_always_stops_when_cancelled():
-    async def loop(flag: Wakeup) -> None:
+@FLAGS
+async def test_a_loop_around_it_always_stops_when_cancelled(make):
+    # The shape that hung with asyncio.wait_for: the event comes in the very turn of the cancel.
+    async def loop(flag) -> None:
         while True:
             await flag.wait(1.0)
             flag.clear()
@@ -71,7 +50,7 @@ async def test_wakeup_loop_always_stops_when_cancelled():
 
     hung = 0
     for _ in range(300):
-        flag = Wakeup()
+        flag = make()
         flag.set()
         task = asyncio.create_task(loop(flag))
         for _ in range(random.randint(1, 20)):
@@ -82,11 +61,22 @@ async def test_wakeup_loop_always_stops_when_cancelled():
     assert hung == 0
 
 
-async def test_wakeup_time_limit_never_cancels_the_waiting_task_and_leaves_no_timer():
-    flag = Wakeup()
+@FLAGS
+async def test_the_time_limit_never_cancels_the_waiting_task(make):
+    flag = make()
     for _ in range(200):
         assert await flag.wait(0.0005) is False
     assert asyncio.current_task().cancelling() == 0
+    await asyncio.sleep(0)  # no cancellation left pending for this task
+
+
+# -- Wakeup: one timer for many waits ---------------------------------------------------------
+
+
+async def test_wakeup_leaves_no_timer_after_its_waits_time_out():
+    flag = Wakeup()
+    for _ in range(200):
+        assert await flag.wait(0.0005) is False
     loop = asyncio.get_running_loop()
     assert not [h for h in loop._scheduled if not h.cancelled()]  # every timer cancelled
 

@@ -513,20 +513,17 @@ KILL_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.timeout(60)
-async def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
-    path = tmp_path / "h.db"
-    flush_interval, margin = 0.2, 0.6
+async def _kill_9_after(code: str, path: Path, seconds: float) -> float:
+    """Run `code` (a child writing to the history at `path`) until it says ready, let it write
+    for `seconds`, SIGKILL it; the time of the kill. The database must be intact after it."""
     child = subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, str(REPO), str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", code, str(REPO), str(path)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert child.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
         assert line.strip() == "ready"
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(seconds)
         killed_at = time.time()
         os.kill(child.pid, signal.SIGKILL)
         await asyncio.to_thread(child.wait, 10)
@@ -535,9 +532,16 @@ async def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path: Path) -> N
             child.kill()
             child.wait()
     assert child.returncode == -signal.SIGKILL
-
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    return killed_at
+
+
+@pytest.mark.timeout(60)
+async def test_kill_9_loses_at_most_the_last_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    flush_interval, margin = 0.2, 0.6
+    killed_at = await _kill_9_after(KILL_CHILD, path, 2.0)
     log = HistoryLog(path, flush_interval=3600)
     await log.start()
     try:
@@ -943,25 +947,8 @@ async def test_kill_9_during_compactions_loses_at_most_the_flush_interval(
 ) -> None:
     path = tmp_path / "h.db"
     flush_interval, margin = 0.1, 0.6
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILL_COMPACTING_CHILD, str(REPO), str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)
-        assert line.strip() == "ready"
-        await asyncio.sleep(1.5 + run * 0.37)
-        killed_at = time.time()
-        os.kill(child.pid, signal.SIGKILL)
-        await asyncio.to_thread(child.wait, 10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    killed_at = await _kill_9_after(KILL_COMPACTING_CHILD, path, 1.5 + run * 0.37)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0  # it compacted
     log = HistoryLog(path, flush_interval=3600)
     await log.start()
