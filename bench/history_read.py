@@ -38,15 +38,6 @@ COMPACTION_S = 600
 
 # -- the first layout and its reader (as trusted.core.history_query was before chunks) ------------
 
-_V1_SCHEMA = """
-CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE samples (
-    name_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, v, q INTEGER NOT NULL,
-    kind INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name_id, ts_ms)
-) WITHOUT ROWID;
-CREATE TABLE last (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
-CREATE TABLE meta (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
-"""
 _QUALITY_RANK = {1: 0, 2: 1, 3: 2, 4: 4, 5: 5}
 _QUALITY_KEY = (
     "((CASE q "
@@ -123,10 +114,12 @@ def series(days: float) -> tuple[array, list[float], array]:
 
 
 def build_v1(path: Path, cols: tuple[array, list[float], array]) -> None:
+    from trusted.core.history_migrate import SCHEMA_V1
+
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.executescript(_V1_SCHEMA)
+    conn.executescript(SCHEMA_V1)
     conn.execute("INSERT INTO names (id, name) VALUES (1, ?)", (NAME,))
     ts, values, qs = cols
     conn.execute("BEGIN")

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from trusted.core import history
 from trusted.core.history import HistoryError, HistoryLog, HistoryQueryError, Sample
+from trusted.core.history_migrate import SCHEMA_V1
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD, DERIVED, UNCERTAIN, BAD, STALE = 1, 2, 3, 4, 5
@@ -856,17 +857,10 @@ async def test_retention_by_age_trims_the_chunk_that_straddles_the_cutoff(tmp_pa
 def _v1_database(path: Path) -> None:
     """A history database of schema 1, as the previous core wrote it."""
     conn = sqlite3.connect(path)
+    conn.executescript("PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL;")
+    conn.executescript(SCHEMA_V1)
     conn.executescript(
         """
-        PRAGMA auto_vacuum = INCREMENTAL;
-        PRAGMA journal_mode = WAL;
-        CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-        CREATE TABLE samples (
-            name_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, v, q INTEGER NOT NULL,
-            kind INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name_id, ts_ms)
-        ) WITHOUT ROWID;
-        CREATE TABLE last (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
-        CREATE TABLE meta (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
         INSERT INTO names VALUES (1, 'm/P'), (2, 'ess/state'), (3, 'ev/plugged'), (4, 'x/E');
         INSERT INTO last VALUES ('m/P', x'01'), ('x/E', x'02');
         INSERT INTO meta VALUES ('m/P', x'03');

@@ -15,10 +15,20 @@ from pathlib import Path
 
 from trusted.core.history_db import CHUNK_MAX, INSERT_CHUNK, chunk_rows
 
-__all__ = ["migrate_v1"]
+__all__ = ["SCHEMA_V1", "migrate_v1"]
 
 log = logging.getLogger(__name__)
 
+# The layout this migrates from (its tests and the read benchmark build databases of it).
+SCHEMA_V1 = """
+CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE samples (
+    name_id INTEGER NOT NULL, ts_ms INTEGER NOT NULL, v, q INTEGER NOT NULL,
+    kind INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name_id, ts_ms)
+) WITHOUT ROWID;
+CREATE TABLE last (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, blob BLOB NOT NULL);
+"""
 _KIND_BOOL = 1  # schema 1: 0/1 stored, read back as bool
 
 
