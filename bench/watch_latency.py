@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,25 @@ def _request(count: int) -> pb.WritePointsRequest:
     )
 
 
+class _Schedule:
+    """One write every WRITE_PERIOD for `seconds`: `ticks()` yields the wait before each
+    write; `writes`, `late` (started more than a period behind) and `first` (wall time)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.writes, self.late = seconds, 0, 0
+        self.first = time.time()
+        self._start = self._next = time.monotonic()
+
+    def ticks(self) -> Iterator[float]:
+        while self._next - self._start < self.seconds:
+            delay = self._next - time.monotonic()
+            if delay < -WRITE_PERIOD:
+                self.late += 1
+            self.writes += 1
+            yield max(0.0, delay)
+            self._next += WRITE_PERIOD
+
+
 async def _write_for(kind: str, site: Site, target: str, seconds: float) -> tuple[int, int, float]:
     """Write on schedule for `seconds`; returns (writes, late writes, time of the first).
     Writes overlap (at most MAX_IN_FLIGHT) when the schedule is faster than a round trip."""
@@ -235,26 +255,18 @@ async def _write_for(kind: str, site: Site, target: str, seconds: float) -> tupl
         finally:
             slots.release()
 
-    start = time.monotonic()
-    first = time.time()
-    writes = late = 0
-    nxt = start
-    while nxt - start < seconds:
-        delay = nxt - time.monotonic()
-        if delay > 0:
+    plan = _Schedule(seconds)
+    for delay in plan.ticks():
+        if delay:
             await asyncio.sleep(delay)
-        elif delay < -WRITE_PERIOD:
-            late += 1
-        writes += 1
         await slots.acquire()
-        task = asyncio.create_task(one(writes))
+        task = asyncio.create_task(one(plan.writes))
         pending.add(task)
         task.add_done_callback(pending.discard)
-        nxt += WRITE_PERIOD
     await asyncio.gather(*pending)
     await asyncio.sleep(0.2)  # let the last changes reach the subscribers
     await ch.close()
-    return writes, late, first
+    return plan.writes, plan.late, plan.first
 
 
 def _publish_for(site: Site, socket: str, seconds: float) -> tuple[int, int, float]:
@@ -262,27 +274,18 @@ def _publish_for(site: Site, socket: str, seconds: float) -> tuple[int, int, flo
     client = _mqtt_client(site.home, "meter", "writer", socket)
     acked = threading.Semaphore(MAX_IN_FLIGHT)
     client.on_publish = lambda *_: acked.release()
-    start = time.monotonic()
-    first = time.time()
-    writes = late = 0
-    nxt = start
-    while nxt - start < seconds:
-        delay = nxt - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -WRITE_PERIOD:
-            late += 1
-        writes += 1
+    plan = _Schedule(seconds)
+    for delay in plan.ticks():
+        time.sleep(delay)
         if not acked.acquire(timeout=10):
             raise RuntimeError("the broker stopped acknowledging")
-        client.publish(TOPIC, _request(writes).SerializeToString(), qos=1)
-        nxt += WRITE_PERIOD
+        client.publish(TOPIC, _request(plan.writes).SerializeToString(), qos=1)
     for _ in range(MAX_IN_FLIGHT):  # every publish acknowledged
         acked.acquire(timeout=5)
     time.sleep(0.2)
     client.disconnect()
     client.loop_stop()
-    return writes, late, first
+    return plan.writes, plan.late, plan.first
 
 
 class Mosquitto:
