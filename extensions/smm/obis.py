@@ -341,14 +341,15 @@ def _quadrant_energies(
         q = [f"{c}.8.{tariff}" for c in (5, 6, 7, 8)]
         if not all(k in registers for k in q):
             continue
-        if any((_convert(*registers[k], "kvarh") or 0.0) < 0 for k in q):
+        values = {k: _convert(*registers[k], "kvarh") for k in q}
+        if any(v is not None and v < 0 for v in values.values()):
             continue  # an energy register is never negative: not a sum to trust
         for name, pair in ((f"Rp{suffix}", q[:2]), (f"Rm{suffix}", q[2:])):
             if name in out:  # the meter's own R+/R- register wins
                 continue
-            values = [_convert(*registers[k], "kvarh") for k in pair]
-            if None not in values:
-                out[name] = sum(v for v in values if v is not None)
+            first, second = values[pair[0]], values[pair[1]]
+            if first is not None and second is not None:
+                out[name] = first + second
                 mapped.update(pair)
 
 

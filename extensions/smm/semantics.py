@@ -116,7 +116,7 @@ class Meter:
         term = vocabulary.lookup(point)
         assert term is not None  # every meter point is a vocabulary name (tests/smx)
         unit, text = term.unit, term.description
-        billing = ".bill" in point
+        billing = vocabulary.is_billing_snapshot(point)
         return PointSpec(
             f"{self.device}/{point}",
             unit=unit,
