@@ -1,9 +1,10 @@
 """Setpoint statuses (proto/smx/v1/control_service.proto) by name, and which of them mean that a
 setpoint is in force: what the owner runs now, or will run once it reports.
 
-A setpoint is in force while PENDING, APPLIED or CLAMPED and not past its expiry; REJECTED,
-EXPIRED and SUPERSEDED are final and end nothing on the device by themselves (the owner falls
-back on EXPIRED, or runs the newer setpoint that SUPERSEDED it).
+A setpoint is in force while PENDING, APPLIED, CLAMPED or UNCONFIRMED and not past its expiry;
+REJECTED, EXPIRED and SUPERSEDED are final and end nothing on the device by themselves (the owner
+falls back on EXPIRED, or runs the newer setpoint that SUPERSEDED it). UNCONFIRMED: the owner
+passed it on and has not learned the outcome yet (docs/SETPOINTS.md).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ STATUSES: dict[str, pb.SetpointStatus] = {
     "REJECTED": pb.SETPOINT_STATUS_REJECTED,
     "EXPIRED": pb.SETPOINT_STATUS_EXPIRED,
     "SUPERSEDED": pb.SETPOINT_STATUS_SUPERSEDED,
+    "UNCONFIRMED": pb.SETPOINT_STATUS_UNCONFIRMED,
 }
-IN_FORCE = frozenset({"PENDING", "APPLIED", "CLAMPED"})
+IN_FORCE = frozenset({"PENDING", "APPLIED", "CLAMPED", "UNCONFIRMED"})
 # What an owner may report (ReportSetpoint).
-OWNER_REPORTS = frozenset({"APPLIED", "CLAMPED", "REJECTED"})
-# No longer PENDING: the owner answered, or the setpoint ended before it did.
-ANSWERED = frozenset(STATUSES) - {"PENDING"}
+OWNER_REPORTS = frozenset({"APPLIED", "CLAMPED", "REJECTED", "UNCONFIRMED"})
+# The outcome is known: the owner reported what the device does, or the setpoint ended first
+# (not PENDING, not UNCONFIRMED).
+ANSWERED = frozenset(STATUSES) - {"PENDING", "UNCONFIRMED"}
 # The same sets as the API's enum values, for code that holds Setpoint messages.
 IN_FORCE_CODES = frozenset(STATUSES[name] for name in IN_FORCE)
 OWNER_REPORT_CODES = frozenset(STATUSES[name] for name in OWNER_REPORTS)

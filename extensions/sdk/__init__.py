@@ -7,7 +7,7 @@ logs, exit codes) over one smx.sdk `Client`, plus devices and setpoint handlers:
   source receives on its own and calls `self.publish(readings)` / `self.failed(err)`); both get
   the same health, BAD marking and back-off;
 - setpoints: `@ext.on_setpoint(name, timeout=..., on_expire=...)` returning `Applied`,
-  `Clamped` or `Rejected`;
+  `Clamped`, `Rejected` or `Unconfirmed` (then `ext.setpoints.report_outcome` later);
 - points: `PointSpec` declarations checked against the vocabulary, `publish`, `publish_sample`
   (as given, for mirrors), `Reading` for a device's own quality and timestamp.
 
@@ -31,7 +31,7 @@ from smx.sdk import (
 from .devices import Device, DeviceState, PolledDevice
 from .extension import Extension, main_of
 from .pushed import PushedDevice
-from .setpoints import Applied, Clamped, Rejected, SetpointRequest
+from .setpoints import Applied, Clamped, Rejected, SetpointRequest, Unconfirmed
 from .values import Reading
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "SetpointRequest",
     "SetpointState",
     "SetupError",
+    "Unconfirmed",
     "main_of",
     "parse_settings",
     "setting",

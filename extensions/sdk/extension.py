@@ -44,6 +44,8 @@ class Extension(Runtime):
         super().__init__(env)
         self.setpoints = SetpointRouter(self.client)
         self.devices: list[tuple[AnyDevice, DeviceState]] = []
+        # Health of what the extension drives itself (a link, a mirror): not polled by the SDK.
+        self.links: dict[str, DeviceState] = {}
         self._refused_late: set[str] = set()  # described by a device against the vocabulary
 
     @property
@@ -78,6 +80,14 @@ class Extension(Runtime):
         elif not isinstance(device, PolledDevice):
             raise TypeError(f"{device!r} is neither a PolledDevice nor a PushedDevice")
         self.devices.append((device, state))
+
+    def link_health(self, name: str) -> DeviceState:
+        """The health entry of something this extension drives itself (a remote link): set
+        its `ok` and `last_error`; a link not ok makes the extension degraded in `smx status`."""
+        if name in self.links or any(known.name == name for known, _ in self.devices):
+            raise ValueError(f"two health entries named {name!r}")
+        state = self.links[name] = DeviceState()
+        return state
 
     def on_setpoint(
         self,
@@ -159,9 +169,10 @@ class Extension(Runtime):
     # -- health -------------------------------------------------------------------------------
 
     def devices_health(self) -> dict[str, DeviceHealth]:
+        states = [(d.name, s) for d, s in self.devices] + list(self.links.items())
         return {
-            d.name: DeviceHealth(ok=s.ok, last_error=s.last_error, failures=s.failures)
-            for d, s in self.devices
+            name: DeviceHealth(ok=s.ok, last_error=s.last_error, failures=s.failures)
+            for name, s in states
         }
 
     def health_points(self, report: HealthReport) -> dict[str, Any]:

@@ -8,8 +8,13 @@ running then has failed, the setpoint is reported REJECTED and a later answer is
 
 Each point has its own worker (setpoint_worker): points are handled side by side, the requests
 of one point in order, and a request superseded before its handler started is never applied. A
-handler that answers something other than Applied, Clamped or Rejected, or a value that is not
-finite, has made a mistake: the setpoint is REJECTED with a reason that says which.
+handler that answers something other than Applied, Clamped, Rejected or Unconfirmed, or a value
+that is not finite, has made a mistake: the setpoint is REJECTED with a reason that says which.
+
+An owner that passes a setpoint on to something it cannot see at once (a remote USM, a charger)
+answers `Unconfirmed(reason)` when the answer does not come back in time, and reports the real
+outcome later with `report_outcome` (docs/SETPOINTS.md): REJECTED means "not applied", never
+"don't know".
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ __all__ = [
     "Rejected",
     "SetpointRequest",
     "SetpointRouter",
+    "Unconfirmed",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,10 @@ class SetpointRequest:
     value: Any
     requester: str
     expires_at: float  # unix seconds
+    # The core's status when it was sent: PENDING for a new request; what the owner reported
+    # before (APPLIED, UNCONFIRMED...) when it is re-sent after a restart of the extension.
+    status: str = "PENDING"
+    requested_at: float = 0.0  # unix seconds
 
     @property
     def expires(self) -> dt.datetime:
@@ -91,10 +101,20 @@ class Clamped:
 
 @dataclass(frozen=True)
 class Rejected:
+    """Not applied: the device does not run it."""
+
     reason: str
 
 
-Result = Applied | Clamped | Rejected
+@dataclass(frozen=True)
+class Unconfirmed:
+    """Passed on, the outcome not known yet (the device may run it): report the real one later
+    with `SetpointRouter.report_outcome`."""
+
+    reason: str
+
+
+Result = Applied | Clamped | Rejected | Unconfirmed
 Handler = Callable[[SetpointRequest], Awaitable[Result]]
 ExpiryHandler = Callable[[SetpointRequest], Awaitable[None]]
 
@@ -209,7 +229,13 @@ class SetpointRouter:
                 continue
             sp = msg.setpoint
             req = SetpointRequest(
-                sp.id, sp.name, from_value(sp.value), sp.requester, ts_to_seconds(sp.expire_time)
+                sp.id,
+                sp.name,
+                from_value(sp.value),
+                sp.requester,
+                ts_to_seconds(sp.expire_time),
+                status_name(sp.status),
+                ts_to_seconds(sp.request_time),
             )
             if msg.event == pb.SETPOINT_EVENT_EXPIRED:
                 self._expire_later(req)
@@ -293,6 +319,26 @@ class SetpointRouter:
             log.error("setpoint %s: reported REJECTED (logged once per handler)", reason)
         return Rejected(reason)
 
+    async def report_outcome(self, req: SetpointRequest, result: Result) -> None:
+        """A later outcome of a setpoint answered `Unconfirmed` (or a correction of an earlier
+        one), e.g. once a remote link is back. Sent when the core is reachable; refused by the
+        core (and logged) when the setpoint has ended meanwhile."""
+        route = self.route_for(req.name)
+        checked = self._checked(route.handler, result) if route else result
+        if isinstance(checked, Rejected):
+            current = self.active.get(req.name)
+            if current is not None and current.id == req.id:
+                del self.active[req.name]
+        report = _report_of(req.id, checked)
+        log.info(
+            "setpoint %s=%r (%s): outcome now %s",
+            req.name,
+            req.value,
+            req.id,
+            status_name(report.status),
+        )
+        await self._report(report)
+
     async def _report(self, report: pb.ReportSetpointRequest) -> None:
         if len(self._reports) > 1000:
             self._reports.clear()
@@ -359,11 +405,16 @@ def _name_of(fn: Callable[..., Any]) -> str:
 
 def _mistake_in(result: Any) -> str | None:
     """What is wrong with a handler's answer, in words for the requester; None if nothing."""
-    if not isinstance(result, Applied | Clamped | Rejected):
+    if not isinstance(result, Applied | Clamped | Rejected | Unconfirmed):
         shown = repr(result)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return f"returned {shown} ({type(result).__name__}), not Applied, Clamped or Rejected"
-    if isinstance(result, Rejected):
+        return (
+            f"returned {shown} ({type(result).__name__}), "
+            "not Applied, Clamped, Rejected or Unconfirmed"
+        )
+    if isinstance(result, Unconfirmed) and not str(result.reason or ""):
+        return "returned Unconfirmed without a reason"
+    if isinstance(result, Rejected | Unconfirmed):
         return None
     kind, value = type(result).__name__, result.value
     if value is None:
@@ -381,6 +432,10 @@ def _report_of(setpoint_id: str, result: Result) -> pb.ReportSetpointRequest:
     if isinstance(result, Rejected):
         return pb.ReportSetpointRequest(
             id=setpoint_id, status=status_code("REJECTED"), reason=str(result.reason or "rejected")
+        )
+    if isinstance(result, Unconfirmed):
+        return pb.ReportSetpointRequest(
+            id=setpoint_id, status=status_code("UNCONFIRMED"), reason=str(result.reason)
         )
     reason = result.reason if isinstance(result, Clamped) else ""
     report = pb.ReportSetpointRequest(id=setpoint_id, reason=str(reason or ""))

@@ -229,12 +229,13 @@ class Client:
         return SetpointState.of(reply.setpoint)
 
     async def outcome(self, setpoint_id: str, timeout: float | None = None) -> SetpointState:
-        """Wait until the setpoint is no longer PENDING (the owner applied, clamped or rejected
-        it, or it expired or was superseded first), as the core tells on its stream."""
+        """Wait until the setpoint's outcome is known (the owner applied, clamped or rejected
+        it, or it expired or was superseded first): no longer PENDING or UNCONFIRMED, as the
+        core tells on its stream."""
         return await self._outcomes.wait(setpoint_id, timeout)
 
     def on_outcome(self, callback: OutcomeCallback) -> OutcomeCallback:
         """Decorator: `callback(SetpointState)` for every change of a setpoint this client
-        requested (APPLIED, CLAMPED, REJECTED, EXPIRED, SUPERSEDED)."""
+        requested (APPLIED, CLAMPED, REJECTED, UNCONFIRMED, EXPIRED, SUPERSEDED)."""
         self._outcomes.add_callback(callback)
         return callback

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from smx.setpoint_status import IN_FORCE, status_name
+from smx.setpoint_status import ANSWERED, IN_FORCE, status_name
 from smx.timestamps import seconds_to_duration, ts_to_seconds
 from smx.v1 import control_service_pb2 as pb
 from smx.values import from_value
@@ -45,11 +45,11 @@ class SetpointState:
     id: str
     name: str
     value: Any
-    status: str  # PENDING, APPLIED, CLAMPED, REJECTED, EXPIRED, SUPERSEDED
+    status: str  # PENDING, APPLIED, CLAMPED, REJECTED, EXPIRED, SUPERSEDED, UNCONFIRMED
     requester: str = ""
     expires_at: float = 0.0  # unix seconds
     applied_value: Any = None  # for APPLIED and CLAMPED
-    reason: str = ""  # for REJECTED (and maybe CLAMPED), in words for a person
+    reason: str = ""  # for REJECTED, UNCONFIRMED (and maybe CLAMPED), in words for a person
     reporter: str = ""  # the owner that reported it
     revision: int = 0
 
@@ -70,8 +70,9 @@ class SetpointState:
 
     @property
     def answered(self) -> bool:
-        """No longer PENDING: the owner reported, or the setpoint ended before it did."""
-        return self.status != "PENDING"
+        """The outcome is known: the owner reported what the device does, or the setpoint
+        ended first. UNCONFIRMED is not an answer yet: the real outcome follows."""
+        return self.status in ANSWERED
 
     def in_force(self, now: float | None = None) -> bool:
         """What the owner runs (or will, once it reports) at `now`."""

@@ -21,6 +21,7 @@ class SetpointStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SETPOINT_STATUS_REJECTED: _ClassVar[SetpointStatus]
     SETPOINT_STATUS_EXPIRED: _ClassVar[SetpointStatus]
     SETPOINT_STATUS_SUPERSEDED: _ClassVar[SetpointStatus]
+    SETPOINT_STATUS_UNCONFIRMED: _ClassVar[SetpointStatus]
 
 class SetpointEvent(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ SETPOINT_STATUS_CLAMPED: SetpointStatus
 SETPOINT_STATUS_REJECTED: SetpointStatus
 SETPOINT_STATUS_EXPIRED: SetpointStatus
 SETPOINT_STATUS_SUPERSEDED: SetpointStatus
+SETPOINT_STATUS_UNCONFIRMED: SetpointStatus
 SETPOINT_EVENT_UNSPECIFIED: SetpointEvent
 SETPOINT_EVENT_REQUESTED: SetpointEvent
 SETPOINT_EVENT_EXPIRED: SetpointEvent

@@ -96,7 +96,9 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportSetpoint(self, request, context):
-        """For the owning extension: the outcome of applying a setpoint.
+        """For the owning extension: the outcome of applying a setpoint (APPLIED, CLAMPED, REJECTED or
+        UNCONFIRMED). It may report again while the setpoint is in force, e.g. UNCONFIRMED then the
+        outcome it learned later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,7 +114,8 @@ class ControlServiceServicer:
 
     def WatchSetpointOutcomes(self, request, context):
         """For requesters: every status change of the setpoints the caller requested, in order
-        (PENDING, then APPLIED, CLAMPED, REJECTED, EXPIRED or SUPERSEDED), first the caller's
+        (PENDING, then APPLIED, CLAMPED, REJECTED, UNCONFIRMED, EXPIRED or SUPERSEDED; UNCONFIRMED
+        is followed by the real outcome when the owner learns it), first the caller's
         setpoints still in force. Needs the request right on the names.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

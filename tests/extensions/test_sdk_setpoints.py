@@ -155,7 +155,7 @@ async def test_a_wrong_answer_or_a_non_finite_value_is_rejected_and_logged_once(
     assert [s.status for s in got.values()] == ["REJECTED"] * 4 + ["APPLIED"]
     assert got[1.0].reason == (
         "handler test_a_wrong_answer_or_a_non_finite_value_is_rejected_and_logged_once."
-        "<locals>.sloppy returned 'garbage' (str), not Applied, Clamped or Rejected"
+        "<locals>.sloppy returned 'garbage' (str), not Applied, Clamped, Rejected or Unconfirmed"
     )
     assert got[2.0].reason.endswith("sloppy returned Applied(nan): not a finite number")
     assert got[3.0].reason.endswith("sloppy returned Clamped(inf): not a finite number")

@@ -13,7 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
-from smx.setpoint_status import IN_FORCE_CODES, OWNER_REPORT_CODES
+from smx.setpoint_status import IN_FORCE_CODES, OWNER_REPORT_CODES, status_name
 from smx.timestamps import ms_to_ts, now_ms, ts_to_ms
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2
@@ -99,7 +99,9 @@ class SetpointBoard:
         if sp is None:
             raise CoreError("SETPOINT_NOT_FOUND", f"no setpoint with id {setpoint_id!r}")
         if status not in OWNER_REPORT_CODES:
-            raise CoreError("INVALID_ARGUMENT", "status must be APPLIED, CLAMPED or REJECTED")
+            raise CoreError(
+                "INVALID_ARGUMENT", "status must be APPLIED, CLAMPED, REJECTED or UNCONFIRMED"
+            )
         # An owner may report again (e.g. after a restart it re-applies), but not revive a
         # setpoint that expired, was superseded or rejected.
         if sp.status not in IN_FORCE_CODES:
@@ -111,8 +113,10 @@ class SetpointBoard:
         given = applied_value if applied_value and applied_value.WhichOneof("kind") else None
         if status == pb.SETPOINT_STATUS_CLAMPED and given is None:
             raise CoreError("INVALID_ARGUMENT", "CLAMPED needs applied_value")
-        if status == pb.SETPOINT_STATUS_REJECTED and not reason:
-            raise CoreError("INVALID_ARGUMENT", "REJECTED needs a reason")
+        if status in (pb.SETPOINT_STATUS_REJECTED, pb.SETPOINT_STATUS_UNCONFIRMED) and not reason:
+            raise CoreError(
+                "INVALID_ARGUMENT", f"{status_name(status)} needs a reason"
+            )
         revision = self.revisions.next_revision()
         sp.status = status
         sp.reason = reason
@@ -171,6 +175,10 @@ class SetpointBoard:
             revision = revision or self.revisions.next_revision()
             event = pb.SETPOINT_EVENT_EXPIRED if fall_back else _NO_EVENT
             if sp.status in IN_FORCE_CODES:
+                if sp.status == pb.SETPOINT_STATUS_UNCONFIRMED:
+                    # The owner never learned whether it ran: say so, the requester must not
+                    # read EXPIRED as "it ran until now".
+                    sp.reason = f"expired before its outcome was confirmed ({sp.reason})"
                 sp.status = pb.SETPOINT_STATUS_EXPIRED
                 expired.append(sp)
                 self._changed(revision, sp, event)
