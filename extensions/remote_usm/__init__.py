@@ -12,9 +12,11 @@ mirrored points down to it (storage, EV and PV sub-meters that are USMs of their
 Config keys (SMX_CONFIG): `remote` (host:port of the remote core's TCP listener, required with
 its port; the remote site.toml's `[core]` or core.toml
 `tcp = "..."`), `remote_ca`, `remote_cert`, `remote_key` (paths), `prefix` (default: the
-extension's name), `patterns` (remote points to mirror, default ["**"]), `period` (s, default 5:
-republish period and minimum expected period of mirrored points), `forward_timeout` (s, default
-8: how long a forwarded setpoint waits for the remote owner's report). See config.py.
+extension's name), `patterns` (remote points to mirror, default ["**"]), `period` (s, default 4:
+expected period of mirrored points; STALE within 2 x period of the last message), `link_timeout`
+(s, default 6: silence after which the link is down), `forward_timeout` (s, default 8: how long
+a forwarded setpoint waits for the remote's answer before it is UNCONFIRMED). See config.py and
+docs/SETPOINTS.md.
 
 Local side: name the extension after its prefix (`usm1`); the default `trusted-extension` role
 then lets it write `usm1/**` (the mirror, `usm1/link.up`, `usm1/link.revision`) and control
@@ -85,7 +87,8 @@ class RemoteUsm:
         self.forwarder = SetpointForwarder(ext, self.cfg, self.remote)
         ext.on_start(self.remote.start)
         ext.background(self.mirror.run, "remote-mirror")
-        ext.background(self.mirror.republish_forever, "remote-republish")
+        ext.background(self.mirror.publish_link_forever, "remote-link-points")
+        ext.background(self.forwarder.reconcile_forever, "setpoint-reconcile")
         ext.on_stop(self.remote.close)
 
     async def start(self) -> None:

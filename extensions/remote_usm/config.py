@@ -7,7 +7,8 @@ remote_cert = "/etc/smx/usm1/link.crt"    # this link's client certificate, remo
 remote_key = "/etc/smx/usm1/link.key"
 prefix = "usm1"                           # default: the extension's name
 patterns = ["**"]                         # remote points to mirror
-period = 5                                # s: republish / freshness period
+period = 4                                # s: freshness period of mirrored points
+link_timeout = 6                          # s: silence after which the link is down
 forward_timeout = 8                       # s: wait for the remote owner's report
 """
 
@@ -70,7 +71,8 @@ class RemoteConfig:
     remote_key: Path = setting()
     prefix: str = setting("", check=_device_id)  # empty: the extension's name
     patterns: list[str] = setting(default_factory=lambda: ["**"], check=_globs)
-    period: Seconds = setting(5.0, min=0.1, max=3600)
+    period: Seconds = setting(4.0, min=0.1, max=3600)
+    link_timeout: Seconds = setting(6.0, min=0.3, max=3600)
     forward_timeout: Seconds = setting(8.0, min=0.1, max=3600)
 
     @property

@@ -2,9 +2,15 @@
 
 One watch on the remote: a snapshot, then changes; after a link loss it resumes from the last
 revision, and takes a new snapshot when the remote cannot resume (REVISION_COMPACTED, e.g. after
-a remote restart). Mirrored points are declared locally with the remote metadata and an expected
-period of at least `period`, and the latest value of each is republished every `period` while
-the link is up: when the link is down nothing is written, so the local core marks them STALE.
+a remote restart).
+
+Freshness tells the truth about the link: the watch asks for a heartbeat every third of
+`link_timeout`, and the link is down after `link_timeout` without any message (a silent link:
+packets dropped, no reset). Mirrored points are declared locally with the remote metadata and an
+expected period of `period`, and re-written only when a message from the remote has just proved
+the link alive (at most every `period` / 2): from the last message that came through, the local
+core marks them STALE within 2 x `period` plus its check interval (≤ 10 s by default).
+`link.up` is true only once the remote's first message of a session has arrived.
 
 Quality: the remote's quality is kept, except STALE, which a writer may not send. A point the
 remote reports STALE is written once as UNCERTAIN (value and source time kept) and then no longer
@@ -16,18 +22,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
+import time
 from typing import TYPE_CHECKING
 
 import grpc
 
 from extensions.sdk import PointSpec
-from smx.client import TRANSIENT, describe_error, error_reason
+from smx.client import describe_error, error_reason
 from smx.timestamps import seconds_to_duration
 from smx.v1 import identity_service_pb2, point_pb2
 from smx.v1 import point_service_pb2 as pb
 
 from .config import RemoteConfig
-from .remote import RemoteLink
+from .remote import RemoteLink, explain
 
 if TYPE_CHECKING:
     from extensions.sdk import Extension
@@ -37,6 +45,8 @@ __all__ = ["Mirror"]
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 10.0
+# Retries of a link the remote refuses (certificate, policy): a person must act, so rarely.
+REFUSED_MAX_BACKOFF_S = 60.0
 
 
 class RemoteSilent(Exception):
@@ -55,7 +65,11 @@ class Mirror:
         self.snapshots = 0
         self.backoff_max = max(5.0, cfg.period)
         self._delay = 0.2
-        self.heartbeat = min(cfg.period, 5.0)
+        self.heartbeat = cfg.link_timeout / 3
+        self._republished = 0.0  # monotonic time of the last attested republish
+        self._logged_error = ""  # the last refusal logged at ERROR (logged once, not per retry)
+        self.health = ext.link_health("remote")
+        self.health.last_error = "not connected yet"
         ext.declare(
             PointSpec(
                 self.local("link.up"),
@@ -89,18 +103,20 @@ class Mirror:
                     log.info("remote cannot resume from revision %d: new snapshot", self.revision)
                     self.revision = 0
                     continue
-                self._down(describe_error(err), transient=err.code() in TRANSIENT)
+                why, refused = explain(err, self.remote, self.health.consecutive_failures)
+                self._down(why, transient=not refused)
             except (RemoteSilent, EOFError, TimeoutError) as err:
                 self._down(describe_error(err), transient=True)
-            await asyncio.sleep(self._delay)
-            self._delay = min(self._delay * 2, self.backoff_max)
+            # Jitter: many links restarting at once must not retry in step.
+            cap = REFUSED_MAX_BACKOFF_S if self._refused else self.backoff_max
+            await asyncio.sleep(min(self._delay, cap) * random.uniform(0.5, 1.0))
+            self._delay = min(self._delay * 2, cap)
 
     async def _session(self) -> None:
         stubs = self.remote.stubs
         me = await stubs.identity.WhoAmI(identity_service_pb2.WhoAmIRequest(), timeout=CALL_TIMEOUT)
         self.remote.identity = me.identity
         await self._list_and_declare()
-        self._up()
         call = stubs.points.WatchPoints(
             pb.WatchPointsRequest(
                 patterns=list(self.cfg.patterns),
@@ -108,7 +124,7 @@ class Mirror:
                 heartbeat_interval=seconds_to_duration(self.heartbeat),
             )
         )
-        silence = 3 * self.heartbeat + 2
+        silence = self.cfg.link_timeout
         try:
             while True:
                 try:
@@ -124,9 +140,10 @@ class Mirror:
                     log.info(
                         "remote snapshot: %d points at revision %d", len(msg.points), msg.revision
                     )
+                self._up()  # data flows: only now is the link up
                 await self._received(msg.points)
                 self.revision = msg.revision
-                self._publish_link()
+                self._attested()
         finally:
             call.cancel()
 
@@ -146,7 +163,7 @@ class Mirror:
             remote,
             name=self.local(remote.name),
             description=remote.description or f"mirrored from {self.cfg.remote}",
-            period=max(remote.period or 0.0, self.cfg.period),
+            period=self.cfg.period,
             owner="",
         )
 
@@ -189,9 +206,16 @@ class Mirror:
 
     # -- link state and freshness -----------------------------------------------------------
 
+    @property
+    def _refused(self) -> bool:
+        return bool(self._logged_error)
+
     def _up(self) -> None:
         self._delay = 0.2
         self.remote.last_error = ""
+        self._logged_error = ""
+        self.health.ok, self.health.last_error, self.health.consecutive_failures = True, "", 0
+        self.remote.ever_up = True
         if not self.remote.up.is_set():
             log.info("remote USM %s up (as %s)", self.cfg.remote, self.remote.identity)
             self.remote.up.set()
@@ -199,26 +223,39 @@ class Mirror:
 
     def _down(self, why: str, *, transient: bool) -> None:
         self.remote.last_error = why
+        self.health.ok, self.health.last_error = False, why
+        self.health.failures += 1
+        self.health.consecutive_failures += 1
         if self.remote.up.is_set():
             log.warning("remote USM %s down: %s", self.cfg.remote, why)
             self.remote.up.clear()
             self._publish_link()
-        elif transient:
+        if transient:
+            self._logged_error = ""
             log.info("remote USM %s unreachable: %s", self.cfg.remote, why)
-        else:
+        elif why != self._logged_error:
+            # Once per distinct refusal: retries are bounded and visible in `smx status`.
+            self._logged_error = why
             log.error("remote USM %s refuses this link: %s", self.cfg.remote, why)
 
     def _publish_link(self) -> None:
         self.ext.publish(self.local("link.up"), self.remote.up.is_set())
         self.ext.publish(self.local("link.revision"), self.revision)
 
-    async def republish_forever(self) -> None:
-        """A watch only sends changes: keep every mirrored point fresh while the link is up."""
+    def _attested(self) -> None:
+        """A message just came from the remote: the values it has not changed are still its
+        values. A watch only sends changes, so re-write them (at most every period / 2)."""
+        now = time.monotonic()
+        if now - self._republished < self.cfg.period / 2:
+            return
+        self._republished = now
+        self._publish_link()
+        for name, sample in self.latest.items():
+            if name not in self.stale:
+                self.ext.publish_sample(sample)
+
+    async def publish_link_forever(self) -> None:
+        """`link.up` and `link.revision` stay fresh, also while the link is down."""
         while True:
             await asyncio.sleep(self.cfg.period)
             self._publish_link()
-            if not self.remote.up.is_set():
-                continue
-            for name, sample in self.latest.items():
-                if name not in self.stale:
-                    self.ext.publish_sample(sample)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
-from smx.client import Credentials, Stubs
+import grpc
+
+from smx.client import Credentials, Stubs, describe_error, error_reason
 from smx.sdk import Client
 
-__all__ = ["RemoteLink"]
+__all__ = ["RemoteLink", "explain"]
 
 
 class RemoteLink:
@@ -24,6 +26,7 @@ class RemoteLink:
         self.up = asyncio.Event()
         self.identity = ""  # our identity as the remote core sees it (WhoAmI)
         self.last_error = ""
+        self.ever_up = False  # data came through once in this run
 
     @property
     def stubs(self) -> Stubs:
@@ -34,3 +37,48 @@ class RemoteLink:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+# A link retried this many times with "Socket closed" during its handshake, never having been up
+# in this run, is refused by the remote, not cut by the network.
+CLOSED_IN_HANDSHAKE_TRIES = 3
+
+
+def explain(err: grpc.aio.AioRpcError, link: RemoteLink, failures: int) -> tuple[str, bool]:
+    """One line for the log and `smx status` saying what is wrong and what to do, and whether
+    the remote refuses this link (a person must act) rather than being out of reach."""
+    details = err.details() or ""
+    reason = error_reason(err)
+    creds = link.credentials
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            f"the remote's server certificate is not signed by remote_ca {creds.ca}: remote_ca "
+            "must be the remote site's CA certificate (its pki/ca.crt)",
+            True,
+        )
+    if reason == "CERTIFICATE_REVOKED":
+        return (
+            f"the remote USM revoked this link's certificate {creds.cert}: its operator issues "
+            "a new one (`smx pki issue usm-link --domain trusted`), put it in remote_cert/key",
+            True,
+        )
+    if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return f"the remote USM refuses this link's certificate: {describe_error(err)}", True
+    if err.code() == grpc.StatusCode.PERMISSION_DENIED:
+        who = link.identity or f"the identity in {creds.cert}"
+        return (
+            f"the remote USM's policy does not let {who} do this ({describe_error(err)}): its "
+            "operator binds it (`smx policy bind usm-link gui --domain trusted` on the remote)",
+            True,
+        )
+    if "Socket closed" in details and not link.ever_up:
+        refused = failures + 1 >= CLOSED_IN_HANDSHAKE_TRIES
+        return (
+            "the remote closed the connection during the TLS handshake: if this goes on, "
+            f"remote_cert {creds.cert} is not issued by the remote site's CA (its operator "
+            "issues one: `smx pki issue usm-link --domain trusted`)",
+            refused,
+        )
+    if "Connection refused" in details:
+        return f"nothing listens at {link.target} (is the remote core's [core] tcp set?)", False
+    return describe_error(err), False  # anything else: the network or the remote, retried

@@ -67,10 +67,12 @@ class Sub:
             PointSpec("ess/P_set", unit="W", description="requested battery power"),
         )
         self.seen: dict[str, float] = {}  # remote setpoint id -> requested value
+        self.before_answer = lambda: None  # e.g. break the link while the answer is on its way
 
         @self.ext.on_setpoint("ess/P_set")
         async def set_power(req: SetpointRequest):
             self.seen[req.id] = req.value
+            self.before_answer()
             if abs(req.value) > 3000:
                 return Clamped(3000.0 if req.value > 0 else -3000.0, "inverter limit")
             return Applied()

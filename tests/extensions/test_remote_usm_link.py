@@ -1,0 +1,255 @@
+"""remote_usm when the link misbehaves, through a TCP relay under the test's control between two
+REAL cores: setpoint outcomes that never lie (UNCONFIRMED, then the remote's real outcome, applied
+once), a slow remote owner, this extension restarted during an outage, a silent link going STALE
+within the documented bound, and refused certificates explained once with a bounded retry rate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from extensions.remote_usm import RemoteUsm
+from extensions.sdk import Applied, Extension, SetpointState
+from extensions.sdk.testing import SITE, TestSite, point_where, until
+from smx.v1 import control_service_pb2 as cpb
+from smx.v1 import point_pb2 as ppb
+from tests.extensions.test_remote_usm import (
+    Sub,
+    get_point,
+    link_config,
+    remote_requests,
+    request,
+    value,
+)
+from tests.extensions.test_remote_usm import sites as sites  # the two-core fixture
+from tests.support.relay import Relay
+
+FORWARD_TIMEOUT = 2.0
+FAST_LINK = {"period": 0.5, "link_timeout": 1.5, "forward_timeout": FORWARD_TIMEOUT}
+
+
+async def via_relay(remote: TestSite, local: TestSite, port: int, **config):
+    """A started remote_usm extension reaching the remote core through a new relay."""
+    relay = await Relay.start(port)
+    cfg = {**link_config(remote, port), **FAST_LINK, **config, "remote": f"127.0.0.1:{relay.port}"}
+    usm = RemoteUsm(Extension(local.env("usm1", config=cfg)))
+    await usm.start()
+    return relay, usm
+
+
+async def status_of(local: TestSite, sid: str) -> cpb.Setpoint:
+    resp = await local.stubs("ctrl").control.GetSetpoint(cpb.GetSetpointRequest(id=sid))
+    return resp.setpoint
+
+
+async def reaches(local: TestSite, sid: str, status: int, timeout: float = 20) -> cpb.Setpoint:
+    async def probe():
+        sp = await status_of(local, sid)
+        return sp if sp.status == status else None
+
+    return await until(probe, timeout=timeout)
+
+
+def statuses(changes: list[SetpointState], sid: str) -> list[str]:
+    return [c.status for c in changes if c.id == sid]
+
+
+@pytest.mark.parametrize("cut", ["blackhole", "reset"])
+async def test_a_lost_answer_is_unconfirmed_then_the_remote_truth(sites, cut):
+    remote, local, port = sites
+    sub = Sub(remote)
+    await sub.start()
+    sub.ext.publish("ess/P", 0.0)
+    relay, usm = await via_relay(remote, local, port)
+    ctrl = local.client("ctrl")
+    changes: list[SetpointState] = []
+    ctrl.on_outcome(changes.append)
+    await ctrl.start()
+    try:
+        await point_where(local, "usm1/link.up", lambda p: value(p) is True)
+        sub.before_answer = getattr(relay, cut)  # the link breaks as the remote applies it
+        sp = await until(lambda: request_as(ctrl, 1000.0))
+        held = await reaches(local, sp.id, cpb.SETPOINT_STATUS_UNCONFIRMED)
+        assert "outcome to be confirmed" in held.reason
+        await asyncio.sleep(2 * FORWARD_TIMEOUT)  # the outage lasts 2x forward_timeout
+        assert (await status_of(local, sp.id)).status == cpb.SETPOINT_STATUS_UNCONFIRMED
+
+        relay.restore()
+        done = await reaches(local, sp.id, cpb.SETPOINT_STATUS_APPLIED)
+        remote_id = usm.forwarder.forwarded[sp.id]
+        on_remote = (
+            await remote.stubs("admin").control.GetSetpoint(cpb.GetSetpointRequest(id=remote_id))
+        ).setpoint
+        assert on_remote.status == done.status == cpb.SETPOINT_STATUS_APPLIED
+        assert done.applied_value == on_remote.applied_value
+        # Applied once on the remote; the requester's stream showed the correction.
+        assert list(sub.seen.values()) == [1000.0] and remote_requests(remote) == 1
+        await until(lambda: statuses(changes, sp.id)[-1:] == ["APPLIED"] or None)
+        assert sp.status == "PENDING"
+        assert statuses(changes, sp.id) == ["UNCONFIRMED", "APPLIED"]
+    finally:
+        await ctrl.close()
+        await usm.stop()
+        await sub.stop()
+        await relay.close()
+
+
+async def request_as(ctrl, val: float):
+    try:
+        return await ctrl.request_setpoint("usm1/ess/P_set", val, 60)
+    except Exception:
+        return None  # not mirrored (declared) yet
+
+
+async def test_a_slow_remote_owner_is_unconfirmed_then_applied(sites):
+    remote, local, port = sites
+    sub = Sub(remote)
+
+    @sub.ext.on_setpoint("ess/SoC_min_set", timeout=30)
+    async def slow(req):
+        await asyncio.sleep(FORWARD_TIMEOUT + 2)
+        return Applied()
+
+    await sub.start()
+    relay, usm = await via_relay(remote, local, port)
+    try:
+        sp = await until(
+            lambda: request_or_none_named(local, "usm1/ess/SoC_min_set", 20.0), timeout=20
+        )
+        held = await reaches(local, sp.id, cpb.SETPOINT_STATUS_UNCONFIRMED)
+        assert "has not reported within" in held.reason
+        done = await reaches(local, sp.id, cpb.SETPOINT_STATUS_APPLIED)
+        assert done.applied_value.double_value == 20.0
+    finally:
+        await usm.stop()
+        await sub.stop()
+        await relay.close()
+
+
+async def request_or_none_named(local: TestSite, name: str, val: float):
+    try:
+        return await request(local, name, val)
+    except Exception:
+        return None
+
+
+async def test_this_extension_restarted_during_an_outage_keeps_the_truth(sites):
+    remote, local, port = sites
+    sub = Sub(remote)
+    await sub.start()
+    relay, usm = await via_relay(remote, local, port)
+    try:
+        sp = await until(lambda: request_or_none_named(local, "usm1/ess/P_set", 5000.0))
+        await reaches(local, sp.id, cpb.SETPOINT_STATUS_CLAMPED)
+        relay.blackhole()
+        await usm.stop()
+        usm = RemoteUsm(Extension(local.env("usm1", config=usm_config(remote, port, relay))))
+        await usm.start()
+        # Re-sent by the local core to the new process, which cannot reach the remote: it may
+        # not say REJECTED about a setpoint the battery runs.
+        held = await reaches(local, sp.id, cpb.SETPOINT_STATUS_UNCONFIRMED)
+        assert "unreachable" in held.reason
+        relay.restore()
+        done = await reaches(local, sp.id, cpb.SETPOINT_STATUS_CLAMPED)
+        assert done.applied_value.double_value == 3000.0
+        assert list(sub.seen.values()) == [5000.0] and remote_requests(remote) == 1
+    finally:
+        await usm.stop()
+        await sub.stop()
+        await relay.close()
+
+
+def usm_config(remote: TestSite, port: int, relay: Relay) -> dict:
+    return {**link_config(remote, port), **FAST_LINK, "remote": f"127.0.0.1:{relay.port}"}
+
+
+async def test_a_silent_link_goes_stale_within_the_documented_bound(sites):
+    """Defaults (period 4 s, link_timeout 6 s): STALE within 10 s of the last packet."""
+    remote, local, port = sites
+    sub = Sub(remote)
+    await sub.start()
+    sub.ext.publish("ess/P", 700.0)
+    relay = await Relay.start(port)
+    cfg = {**link_config(remote, port), "remote": f"127.0.0.1:{relay.port}"}
+    for key in ("period", "forward_timeout"):
+        cfg.pop(key)
+    usm = RemoteUsm(Extension(local.env("usm1", config=cfg)))
+    await usm.start()
+    try:
+        await point_where(local, "usm1/ess/P", lambda p: value(p) == 700.0, timeout=20)
+        await asyncio.sleep(5)  # past the first republish: a steady state
+        assert (await get_point(local, "usm1/ess/P")).quality == ppb.QUALITY_GOOD
+        relay.blackhole()
+        cut = time.monotonic()
+        await point_where(local, "usm1/link.up", lambda p: value(p) is False, timeout=15)
+        down_after = time.monotonic() - cut
+        await point_where(local, "usm1/ess/P", lambda p: p.quality == ppb.QUALITY_STALE, 15)
+        stale_after = time.monotonic() - cut
+        assert down_after <= 6.5 + 0.5, down_after
+        assert stale_after <= 10.0, stale_after
+        assert usm.ext.health()["state"] == "degraded"
+        assert "no message from the remote" in usm.ext.health()["devices"]["remote"]["last_error"]
+        relay.restore()
+        await point_where(local, "usm1/ess/P", lambda p: p.quality == ppb.QUALITY_GOOD, 20)
+        await point_where(local, "usm1/link.up", lambda p: value(p) is True)
+        assert usm.ext.health()["state"] == "running"
+    finally:
+        await usm.stop()
+        await sub.stop()
+        await relay.close()
+
+
+async def test_a_revoked_certificate_is_one_clear_error_with_bounded_retries(sites, caplog):
+    remote, local, port = sites
+    relay, usm = await via_relay(remote, local, port)
+    try:
+        await point_where(local, "usm1/link.up", lambda p: value(p) is True)
+        remote.smx("pki", "revoke", "usm-link")
+        caplog.set_level(logging.INFO, logger="extensions.remote_usm")
+        await point_where(local, "usm1/link.up", lambda p: value(p) is False, timeout=15)
+        failures = usm.mirror.health.failures
+        await asyncio.sleep(20)
+        errors = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.ERROR and "refuses" in r.getMessage()
+        ]
+        assert len(errors) == 1, errors
+        assert "revoked this link's certificate" in errors[0]
+        assert "smx pki issue usm-link" in errors[0]
+        # Back-off: from 0.2 s doubling (with jitter), at most ~7 tries in 20 s, not 5 a second.
+        assert usm.mirror.health.failures - failures <= 8
+        health = usm.ext.health()
+        assert health["state"] == "degraded"
+        assert "revoked" in health["devices"]["remote"]["last_error"]
+    finally:
+        await usm.stop()
+        await relay.close()
+
+
+async def test_a_foreign_server_ca_is_explained(sites, caplog):
+    remote, local, port = sites
+    other = TestSite({"usm-link": ("trusted", [], [])})
+    other.provision()
+    cfg = {
+        **link_config(remote, port),
+        **FAST_LINK,
+        "remote_ca": str(other.credentials("usm-link").ca),
+    }
+    usm = RemoteUsm(Extension(local.env("usm1", config=cfg)))
+    caplog.set_level(logging.INFO, logger="extensions.remote_usm")
+    await usm.start()
+    try:
+        await until(lambda: usm.mirror.health.failures >= 2 or None, timeout=20)
+        why = usm.ext.health()["devices"]["remote"]["last_error"]
+        assert why.startswith("the remote's server certificate is not signed by remote_ca")
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        assert usm.ext.health()["state"] == "degraded"
+        assert f"spiffe://{SITE}" not in why  # a plain sentence, not a gRPC dump
+    finally:
+        await usm.stop()
+        other.close()
