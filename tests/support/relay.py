@@ -25,6 +25,7 @@ class Relay:
         self.connections = 0  # accepted since start
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def start(cls, target_port: int) -> Relay:
@@ -53,12 +54,20 @@ class Relay:
         self.delay = 0.0
 
     async def close(self) -> None:
+        self.mode = "down"
         if self._server is not None:
             self._server.close()
         for writer in list(self._open):
             _abort(writer)
+        # Let the connection tasks end by themselves: asyncio logs a cancelled one as an error.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self.connections += 1
         if self.mode == "down":
             _abort(writer)
