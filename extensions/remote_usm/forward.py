@@ -58,9 +58,7 @@ HANDLER_MARGIN_S = 2.0
 RECONCILE_S = 1.0
 CALL_TIMEOUT = 5.0
 # The remote core keeps setpoints in memory only: after its restart it cannot say.
-FORGOTTEN = (
-    "the remote USM no longer knows it (restarted?); its device may run it until it expires"
-)
+FORGOTTEN = "the remote USM no longer knows it (restarted?); its device may run it until it expires"
 
 Result = Applied | Clamped | Rejected | Unconfirmed
 
@@ -103,11 +101,16 @@ class SetpointForwarder:
                 # Reported by an earlier run of this extension: it was forwarded. Never again:
                 # find out what became of it.
                 return await self._settle_now(Unsettled(req, "", "wait"))
-            if not self.remote.up.is_set():
-                if req.requested_at < self.started_at:
-                    return self._unconfirmed(Unsettled(req, "", "forward"), UNREACHABLE)
+            maybe_sent = req.requested_at < self.started_at  # by the run before this one
+            try:
+                if not self.remote.up.is_set():
+                    raise ConnectionError(UNREACHABLE)
+                outcome = await self._forward(req, deadline)
+            except (grpc.aio.AioRpcError, ConnectionError) as err:
+                if maybe_sent:
+                    why = UNREACHABLE if isinstance(err, ConnectionError) else describe_error(err)
+                    return self._unconfirmed(Unsettled(req, "", "forward"), why)
                 return Rejected(UNREACHABLE)  # true: it never left this site
-            outcome = await self._forward(req, deadline)
             if not isinstance(outcome, str):
                 return outcome
             remote_id = outcome
@@ -121,15 +124,13 @@ class SetpointForwarder:
 
     async def _forward(self, req: SetpointRequest, deadline: float) -> str | Result:
         """The remote id for this local request (requested now, or found there); or the
-        outcome to report when there is none."""
+        outcome to report when there is none. Raises AioRpcError when the link fails before
+        anything was sent."""
         remaining = req.expires_at - time.time()
         if remaining < MIN_VALID_S:
             return Rejected(f"less than {MIN_VALID_S:g} s of validity left to forward")
         name = self.remote_name(req.name)
-        try:
-            found = await self._find(req, in_force_only=True)
-        except grpc.aio.AioRpcError as err:
-            return self._unconfirmed(Unsettled(req, "", "forward"), describe_error(err))
+        found = await self._find(req, in_force_only=True)  # a link error: nothing was sent
         if found is not None:
             log.info("setpoint %s (%s) adopted remote setpoint %s", req.name, req.id, found.id)
             self._remember(req.id, found.id)
