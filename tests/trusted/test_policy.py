@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,7 @@ def test_default_policy_text_quotes_strings() -> None:
     assert policy.allows(ident("untrusted", "anyone"), "request", "ev1/I_max_set")
     assert policy_module.toml_str('a"b\\c\n\x01') == '"a\\"b\\\\c\\n\\u0001"'
     assert (
-        policy_module.tomllib.loads("k = " + policy_module.toml_str('a"b\\c\n\x01\x7f\té'))["k"]
+        tomllib.loads("k = " + policy_module.toml_str('a"b\\c\n\x01\x7f\té'))["k"]
         == 'a"b\\c\n\x01\x7f\té'
     )
 

@@ -6,7 +6,7 @@ Modes (the most a path may allow; see docs/SITE.md, "The site directory"):
 - the site home and the run directory: 0750 (the socket's group must reach ``core.sock``);
 - the directories holding the history database and the audit log (``data/``): 0700;
 - the history database, its ``-wal`` and ``-shm`` files, the audit log and its rotated files,
-  ``policy.toml``: 0600;
+  ``policy.toml`` and the operator's ``policy.local.toml``: 0600;
 - ``core.toml``: 0640.
 
 `check_site` fixes a path the core may change (it owns it, or runs as root) by clearing the
@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from smx.files import write_atomic
+from trusted.policy import local_policy_path
 
 __all__ = [
     "CONFIG_FILE_MODE",
@@ -153,6 +154,7 @@ def site_paths(
     for rotated in sorted(Path(audit).parent.glob(f"{Path(audit).name}.*")):
         yield rotated, PRIVATE_FILE_MODE  # audit.jsonl.1, .2, ...
     yield Path(policy), PRIVATE_FILE_MODE
+    yield local_policy_path(policy), PRIVATE_FILE_MODE
     yield (core_toml or home / "core.toml"), CONFIG_FILE_MODE
 
 

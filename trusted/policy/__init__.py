@@ -3,6 +3,10 @@
 The file format, the verbs and the default roles are specified in docs/POLICY.md; which verb
 each RPC needs is the one table `METHOD_VERBS` (trusted.policy.model).
 
+A site's policy is two files, loaded together by `Policy.load`: `policy.toml` (on a site run by
+`smx run`, generated from site.toml at every start) and, when present, the operator's
+`policy.local.toml` next to it (`local_policy_path`), which nothing generates or rewrites.
+
 A Policy is immutable; reloading means loading a new one and swapping it in. Decisions are
 cached per (identity, verb, point) in a bounded dict, because allows() runs on every write. The
 caches are meant for one event loop (the grpc.aio server), not for concurrent threads.
@@ -14,7 +18,6 @@ validation in trusted.policy.parser; both are re-exported here.
 from __future__ import annotations
 
 import logging
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -33,7 +36,7 @@ from trusted.policy.model import (
     Role,
     Rule,
 )
-from trusted.policy.parser import parse_policy
+from trusted.policy.parser import parse_bindings, parse_policy, parse_roles, parse_toml
 
 __all__ = [
     "BILLING_SNAPSHOTS",
@@ -48,8 +51,11 @@ __all__ = [
     "Rule",
     "default_policy_text",
     "default_roles_text",
+    "local_policy_path",
+    "read_policy_text",
     "toml_list",
     "toml_str",
+    "with_appended",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,8 +133,9 @@ class Policy:
         self.source = source
         self._roles: dict[str, Role] = dict(roles)
         self._bindings: tuple[Binding, ...] = tuple(bindings)
-        self._exact: dict[str, Binding] = {}
-        self._wild: dict[tuple[str, str], Binding] = {}
+        # Lists: an identity bound in both files of a site gets the union of its bindings.
+        self._exact: dict[str, list[Binding]] = {}
+        self._wild: dict[tuple[str, str], list[Binding]] = {}
         for binding in self._bindings:
             undefined = [r for r in binding.roles if r not in self._roles]
             if undefined:
@@ -140,26 +147,43 @@ class Policy:
                 )
             m = WILDCARD_IDENTITY.fullmatch(binding.identity)
             if m is not None:
-                self._wild[(m.group(1), m.group(2))] = binding
+                self._wild.setdefault((m.group(1), m.group(2)), []).append(binding)
             else:
-                self._exact[binding.identity] = binding
+                self._exact.setdefault(binding.identity, []).append(binding)
         self._decisions: dict[tuple[Identity, str, str | None], bool] = {}
         self._grants: dict[Identity, _Grants] = {}
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, path: Path | str) -> Policy:
-        """Load and validate a policy file; every problem is a PolicyError naming the file."""
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise PolicyError(source, "", f"not UTF-8 text: {err}") from err
-        except OSError as err:
-            reason = err.strerror or str(err)
-            raise PolicyError(source, "", f"cannot read policy file: {reason}") from err
-        policy = cls.from_toml(text, source)
+    def load(
+        cls, path: Path | str, *, text: str | None = None, local_text: str | None = None
+    ) -> Policy:
+        """The site's policy: the file `path` and, when present, the operator's file next to it
+        (`local_policy_path`), merged: the roles and the bindings of both (an identity bound in
+        both gets the union); a role defined in both is refused. `text` and `local_text` stand
+        for the files' content, to check a change before writing it. Every problem is a
+        PolicyError naming the file and the key."""
+        path = Path(path)
+        data = parse_toml(read_policy_text(path) if text is None else text, str(path))
+        roles = parse_roles(data, str(path))
+        local = local_policy_path(path)
+        if local_text is None and local.exists():
+            local_text = read_policy_text(local)
+        local_data = parse_toml(local_text, str(local)) if local_text else {}
+        for name, role in parse_roles(local_data, str(local)).items():
+            if name in roles:
+                raise PolicyError(
+                    str(local),
+                    f"roles.{name}",
+                    f"already defined in {path}: a role is defined in one file only (give "
+                    "this one another name)",
+                )
+            roles[name] = role
+        bindings = parse_bindings(data, str(path), roles)
+        bindings += parse_bindings(local_data, str(local), roles)
+        source = f"{path} + {local.name}" if local_text else str(path)
+        policy = cls(roles, bindings, source)
         log.info(
             "loaded policy %s: %d roles, %d bindings",
             source,
@@ -170,13 +194,8 @@ class Policy:
 
     @classmethod
     def from_toml(cls, text: str, source: str = "<string>") -> Policy:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise PolicyError(source, "", f"TOML syntax error: {err}") from err
-        except RecursionError as err:  # absurdly deep nesting
-            raise PolicyError(source, "", "TOML nesting too deep") from err
-        roles, bindings = parse_policy(data, source)
+        """One policy document on its own (no operator file)."""
+        roles, bindings = parse_policy(parse_toml(text, source), source)
         return cls(roles, bindings, source)
 
     # ------------------------------------------------------------------ queries
@@ -267,12 +286,8 @@ class Policy:
 
     def _compute_grants(self, identity: Identity) -> _Grants:
         bindings = [
-            b
-            for b in (
-                self._exact.get(identity.uri),
-                self._wild.get((identity.site, identity.domain)),
-            )
-            if b is not None
+            *self._exact.get(identity.uri, ()),
+            *self._wild.get((identity.site, identity.domain), ()),
         ]
         roles: list[str] = []
         raw_rules: list[Rule] = []
@@ -324,6 +339,37 @@ class Policy:
         return out
 
 
+# The first lines of a new operator file (`smx policy bind`, or bindings moved by `smx run`).
+LOCAL_HEADER = """\
+# The site operator's roles and bindings (same format as policy.toml, docs/POLICY.md). The core
+# loads this file with policy.toml; `smx run` never writes it.
+"""
+
+
+def with_appended(local_text: str | None, tables: Sequence[str]) -> str:
+    """The operator's file `local_text` (None: a new one) with `tables` (TOML text of roles and
+    bindings, `Role.toml()`, `Binding.toml()`) appended."""
+    parts = [LOCAL_HEADER if local_text is None else local_text, *tables]
+    return "\n\n".join(p.strip("\n") for p in parts if p.strip()) + "\n"
+
+
+def local_policy_path(path: Path | str) -> Path:
+    """The operator's file next to the policy file: `policy.toml` -> `policy.local.toml`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.local{path.suffix}")
+
+
+def read_policy_text(path: Path) -> str:
+    """The text of a policy file; an unreadable one is a PolicyError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PolicyError(str(path), "", f"not UTF-8 text: {err}") from err
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise PolicyError(str(path), "", f"cannot read policy file: {reason}") from err
+
+
 def _check_verb(verb: str) -> None:
     if verb not in VERBS:
         raise ValueError(f"unknown verb {verb!r} (use one of {', '.join(VERBS)})")
@@ -343,6 +389,7 @@ def default_policy_text(
     bindings: list[tuple[str, list[str]]],
     *,
     extra_rules: Mapping[str, Sequence[tuple[Sequence[str], ...]]] | None = None,
+    description: str = "",
 ) -> str:
     """The default roles plus one `[[bindings]]` entry per (identity, roles), as TOML text.
 
@@ -350,7 +397,7 @@ def default_policy_text(
     or the short form `<domain>/<name>` (or `<domain>/*`), completed with `site`.
     `extra_rules` maps an identity (as given in `bindings`) to extra (verbs, patterns) or
     (verbs, patterns, except patterns) rules for that binding, e.g. the points a trusted
-    extension declares it reads. The result is parsed
+    extension declares it reads; `description` is every binding's. The result is parsed
     before it is returned, so an invalid role, verb, pattern or identity raises PolicyError.
     """
     source = "<default policy>"
@@ -366,21 +413,11 @@ def default_policy_text(
             raise PolicyError(
                 source, f"bindings[{i}].identity", f"{given!r} is not an identity of site {site!r}"
             )
-        lines += [
-            "",
-            "[[bindings]]",
-            f"identity = {toml_str(uri)}",
-            f"roles = {toml_list(roles)}",
-        ]
-        rules = extra.pop(given, ())
-        if rules:
-            lines.append("rules = [")
-            for verbs, points, *excluded in rules:
-                but = f", except = {toml_list(excluded[0])}" if excluded and excluded[0] else ""
-                lines.append(
-                    f"  {{ verbs = {toml_list(verbs)}, points = {toml_list(points)}{but} }},"
-                )
-            lines.append("]")
+        rules = tuple(
+            Rule(tuple(verbs), tuple(points), tuple(excluded[0]) if excluded else ())
+            for verbs, points, *excluded in extra.pop(given, ())
+        )
+        lines += ["", Binding(uri, tuple(roles), rules, description).toml().rstrip("\n")]
     if extra:
         raise PolicyError(
             source,

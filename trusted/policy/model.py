@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from smx.toml_text import toml_list, toml_str
 
 __all__ = [
     "METHOD_VERBS",
@@ -74,12 +76,30 @@ class Rule:
     points: tuple[str, ...]
     excluded: tuple[str, ...] = ()
 
+    def toml(self) -> str:
+        """The rule as an inline TOML table, as the policy file holds it."""
+        points = f", points = {toml_list(self.points)}" if self.points else ""
+        but = f", except = {toml_list(self.excluded)}" if self.excluded else ""
+        return f"{{ verbs = {toml_list(self.verbs)}{points}{but} }}"
+
+
+def _rules_toml(rules: tuple[Rule, ...]) -> list[str]:
+    return ["rules = [", *(f"  {r.toml()}," for r in rules), "]"] if rules else []
+
 
 @dataclass(frozen=True, slots=True)
 class Role:
     name: str
     description: str
     rules: tuple[Rule, ...]
+    source: str = field(default="", compare=False)  # the file that defines it
+
+    def toml(self) -> str:
+        """The role as a `[roles.NAME]` table of a policy file."""
+        lines = [f"[roles.{self.name}]"]
+        if self.description:
+            lines.append(f"description = {toml_str(self.description)}")
+        return "\n".join([*lines, *_rules_toml(self.rules)]) + "\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +110,17 @@ class Binding:
     roles: tuple[str, ...]
     rules: tuple[Rule, ...]
     description: str = ""
+    source: str = field(default="", compare=False)  # the file that holds it
 
     @property
     def is_wildcard(self) -> bool:
         return self.identity.endswith("/*")
+
+    def toml(self) -> str:
+        """The binding as a `[[bindings]]` table of a policy file."""
+        lines = ["[[bindings]]", f"identity = {toml_str(self.identity)}"]
+        lines.append(f"roles = {toml_list(self.roles)}")
+        lines += _rules_toml(self.rules)
+        if self.description:
+            lines.append(f"description = {toml_str(self.description)}")
+        return "\n".join(lines) + "\n"

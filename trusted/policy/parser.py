@@ -8,6 +8,7 @@ undefined role or wrong type is a PolicyError naming the file and the key path, 
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from smx.names import Glob, InvalidName, substitute
 from smx.toml_text import toml_str
 from trusted.policy.model import VERBS, WILDCARD_IDENTITY, Binding, PolicyError, Role, Rule
 
-__all__ = ["parse_policy"]
+__all__ = ["parse_bindings", "parse_policy", "parse_roles", "parse_toml"]
 
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -24,9 +25,30 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SAMPLE = {"name": "x", "site": "s"}
 
 
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """The TOML document `text`; a syntax error is a PolicyError naming `source`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise PolicyError(source, "", f"TOML syntax error: {err}") from err
+    except RecursionError as err:  # absurdly deep nesting
+        raise PolicyError(source, "", "TOML nesting too deep") from err
+
+
 def parse_policy(data: dict[str, Any], source: str) -> tuple[dict[str, Role], list[Binding]]:
     """The roles and bindings of a parsed policy document; PolicyError names `source`."""
-    return _Parser(source).parse(data)
+    roles = parse_roles(data, source)
+    return roles, parse_bindings(data, source, roles)
+
+
+def parse_roles(data: dict[str, Any], source: str) -> dict[str, Role]:
+    """The roles of a parsed policy document (its top-level keys checked too)."""
+    return _Parser(source).roles(data)
+
+
+def parse_bindings(data: dict[str, Any], source: str, roles: Mapping[str, Role]) -> list[Binding]:
+    """The bindings of a parsed policy document, whose roles must be among `roles`."""
+    return _Parser(source).bindings(data, roles)
 
 
 def _type_name(value: object) -> str:
@@ -85,7 +107,7 @@ class _Parser:
     def strings(self, value: object, path: str) -> list[str]:
         return [self.string(v, f"{path}[{i}]") for i, v in enumerate(self.array(value, path))]
 
-    def parse(self, data: dict[str, Any]) -> tuple[dict[str, Role], list[Binding]]:
+    def roles(self, data: dict[str, Any]) -> dict[str, Role]:
         self.keys(data, "", ("roles", "bindings"), ())
         roles: dict[str, Role] = {}
         for name, raw in self.table(data.get("roles", {}), "roles").items():
@@ -93,6 +115,9 @@ class _Parser:
             if _ROLE_NAME.fullmatch(name) is None:
                 raise self.error(path, f"invalid role name {name!r}: use [a-z][a-z0-9_-]{{0,63}}")
             roles[name] = self.role(name, raw, path)
+        return roles
+
+    def bindings(self, data: dict[str, Any], roles: Mapping[str, Role]) -> list[Binding]:
         bindings: list[Binding] = []
         seen: dict[str, int] = {}
         for i, raw in enumerate(self.array(data.get("bindings", []), "bindings")):
@@ -106,14 +131,14 @@ class _Parser:
                 )
             seen[binding.identity] = i
             bindings.append(binding)
-        return roles, bindings
+        return bindings
 
     def role(self, name: str, raw: object, path: str) -> Role:
         table = self.table(raw, path)
         self.keys(table, path, ("description", "rules"), ())
         description = self.string(table.get("description", ""), f"{path}.description")
         rules = self.rules(table.get("rules", []), f"{path}.rules")
-        return Role(name, description, rules)
+        return Role(name, description, rules, self.source)
 
     def rules(self, raw: object, path: str) -> tuple[Rule, ...]:
         return tuple(self.rule(r, f"{path}[{i}]") for i, r in enumerate(self.array(raw, path)))
@@ -165,7 +190,7 @@ class _Parser:
                 )
         rules = self.rules(table.get("rules", []), f"{path}.rules")
         description = self.string(table.get("description", ""), f"{path}.description")
-        return Binding(identity, tuple(dict.fromkeys(role_names)), rules, description)
+        return Binding(identity, tuple(dict.fromkeys(role_names)), rules, description, self.source)
 
     def identity(self, raw: object, path: str) -> str:
         uri = self.string(raw, path)
