@@ -1,9 +1,9 @@
 """OS isolation under `smx run` as root (docs/SITE.md, "Isolation"): a real site in which an
 agent (a module next to site.toml) tries to read the CA key, the core's key, another client's
-key, the admin key, policy.toml and the history, and to open the audit log for writing; every
-attempt must fail with PermissionError. Every child runs as its own non-root user with
-no_new_privs, no capabilities, a minimal environment and its private working directory, and the
-site still works end to end.
+key, the admin key, policy.toml, the operator's policy.local.toml and the history, and to open
+the audit log for writing; every attempt must fail with PermissionError. Every child runs as
+its own non-root user with no_new_privs, no capabilities, a minimal environment and its private
+working directory, and the site still works end to end.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ attempts = {
     "admin key": (pki / "clients" / "admin.key", "rb"),
     "policy": (home / "policy.toml", "rb"),
     "policy for writing": (home / "policy.toml", "ab"),
+    "operator policy": (home / "policy.local.toml", "rb"),
     "history": (home / "data" / "history.db", "rb"),
     "audit for writing": (home / "data" / "audit.jsonl", "ab"),
     "meter config": (home / "run" / "meter.config.json", "rb"),
@@ -116,7 +117,9 @@ ALLOWED_ENV = {"PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED"}
 def site() -> Iterator[SmxRun]:
     # Variables the supervisor has that no child may inherit.
     leaky = {"SMX_SECRET_OF_THE_SUPERVISOR": "x", "AWS_SECRET_ACCESS_KEY": "do-not-leak"}
-    s = SmxRun(SITE_TOML, {"spy_agent.py": SPY}, prefix="smx-iso-", env=leaky)
+    # policy.local.toml as an operator may leave it: world-readable, root's.
+    files = {"spy_agent.py": SPY, "policy.local.toml": "# the operator's\n"}
+    s = SmxRun(SITE_TOML, files, prefix="smx-iso-", env=leaky)
     try:
         yield s
     finally:
@@ -172,6 +175,7 @@ def test_the_agent_cannot_read_or_write_what_is_not_its_own(site):
         "admin key",
         "policy",
         "policy for writing",
+        "operator policy",
         "history",
         "audit for writing",
         "meter config",
@@ -219,6 +223,8 @@ def test_ownership_of_the_site_files(site):
     home, pki = site.home, site.home / "pki"
     core_uid = (home / "policy.toml").stat().st_uid
     assert core_uid != 0
+    local = (home / "policy.local.toml").stat()
+    assert local.st_uid == core_uid and local.st_mode & 0o777 == 0o600
     assert (home / "data").stat().st_uid == core_uid
     assert (home / "data" / "history.db").stat().st_uid == core_uid
     assert (pki / "server" / "smxcore.key").stat().st_uid == core_uid

@@ -14,8 +14,8 @@ Ownership (:func:`apply_ownership`, on every start):
   the CA. The core's socket lives in ``sock/`` (the core's user, the site group, 02750: the
   socket is born in the site group, mode 0660); ``core.sock`` in the home is root's symlink to
   it, so every client keeps the one address;
-- ``data/`` and everything in it, ``policy.toml``, ``core.toml``, the server key and
-  certificate: the core's user (modes as docs/SITE.md);
+- ``data/`` and everything in it, ``policy.toml``, ``policy.local.toml``, ``core.toml``, the
+  server key and certificate: the core's user (modes as docs/SITE.md);
 - ``pki/ca.key``, ``pki/index.json``, ``admin.key``, ``supervisor.key``: root only (0600);
 - each client's key and certificate, ``run/<name>.config.json`` and its private directory
   ``run/<name>/`` (0700, its working directory, holding ``health.json``): its own user.
