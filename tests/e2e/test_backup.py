@@ -217,6 +217,7 @@ def test_backup_while_the_core_writes_restores_a_site_a_new_core_serves(tmp, cor
         "home/pki/server/smxcore.key",
         "home/pki/clients/meter.key",
         "home/policy.toml",
+        "home/policy.local.toml",  # `smx policy bind` wrote it
         "home/core.toml",
         "home/data/history.db",
         "home/data/crl.number",
@@ -236,7 +237,14 @@ def test_backup_while_the_core_writes_restores_a_site_a_new_core_serves(tmp, cor
     in_home = {n[len("home/") :] for n in names if n.startswith("home/")}
     assert set(restored) == in_home | {"site.toml"}
     assert {p: original[p] for p in restored} == restored
-    for p in ("pki/ca.key", "pki/server/smxcore.crt", "policy.toml", "core.toml", "site.toml"):
+    for p in (
+        "pki/ca.key",
+        "pki/server/smxcore.crt",
+        "policy.toml",
+        "policy.local.toml",
+        "core.toml",
+        "site.toml",
+    ):
         assert (b / p).read_bytes() == (a / p).read_bytes()
     assert restored["data"] == 0o700 and restored["pki/ca.key"] == 0o600
     assert restored["core.toml"] == 0o640

@@ -1,6 +1,7 @@
 """`smx run` as its own process on a fresh site home, for the tests that drive a whole site:
 the site file and the files next to it are written first, its output goes to
-`<home>/smx-run.log`, and `close` stops it and removes the home."""
+`<home>/smx-run.log`, `stop` and `start` restart it on the same home, and `close` stops it and
+removes the home."""
 
 from __future__ import annotations
 
@@ -33,12 +34,28 @@ class SmxRun:
             (self.home / name).write_text(text)
         self.config.write_text(site_toml(self.home) if callable(site_toml) else site_toml)
         self.out = open(self.home / "smx-run.log", "wb")  # noqa: SIM115 - closed in close()
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.start()
+
+    def start(self) -> None:
+        """Start `smx run` on this home (again, after `stop`)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trusted.cli.main", "run", "--config", str(self.config)],
             stdout=self.out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            env=self.env,
         )
+
+    def stop(self) -> int | None:
+        """SIGTERM to the supervisor (SIGKILL after 20 s); its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
 
     def status(self) -> dict[str, Any]:
         """run/supervisor.json, or no processes while there is none yet."""
@@ -57,13 +74,7 @@ class SmxRun:
         """Stop the supervisor (SIGTERM, SIGKILL after 20 s), then every process group it
         reported, and remove the home."""
         pids = [p["pid"] for p in self.procs().values() if p.get("pid")]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.stop()
         for pid in pids:
             try:
                 os.killpg(pid, signal.SIGKILL)

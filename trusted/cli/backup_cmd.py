@@ -2,8 +2,9 @@
 
 What a backup holds (docs/DEPLOY.md, "Backup, restore and upgrade"): the site's PKI (CA key and
 certificate, the core's and every client's keys and certificates, the CRL, the CA's ledger),
-``policy.toml``, ``core.toml``, the site file, the history database and the audit log with its
-rotated files and its signed checkpoint, and ``crl.number``. Not the run directory (pids, health
+``policy.toml`` and the operator's ``policy.local.toml``, ``core.toml``, the site file, the
+history database and the audit log with its rotated files and its signed checkpoint, and
+``crl.number``. Not the run directory (pids, health
 files, logs) nor the socket: they belong to the processes running now.
 
 The archive, in this order (restore reads it as a stream):
@@ -56,6 +57,7 @@ from trusted.core.audit_reader import log_files
 from trusted.core.audit_record import AuditError
 from trusted.core.config import ConfigError, CoreConfig, load_core_config
 from trusted.pki import SERVER_NAME, PkiError, SiteCA
+from trusted.policy import local_policy_path
 
 __all__ = ["FORMAT", "VERSION", "register"]
 
@@ -80,8 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "backup",
         help="write the site's keys, certificates, policy, config, history and audit to a tar.gz",
         description="Write one tar.gz (mode 0600: it holds the CA key) with everything needed to "
-        "rebuild the site: pki/, policy.toml, core.toml, the site file, the history (a consistent "
-        "copy, also while the core runs) and the audit log with its rotated files and checkpoint. "
+        "rebuild the site: pki/, policy.toml, policy.local.toml, core.toml, the site file, the "
+        "history (a consistent copy, also while the core runs) and the audit log with its "
+        "rotated files and checkpoint. "
         "`smx restore` puts it back. See docs/DEPLOY.md.",
     )
     b.add_argument(
@@ -529,8 +532,8 @@ def backup(args: argparse.Namespace) -> int:
             mode = stat.S_IMODE(site_file.stat().st_mode)
             staged.add_file(SITE_FILE, mode).write_bytes(site_text)
         _stage_tree(staged, home, config.pki_dir)
-        for path in (config.policy, home / "core.toml"):
-            _copy_file(staged, path, _arcname(home, path, "file"))
+        for path in (config.policy, local_policy_path(config.policy), home / "core.toml"):
+            _copy_file(staged, path, _arcname(home, path, "file"))  # a missing one: skipped
         history = _copy_history(staged, home, config.history.path)
         from trusted.core.state import CRL_NUMBER_FILE  # the core's modules: only when used
 
