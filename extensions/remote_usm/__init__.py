@@ -27,7 +27,9 @@ Remote side, done by the remote site's operator:
 
     smx pki issue usm-link --domain trusted     # copy ca.crt, usm-link.crt/.key to this box
 
-and in the remote policy.toml (read what is mirrored, request the forwarded setpoints):
+and in the remote site's policy.local.toml, the operator's file next to policy.toml (which `smx
+run` rewrites at every start: an edit there would not last; docs/POLICY.md), to read what is
+mirrored and request the forwarded setpoints:
 
     [[bindings]]
     identity = "spiffe://<remote-site>/trusted/usm-link"
@@ -37,7 +39,8 @@ and in the remote policy.toml (read what is mirrored, request the forwarded setp
 then `smx admin reload`. Narrower is fine: `read` on the mirrored patterns (GetSetpoint, used to
 follow a forwarded request, needs `read` on the setpoint point or being its requester) and
 `request` on the setpoints to forward (e.g. `ess/P_set`). `smx policy bind usm-link
-energy-router` also works but grants more (write/control of `usm-link/**`).
+energy-router` also works (it writes policy.local.toml and reloads a running core itself) but
+grants more (write/control of `usm-link/**`).
 
 Qualities: kept, except a remote STALE, which is written once as UNCERTAIN (the local core
 refuses STALE from writers) and not republished, so it turns STALE locally too.

@@ -36,7 +36,7 @@ from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
 
 PERIOD = 0.5
-# The exact lines the remote operator adds to the remote policy.toml for this link.
+# The exact lines the remote operator adds to the remote policy.local.toml for this link.
 LINK_BINDING = f"""
 [[bindings]]
 identity = "spiffe://{SITE}/trusted/usm-link"
@@ -99,7 +99,7 @@ async def sites():
     )
     try:
         remote.provision()
-        with open(remote.home / "policy.toml", "a") as f:
+        with open(remote.home / "policy.local.toml", "a") as f:
             f.write(LINK_BINDING)
         remote.start()
         local.start()
