@@ -211,6 +211,30 @@ class ModbusLink:
             )
         return list(rr.registers[:count])
 
+    async def write(self, unit: int, start: int, values: list[int]) -> None:
+        """Write `values` to holding registers from `start` (function 16, one request)."""
+        what = f"write holding registers {start}+{len(values)}"
+        if not self.client.connected and not await self.client.connect():
+            raise ModbusLinkError(f"cannot open {self.where} ({what} to unit {unit})")
+        try:
+            rr = await self.client.write_registers(start, values, device_id=unit)
+        except ConnectionException as err:
+            raise ModbusLinkError(f"{self.where}: connection lost ({what}, unit {unit})") from err
+        except ModbusIOException as err:
+            raise ModbusLinkError(
+                f"no answer from unit {unit} on {self.where} within "
+                f"{self.config.response_timeout:g} s ({what})"
+            ) from err
+        except ModbusException as err:
+            raise ModbusLinkError(f"unit {unit} on {self.where}: {err} ({what})") from err
+        if rr.isError():
+            code = getattr(rr, "exception_code", 0)
+            name = EXCEPTION_NAMES.get(code, "unknown")
+            raise ModbusLinkError(
+                f"unit {unit} on {self.where} answered Modbus exception {code} ({name}) to {what}",
+                code,
+            )
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

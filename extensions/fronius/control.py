@@ -1,0 +1,213 @@
+"""Battery control through SunSpec model 124 (storage), as Fronius implements it (GEN24 and
+Symo Hybrid, "Modbus TCP & RTU" documentation):
+
+- `StorCtl_Mod` bit 0 makes `InWRte` (charge rate, % of `WChaMax`) a limit, bit 1 makes
+  `OutWRte` (discharge rate, % of `WChaMax`) one; a negative rate forces the other way. So
+  charging at X W is StorCtl_Mod = 3, InWRte = X, OutWRte = -X (in %), discharging the
+  mirror image, holding at 0 W both rates 0;
+- `InOutWRte_RvrtTms` (s): the device drops the rates and returns to its autonomous mode by
+  itself when they are not written again in time, so a silent USM never leaves the battery
+  forced. We write it as min(`revert_after`, the setpoint's remaining validity) and rewrite
+  the rates every `revert_after` / 3 while the setpoint is in force;
+- autonomous mode: StorCtl_Mod = 0, rates back to 100 %.
+
+`fronius/P_ESS_set` is in W, load reference (+ charge, - discharge). A request is clamped to
+the device's limits (WChaMax, model 120's MaxChaRte/MaxDisChaRte, no discharge at or below the
+reserve `MinRsvPct`, no charge when full), written, then read back: every register written
+must read as written, or the setpoint is REJECTED (and autonomous mode restored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from extensions.sdk import Applied, Clamped, Rejected
+from extensions.sdk.protocols.sunspec import ModelLocation, link_reader, read_registers
+from extensions.sdk.protocols.sunspec_models import decode_model, fixed_points
+
+from .sunspec_source import SunSpecSource
+
+__all__ = ["Limits", "Plan", "StorageControl", "plan", "rate_word"]
+
+log = logging.getLogger(__name__)
+
+CHARGE_LIMIT, DISCHARGE_LIMIT = 1, 2  # StorCtl_Mod bits
+_OFFSETS = {name: p.offset for name, p in fixed_points(124).items()}
+MOD = _OFFSETS["StorCtl_Mod"]
+RATES = _OFFSETS["OutWRte"]  # OutWRte, InWRte, InOutWRte_WinTms, InOutWRte_RvrtTms follow
+assert [_OFFSETS[n] - RATES for n in ("InWRte", "InOutWRte_WinTms", "InOutWRte_RvrtTms")] == [
+    1,
+    2,
+    3,
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    w_cha_max: float  # W: the reference of both rates
+    max_charge: float  # W
+    max_discharge: float  # W, positive
+    rate_sf: int  # InOutWRte_SF
+    reserve: float | None = None  # % SoC below which nothing is discharged
+    soc: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    power: float  # W, + charge: what the rates written give
+    reason: str  # why it differs from the request ("" if it does not)
+    mod: int
+    out_word: int
+    in_word: int
+
+
+def rate_word(percent: float, sf: int) -> int:
+    """A rate in % as the int16 register word at scale factor `sf` (0x8000 is "not
+    implemented": the range stops at +-32767)."""
+    raw = max(-32767, min(32767, round(percent / 10.0**sf)))
+    return raw & 0xFFFF
+
+
+def _word_value(word: int, sf: int) -> float:
+    return (word - 0x10000 if word & 0x8000 else word) * 10.0**sf
+
+
+def plan(request: float, limits: Limits) -> Plan:
+    """What to write for `request` W (+ charge), clamped to `limits`. Pure."""
+    target, reason = request, ""
+    if target > limits.max_charge:
+        target, reason = limits.max_charge, f"charge limit {limits.max_charge:g} W"
+    elif target < -limits.max_discharge:
+        target, reason = -limits.max_discharge, f"discharge limit {limits.max_discharge:g} W"
+    if target < 0 and limits.reserve is not None and limits.soc is not None:
+        if limits.soc <= limits.reserve:
+            target = 0.0
+            reason = f"SoC {limits.soc:g} % at or below the reserve {limits.reserve:g} %"
+    if target > 0 and limits.soc is not None and limits.soc >= 100.0:
+        target, reason = 0.0, "battery full"
+    percent = target / limits.w_cha_max * 100.0
+    in_word, out_word = rate_word(percent, limits.rate_sf), rate_word(-percent, limits.rate_sf)
+    power = _word_value(in_word, limits.rate_sf) / 100.0 * limits.w_cha_max
+    return Plan(power, reason, CHARGE_LIMIT | DISCHARGE_LIMIT, out_word, in_word)
+
+
+class StorageControl:
+    def __init__(self, source: SunSpecSource, revert_after: float = 60.0) -> None:
+        self.source = source
+        self.revert_after = revert_after
+        self.active: tuple[Plan, float] | None = None  # in force: plan, expires_at (unix s)
+        self.writes = 0
+
+    async def _model(self) -> ModelLocation:
+        models = await self.source.ensure_models()
+        if 124 not in models:
+            raise LookupError(
+                f"unit {self.source.unit} has no SunSpec storage model 124 "
+                f"(models {sorted(models)}): no battery to control"
+            )
+        return models[124]
+
+    async def _words(self, model: ModelLocation) -> list[int]:
+        read = link_reader(self.source.link, self.source.unit)
+        return await read_registers(read, model.start, model.length + 2)
+
+    async def limits(self, model: ModelLocation) -> Limits:
+        storage = decode_model(await self._words(model))
+        plate = self.source.nameplate
+        w_cha_max = storage.get("WChaMax")
+        if not isinstance(w_cha_max, float) or w_cha_max <= 0:
+            raise ValueError(f"model 124 gives no usable WChaMax ({w_cha_max!r})")
+        sf = storage.get("InOutWRte_SF")
+        charge = discharge = w_cha_max
+        if isinstance(plate.get("MaxChaRte"), float):
+            charge = min(charge, plate["MaxChaRte"])
+        if isinstance(plate.get("MaxDisChaRte"), float):
+            discharge = min(discharge, plate["MaxDisChaRte"])
+        return Limits(
+            w_cha_max,
+            charge,
+            discharge,
+            sf if isinstance(sf, int) else 0,
+            storage.get("MinRsvPct"),
+            storage.get("ChaState"),
+        )
+
+    def _revert_seconds(self, expires_at: float) -> int:
+        remaining = math.ceil(expires_at - time.time())
+        return max(1, min(int(self.revert_after), remaining, 65534))
+
+    async def _write(self, model: ModelLocation, mod: int, rates: list[int]) -> None:
+        """The rate block, then StorCtl_Mod; read back, every word as written."""
+        link, unit = self.source.link, self.source.unit
+        await link.write(unit, model.start + RATES, rates)
+        await link.write(unit, model.start + MOD, [mod])
+        self.writes += 1
+        words = await self._words(model)
+        seen = [words[MOD], *words[RATES : RATES + len(rates)]]
+        if seen != [mod, *rates]:
+            raise RuntimeError(
+                f"read back StorCtl_Mod, rates {seen} after writing {[mod, *rates]}: "
+                "the device did not take them (is Modbus control enabled on the inverter?)"
+            )
+
+    async def apply(self, request: float, expires_at: float) -> Applied | Clamped | Rejected:
+        if not math.isfinite(request):
+            return Rejected(f"{request} W is not a power")
+        async with self.source.lock:
+            try:
+                model = await self._model()
+                limits = await self.limits(model)
+            except Exception as err:
+                return Rejected(str(err))
+            p = plan(request, limits)
+            rates = [p.out_word, p.in_word, 0, self._revert_seconds(expires_at)]
+            try:
+                await self._write(model, p.mod, rates)
+            except Exception as err:
+                self.active = None
+                await self._restore(model, f"after a failed write ({err})")
+                return Rejected(f"not applied: {err}")
+            self.active = (p, expires_at)
+        log.info("P_ESS_set %g W: writing %g W %s", request, p.power, p.reason)
+        if p.reason:
+            return Clamped(p.power, p.reason)
+        return Applied(p.power if p.power != request else None)
+
+    async def autonomous(self) -> None:
+        """Back to the device's own mode; raises if it does not read back so."""
+        async with self.source.lock:
+            self.active = None
+            model = await self._model()
+            limits = await self.limits(model)
+            full = rate_word(100.0, limits.rate_sf)
+            await self._write(model, 0, [full, full, 0, 0])
+        log.info("battery back in autonomous mode")
+
+    async def _restore(self, model: ModelLocation, why: str) -> None:
+        try:
+            full = rate_word(100.0, (await self.limits(model)).rate_sf)
+            await self._write(model, 0, [full, full, 0, 0])
+        except Exception as err:
+            log.error("cannot restore autonomous mode %s: %s", why, err)
+
+    async def keep_alive(self) -> None:
+        """Rewrite the rates of the setpoint in force before the device's revert timer ends."""
+        while True:
+            await asyncio.sleep(max(0.5, self.revert_after / 3))
+            active = self.active
+            if active is None or active[1] <= time.time():
+                continue
+            p, expires_at = active
+            try:
+                async with self.source.lock:
+                    if self.active is not active:
+                        continue
+                    model = await self._model()
+                    rates = [p.out_word, p.in_word, 0, self._revert_seconds(expires_at)]
+                    await self._write(model, p.mod, rates)
+            except Exception as err:
+                log.warning("refreshing the battery setpoint failed: %s", err)
