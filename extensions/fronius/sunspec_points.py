@@ -56,7 +56,8 @@ def inverter(m: Mapping[str, Any]) -> Values:
 def mppt(m: Mapping[str, Any]) -> Values:
     pv: float | None = None
     charge = discharge = None
-    for module in m.get("module") or []:
+    modules = m.get("module")
+    for module in modules if isinstance(modules, list) else []:
         module = obj(module)
         label = str(module.get("IDStr") or "")
         power = number(module.get("DCW"))

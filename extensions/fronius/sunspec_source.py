@@ -12,13 +12,33 @@ from typing import Any
 
 from extensions.sdk.protocols.modbus_link import ModbusLink, ModbusLinkError
 from extensions.sdk.protocols.sunspec import ModelLocation, SunSpecError, discover, read_model
+from extensions.sdk.protocols.sunspec_models import fixed_points, model_definition
 
 from . import sunspec_points
 from .values import Values, merge
 
-__all__ = ["SunSpecSource"]
+__all__ = ["SunSpecSource", "check_length"]
 
 log = logging.getLogger(__name__)
+
+# The models whose points we read (the common model 1 is left alone: Fronius' has L = 65).
+READ = (*sunspec_points.INVERTER_MODELS, 120, 124, 160, *sunspec_points.METER_MODELS)
+
+
+def check_length(model: ModelLocation) -> None:
+    """A model we read must have the length of its definition (plus whole repeating groups):
+    a chain with a wrong L still walks, but reads the wrong registers. SunSpecError if not."""
+    fixed = sum(p.size for p in fixed_points(model.id).values()) - 2
+    groups = model_definition(model.id)["group"].get("groups", [])
+    step = sum(int(p.get("size", 1)) for g in groups for p in g.get("points", []))
+    extra = model.length - fixed
+    if extra == 0 or (step and extra > 0 and extra % step == 0):
+        return
+    shape = f"{fixed} + n x {step}" if step else str(fixed)
+    raise SunSpecError(
+        f"model {model.id} at {model.start} has L = {model.length}, its definition {shape}: "
+        "the model chain is broken or not SunSpec"
+    )
 
 
 class SunSpecSource:
@@ -39,6 +59,12 @@ class SunSpecSource:
 
     async def _discover(self) -> dict[int, ModelLocation]:
         models = {m.id: m for m in await discover(self.link, self.unit)}
+        try:
+            for model in models.values():
+                if model.id in READ:
+                    check_length(model)
+        except SunSpecError as err:
+            raise SunSpecError(f"unit {self.unit} on {self.link.where}: {err}") from None
         if not any(i in models for i in sunspec_points.INVERTER_MODELS):
             raise SunSpecError(
                 f"unit {self.unit} on {self.link.where} lists models {sorted(models)}: "
@@ -59,6 +85,8 @@ class SunSpecSource:
             log.info("no SunSpec meter at unit %d: %s", self.meter_unit, err)
             return
         self.meter_model = next((m for m in found if m.id in sunspec_points.METER_MODELS), None)
+        if self.meter_model is not None:
+            check_length(self.meter_model)
 
     async def read(self) -> tuple[Values, Values]:
         """(inverter values, meter values). ModbusLinkError or SunSpecError when the inverter
