@@ -100,13 +100,13 @@ class SetpointForwarder:
             if req.status != "PENDING":
                 # Reported by an earlier run of this extension: it was forwarded. Never again:
                 # find out what became of it.
-                return await self._settle_now(Unsettled(req, "", "wait"))
+                return await self._settle_now(Unsettled(req, "", "wait"), deadline)
             maybe_sent = req.requested_at < self.started_at  # by the run before this one
             try:
                 if not self.remote.up.is_set():
                     raise ConnectionError(UNREACHABLE)
                 outcome = await self._forward(req, deadline)
-            except (grpc.aio.AioRpcError, ConnectionError) as err:
+            except (grpc.aio.AioRpcError, ConnectionError, TimeoutError) as err:
                 if maybe_sent:
                     why = UNREACHABLE if isinstance(err, ConnectionError) else describe_error(err)
                     return self._unconfirmed(Unsettled(req, "", "forward"), why)
@@ -130,7 +130,8 @@ class SetpointForwarder:
         if remaining < MIN_VALID_S:
             return Rejected(f"less than {MIN_VALID_S:g} s of validity left to forward")
         name = self.remote_name(req.name)
-        found = await self._find(req, in_force_only=True)  # a link error: nothing was sent
+        # A link error or a timeout here: nothing was sent.
+        found = await self._find(req, in_force_only=True, deadline=deadline)
         if found is not None:
             log.info("setpoint %s (%s) adopted remote setpoint %s", req.name, req.id, found.id)
             self._remember(req.id, found.id)
@@ -189,14 +190,14 @@ class SetpointForwarder:
         )
         return Unconfirmed(f"{why}; outcome to be confirmed")
 
-    async def _settle_now(self, entry: Unsettled, deadline: float | None = None) -> Result:
-        """Settle `entry` now if the link allows (waiting for it until `deadline`), else report
-        it UNCONFIRMED and leave it to `reconcile_forever`."""
-        if deadline is not None:
-            await wait_event(self.remote.up, deadline - time.monotonic())
+    async def _settle_now(self, entry: Unsettled, deadline: float) -> Result:
+        """Settle `entry` before `deadline` if the link allows (waiting for it), else report it
+        UNCONFIRMED and leave it to `reconcile_forever`."""
+        await wait_event(self.remote.up, deadline - time.monotonic())
         if self.remote.up.is_set():
             try:
-                result = await self._settle(entry)
+                async with asyncio.timeout(max(0.5, deadline - time.monotonic())):
+                    result = await self._settle(entry)
             except (grpc.aio.AioRpcError, TimeoutError) as err:
                 return self._unconfirmed(entry, describe_error(err))
             if not isinstance(result, str):
@@ -263,11 +264,14 @@ class SetpointForwarder:
         )
         return _result(reply)
 
-    async def _find(self, req: SetpointRequest, *, in_force_only: bool) -> SetpointState | None:
+    async def _find(
+        self, req: SetpointRequest, *, in_force_only: bool, deadline: float | None = None
+    ) -> SetpointState | None:
         """The remote setpoint this local one already became, if the remote still has it as
         the current one for its name."""
+        limit = CALL_TIMEOUT if deadline is None else max(0.5, deadline - time.monotonic())
         try:
-            async with asyncio.timeout(CALL_TIMEOUT):
+            async with asyncio.timeout(min(CALL_TIMEOUT, limit)):
                 sp = await self.remote.client.get_setpoint(name=self.remote_name(req.name))
         except grpc.aio.AioRpcError as err:
             if err.code() in TRANSIENT:

@@ -5,7 +5,7 @@ revision, and takes a new snapshot when the remote cannot resume (REVISION_COMPA
 a remote restart).
 
 Freshness tells the truth about the link: the watch asks for a heartbeat every third of
-`link_timeout`, and the link is down after `link_timeout` without any message (a silent link:
+`link_timeout` (or every `period` / 2 if that is shorter), and the link is down after `link_timeout` without any message (a silent link:
 packets dropped, no reset). Mirrored points are declared locally with the remote metadata and an
 expected period of `period`, and re-written only when a message from the remote has just proved
 the link alive (at most every `period` / 2): from the last message that came through, the local
@@ -65,7 +65,8 @@ class Mirror:
         self.snapshots = 0
         self.backoff_max = max(5.0, cfg.period)
         self._delay = 0.2
-        self.heartbeat = cfg.link_timeout / 3
+        # Often enough to notice silence and to keep the mirrored points fresh between changes.
+        self.heartbeat = max(0.1, min(cfg.link_timeout / 3, cfg.period / 2))
         self._republished = 0.0  # monotonic time of the last attested republish
         self._logged_error = ""  # the last refusal logged at ERROR (logged once, not per retry)
         self.health = ext.link_health("remote")
