@@ -143,3 +143,6 @@ class FroniusDevice(PolledDevice):
 
     async def close(self) -> None:
         self.energy.save()
+        sunspec = self.sources.get("modbus")
+        if isinstance(sunspec, SunSpecSource):
+            sunspec.close()

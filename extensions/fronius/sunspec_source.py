@@ -124,6 +124,9 @@ class SunSpecSource:
             parts.append(sunspec_points.storage(await self.read_model(124)))
         return merge(*parts)
 
+    def close(self) -> None:
+        self.link.close()
+
     async def read_model(self, model_id: int) -> dict[str, Any]:
         assert self.models is not None
         return await read_model(self.link, self.unit, self.models[model_id])

@@ -79,8 +79,10 @@ def _free_port() -> int:
 
 def site_toml() -> str:
     """The demo site: what exists so far, each extension against its simulator (the PCC meter
-    is an Eastron SDM630 on Modbus TCP, the battery the example extension's)."""
+    is an Eastron SDM630 on Modbus TCP, the battery the example extension's, the Fronius a
+    simulated GEN24 Plus with battery and Smart Meter on the Solar API and Modbus SunSpec)."""
     battery_port, meter_port = _free_port(), _free_port()
+    fronius_http, fronius_modbus = _free_port(), _free_port()
     return f"""\
 site = "{SITE}"
 
@@ -112,6 +114,21 @@ map = "eastron_sdm630"
 unit = 1
 host = "127.0.0.1"
 port = {meter_port}
+
+[simulators.fronius-sim]
+module = "extensions.fronius.simulator"
+[simulators.fronius-sim.config]
+http_port = {fronius_http}
+modbus_port = {fronius_modbus}
+
+[extensions.fronius]
+module = "extensions.fronius"
+devices = ["fronius", "fronius_meter"]
+[extensions.fronius.config]
+host = "127.0.0.1"
+http_port = {fronius_http}
+modbus_port = {fronius_modbus}
+interval = "4s"
 
 [agents.planner]
 module = "untrusted.planner"
