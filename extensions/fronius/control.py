@@ -181,6 +181,8 @@ class StorageControl:
         """Back to the device's own mode; raises if it does not read back so."""
         async with self.source.lock:
             self.active = None
+            if 124 not in await self.source.ensure_models():
+                return  # no battery: nothing was ever forced
             model = await self._model()
             limits = await self.limits(model)
             full = rate_word(100.0, limits.rate_sf)

@@ -114,12 +114,13 @@ class SolarApi:
 
     async def get(self, target: str, *, realtime: bool = False) -> bytes:
         """The raw body of one request; realtime requests of one device are paced."""
+        if realtime:  # book the start time first: waiting must not hold a slot in flight
+            now = time.monotonic()
+            start = max(now, self._last.get(target, -1e9) + self.min_gap)
+            self._last[target] = start
+            if start > now:
+                await asyncio.sleep(start - now)
         async with self._in_flight:
-            if realtime:
-                wait = self._last.get(target, -1e9) + self.min_gap - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self._last[target] = time.monotonic()
             self.requests += 1
             return await http_get(self.host, self.port, target, self.timeout)
 

@@ -16,7 +16,7 @@ from extensions.fronius.sunspec_source import SunSpecSource
 from extensions.sdk import Applied, Clamped, Rejected
 from extensions.sdk.protocols.modbus_link import LinkConfig, LinkPool
 from extensions.sdk.testing import free_port, until
-from tests.extensions.sdk_protocols.images import ImageServer, load_dump
+from tests.extensions.sdk_protocols.images import ImageServer, load_dump, sunspec_image
 
 from .recordings import FIXTURES
 
@@ -151,3 +151,18 @@ async def test_no_battery_to_control_is_a_clear_rejection():
         finally:
             pool.release(link)
     assert result == Rejected("model 124 gives no usable WChaMax (None)")
+
+
+async def test_an_inverter_without_a_battery_rejects_setpoints_and_has_nothing_to_restore():
+    image = sunspec_image([{"ID": 1, "L": 66}, {"ID": 103, "L": 50, "W": 1000, "W_SF": 0}])
+    pool = LinkPool()
+    async with ImageServer(image) as server:
+        link = pool.get(LinkConfig(host="127.0.0.1", port=server.port, response_timeout=0.5))
+        try:
+            control = StorageControl(SunSpecSource(link, 1))
+            result = await control.apply(1000.0, HOUR)
+            await control.autonomous()  # at start and on expiry: no write, no error
+        finally:
+            pool.release(link)
+    assert isinstance(result, Rejected)
+    assert result.reason.startswith("unit 1 has no SunSpec storage model 124 (models [1, 103])")
