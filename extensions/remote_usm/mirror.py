@@ -5,11 +5,12 @@ revision, and takes a new snapshot when the remote cannot resume (REVISION_COMPA
 a remote restart).
 
 Freshness tells the truth about the link: the watch asks for a heartbeat every third of
-`link_timeout` (or every `period` / 2 if that is shorter), and the link is down after `link_timeout` without any message (a silent link:
-packets dropped, no reset). Mirrored points are declared locally with the remote metadata and an
-expected period of `period`, and re-written only when a message from the remote has just proved
-the link alive (at most every `period` / 2): from the last message that came through, the local
-core marks them STALE within 2 x `period` plus its check interval (≤ 10 s by default).
+`link_timeout` (or every `period` / 2 if that is shorter), and the link is down after
+`link_timeout` without any message (a silent link: packets dropped, no reset). Mirrored points
+are declared locally with the remote metadata and an expected period of `period`, and
+re-written only when a message from the remote has just proved the link alive (at most every
+`period` / 2): from the last message that came through, the local core marks them STALE within
+2 x `period` plus its check interval (≤ 10 s by default).
 `link.up` is true only once the remote's first message of a session has arrived.
 
 Quality: the remote's quality is kept, except STALE, which a writer may not send. A point the

@@ -13,9 +13,11 @@ import pytest
 
 from extensions.remote_usm import RemoteUsm
 from extensions.sdk import Applied, Extension, SetpointState
-from extensions.sdk.testing import SITE, TestSite, point_where, until
+from extensions.sdk.testing import SITE, TestSite, free_port, point_where, until, wait_for
+from smx.client import Credentials
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
+from tests.e2e.test_supervisor import smx
 from tests.extensions.test_remote_usm import (
     Sub,
     get_point,
@@ -26,6 +28,7 @@ from tests.extensions.test_remote_usm import (
 )
 from tests.extensions.test_remote_usm import sites as sites  # the two-core fixture
 from tests.support.relay import Relay
+from tests.support.smx_run import SmxRun
 
 FORWARD_TIMEOUT = 2.0
 FAST_LINK = {"period": 0.5, "link_timeout": 1.5, "forward_timeout": FORWARD_TIMEOUT}
@@ -254,3 +257,58 @@ async def test_a_foreign_server_ca_is_explained(sites, caplog):
     finally:
         await usm.stop()
         other.close()
+
+
+REMOTE_SITE = """\
+site = "usm-remote"
+
+[core]
+tcp = "127.0.0.1:{port}"
+
+[supervisor]
+stop_timeout = "3s"
+"""
+
+
+async def test_the_remote_operators_binding_outlives_a_remote_restart(tmp_path):
+    """The remote site runs under `smx run`, which rewrites its generated policy at every start:
+    the binding its operator made for this link stays, and the mirror resumes by itself."""
+    port = free_port()
+    remote = SmxRun(REMOTE_SITE.format(port=port), prefix="smx-remote-")
+    local = TestSite({"usm1": ("trusted", ["trusted-extension"], [])})
+    usm = None
+    try:
+        home = str(remote.home)
+        wait_for(lambda: remote.procs().get("core", {}).get("health") == "serving", 30)
+        for args in (
+            ("pki", "issue", "usm-link", "--domain", "trusted"),
+            ("policy", "bind", "usm-link", "gui"),  # what the remote operator does, once
+        ):
+            done = smx("--home", home, *args)
+            assert done.returncode == 0, done.stderr
+        local.start()
+        creds = Credentials.from_site(remote.home, "usm-link")
+        cfg = {
+            "remote": f"127.0.0.1:{port}",
+            "remote_ca": str(creds.ca),
+            "remote_cert": str(creds.cert),
+            "remote_key": str(creds.key),
+            "patterns": ["core/**"],
+            **FAST_LINK,
+        }
+        usm = RemoteUsm(Extension(local.env("usm1", config=cfg)))
+        await usm.start()
+        await point_where(local, "usm1/core/uptime", lambda p: p.quality == ppb.QUALITY_GOOD, 30)
+
+        assert remote.stop() == 0, remote.log()
+        await point_where(local, "usm1/link.up", lambda p: value(p) is False, timeout=15)
+        remote.start()
+        await point_where(local, "usm1/link.up", lambda p: value(p) is True, timeout=60)
+        await point_where(local, "usm1/core/uptime", lambda p: p.quality == ppb.QUALITY_GOOD, 30)
+        assert usm.mirror.snapshots >= 2  # a new snapshot from the restarted core
+        assert usm.ext.health()["state"] == "running"
+    finally:
+        if usm is not None:
+            await usm.stop()
+        local.close()
+        remote.close()

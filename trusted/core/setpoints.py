@@ -114,9 +114,7 @@ class SetpointBoard:
         if status == pb.SETPOINT_STATUS_CLAMPED and given is None:
             raise CoreError("INVALID_ARGUMENT", "CLAMPED needs applied_value")
         if status in (pb.SETPOINT_STATUS_REJECTED, pb.SETPOINT_STATUS_UNCONFIRMED) and not reason:
-            raise CoreError(
-                "INVALID_ARGUMENT", f"{status_name(status)} needs a reason"
-            )
+            raise CoreError("INVALID_ARGUMENT", f"{status_name(status)} needs a reason")
         revision = self.revisions.next_revision()
         sp.status = status
         sp.reason = reason
