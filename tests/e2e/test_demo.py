@@ -205,13 +205,13 @@ def check_fits(frame: list[str], rows: int, cols: int) -> None:
 
 
 def test_the_live_view_fits_the_terminal_and_leaves_the_site_as_it_was():
-    term = Terminal(48, 160)
+    term = Terminal(72, 160)
     try:
         term.wait_for(r"from planner at [\d:]+: (APPLIED|CLAMPED)")
         term.wait_for(r"PF3")  # the meter's points are in
         big = term.frame_after(len(term.frames()))
-        check_fits(big, 48, 160)
-        # 160 x 48 has room for every point (in two columns): nothing is left out.
+        check_fits(big, 72, 160)
+        # 160 x 72 has room for every point (in two columns): nothing is left out.
         assert "more, --all shows every point" not in "\n".join(big), "\n".join(big)
         assert re.search(r"\bRm\s+123\.40\s+kvarh\s+GOOD", "\n".join(big))
 
