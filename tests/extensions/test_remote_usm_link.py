@@ -215,7 +215,7 @@ async def test_a_revoked_certificate_is_one_clear_error_with_bounded_retries(sit
         caplog.set_level(logging.INFO, logger="extensions.remote_usm")
         await point_where(local, "usm1/link.up", lambda p: value(p) is False, timeout=15)
         failures = usm.mirror.health.failures
-        await asyncio.sleep(20)
+        await asyncio.sleep(10)
         errors = [
             r.getMessage()
             for r in caplog.records
@@ -224,7 +224,7 @@ async def test_a_revoked_certificate_is_one_clear_error_with_bounded_retries(sit
         assert len(errors) == 1, errors
         assert "revoked this link's certificate" in errors[0]
         assert "smx pki issue usm-link" in errors[0]
-        # Back-off: from 0.2 s doubling (with jitter), at most ~7 tries in 20 s, not 5 a second.
+        # Back-off: from 0.2 s doubling (with jitter), at most 7 tries in 10 s, not 5 a second.
         assert usm.mirror.health.failures - failures <= 8
         health = usm.ext.health()
         assert health["state"] == "degraded"
