@@ -27,39 +27,39 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from smx.v1 import point_pb2 as smx_dot_v1_dot_point__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csmx/v1/control_service.proto\x12\x06smx.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12smx/v1/point.proto\"\xeb\x02\n\x08Setpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1c\n\x05value\x18\x03 \x01(\x0b\x32\r.smx.v1.Value\x12\x11\n\trequester\x18\x04 \x01(\t\x12\x30\n\x0crequest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06status\x18\x07 \x01(\x0e\x32\x16.smx.v1.SetpointStatus\x12$\n\rapplied_value\x18\x08 \x01(\x0b\x32\r.smx.v1.Value\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x10\n\x08reporter\x18\n \x01(\t\x12/\n\x0breport_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x0c \x01(\x03\"r\n\x16RequestSetpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.smx.v1.Value\x12,\n\tvalid_for\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x17RequestSetpointResponse\x12\"\n\x08setpoint\x18\x01 \x01(\x0b\x32\x10.smx.v1.Setpoint\"x\n\x15WatchSetpointsRequest\x12\x10\n\x08patterns\x18\x01 \x03(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x87\x01\n\x16WatchSetpointsResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x15.smx.v1.SetpointEvent\x12\"\n\x08setpoint\x18\x02 \x01(\x0b\x32\x10.smx.v1.Setpoint\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x11\n\theartbeat\x18\x04 \x01(\x08\"\x81\x01\n\x15ReportSetpointRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.smx.v1.SetpointStatus\x12$\n\rapplied_value\x18\x03 \x01(\x0b\x32\r.smx.v1.Value\x12\x0e\n\x06reason\x18\x04 \x01(\t\"<\n\x16ReportSetpointResponse\x12\"\n\x08setpoint\x18\x01 \x01(\x0b\x32\x10.smx.v1.Setpoint\">\n\x12GetSetpointRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x42\n\n\x08selector\"9\n\x13GetSetpointResponse\x12\"\n\x08setpoint\x18\x01 \x01(\x0b\x32\x10.smx.v1.Setpoint\"\x7f\n\x1cWatchSetpointOutcomesRequest\x12\x10\n\x08patterns\x18\x01 \x03(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"{\n\x1dWatchSetpointOutcomesResponse\x12#\n\tsetpoints\x18\x01 \x03(\x0b\x32\x10.smx.v1.Setpoint\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x11\n\theartbeat\x18\x04 \x01(\x08*\x84\x02\n\x0eSetpointStatus\x12\x1f\n\x1bSETPOINT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17SETPOINT_STATUS_PENDING\x10\x01\x12\x1b\n\x17SETPOINT_STATUS_APPLIED\x10\x02\x12\x1b\n\x17SETPOINT_STATUS_CLAMPED\x10\x03\x12\x1c\n\x18SETPOINT_STATUS_REJECTED\x10\x04\x12\x1b\n\x17SETPOINT_STATUS_EXPIRED\x10\x05\x12\x1e\n\x1aSETPOINT_STATUS_SUPERSEDED\x10\x06\x12\x1f\n\x1bSETPOINT_STATUS_UNCONFIRMED\x10\x07*i\n\rSetpointEvent\x12\x1e\n\x1aSETPOINT_EVENT_UNSPECIFIED\x10\x00\x12\x1c\n\x18SETPOINT_EVENT_REQUESTED\x10\x01\x12\x1a\n\x16SETPOINT_EVENT_EXPIRED\x10\x02\x32\xb8\x03\n\x0e\x43ontrolService\x12R\n\x0fRequestSetpoint\x12\x1e.smx.v1.RequestSetpointRequest\x1a\x1f.smx.v1.RequestSetpointResponse\x12Q\n\x0eWatchSetpoints\x12\x1d.smx.v1.WatchSetpointsRequest\x1a\x1e.smx.v1.WatchSetpointsResponse0\x01\x12O\n\x0eReportSetpoint\x12\x1d.smx.v1.ReportSetpointRequest\x1a\x1e.smx.v1.ReportSetpointResponse\x12\x46\n\x0bGetSetpoint\x12\x1a.smx.v1.GetSetpointRequest\x1a\x1b.smx.v1.GetSetpointResponse\x12\x66\n\x15WatchSetpointOutcomes\x12$.smx.v1.WatchSetpointOutcomesRequest\x1a%.smx.v1.WatchSetpointOutcomesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csmx/v1/control_service.proto\x12\x06smx.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12smx/v1/point.proto\"\x80\x03\n\x08Setpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1c\n\x05value\x18\x03 \x01(\x0b\x32\r.smx.v1.Value\x12\x11\n\trequester\x18\x04 \x01(\t\x12\x30\n\x0crequest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x06status\x18\x07 \x01(\x0e\x32\x16.smx.v1.SetpointStatus\x12$\n\rapplied_value\x18\x08 \x01(\x0b\x32\r.smx.v1.Value\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x10\n\x08reporter\x18\n \x01(\t\x12/\n\x0breport_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08revision\x18\x0c \x01(\x03\x12\x13\n\x0brequest_key\x18\r \x01(\t\"\x87\x01\n\x16RequestSetpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.smx.v1.Value\x12,\n\tvalid_for\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0brequest_key\x18\x04 \x01(\t\"=\n\x17RequestSetpointResponse\x12\"\n\x08setpoint\x18\x01 \x01(\x0b\x32\x10.smx.v1.Setpoint\"x\n\x15WatchSetpointsRequest\x12\x10\n\x08patterns\x18\x01 \x03(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x87\x01\n\x16WatchSetpointsResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x15.smx.v1.SetpointEvent\x12\"\n\x08setpoint\x18\x02 \x01(\x0b\x32\x10.smx.v1.Setpoint\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x11\n\theartbeat\x18\x04 \x01(\x08\"\x81\x01\n\x15ReportSetpointRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.smx.v1.SetpointStatus\x12$\n\rapplied_value\x18\x03 \x01(\x0b\x32\r.smx.v1.Value\x12\x0e\n\x06reason\x18\x04 \x01(\t\"<\n\x16ReportSetpointResponse\x12\"\n\x08setpoint\x18\x01 \x01(\x0b\x32\x10.smx.v1.Setpoint\">\n\x12GetSetpointRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x0c\n\x02id\x18\x02 \x01(\tH\x00\x42\n\n\x08selector\"9\n\x13GetSetpointResponse\x12\"\n\x08setpoint\x18\x01 \x01(\x0b\x32\x10.smx.v1.Setpoint\"\x7f\n\x1cWatchSetpointOutcomesRequest\x12\x10\n\x08patterns\x18\x01 \x03(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"{\n\x1dWatchSetpointOutcomesResponse\x12#\n\tsetpoints\x18\x01 \x03(\x0b\x32\x10.smx.v1.Setpoint\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x11\n\theartbeat\x18\x04 \x01(\x08*\x84\x02\n\x0eSetpointStatus\x12\x1f\n\x1bSETPOINT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17SETPOINT_STATUS_PENDING\x10\x01\x12\x1b\n\x17SETPOINT_STATUS_APPLIED\x10\x02\x12\x1b\n\x17SETPOINT_STATUS_CLAMPED\x10\x03\x12\x1c\n\x18SETPOINT_STATUS_REJECTED\x10\x04\x12\x1b\n\x17SETPOINT_STATUS_EXPIRED\x10\x05\x12\x1e\n\x1aSETPOINT_STATUS_SUPERSEDED\x10\x06\x12\x1f\n\x1bSETPOINT_STATUS_UNCONFIRMED\x10\x07*i\n\rSetpointEvent\x12\x1e\n\x1aSETPOINT_EVENT_UNSPECIFIED\x10\x00\x12\x1c\n\x18SETPOINT_EVENT_REQUESTED\x10\x01\x12\x1a\n\x16SETPOINT_EVENT_EXPIRED\x10\x02\x32\xb8\x03\n\x0e\x43ontrolService\x12R\n\x0fRequestSetpoint\x12\x1e.smx.v1.RequestSetpointRequest\x1a\x1f.smx.v1.RequestSetpointResponse\x12Q\n\x0eWatchSetpoints\x12\x1d.smx.v1.WatchSetpointsRequest\x1a\x1e.smx.v1.WatchSetpointsResponse0\x01\x12O\n\x0eReportSetpoint\x12\x1d.smx.v1.ReportSetpointRequest\x1a\x1e.smx.v1.ReportSetpointResponse\x12\x46\n\x0bGetSetpoint\x12\x1a.smx.v1.GetSetpointRequest\x1a\x1b.smx.v1.GetSetpointResponse\x12\x66\n\x15WatchSetpointOutcomes\x12$.smx.v1.WatchSetpointOutcomesRequest\x1a%.smx.v1.WatchSetpointOutcomesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smx.v1.control_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETPOINTSTATUS']._serialized_start=1502
-  _globals['_SETPOINTSTATUS']._serialized_end=1762
-  _globals['_SETPOINTEVENT']._serialized_start=1764
-  _globals['_SETPOINTEVENT']._serialized_end=1869
+  _globals['_SETPOINTSTATUS']._serialized_start=1545
+  _globals['_SETPOINTSTATUS']._serialized_end=1805
+  _globals['_SETPOINTEVENT']._serialized_start=1807
+  _globals['_SETPOINTEVENT']._serialized_end=1912
   _globals['_SETPOINT']._serialized_start=126
-  _globals['_SETPOINT']._serialized_end=489
-  _globals['_REQUESTSETPOINTREQUEST']._serialized_start=491
-  _globals['_REQUESTSETPOINTREQUEST']._serialized_end=605
-  _globals['_REQUESTSETPOINTRESPONSE']._serialized_start=607
-  _globals['_REQUESTSETPOINTRESPONSE']._serialized_end=668
-  _globals['_WATCHSETPOINTSREQUEST']._serialized_start=670
-  _globals['_WATCHSETPOINTSREQUEST']._serialized_end=790
-  _globals['_WATCHSETPOINTSRESPONSE']._serialized_start=793
-  _globals['_WATCHSETPOINTSRESPONSE']._serialized_end=928
-  _globals['_REPORTSETPOINTREQUEST']._serialized_start=931
-  _globals['_REPORTSETPOINTREQUEST']._serialized_end=1060
-  _globals['_REPORTSETPOINTRESPONSE']._serialized_start=1062
-  _globals['_REPORTSETPOINTRESPONSE']._serialized_end=1122
-  _globals['_GETSETPOINTREQUEST']._serialized_start=1124
-  _globals['_GETSETPOINTREQUEST']._serialized_end=1186
-  _globals['_GETSETPOINTRESPONSE']._serialized_start=1188
-  _globals['_GETSETPOINTRESPONSE']._serialized_end=1245
-  _globals['_WATCHSETPOINTOUTCOMESREQUEST']._serialized_start=1247
-  _globals['_WATCHSETPOINTOUTCOMESREQUEST']._serialized_end=1374
-  _globals['_WATCHSETPOINTOUTCOMESRESPONSE']._serialized_start=1376
-  _globals['_WATCHSETPOINTOUTCOMESRESPONSE']._serialized_end=1499
-  _globals['_CONTROLSERVICE']._serialized_start=1872
-  _globals['_CONTROLSERVICE']._serialized_end=2312
+  _globals['_SETPOINT']._serialized_end=510
+  _globals['_REQUESTSETPOINTREQUEST']._serialized_start=513
+  _globals['_REQUESTSETPOINTREQUEST']._serialized_end=648
+  _globals['_REQUESTSETPOINTRESPONSE']._serialized_start=650
+  _globals['_REQUESTSETPOINTRESPONSE']._serialized_end=711
+  _globals['_WATCHSETPOINTSREQUEST']._serialized_start=713
+  _globals['_WATCHSETPOINTSREQUEST']._serialized_end=833
+  _globals['_WATCHSETPOINTSRESPONSE']._serialized_start=836
+  _globals['_WATCHSETPOINTSRESPONSE']._serialized_end=971
+  _globals['_REPORTSETPOINTREQUEST']._serialized_start=974
+  _globals['_REPORTSETPOINTREQUEST']._serialized_end=1103
+  _globals['_REPORTSETPOINTRESPONSE']._serialized_start=1105
+  _globals['_REPORTSETPOINTRESPONSE']._serialized_end=1165
+  _globals['_GETSETPOINTREQUEST']._serialized_start=1167
+  _globals['_GETSETPOINTREQUEST']._serialized_end=1229
+  _globals['_GETSETPOINTRESPONSE']._serialized_start=1231
+  _globals['_GETSETPOINTRESPONSE']._serialized_end=1288
+  _globals['_WATCHSETPOINTOUTCOMESREQUEST']._serialized_start=1290
+  _globals['_WATCHSETPOINTOUTCOMESREQUEST']._serialized_end=1417
+  _globals['_WATCHSETPOINTOUTCOMESRESPONSE']._serialized_start=1419
+  _globals['_WATCHSETPOINTOUTCOMESRESPONSE']._serialized_end=1542
+  _globals['_CONTROLSERVICE']._serialized_start=1915
+  _globals['_CONTROLSERVICE']._serialized_end=2355
 # @@protoc_insertion_point(module_scope)

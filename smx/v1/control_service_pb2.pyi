@@ -41,7 +41,7 @@ SETPOINT_EVENT_REQUESTED: SetpointEvent
 SETPOINT_EVENT_EXPIRED: SetpointEvent
 
 class Setpoint(_message.Message):
-    __slots__ = ("id", "name", "value", "requester", "request_time", "expire_time", "status", "applied_value", "reason", "reporter", "report_time", "revision")
+    __slots__ = ("id", "name", "value", "requester", "request_time", "expire_time", "status", "applied_value", "reason", "reporter", "report_time", "revision", "request_key")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class Setpoint(_message.Message):
     REPORTER_FIELD_NUMBER: _ClassVar[int]
     REPORT_TIME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     value: _point_pb2.Value
@@ -66,17 +67,20 @@ class Setpoint(_message.Message):
     reporter: str
     report_time: _timestamp_pb2.Timestamp
     revision: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., requester: _Optional[str] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[SetpointStatus, str]] = ..., applied_value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., reason: _Optional[str] = ..., reporter: _Optional[str] = ..., report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    request_key: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., requester: _Optional[str] = ..., request_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[SetpointStatus, str]] = ..., applied_value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., reason: _Optional[str] = ..., reporter: _Optional[str] = ..., report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ..., request_key: _Optional[str] = ...) -> None: ...
 
 class RequestSetpointRequest(_message.Message):
-    __slots__ = ("name", "value", "valid_for")
+    __slots__ = ("name", "value", "valid_for", "request_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     VALID_FOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     value: _point_pb2.Value
     valid_for: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., valid_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    request_key: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[_point_pb2.Value, _Mapping]] = ..., valid_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_key: _Optional[str] = ...) -> None: ...
 
 class RequestSetpointResponse(_message.Message):
     __slots__ = ("setpoint",)

@@ -98,7 +98,8 @@ class ControlServiceServicer:
     def ReportSetpoint(self, request, context):
         """For the owning extension: the outcome of applying a setpoint (APPLIED, CLAMPED, REJECTED or
         UNCONFIRMED). It may report again while the setpoint is in force, e.g. UNCONFIRMED then the
-        outcome it learned later.
+        outcome it learned later; a report equal to the setpoint's state changes nothing. Reasons
+        are at most 512 characters; reports are rate-limited per owner (RATE_LIMITED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -212,3 +212,38 @@ async def test_applied_setpoint_expiring_under_a_pending_newer_one_is_announced(
     msg = await asyncio.wait_for(owner.read(), 3)
     assert (msg.event, msg.setpoint.id) == (pb.SETPOINT_EVENT_EXPIRED, sp1.id)
     owner.cancel()
+
+
+async def test_a_retry_with_the_same_request_key_changes_nothing(site, core):
+    agent = site.stubs("lessag")
+    keyed = request(1000)
+    keyed.request_key = "local-7f3a"
+    first = (await agent.control.RequestSetpoint(keyed)).setpoint
+    assert first.request_key == "local-7f3a"
+    await site.stubs("ess").control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=first.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
+    # A reply lost, the requester asks again: the same setpoint, as it is now, nothing new.
+    again = (await agent.control.RequestSetpoint(keyed)).setpoint
+    assert (again.id, again.status) == (first.id, pb.SETPOINT_STATUS_APPLIED)
+    requests = await audit_records(site.stubs("admin"), kind="setpoint_request")
+    assert len(requests) == 1
+    # Superseded by someone else meanwhile: the retry says so instead of running it again.
+    await agent.control.RequestSetpoint(request(2000))
+    late = (await agent.control.RequestSetpoint(keyed)).setpoint
+    assert (late.id, late.status) == (first.id, pb.SETPOINT_STATUS_SUPERSEDED)
+    # The key names one request: another value under it is a mistake.
+    other = request(1500)
+    other.request_key = "local-7f3a"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agent.control.RequestSetpoint(other)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_key 'local-7f3a' was used for another request" in err.value.details()
+    # Keys are per requester: another client's equal key is its own request.
+    theirs = (await site.stubs("admin").control.RequestSetpoint(keyed)).setpoint
+    assert theirs.id != first.id
+    too_long = request(1)
+    too_long.request_key = "k" * 65
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await agent.control.RequestSetpoint(too_long)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

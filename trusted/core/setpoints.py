@@ -28,6 +28,7 @@ APPLIED_NOW = frozenset({pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED}
 MIN_VALID_S, MAX_VALID_S = 1.0, 24 * 3600.0
 # Finished setpoints kept for GetSetpoint by id.
 KEEP_FINISHED = 10_000
+MAX_REQUEST_KEY = 64
 
 
 _NO_EVENT = pb.SETPOINT_EVENT_UNSPECIFIED
@@ -51,12 +52,34 @@ class SetpointBoard:
         # it expires or a newer one is applied, even when a newer request supersedes it.
         self._in_force: dict[str, pb.Setpoint] = {}
         self._expiries: list[tuple[int, str]] = []
+        # (requester, request_key) -> id: a retried request gets the setpoint it created.
+        self._by_key: dict[tuple[str, str], str] = {}
 
     def request(
-        self, requester: str, name: str, value: point_pb2.Value, valid_for_s: float
+        self,
+        requester: str,
+        name: str,
+        value: point_pb2.Value,
+        valid_for_s: float,
+        request_key: str = "",
     ) -> pb.Setpoint:
         if value.WhichOneof("kind") is None:
             raise CoreError("INVALID_ARGUMENT", "setpoint value is missing")
+        if len(request_key) > MAX_REQUEST_KEY:
+            raise CoreError(
+                "INVALID_ARGUMENT", f"request_key is longer than {MAX_REQUEST_KEY} characters"
+            )
+        if request_key:
+            earlier = self._by_id.get(self._by_key.get((requester, request_key), ""))
+            if earlier is not None:
+                if earlier.name != name or earlier.value != value:
+                    raise CoreError(
+                        "INVALID_ARGUMENT",
+                        f"request_key {request_key!r} was used for another request "
+                        f"({earlier.name})",
+                        point=name,
+                    )
+                return earlier  # a retry: nothing changes
         if not MIN_VALID_S <= valid_for_s <= MAX_VALID_S:
             raise CoreError(
                 "INVALID_ARGUMENT",
@@ -78,7 +101,10 @@ class SetpointBoard:
             request_time=ms_to_ts(now),
             expire_time=ms_to_ts(now + int(valid_for_s * 1000)),
             status=pb.SETPOINT_STATUS_PENDING,
+            request_key=request_key,
         )
+        if request_key:
+            self._by_key[(requester, request_key)] = sp.id
         self._by_id[sp.id] = sp
         self._current[name] = sp.id
         heapq.heappush(self._expiries, (ts_to_ms(sp.expire_time), sp.id))
@@ -115,6 +141,13 @@ class SetpointBoard:
             raise CoreError("INVALID_ARGUMENT", "CLAMPED needs applied_value")
         if status in (pb.SETPOINT_STATUS_REJECTED, pb.SETPOINT_STATUS_UNCONFIRMED) and not reason:
             raise CoreError("INVALID_ARGUMENT", f"{status_name(status)} needs a reason")
+        if (
+            sp.status == status
+            and sp.reason == reason
+            and sp.reporter == reporter
+            and (given is None or sp.applied_value == given)
+        ):
+            return sp  # said already: no revision, no log entry, no audit record
         revision = self.revisions.next_revision()
         sp.status = status
         sp.reason = reason
@@ -215,3 +248,5 @@ class SetpointBoard:
                 self._by_id.move_to_end(sid)
                 break  # retry at the next request; the rest are newer
             del self._by_id[sid]
+            if sp.request_key:
+                self._by_key.pop((sp.requester, sp.request_key), None)

@@ -33,6 +33,7 @@ __all__ = [
     "SHARED_DIR_MODE",
     "SiteFileError",
     "check_mode",
+    "check_policy_files",
     "check_site",
     "create_private_file",
     "private_dir",
@@ -171,3 +172,22 @@ def check_site(
         home, history=history, audit=audit, policy=policy, core_toml=core_toml
     ):
         check_mode(path, mode)
+
+
+def check_policy_files(policy: Path) -> None:
+    """Before a reload: the policy files must not be writable by anyone but their owner, nor be
+    symbolic links. Unlike at start nothing is fixed: a file others could write may already say
+    what they wrote (SiteFileError, and the policy in force stays)."""
+    for path in (Path(policy), local_policy_path(policy)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise SiteFileError(f"{path}: a symbolic link; the policy must be a file of its own")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o022:
+            raise SiteFileError(
+                f"{path}: mode {mode:04o} lets other users write it; check what it says, "
+                f"`chmod 600 {path}`, and reload again"
+            )

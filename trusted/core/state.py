@@ -27,7 +27,7 @@ from trusted.core.errors import CoreError
 from trusted.core.history import HistoryLog
 from trusted.core.realtime import RealtimeDB
 from trusted.core.setpoints import SetpointBoard
-from trusted.core.site_files import private_dir
+from trusted.core.site_files import SiteFileError, check_policy_files, private_dir
 from trusted.pki import RevocationList, SiteCA
 from trusted.policy import Policy, PolicyError
 
@@ -136,8 +136,9 @@ class CoreState:
 
     def reload_policy(self, by: str) -> Policy:
         try:
+            check_policy_files(self.config.policy)
             policy = Policy.load(self.config.policy)
-        except PolicyError as err:
+        except (PolicyError, SiteFileError) as err:
             self.audit.append(
                 "policy_reload", by, reason="POLICY_INVALID", detail={"error": str(err)}
             )

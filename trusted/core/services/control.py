@@ -30,12 +30,19 @@ REQUEST_BURST = 50
 # A setpoint is a value for a device, not a document: a longer string is refused, because every
 # request is kept in memory (the setpoint table and log) and written to the audit log.
 MAX_SETPOINT_STRING = 256
+# A report's reason is kept and audited the same way: words for a person, not a document.
+MAX_REASON = 512
+# Reports per owner: one per request and a correction or two; the rest is a flood (each report
+# costs a revision, a log entry and an audit record).
+REPORT_RATE = 20.0
+REPORT_BURST = 200
 
 
 class ControlService:
     def __init__(self, state: CoreState) -> None:
         self.s = state
         self.requests = TokenBuckets(REQUEST_RATE, REQUEST_BURST)
+        self.reports = TokenBuckets(REPORT_RATE, REPORT_BURST)
 
     async def RequestSetpoint(self, req: pb.RequestSetpointRequest, caller: Caller, ctx: object):
         name = point_name(req.name)
@@ -53,7 +60,9 @@ class ControlService:
         if not req.HasField("valid_for"):
             raise CoreError("INVALID_ARGUMENT", "valid_for is required")
         _check_value(name, req.value, self.s.db.meta[name].kind)
-        sp = self.s.board.request(caller.uri, name, req.value, duration_s(req.valid_for))
+        sp = self.s.board.request(
+            caller.uri, name, req.value, duration_s(req.valid_for), req.request_key
+        )
         self.s.wake_expiry()
         return pb.RequestSetpointResponse(setpoint=sp)
 
@@ -89,6 +98,18 @@ class ControlService:
     async def ReportSetpoint(self, req: pb.ReportSetpointRequest, caller: Caller, ctx: object):
         sp = self.s.board.get(setpoint_id=req.id)
         caller.require(sp.name)
+        if len(req.reason) > MAX_REASON:
+            raise CoreError(
+                "INVALID_ARGUMENT",
+                f"setpoint {sp.name}: reason of {len(req.reason)} characters exceeds {MAX_REASON}",
+                point=sp.name,
+            )
+        if not self.reports.take(caller.uri):
+            raise CoreError(
+                "RATE_LIMITED",
+                f"more than {REPORT_RATE:g} setpoint reports/s (burst {REPORT_BURST})",
+                point=sp.name,
+            )
         applied = req.applied_value if req.HasField("applied_value") else None
         if applied is not None and applied.WhichOneof("kind"):
             # What is in force becomes the point's value: finite, short, of the declared kind.
