@@ -1,0 +1,98 @@
+"""The MQTT link against a real Mosquitto: MQTT 5 and 3.1.1, plain, TLS with a client
+certificate, a username with its password from a file; status online/offline (retained);
+a config mistake is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from smx.process_env import SetupError
+from tests.untrusted.lessag.broker import Mosquitto, Pki, Subscriber
+from tests.untrusted.lessag.conftest import agent_config, running, sample, until, write
+from untrusted.lessag import Lessag
+
+STATUS = "usm-t/lessag/status"
+DATA = "usm-t/lessag/smm/data"
+
+
+async def test_mqtt5_plain_publishes_senml_and_tells_its_status(site, broker, tmp):
+    await write(site, "smm", [sample("smm/P", 1500.0, time.time())])
+    sub = Subscriber(broker, ["usm-t/lessag/#"])
+    try:
+        async with running(site, agent_config(broker, tmp)) as agent:
+            await until(lambda: sub.on(DATA), what="a data message")
+            pack = json.loads(sub.on(DATA)[0].payload)
+            assert pack[0]["bn"] == "test-site/smm/" and pack[0]["n"] == "P"
+            assert pack[0]["u"] == "W" and pack[0]["v"] == 1500.0
+            assert sub.on(STATUS)[0].payload == b"online"
+            assert agent.link.connected and agent.health()["devices"]["mqtt"]["ok"]
+        await until(lambda: sub.on(STATUS)[-1].payload == b"offline", what="offline")
+        assert sub.on(DATA)[0].seq is not None  # MQTT 5: the publish id rides along
+    finally:
+        sub.close()
+    # Retained: a newcomer learns the agent's state at once.
+    late = Subscriber(broker, [STATUS], client_id="late")
+    try:
+        got = await until(lambda: late.on(STATUS), what="retained status")
+        assert got[0].payload == b"offline" and got[0].retain
+    finally:
+        late.close()
+
+
+async def test_mqtt311_over_tls_with_a_client_certificate(site, tmp):
+    pki = Pki(tmp / "pki")
+    crt, key = pki.issue("lessag")
+    with Mosquitto(tmp / "tls-broker", pki=pki) as broker:
+        sub = Subscriber(broker, [DATA])
+        await write(site, "smm", [sample("smm/P", 42.0, time.time())])
+        mqtt = {"protocol": "3.1.1", "ca": str(pki.ca), "cert": str(crt), "key": str(key)}
+        cfg = agent_config(broker, tmp, mqtt=mqtt, format="influx")
+        try:
+            async with running(site, cfg):
+                got = await until(lambda: sub.on(DATA), what="data over TLS")
+            assert got[0].payload.startswith(b"test-site-smm P=42.0,Type=0 ")
+            assert got[0].seq is None  # no user properties in MQTT 3.1.1
+        finally:
+            sub.close()
+
+
+async def test_username_and_password_from_a_file(site, tmp):
+    passwords = tmp / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "lessag", "s3cret"], check=True)
+    (tmp / "secret").write_text("s3cret\n")
+    (tmp / "wrong").write_text("nope\n")
+    with Mosquitto(tmp / "pw-broker", passwords=passwords) as broker:
+        good = agent_config(
+            broker, tmp, mqtt={"username": "lessag", "password_file": str(tmp / "secret")}
+        )
+        async with running(site, good) as agent:
+            await until(lambda: agent.link.connected, what="connected with a password")
+        bad = agent_config(
+            broker, tmp, mqtt={"username": "lessag", "password_file": str(tmp / "wrong")}
+        )
+        async with running(site, bad) as agent:
+            await until(lambda: "refused" in agent.link.last_error, what="refusal")
+            assert not agent.link.connected
+            assert agent.health()["devices"]["mqtt"]["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"mqtt": {"prot": "5"}}, "agents.lessag.config.mqtt.prot: unknown key (did you mean"),
+        ({"mqtt": {"protocol": "4"}}, 'agents.lessag.config.mqtt.protocol: "4" is not a choice'),
+        ({"format": "json"}, 'agents.lessag.config.format: "json" is not a choice'),
+        ({"mqtt": {"cert": "c.crt"}}, "agents.lessag.config.mqtt: cert and key go together"),
+        ({"queue": {"max_size": "lots"}}, "agents.lessag.config.queue.max_size: expected a size"),
+        ({"ev": {"charge_points": ["cp1"]}}, "charge points are named ev<N>, not cp1"),
+        ({"devices": [{"id": "smm", "type": "METER"}]}, 'devices[0].type: "METER" is not'),
+    ],
+)
+def test_a_config_mistake_is_one_line_naming_the_key(site, config, message):
+    with pytest.raises(SetupError) as err:
+        Lessag(site.env("lessag", config))
+    assert message in str(err.value) and "\n" not in str(err.value)

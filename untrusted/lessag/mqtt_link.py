@@ -1,0 +1,201 @@
+"""The MQTT link (paho-mqtt 2.x): one connection to the broker, kept up for the life of the
+agent, its events handed to the asyncio loop.
+
+- MQTT 3.1.1 or 5; TLS (a CA, and a client certificate) and/or a username with a password read
+  from a file; QoS 1 by default.
+- A persistent session (3.1.1: clean session off; 5: clean start off with a session expiry), so
+  the broker keeps the subscriptions and the messages for us while we are away.
+- A retained last will `<prefix>/status` = `offline`, and `online` (retained) on every connect;
+  `offline` again on a clean stop.
+- Reconnects by itself, the delay doubling from `backoff_min` up to `backoff_max` (paho's own
+  back-off: reset once a connection is accepted).
+
+paho runs its network loop in a thread of its own; every callback is passed to the event loop
+with `call_soon_threadsafe`, so the rest of the agent is single-threaded asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .settings import MqttConfig
+
+__all__ = ["MqttLink"]
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 2.0
+
+
+class MqttLink:
+    def __init__(self, cfg: MqttConfig, client_id: str, prefix: str) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.prefix = prefix
+        self.status_topic = f"{prefix}/status"
+        self.connected = False
+        self.last_error = ""
+        self.connects = 0  # accepted connections so far (a reconnect is > 1)
+        self.on_up: Callable[[], None] = lambda: None
+        self.on_down: Callable[[], None] = lambda: None
+        self.on_ack: Callable[[int, bool], None] = lambda mid, ok: None
+        self.on_message: Callable[[str, bytes], None] = lambda topic, payload: None
+        self._subscriptions: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: paho.Client | None = None
+        self._v5 = cfg.protocol == "5"
+        self._stopping = False
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def subscribe(self, topic: str) -> None:
+        """Subscribed now if connected, and again after every connect."""
+        self._subscriptions.append(topic)
+        if self._client is not None and self.connected:
+            self._client.subscribe(topic, qos=self.cfg.qos)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        if self._v5:
+            client = paho.Client(CallbackAPIVersion.VERSION2, self.client_id, protocol=paho.MQTTv5)
+        else:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                self.client_id,
+                clean_session=False,
+                protocol=paho.MQTTv311,
+            )
+        if cfg.ca is not None:
+            client.tls_set(
+                ca_certs=str(cfg.ca),
+                certfile=str(cfg.cert) if cfg.cert else None,
+                keyfile=str(cfg.key) if cfg.key else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if cfg.username:
+            password = cfg.password_file.read_text().strip() if cfg.password_file else None
+            client.username_pw_set(cfg.username, password)
+        client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(max(1, round(cfg.backoff_min)), round(cfg.backoff_max))
+        # We bound what waits for an acknowledgement ourselves (the outbox): paho sends all.
+        client.max_inflight_messages_set(65535)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._connected
+        client.on_disconnect = self._disconnected
+        client.on_publish = self._published
+        client.on_message = self._received
+        unreachable = f"cannot connect to {cfg.host}:{cfg.port}"
+        client.on_connect_fail = lambda *_: self._call(self._refused, unreachable)
+        kwargs: dict[str, Any] = {}
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = int(cfg.session_expiry)
+            kwargs = {"clean_start": False, "properties": props}
+        client.connect_async(cfg.host, cfg.port, keepalive=int(cfg.keepalive), **kwargs)
+        self._client = client
+        client.loop_start()  # connects, and reconnects, in paho's thread
+
+    async def stop(self) -> None:
+        """`offline` (retained) and a clean disconnect, so the will is not sent."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        self._stopping = True
+        if self.connected:
+            info = client.publish(self.status_topic, b"offline", qos=1, retain=True)
+            await asyncio.to_thread(info.wait_for_publish, STOP_TIMEOUT_S)
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self.connected = False
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, seq: int = 0) -> int | None:
+        """Hand a message to paho; its mid (the acknowledgement will name it), or None when
+        paho refused it. A message handed while the connection just dropped is kept by paho
+        and sent after the reconnect, so it counts as handed."""
+        if self._client is None:
+            return None
+        props = None
+        if self._v5 and seq:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = ("seq", str(seq))  # a consumer can drop a re-delivery
+        try:
+            info = self._client.publish(topic, payload, qos=self.cfg.qos, properties=props)
+        except (ValueError, RuntimeError) as err:
+            log.warning("cannot publish on %s: %s", topic, err)
+            return None
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            return None
+        if self.cfg.qos == 0:  # nothing will acknowledge it
+            assert self._loop is not None
+            self._loop.call_soon(self.on_ack, info.mid, True)
+        return info.mid
+
+    def publish_now(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Fire and forget (status, replies that must not wait behind a backlog)."""
+        if self._client is not None:
+            self._client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
+
+    # -- paho's callbacks (its thread) ----------------------------------------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _connected(self, client: paho.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            self._call(self._refused, f"broker refused the connection: {rc}")
+            return
+        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=self.cfg.qos)
+        self._call(self._up, bool(getattr(flags, "session_present", False)))
+
+    def _disconnected(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self._call(self._down, str(rc))
+
+    def _published(self, _c: paho.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        self._call(self.on_ack, mid, not rc.is_failure)
+
+    def _received(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        self._call(self.on_message, msg.topic, bytes(msg.payload))
+
+    # -- the same, in the event loop ------------------------------------------------------------
+
+    def _up(self, session_present: bool) -> None:
+        self.connected = True
+        self.connects += 1
+        self.last_error = ""
+        log.info(
+            "connected to %s:%d (MQTT %s, session %s)",
+            self.cfg.host,
+            self.cfg.port,
+            self.cfg.protocol,
+            "resumed" if session_present else "new",
+        )
+        self.on_up()
+
+    def _down(self, why: str) -> None:
+        was = self.connected
+        self.connected = False
+        if was or not self.last_error:  # keep the broker's refusal, which says more
+            self.last_error = f"disconnected: {why}"
+        if was and not self._stopping:
+            log.warning("lost the broker %s:%d: %s", self.cfg.host, self.cfg.port, why)
+            self.on_down()
+
+    def _refused(self, why: str) -> None:
+        if why != self.last_error:
+            log.warning("%s", why)
+        self.last_error = why

@@ -1,0 +1,295 @@
+"""Store and forward: every message the agent publishes goes through the outbox.
+
+- Broker up, no backlog: the message is handed to the MQTT link at once and kept in memory
+  until the broker acknowledges it (QoS 1). Nothing is written to disk: an SD card pays a block
+  per write.
+- Broker away (or not acknowledging: more than `max_inflight` waiting, or one older than
+  `ack_timeout`): messages go to an SQLite queue on disk, written in one transaction every
+  `flush_every` seconds (with the messages the broker had not acknowledged when it went away).
+- Broker back: the queue is sent oldest first at `drain_rate` messages/s while live messages
+  go out as they come, so a backlog never holds live data back; a row is deleted once the broker
+  acknowledged it (in batches too). Each message keeps the sequence number (publish id) it got
+  when it was made, also after a restart, sent as the MQTT 5 user property `seq`.
+- Bounds: the queue holds at most `max_size` bytes and nothing older than `max_age`; what they
+  drop is the oldest, counted (`dropped`, kept on disk) and logged once per episode.
+
+A crash (kill -9) loses what was not yet on disk: at most `flush_every` of messages made while
+the broker was away, and the messages handed to a live broker but not yet acknowledged.
+docs/LESSAG.md, "Store and forward".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .mqtt_link import MqttLink
+from .settings import QueueConfig, size_bytes
+
+__all__ = ["Message", "Outbox"]
+
+log = logging.getLogger(__name__)
+
+ROW_OVERHEAD = 40  # bytes a row costs beyond its topic and payload, for the size bound
+DRAIN_BATCH = 500
+
+
+@dataclass
+class Message:
+    seq: int
+    created: float  # unix seconds
+    topic: str
+    payload: bytes
+    on_disk: bool = False
+    sent_at: float = 0.0  # monotonic, when handed to the link
+
+    @property
+    def size(self) -> int:
+        return len(self.topic) + len(self.payload) + ROW_OVERHEAD
+
+
+class Outbox:
+    def __init__(self, link: MqttLink, cfg: QueueConfig, path: Path) -> None:
+        self.link = link
+        self.cfg = cfg
+        self.max_bytes = size_bytes(cfg.max_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.executescript(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+            "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, created REAL,"
+            " topic TEXT, payload BLOB);"
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);"
+        )
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(topic) + LENGTH(payload)),"
+            " 0), COALESCE(MAX(seq), 0) FROM queue"
+        ).fetchone()
+        self.queued, self.disk_bytes = int(row[0]), int(row[1]) + ROW_OVERHEAD * int(row[0])
+        self.dropped = self._meta("dropped")
+        self._next_seq = max(int(row[2]), self._meta("last_seq")) + 1
+        self.pending: list[Message] = []  # to be written to disk
+        self.inflight: dict[int, Message] = {}  # mid -> message handed to the link
+        self.handed: set[int] = set()  # seqs on disk that the link holds (not to drain again)
+        self.acked: list[tuple[int, int]] = []  # (seq, size) on disk, to delete
+        self.sent = 0
+        self._drained_to = 0  # highest seq read from disk for draining
+        self._wake = asyncio.Event()
+        self._dropping = False  # an episode of drops is under way (logged once)
+        link.on_ack = self._acked
+        if self.queued:
+            log.info("resuming a queue of %d message(s) from %s", self.queued, path)
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for the broker: on disk, about to be, and unacknowledged."""
+        return self.queued + len(self.pending)
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    def submit(self, topic: str, payload: bytes) -> int:
+        """Queue a message; its publish id."""
+        seq = self._next_seq
+        self._next_seq += 1
+        msg = Message(seq, time.time(), topic, payload)
+        if self._live():
+            self._send(msg)
+        else:
+            self.pending.append(msg)
+            if len(self.pending) >= DRAIN_BATCH:
+                self._wake.set()
+        return seq
+
+    def _live(self) -> bool:
+        return self.link.connected and len(self.inflight) < self.cfg.max_inflight
+
+    def _send(self, msg: Message) -> bool:
+        mid = self.link.publish(msg.topic, msg.payload, msg.seq)
+        if mid is None:
+            if not msg.on_disk:
+                self.pending.append(msg)
+            return False
+        msg.sent_at = time.monotonic()
+        self.inflight[mid] = msg
+        if msg.on_disk:
+            self.handed.add(msg.seq)
+        self.sent += 1
+        return True
+
+    def _acked(self, mid: int, ok: bool) -> None:
+        msg = self.inflight.pop(mid, None)
+        if msg is None:
+            return
+        if not ok:
+            log.warning("the broker refused a message on %s (seq %d)", msg.topic, msg.seq)
+        if msg.on_disk:
+            self.handed.discard(msg.seq)
+            self.acked.append((msg.seq, msg.size))
+            if len(self.acked) >= DRAIN_BATCH:
+                self._wake.set()
+
+    def link_down(self) -> None:
+        """What the broker had not acknowledged goes to disk now (the link resends it after
+        a reconnect; the disk has it if we die first)."""
+        self._to_disk([m for m in self.inflight.values() if not m.on_disk])
+        self._wake.set()
+
+    def link_up(self) -> None:
+        self._drained_to = 0  # what was handed before stays handed; read the rest again
+        self._wake.set()
+
+    # -- the disk -------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _to_disk(self, handed: list[Message] | None = None) -> None:
+        """One transaction: pending messages (and `handed` ones, which the link holds) in,
+        acknowledged ones out, then the bounds."""
+        handed = handed or []
+        new = [*handed, *self.pending]
+        self.pending = []
+        if not new and not self.acked:
+            return
+        db = self.db
+        db.execute("BEGIN")
+        if new:
+            db.executemany(
+                "INSERT OR IGNORE INTO queue VALUES (?, ?, ?, ?)",
+                [(m.seq, m.created, m.topic, m.payload) for m in new],
+            )
+            for m in new:
+                m.on_disk = True
+            self.handed.update(m.seq for m in handed)
+            self.queued += len(new)
+            self.disk_bytes += sum(m.size for m in new)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (self._next_seq - 1,))
+        if self.acked:
+            gone = db.executemany(
+                "DELETE FROM queue WHERE seq = ?", [(s,) for s, _ in self.acked]
+            ).rowcount
+            if gone == len(self.acked):
+                self.queued -= gone
+                self.disk_bytes -= sum(size for _, size in self.acked)
+            else:  # some were dropped by the bound meanwhile
+                self._recount()
+            self.acked = []
+        self._bound()
+        db.execute("COMMIT")
+
+    def _recount(self) -> None:
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(topic) + LENGTH(payload)), 0) FROM queue"
+        ).fetchone()
+        self.queued, self.disk_bytes = int(row[0]), int(row[1]) + ROW_OVERHEAD * int(row[0])
+
+    def _bound(self) -> None:
+        """Drop the oldest beyond `max_size`, and whatever is older than `max_age`."""
+        lost = self.db.execute(
+            "DELETE FROM queue WHERE created < ?", (time.time() - self.cfg.max_age,)
+        ).rowcount
+        if lost > 0:
+            self._recount()
+        while self.disk_bytes > self.max_bytes and self.queued:
+            excess = self.disk_bytes - self.max_bytes
+            rows = self.db.execute(
+                "SELECT seq, LENGTH(topic) + LENGTH(payload) FROM queue ORDER BY seq LIMIT 1000"
+            ).fetchall()
+            cut, freed = [], 0
+            for seq, size in rows:  # the oldest rows that free the excess
+                cut.append(seq)
+                freed += size + ROW_OVERHEAD
+                if freed >= excess:
+                    break
+            self.db.executemany("DELETE FROM queue WHERE seq = ?", [(s,) for s in cut])
+            lost += len(cut)
+            self._recount()
+        if lost > 0:
+            self.dropped += lost
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self.dropped,))
+            if not self._dropping:
+                self._dropping = True
+                log.warning(
+                    "queue over its bound (%s, %gs): dropping the oldest messages "
+                    "(%d dropped so far; counted in the dropped point)",
+                    self.cfg.max_size,
+                    self.cfg.max_age,
+                    self.dropped,
+                )
+
+    # -- the task -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Write to disk every `flush_every`, drain the queue while the broker is up."""
+        last_flush = time.monotonic()
+        while True:
+            if self.link.connected and self.queued > len(self.handed):
+                await self._drain_some()
+            else:
+                try:
+                    async with asyncio.timeout(self.cfg.flush_every):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+            now = time.monotonic()
+            if now - last_flush >= self.cfg.flush_every or len(self.pending) >= DRAIN_BATCH:
+                self._spill_stuck(now)
+                self._to_disk()
+                last_flush = now
+                if self._dropping and not self.queued:
+                    log.info("queue empty again; %d message(s) dropped in all", self.dropped)
+                    self._dropping = False
+
+    def _spill_stuck(self, now: float) -> None:
+        """Messages the broker has not acknowledged for `ack_timeout` are put on disk too."""
+        stuck = [
+            m
+            for m in self.inflight.values()
+            if not m.on_disk and now - m.sent_at > self.cfg.ack_timeout
+        ]
+        if stuck:
+            log.warning("%d message(s) unacknowledged for %gs", len(stuck), self.cfg.ack_timeout)
+            self._to_disk(stuck)
+
+    async def _drain_some(self) -> None:
+        """Send the next rows, oldest first, at `drain_rate`, never past `max_inflight`."""
+        if self.pending:
+            self._to_disk()  # in order: what waited in memory goes behind what is on disk
+        rows = self.db.execute(
+            "SELECT seq, created, topic, payload FROM queue WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self._drained_to, DRAIN_BATCH),
+        ).fetchall()
+        if not rows:
+            self._drained_to = 0
+            await asyncio.sleep(self.cfg.flush_every / 4)
+            return
+        interval = 1.0 / self.cfg.drain_rate
+        next_at = time.monotonic()
+        for seq, created, topic, payload in rows:
+            self._drained_to = seq
+            if seq in self.handed:
+                continue
+            while len(self.inflight) >= self.cfg.max_inflight and self.link.connected:
+                await asyncio.sleep(0.01)
+            if not self.link.connected:
+                return
+            self._send(Message(seq, created, topic, payload, on_disk=True))
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0.002:
+                await asyncio.sleep(delay)
+            elif delay < -1.0:
+                next_at = time.monotonic()  # far behind (a slow disk): do not burst
+        if self.acked:
+            self._to_disk()
+
+    def close(self) -> None:
+        """At a clean stop: everything not acknowledged is on disk."""
+        self._to_disk([m for m in self.inflight.values() if not m.on_disk])
+        self.db.close()

@@ -1,0 +1,52 @@
+"""Least privilege: exactly the rights a lessag config needs, as the rules of a policy binding
+(docs/POLICY.md format): read the points it publishes and the live points of ESS control,
+request the setpoints it drives, write its own state points. docs/LESSAG.md shows
+the demo's, and a test checks that the agent works with exactly these."""
+
+from __future__ import annotations
+
+from .settings import LessagConfig
+
+__all__ = ["STATE_POINTS", "binding_toml", "needed_rules"]
+
+# The agent's own points (besides the SDK's `<name>/ext.state`).
+STATE_POINTS = ("mqtt", "queued", "dropped")
+
+
+def needed_rules(cfg: LessagConfig, name: str) -> list[tuple[str, list[str]]]:
+    """(verb, patterns) pairs, each pattern once, in the config's order."""
+    reads = [f"{d.id}/{p}" for d in cfg.devices for p in d.points]
+    requests: list[str] = []
+    if cfg.ess.enabled:
+        ess = cfg.ess
+        reads += [ess.battery_power, ess.pcc_power, ess.soc] + (
+            [ess.pv_power] if ess.pv_power else []
+        )
+        requests.append(ess.setpoint)
+    for cp in cfg.ev.charge_points:
+        requests += [f"{cp}/I_max_set", f"{cp}/P_max_set"]
+    writes = [f"{name}/ext.state"] + [f"{name}/{p}" for p in STATE_POINTS]
+    rules = [("read", list(dict.fromkeys(reads))), ("request", list(dict.fromkeys(requests)))]
+    return [r for r in rules if r[1]] + [("write", writes)]
+
+
+def binding_toml(cfg: LessagConfig, site: str, name: str) -> str:
+    """A `[[bindings]]` entry for policy.local.toml granting exactly `needed_rules`, no role."""
+    lines = [
+        "[[bindings]]",
+        f'identity = "spiffe://{site}/untrusted/{name}"',
+        "roles = []",
+        f'description = "{name}: exactly what its config publishes and requests"',
+        "rules = [",
+    ]
+    for verb, patterns in needed_rules(cfg, name):
+        quoted = ", ".join(f'"{p}"' for p in patterns)
+        # As the untrusted role: billing snapshots stay the meter owner's (docs/POLICY.md).
+        keep_out = (
+            ', except = ["**/*.bill*"]'
+            if verb == "read" and not any(".bill" in p for p in patterns)
+            else ""
+        )
+        lines.append(f'  {{ verbs = ["{verb}"], points = [{quoted}]{keep_out} }},')
+    lines.append("]")
+    return "\n".join(lines) + "\n"
