@@ -1,0 +1,182 @@
+"""Local control: `ev<N>/I_max_set` (A) and `ev<N>/P_max_set` (W) become the proxy's own
+SetChargingProfile call to the charger (profiles.py), answered to the proxy only.
+
+Outcomes (docs/SETPOINTS.md): Accepted -> APPLIED (the limit as sent, 0.1 steps); Rejected,
+NotSupported or a CALLERROR -> REJECTED with the charger's words; no answer within
+`answer_timeout` -> UNCONFIRMED, and the real outcome is reported when the answer comes. A
+charger that is not connected -> REJECTED (never sent). The newest of a connector's two
+setpoints is its profile: the older one is reported REJECTED ("replaced"). At expiry the
+profile is cleared (ClearChargingProfile); a charger that reconnects gets the profile in force
+again (same id: replaced, never doubled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from extensions.sdk import Applied, Rejected, SetpointRequest, Unconfirmed
+
+from .config import ChargePointConfig, OcppConfig
+from .frames import CALLERROR, Frame
+from .link import Link, ProxyCall, ProxyCallError
+from .profiles import clear_profile, set_profile
+
+if TYPE_CHECKING:
+    from extensions.sdk import Extension
+
+    from .server import ProxyServer
+
+__all__ = ["Control"]
+
+log = logging.getLogger(__name__)
+
+Result = Applied | Rejected | Unconfirmed
+UNITS = {"I_max_set": "A", "P_max_set": "W"}
+
+
+@dataclass
+class InForce:
+    req: SetpointRequest
+    unit: str
+    limit: float
+
+
+class Control:
+    def __init__(self, ext: Extension, cfg: OcppConfig, server: ProxyServer) -> None:
+        self.ext, self.cfg, self.server = ext, cfg, server
+        self.in_force: dict[tuple[str, int], InForce] = {}
+        self.targets: dict[str, tuple[ChargePointConfig, int, str]] = {}
+        self.followups: set[asyncio.Task[None]] = set()
+        for cp in cfg.charge_points:
+            for n, dev in enumerate(cp.connectors, start=1):
+                for point, unit in UNITS.items():
+                    name = f"{dev}/{point}"
+                    self.targets[name] = (cp, n, unit)
+                    ext.on_setpoint(name, on_expire=self.expire, timeout=cfg.answer_timeout + 2.0)(
+                        self.apply
+                    )
+
+    def profile_id(self, n: int) -> int:
+        return self.cfg.profile_id_base + n
+
+    def payload(self, link: Link, cp: ChargePointConfig, n: int, unit: str, limit: float,
+                req: SetpointRequest) -> dict[str, Any]:  # fmt: skip
+        tx = ""
+        if cp.profile == "TxProfile":
+            tx = link.observer.connector(n).tx_id
+            if not tx:
+                raise ProxyCallError(f"no transaction on connector {n}: a TxProfile needs one")
+        return set_profile(
+            link.version,
+            profile_id=self.profile_id(n),
+            stack_level=self.cfg.stack_level,
+            purpose=cp.profile,
+            connector=n,
+            unit=unit,
+            limit=limit,
+            valid_to=dt.datetime.fromtimestamp(req.expires_at, dt.UTC),
+            transaction_id=tx,
+        )
+
+    async def apply(self, req: SetpointRequest) -> Result:
+        cp, n, unit = self.targets[req.name]
+        value = float(req.value)
+        if value < 0:
+            return Rejected("a charging limit cannot be negative")
+        limit = round(value, 1)  # OCPP 1.6: multipleOf 0.1
+        link = self.server.links.get(cp.id)
+        if link is None:
+            return Rejected(f"charge point {cp.id} is not connected")
+        try:
+            call = link.call("SetChargingProfile", self.payload(link, cp, n, unit, limit, req))
+        except ProxyCallError as err:
+            return Rejected(str(err))
+        previous = self.in_force.get((cp.id, n))
+        self.in_force[(cp.id, n)] = InForce(req, unit, limit)
+        if previous is not None and previous.req.name != req.name:
+            replaced = Rejected(f"replaced by {req.name}")
+            self._later(self.ext.setpoints.report_outcome(previous.req, replaced))
+        done, _ = await asyncio.wait({call.answer}, timeout=self.cfg.answer_timeout)
+        if done:
+            return self._outcome(req, call)
+        self._later(self._follow(req, call))
+        why = "has not answered" if call.sent.done() else "is busy with a SCADA call"
+        return Unconfirmed(f"charge point {cp.id} {why} within {self.cfg.answer_timeout:g} s")
+
+    def _outcome(self, req: SetpointRequest, call: ProxyCall) -> Applied | Rejected:
+        try:
+            answer: Frame = call.answer.result()
+        except ProxyCallError as err:
+            return self._rejected(req, str(err))
+        if answer.kind == CALLERROR:
+            return self._rejected(
+                req, f"the charger answered {answer.error_code}: {answer.description}"
+            )
+        status = answer.payload.get("status")
+        if status == "Accepted":
+            return Applied(round(float(req.value), 1))
+        return self._rejected(req, f"the charger answered {status}")
+
+    def _rejected(self, req: SetpointRequest, reason: str) -> Rejected:
+        cp, n, _ = self.targets[req.name]
+        current = self.in_force.get((cp.id, n))
+        if current is not None and current.req.id == req.id:
+            del self.in_force[(cp.id, n)]
+        return Rejected(reason)
+
+    async def _follow(self, req: SetpointRequest, call: ProxyCall) -> None:
+        """The answer that came after UNCONFIRMED, reported as the real outcome."""
+        try:
+            async with asyncio.timeout(self.cfg.call_timeout):
+                await asyncio.shield(call.answer)
+        except TimeoutError:
+            log.warning("setpoint %s (%s): the charger never answered", req.name, req.id)
+            return
+        except ProxyCallError:
+            pass  # disconnected: it may or may not run it; sent again at reconnection
+        if call.answer.exception() is None:
+            await self.ext.setpoints.report_outcome(req, self._outcome(req, call))
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.followups.add(task)
+        task.add_done_callback(self.followups.discard)
+
+    async def expire(self, req: SetpointRequest) -> None:
+        """Fall back: clear our profile (only if it is still this setpoint's)."""
+        if not req.id:  # at start: the SDK's "nothing in force"; the profile's validTo holds
+            return
+        cp, n, _ = self.targets[req.name]
+        current = self.in_force.get((cp.id, n))
+        if current is None or current.req.id != req.id:
+            return
+        del self.in_force[(cp.id, n)]
+        link = self.server.links.get(cp.id)
+        if link is None:
+            return  # the profile's validTo ends it on the charger
+        try:
+            call = link.call(
+                "ClearChargingProfile", clear_profile(link.version, self.profile_id(n))
+            )
+            async with asyncio.timeout(self.cfg.answer_timeout):
+                answer = await call.answer
+            log.info("setpoint %s expired: profile cleared (%s)", req.name, answer.payload)
+        except (ProxyCallError, TimeoutError) as err:
+            log.warning("setpoint %s expired: clearing the profile failed: %s", req.name, err)
+
+    def reconnected(self, cp_id: str, link: Link) -> None:
+        """A charger (re)connected: send it the profiles in force again."""
+        for (cp_in, n), active in list(self.in_force.items()):
+            if cp_in != cp_id:
+                continue
+            cp, _, unit = self.targets[active.req.name]
+            try:
+                payload = self.payload(link, cp, n, active.unit, active.limit, active.req)
+                link.call("SetChargingProfile", payload)
+            except ProxyCallError as err:
+                log.warning("charge point %s: profile not re-sent: %s", cp_id, err)

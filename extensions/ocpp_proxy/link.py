@@ -1,0 +1,489 @@
+"""One charge point session: the charger's connection, its SCADA connection, and every frame
+between them, forwarded as received, in order, both ways (docs/OCPP.md).
+
+Four tasks per session:
+- charger reader: frames from the charger; results of the proxy's own calls are kept here,
+  everything else goes to the SCADA through the pump;
+- pump: the SCADA-bound frames in order; while the SCADA is away it answers what it can
+  itself and stores it on disk (store.py), holds the rest, and closes the charger link when a
+  held call waits longer than `hold_timeout` (the charger's own queue keeps it then);
+- upstream: connects (again) to the SCADA with back-off, reads its frames for the charger;
+- charger writer: the charger-bound frames in order, with one CALL outstanding at a time
+  (OCPP-J: a party sends no CALL before its previous one is answered; the proxy's calls and the
+  SCADA's share the charger, so they take turns). That also makes message ids unambiguous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from .config import VERSIONS, ChargePointConfig, OcppConfig
+from .frames import (
+    CALL,
+    CALLERROR,
+    CALLRESULT,
+    Frame,
+    FrameError,
+    call_error,
+    call_result,
+    check_payload,
+    parse,
+)
+from .observe import Observer
+from .store import OutageStore
+
+__all__ = ["ANSWERABLE", "Link", "ProxyCall", "ProxyCallError"]
+
+log = logging.getLogger(__name__)
+
+Raw = str | bytes
+# CALLs the proxy answers itself while the SCADA is away (their answers carry nothing only the
+# SCADA knows); they are stored and delivered later. Heartbeat is answered, not stored.
+ANSWERABLE = {
+    "1.6": {
+        "StatusNotification",
+        "MeterValues",
+        "StopTransaction",
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+    },
+    "2.0.1": {
+        "StatusNotification",
+        "MeterValues",
+        "TransactionEvent",
+        "NotifyEvent",
+        "NotifyReport",
+        "NotifyMonitoringReport",
+        "SecurityEventNotification",
+        "FirmwareStatusNotification",
+        "LogStatusNotification",
+    },
+}
+RECENT_SCADA_IDS = 1024  # never reuse one of these for our own calls
+
+
+class ProxyCallError(Exception):
+    """The charger did not take our call: not connected, CALLERROR, or no answer."""
+
+
+class HoldExpired(Exception):
+    """A call waited for the SCADA longer than hold_timeout: close the charger link."""
+
+
+@dataclass
+class Out:
+    """A frame for the charger: from the SCADA, the proxy's own CALL, or the proxy's answer."""
+
+    raw: Raw
+    frame: Frame | None
+    origin: str  # "scada", "proxy" or "local"
+    sent: asyncio.Future[None] | None = None  # set once written (our calls)
+
+
+@dataclass
+class Incoming:
+    raw: Raw
+    frame: Frame | None
+    action: str
+    at: float = field(default_factory=time.monotonic)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Link:
+    def __init__(
+        self,
+        cfg: OcppConfig,
+        cp: ChargePointConfig,
+        charger: ServerConnection,
+        subprotocol: str,
+        upstream: ClientConnection | None,
+        store: OutageStore,
+        observer: Observer,
+        open_upstream: Callable[[], Awaitable[ClientConnection]] | None,
+    ) -> None:
+        self.cfg, self.cp, self.charger = cfg, cp, charger
+        self.subprotocol = subprotocol
+        self.version = VERSIONS[subprotocol]
+        self.upstream = upstream
+        self.store = store
+        self.observer = observer
+        self._open_upstream = open_upstream
+        self.up = asyncio.Event()
+        if upstream is not None:
+            self.up.set()
+        self.incoming: deque[Incoming] = deque()  # SCADA-bound, not yet sent
+        self.wake = asyncio.Event()  # the pump has something to do
+        self.to_charger: asyncio.Queue[Out] = asyncio.Queue()
+        # The CALL outstanding at the charger: (origin, id, deadline).
+        self.outstanding: tuple[str, str, float] | None = None
+        self.slot_free = asyncio.Event()
+        self.slot_free.set()
+        self.mine: dict[str, ProxyCall] = {}  # our calls by id, until answered
+        self.recent_scada_ids: OrderedDict[str, None] = OrderedDict()
+        self.awaiting: tuple[str, asyncio.Future[Frame]] | None = None  # a stored frame's id
+        self._ids = itertools.count(1)
+        self._salt = secrets.token_hex(3)
+        self.closed = asyncio.Event()
+        self.stats = {"to_scada": 0, "to_charger": 0, "stored": 0, "invalid": 0}
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Until the charger's connection ends (or a held call outlives hold_timeout)."""
+        tasks = [
+            asyncio.ensure_future(self._charger_reader()),
+            asyncio.ensure_future(self._charger_writer()),
+            asyncio.ensure_future(self._pump()),
+            asyncio.ensure_future(self._upstream_loop()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    err = task.exception()
+                    if isinstance(err, HoldExpired):
+                        log.warning("charge point %s: %s; closing its link", self.cp.id, err)
+                        await self.charger.close(1011, "upstream unavailable")
+                    elif not isinstance(err, ConnectionClosed):
+                        log.error("charge point %s: %s", self.cp.id, err, exc_info=err)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.closed.set()
+            for pc in self.mine.values():
+                if not pc.answer.done():
+                    pc.answer.set_exception(ProxyCallError("the charger disconnected"))
+                    pc.answer.exception()  # retrieved: nobody may be waiting any more
+            if self.upstream is not None:
+                await self.upstream.close()
+            await self.charger.close()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.charger.close(code, reason)
+
+    # -- charger -> SCADA ---------------------------------------------------------------------
+
+    def _check(self, sender: str, raw: Raw) -> tuple[Frame | None, str, FrameError | None]:
+        """Parse a copy of `raw`: (frame or None, its action, the problem if invalid)."""
+        try:
+            frame = parse(raw, self.version)
+        except FrameError as err:
+            return None, "", err
+        action = self.observer.action_of(sender, frame)
+        try:
+            if action or frame.kind == CALL:
+                check_payload(frame, action, self.version)
+        except FrameError as err:
+            return frame, action, err
+        return frame, action, None
+
+    def _invalid(self, sender: str, raw: Raw, err: FrameError) -> None:
+        self.stats["invalid"] += 1
+        shown = raw[:300]
+        log.warning(
+            "charge point %s: invalid frame from the %s (%s: %s), %s: %r",
+            self.cp.id,
+            "charger" if sender == "cp" else "SCADA",
+            err.code,
+            err.description,
+            "refused" if self.cfg.invalid_frames == "refuse" else "forwarded",
+            shown,
+        )
+
+    async def _charger_reader(self) -> None:
+        async for raw in self.charger:
+            if ours := self._ours(raw):
+                self._our_answer(ours)
+                continue
+            frame, action, err = self._check("cp", raw)
+            if err is not None:
+                self._invalid("cp", raw, err)
+                if self.cfg.invalid_frames == "refuse":
+                    if frame is None or frame.kind == CALL:
+                        answer = call_error(err.id, err.code, err.description)
+                        self.to_charger.put_nowait(Out(answer, None, "local"))
+                    continue
+            if frame is not None:
+                self._release_slot(frame)
+                self.observer.seen("cp", frame)
+            self.incoming.append(Incoming(raw, frame, action))
+            self.wake.set()
+
+    def _ours(self, raw: Raw) -> Frame | None:
+        """The charger's answer to one of our calls, or None."""
+        if not self.mine:
+            return None
+        try:
+            frame = parse(raw, self.version)
+        except FrameError:
+            return None
+        return frame if frame.kind != CALL and frame.id in self.mine else None
+
+    def _our_answer(self, frame: Frame) -> None:
+        pc = self.mine.pop(frame.id)
+        try:
+            check_payload(frame, pc.action, self.version)
+        except FrameError as err:
+            self._invalid("cp", frame.id, err)
+        self._release_slot(frame)
+        if not pc.answer.done():
+            pc.answer.set_result(frame)
+
+    async def _pump(self) -> None:
+        while True:
+            head = self.incoming[0] if self.incoming else None
+            if self.up.is_set():
+                if len(self.store):
+                    await self._deliver_stored()
+                elif head is not None:
+                    if await self._send_upstream(head.raw):
+                        self.incoming.popleft()
+                else:
+                    await self._sleep()
+                continue
+            if head is None:
+                await self._sleep()
+                continue
+            frame = head.frame
+            if frame is not None and frame.kind == CALL and frame.action == "Heartbeat":
+                self._answer_locally(frame, {"currentTime": now_iso()})
+                self.incoming.popleft()
+            elif (
+                frame is not None
+                and frame.kind == CALL
+                and frame.action in ANSWERABLE[self.version]
+            ):
+                self.store.append(head.raw if isinstance(head.raw, str) else head.raw.decode())
+                self.stats["stored"] += 1
+                self._answer_locally(frame, {})
+                self.incoming.popleft()
+            elif frame is None or frame.kind != CALL:
+                # An answer to a SCADA call whose connection is gone, or garbage: nobody to
+                # give it to.
+                log.info("charge point %s: SCADA away, dropped %r", self.cp.id, head.raw[:120])
+                self.incoming.popleft()
+            else:
+                left = head.at + self.cfg.hold_timeout - time.monotonic()
+                if left <= 0:
+                    raise HoldExpired(
+                        f"{frame.action} waited {self.cfg.hold_timeout:g} s for the SCADA"
+                    )
+                await self._sleep(left)
+
+    async def _sleep(self, seconds: float | None = None) -> None:
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
+
+    def _answer_locally(self, frame: Frame, payload: dict[str, Any]) -> None:
+        answer = call_result(frame.id, payload)
+        self.observer.seen("csms", Frame(CALLRESULT, frame.id, payload=payload))
+        self.to_charger.put_nowait(Out(answer, None, "local"))
+
+    async def _deliver_stored(self) -> None:
+        """Send the oldest stored frame, wait for the SCADA's answer (kept here: the charger
+        had ours), then forget it. A lost link leaves it stored, for the next connection."""
+        raw = self.store.first()
+        frame = parse(raw, self.version)
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.awaiting = (frame.id, answered)
+        try:
+            if not await self._send_upstream(raw):
+                return
+            lost: asyncio.Future[Any] = asyncio.ensure_future(self._link_lost())
+            try:
+                done, _ = await asyncio.wait(
+                    [answered, lost],
+                    timeout=self.cfg.call_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                lost.cancel()
+            if answered not in done:
+                if self.upstream is not None and lost not in done:
+                    await self.upstream.close(1011, "no answer")  # retried on the next link
+                await self._sleep(0.05)
+                return
+            reply = answered.result()
+            if reply.kind == CALLERROR:
+                log.warning(
+                    "charge point %s: the SCADA refused stored %s: %s %s",
+                    self.cp.id,
+                    frame.action,
+                    reply.error_code,
+                    reply.description,
+                )
+            self.store.pop()
+        finally:
+            self.awaiting = None
+
+    async def _link_lost(self) -> None:
+        while self.up.is_set():
+            await asyncio.sleep(0.05)
+
+    async def _send_upstream(self, raw: Raw) -> bool:
+        """True once sent; False when the SCADA connection is gone (the frame stays queued,
+        the upstream loop reconnects)."""
+        if self.upstream is None:
+            return False
+        try:
+            await self.upstream.send(raw)
+        except ConnectionClosed:
+            self.up.clear()
+            await self._sleep(0.05)
+            return False
+        self.stats["to_scada"] += 1
+        return True
+
+    # -- SCADA -> charger ---------------------------------------------------------------------
+
+    async def _upstream_loop(self) -> None:
+        failures = 0
+        while True:
+            if self.upstream is None or not self.up.is_set():
+                if self._open_upstream is None:
+                    await asyncio.Event().wait()  # no SCADA configured: local only
+                try:
+                    self.upstream = await self._open_upstream()  # type: ignore[misc]
+                except Exception as err:  # unreachable, refused, TLS...
+                    failures += 1
+                    delay = min(0.5 * 2 ** min(failures - 1, 10), self.cfg.reconnect_max)
+                    if failures in (1, 5) or failures % 50 == 0:
+                        log.warning(
+                            "charge point %s: SCADA unreachable (%s), try %d, next in %.1f s",
+                            self.cp.id,
+                            err,
+                            failures,
+                            delay,
+                        )
+                    await asyncio.sleep(delay)
+                    continue
+                if failures:
+                    log.info("charge point %s: SCADA connected again", self.cp.id)
+                failures = 0
+                self.up.set()
+                self.wake.set()
+            upstream = self.upstream
+            assert upstream is not None
+            try:
+                async for raw in upstream:
+                    self._from_scada(raw)
+            except ConnectionClosed:
+                pass
+            log.warning("charge point %s: SCADA connection lost", self.cp.id)
+            self.up.clear()
+            self.wake.set()
+            # Calls the SCADA had outstanding at the charger died with its connection.
+            if self.outstanding is not None and self.outstanding[0] == "scada":
+                self.outstanding = None
+                self.slot_free.set()
+            self.observer.calls["csms"].clear()
+
+    def _from_scada(self, raw: Raw) -> None:
+        frame, action, err = self._check("csms", raw)
+        if (
+            frame is not None
+            and self.awaiting is not None
+            and frame.id == self.awaiting[0]
+            and frame.kind != CALL
+        ):
+            if not self.awaiting[1].done():
+                self.awaiting[1].set_result(frame)
+            return  # the answer to a stored frame: the charger had the proxy's
+        if err is not None:
+            self._invalid("csms", raw, err)
+            if self.cfg.invalid_frames == "refuse":
+                if (frame is None or frame.kind == CALL) and self.upstream is not None:
+                    answer = call_error(err.id, err.code, err.description)
+                    asyncio.ensure_future(self._send_upstream(answer))
+                return
+        if frame is not None:
+            self.observer.seen("csms", frame)
+            if frame.kind == CALL:
+                self.recent_scada_ids[frame.id] = None
+                while len(self.recent_scada_ids) > RECENT_SCADA_IDS:
+                    self.recent_scada_ids.popitem(last=False)
+        self.to_charger.put_nowait(Out(raw, frame, "scada"))
+
+    # -- to the charger, one CALL at a time ---------------------------------------------------
+
+    async def _charger_writer(self) -> None:
+        while True:
+            out = await self.to_charger.get()
+            if out.frame is not None and out.frame.kind == CALL:
+                await self._take_slot(out.origin, out.frame.id)
+            await self.charger.send(out.raw)
+            self.stats["to_charger"] += 1
+            if out.sent is not None and not out.sent.done():
+                out.sent.set_result(None)
+
+    async def _take_slot(self, origin: str, id: str) -> None:
+        while self.outstanding is not None:
+            left = self.outstanding[2] - time.monotonic()
+            if left <= 0:
+                log.info("charge point %s: call %s unanswered, next call", self.cp.id, id)
+                break
+            self.slot_free.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self.slot_free.wait()
+        self.outstanding = (origin, id, time.monotonic() + self.cfg.call_timeout)
+
+    def _release_slot(self, frame: Frame) -> None:
+        if frame.kind != CALL and self.outstanding is not None and self.outstanding[1] == frame.id:
+            self.outstanding = None
+            self.slot_free.set()
+
+    # -- the proxy's own calls ----------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """An id no SCADA call outstanding or recent has: "smx-" + a per-link salt + counter."""
+        while True:
+            id = f"smx-{self._salt}-{next(self._ids)}"
+            if id not in self.recent_scada_ids and id not in self.observer.calls["csms"]:
+                return id
+
+    def call(self, action: str, payload: dict[str, Any]) -> ProxyCall:
+        """Queue our CALL for the charger. Never forwarded to the SCADA, nor its answer."""
+        if self.closed.is_set():
+            raise ProxyCallError(f"charge point {self.cp.id} is not connected")
+        id = self.new_id()
+        raw = json.dumps([CALL, id, action, payload], separators=(",", ":"))
+        check_payload(parse(raw, self.version), action, self.version)  # our own mistakes
+        loop = asyncio.get_running_loop()
+        pc = ProxyCall(id, action, raw, loop.create_future(), loop.create_future())
+        self.mine[id] = pc
+        self.to_charger.put_nowait(Out(raw, Frame(CALL, id, action, payload), "proxy", pc.sent))
+        return pc
+
+
+@dataclass
+class ProxyCall:
+    """One of the proxy's own CALLs: `sent` once written to the charger, `answer` the
+    charger's CALLRESULT or CALLERROR frame."""
+
+    id: str
+    action: str
+    raw: str
+    sent: asyncio.Future[None]
+    answer: asyncio.Future[Frame]

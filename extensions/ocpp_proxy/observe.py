@@ -1,0 +1,192 @@
+"""What the proxy learns from the frames it forwards: per connector, its status, the transaction
+(state, id, session energy) and the meter values with the charger's own timestamps.
+
+The observer sees every frame of one charge point session, both ways, after it was forwarded.
+It pairs each CALLRESULT with its CALL (the result alone has no action) and hands readings by
+connector to `emit(connector, {point: Reading})`. 1.6 numbers connectors; 2.0.1 numbers EVSEs
+(one connector each here): both are "connector N", device N of the charge point's config.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from extensions.sdk import Reading
+
+from .frames import CALL, CALLRESULT, Frame
+from .meter import sampled_values
+
+__all__ = ["Emit", "Observer"]
+
+Emit = Callable[[int, dict[str, Reading]], None]
+REMEMBER = 256  # calls awaiting their result, per direction
+
+
+def _time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+@dataclass
+class Connector:
+    status: str = ""
+    tx_id: str = ""
+    start_kwh: float | None = None  # the energy register at the start of the transaction
+
+
+class Observer:
+    def __init__(self, version: str, emit: Emit) -> None:
+        self.version = version
+        self.emit = emit
+        self.connectors: dict[int, Connector] = {}
+        # CALLs waiting for their result, by sender: "cp" or "csms" (the SCADA or the proxy)
+        self.calls: dict[str, OrderedDict[str, Frame]] = {
+            "cp": OrderedDict(),
+            "csms": OrderedDict(),
+        }
+        self.tx_connector: dict[str, int] = {}  # transaction id -> connector
+
+    def connector(self, n: int) -> Connector:
+        return self.connectors.setdefault(n, Connector())
+
+    def action_of(self, sender: str, frame: Frame) -> str:
+        """The action of a CALL, or of the CALL a result from `sender` answers ("" unknown)."""
+        if frame.kind == CALL:
+            return frame.action
+        other = "csms" if sender == "cp" else "cp"
+        call = self.calls[other].get(frame.id)
+        return call.action if call else ""
+
+    def seen(self, sender: str, frame: Frame) -> None:
+        """A frame `sender` sent, forwarded (or answered by the proxy)."""
+        if frame.kind == CALL:
+            calls = self.calls[sender]
+            calls[frame.id] = frame
+            while len(calls) > REMEMBER:
+                calls.popitem(last=False)
+            if sender == "cp":
+                self._charger_call(frame)
+            return
+        other = "csms" if sender == "cp" else "cp"
+        call = self.calls[other].pop(frame.id, None)
+        if call is not None and frame.kind == CALLRESULT and sender == "csms":
+            self._answered(call, frame.payload)
+
+    # -- what chargers say --------------------------------------------------------------------
+
+    def _charger_call(self, call: Frame) -> None:
+        p = call.payload
+        if call.action == "StatusNotification":
+            self._status(p)
+        elif call.action == "MeterValues":
+            n = p.get("connectorId", p.get("evseId"))
+            if isinstance(n, int) and n > 0:
+                tx = p.get("transactionId")  # 1.6: a transaction begun before we saw it
+                if isinstance(tx, int) and self.connector(n).tx_id != str(tx):
+                    self.tx_connector[str(tx)] = n
+                    self._transaction(n, str(tx), {}, None)
+                self._meter_values(n, p.get("meterValue"))
+        elif call.action == "StopTransaction":  # 1.6
+            n = self.tx_connector.pop(str(p.get("transactionId")), None)
+            if n is not None:
+                stop = p.get("meterStop")
+                readings = {}
+                if isinstance(stop, int | float):
+                    readings = self._energy(n, stop / 1000.0)
+                self._transaction(n, "", readings, _time(p.get("timestamp")))
+        elif call.action == "TransactionEvent":  # 2.0.1
+            self._transaction_event(p)
+
+    def _answered(self, call: Frame, result: Any) -> None:
+        if call.action == "StartTransaction" and isinstance(result, dict):  # 1.6
+            p = call.payload
+            n, tx = p.get("connectorId"), result.get("transactionId")
+            if isinstance(n, int) and isinstance(tx, int):
+                c = self.connector(n)
+                c.start_kwh = p["meterStart"] / 1000.0 if "meterStart" in p else None
+                self.tx_connector[str(tx)] = n
+                readings = {}
+                if c.start_kwh is not None:
+                    readings = self._energy(n, c.start_kwh)
+                self._transaction(n, str(tx), readings, _time(p.get("timestamp")))
+
+    def _status(self, p: dict[str, Any]) -> None:
+        n = p.get("connectorId") if self.version == "1.6" else p.get("evseId")
+        status = p.get("status") if self.version == "1.6" else p.get("connectorStatus")
+        if not isinstance(n, int) or n <= 0 or not isinstance(status, str):
+            return  # connector 0 is the charge point itself
+        self.connector(n).status = status
+        at = _time(p.get("timestamp"))
+        readings = {"status": Reading(status, source_time=at)}
+        if "errorCode" in p:
+            readings["error"] = Reading(str(p["errorCode"]), source_time=at)
+        self.emit(n, readings)
+
+    def _transaction_event(self, p: dict[str, Any]) -> None:
+        info = p.get("transactionInfo") or {}
+        tx = str(info.get("transactionId", ""))
+        evse = (p.get("evse") or {}).get("id")
+        n = evse if isinstance(evse, int) else self.tx_connector.get(tx)
+        if not tx or not isinstance(n, int) or n <= 0:
+            return
+        self.tx_connector[tx] = n
+        at = _time(p.get("timestamp"))
+        event = p.get("eventType")
+        c = self.connector(n)
+        if event == "Started" or c.tx_id != tx:
+            c.start_kwh = None
+            self._transaction(n, tx, {}, at)
+        if "chargingState" in info:
+            self.emit(n, {"charging_state": Reading(str(info["chargingState"]), source_time=at)})
+        self._meter_values(n, p.get("meterValue"))
+        if event == "Ended":
+            self.tx_connector.pop(tx, None)
+            self._transaction(n, "", {}, at)
+
+    # -- readings -----------------------------------------------------------------------------
+
+    def _transaction(
+        self, n: int, tx: str, readings: dict[str, Reading], at: dt.datetime | None
+    ) -> None:
+        c = self.connector(n)
+        c.tx_id = tx
+        if not tx:
+            c.start_kwh = None
+        readings["tx_active"] = Reading(bool(tx), source_time=at)
+        readings["tx_id"] = Reading(tx, source_time=at)
+        self.emit(n, readings)
+
+    def _energy(self, n: int, kwh: float, at: dt.datetime | None = None) -> dict[str, Reading]:
+        c = self.connector(n)
+        readings = {"Ap": Reading(kwh, source_time=at)}
+        if c.tx_id and c.start_kwh is None:
+            c.start_kwh = kwh  # 2.0.1: the first register reading of the transaction
+        if c.start_kwh is not None:
+            readings["E_session"] = Reading(max(0.0, kwh - c.start_kwh), source_time=at)
+        return readings
+
+    def _meter_values(self, n: int, meter_values: Any) -> None:
+        if not isinstance(meter_values, list):
+            return
+        quality = "UNCERTAIN" if self.connector(n).status == "Faulted" else "GOOD"
+        for mv in meter_values:
+            if not isinstance(mv, dict) or not isinstance(mv.get("sampledValue"), list):
+                continue
+            at = _time(mv.get("timestamp"))
+            values = sampled_values(mv["sampledValue"])
+            readings: dict[str, Reading] = {}
+            if "Ap" in values:
+                readings.update(self._energy(n, values.pop("Ap"), at))
+            for name, value in values.items():
+                readings[name] = Reading(value, quality, at)
+            if readings:
+                self.emit(n, readings)
