@@ -88,7 +88,8 @@ def influx_line(
         if r.quality not in PLAIN_QUALITIES:
             fields.append(f'{_escape("q_" + point_of(r.name), ",= ")}="{r.quality}"')
     fields.append(f"Type={kind_code}")
-    ns = round(max(r.source_time for r in rows) * 1e9)
+    # Microseconds first: a float of unix seconds holds them exactly, nanoseconds it does not.
+    ns = round(max(r.source_time for r in rows) * 1e6) * 1000
     return f"{_escape(measurement, ', ')} {','.join(fields)} {ns}\n".encode()
 
 
