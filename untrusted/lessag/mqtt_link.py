@@ -86,7 +86,7 @@ class MqttLink:
             password = cfg.password_file.read_text().strip() if cfg.password_file else None
             client.username_pw_set(cfg.username, password)
         client.will_set(self.status_topic, b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(max(1, round(cfg.backoff_min)), round(cfg.backoff_max))
+        client.reconnect_delay_set(cfg.backoff_min, cfg.backoff_max)  # type: ignore[arg-type]
         # We bound what waits for an acknowledgement ourselves (the outbox): paho sends all.
         client.max_inflight_messages_set(65535)
         client.max_queued_messages_set(0)

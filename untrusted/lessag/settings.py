@@ -128,7 +128,7 @@ class EvConfig:
 @dataclass(frozen=True)
 class LessagConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
-    publish_every: Seconds = setting(10.0, min=0.1, max=86400)
+    publish_every: Seconds = setting(10.0, min=0.05, max=86400)
     on_change: bool = False  # also publish a device when a point moves beyond its deadband
     deadband: dict[str, float] = field(default_factory=dict)  # point name -> absolute change
     min_gap: Seconds = setting(1.0, min=0, max=3600)  # between two on-change publishes

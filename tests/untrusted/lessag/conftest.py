@@ -23,7 +23,7 @@ from untrusted.lessag import Lessag
 pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="mosquitto not installed")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one core for every lessag test: a core costs ~5 s
 def site():
     with TestSite(
         {
