@@ -78,7 +78,7 @@ def _profile_ids(value: int) -> str | None:
 @dataclass(frozen=True)
 class OcppConfig:
     host: str = "127.0.0.1"
-    port: int = setting(9000, min=1, max=65535)
+    port: int = setting(9000, min=0, max=65535)  # 0: any free port (tests)
     # wss: the server certificate and key (security profiles 2 and 3)
     tls_cert: Path | None = None
     tls_key: Path | None = None

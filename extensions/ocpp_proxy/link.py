@@ -92,7 +92,7 @@ class Out:
     raw: Raw
     frame: Frame | None
     origin: str  # "scada", "proxy" or "local"
-    sent: asyncio.Future[None] | None = None  # set once written (our calls)
+    call: ProxyCall | None = None  # ours: raw and frame made when it is sent
 
 
 @dataclass
@@ -169,7 +169,8 @@ class Link:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.closed.set()
-            for pc in self.mine.values():
+            queued = [o.call for o in _drain(self.to_charger) if o.call is not None]
+            for pc in [*self.mine.values(), *queued]:
                 if not pc.answer.done():
                     pc.answer.set_exception(ProxyCallError("the charger disconnected"))
                     pc.answer.exception()  # retrieved: nobody may be waiting any more
@@ -430,12 +431,20 @@ class Link:
     async def _charger_writer(self) -> None:
         while True:
             out = await self.to_charger.get()
-            if out.frame is not None and out.frame.kind == CALL:
+            if out.call is not None:
+                await self._take_slot("proxy", "")
+                pc = out.call
+                pc.id = self.new_id()
+                assert self.outstanding is not None
+                self.outstanding = ("proxy", pc.id, self.outstanding[2])
+                self.mine[pc.id] = pc
+                out.raw = json.dumps([CALL, pc.id, pc.action, pc.payload], separators=(",", ":"))
+            elif out.frame is not None and out.frame.kind == CALL:
                 await self._take_slot(out.origin, out.frame.id)
             await self.charger.send(out.raw)
             self.stats["to_charger"] += 1
-            if out.sent is not None and not out.sent.done():
-                out.sent.set_result(None)
+            if out.call is not None and not out.call.sent.done():
+                out.call.sent.set_result(None)
 
     async def _take_slot(self, origin: str, id: str) -> None:
         while self.outstanding is not None:
@@ -464,26 +473,31 @@ class Link:
                 return id
 
     def call(self, action: str, payload: dict[str, Any]) -> ProxyCall:
-        """Queue our CALL for the charger. Never forwarded to the SCADA, nor its answer."""
+        """Queue our CALL for the charger. Its id is chosen when it is sent (new_id), so it is
+        none of the SCADA's ids seen until then. Never forwarded to the SCADA, nor its answer."""
         if self.closed.is_set():
             raise ProxyCallError(f"charge point {self.cp.id} is not connected")
-        id = self.new_id()
-        raw = json.dumps([CALL, id, action, payload], separators=(",", ":"))
-        check_payload(parse(raw, self.version), action, self.version)  # our own mistakes
+        check_payload(Frame(CALL, "check", action, payload), action, self.version)  # ours
         loop = asyncio.get_running_loop()
-        pc = ProxyCall(id, action, raw, loop.create_future(), loop.create_future())
-        self.mine[id] = pc
-        self.to_charger.put_nowait(Out(raw, Frame(CALL, id, action, payload), "proxy", pc.sent))
+        pc = ProxyCall("", action, payload, loop.create_future(), loop.create_future())
+        self.to_charger.put_nowait(Out("", None, "proxy", pc))
         return pc
+
+
+def _drain(queue: asyncio.Queue[Out]) -> list[Out]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 @dataclass
 class ProxyCall:
-    """One of the proxy's own CALLs: `sent` once written to the charger, `answer` the
-    charger's CALLRESULT or CALLERROR frame."""
+    """One of the proxy's own CALLs: `sent` once written to the charger (`id` set then),
+    `answer` the charger's CALLRESULT or CALLERROR frame."""
 
     id: str
     action: str
-    raw: str
+    payload: dict[str, Any]
     sent: asyncio.Future[None]
     answer: asyncio.Future[Frame]

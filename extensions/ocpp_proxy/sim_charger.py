@@ -191,6 +191,7 @@ class _Cp16(Cp16):
     def __init__(self, cp_id: str, ws: Any, sim: SimCharger) -> None:
         super().__init__(cp_id, ws, response_timeout=10)
         self.sim = sim
+        self.answer_delay = 0.0  # s before answering SetChargingProfile (a slow charger)
 
     async def boot(self) -> None:
         await self.call(
@@ -218,7 +219,8 @@ class _Cp16(Cp16):
         )
 
     @on("SetChargingProfile")
-    def on_set_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+    async def on_set_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+        await asyncio.sleep(self.answer_delay)
         p = cs_charging_profiles
         sched = p["charging_schedule"]
         self.sim.profiles.set(
@@ -240,6 +242,7 @@ class _Cp201(Cp201):
     def __init__(self, cp_id: str, ws: Any, sim: SimCharger) -> None:
         super().__init__(cp_id, ws, response_timeout=10)
         self.sim = sim
+        self.answer_delay = 0.0  # s before answering SetChargingProfile (a slow charger)
         self.seq = 0
 
     async def boot(self) -> None:
@@ -279,7 +282,8 @@ class _Cp201(Cp201):
         await self.call(self._event("Ended", "EVCommunicationLost", tx, meter_value=mv))
 
     @on("SetChargingProfile")
-    def on_set_profile(self, evse_id: int, charging_profile: dict[str, Any]) -> Any:
+    async def on_set_profile(self, evse_id: int, charging_profile: dict[str, Any]) -> Any:
+        await asyncio.sleep(self.answer_delay)
         p = charging_profile
         sched = p["charging_schedule"][0]
         self.sim.profiles.set(

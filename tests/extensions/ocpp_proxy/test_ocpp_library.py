@@ -34,6 +34,8 @@ async def test_a_charging_session_crosses_unchanged(tmp_path, version):
             )
             task = asyncio.create_task(sim.run(plug_after=0.05))
             await until(lambda: any('"Available"' in f for f in sim.sent[3:]), timeout=10)
+            # the last answer on its way: until both sides have everything the other sent
+            await until(lambda: len(sim.received) == len(csms.sent["CP1"]) == len(sim.sent))
             task.cancel()
     finally:
         await csms.stop()
