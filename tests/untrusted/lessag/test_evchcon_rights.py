@@ -1,0 +1,108 @@
+"""EVChCon commands end to end (a command over MQTT -> a setpoint request -> the owner's
+answer in a reply with the command's id), and least privilege shown: the agent bound with
+exactly the rules `needed_rules` derives from its config (no role) publishes, controls and
+writes its state points without a single denial, and a command outside its rights gets the
+core's PERMISSION_DENIED as an error reply, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import grpc
+import paho.mqtt.publish as mqtt_publish
+
+from extensions.sdk import Applied, Clamped, Extension
+from smx.sdk import parse_settings
+from smx.v1 import admin_service_pb2 as apb
+from tests.untrusted.lessag.broker import Subscriber
+from tests.untrusted.lessag.conftest import agent_config, running, sample, until, write
+from untrusted.lessag.rights import binding_toml, needed_rules
+from untrusted.lessag.settings import LessagConfig
+
+PREFIX = "usm-t/lessag"
+
+
+async def test_commands_replies_and_least_privilege(site, broker, tmp):
+    cfg = agent_config(
+        broker,
+        tmp,
+        devices=[{"id": "smm", "points": ["P", "U1"]}],
+        ev={"charge_points": ["ev1", "ev2"]},
+    )
+    # The binding grants what a config with ev1 only needs: ev2 is outside it.
+    granted = parse_settings(LessagConfig, {**cfg, "ev": {"charge_points": ["ev1"]}})
+    local = site.home / "policy.local.toml"
+    local.write_text(local.read_text() + "\n" + binding_toml(granted, "test-site", "narrow"))
+    site.smx("admin", "reload")
+    assert ("request", ["ev1/I_max_set", "ev1/P_max_set"]) in needed_rules(granted, "narrow")
+
+    owner = Extension(site.env("ev1"))
+
+    @owner.on_setpoint("ev1/I_max_set")
+    async def limit_current(req):
+        return Clamped(16.0, "cable rating 16 A") if req.value > 16 else Applied()
+
+    @owner.on_setpoint("ev1/P_max_set")
+    async def limit_power(req):
+        return Applied()
+
+    await owner.start()
+    await write(site, "smm", [sample("smm/P", 900.0, time.time())])
+    sub = Subscriber(broker, [f"{PREFIX}/#"])
+    try:
+        await until(lambda: owner.client.declared("ev1/P_max_set"))
+        async with running(site, cfg, name="narrow") as agent:
+            await until(lambda: agent.link.connected and agent.client.connected)
+
+            def command(body: object) -> None:
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+                mqtt_publish.single(f"{PREFIX}/evchcon/command", payload, qos=1, port=broker.port)
+
+            def replies(cmd_id: object) -> list[dict]:
+                got = [json.loads(m.payload) for m in sub.on(f"{PREFIX}/evchcon/reply")]
+                return [r for r in got if r.get("id") == cmd_id]
+
+            command({"id": "c1", "cp": "ev1", "I_max": 32, "valid_for": 60})
+            done = await until(lambda: [r for r in replies("c1") if r["status"] == "CLAMPED"])
+            assert done[0]["applied"] == 16.0 and done[0]["reason"] == "cable rating 16 A"
+            assert done[0]["setpoint"] == "ev1/I_max_set" and done[0]["setpoint_id"]
+            assert replies("c1")[0]["status"] == "PENDING"  # the request's id, at once
+
+            command({"id": "c2", "cp": "ev1", "P_max": 7400})
+            await until(lambda: [r for r in replies("c2") if r["status"] == "APPLIED"])
+
+            command({"id": "c3", "cp": "ev2", "I_max": 10})  # configured, not granted
+            refused = (await until(lambda: replies("c3")))[0]
+            assert refused["status"] == "ERROR" and refused["error"].startswith("PERMISSION_DENIED")
+
+            command({"id": "c4", "cp": "ev9", "I_max": 10})
+            command({"id": "c5", "cp": "ev1"})
+            command(b"\xff not json")
+            assert (await until(lambda: replies("c4")))[0]["field"] == "cp"
+            assert (await until(lambda: replies("c5")))[0]["field"] == "I_max"
+            assert (await until(lambda: replies(None)))[0]["field"] == "$"
+
+            # What it publishes and the state points it writes need nothing more.
+            await until(lambda: sub.on(f"{PREFIX}/smm/data"), what="data")
+            async with site.client("admin") as admin:
+                got: dict = {}
+                deadline = time.monotonic() + 15
+                while len(got) < 2 and time.monotonic() < deadline:
+                    try:
+                        got = await admin.get_points(["narrow/mqtt", "narrow/queued"])
+                    except grpc.aio.AioRpcError:  # not written yet
+                        await asyncio.sleep(0.2)
+                assert got["narrow/mqtt"].value == "connected"
+                assert got["narrow/queued"].value == 0
+                denied = await admin.stubs.admin.ListAuditRecords(
+                    apb.ListAuditRecordsRequest(
+                        kind="denied", identity="spiffe://test-site/untrusted/narrow"
+                    )
+                )
+            points = [r.point for r in denied.audit_records]
+            assert points == ["ev2/I_max_set"], denied.audit_records  # the one refusal
+    finally:
+        sub.close()
+        await owner.stop()
