@@ -76,6 +76,8 @@ def sampled_values(samples: list[Any]) -> dict[str, float]:
             continue  # a unit we would have to guess
         number *= scale
         phase = _phase(sample.get("phase")) if base in _PHASED else ""
+        if base in _PHASED and "phase" in sample and not phase:
+            continue  # line-to-line or neutral: no point of ours
         if measurand == "Power.Active.Export":
             if not phase:
                 exported = number

@@ -98,8 +98,9 @@ class SimCharger:
     def power(self) -> float:
         return self.current * self.ev.voltage * self.ev.phases
 
-    async def run(self, *, plug_after: float = 0.2) -> None:
-        """Connect, boot, and run charging sessions until cancelled."""
+    async def run(self, *, plug_after: float = 0.2, again_after: float | None = None) -> None:
+        """Connect, boot, charge once (and again `again_after` s after each session ends),
+        stay connected until cancelled or the link drops."""
         cp_id = self.url.rstrip("/").rpartition("/")[2]
         headers = {}
         if self.password:
@@ -117,6 +118,9 @@ class SimCharger:
                 await self.cp.boot()
                 await asyncio.sleep(plug_after)
                 await self.charge_once()
+                while again_after is not None and not reader.done():
+                    await asyncio.sleep(again_after)
+                    await self.charge_once()
                 await reader
             finally:
                 reader.cancel()
