@@ -13,6 +13,7 @@ from smx.v1 import control_service_pb2 as pb
 
 __all__ = [
     "ANSWERED",
+    "MAX_REASON",
     "IN_FORCE",
     "IN_FORCE_CODES",
     "OWNER_REPORTS",
@@ -41,6 +42,8 @@ ANSWERED = frozenset(STATUSES) - {"PENDING", "UNCONFIRMED"}
 # The same sets as the API's enum values, for code that holds Setpoint messages.
 IN_FORCE_CODES = frozenset(STATUSES[name] for name in IN_FORCE)
 OWNER_REPORT_CODES = frozenset(STATUSES[name] for name in OWNER_REPORTS)
+# A status's reason is words for a person, kept and audited by the core: at most this long.
+MAX_REASON = 512
 _NAMES: dict[int, str] = {code: name for name, code in STATUSES.items()}
 
 

@@ -33,7 +33,7 @@ import grpc
 from smx.aio import wait_event
 from smx.client import TRANSIENT, describe_error
 from smx.names import Glob
-from smx.setpoint_status import status_code, status_name
+from smx.setpoint_status import MAX_REASON, status_code, status_name
 from smx.timestamps import ts_to_seconds
 from smx.v1 import control_service_pb2 as pb
 from smx.values import from_value, to_value
@@ -428,17 +428,25 @@ def _mistake_in(result: Any) -> str | None:
     return None
 
 
+def _reason(text: object) -> str:
+    """A handler's reason as the core takes it: at most MAX_REASON characters."""
+    reason = str(text or "")
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+
+
 def _report_of(setpoint_id: str, result: Result) -> pb.ReportSetpointRequest:
     if isinstance(result, Rejected):
         return pb.ReportSetpointRequest(
-            id=setpoint_id, status=status_code("REJECTED"), reason=str(result.reason or "rejected")
+            id=setpoint_id,
+            status=status_code("REJECTED"),
+            reason=_reason(result.reason or "rejected"),
         )
     if isinstance(result, Unconfirmed):
         return pb.ReportSetpointRequest(
-            id=setpoint_id, status=status_code("UNCONFIRMED"), reason=str(result.reason)
+            id=setpoint_id, status=status_code("UNCONFIRMED"), reason=_reason(result.reason)
         )
     reason = result.reason if isinstance(result, Clamped) else ""
-    report = pb.ReportSetpointRequest(id=setpoint_id, reason=str(reason or ""))
+    report = pb.ReportSetpointRequest(id=setpoint_id, reason=_reason(reason))
     report.status = status_code("CLAMPED" if isinstance(result, Clamped) else "APPLIED")
     if result.value is not None:
         report.applied_value.CopyFrom(to_value(result.value))

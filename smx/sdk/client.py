@@ -209,13 +209,20 @@ class Client:
 
     # -- setpoints, as a requester ------------------------------------------------------------
 
-    async def request_setpoint(self, name: str, value: Any, valid_for: float) -> SetpointState:
+    async def request_setpoint(
+        self, name: str, value: Any, valid_for: float, request_key: str = ""
+    ) -> SetpointState:
         """Ask the owner of `name` to apply `value` for `valid_for` seconds; the state returned
-        is PENDING until the owner reports (`outcome`). Raises grpc.aio.AioRpcError when the
-        core refuses (no right, unknown point) or is away."""
+        is PENDING until the owner reports (`outcome`). With a `request_key`, asking again after
+        a lost reply returns the setpoint the first request created (as it is now) instead of
+        a new one. Raises grpc.aio.AioRpcError when the core refuses (no right, unknown point)
+        or is away."""
         await self._link.connected.wait()
         request = cpb.RequestSetpointRequest(
-            name=name, value=to_value(value), valid_for=seconds_to_duration(valid_for)
+            name=name,
+            value=to_value(value),
+            valid_for=seconds_to_duration(valid_for),
+            request_key=request_key,
         )
         reply = await self.stubs.control.RequestSetpoint(request, timeout=CALL_TIMEOUT)
         state = SetpointState.of(reply.setpoint)

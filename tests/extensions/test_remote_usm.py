@@ -26,6 +26,7 @@ from extensions.sdk import (
     Rejected,
     SetpointState,
     SetupError,
+    Unconfirmed,
     parse_settings,
 )
 from extensions.sdk.setpoints import SetpointRequest, SetpointRouter
@@ -357,7 +358,11 @@ def local_env(tmp_path, config) -> ProcessEnv:
     config_file.write_text(json.dumps(config))
     creds = Credentials(tmp_path / "a", tmp_path / "b", tmp_path / "c")
     return ProcessEnv(
-        name="usm1", target="unix:///nowhere", credentials=creds, config_file=config_file
+        name="usm1",
+        target="unix:///nowhere",
+        credentials=creds,
+        config_file=config_file,
+        home=tmp_path,
     )
 
 
@@ -374,16 +379,24 @@ def test_missing_remote_certificate_is_a_setup_error(tmp_path):
         RemoteUsm(Extension(local_env(tmp_path, {**cfg, "bogus": 1})))
 
 
-async def test_a_lost_reply_finds_the_remote_setpoint_instead_of_rejecting(tmp_path):
+async def test_a_lost_reply_is_unconfirmed_then_found_under_its_key(tmp_path):
     # The remote accepted the request but the reply was lost (link blip): reporting REJECTED
-    # would leave the remote running what the local requester was told was refused.
+    # would leave the remote running what the local requester was told was refused, and asking
+    # again without a key would run it twice.
     link_id = "spiffe://remote/trusted/usm-link"
     remote_sp: dict = {}
+    by_key: dict = {}
 
     class LossyRemote:
-        async def request_setpoint(self, name, value, valid_for):
-            remote_sp["R1"] = SetpointState(
-                id="R1",
+        """Keeps request keys as the core does; loses the first reply."""
+
+        async def request_setpoint(self, name, value, valid_for, request_key=""):
+            if request_key in by_key:
+                return remote_sp[by_key[request_key]]
+            sid = f"R{len(remote_sp) + 1}"
+            by_key[request_key] = sid
+            remote_sp[sid] = SetpointState(
+                id=sid,
                 name=name,
                 value=value,
                 status="APPLIED",
@@ -399,12 +412,7 @@ async def test_a_lost_reply_finds_the_remote_setpoint_instead_of_rejecting(tmp_p
             )
 
         async def get_setpoint(self, *, id="", name=""):
-            for sp in remote_sp.values():
-                if id == sp.id or name == sp.name:
-                    return sp
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "none"
-            )
+            return remote_sp[id]
 
         async def outcome(self, setpoint_id, timeout=None):
             return remote_sp[setpoint_id]
@@ -425,5 +433,11 @@ async def test_a_lost_reply_finds_the_remote_setpoint_instead_of_rejecting(tmp_p
     forwarder = SetpointForwarder(ext, cfg, remote)  # type: ignore[arg-type]
     local = SetpointRequest("L1", "usm1/ess/P_set", 3000.0, "ctrl", time.time() + 60)
     result = await forwarder.handle(local)
-    assert isinstance(result, Applied)
-    assert forwarder.forwarded["L1"] == "R1"
+    assert isinstance(result, Unconfirmed) and "no answer from the remote USM" in result.reason
+    settled = await forwarder._settle(forwarder.unsettled["L1"])  # what reconciliation does
+    assert settled == Applied(3000.0)
+    assert list(remote_sp) == ["R1"] and by_key == {"L1": "R1"}  # asked twice, created once
+    assert forwarder.forwarded.get("L1") == "R1"
+    # Kept on disk: the next run follows R1 instead of asking again.
+    again = SetpointForwarder(Extension(local_env(tmp_path, {})), cfg, remote)  # type: ignore[arg-type]
+    assert again.forwarded.get("L1") == "R1"

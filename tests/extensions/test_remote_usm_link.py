@@ -82,7 +82,7 @@ async def test_a_lost_answer_is_unconfirmed_then_the_remote_truth(sites, cut):
 
         relay.restore()
         done = await reaches(local, sp.id, cpb.SETPOINT_STATUS_APPLIED)
-        remote_id = usm.forwarder.forwarded[sp.id]
+        remote_id = usm.forwarder.forwarded.get(sp.id)
         on_remote = (
             await remote.stubs("admin").control.GetSetpoint(cpb.GetSetpointRequest(id=remote_id))
         ).setpoint

@@ -10,6 +10,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 
+from smx.setpoint_status import MAX_REASON
 from smx.timestamps import duration_s
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2
@@ -30,8 +31,6 @@ REQUEST_BURST = 50
 # A setpoint is a value for a device, not a document: a longer string is refused, because every
 # request is kept in memory (the setpoint table and log) and written to the audit log.
 MAX_SETPOINT_STRING = 256
-# A report's reason is kept and audited the same way: words for a person, not a document.
-MAX_REASON = 512
 # Reports per owner: one per request and a correction or two; the rest is a flood (each report
 # costs a revision, a log entry and an audit record).
 REPORT_RATE = 20.0
