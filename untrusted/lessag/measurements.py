@@ -34,6 +34,7 @@ class Device:
     published: dict[str, float] = field(default_factory=dict)  # point -> value last sent
     last_sent: float = 0.0  # monotonic
     changed: bool = False  # something new since the last message
+    due: bool = False  # an on-change message is scheduled
 
     def patterns(self) -> list[str]:
         return [f"{self.cfg.id}/{p}" for p in self.cfg.points]
@@ -72,9 +73,16 @@ class Measurements:
             return
         device.latest[p.name] = p
         device.changed = True
-        if self.cfg.on_change and self._beyond_deadband(device, p):
+        if self.cfg.on_change and not device.due and self._beyond_deadband(device, p):
             if time.monotonic() - device.last_sent >= self.cfg.min_gap:
-                self.publish(device)
+                # Soon, not now: the rest of the watch message (the device's other points
+                # written in the same batch) is delivered first and goes in the same message.
+                device.due = True
+                asyncio.get_running_loop().call_soon(self._publish_due, device)
+
+    def _publish_due(self, device: Device) -> None:
+        if device.due:
+            self.publish(device)
 
     def _beyond_deadband(self, device: Device, p: PointUpdate) -> bool:
         band = self.cfg.deadband.get(point_of(p.name))
@@ -94,7 +102,7 @@ class Measurements:
     def publish(self, device: Device) -> None:
         payload = self.encode(device)
         device.last_sent = time.monotonic()
-        device.changed = False
+        device.changed = device.due = False
         if not payload:
             return
         for name, p in device.latest.items():

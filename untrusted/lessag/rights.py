@@ -5,6 +5,8 @@ the demo's, and a test checks that the agent works with exactly these."""
 
 from __future__ import annotations
 
+from smx.names import Glob
+
 from .settings import LessagConfig
 
 __all__ = ["STATE_POINTS", "binding_toml", "needed_rules"]
@@ -26,8 +28,17 @@ def needed_rules(cfg: LessagConfig, name: str) -> list[tuple[str, list[str]]]:
     for cp in cfg.ev.charge_points:
         requests += [f"{cp}/I_max_set", f"{cp}/P_max_set"]
     writes = [f"{name}/ext.state"] + [f"{name}/{p}" for p in STATE_POINTS]
-    rules = [("read", list(dict.fromkeys(reads))), ("request", list(dict.fromkeys(requests)))]
+    rules = [("read", _covered(reads)), ("request", list(dict.fromkeys(requests)))]
     return [r for r in rules if r[1]] + [("write", writes)]
+
+
+def _covered(patterns: list[str]) -> list[str]:
+    """Each pattern once, leaving out a plain name an earlier pattern already matches."""
+    kept: list[str] = []
+    for p in dict.fromkeys(patterns):
+        if "*" in p or not any(Glob(k).match(p) for k in kept):
+            kept.append(p)
+    return kept
 
 
 def binding_toml(cfg: LessagConfig, site: str, name: str) -> str:

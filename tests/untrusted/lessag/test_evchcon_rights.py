@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import grpc
 import paho.mqtt.publish as mqtt_publish
@@ -106,3 +107,24 @@ async def test_commands_replies_and_least_privilege(site, broker, tmp):
     finally:
         sub.close()
         await owner.stop()
+
+
+def test_the_binding_in_the_docs_is_what_the_demo_config_needs():
+    cfg = parse_settings(
+        LessagConfig,
+        {
+            "devices": [
+                {"id": "smm", "type": "SMM"},
+                {"id": "battery", "type": "ESS"},
+                {"id": "fronius", "type": "FRONIUS"},
+            ],
+            "ess": {
+                "setpoint": "battery/P_set",
+                "battery_power": "battery/P",
+                "soc": "battery/SoC",
+                "pcc_power": "smm/P",
+            },
+        },
+    )
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "LESSAG.md").read_text()
+    assert binding_toml(cfg, "demo-site", "lessag") in docs

@@ -6,6 +6,7 @@ review the diff before committing it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def test_a_real_influxdb_takes_the_line_protocol(tmp):
         db.stop()
 
 
-def test_on_change_publishes_a_device_beyond_its_deadband_only():
+async def test_on_change_publishes_a_device_beyond_its_deadband_only():
     from smx.sdk import parse_settings
     from untrusted.lessag.measurements import Measurements, build_devices
     from untrusted.lessag.settings import LessagConfig
@@ -156,9 +157,14 @@ def test_on_change_publishes_a_device_beyond_its_deadband_only():
     sent: list[tuple[str, bytes]] = []
     m = Measurements(cfg, build_devices(cfg, "s", "s/lessag"), lambda t, p: sent.append((t, p)))
     m.update(reading("smm/P", 1000.0, "W"))  # first value: beyond any band
+    m.update(reading("smm/f", 50.0, "Hz"))  # the same watch message: in the same publish
+    await asyncio.sleep(0)
+    assert len(sent) == 1 and b'"n":"f"' in sent[0][1]
     m.update(reading("smm/P", 1099.0, "W"))  # within 100 W of what was sent
     m.update(reading("smm/U1", 250.0, "V"))  # no deadband: waits for the period
+    await asyncio.sleep(0)
     assert len(sent) == 1
     m.update(reading("smm/P", 1101.0, "W", dt=1))
+    await asyncio.sleep(0)
     assert len(sent) == 2 and sent[1][0] == "s/lessag/smm/data"
     assert b'"n":"U1"' in sent[1][1]  # the whole device goes, with the latest of each point
