@@ -167,6 +167,9 @@ class SetpointBoard:
                 # is in force any more, so the owner falls back.
                 del self._in_force[sp.name]
                 self._tell_owner(revision, old, pb.SETPOINT_EVENT_EXPIRED)
+            elif old is not None:
+                # Reported applied (or unconfirmed) before, now known not to run: not in force.
+                del self._in_force[sp.name]
         else:
             self._in_force[sp.name] = sp
         return sp
