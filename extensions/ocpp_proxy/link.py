@@ -16,7 +16,6 @@ Four tasks per session:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import json
@@ -31,6 +30,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+
+from smx.aio import wait_event
 
 from .config import VERSIONS, ChargePointConfig, OcppConfig
 from .frames import (
@@ -292,9 +293,10 @@ class Link:
 
     async def _sleep(self, seconds: float | None = None) -> None:
         self.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.wake.wait()
+        if seconds is None:
+            await self.wake.wait()
+        else:
+            await wait_event(self.wake, seconds)
 
     def _answer_locally(self, frame: Frame, payload: dict[str, Any]) -> None:
         answer = call_result(frame.id, payload)
@@ -453,9 +455,7 @@ class Link:
                 log.info("charge point %s: call %s unanswered, next call", self.cp.id, id)
                 break
             self.slot_free.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self.slot_free.wait()
+            await wait_event(self.slot_free, left)
         self.outstanding = (origin, id, time.monotonic() + self.cfg.call_timeout)
 
     def _release_slot(self, frame: Frame) -> None:

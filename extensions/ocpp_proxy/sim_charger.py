@@ -26,6 +26,8 @@ from ocpp.v201 import call_result as result201
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
+from smx.aio import wait_event
+
 __all__ = ["Ev", "SimCharger"]
 
 log = logging.getLogger(__name__)
@@ -135,10 +137,7 @@ class SimCharger:
         while loop.time() < end and self.ev.soc < 100 and not self.unplug.is_set():
             self.step(self.interval)
             await self.cp.meter_values(self.tx_id, self)
-            try:
-                await asyncio.wait_for(self.unplug.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await wait_event(self.unplug, self.interval)
         self.current = 0.0
         await self.cp.stop_transaction(self.tx_id, self)
         self.tx_id = None
