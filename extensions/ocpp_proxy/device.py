@@ -37,6 +37,8 @@ def point_specs(dev: str) -> list[PointSpec]:
         double("SoC", "%", "the EV's state of charge"),
         double("E_session", "kWh", "energy of the running (or last) transaction"),
         double("I_offered", "A", "current the charger offers the EV (Current.Offered)"),
+        double("I_max_set", "A", "setpoint: charging current limit per phase (our profile)"),
+        double("P_max_set", "W", "setpoint: charging power limit (our profile)"),
     ]
 
 
