@@ -108,10 +108,12 @@ class Control:
         why = "has not answered" if call.sent.done() else "is busy with a SCADA call"
         return Unconfirmed(f"charge point {cp.id} {why} within {self.cfg.answer_timeout:g} s")
 
-    def _outcome(self, req: SetpointRequest, call: ProxyCall) -> Applied | Rejected:
+    def _outcome(self, req: SetpointRequest, call: ProxyCall) -> Result:
         try:
             answer: Frame = call.answer.result()
         except ProxyCallError as err:
+            if call.sent.done():  # it reached the charger: it may run it (sent again later)
+                return Unconfirmed(f"{err} before answering")
             return self._rejected(req, str(err))
         if answer.kind == CALLERROR:
             return self._rejected(
