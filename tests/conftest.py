@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.support.site import CoreProcess, Site
@@ -69,8 +71,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _controller(session):
         return
     users, groups = _site_accounts()
-    for user in sorted(users - _ACCOUNTS_BEFORE[0]):
+    # A site whose home still exists is not this run's leftover (a demo or another test run on
+    # the same machine made it meanwhile): its processes and accounts are left alone.
+    live = {u for u in users - _ACCOUNTS_BEFORE[0] if _home_of(u).exists()}
+    for user in sorted(users - _ACCOUNTS_BEFORE[0] - live):
         subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, check=False)
         subprocess.run(["userdel", user], capture_output=True, check=False)
     for group in sorted(groups - _ACCOUNTS_BEFORE[1]):
-        subprocess.run(["groupdel", group], capture_output=True, check=False)
+        if not any(u.startswith(f"{group}-") for u in live):
+            subprocess.run(["groupdel", group], capture_output=True, check=False)
+
+
+def _home_of(user: str) -> Path:
+    """The site home an account was made for (the end of its comment), or a path that is not."""
+    import pwd
+
+    comment = pwd.getpwnam(user).pw_gecos
+    _, sep, home = comment.rpartition(" in ")
+    return Path(home) if sep and home.startswith("/") else Path("/nonexistent/smx-site")

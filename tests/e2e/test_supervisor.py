@@ -103,8 +103,7 @@ class RunningSite(SmxRun):
         self.status()
         super().close()
         for pid in self.pids:  # restarted ones too
-            if alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+            self.kill_group(pid)
 
 
 @pytest.fixture(scope="module")

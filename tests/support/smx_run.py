@@ -76,9 +76,21 @@ class SmxRun:
         pids = [p["pid"] for p in self.procs().values() if p.get("pid")]
         self.stop()
         for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass  # gone with its supervisor, as it should be
+            self.kill_group(pid)
         self.out.close()
         shutil.rmtree(self.home, ignore_errors=True)
+
+    def kill_group(self, pid: int) -> None:
+        """SIGKILL the process group `pid` if it is still one of this site's: a pid seen
+        earlier may belong to another site's process by now (pids are reused)."""
+        try:
+            seen = Path(f"/proc/{pid}/environ").read_bytes()
+            seen += Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return  # gone with its supervisor, as it should be
+        if str(self.home).encode() not in seen:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass

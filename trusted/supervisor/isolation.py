@@ -187,7 +187,9 @@ def ensure_accounts(site: str, home: Path, names: Iterable[str]) -> dict[str, Ac
     gid = _ensure_group(site_group(site, home))
     out: dict[str, Account] = {}
     for name in ["core", REAPER, *names]:
-        pw = _ensure_user(user_name(site, home, name), f"SMX site {site} process {name}")
+        # The home in the comment: a cleanup can tell a live site's accounts from a gone one's.
+        where = str(Path(home).resolve()).replace(":", "_").replace(",", "_")
+        pw = _ensure_user(user_name(site, home, name), f"SMX site {site} process {name} in {where}")
         out[name] = Account(pw.pw_uid, pw.pw_gid, (gid,))
     return out
 
