@@ -80,9 +80,11 @@ def _free_port() -> int:
 def site_toml() -> str:
     """The demo site: what exists so far, each extension against its simulator (the PCC meter
     is an Eastron SDM630 on Modbus TCP, the battery the example extension's, the Fronius a
-    simulated GEN24 Plus with battery and Smart Meter on the Solar API and Modbus SunSpec)."""
+    simulated GEN24 Plus with battery and Smart Meter on the Solar API and Modbus SunSpec, the EV
+    charging point an OCPP 1.6 charger behind the OCPP proxy, its SCADA a small CSMS)."""
     battery_port, meter_port = _free_port(), _free_port()
     fronius_http, fronius_modbus = _free_port(), _free_port()
+    ocpp_port, csms_port = _free_port(), _free_port()
     return f"""\
 site = "{SITE}"
 
@@ -129,6 +131,26 @@ host = "127.0.0.1"
 http_port = {fronius_http}
 modbus_port = {fronius_modbus}
 interval = "4s"
+
+[simulators.ocpp-sim]
+module = "extensions.ocpp_proxy.simulator"
+[simulators.ocpp-sim.config]
+csms_port = {csms_port}
+charger = "ws://127.0.0.1:{ocpp_port}/CP001"
+interval = 2.0
+session = 120.0
+pause = 20.0
+speed = 60.0
+
+[extensions.ocpp]
+module = "extensions.ocpp_proxy"
+devices = ["ev1"]
+[extensions.ocpp.config]
+port = {ocpp_port}
+[[extensions.ocpp.config.charge_points]]
+id = "CP001"
+upstream = "ws://127.0.0.1:{csms_port}/ocpp"
+connectors = ["ev1"]
 
 [agents.planner]
 module = "untrusted.planner"
