@@ -233,3 +233,23 @@ async def test_end_to_end_profile_control_and_errors(site, broker, tmp):
     finally:
         sub.close()
         await owner.stop()
+
+
+async def test_the_simulator_sends_a_profile_the_agent_accepts(broker, tmp):
+    import os
+    import subprocess
+    import sys
+
+    (tmp / "sim.json").write_text(json.dumps({"port": broker.port, "prefix": "sim/lessag"}))
+    sub = Subscriber(broker, ["sim/lessag/gesscon/profile"])
+    env = {**os.environ, "SMX_CONFIG": str(tmp / "sim.json"), "SMX_NAME": "gesscon-sim"}
+    sim = subprocess.Popen([sys.executable, "-m", "untrusted.lessag.gesscon_sim"], env=env)
+    try:
+        got = await until(lambda: sub.on("sim/lessag/gesscon/profile"), what="a profile")
+        today = dt.datetime.now().astimezone().date()
+        profile = parse_profile(got[0].payload, today, 16384)
+        assert profile.today.priority[19] == 2 and profile.today.power[12] == 3000.0
+    finally:
+        sim.terminate()
+        assert sim.wait(10) == 0
+        sub.close()
