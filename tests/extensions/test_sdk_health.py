@@ -70,6 +70,24 @@ def test_status_shows_the_state_of_the_health_file():
     assert re.search(r"battery\s+extension\s+running\s+failed", format_status(status, True))
 
 
+def test_status_shows_a_running_process_s_trouble_now_not_why_it_last_died():
+    now = time.time()
+    usm1 = {
+        "name": "usm1",
+        "kind": "extension",
+        "state": "running",
+        "health": "degraded",
+        "last_exit": "killed by SIGKILL",
+        "last_error": "ts=... level=INFO msg=core reachable",
+        "health_error": "remote: the remote USM revoked this link's certificate",
+    }
+    status = {"site": "s", "pid": 1, "started_at": now, "updated_at": now, "state": "running"}
+    shown = format_status({**status, "processes": [usm1]}, True)
+    assert "revoked this link's certificate" in shown and "level=INFO" not in shown
+    stopped = {**usm1, "state": "backoff", "last_error": "PermissionError: usm1.key"}
+    assert "PermissionError: usm1.key" in format_status({**status, "processes": [stopped]}, True)
+
+
 def test_smx_status_shows_a_failed_extension_as_failed(home):  # noqa: F811
     port = free_port()
     (home / "site.toml").write_text(f"""\

@@ -604,6 +604,9 @@ def _pane(rows: list[tuple[str, ppb.Point]]) -> RenderableType:
 
 
 def _note(p: Process) -> str:
+    # As `smx status`: a running process's trouble now, else why it last stopped.
+    if p.state in ("starting", "running"):
+        return p.health_error or ""
     return p.last_error or p.health_error or ""
 
 

@@ -309,6 +309,9 @@ class ManagedProcess:
         line = self.output.last_line()
         if rc == 0:
             self.last_error = line or "exited with code 0 without being asked to stop"
+        elif rc < 0:
+            # Killed by a signal: it wrote no reason, its last line is whatever it was doing.
+            self.last_error = self.last_exit
         else:
             self.last_error = line or self.last_exit
         # What the process wrote must not forge lines or send escapes in the supervisor's log.

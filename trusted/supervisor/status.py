@@ -210,7 +210,11 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
             uptime = _ago(now - p["started_at"])
         elif state == "backoff" and isinstance(p.get("next_start"), int | float):
             uptime = f"restart in {_ago(p['next_start'] - now)}"
-        error = p.get("last_error") or p.get("health_error") or ""
+        # A running process: what troubles it now; else why it last stopped.
+        if state in ("starting", "running"):
+            error = p.get("health_error") or ""
+        else:
+            error = p.get("last_error") or p.get("health_error") or ""
         rows.append(
             (
                 _cell(p.get("name")),
