@@ -50,8 +50,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import pwd
 
 from extensions.sdk import Extension, SetupError
+from smx.client import Credentials
 
 from .config import RemoteConfig
 from .forward import UNREACHABLE, SetpointForwarder
@@ -84,6 +87,7 @@ class RemoteUsm:
                 f"{err}: the remote site's operator issues this link's certificate "
                 "(`smx pki issue usm-link --domain trusted` on the remote USM)"
             ) from err
+        _readable(self.cfg.credentials)
         self.ext = ext
         self.remote = RemoteLink(self.cfg.remote, self.cfg.credentials)
         self.mirror = Mirror(ext, self.cfg, self.remote)
@@ -100,3 +104,18 @@ class RemoteUsm:
 
     async def stop(self) -> None:
         await self.ext.stop()
+
+
+def _readable(creds: Credentials) -> None:
+    """Under `smx run` as root this process has a user of its own: files copied in as root are
+    not its to read. Say so in one line, naming the user and the fix."""
+    for path in (creds.ca, creds.cert, creds.key):
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            raise SetupError(
+                f"cannot read {path} as user {user}: give it to this process "
+                f"(`chown {user} {path}`; keep a key at mode 0600)"
+            ) from None

@@ -107,6 +107,9 @@ class Mirror:
                     continue
                 why, refused = explain(err, self.remote, self.health.consecutive_failures)
                 self._down(why, transient=not refused)
+                if refused and await self.remote.renew_if_replaced():
+                    log.info("remote USM %s: new link certificate, trying it", self.cfg.remote)
+                    self._delay = 0.2
             except (RemoteSilent, EOFError, TimeoutError) as err:
                 self._down(describe_error(err), transient=True)
             # Jitter: many links restarting at once must not retry in step.

@@ -3,7 +3,8 @@ client certificate the remote operator issued to this link (the extension's own 
 local core's).
 
 The client reconnects by itself; whether the remote counts as up is decided by the mirror's
-watch, which sets `up`.
+watch, which sets `up`. When the remote refuses the link, `renew_if_replaced` starts a new
+client if the operator has put new certificate files in place meanwhile (no restart needed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class RemoteLink:
         self.identity = ""  # our identity as the remote core sees it (WhoAmI)
         self.last_error = ""
         self.ever_up = False  # data came through once in this run
+        self._files = _stamps(credentials)
 
     @property
     def stubs(self) -> Stubs:
@@ -35,8 +37,31 @@ class RemoteLink:
     async def start(self) -> None:
         await self.client.start()
 
+    async def renew_if_replaced(self) -> bool:
+        """A new client when the certificate, key or CA files changed since this one was made
+        (a re-issued link certificate copied over the revoked one)."""
+        stamps = _stamps(self.credentials)
+        if stamps == self._files:
+            return False
+        self._files = stamps
+        old, self.client = self.client, Client(self.target, self.credentials)
+        await old.close()
+        await self.client.start()
+        return True
+
     async def close(self) -> None:
         await self.client.close()
+
+
+def _stamps(credentials: Credentials) -> tuple[tuple[int, int], ...]:
+    out = []
+    for path in (credentials.ca, credentials.cert, credentials.key):
+        try:
+            st = path.stat()
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, 0))
+    return tuple(out)
 
 
 # A link retried this many times with "Socket closed" during its handshake, never having been up
@@ -79,6 +104,8 @@ def explain(err: grpc.aio.AioRpcError, link: RemoteLink, failures: int) -> tuple
             "issues one: `smx pki issue usm-link --domain trusted`)",
             refused,
         )
+    if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from the remote at {link.target} (network down, or it stopped)", False
     if "Connection refused" in details:
         return f"nothing listens at {link.target} (is the remote core's [core] tcp set?)", False
     return describe_error(err), False  # anything else: the network or the remote, retried

@@ -229,6 +229,11 @@ async def test_a_revoked_certificate_is_one_clear_error_with_bounded_retries(sit
         health = usm.ext.health()
         assert health["state"] == "degraded"
         assert "revoked" in health["devices"]["remote"]["last_error"]
+        # The remote operator issues a new one, copied where remote_cert/key say: taken up
+        # without a restart, at the next retry.
+        remote.smx("pki", "issue", "usm-link", "--domain", "trusted")
+        await point_where(local, "usm1/link.up", lambda p: value(p) is True, timeout=90)
+        assert usm.ext.health()["state"] == "running"
     finally:
         await usm.stop()
         await relay.close()
