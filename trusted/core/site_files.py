@@ -114,10 +114,11 @@ def check_mode(path: Path, mode: int) -> None:
     new = old & (mode | 0o7700)
     what = "directory" if stat.S_ISDIR(st.st_mode) else "file"
     if st.st_uid != os.geteuid() and os.geteuid() != 0:
+        me = _user_name(os.geteuid())
         raise SiteFileError(
             f"{path}: {what} mode {old:04o} lets other users in, and it belongs to uid "
-            f"{st.st_uid}, not to this core (uid {os.geteuid()}): "
-            f"run `chmod {new:04o} {path}` as its owner"
+            f"{st.st_uid}, not to this core ({me}): give it to the core, "
+            f"`chown {me} {path}; chmod {new:04o} {path}` as root (`smx run` does it at start)"
         )
     try:
         os.chmod(path, new)
@@ -191,3 +192,12 @@ def check_policy_files(policy: Path) -> None:
                 f"{path}: mode {mode:04o} lets other users write it; check what it says, "
                 f"`chmod 600 {path}`, and reload again"
             )
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -18,6 +18,7 @@ validation in trusted.policy.parser; both are re-exported here.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -367,7 +368,17 @@ def read_policy_text(path: Path) -> str:
         raise PolicyError(str(path), "", f"not UTF-8 text: {err}") from err
     except OSError as err:
         reason = err.strerror or str(err)
+        if isinstance(err, PermissionError):
+            reason += f" ({_give_to_me(path)})"
         raise PolicyError(str(path), "", f"cannot read policy file: {reason}") from err
+
+
+def _give_to_me(path: Path) -> str:
+    """How to let this process (the core, under its own user with `smx run` as root) read it."""
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    return f"give it to the core's user: `chown {user} {path}; chmod 600 {path}` as root"
 
 
 def _check_verb(verb: str) -> None:
