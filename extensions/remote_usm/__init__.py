@@ -23,20 +23,26 @@ then lets it write `usm1/**` (the mirror, `usm1/link.up`, `usm1/link.revision`) 
 `usm1/**` setpoints. Local requesters need `request` on `usm1/**/*_set` (the default
 untrusted-agent role has it).
 
-Remote side, done by the remote site's operator:
+Remote side, done by the remote site's operator (`--home` is the remote site's directory):
 
-    smx pki issue usm-link --domain trusted     # copy ca.crt, usm-link.crt/.key to this box
+    smx --home <site> pki issue usm-link --domain trusted  # copy ca.crt, usm-link.crt/.key here
 
-and in the remote site's policy.local.toml, the operator's file next to policy.toml (which `smx
-run` rewrites at every start: an edit there would not last; docs/POLICY.md), to read what is
-mirrored and request the forwarded setpoints:
+On this box, under `smx run` as root, the extension runs as a user of its own: give it the
+copied files (`chown smx-<h>-usm1 usm-link.key`; `smx status` names a file it cannot read).
+After a revocation, copy a newly issued pair over the old files: the link takes them up at its
+next retry, without a restart.
+
+Then, on the remote, in its policy.local.toml, the operator's file next to policy.toml (which
+`smx run` rewrites at every start: an edit there would not last; docs/POLICY.md), to read what
+is mirrored and request the forwarded setpoints:
 
     [[bindings]]
     identity = "spiffe://<remote-site>/trusted/usm-link"
     roles = ["gui"]
     rules = [ { verbs = ["request"], points = ["**/*_set"] } ]
 
-then `smx admin reload`. Narrower is fine: `read` on the mirrored patterns (GetSetpoint, used to
+then `smx admin reload`. Written by hand as root, the file must be the core's and 0600 (`smx
+policy bind` does this by itself; the core names the chown otherwise). Narrower is fine: `read` on the mirrored patterns (GetSetpoint, used to
 follow a forwarded request, needs `read` on the setpoint point or being its requester) and
 `request` on the setpoints to forward (e.g. `ess/P_set`). `smx policy bind usm-link
 energy-router` also works (it writes policy.local.toml and reloads a running core itself) but
