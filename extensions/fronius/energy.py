@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 from smx.files import write_atomic
+
+from .values import number
 
 __all__ = ["EnergyIntegrator", "split_trapezoid"]
 
@@ -57,12 +58,9 @@ class EnergyIntegrator:
         except (OSError, ValueError) as err:
             log.warning("energy state %s unreadable (%s): integrating from 0", path, err)
             return
-        if isinstance(data, dict):
-            self.totals = {
-                k: float(v)
-                for k, v in data.items()
-                if isinstance(v, int | float) and math.isfinite(v) and v >= 0
-            }
+        if isinstance(data, dict):  # number(): a 400-digit integer is no total, not a crash
+            totals = {k: number(v) for k, v in data.items()}
+            self.totals = {k: v for k, v in totals.items() if v is not None and v >= 0}
 
     def add(self, power: float, t: float, imported: str, exported: str) -> dict[str, float]:
         """A sample of P at time `t` (s); returns the totals of both indexes (kWh)."""

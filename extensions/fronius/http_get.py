@@ -14,6 +14,7 @@ import asyncio
 __all__ = ["MAX_BODY", "HttpError", "http_get", "request_bytes"]
 
 MAX_BODY = 1 << 20  # real responses are 0.3-30 KB; a device that sends more is broken
+MAX_DIGITS = 12  # of a Content-Length; a status code has 3
 
 
 class HttpError(Exception):
@@ -55,19 +56,29 @@ async def http_get(host: str, port: int, target: str, timeout: float) -> bytes:
     return _body(raw, where)
 
 
+def _digits(text: str, most: int) -> int | None:
+    """`text` as a number if it is 1..`most` ASCII digits (str.isdigit alone takes "²" and
+    other Unicode digits that int() refuses, and int() refuses over 4300 digits); else None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= most else None
+
+
 def _body(raw: bytes, where: str) -> bytes:
     head, sep, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    status = _digits(parts[1], 3) if len(parts) >= 2 else None
+    if not sep or status is None or not parts[0].startswith("HTTP/"):
         raise HttpError(f"{where}: not an HTTP answer ({lines[0][:60]!r})")
-    status = int(parts[1])
     if status != 200:
         raise HttpError(f"{where}: HTTP {status} {parts[2] if len(parts) > 2 else ''}", status)
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length" and value.strip().isdigit():
-            if len(body) < int(value):
-                raise HttpError(f"{where}: answer cut short ({len(body)} of {value} bytes)")
-            body = body[: int(value)]
+        if name.strip().lower() != "content-length":
+            continue
+        length = _digits(value.strip(), MAX_DIGITS)
+        if length is None:
+            raise HttpError(f"{where}: Content-Length {value.strip()[:20]!r} is not a length")
+        if len(body) < length:
+            raise HttpError(f"{where}: answer cut short ({len(body)} of {length} bytes)")
+        body = body[:length]
     return body

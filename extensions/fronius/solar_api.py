@@ -165,4 +165,9 @@ class SolarApi:
 
 
 def _numeric(device_id: str) -> tuple[int, str]:
-    return (int(device_id), "") if device_id.isdigit() else (1 << 30, device_id)
+    """Sort key of a DeviceId: numbers in order, then anything else as text. Only ASCII digits,
+    at most 9, are a number (str.isdigit alone takes "²", which int() refuses): an odd id of
+    one device must not fail the discovery of all the others."""
+    if device_id.isascii() and device_id.isdigit() and len(device_id) <= 9:
+        return int(device_id), ""
+    return 1 << 30, device_id

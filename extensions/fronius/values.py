@@ -16,12 +16,14 @@ Values = dict[str, float | str | None]
 
 
 def number(value: Any, scale: float = 1.0) -> float | None:
-    """A finite JSON/register number times `scale`; None for null, text, bools, NaN, inf."""
+    """A finite JSON/register number times `scale`; None for null, text, bools, NaN, inf, and
+    an integer too large for a float (JSON allows any number of digits)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if not math.isfinite(value):
+    try:
+        result = float(value) * scale
+    except OverflowError:
         return None
-    result = float(value) * scale
     return result if math.isfinite(result) else None
 
 
