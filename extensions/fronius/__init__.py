@@ -79,7 +79,12 @@ def setup(ext: Extension) -> None:
 
         @ext.on_setpoint(f"{name}/P_ESS_set", on_expire=fall_back, timeout=5.0)
         async def set_power(req: SetpointRequest) -> Applied | Clamped | Rejected:
-            return await control.apply(float(req.value), req.expires_at)
+            async def report(result: Applied | Clamped) -> None:
+                # A keep-alive found the outcome changed (reserve reached, battery full, or
+                # the limit no longer binds): the status must not say less than the device does.
+                await ext.setpoints.report_outcome(req, result)
+
+            return await control.apply(float(req.value), req.expires_at, report)
 
         ext.background(control.keep_alive, "battery-keep-alive")
     log.info(

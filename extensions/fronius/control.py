@@ -13,8 +13,12 @@ Symo Hybrid, "Modbus TCP & RTU" documentation):
 
 `fronius/P_ESS_set` is in W, load reference (+ charge, - discharge). A request is clamped to
 the device's limits (WChaMax, model 120's MaxChaRte/MaxDisChaRte, no discharge at or below the
-reserve `MinRsvPct`, no charge when full), written, then read back: every register written
-must read as written, or the setpoint is REJECTED (and autonomous mode restored).
+reserve `MinRsvPct`, nor while the SoC or the reserve is unknown, no charge when full),
+written, then read back: every register written must read as written, or the setpoint is
+REJECTED (and autonomous mode restored). Every keep-alive rewrite reads the limits again and
+plans the request anew: a battery that ran down to its reserve (or filled up) while the
+setpoint is in force is held at 0 W, and the setpoint's outcome is corrected (CLAMPED with the
+reason, APPLIED again when the limit no longer binds).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from extensions.sdk import Applied, Clamped, Rejected
 from extensions.sdk.protocols.sunspec import ModelLocation, link_reader, read_registers
@@ -31,7 +36,7 @@ from extensions.sdk.protocols.sunspec_models import decode_model, fixed_points
 
 from .sunspec_source import SunSpecSource
 
-__all__ = ["Limits", "Plan", "StorageControl", "plan", "rate_word"]
+__all__ = ["Limits", "Plan", "Report", "StorageControl", "outcome", "plan", "rate_word"]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,8 @@ class Limits:
     max_charge: float  # W
     max_discharge: float  # W, positive
     rate_sf: int  # InOutWRte_SF
-    reserve: float | None = None  # % SoC below which nothing is discharged
-    soc: float | None = None
+    reserve: float | None = None  # % SoC below which nothing is discharged; None: unknown
+    soc: float | None = None  # %; None: unknown
 
 
 @dataclass(frozen=True)
@@ -77,17 +82,28 @@ def _word_value(word: int, sf: int) -> float:
 
 
 def plan(request: float, limits: Limits) -> Plan:
-    """What to write for `request` W (+ charge), clamped to `limits`. Pure."""
+    """What to write for `request` W (+ charge), clamped to `limits`. Pure.
+
+    Fail safe: a discharge needs both the SoC and the reserve known (a reserve that cannot be
+    checked is not assumed kept). A charge with the SoC unknown is written: it cannot eat into
+    the reserve, and the battery's own management ends a charge at full whatever the rates."""
     target, reason = request, ""
     if target > limits.max_charge:
         target, reason = limits.max_charge, f"charge limit {limits.max_charge:g} W"
     elif target < -limits.max_discharge:
         target, reason = -limits.max_discharge, f"discharge limit {limits.max_discharge:g} W"
-    if target < 0 and limits.reserve is not None and limits.soc is not None:
-        if limits.soc <= limits.reserve:
-            target = 0.0
-            reason = f"SoC {limits.soc:g} % at or below the reserve {limits.reserve:g} %"
-    if target > 0 and limits.soc is not None and limits.soc >= 100.0:
+    soc, reserve = limits.soc, limits.reserve
+    if target < 0 and (soc is None or reserve is None):
+        unknown = " and ".join(
+            name
+            for name, value in (("SoC", soc), ("reserve (MinRsvPct)", reserve))
+            if value is None
+        )
+        target = 0.0
+        reason = f"{unknown} unknown: no discharge, the reserve cannot be checked"
+    elif target < 0 and soc is not None and reserve is not None and soc <= reserve:
+        target, reason = 0.0, f"SoC {soc:g} % at or below the reserve {reserve:g} %"
+    if target > 0 and soc is not None and soc >= 100.0:
         target, reason = 0.0, "battery full"
     percent = target / limits.w_cha_max * 100.0
     in_word, out_word = rate_word(percent, limits.rate_sf), rate_word(-percent, limits.rate_sf)
@@ -95,11 +111,39 @@ def plan(request: float, limits: Limits) -> Plan:
     return Plan(power, reason, CHARGE_LIMIT | DISCHARGE_LIMIT, out_word, in_word)
 
 
+def outcome(request: float, p: Plan) -> Applied | Clamped:
+    """The setpoint's status for plan `p` of `request` W."""
+    if p.reason:
+        return Clamped(p.power, p.reason)
+    return Applied(p.power if p.power != request else None)
+
+
+def _percent(value: object) -> float | None:
+    """A SoC or reserve in %, None unless a number in 0..100 (a bad scale factor is unknown)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100:
+        return float(value)
+    return None
+
+
+# Tells the core a changed outcome of the setpoint in force (SetpointRouter.report_outcome).
+Report = Callable[[Applied | Clamped], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Active:
+    """The setpoint in force: what was asked, what is written, until when, whom to tell."""
+
+    request: float  # W
+    plan: Plan
+    expires_at: float  # unix s
+    report: Report | None = None
+
+
 class StorageControl:
     def __init__(self, source: SunSpecSource, revert_after: float = 60.0) -> None:
         self.source = source
         self.revert_after = revert_after
-        self.active: tuple[Plan, float] | None = None  # in force: plan, expires_at (unix s)
+        self.active: Active | None = None
         self.writes = 0
 
     async def _model(self) -> ModelLocation:
@@ -132,8 +176,8 @@ class StorageControl:
             charge,
             discharge,
             sf if isinstance(sf, int) else 0,
-            storage.get("MinRsvPct"),
-            storage.get("ChaState"),
+            _percent(storage.get("MinRsvPct")),
+            _percent(storage.get("ChaState")),
         )
 
     def _revert_seconds(self, expires_at: float) -> int:
@@ -141,10 +185,23 @@ class StorageControl:
         return max(1, min(int(self.revert_after), remaining, 65534))
 
     async def _write(self, model: ModelLocation, mod: int, rates: list[int]) -> None:
-        """The rate block, then StorCtl_Mod; read back, every word as written."""
+        """The rate block and StorCtl_Mod, in two writes; read back, every word as written.
+
+        The order is the one that is safe if the link drops between the two writes. Under
+        control (mod != 0) the rates go first, with their revert timer, and StorCtl_Mod enables
+        them after: half done, the device is still autonomous (mod 0 never enables rates) or
+        runs the new rates under the mode already set, until the timer just written ends them.
+        Enabling first would run whatever rates the registers held (a device may keep old
+        forced rates after its timer ran out) with no fresh timer. Back to autonomous, mod 0
+        goes first: half done, the device is autonomous already; rates first would leave
+        StorCtl_Mod 3 with 100 % limits and the timer off, under our control indefinitely."""
         link, unit = self.source.link, self.source.unit
-        await link.write(unit, model.start + RATES, rates)
-        await link.write(unit, model.start + MOD, [mod])
+        if mod:
+            await link.write(unit, model.start + RATES, rates)
+            await link.write(unit, model.start + MOD, [mod])
+        else:
+            await link.write(unit, model.start + MOD, [mod])
+            await link.write(unit, model.start + RATES, rates)
         self.writes += 1
         words = await self._words(model)
         seen = [words[MOD], *words[RATES : RATES + len(rates)]]
@@ -154,7 +211,11 @@ class StorageControl:
                 "the device did not take them (is Modbus control enabled on the inverter?)"
             )
 
-    async def apply(self, request: float, expires_at: float) -> Applied | Clamped | Rejected:
+    async def apply(
+        self, request: float, expires_at: float, report: Report | None = None
+    ) -> Applied | Clamped | Rejected:
+        """Write `request` W until `expires_at`; the outcome. `report` is told when a
+        keep-alive rewrite changes it (the SoC reached the reserve, the battery is full...)."""
         if not math.isfinite(request):
             return Rejected(f"{request} W is not a power")
         async with self.source.lock:
@@ -171,11 +232,9 @@ class StorageControl:
                 self.active = None
                 await self._restore(model, f"after a failed write ({err})")
                 return Rejected(f"not applied: {err}")
-            self.active = (p, expires_at)
+            self.active = Active(request, p, expires_at, report)
         log.info("P_ESS_set %g W: writing %g W %s", request, p.power, p.reason)
-        if p.reason:
-            return Clamped(p.power, p.reason)
-        return Applied(p.power if p.power != request else None)
+        return outcome(request, p)
 
     async def autonomous(self) -> None:
         """Back to the device's own mode; raises if it does not read back so."""
@@ -197,19 +256,32 @@ class StorageControl:
             log.error("cannot restore autonomous mode %s: %s", why, err)
 
     async def keep_alive(self) -> None:
-        """Rewrite the rates of the setpoint in force before the device's revert timer ends."""
+        """Rewrite the setpoint in force before the device's revert timer ends, every
+        `revert_after` / 3, planned anew on the limits of the moment. A rewrite that fails is
+        logged: the device's timer then ends the forcing by itself."""
         while True:
             await asyncio.sleep(max(0.5, self.revert_after / 3))
-            active = self.active
-            if active is None or active[1] <= time.time():
-                continue
-            p, expires_at = active
             try:
-                async with self.source.lock:
-                    if self.active is not active:
-                        continue
-                    model = await self._model()
-                    rates = [p.out_word, p.in_word, 0, self._revert_seconds(expires_at)]
-                    await self._write(model, p.mod, rates)
+                await self.refresh()
             except Exception as err:
                 log.warning("refreshing the battery setpoint failed: %s", err)
+
+    async def refresh(self) -> None:
+        """One keep-alive rewrite: read the limits (SoC, reserve...), plan the request in
+        force again, write it; report the outcome if it changed."""
+        active = self.active
+        if active is None or active.expires_at <= time.time():
+            return
+        async with self.source.lock:
+            if self.active is not active:
+                return  # replaced or ended meanwhile
+            model = await self._model()
+            p = plan(active.request, await self.limits(model))
+            rates = [p.out_word, p.in_word, 0, self._revert_seconds(active.expires_at)]
+            await self._write(model, p.mod, rates)
+            self.active = replace(active, plan=p)
+        before, now = outcome(active.request, active.plan), outcome(active.request, p)
+        if now != before:
+            log.info("P_ESS_set %g W: now writing %g W %s", active.request, p.power, p.reason)
+            if active.report is not None:
+                await active.report(now)

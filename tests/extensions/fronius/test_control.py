@@ -107,7 +107,8 @@ async def test_expiry_restores_autonomous_mode_explicitly(sim):
     simulator.modbus.writes.clear()
     await control.autonomous()
     start = simulator.modbus.start_124
-    assert simulator.modbus.writes == [(start + 12, [10000, 10000, 0, 0]), (start + 5, [0])]
+    # StorCtl_Mod 0 first (autonomous at once, whatever happens next), then the rates at 100 %.
+    assert simulator.modbus.writes == [(start + 5, [0]), (start + 12, [10000, 10000, 0, 0])]
     simulator.plant.step()
     assert simulator.plant.mod == 0 and simulator.plant.battery == 2000.0  # PV surplus again
 

@@ -147,8 +147,11 @@ async def test_a_setpoint_end_to_end_through_a_real_core(tmp_path):
             await until(lambda: len(simulator.modbus.writes) >= 4, timeout=5)
             assert simulator.plant.reverts == 0
             # Expiry (3 s): autonomous mode written explicitly, the battery back on the surplus.
-            await until(lambda: simulator.modbus.writes[-1] == (start + 5, [0]), timeout=10)
-            assert simulator.modbus.writes[-2] == (start + 12, [10000, 10000, 0, 0])
+            await until(
+                lambda: simulator.modbus.writes[-1] == (start + 12, [10000, 10000, 0, 0]),
+                timeout=10,
+            )
+            assert simulator.modbus.writes[-2] == (start + 5, [0])
             assert simulator.plant.mod == 0
             await point_where(site, "fronius/P_ESS", lambda p: p.value.double_value == 2000.0)
         finally:
