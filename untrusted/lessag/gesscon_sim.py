@@ -1,5 +1,6 @@
 """A small GESSCon simulator for the demo and tests: publishes a day profile (today and
-tomorrow, local time) to `<prefix>/gesscon/profile` at start and every `every` seconds, over
+tomorrow, local time) to `<prefix>/gesscon/profile` at start and every `every` seconds,
+retained (an agent that connects later gets the latest at once), over
 the same MQTT settings lessag uses (the broker, TLS files). The plan: charge from the midday PV
 (priority 1), discharge in the evening peak (priority 2), self-consumption otherwise (0).
 
@@ -66,7 +67,9 @@ def main() -> None:
         n += 1
         today = dt.datetime.now().astimezone().date()
         body = json.dumps(day_profile(today, f"sim-{today}-{n}")).encode()
-        client.publish(topic, body, qos=1)  # queued by paho until connected
+        # Retained: an agent that connects later (or starts after the simulator) gets it at
+        # once; queued by paho until connected.
+        client.publish(topic, body, qos=1, retain=True)
         stop.wait(float(cfg.get("every", 3600)))
     client.disconnect()
     client.loop_stop()

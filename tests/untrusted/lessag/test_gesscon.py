@@ -249,6 +249,14 @@ async def test_the_simulator_sends_a_profile_the_agent_accepts(broker, tmp):
         today = dt.datetime.now().astimezone().date()
         profile = parse_profile(got[0].payload, today, 16384)
         assert profile.today.priority[19] == 2 and profile.today.power[12] == 3000.0
+        # Retained: an agent that subscribes later (the demo starts it after the simulator)
+        # gets the profile at once.
+        late = Subscriber(broker, ["sim/lessag/gesscon/profile"], client_id="late")
+        try:
+            kept = await until(lambda: late.on("sim/lessag/gesscon/profile"), what="retained")
+            assert kept[0].retain and kept[0].payload == got[0].payload
+        finally:
+            late.close()
     finally:
         sim.terminate()
         assert sim.wait(10) == 0
