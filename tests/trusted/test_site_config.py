@@ -159,6 +159,77 @@ def test_an_agents_extra_reads_leave_billing_snapshots_out_unless_named(tmp_path
     assert policy.allows(ess, "read", "meter/Ap.bill01")
 
 
+def test_role_none_binds_exactly_the_reads_requests_and_writes_listed(tmp_path):
+    from smx.identity import Identity
+    from trusted.policy import Policy
+
+    text = (
+        'site = "s1"\n'
+        '[agents.north]\nmodule = "x"\nrole = "none"\nreads = ["meter/*", "ess/P"]\n'
+        'requests = ["ess/P_set"]\nwrites = ["north/mqtt"]\n'
+        '[agents.plain]\nmodule = "x"\nrequests = ["ess/P_set"]\nwrites = ["plain/queued"]\n'
+        '[extensions.ess]\nmodule = "y"\nrole = "none"\ndevices = ["ess", "pv"]\n'
+        'requests = ["ev1/I_max_set"]\n'
+    )
+    cfg = load_site_config(write(tmp_path, text))
+    north = next(p for p in cfg.processes if p.name == "north")
+    assert north.role == "none" and north.roles == ()
+    assert north.requests == ("ess/P_set",) and north.writes == ("north/mqtt",)
+    policy = Policy.from_toml(site_policy_text(cfg))
+    who = Identity("s1", "untrusted", "north")
+    assert policy.roles_for(who) == []
+    allowed = [
+        ("read", "meter/P"),
+        ("read", "ess/P"),
+        ("request", "ess/P_set"),
+        ("write", "north/mqtt"),
+        ("write", "north/ext.state"),  # the SDK's health point, as the default role gives
+    ]
+    refused = [
+        ("read", "meter/Ap.bill01"),  # billing snapshots stay out, as for every agent
+        ("read", "ess/SoC"),
+        ("read", "pv/P"),  # the default role would read it
+        ("request", "ev1/I_max_set"),  # ... and request it
+        ("request", "ess/Q_set"),
+        ("write", "north/other"),
+        ("write", "meter/P"),
+        ("control", "ess/P_set"),
+    ]
+    assert [a for a in allowed if not policy.allows(who, *a)] == []
+    assert [r for r in refused if policy.allows(who, *r)] == []
+    # With its role, the keys add to it.
+    plain = Identity("s1", "untrusted", "plain")
+    assert policy.roles_for(plain) == ["untrusted-agent"]
+    assert policy.allows(plain, "write", "plain/queued") and policy.allows(plain, "read", "pv/P")
+    # An extension without a role: its devices (its own name's too) and its requests.
+    ess = Identity("s1", "trusted", "ess")
+    assert policy.roles_for(ess) == []
+    for verb in ("read", "write", "control"):
+        assert policy.allows(ess, verb, "ess/P_set") and policy.allows(ess, verb, "pv/P")
+    assert policy.allows(ess, "request", "ev1/I_max_set")
+    assert not policy.allows(ess, "read", "meter/P")
+    assert not policy.allows(ess, "request", "x/P_set")
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ('[agents.a]\nmodule = "x"\nrole = "nobody"\n', "unknown role 'nobody'"),
+        ('[agents.a]\nmodule = "x"\nrole = "nobody"\n', 'or "none" for exactly'),
+        ('[agents.a]\nmodule = "x"\nrequests = "e/P_set"\n', "agents.a.requests: expected an"),
+        ('[agents.a]\nmodule = "x"\nrequests = ["e//P_set"]\n', "agents.a.requests[0]:"),
+        ('[agents.a]\nmodule = "x"\nwrites = [1]\n', "agents.a.writes[0]: expected a"),
+        ('[agents.a]\nmodule = "x"\nwrites = ["a/**", "smm/P"]\n', "agents.a.writes[1]: 'smm/P'"),
+        ('[agents.a]\nmodule = "x"\nwrites = ["ab/x"]\n', "is not one of the agent's own"),
+        ('[extensions.e]\nmodule = "x"\nwrites = ["e/x"]\n', "extensions.e.writes: an extension"),
+        ('[agents.a]\nmodule = "x"\nrequest = ["e/P_set"]\n', "did you mean 'requests'"),
+        ('[simulators.a]\nmodule = "x"\nrequests = ["e/P_set"]\n', "simulators.a.requests: unkn"),
+    ],
+)
+def test_role_requests_and_writes_mistakes_are_named(tmp_path, table, expected):
+    assert expected in error(tmp_path, 'site = "s"\n' + table)
+
+
 def test_os_groups_name_existing_groups_that_give_no_root_power(tmp_path):
     ok = 'site = "s1"\n[extensions.m]\nmodule = "x"\nos_groups = ["dialout"]\n'
     assert load_site_config(write(tmp_path, ok)).processes[0].os_groups == ("dialout",)
@@ -383,10 +454,10 @@ def test_a_module_not_found_is_named_with_the_nearest_one(tmp_path):
         "agents.north.module: no module named 'extenshuns.smm': no package 'extenshuns' "
         "(did you mean 'extensions.smm'?)"
     )
-    body = 'module = "untrusted.lessag"'  # nothing near: where it was looked for
-    assert program_error(tmp_path, "agents.lessag", body) == (
-        "agents.lessag.module: no module named 'untrusted.lessag': package 'untrusted' "
-        f"({ROOT / 'untrusted'}) has no 'lessag'"
+    body = 'module = "untrusted.zzzzzz"'  # nothing near: where it was looked for
+    assert program_error(tmp_path, "agents.north", body) == (
+        "agents.north.module: no module named 'untrusted.zzzzzz': package 'untrusted' "
+        f"({ROOT / 'untrusted'}) has no 'zzzzzz'"
     )
     message = program_error(tmp_path, "simulators.sim", 'module = "qqqqqq_nothing"')
     assert message.startswith("simulators.sim.module: no module named 'qqqqqq_nothing' in the ")

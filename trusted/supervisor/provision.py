@@ -13,8 +13,11 @@ process's config file.
 - ``policy.toml`` is rewritten on every start (the default roles plus the site's bindings):
   each extension bound to its role, plus read/write/control on ``<dev>/**`` for every device it
   owns beyond its own name, plus read on its ``reads``; each agent bound to its role plus read on
-  its ``reads``. The operator's bindings live in ``policy.local.toml``, which is never written
-  here except to move into it the bindings an older site's operator added to policy.toml.
+  its ``reads``; both plus request on their ``requests`` and, an agent, write on its ``writes``.
+  ``role = "none"``: no role, exactly those rules (an extension's own device included, an
+  agent's health point ``<name>/ext.state`` too). The operator's bindings live in
+  ``policy.local.toml``, which is never written here except to move into it the bindings an
+  older site's operator added to policy.toml.
 """
 
 from __future__ import annotations
@@ -107,13 +110,12 @@ def site_policy_text(cfg: SiteConfig) -> str:
     ]
     extra: dict[str, list[tuple[Sequence[str], ...]]] = {}
     for spec in cfg.clients:
-        assert spec.role is not None
         ident = f"{spec.domain}/{spec.name}"
-        bindings.append((ident, [spec.role]))
+        bindings.append((ident, list(spec.roles)))
         rules: list[tuple[Sequence[str], ...]] = []
         if spec.kind == "extension":
             devices = [
-                d for d in spec.devices if not (d == spec.name and spec.role == _OWN_DEVICE_ROLE)
+                d for d in spec.devices if not (d == spec.name and _OWN_DEVICE_ROLE in spec.roles)
             ]
             if devices:
                 rules.append((["read", "write", "control"], [f"{d}/**" for d in devices]))
@@ -128,6 +130,14 @@ def site_policy_text(cfg: SiteConfig) -> str:
                 rules.append((["read"], named))
         elif spec.reads:
             rules.append((["read"], list(spec.reads)))
+        if spec.requests:
+            rules.append((["request"], list(spec.requests)))
+        writes = list(spec.writes)
+        if spec.kind == "agent" and not spec.roles:
+            # Every SDK process publishes its health point; the default role grants it too.
+            writes = list(dict.fromkeys([f"{spec.name}/ext.state", *writes]))
+        if writes:
+            rules.append((["write"], writes))
         if rules:
             extra[ident] = rules
     text = default_policy_text(cfg.site, bindings, extra_rules=extra, description=GENERATED)

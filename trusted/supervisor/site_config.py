@@ -46,6 +46,7 @@ from trusted.policy import Policy, default_roles_text
 
 __all__ = [
     "KINDS",
+    "NO_ROLE",
     "RESERVED_NAMES",
     "ProcessSpec",
     "SiteConfig",
@@ -60,6 +61,9 @@ __all__ = [
 KINDS = {"extensions": "extension", "agents": "agent", "simulators": "simulator"}
 DOMAIN_OF = {"extension": "trusted", "agent": "untrusted"}
 DEFAULT_ROLE = {"extension": "trusted-extension", "agent": "untrusted-agent"}
+# `role = "none"`: no role; the process gets exactly its devices, `reads`, `requests` and (an
+# agent) `writes`, plus an agent's own health point `<name>/ext.state`.
+NO_ROLE = "none"
 # The core's own certificate, the operator's CLI, the supervisor's own certificate, and `core`
 # (the core writes core/* points itself, and its log is logs/core.log).
 RESERVED_NAMES = ("smxcore", "admin", "supervisor", "core")
@@ -79,6 +83,8 @@ _CLIENT_KEYS = (
     "command",
     "devices",
     "reads",
+    "requests",
+    "writes",
     "role",
     "enabled",
     "config",
@@ -119,11 +125,20 @@ class ProcessSpec:
     command: tuple[str, ...] | None = None
     devices: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
-    role: str | None = None  # None for simulators
+    role: str | None = None  # None for simulators; NO_ROLE ("none"): no role at all
     enabled: bool = True
     config: Mapping[str, Any] = field(default_factory=dict)
     # Extra OS groups of its user under isolation (e.g. "dialout" for a serial port).
     os_groups: tuple[str, ...] = ()
+    requests: tuple[str, ...] = ()  # setpoint patterns it may request
+    writes: tuple[str, ...] = ()  # an agent's own points it may write (<name>/...)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles of its policy binding: its role, or none for NO_ROLE (and simulators)."""
+        if self.role is None or self.role == NO_ROLE:
+            return ()
+        return (self.role,)
 
     @property
     def domain(self) -> str | None:
@@ -297,18 +312,51 @@ def _process(
             raise SiteConfigError(f"{prefix}.devices[{i}]: {dev!r} is listed twice")
         if dev in RESERVED_NAMES:
             raise SiteConfigError(f"{prefix}.devices[{i}]: the device id {dev!r} is reserved")
-    reads = _strings(table.get("reads", []), f"{prefix}.reads")
-    for i, pattern in enumerate(reads):
+    reads = _patterns(table.get("reads", []), f"{prefix}.reads")
+    requests = _patterns(table.get("requests", []), f"{prefix}.requests")
+    if "writes" in table and kind != "agent":
+        raise SiteConfigError(
+            f"{prefix}.writes: an extension writes the points of its devices: list them in "
+            "`devices`"
+        )
+    writes = _patterns(table.get("writes", []), f"{prefix}.writes")
+    for i, pattern in enumerate(writes):
+        if not pattern.startswith(f"{name}/"):
+            raise SiteConfigError(
+                f"{prefix}.writes[{i}]: {pattern!r} is not one of the agent's own points: an "
+                f"agent writes only under {name}/ (its state points, e.g. {name}/mqtt)"
+            )
+    role = _string(table.get("role", DEFAULT_ROLE[kind]), f"{prefix}.role")
+    if role not in roles and role != NO_ROLE:
+        raise SiteConfigError(
+            f"{prefix}.role: unknown role {role!r} (roles: {', '.join(roles)}, or "
+            f'"{NO_ROLE}" for exactly its devices, reads, requests and writes)'
+        )
+    return ProcessSpec(
+        name,
+        kind,
+        module,
+        command,
+        tuple(devices),
+        tuple(reads),
+        role,
+        enabled,
+        config,
+        os_groups,
+        tuple(requests),
+        tuple(writes),
+    )
+
+
+def _patterns(raw: Any, key: str) -> list[str]:
+    """Point patterns (docs/DATA-MODEL.md globs)."""
+    patterns = _strings(raw, key)
+    for i, pattern in enumerate(patterns):
         try:
             Glob(pattern)
         except InvalidName as err:
-            raise SiteConfigError(f"{prefix}.reads[{i}]: {err}") from err
-    role = _string(table.get("role", DEFAULT_ROLE[kind]), f"{prefix}.role")
-    if role not in roles:
-        raise SiteConfigError(f"{prefix}.role: unknown role {role!r} (roles: {', '.join(roles)})")
-    return ProcessSpec(
-        name, kind, module, command, tuple(devices), tuple(reads), role, enabled, config, os_groups
-    )
+            raise SiteConfigError(f"{key}[{i}]: {err}") from err
+    return patterns
 
 
 def _os_groups(raw: Any, key: str) -> tuple[str, ...]:
