@@ -1,6 +1,6 @@
 """`smx demo` (the README's main command) runs a whole site under the supervisor: values change,
-a setpoint from the planner is applied by the battery extension, and Ctrl-C (SIGINT) stops every
-process, leaving nothing behind.
+lessag publishes to a real Mosquitto and its ESS control's setpoints are applied by the battery
+extension, and Ctrl-C (SIGINT) stops every process, leaving nothing behind.
 
 In a terminal (a real pseudo-terminal here, resized while the demo runs, as a user would) the
 view fits the screen: the processes' health and the setpoint flow are always on it, the points
@@ -29,12 +29,27 @@ import psutil
 from extensions.smm.meter_maps import resolve_map
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = ("core", "battery", "smm", "planner", "battery-sim", "meter-sim")
-# The planner's plan in the demo site: 3000, -2000, 8000 W (clamped to the battery's 5000 W).
+PROCESSES = (
+    "core",
+    "battery",
+    "smm",
+    "fronius",
+    "ocpp",
+    "lessag",
+    "battery-sim",
+    "meter-sim",
+    "fronius-sim",
+    "ocpp-sim",
+    "mqtt-broker",
+    "gesscon-sim",
+)
+# lessag's ESS control requests battery/P_set every 5 s (the battery's limits are +-5000 W).
 SETPOINT = re.compile(
-    r"setpoint battery/P_set = (3000\.00|-2000\.00|8000\.00) W from planner at [\d:]+: "
+    r"setpoint battery/P_set = (-?\d+\.\d\d) W from lessag at ([\d:]+): "
     r"(PENDING|APPLIED|CLAMPED|EXPIRED|SUPERSEDED)"
 )
+# The agent's state on its row: its MQTT link to the demo's Mosquitto, its queue.
+AGENT_STATE = re.compile(r"MQTT connected, \d+ queued")
 
 
 def _leftovers(children: set[int]) -> list[int]:
@@ -73,21 +88,23 @@ def test_demo_shows_live_values_and_stops_cleanly_on_ctrl_c():
     text = "\n".join(lines)
     assert proc.returncode == 0, text[-2000:]
     home = Path(re.search(r"running in (\S+?):", text).group(1))
-    # Every part ran as its own process: core, battery extension, simulator, planner agent.
+    # Every part ran as its own process: core, extensions, the agent, simulators, the broker.
     assert re.search(
-        r"core \(core\).*battery \(extension\).*planner \(agent\).*"
-        r"battery-sim \(simulator\)",
+        r"core \(core\).*battery \(extension\).*lessag \(agent\).*"
+        r"battery-sim \(simulator\).*mqtt-broker \(simulator\).*gesscon-sim \(simulator\)",
         text,
-    ), text[:500]
+    ), text[:800]
     socs = re.findall(r"battery/SoC\s+([\d.]+) %", text)
     assert len(socs) >= 3
-    assert re.search(r"setpoint battery/P_set = 3000.00 W from planner at [\d:]+: APPLIED", text)
-    # After Ctrl-C: the site as it was then, the setpoint the planner had requested included.
+    assert re.search(r"setpoint battery/P_set = -?[\d.]+ W from lessag at [\d:]+: APPLIED", text)
+    assert re.search(r"lessag/mqtt\s+connected", text), text[-3000:]
+    # After Ctrl-C: the site as it was then, the setpoint lessag had requested included.
     final = text[text.index("the site as it was then:") :]
     assert SETPOINT.search(final), final
     assert "none requested yet" not in final
     for name in PROCESSES:
         assert re.search(rf"process {name} \(\w+\): running", final), final
+    assert re.search(r"process lessag \(agent\): running, .*" + AGENT_STATE.pattern, final)
     assert "demo stopped; nothing left running" in text
     assert len(children) >= 4
     assert not _leftovers(children)
@@ -201,13 +218,15 @@ def check_fits(frame: list[str], rows: int, cols: int) -> None:
             screen,
         )
     assert SETPOINT.search(screen.replace("\n", " ")), screen
+    assert re.search(r"^lessag\s+agent\s+running\s.*" + AGENT_STATE.pattern, screen, re.M), screen
     assert re.search(r"^device\s+point\s+value\s+unit\s+quality", screen, re.M), screen
 
 
 def test_the_live_view_fits_the_terminal_and_leaves_the_site_as_it_was():
     term = Terminal(72, 160)
     try:
-        term.wait_for(r"from planner at [\d:]+: (APPLIED|CLAMPED)")
+        term.wait_for(r"from lessag at [\d:]+: (APPLIED|CLAMPED)")
+        term.wait_for(AGENT_STATE.pattern)
         term.wait_for(r"PF3")  # the meter's points are in
         big = term.frame_after(len(term.frames()))
         check_fits(big, 72, 160)
@@ -236,9 +255,9 @@ def test_the_live_view_fits_the_terminal_and_leaves_the_site_as_it_was():
     assert "none requested yet" not in screen
     final_setpoint = SETPOINT.search(screen.replace("\n", " "))
     assert final_setpoint is not None, screen
-    if final_setpoint.group(1) == last_live.group(1):
+    if final_setpoint.group(2) == last_live.group(2):  # the same request (its time)
         order = ["PENDING", "APPLIED", "CLAMPED", "EXPIRED", "SUPERSEDED"]
-        assert order.index(final_setpoint.group(2)) >= order.index(last_live.group(2))
+        assert order.index(final_setpoint.group(3)) >= order.index(last_live.group(3))
     assert out.rstrip().endswith("demo stopped; nothing left running"), out[-500:]
     assert len(term.children) >= 6
     assert not _leftovers(term.children)

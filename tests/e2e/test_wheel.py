@@ -31,7 +31,7 @@ PACKAGES = sorted(
     p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
 )
 # As in the demo's site (trusted/cli/demo_cmd.py): every one must be running when it stops.
-PROCESSES = ("core", "battery", "smm", "planner", "battery-sim", "meter-sim")
+PROCESSES = ("core", "battery", "smm", "lessag", "battery-sim", "meter-sim", "mqtt-broker")
 # Not part of a source tree: caches, venvs, build output, the default site directory.
 NOT_SOURCES = {"build", "dist", "site"}
 
@@ -176,7 +176,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs_the_demo_outside_the_chec
     assert r.stdout.strip() == f"smx {VERSION}"
 
     # The whole demo site from the installed package: the core, the smm meter reading its
-    # shipped register map, the example battery, the planner and both simulators.
+    # shipped register map, the example battery, lessag with its Mosquitto, and the simulators.
     r = _run([str(smx), "demo", "--seconds", "12", "--plain"], timeout=90, cwd=elsewhere, env=env)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-3000:]

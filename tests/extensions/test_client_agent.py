@@ -1,29 +1,20 @@
 """Agents (smx.sdk.Agent): untrusted processes that request setpoints and follow their outcomes
-on the core's stream, and publish their health only where the policy lets them — so a whole
-demo site runs without a single denial in the audit log."""
+on the core's stream, and publish their health only where the policy lets them (the whole demo
+site under `smx run`, without a single denial: tests/e2e/test_demo_site.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from extensions.sdk import Agent, Applied, Extension, SetpointState
-from extensions.sdk.testing import TestSite, smx_command, wait_for
-from smx.process_env import RunPaths
+from extensions.sdk.testing import TestSite
 from smx.v1 import admin_service_pb2 as apb
 from tests.extensions.test_client import client_points
 from tests.extensions.test_sdk import until
-from trusted.cli.demo_cmd import site_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,35 +89,3 @@ def _health_points(agent: Agent) -> list[str]:
 
 def read_health(agent: Agent) -> dict:
     return json.loads(agent.env.health_file.read_text())
-
-
-def test_the_demo_site_runs_without_a_denial():
-    home = Path(tempfile.mkdtemp(prefix="smx-dd-"))
-    (home / "site.toml").write_text(site_toml())
-    sup = subprocess.Popen(
-        [*smx_command(), "run", "--config", str(home / "site.toml")],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    paths = RunPaths(home)
-    try:
-        planner_log = paths.log_file("planner")
-        wait_for(lambda: "APPLIED" in planner_log.read_text(errors="replace"), 30)
-        time.sleep(15)  # a while of normal operation: polls, health writes, a few setpoints
-        statuses = {p["name"]: p for p in json.loads(paths.status.read_text())["processes"]}
-        assert {statuses[n]["health"] for n in ("battery", "smm", "planner")} == {"running"}
-    finally:
-        sup.send_signal(signal.SIGTERM)
-        assert sup.wait(30) == 0
-    try:
-        records = [json.loads(line) for line in (home / "data" / "audit.jsonl").open()]
-        assert records  # the audit log was written
-        denied = [r for r in records if r.get("kind") == "denied"]
-        assert denied == []
-        log = planner_log.read_text()
-        # The planner learnt every outcome from the stream.
-        assert re.search(r"requested battery/P_set=3000.0 for 8s: APPLIED", log), log
-        assert "level=ERROR" not in log
-    finally:
-        shutil.rmtree(home, ignore_errors=True)

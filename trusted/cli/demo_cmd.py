@@ -1,12 +1,16 @@
 """`smx demo`: a whole temporary site run by the supervisor, shown live.
 
 The demo writes a site.toml into a temporary directory and runs it exactly as `smx run` would:
-the core, every extension that exists so far against its device simulator, and the planner
-agent, each an OS process with its own certificate. This process shows the site live
-(read-only, with the site's admin certificate) and stops everything on Ctrl-C.
+the core, every extension that exists so far against its device simulator, and the north-bound
+agent lessag publishing to a real Mosquitto (TLS with client certificates, trusted/cli/demo_mqtt)
+with a GESSCon simulator sending it a day profile; each an OS process, each client of the core
+with its own certificate, lessag bound with exactly the rights its config needs. This process
+shows the site live (read-only, with the site's admin certificate) and stops everything on
+Ctrl-C.
 
-The live view fits the terminal: the processes and their health and the setpoint flow (the
-last requested setpoint, its status and what the owner did with it) on top, then the points
+The live view fits the terminal: the processes and their health (the agent's MQTT link and
+queue on its row) and the setpoint flow (the last setpoint lessag's ESS control requested, its
+status and what the battery did with it) on top, then the points
 grouped by device, as many as the terminal's height leaves room for (`--all`: every one). On
 Ctrl-C the view is drawn one last time from the site as it is at that moment, before anything
 is stopped, so the last frame shows the state as it really was. Without a terminal (or with
@@ -41,19 +45,31 @@ from smx.client import Credentials, Stubs, unix_target
 from smx.quality import quality_name
 from smx.setpoint_status import IN_FORCE_CODES, status_name
 from smx.timestamps import ts_to_seconds
+from smx.toml_text import toml_str
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from trusted.cli.demo_mqtt import BROKER, MOSQUITTO, MqttFiles, give_files, make_pki, mosquitto_conf
 from trusted.supervisor.runner import Supervisor
 from trusted.supervisor.site_config import load_site_config
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-__all__ = ["SetpointState", "register", "render_view", "setpoint_line", "site_toml"]
+__all__ = [
+    "SetpointState",
+    "lessag_config",
+    "register",
+    "render_view",
+    "setpoint_line",
+    "site_toml",
+    "write_site",
+]
 
 SITE = "demo-site"
-PLANNER_TARGET = "battery/P_set"
+ESS_SETPOINT = "battery/P_set"  # what lessag's ESS control requests, on GESSCon's profile
+AGENT = "lessag"
+MQTT_PREFIX = f"{SITE}/{AGENT}"
 MORE = "… {n} more, --all shows every point"
 
 
@@ -77,11 +93,106 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def site_toml() -> str:
+def lessag_config(home: Path, mqtt_port: int) -> dict[str, Any]:
+    """lessag's config table in the demo (docs/LESSAG.md): every 5 s the meter, the battery and
+    the Fronius (that one in the S4G line protocol) to the demo's Mosquitto over TLS with its
+    client certificate; ESS control of the battery on GESSCon's profile; EVChCon limits for
+    the OCPP proxy's charge point ev1."""
+    mqtt = MqttFiles(home / "mqtt")
+    return {
+        "publish_every": "5s",
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": mqtt_port,
+            "prefix": MQTT_PREFIX,
+            "ca": str(mqtt.ca),
+            "cert": str(mqtt.cert(AGENT)),
+            "key": str(mqtt.key(AGENT)),
+            "backoff_max": "5s",
+        },
+        "devices": [
+            {"id": "smm", "type": "SMM"},
+            {"id": "battery", "type": "ESS"},
+            {"id": "fronius", "type": "FRONIUS", "format": "influx"},
+        ],
+        "ess": {
+            "setpoint": ESS_SETPOINT,
+            "battery_power": "battery/P",
+            "soc": "battery/SoC",
+            "pcc_power": "smm/P",
+        },
+        "ev": {"charge_points": ["ev1"]},
+    }
+
+
+def _toml_scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return toml_str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
+    return repr(value)
+
+
+def _toml_table(name: str, table: dict[str, Any], header: str = "[{}]") -> str:
+    """`table` as TOML under `header` (`[name]`, or `[[name]]` for an array's item): plain
+    keys, then its tables and arrays of tables."""
+    nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+    arrays = {
+        k: v
+        for k, v in table.items()
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+    }
+    lines = [header.format(name)]
+    lines += [
+        f"{k} = {_toml_scalar(v)}" for k, v in table.items() if k not in nested and k not in arrays
+    ]
+    text = "\n".join(lines) + "\n"
+    for k, v in nested.items():
+        text += _toml_table(f"{name}.{k}", v)
+    for k, items in arrays.items():
+        text += "".join(_toml_table(f"{name}.{k}", item, "[[{}]]") for item in items)
+    return text
+
+
+def _lessag_tables(home: Path, mqtt_port: int, broker: bool) -> str:
+    """The broker, the GESSCon simulator and lessag, bound with exactly the rights its config
+    needs (untrusted/lessag/rights.py: the same rules docs/LESSAG.md shows)."""
+    from smx.sdk import parse_settings
+    from untrusted.lessag.rights import site_keys
+    from untrusted.lessag.settings import LessagConfig
+
+    mqtt = MqttFiles(home / "mqtt")
+    config = lessag_config(home, mqtt_port)
+    rights = site_keys(parse_settings(LessagConfig, config), AGENT)
+    agent = {"module": "untrusted.lessag", **rights, "config": config}
+    out = ""
+    if broker:
+        out += f"""
+[simulators.mqtt-broker]
+command = [{toml_str(MOSQUITTO)}, "-c", {toml_str(str(mqtt.conf))}]
+
+[simulators.gesscon-sim]
+module = "untrusted.lessag.gesscon_sim"
+[simulators.gesscon-sim.config]
+port = {mqtt_port}
+prefix = {toml_str(MQTT_PREFIX)}
+ca = {toml_str(str(mqtt.ca))}
+cert = {toml_str(str(mqtt.cert("gesscon")))}
+key = {toml_str(str(mqtt.key("gesscon")))}
+every = 3600
+"""
+    return out + "\n" + _toml_table(f"agents.{AGENT}", agent)
+
+
+def site_toml(home: Path, mqtt_port: int = 0, broker: bool = True) -> str:
     """The demo site: what exists so far, each extension against its simulator (the PCC meter
     is an Eastron SDM630 on Modbus TCP, the battery the example extension's, the Fronius a
     simulated GEN24 Plus with battery and Smart Meter on the Solar API and Modbus SunSpec, the EV
-    charging point an OCPP 1.6 charger behind the OCPP proxy, its SCADA a small CSMS)."""
+    charging point an OCPP 1.6 charger behind the OCPP proxy, its SCADA a small CSMS), and the
+    north-bound agent lessag publishing to a Mosquitto, GESSCon simulated (`broker`: the broker
+    and GESSCon run; without, lessag queues what it would publish)."""
     battery_port, meter_port = _free_port(), _free_port()
     fronius_http, fronius_modbus = _free_port(), _free_port()
     ocpp_port, csms_port = _free_port(), _free_port()
@@ -151,22 +262,57 @@ port = {ocpp_port}
 id = "CP001"
 upstream = "ws://127.0.0.1:{csms_port}/ocpp"
 connectors = ["ev1"]
+{_lessag_tables(home, mqtt_port or _free_port(), broker)}"""
 
-[agents.planner]
-module = "untrusted.planner"
-[agents.planner.config]
-target = "{PLANNER_TARGET}"
-plan = [3000.0, -2000.0, 8000.0]
-every = 10.0
-valid_for = 8.0
-"""
+
+def write_site(home: Path) -> list[str]:
+    """Everything the demo site needs in `home` before it runs: site.toml and the MQTT files
+    (PKI, Mosquitto's config), the keys given to the users of the processes that read them when
+    they run as their own users (root). Returns notes for the user (what is left out, why)."""
+    notes = []
+    broker = Path(MOSQUITTO).exists()
+    if not broker:
+        notes.append(
+            f"{MOSQUITTO} not found (apt-get install mosquitto): the demo runs without its MQTT "
+            "broker and GESSCon simulator; lessag queues what it would publish"
+        )
+    mqtt_port = _free_port()
+    files = make_pki(home / "mqtt", [AGENT, "gesscon"])
+    prefix = MQTT_PREFIX
+    mosquitto_conf(
+        files,
+        mqtt_port,
+        {
+            AGENT: [f"topic readwrite {prefix}/#"],
+            "gesscon": [
+                f"topic write {prefix}/gesscon/profile",
+                f"topic read {prefix}/gesscon/#",
+                f"topic read {prefix}/status",
+            ],
+        },
+    )
+    (home / "site.toml").write_text(site_toml(home, mqtt_port, broker))
+    from trusted.supervisor import isolation
+
+    if isolation.isolation_wanted():
+        # Each process runs as its own user (docs/SITE.md, "Isolation"), created here as its
+        # provisioning would, so that its key is its own before it starts.
+        cfg = load_site_config(home / "site.toml")
+        accounts = isolation.ensure_accounts(cfg.site, cfg.home, [p.name for p in cfg.processes])
+        owners = {accounts[AGENT].uid: [files.key(AGENT)]}
+        if broker:
+            owners[accounts["mqtt-broker"].uid] = [files.key(BROKER)]
+            owners[accounts["gesscon-sim"].uid] = [files.key("gesscon")]
+        give_files(files, accounts["core"].groups[0], owners)
+    return notes
 
 
 def run(args: argparse.Namespace) -> int:
     plain = args.plain or not sys.stdout.isatty()
     tmp = Path(tempfile.mkdtemp(prefix="smx-demo-"))  # short: socket paths max 108 bytes
-    (tmp / "site.toml").write_text(site_toml())
     try:
+        for note in write_site(tmp):
+            print(note, flush=True)
         asyncio.run(_demo(tmp, args.seconds, plain=plain, show_all=args.show_all))
     except KeyboardInterrupt:
         pass
@@ -289,7 +435,7 @@ class DemoView:
         self.plain = plain
         self.show_all = show_all
         self.points: dict[str, ppb.Point] = {}
-        self.setpoints: dict[str, SetpointState] = {PLANNER_TARGET: SetpointState(PLANNER_TARGET)}
+        self.setpoints: dict[str, SetpointState] = {ESS_SETPOINT: SetpointState(ESS_SETPOINT)}
         self.core_error = ""
         self.stopped_at: float | None = None
         self.changed = asyncio.Event()
@@ -376,9 +522,10 @@ class DemoView:
         for state in self.setpoints.values():
             print("  " + setpoint_line(state, self._unit(state.name), now))
         for p in self.supervisor.processes:
+            notes = [agent_state(p, self.points), _note(p)]
             print(
                 f"  process {p.name} ({p.kind}): {p.state}, health {p.health}, "
-                f"{p.restarts} restarts" + (f", {_note(p)}" if _note(p) else "")
+                f"{p.restarts} restarts" + "".join(f", {n}" for n in notes if n)
             )
         print(flush=True)
 
@@ -418,7 +565,7 @@ async def _show_live(view: DemoView, finished: asyncio.Event) -> None:
 
 
 def setpoint_line(state: SetpointState, unit: str, now: float) -> str:
-    """`setpoint battery/P_set = 3000.00 W from planner: APPLIED -> 3000.00 W, 5 s left`: the
+    """`setpoint battery/P_set = 3000.00 W from lessag: APPLIED -> 3000.00 W, 5 s left`: the
     latest request of a point, its status and the owner's outcome."""
     sp = state.setpoint
     stale = f" [as of {_clock(state.read_at)}: {state.error}]" if state.error else ""
@@ -475,19 +622,32 @@ def render_view(
     if core_error:
         title += f"; core: {core_error}"
 
-    procs = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("process", "kind", "state", "health", "restarts", "pid", "last error"):
+    # One space between columns: an 80-column terminal keeps room for the note.
+    procs = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
+    columns = ("process", "kind", "state", "health", "restarts", "pid", "note")
+    for col in columns:
         procs.add_column(col, no_wrap=True, overflow="ellipsis")
-    for p in processes:
-        procs.add_row(
+    proc_rows = [
+        (
             p.name,
             p.kind,
-            Text(p.state, style="green" if p.state == "running" else "yellow"),
+            p.state,
             p.health,
             str(p.restarts),
             str(p.pid or "-"),
-            _note(p),
+            "; ".join(filter(None, [agent_state(p, by_name), _note(p)])),
         )
+        for p in processes
+    ]
+    # The note is what gives way on a narrow terminal, not the columns before it.
+    fixed = sum(
+        max([len(c), *(len(r[i]) for r in proc_rows)]) + 1 for i, c in enumerate(columns[:-1])
+    )
+    note_room = max(len(columns[-1]), width - fixed)
+    for *cells, note in proc_rows:
+        state = Text(cells[2], style="green" if cells[2] == "running" else "yellow")
+        short = note if len(note) <= note_room else note[: note_room - 1] + "…"
+        procs.add_row(*cells[:2], state, *cells[3:], short)
     lines = [
         setpoint_line(s, by_name[s.name].unit if s.name in by_name else "", now) for s in setpoints
     ]
@@ -531,6 +691,19 @@ def render_view(
     return Group(*parts)
 
 
+# An agent's own state points (lessag's, docs/LESSAG.md), shown on its process's row.
+AGENT_STATE = ("mqtt", "queued", "dropped")
+
+
+def agent_state(p: Process, points: dict[str, ppb.Point]) -> str:
+    """`MQTT connected, 0 queued` (and dropped when any): an agent's state from its points."""
+    if p.kind != "agent" or f"{p.name}/mqtt" not in points:
+        return ""
+    got = {k: _fmt(points[f"{p.name}/{k}"].value) for k in AGENT_STATE if f"{p.name}/{k}" in points}
+    text = f"MQTT {got['mqtt']}" + (f", {got['queued']} queued" if "queued" in got else "")
+    return text + (f", {got['dropped']} dropped" if got.get("dropped", "0") != "0" else "")
+
+
 def _groups(points: Iterable[ppb.Point]) -> dict[str, list[ppb.Point]]:
     """Points by device (the name's first part), devices alphabetically with the core last,
     each device's points the most telling first (totals, per phase, the rest, ext.*)."""
@@ -560,10 +733,12 @@ def _rank(point: str) -> tuple[int, int, int, str]:
 def _trim(groups: dict[str, list[ppb.Point]], room: int) -> dict[str, list[ppb.Point]]:
     """At most `room` points, shared fairly: each device's points one at a time in turn, so a
     big device does not crowd out a small one; the core's own points and the extensions' ext.*
-    (their health, in the processes table already) only when the devices' points all fit."""
+    (their health, in the processes table already) and an agent's state points (on its row)
+    only when the devices' points all fit."""
 
     def background(device: str, p: ppb.Point) -> bool:
-        return device == "core" or p.name.split("/", 1)[-1].startswith("ext.")
+        point = p.name.split("/", 1)[-1]
+        return device == "core" or point.startswith("ext.") or point in AGENT_STATE
 
     tiers = [
         {d: [p for p in g if background(d, p) == tier] for d, g in groups.items()}

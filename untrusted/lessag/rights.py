@@ -9,7 +9,7 @@ from smx.names import Glob
 
 from .settings import LessagConfig
 
-__all__ = ["STATE_POINTS", "binding_toml", "needed_rules"]
+__all__ = ["STATE_POINTS", "binding_toml", "needed_rules", "site_keys"]
 
 # The agent's own points (besides the SDK's `<name>/ext.state`).
 STATE_POINTS = ("mqtt", "queued", "dropped")
@@ -30,6 +30,18 @@ def needed_rules(cfg: LessagConfig, name: str) -> list[tuple[str, list[str]]]:
     writes = [f"{name}/ext.state"] + [f"{name}/{p}" for p in STATE_POINTS]
     rules = [("read", _covered(reads)), ("request", list(dict.fromkeys(requests)))]
     return [r for r in rules if r[1]] + [("write", writes)]
+
+
+def site_keys(cfg: LessagConfig, name: str) -> dict[str, str | list[str]]:
+    """The keys of the agent's site.toml table that make `smx run` bind it with exactly
+    `needed_rules` and no role (docs/SITE.md: `role = "none"`, `reads`, `requests`, `writes`)."""
+    rules = dict(needed_rules(cfg, name))
+    return {
+        "role": "none",
+        "reads": rules.get("read", []),
+        "requests": rules.get("request", []),
+        "writes": rules["write"],
+    }
 
 
 def _covered(patterns: list[str]) -> list[str]:

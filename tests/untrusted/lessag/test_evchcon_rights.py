@@ -109,22 +109,32 @@ async def test_commands_replies_and_least_privilege(site, broker, tmp):
         await owner.stop()
 
 
-def test_the_binding_in_the_docs_is_what_the_demo_config_needs():
-    cfg = parse_settings(
-        LessagConfig,
-        {
-            "devices": [
-                {"id": "smm", "type": "SMM"},
-                {"id": "battery", "type": "ESS"},
-                {"id": "fronius", "type": "FRONIUS"},
-            ],
-            "ess": {
-                "setpoint": "battery/P_set",
-                "battery_power": "battery/P",
-                "soc": "battery/SoC",
-                "pcc_power": "smm/P",
-            },
-        },
-    )
-    docs = (Path(__file__).resolve().parents[3] / "docs" / "LESSAG.md").read_text()
-    assert binding_toml(cfg, "demo-site", "lessag") in docs
+def test_the_bindings_in_the_docs_are_what_the_demo_config_needs(tmp_path):
+    """docs/LESSAG.md's site.toml keys and binding, docs/POLICY.md's generated binding and the
+    demo's own site.toml all come from the demo's lessag config: none can drift."""
+    import tomllib
+
+    from trusted.cli.demo_cmd import lessag_config, site_toml
+    from trusted.supervisor.provision import site_policy_text
+    from trusted.supervisor.site_config import parse_site_config
+    from untrusted.lessag.rights import site_keys
+
+    cfg = parse_settings(LessagConfig, lessag_config(tmp_path, 1883))
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    lessag_md = (docs / "LESSAG.md").read_text()
+    assert binding_toml(cfg, "demo-site", "lessag") in lessag_md
+    keys = site_keys(cfg, "lessag")
+    table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())  # TOML's spelling
+    assert table in lessag_md, table
+    # The demo binds lessag with these keys, and smx run makes exactly the rules of the binding.
+    text = site_toml(tmp_path, 1883)
+    demo = tomllib.loads(text)["agents"]["lessag"]
+    assert {k: demo[k] for k in keys} == keys
+    policy = site_policy_text(parse_site_config(text, "site.toml", tmp_path))
+    generated = policy[
+        policy.index('[[bindings]]\nidentity = "spiffe://demo-site/untrusted/lessag"') :
+    ]
+    generated = generated[: generated.index("\n\n") + 1] if "\n\n" in generated else generated
+    rules = binding_toml(cfg, "demo-site", "lessag").split("rules = [\n")[1]
+    assert "roles = []\nrules = [\n" + rules in generated, generated
+    assert generated in (docs / "POLICY.md").read_text(), generated
