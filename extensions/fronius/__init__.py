@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 
-from extensions.sdk import Applied, Clamped, Extension, Rejected, SetpointRequest, SetupError
+from extensions.sdk import Extension, SetpointRequest, SetupError
 from extensions.sdk.protocols.modbus_link import LinkConfig, LinkPool
 
 from .config import FroniusConfig
-from .control import StorageControl
+from .control import Result, StorageControl
 from .device import FroniusDevice
 from .energy import EnergyIntegrator
 from .solar_api import SolarApi
@@ -78,10 +78,11 @@ def setup(ext: Extension) -> None:
             await control.autonomous()
 
         @ext.on_setpoint(f"{name}/P_ESS_set", on_expire=fall_back, timeout=5.0)
-        async def set_power(req: SetpointRequest) -> Applied | Clamped | Rejected:
-            async def report(result: Applied | Clamped) -> None:
-                # A keep-alive found the outcome changed (reserve reached, battery full, or
-                # the limit no longer binds): the status must not say less than the device does.
+        async def set_power(req: SetpointRequest) -> Result:
+            async def report(result: Result) -> None:
+                # A keep-alive found the outcome changed (reserve reached, battery full, the
+                # limit no longer binds, the inverter silent or back, an unknown outcome
+                # settled): the status must not say less than the device does.
                 await ext.setpoints.report_outcome(req, result)
 
             return await control.apply(float(req.value), req.expires_at, report)

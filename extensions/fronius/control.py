@@ -19,24 +19,43 @@ REJECTED (and autonomous mode restored). Every keep-alive rewrite reads the limi
 plans the request anew: a battery that ran down to its reserve (or filled up) while the
 setpoint is in force is held at 0 W, and the setpoint's outcome is corrected (CLAMPED with the
 reason, APPLIED again when the limit no longer binds).
+
+A write whose answer did not come back has an unknown outcome: UNCONFIRMED, tried again every
+second until the inverter answers (then APPLIED, CLAMPED or REJECTED from the write and its
+read-back). A keep-alive the inverter does not answer makes the outcome UNCONFIRMED too; once
+the timer of the last write that may have reached it has run out, the reason says it reverted.
+The core cannot revive a REJECTED setpoint, so a silent inverter never makes one REJECTED: it
+is written again as soon as the inverter answers, while the setpoint is valid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
-from extensions.sdk import Applied, Clamped, Rejected
+from extensions.sdk import Applied, Clamped, Rejected, Unconfirmed
+from extensions.sdk.protocols.modbus_link import ModbusLinkError
 from extensions.sdk.protocols.sunspec import ModelLocation, link_reader, read_registers
 from extensions.sdk.protocols.sunspec_models import decode_model, fixed_points
 
 from .sunspec_source import SunSpecSource
 
-__all__ = ["Limits", "Plan", "Report", "StorageControl", "outcome", "plan", "rate_word"]
+__all__ = [
+    "Limits",
+    "Plan",
+    "Report",
+    "Result",
+    "StorageControl",
+    "outcome",
+    "plan",
+    "rate_word",
+]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +145,32 @@ def _percent(value: object) -> float | None:
 
 
 # Tells the core a changed outcome of the setpoint in force (SetpointRouter.report_outcome).
-Report = Callable[[Applied | Clamped], Awaitable[None]]
+Result = Applied | Clamped | Rejected | Unconfirmed
+Report = Callable[[Result], Awaitable[None]]
+
+RETRY_S = 1.0  # between tries while an outcome is unknown (a silent inverter)
+# The device's timer counts whole seconds on its own clock: a margin before we call it ended.
+REVERT_MARGIN_S = 1.0
+
+
+def _unanswered(err: BaseException) -> bool:
+    """A request that may have reached the device and got no answer (no answer in time, the
+    connection lost under it). Not a Modbus exception (an answer), not a connection that could
+    not be opened (nothing sent)."""
+    return (
+        isinstance(err, ModbusLinkError)
+        and err.code is None
+        and not str(err).startswith("cannot open")
+    )
+
+
+class WriteFailed(Exception):
+    """A write sequence that did not complete: which of its writes may have been taken (answered
+    OK, or sent and unanswered), and whether its outcome is unknown (no answer)."""
+
+    def __init__(self, err: BaseException, rates: bool, mod: bool, unknown: bool) -> None:
+        super().__init__(str(err))
+        self.rates_maybe, self.mod_maybe, self.unknown = rates, mod, unknown
 
 
 @dataclass(frozen=True)
@@ -134,9 +178,10 @@ class Active:
     """The setpoint in force: what was asked, what is written, until when, whom to tell."""
 
     request: float  # W
-    plan: Plan
+    plan: Plan | None  # what was last written (None: no write of it confirmed yet)
     expires_at: float  # unix s
     report: Report | None = None
+    told: Result | None = None  # the outcome the core was last told
 
 
 class StorageControl:
@@ -145,6 +190,10 @@ class StorageControl:
         self.revert_after = revert_after
         self.active: Active | None = None
         self.writes = 0
+        # Until when (unix s) the device may run forced rates of a write that may have reached
+        # it: its revert timer ends them then at the latest. 0: autonomous, as read back.
+        self.forced_until = 0.0
+        self._wake = asyncio.Event()
 
     async def _model(self) -> ModelLocation:
         models = await self.source.ensure_models()
@@ -160,7 +209,9 @@ class StorageControl:
         return await read_registers(read, model.start, model.length + 2)
 
     async def limits(self, model: ModelLocation) -> Limits:
-        storage = decode_model(await self._words(model))
+        return self._limits(decode_model(await self._words(model)))
+
+    def _limits(self, storage: dict[str, Any]) -> Limits:
         plate = self.source.nameplate
         w_cha_max = storage.get("WChaMax")
         if not isinstance(w_cha_max, float) or w_cha_max <= 0:
@@ -186,6 +237,7 @@ class StorageControl:
 
     async def _write(self, model: ModelLocation, mod: int, rates: list[int]) -> None:
         """The rate block and StorCtl_Mod, in two writes; read back, every word as written.
+        WriteFailed says which writes may have been taken when it did not complete.
 
         The order is the one that is safe if the link drops between the two writes. Under
         control (mod != 0) the rates go first, with their revert timer, and StorCtl_Mod enables
@@ -194,47 +246,127 @@ class StorageControl:
         Enabling first would run whatever rates the registers held (a device may keep old
         forced rates after its timer ran out) with no fresh timer. Back to autonomous, mod 0
         goes first: half done, the device is autonomous already; rates first would leave
-        StorCtl_Mod 3 with 100 % limits and the timer off, under our control indefinitely."""
+        StorCtl_Mod 3 with 100 % limits and the timer off, under our control indefinitely.
+
+        A write that got no answer may have been taken: the device's timer then runs from
+        some moment before we gave up, so `forced_until` moves to now + the timer written."""
         link, unit = self.source.link, self.source.unit
-        if mod:
-            await link.write(unit, model.start + RATES, rates)
-            await link.write(unit, model.start + MOD, [mod])
-        else:
-            await link.write(unit, model.start + MOD, [mod])
-            await link.write(unit, model.start + RATES, rates)
+        steps: list[tuple[int, list[int]]] = [(RATES, rates), (MOD, [mod])]
+        if not mod:
+            steps.reverse()
+        maybe = {RATES: False, MOD: False}
+        for offset, words in steps:
+            try:
+                await link.write(unit, model.start + offset, words)
+            except Exception as err:
+                unknown = _unanswered(err)
+                maybe[offset] = unknown
+                if mod and unknown:
+                    self.forced_until = max(self.forced_until, time.time() + rates[3])
+                raise WriteFailed(err, maybe[RATES], maybe[MOD], unknown) from err
+            maybe[offset] = True
+            if offset == MOD and not mod:
+                self.forced_until = 0.0  # StorCtl_Mod 0 taken: autonomous
         self.writes += 1
-        words = await self._words(model)
+        if mod:
+            # Taken (maybe: the read-back tells); a timer running from before is replaced.
+            self.forced_until = max(self.forced_until, time.time() + rates[3])
+        try:
+            words = await self._words(model)
+        except Exception as err:
+            raise WriteFailed(err, True, True, unknown=True) from err
         seen = [words[MOD], *words[RATES : RATES + len(rates)]]
         if seen != [mod, *rates]:
-            raise RuntimeError(
-                f"read back StorCtl_Mod, rates {seen} after writing {[mod, *rates]}: "
-                "the device did not take them (is Modbus control enabled on the inverter?)"
+            raise WriteFailed(
+                RuntimeError(
+                    f"read back StorCtl_Mod, rates {seen} after writing {[mod, *rates]}: "
+                    "the device did not take them (is Modbus control enabled on the inverter?)"
+                ),
+                False,  # the device says what it runs: not this
+                False,
+                unknown=False,
             )
+        if mod:
+            self.forced_until = time.time() + rates[3]
+
+    async def _put(
+        self, request: float, expires_at: float, following: bool
+    ) -> tuple[Result, Plan | None]:
+        """Plan `request` W on the limits of the moment, write it, read it back (the lock
+        held): the outcome and the plan written. `following`: a keep-alive of the setpoint in
+        force, which the device may run already (an earlier write, its timer not ended).
+
+        REJECTED only when the device answered that it did not take it (a Modbus exception, a
+        read-back that differs) and nothing of it may run (autonomous mode restored, or never
+        enabled); a write without an answer is UNCONFIRMED, and so is a keep-alive the device
+        does not answer (the core cannot revive a REJECTED setpoint: it is written again when
+        the device answers)."""
+        ran_before = following and time.time() < self.forced_until + REVERT_MARGIN_S
+        try:
+            model = await self._model()
+            storage = decode_model(await self._words(model))
+            limits = self._limits(storage)
+        except Exception as err:  # nothing sent
+            if following:
+                return self._silent(err), None
+            return Rejected(str(err)), None
+        p = plan(request, limits)
+        rates = [p.out_word, p.in_word, 0, self._revert_seconds(expires_at)]
+        try:
+            await self._write(model, p.mod, rates)
+        except WriteFailed as failed:
+            enabled = failed.mod_maybe or storage.get("StorCtl_Mod") not in (0, None)
+            may_run = ran_before or (failed.rates_maybe and enabled)
+            if failed.unknown and may_run:
+                log.warning("P_ESS_set %g W: write sent, no answer: %s", request, failed)
+                return self._unknown(failed), p
+            if await self._restore(model, f"after a failed write ({failed})") or not may_run:
+                return Rejected(f"not applied: {failed}"), None
+            return Unconfirmed(
+                f"not taken ({failed}) and autonomous mode not restored: the inverter may run "
+                f"an earlier write until its revert timer ends, at most {self.revert_after:g} s"
+            ), p
+        return outcome(request, p), p
+
+    def _unknown(self, err: BaseException) -> Unconfirmed:
+        return Unconfirmed(
+            f"write sent, no answer ({err}); the inverter may run it until its revert timer "
+            f"ends, at most {self.revert_after:g} s"
+        )
+
+    def _silent(self, err: BaseException) -> Unconfirmed:
+        """The outcome while the inverter does not answer: it may run the setpoint until the
+        timer of the last write that may have reached it; after that it certainly reverted."""
+        does = "does not answer" if _unanswered(err) else "cannot be read"
+        if time.time() < self.forced_until + REVERT_MARGIN_S:
+            return Unconfirmed(
+                f"the inverter {does} ({err}); it may run the setpoint until its "
+                f"revert timer ends, at most {self.revert_after:g} s after the last write"
+            )
+        return Unconfirmed(
+            f"the inverter {does} ({err}) and has reverted to autonomous mode by its "
+            "timer: not applied now; written again when the inverter answers"
+        )
 
     async def apply(
         self, request: float, expires_at: float, report: Report | None = None
-    ) -> Applied | Clamped | Rejected:
-        """Write `request` W until `expires_at`; the outcome. `report` is told when a
-        keep-alive rewrite changes it (the SoC reached the reserve, the battery is full...)."""
+    ) -> Result:
+        """Write `request` W until `expires_at`; the outcome. `report` is told when it changes
+        later: a keep-alive rewrite (the SoC reached the reserve, the battery is full...), an
+        unknown outcome settled, a silent inverter."""
         if not math.isfinite(request):
             return Rejected(f"{request} W is not a power")
         async with self.source.lock:
-            try:
-                model = await self._model()
-                limits = await self.limits(model)
-            except Exception as err:
-                return Rejected(str(err))
-            p = plan(request, limits)
-            rates = [p.out_word, p.in_word, 0, self._revert_seconds(expires_at)]
-            try:
-                await self._write(model, p.mod, rates)
-            except Exception as err:
+            result, p = await self._put(request, expires_at, following=False)
+            if isinstance(result, Rejected):
                 self.active = None
-                await self._restore(model, f"after a failed write ({err})")
-                return Rejected(f"not applied: {err}")
-            self.active = Active(request, p, expires_at, report)
-        log.info("P_ESS_set %g W: writing %g W %s", request, p.power, p.reason)
-        return outcome(request, p)
+            else:
+                self.active = Active(request, p, expires_at, report, result)
+                if isinstance(result, Unconfirmed):
+                    self._wake.set()  # follow it up at once, not at the next keep-alive
+        if p is not None and not isinstance(result, Rejected):
+            log.info("P_ESS_set %g W: writing %g W %s", request, p.power, p.reason)
+        return result
 
     async def autonomous(self) -> None:
         """Back to the device's own mode; raises if it does not read back so."""
@@ -248,19 +380,37 @@ class StorageControl:
             await self._write(model, 0, [full, full, 0, 0])
         log.info("battery back in autonomous mode")
 
-    async def _restore(self, model: ModelLocation, why: str) -> None:
+    async def _restore(self, model: ModelLocation, why: str) -> bool:
+        """Autonomous mode, read back; False (logged) if that failed."""
         try:
             full = rate_word(100.0, (await self.limits(model)).rate_sf)
             await self._write(model, 0, [full, full, 0, 0])
         except Exception as err:
             log.error("cannot restore autonomous mode %s: %s", why, err)
+            return False
+        return True
+
+    def _pause(self) -> float:
+        """Until the next keep-alive: `revert_after` / 3, or sooner while the outcome is
+        unknown (a try every RETRY_S, and when the device's timer must have ended)."""
+        period = max(0.5, self.revert_after / 3)
+        active = self.active
+        if active is None or not isinstance(active.told, Unconfirmed):
+            return period
+        pause = min(period, RETRY_S)
+        left = self.forced_until + REVERT_MARGIN_S - time.time()
+        if left > 0:
+            pause = min(pause, left + 0.05)
+        return max(0.05, pause)
 
     async def keep_alive(self) -> None:
         """Rewrite the setpoint in force before the device's revert timer ends, every
-        `revert_after` / 3, planned anew on the limits of the moment. A rewrite that fails is
-        logged: the device's timer then ends the forcing by itself."""
+        `revert_after` / 3, planned anew on the limits of the moment; while its outcome is
+        unknown (no answer), try every second. Each try corrects the outcome told."""
         while True:
-            await asyncio.sleep(max(0.5, self.revert_after / 3))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._pause())
             try:
                 await self.refresh()
             except Exception as err:
@@ -268,20 +418,36 @@ class StorageControl:
 
     async def refresh(self) -> None:
         """One keep-alive rewrite: read the limits (SoC, reserve...), plan the request in
-        force again, write it; report the outcome if it changed."""
+        force again, write it; report the outcome if it changed (UNCONFIRMED while the inverter
+        does not answer, REJECTED if it refuses, APPLIED or CLAMPED once it runs it again)."""
         active = self.active
         if active is None or active.expires_at <= time.time():
             return
         async with self.source.lock:
             if self.active is not active:
                 return  # replaced or ended meanwhile
-            model = await self._model()
-            p = plan(active.request, await self.limits(model))
-            rates = [p.out_word, p.in_word, 0, self._revert_seconds(active.expires_at)]
-            await self._write(model, p.mod, rates)
-            self.active = replace(active, plan=p)
-        before, now = outcome(active.request, active.plan), outcome(active.request, p)
-        if now != before:
+            result, p = await self._put(active.request, active.expires_at, following=True)
+            if isinstance(result, Rejected):
+                self.active = None
+            else:
+                self.active = replace(active, plan=p or active.plan, told=result)
+        if _same(result, active.told):
+            return
+        if isinstance(result, Unconfirmed | Rejected):
+            log.warning("P_ESS_set %g W: %s: %s", active.request, _status(result), result.reason)
+        elif p is not None:
             log.info("P_ESS_set %g W: now writing %g W %s", active.request, p.power, p.reason)
-            if active.report is not None:
-                await active.report(now)
+        if active.report is not None:
+            await active.report(result)
+
+
+def _status(result: Result) -> str:
+    return type(result).__name__.upper()
+
+
+def _same(a: Result, b: Result | None) -> bool:
+    """Whether the core needs no new report: the same outcome, or the same kind of unknown
+    (a reason that only names another error of a silent link is not worth a report)."""
+    if isinstance(a, Unconfirmed) and isinstance(b, Unconfirmed):
+        return ("reverted" in a.reason) == ("reverted" in b.reason)
+    return a == b

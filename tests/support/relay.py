@@ -5,6 +5,7 @@ every new one while `down`), or delays it.
     relay = await Relay.start(target_port)
     ... connect to relay.port ...
     relay.blackhole(); relay.reset(); relay.restore()
+    relay.blackhole_after(21)  # 21 more bytes client -> server (one request), then blackhole
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Relay:
         self.mode = "pass"  # pass | blackhole | down
         self.delay = 0.0  # seconds added to every chunk, each way
         self.connections = 0  # accepted since start
+        self.passed = 0  # bytes passed from clients to the server since start
+        self._budget: int | None = None  # bytes client -> server until a blackhole
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -43,6 +46,15 @@ class Relay:
         lost on the path, no reset)."""
         self.mode = "blackhole"
 
+    def blackhole_after(self, count: int) -> None:
+        """Let `count` more bytes through from the client to the server (the server's answers
+        as usual), then blackhole at once, both ways: a request that reaches the server whose
+        answer never comes back. `count` 0 is `blackhole()`."""
+        if count <= 0:
+            self.blackhole()
+        else:
+            self._budget = count
+
     def reset(self) -> None:
         """Reset every open connection (RST), and every new one until `restore`."""
         self.mode = "down"
@@ -52,6 +64,7 @@ class Relay:
     def restore(self) -> None:
         self.mode = "pass"
         self.delay = 0.0
+        self._budget = None
 
     async def close(self) -> None:
         self.mode = "down"
@@ -79,17 +92,33 @@ class Relay:
             return
         self._open.update((writer, up_writer))
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(
+                self._pipe(reader, up_writer, upstream=True), self._pipe(up_reader, writer)
+            )
         finally:
             for w in (writer, up_writer):
                 self._open.discard(w)
                 _abort(w)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while chunk := await reader.read(65536):
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if upstream and self._budget is not None and self.mode == "pass":
+                    head, chunk = chunk[: self._budget], chunk[self._budget :]
+                    writer.write(head)
+                    self.passed += len(head)
+                    self._budget -= len(head)
+                    if self._budget == 0:
+                        # Before the server can answer: the answer is held with the rest.
+                        self._budget = None
+                        self.mode = "blackhole"
+                    if not chunk:
+                        await writer.drain()
+                        continue
                 while self.mode == "blackhole":
                     # Nothing gets through, nothing is read: TCP retransmits behind it and the
                     # stream resumes intact if the path comes back before anyone gives up.
@@ -97,6 +126,8 @@ class Relay:
                 if self.mode == "down" or writer.is_closing():
                     return
                 writer.write(chunk)
+                if upstream:
+                    self.passed += len(chunk)
                 await writer.drain()
         _abort(writer)
 
