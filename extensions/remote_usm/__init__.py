@@ -42,11 +42,11 @@ is mirrored and request the forwarded setpoints:
     rules = [ { verbs = ["request"], points = ["**/*_set"] } ]
 
 then `smx admin reload`. Written by hand as root, the file must be the core's and 0600 (`smx
-policy bind` does this by itself; the core names the chown otherwise). Narrower is fine: `read` on the mirrored patterns (GetSetpoint, used to
-follow a forwarded request, needs `read` on the setpoint point or being its requester) and
-`request` on the setpoints to forward (e.g. `ess/P_set`). `smx policy bind usm-link
-energy-router` also works (it writes policy.local.toml and reloads a running core itself) but
-grants more (write/control of `usm-link/**`).
+policy bind` does this by itself; the core names the chown otherwise). Narrower is fine: `read`
+on the mirrored patterns (GetSetpoint, used to follow a forwarded request, needs `read` on the
+setpoint point or being its requester) and `request` on the setpoints to forward (e.g.
+`ess/P_set`). `smx policy bind usm-link energy-router` also works (it writes policy.local.toml
+and reloads a running core itself) but grants more (write/control of `usm-link/**`).
 
 Qualities: kept, except a remote STALE, which is written once as UNCERTAIN (the local core
 refuses STALE from writers) and not republished, so it turns STALE locally too.
