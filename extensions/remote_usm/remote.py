@@ -91,9 +91,10 @@ def explain(err: grpc.aio.AioRpcError, link: RemoteLink, failures: int) -> tuple
         return f"the remote USM refuses this link's certificate: {describe_error(err)}", True
     if err.code() == grpc.StatusCode.PERMISSION_DENIED:
         who = link.identity or f"the identity in {creds.cert}"
+        name = link.identity.rsplit("/", 1)[-1] if link.identity else "usm-link"
         return (
             f"the remote USM's policy does not let {who} do this ({describe_error(err)}): its "
-            "operator binds it (`smx policy bind usm-link gui --domain trusted` on the remote)",
+            f"operator binds it (`smx policy bind {name} gui --domain trusted` on the remote)",
             True,
         )
     if "Socket closed" in details and not link.ever_up:

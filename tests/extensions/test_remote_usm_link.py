@@ -317,3 +317,34 @@ async def test_the_remote_operators_binding_outlives_a_remote_restart(tmp_path):
             await usm.stop()
         local.close()
         remote.close()
+
+
+async def test_a_link_the_remote_has_not_bound_backs_off_and_says_what_to_do(sites, caplog):
+    """PERMISSION_DENIED (a certificate of the remote CA with no binding there): one ERROR
+    line naming the fix, degraded, and retries that slow down instead of 5 a second."""
+    remote, local, port = sites
+    remote.smx("pki", "issue", "usm-other", "--domain", "trusted")
+    creds = Credentials.from_site(remote.home, "usm-other")
+    cfg = {
+        **link_config(remote, port),
+        **FAST_LINK,
+        "remote_cert": str(creds.cert),
+        "remote_key": str(creds.key),
+    }
+    usm = RemoteUsm(Extension(local.env("usm1", config=cfg)))
+    caplog.set_level(logging.INFO, logger="extensions.remote_usm")
+    await usm.start()
+    try:
+        await until(lambda: usm.mirror.health.failures >= 1 or None, timeout=20)
+        first = usm.mirror.health.failures
+        await asyncio.sleep(10)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, errors
+        assert "policy does not let spiffe://test-site/trusted/usm-other" in errors[0]
+        assert "smx policy bind usm-other gui --domain trusted" in errors[0]
+        assert usm.mirror.health.failures - first <= 8
+        assert usm.ext.health()["state"] == "degraded"
+        link_up = await get_point(local, "usm1/link.up")
+        assert link_up is None or value(link_up) is False  # never up without data
+    finally:
+        await usm.stop()
