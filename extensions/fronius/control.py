@@ -31,7 +31,6 @@ is written again as soon as the inverter answers, while the setpoint is valid.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -43,6 +42,7 @@ from extensions.sdk import Applied, Clamped, Rejected, Unconfirmed
 from extensions.sdk.protocols.modbus_link import ModbusLinkError
 from extensions.sdk.protocols.sunspec import ModelLocation, link_reader, read_registers
 from extensions.sdk.protocols.sunspec_models import decode_model, fixed_points
+from smx.aio import wait_event
 
 from .sunspec_source import SunSpecSource
 
@@ -409,8 +409,7 @@ class StorageControl:
         unknown (no answer), try every second. Each try corrects the outcome told."""
         while True:
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._pause())
+            await wait_event(self._wake, self._pause())
             try:
                 await self.refresh()
             except Exception as err:
