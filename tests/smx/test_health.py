@@ -54,9 +54,12 @@ def test_status_shows_control_characters_as_escapes():
         "state": "running",
         "started_at": time.time(),
         "updated_at": time.time(),
-        "processes": [{"name": "evil", "kind": "agent", "state": "running", "last_error": forged}],
+        "processes": [{"name": "evil", "kind": "agent", "state": "running", "last_error": ""}],
     }
-    text = format_status(status, running=True)
-    assert "\x1b" not in text and "\x07" not in text
-    assert len(text.splitlines()) == 3  # the header, the column names, one row
-    assert "\\x1b]0;owned\\x07\\nfake" in text
+    # Why it last died (not running) and what troubles it now (running): both escaped.
+    for state, key in (("backoff", "last_error"), ("running", "health_error")):
+        status["processes"] = [{"name": "evil", "kind": "agent", "state": state, key: forged}]
+        text = format_status(status, running=True)
+        assert "\x1b" not in text and "\x07" not in text
+        assert len(text.splitlines()) == 3  # the header, the column names, one row
+        assert "\\x1b]0;owned\\x07\\nfake" in text
