@@ -18,9 +18,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from trusted.pki.cert_build import build_ca, build_leaf, new_key
 
 __all__ = ["MOSQUITTO", "BROKER", "MqttFiles", "give_files", "make_pki", "mosquitto_conf"]
 
@@ -68,59 +69,23 @@ def make_pki(directory: Path, clients: Sequence[str]) -> MqttFiles:
     name (its common name, which Mosquitto takes as the user name), as PEM files; keys 0600."""
     files = MqttFiles(directory)
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smx demo mqtt ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    # The project's one certificate builder (trusted.pki): a CA, and leaves with the usages
+    # the broker (server) and the clients need.
+    ca, ca_key = build_ca("demo-mqtt", _DAYS)
     _write(files.ca, _pem(ca), 0o644)
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=_DAYS)
     for name in (BROKER, *clients):
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
+        key = new_key()
         if name == BROKER:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
-                critical=False,
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            san: list[x509.GeneralName] = [
+                x509.IPAddress(IPv4Address("127.0.0.1")),
+                x509.DNSName("localhost"),
+            ]
+            eku = [ExtendedKeyUsageOID.SERVER_AUTH]
         else:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False
-            )
-        _write(files.cert(name), _pem(builder.sign(ca_key, hashes.SHA256())), 0o644)
+            san, eku = [x509.DNSName(name)], [ExtendedKeyUsageOID.CLIENT_AUTH]
+        cert = build_leaf(ca, ca_key, key, name, san, eku, until)
+        _write(files.cert(name), _pem(cert), 0o644)
         private = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
