@@ -26,7 +26,7 @@ from smx.sdk import Agent, PointUpdate, SetpointState
 from .ess_control import EssControl
 from .evchcon import EvCommands
 from .measurements import Measurements, build_devices
-from .mqtt_link import MqttLink
+from .mqtt_link import MAX_PACKET, MqttLink
 from .outbox import Outbox
 from .profile import ProfileError, ProfileStore, parse_profile
 from .rights import STATE_POINTS
@@ -58,7 +58,9 @@ class Lessag(Agent):
             raise SetupError(f"{self.config_key}.ess.timezone: unknown time zone") from None
         self.state_dir = RunPaths(self.site_dir).run / self.name
         self.prefix = m.prefix or f"{env.site}/{self.name}"
-        self.link = MqttLink(m, m.client_id or f"{env.site}-{self.name}", self.prefix)
+        # Room for the largest profile the config accepts (commands are 1 KB at most).
+        max_packet = max(MAX_PACKET, size_bytes(cfg.ess.max_message) + 1024)
+        self.link = MqttLink(m, m.client_id or f"{env.site}-{self.name}", self.prefix, max_packet)
         self.outbox = Outbox(self.link, cfg.queue, cfg.queue.path or self.state_dir / "queue.db")
         devices = build_devices(cfg, env.site, self.prefix)
         self.measurements = Measurements(cfg, devices, self.outbox.submit)
@@ -70,7 +72,8 @@ class Lessag(Agent):
             cfg.ess, store, self._request, self._publish("gesscon/report"), clock or self._now
         )
         self.ev = EvCommands(cfg.ev, self._request, self._publish("evchcon/reply"))
-        self.inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(INBOX_SIZE)
+        self.inbox: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(INBOX_SIZE)
+        self.inbox_dropped = 0  # in the current episode of a full inbox (logged once)
         self._wire()
 
     def _now(self) -> dt.datetime:
@@ -91,8 +94,10 @@ class Lessag(Agent):
         link.on_up = self.outbox.link_up
         link.on_down = self.outbox.link_down
         link.on_message = self._received
-        link.subscribe(f"{self.prefix}/gesscon/profile")
-        link.subscribe(f"{self.prefix}/evchcon/command")
+        # A day profile is state: the retained one fills the gap of an agent that has none for
+        # today (the demo's simulator publishes it retained). A command acts: never retained.
+        link.subscribe(f"{self.prefix}/gesscon/profile", retained=True)
+        link.subscribe(f"{self.prefix}/evchcon/command", retained=False)
         if self.measurements.devices:
             self.subscribe(self.measurements.patterns(), self.measurements.update)
         if self.cfg.ess.enabled:
@@ -122,30 +127,44 @@ class Lessag(Agent):
         self.background(self.measurements.run, "measurements")
         self.background(self._serve_inbox, "inbox")
 
-    def _received(self, topic: str, payload: bytes) -> None:
+    def _received(self, topic: str, payload: bytes, retained: bool = False) -> None:
         try:
-            self.inbox.put_nowait((topic, payload))
+            self.inbox.put_nowait((topic, payload, retained))
         except asyncio.QueueFull:
-            log.warning("inbox full: dropped a message on %s", topic)
+            if not self.inbox_dropped:  # one line per episode, the count when it ends
+                log.warning(
+                    "inbox full (%d waiting): dropping messages (first on %s)", INBOX_SIZE, topic
+                )
+            self.inbox_dropped += 1
 
     async def _serve_inbox(self) -> None:
         while True:
-            topic, payload = await self.inbox.get()
+            topic, payload, retained = await self.inbox.get()
+            if self.inbox_dropped and self.inbox.empty():
+                log.warning("inbox has room again: %d message(s) dropped", self.inbox_dropped)
+                self.inbox_dropped = 0
             try:
                 if topic.endswith("/gesscon/profile"):
-                    self._take_profile(payload)
+                    self._take_profile(payload, retained)
                 elif topic.endswith("/evchcon/command"):
                     await self.ev.handle(payload)
             except Exception:
                 log.exception("message on %s not handled", topic)
 
-    def _take_profile(self, payload: bytes) -> None:
+    def _take_profile(self, payload: bytes, retained: bool = False) -> None:
         today = self.ess.now().date()
+        if retained and self.ess.store.day(today) is not None:
+            # The broker's retained profile, sent again at every connect: it fills a gap only,
+            # never replaces a profile in force (it may be older than the one sent live since).
+            log.debug("retained GESSCon profile ignored: a profile for %s is in force", today)
+            return
         error = self._publish("gesscon/error")
         try:
             profile = parse_profile(payload, today, size_bytes(self.cfg.ess.max_message))
         except ProfileError as err:
-            log.warning("GESSCon profile refused: %s", err)
+            log.warning("GESSCon %sprofile refused: %s", "retained " * retained, err)
+            if retained:  # the broker's copy, sent again at every connect: no reply each time
+                return
             error(_json({"id": err.msg_id, "field": err.field, "error": str(err)}))
             return
         self.ess.store.replace(profile)

@@ -9,6 +9,12 @@ agent, its events handed to the asyncio loop.
   `offline` again on a clean stop.
 - Reconnects by itself, the delay doubling from `backoff_min` up to `backoff_max` (paho's own
   back-off: reset once a connection is accepted).
+- Incoming messages are bounded: MQTT 5 announces a Maximum Packet Size in CONNECT (the broker
+  never sends a larger packet); under 3.1.1 the broker's `message_size_limit` has to do it, and
+  a larger message that arrives anyway is dropped here, before the agent sees it.
+- Retained messages: a subscription says whether it takes them. One that does not (a command:
+  running it again at every reconnect would act again) asks the broker not to send them (MQTT 5
+  retain handling 2) and drops any that come (3.1.1, or a broker that ignores the option).
 
 paho runs its network loop in a thread of its own; every callback is passed to the event loop
 with `call_soon_threadsafe`, so the rest of the agent is single-threaded asyncio.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .settings import MqttConfig
 
@@ -34,11 +42,16 @@ __all__ = ["MqttLink"]
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 2.0
+MAX_PACKET = 64 * 1024  # bytes: what the agent accepts from the broker (commands, profiles)
+OVERSIZE_LOG_EVERY_S = 60.0
 
 
 class MqttLink:
-    def __init__(self, cfg: MqttConfig, client_id: str, prefix: str) -> None:
+    def __init__(
+        self, cfg: MqttConfig, client_id: str, prefix: str, max_packet: int = MAX_PACKET
+    ) -> None:
         self.cfg = cfg
+        self.max_packet = max_packet
         self.client_id = client_id
         self.prefix = prefix
         self.status_topic = f"{prefix}/status"
@@ -48,8 +61,12 @@ class MqttLink:
         self.on_up: Callable[[], None] = lambda: None
         self.on_down: Callable[[], None] = lambda: None
         self.on_ack: Callable[[int, bool], None] = lambda mid, ok: None
-        self.on_message: Callable[[str, bytes], None] = lambda topic, payload: None
-        self._subscriptions: list[str] = []
+        # (topic, payload, retained): `retained` only on subscriptions that take retained ones
+        self.on_message: Callable[[str, bytes, bool], None] = lambda topic, payload, r: None
+        self.oversized = 0  # messages over `max_packet` dropped (3.1.1: the broker sent them)
+        self.ignored_retained = 0  # retained messages dropped on subscriptions that refuse them
+        self._subscriptions: dict[str, bool] = {}  # topic filter -> takes retained messages
+        self._oversize_logged = -OVERSIZE_LOG_EVERY_S
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._v5 = cfg.protocol == "5"
@@ -57,11 +74,25 @@ class MqttLink:
 
     # -- set-up ---------------------------------------------------------------------------------
 
-    def subscribe(self, topic: str) -> None:
-        """Subscribed now if connected, and again after every connect."""
-        self._subscriptions.append(topic)
+    def subscribe(self, topic: str, retained: bool = False) -> None:
+        """Subscribed now if connected, and again after every connect. `retained`: pass on the
+        retained message the broker sends at each subscribe (state, such as a day profile);
+        without it they are not asked for (MQTT 5) and dropped if they come."""
+        self._subscriptions[topic] = retained
         if self._client is not None and self.connected:
-            self._client.subscribe(topic, qos=self.cfg.qos)
+            self._subscribe(self._client, topic, retained)
+
+    def _subscribe(self, client: paho.Client, topic: str, retained: bool) -> None:
+        if self._v5:
+            handling = (
+                SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+                if retained
+                else SubscribeOptions.RETAIN_DO_NOT_SEND
+            )
+            options = SubscribeOptions(qos=self.cfg.qos, retainHandling=handling)
+            client.subscribe(topic, options=options)
+        else:
+            client.subscribe(topic, qos=self.cfg.qos)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -100,6 +131,7 @@ class MqttLink:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = int(cfg.session_expiry)
+            props.MaximumPacketSize = self.max_packet  # the broker sends nothing larger
             kwargs = {"clean_start": False, "properties": props}
         client.connect_async(cfg.host, cfg.port, keepalive=int(cfg.keepalive), **kwargs)
         self._client = client
@@ -158,8 +190,8 @@ class MqttLink:
             self._call(self._refused, f"broker refused the connection: {rc}")
             return
         client.publish(self.status_topic, b"online", qos=1, retain=True)
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=self.cfg.qos)
+        for topic, retained in list(self._subscriptions.items()):
+            self._subscribe(client, topic, retained)
         self._call(self._up, bool(getattr(flags, "session_present", False)))
 
     def _disconnected(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -169,7 +201,21 @@ class MqttLink:
         self._call(self.on_ack, mid, not rc.is_failure)
 
     def _received(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        self._call(self.on_message, msg.topic, bytes(msg.payload))
+        size = len(msg.payload)
+        if size > self.max_packet:  # 3.1.1: nothing told the broker; not passed on
+            self._call(self._too_big, msg.topic, size)
+            return
+        retained = bool(msg.retain)
+        if retained and not self._takes_retained(msg.topic):
+            self._call(self._retained_ignored, msg.topic)
+            return
+        self._call(self.on_message, msg.topic, bytes(msg.payload), retained)
+
+    def _takes_retained(self, topic: str) -> bool:
+        return any(
+            takes and paho.topic_matches_sub(sub, topic)
+            for sub, takes in list(self._subscriptions.items())
+        )
 
     # -- the same, in the event loop ------------------------------------------------------------
 
@@ -194,6 +240,24 @@ class MqttLink:
         if was and not self._stopping:
             log.warning("lost the broker %s:%d: %s", self.cfg.host, self.cfg.port, why)
             self.on_down()
+
+    def _too_big(self, topic: str, size: int) -> None:
+        self.oversized += 1
+        now = time.monotonic()
+        if now - self._oversize_logged >= OVERSIZE_LOG_EVERY_S:  # a flood is a line a minute
+            self._oversize_logged = now
+            log.warning(
+                "dropped a message of %d bytes on %s (over %d; %d dropped so far): set the "
+                "broker's message_size_limit under MQTT 3.1.1",
+                size,
+                topic,
+                self.max_packet,
+                self.oversized,
+            )
+
+    def _retained_ignored(self, topic: str) -> None:
+        self.ignored_retained += 1
+        log.info("ignored a retained message on %s (it would act again at each connect)", topic)
 
     def _refused(self, why: str) -> None:
         if why != self.last_error:
