@@ -4,6 +4,10 @@ SUPERSEDED) is published on the reply topic with the command's id, as the core r
 the requester stream. A command that is not valid, or that the core refuses (no right: the
 policy's PERMISSION_DENIED), gets an error reply; nothing else happens.
 
+A command id is remembered for as long as its limit is valid (`valid_for`, the last
+`REMEMBER` ids at most): the same id again (a replay, a QoS 1 re-delivery) is answered with the
+latest reply for it, from memory, and requests nothing.
+
     {"id": "c-17", "cp": "ev1", "I_max": 16, "valid_for": 900}
     {"id": "c-18", "cp": "ev1", "P_max": 7400}
 
@@ -15,8 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -34,7 +40,15 @@ Reply = Callable[[bytes], object]
 MAX_BYTES = 1024
 DEFAULT_VALID_FOR = 900.0
 LIMITS = {"I_max": ("I_max_set", 1000.0), "P_max": ("P_max_set", 1_000_000.0)}
-REMEMBER = 1000  # setpoint id -> command id
+REMEMBER = 1000  # setpoint id -> command id; command ids run recently
+
+
+@dataclass
+class _Ran:
+    """A command id that was requested: until when it is remembered, and its latest reply."""
+
+    until: float  # monotonic
+    reply: bytes | None = None
 
 
 class CommandError(ValueError):
@@ -44,11 +58,20 @@ class CommandError(ValueError):
 
 
 class EvCommands:
-    def __init__(self, cfg: EvConfig, request: Request, reply: Reply) -> None:
+    def __init__(
+        self,
+        cfg: EvConfig,
+        request: Request,
+        reply: Reply,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg
         self.request = request
         self.reply = reply
+        self.clock = clock
         self.commands: OrderedDict[str, str] = OrderedDict()  # setpoint id -> command id
+        self.ran: OrderedDict[str, _Ran] = OrderedDict()  # command id -> its memory
+        self.repeats = 0  # commands answered from memory
         self._early: dict[str, SetpointState] = {}
 
     def parse(self, payload: bytes) -> tuple[str | None, str, float, float]:
@@ -57,8 +80,8 @@ class EvCommands:
             raise CommandError("$", f"message of {len(payload)} bytes is over {MAX_BYTES}")
         try:
             msg = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise CommandError("$", f"not JSON: {err}") from None
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise CommandError("$", f"not JSON: {_why(err)}") from None
         if not isinstance(msg, dict):
             raise CommandError("$", "must be a JSON object")
         for key in msg:
@@ -99,11 +122,15 @@ class EvCommands:
         try:
             cmd_id, name, value, valid_for = self.parse(payload)
         except CommandError as err:
-            try:
-                cmd_id = json.loads(payload).get("id")
+            try:  # the id, to name the reply (a string; within the size, parsed once more)
+                cmd_id = json.loads(payload).get("id") if len(payload) <= MAX_BYTES else None
             except Exception:
                 cmd_id = None
+            if not isinstance(cmd_id, str):
+                cmd_id = None
             self._send({"id": cmd_id, "status": "ERROR", "field": err.field, "error": str(err)})
+            return
+        if self._repeat(cmd_id):
             return
         try:
             sp = await self.request(name, value, valid_for)
@@ -120,7 +147,27 @@ class EvCommands:
         self.commands[sp.id] = cmd_id
         while len(self.commands) > REMEMBER:
             self.commands.popitem(last=False)
+        self.ran[cmd_id] = _Ran(self.clock() + valid_for)
+        while len(self.ran) > REMEMBER:
+            self.ran.popitem(last=False)
         self.outcome(self._early.pop(sp.id, sp))
+
+    def _repeat(self, cmd_id: str) -> bool:
+        """A command id run within its validity: answered from memory (its latest reply)."""
+        now = self.clock()
+        while self.ran:  # forget the expired ones (oldest first; a longer one may follow)
+            first = next(iter(self.ran.values()))
+            if first.until > now:
+                break
+            self.ran.popitem(last=False)
+        ran = self.ran.get(cmd_id)
+        if ran is None or ran.until <= now:
+            return False
+        self.repeats += 1
+        log.info("EVChCon command %r seen again: answered from memory, not requested", cmd_id)
+        if ran.reply is not None:
+            self.reply(ran.reply)
+        return True
 
     def outcome(self, sp: SetpointState) -> None:
         """Every status change of a commanded setpoint, as a reply (PENDING too: the request
@@ -141,10 +188,19 @@ class EvCommands:
             reply["applied"] = sp.applied_value
         if sp.reason:
             reply["reason"] = sp.reason
-        self._send(reply)
+        sent = self._send(reply)
+        ran = self.ran.get(cmd_id)
+        if ran is not None:
+            ran.reply = sent
 
-    def _send(self, reply: dict[str, Any]) -> None:
-        self.reply(json.dumps(reply, separators=(",", ":")).encode())
+    def _send(self, reply: dict[str, Any]) -> bytes:
+        payload = json.dumps(reply, separators=(",", ":")).encode()
+        self.reply(payload)
+        return payload
+
+
+def _why(err: BaseException) -> str:
+    return "nested too deeply" if isinstance(err, RecursionError) else str(err)
 
 
 def _refusal(err: BaseException) -> str:

@@ -88,8 +88,9 @@ def parse_profile(payload: bytes, today: dt.date, max_bytes: int) -> Profile:
         raise ProfileError("$", f"message of {len(payload)} bytes is over {max_bytes}")
     try:
         msg = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ProfileError("$", f"not JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ProfileError("$", f"not JSON: {why}") from None
     if not isinstance(msg, dict):
         raise ProfileError("$", "must be a JSON object")
     msg_id = msg.get("id")
@@ -140,7 +141,7 @@ class ProfileStore:
             )
         except FileNotFoundError:
             pass
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, RecursionError) as err:
             raise ValueError(f"{path}: not a profile this agent wrote ({err}); delete it") from err
 
     def replace(self, profile: Profile) -> None:
