@@ -13,6 +13,11 @@
 - Bounds: the queue holds at most `max_size` bytes and nothing older than `max_age`; what they
   drop is the oldest, counted (`dropped`, kept on disk) and logged once per episode.
 
+- A damaged queue (not a database, or failing `PRAGMA quick_check` at start) is renamed aside
+  (`queue.db.damaged-<time>`, with its -wal and -shm), logged once, its messages counted as
+  dropped (what it can still tell; at least one), and a fresh queue started, the publish ids
+  going on above every earlier one: the agent runs on rather than fail at every restart.
+
 A crash (kill -9) loses what was not yet on disk: at most `flush_every` of messages made while
 the broker was away, and the messages handed to a live broker but not yet acknowledged.
 docs/LESSAG.md, "Store and forward".
@@ -58,13 +63,12 @@ class Outbox:
         self.cfg = cfg
         self.max_bytes = size_bytes(cfg.max_size)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.executescript(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-            "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, created REAL,"
-            " topic TEXT, payload BLOB);"
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);"
-        )
+        try:
+            self.db = _open(path)
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError):  # locked, no space, no access: not
+                raise  # damage; setting the file aside would lose a good queue
+            self.db = _start_afresh(path, err)
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(topic) + LENGTH(payload)),"
             " 0), COALESCE(MAX(seq), 0) FROM queue"
@@ -293,3 +297,79 @@ class Outbox:
         """At a clean stop: everything not acknowledged is on disk."""
         self._to_disk([m for m in self.inflight.values() if not m.on_disk])
         self.db.close()
+
+
+SCHEMA = (
+    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, created REAL,"
+    " topic TEXT, payload BLOB);"
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER);"
+)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The queue, checked (`quick_check`: a damaged file raises DatabaseError here, not later)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.executescript(SCHEMA)
+        verdict = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
+        if verdict != ["ok"]:
+            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(verdict[:3])}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _start_afresh(path: Path, err: sqlite3.DatabaseError) -> sqlite3.Connection:
+    """Set a damaged queue aside and start a new one; what the old one held counts as dropped
+    (as far as it can still tell: at least one message), and publish ids go on above its."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(f"{path}{suffix}")
+        if old.exists():
+            old.replace(Path(f"{aside}{suffix}"))
+    queued, dropped, last_seq = _salvage(aside)
+    lost = max(queued, 1)
+    log.error(
+        "queue %s is damaged (%s): set aside as %s, a new queue started; %s counted as dropped",
+        path,
+        err,
+        aside.name,
+        f"the {queued} message(s) it held" if queued else "its messages (how many unknown: one)",
+    )
+    db = _open(path)
+    # Publish ids above every earlier one (consumers drop a seq they have seen): the old
+    # file's if it can still say, else the clock's milliseconds, far beyond a counter's.
+    next_seq = max(last_seq, int(time.time() * 1000))
+    with db:
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (dropped + lost,))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)", (next_seq,))
+    return db
+
+
+def _salvage(path: Path) -> tuple[int, int, int]:
+    """(rows queued, dropped so far, highest publish id) of a damaged queue, 0 where unknown."""
+    queued = dropped = last_seq = 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0, 0, 0
+    try:
+        for sql in (
+            "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM queue",
+            "SELECT key, value FROM meta WHERE key IN ('dropped', 'last_seq')",
+        ):
+            try:
+                for a, b in db.execute(sql).fetchall():
+                    if a == "dropped":
+                        dropped = int(b)
+                    elif a == "last_seq":
+                        last_seq = max(last_seq, int(b))
+                    elif isinstance(a, int):
+                        queued, last_seq = a, max(last_seq, int(b))
+            except (sqlite3.Error, ValueError, TypeError):
+                continue
+    finally:
+        db.close()
+    return queued, dropped, last_seq
