@@ -9,10 +9,15 @@ from smx.names import Glob
 
 from .settings import LessagConfig
 
-__all__ = ["STATE_POINTS", "binding_toml", "needed_rules", "site_keys"]
+__all__ = ["STATE_POINTS", "binding_toml", "needed_rules", "read_rules", "site_keys"]
 
 # The agent's own points (besides the SDK's `<name>/ext.state`).
 STATE_POINTS = ("mqtt", "queued", "dropped")
+# As for every untrusted reader (docs/POLICY.md): billing snapshots are the meter owner's,
+# unless a read names them itself. The same split as `smx run`'s (trusted/supervisor/
+# provision.py, which untrusted code may not import; a test checks both give the same rules).
+BILLING_SNAPSHOTS = "**/*.bill*"
+BILLING_SNAPSHOTS_HINT = ".bill"
 
 
 def needed_rules(cfg: LessagConfig, name: str) -> list[tuple[str, list[str]]]:
@@ -44,11 +49,28 @@ def site_keys(cfg: LessagConfig, name: str) -> dict[str, str | list[str]]:
     }
 
 
+def read_rules(reads: list[str]) -> list[tuple[list[str], list[str]]]:
+    """The read rules, (points, except): the broad patterns without the billing snapshots,
+    then the patterns that name snapshots themselves in a rule of their own."""
+    named = [r for r in reads if BILLING_SNAPSHOTS_HINT in r]
+    broad = [r for r in reads if BILLING_SNAPSHOTS_HINT not in r]
+    rules: list[tuple[list[str], list[str]]] = []
+    if broad:
+        rules.append((broad, [BILLING_SNAPSHOTS]))
+    if named:
+        rules.append((named, []))
+    return rules
+
+
 def _covered(patterns: list[str]) -> list[str]:
-    """Each pattern once, leaving out a plain name an earlier pattern already matches."""
+    """Each pattern once, leaving out a plain name an earlier pattern of its own rule already
+    matches (a named billing snapshot is never folded into a broad pattern: that one excludes
+    the snapshots)."""
     kept: list[str] = []
     for p in dict.fromkeys(patterns):
-        if "*" in p or not any(Glob(k).match(p) for k in kept):
+        named = BILLING_SNAPSHOTS_HINT in p
+        same = [k for k in kept if (BILLING_SNAPSHOTS_HINT in k) == named]
+        if "*" in p or not any(Glob(k).match(p) for k in same):
             kept.append(p)
     return kept
 
@@ -63,13 +85,13 @@ def binding_toml(cfg: LessagConfig, site: str, name: str) -> str:
         "rules = [",
     ]
     for verb, patterns in needed_rules(cfg, name):
-        quoted = ", ".join(f'"{p}"' for p in patterns)
-        # As the untrusted role: billing snapshots stay the meter owner's (docs/POLICY.md).
-        keep_out = (
-            ', except = ["**/*.bill*"]'
-            if verb == "read" and not any(".bill" in p for p in patterns)
-            else ""
-        )
-        lines.append(f'  {{ verbs = ["{verb}"], points = [{quoted}]{keep_out} }},')
+        rules = read_rules(patterns) if verb == "read" else [(patterns, [])]
+        for points, keep_out in rules:
+            tail = f", except = [{_quoted(keep_out)}]" if keep_out else ""
+            lines.append(f'  {{ verbs = ["{verb}"], points = [{_quoted(points)}]{tail} }},')
     lines.append("]")
     return "\n".join(lines) + "\n"
+
+
+def _quoted(patterns: list[str]) -> str:
+    return ", ".join(f'"{p}"' for p in patterns)
