@@ -299,6 +299,8 @@ class Outbox:
         self.db.close()
 
 
+PLAUSIBLE = 2**53  # beyond, a number read from a damaged file is damage, not a count
+
 SCHEMA = (
     "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
     "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, created REAL,"
@@ -314,7 +316,8 @@ def _open(path: Path) -> sqlite3.Connection:
         db.executescript(SCHEMA)
         verdict = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
         if verdict != ["ok"]:
-            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(verdict[:3])}")
+            first = " ".join(verdict[0].split())[:160]  # the first problem is enough
+            raise sqlite3.DatabaseError(f"quick_check: {first}")
     except BaseException:
         db.close()
         raise
@@ -349,27 +352,25 @@ def _start_afresh(path: Path, err: sqlite3.DatabaseError) -> sqlite3.Connection:
 
 
 def _salvage(path: Path) -> tuple[int, int, int]:
-    """(rows queued, dropped so far, highest publish id) of a damaged queue, 0 where unknown."""
-    queued = dropped = last_seq = 0
+    """(rows queued, dropped so far, highest publish id) of a damaged queue, as far as it can
+    still tell: 0 where it cannot, or where a value cannot be a counter's (damage)."""
+    found: dict[str, int] = {}
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error:
         return 0, 0, 0
     try:
         for sql in (
-            "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM queue",
+            "SELECT 'queued', COUNT(*) FROM queue UNION ALL SELECT 'max_seq', MAX(seq) FROM queue",
             "SELECT key, value FROM meta WHERE key IN ('dropped', 'last_seq')",
         ):
             try:
-                for a, b in db.execute(sql).fetchall():
-                    if a == "dropped":
-                        dropped = int(b)
-                    elif a == "last_seq":
-                        last_seq = max(last_seq, int(b))
-                    elif isinstance(a, int):
-                        queued, last_seq = a, max(last_seq, int(b))
-            except (sqlite3.Error, ValueError, TypeError):
+                for key, value in db.execute(sql).fetchall():
+                    if isinstance(value, int) and 0 <= value <= PLAUSIBLE:
+                        found[str(key)] = value
+            except sqlite3.Error:
                 continue
     finally:
         db.close()
-    return queued, dropped, last_seq
+    last_seq = max(found.get("max_seq", 0), found.get("last_seq", 0))
+    return found.get("queued", 0), found.get("dropped", 0), last_seq
