@@ -34,6 +34,7 @@ MEASURANDS = {
 # a value's unit -> factor to the SI unit of its point
 _SCALE = {"W": 1.0, "kW": 1e3, "A": 1.0, "V": 1.0, "Wh": 1e-3, "kWh": 1.0, "Percent": 1.0}
 _PHASED = {"P", "I", "U"}
+MULTIPLIER = range(-10, 11)  # 2.0.1 unitOfMeasure.multiplier: powers of ten read; others skipped
 
 
 def _phase(phase: Any) -> str:
@@ -47,8 +48,8 @@ def _number(sample: dict[str, Any]) -> float | None:
     value = sample.get("value")
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None  # 1.6 SignedData or garbage: not a reading
+    except (TypeError, ValueError, OverflowError):
+        return None  # 1.6 SignedData or garbage (or an integer beyond floats): not a reading
     return number if math.isfinite(number) else None
 
 
@@ -60,7 +61,7 @@ def sampled_values(samples: list[Any]) -> dict[str, float]:
         if not isinstance(sample, dict) or sample.get("format") == "SignedData":
             continue
         measurand = sample.get("measurand", "Energy.Active.Import.Register")
-        known = MEASURANDS.get(measurand)
+        known = MEASURANDS.get(measurand) if isinstance(measurand, str) else None
         number = _number(sample)
         if known is None or number is None:
             continue
@@ -68,13 +69,18 @@ def sampled_values(samples: list[Any]) -> dict[str, float]:
         measure = sample.get("unitOfMeasure")
         if isinstance(measure, dict):  # 2.0.1
             unit = measure.get("unit", "Wh" if base == "Ap" else si)
-            number *= 10.0 ** int(measure.get("multiplier", 0))
+            multiplier = measure.get("multiplier", 0)
+            if type(multiplier) is not int or multiplier not in MULTIPLIER:
+                continue  # no meter reports 10^400 W: a value we would have to guess
+            number *= 10.0**multiplier
         else:
             unit = sample.get("unit", "Wh" if base == "Ap" else si)
-        scale = _SCALE.get(unit)
+        scale = _SCALE.get(unit) if isinstance(unit, str) else None
         if scale is None:
             continue  # a unit we would have to guess
         number *= scale
+        if not math.isfinite(number):
+            continue
         phase = _phase(sample.get("phase")) if base in _PHASED else ""
         if base in _PHASED and "phase" in sample and not phase:
             continue  # line-to-line or neutral: no point of ours

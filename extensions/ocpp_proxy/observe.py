@@ -5,6 +5,11 @@ The observer sees every frame of one charge point session, both ways, after it w
 It pairs each CALLRESULT with its CALL (the result alone has no action) and hands readings by
 connector to `emit(connector, {point: Reading})`. 1.6 numbers connectors; 2.0.1 numbers EVSEs
 (one connector each here): both are "connector N", device N of the charge point's config.
+
+The observer only reads: the link queues each frame before it is observed and catches what
+the observer raises, so a payload it cannot make sense of never touches forwarding. Its
+tables are bounded: connectors beyond the charge point's configured ones are ignored, and it
+remembers at most TRANSACTIONS transaction ids.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import datetime as dt
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from extensions.sdk import Reading
 
@@ -24,6 +29,16 @@ __all__ = ["Emit", "Observer"]
 
 Emit = Callable[[int, dict[str, Reading]], None]
 REMEMBER = 256  # calls awaiting their result, per direction
+TRANSACTIONS = 64  # transaction id -> connector, the most recent ones
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number (not a bool), else None."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _time(value: Any) -> dt.datetime | None:
@@ -44,19 +59,30 @@ class Connector:
 
 
 class Observer:
-    def __init__(self, version: str, emit: Emit) -> None:
+    def __init__(self, version: str, emit: Emit, connectors: int = 16) -> None:
         self.version = version
         self.emit = emit
+        self.max_connector = connectors  # connectors 1..this are observed
         self.connectors: dict[int, Connector] = {}
         # CALLs waiting for their result, by sender: "cp" or "csms" (the SCADA or the proxy)
         self.calls: dict[str, OrderedDict[str, Frame]] = {
             "cp": OrderedDict(),
             "csms": OrderedDict(),
         }
-        self.tx_connector: dict[str, int] = {}  # transaction id -> connector
+        self.tx_connector: OrderedDict[str, int] = OrderedDict()  # transaction id -> connector
 
     def connector(self, n: int) -> Connector:
         return self.connectors.setdefault(n, Connector())
+
+    def _ours(self, n: Any) -> TypeGuard[int]:
+        """`n` is a connector of this charge point's config (0 is the charge point itself)."""
+        return type(n) is int and 0 < n <= self.max_connector
+
+    def _remember_tx(self, tx: str, n: int) -> None:
+        self.tx_connector[tx] = n
+        self.tx_connector.move_to_end(tx)
+        while len(self.tx_connector) > TRANSACTIONS:
+            self.tx_connector.popitem(last=False)
 
     def action_of(self, sender: str, frame: Frame) -> str:
         """The action of a CALL, or of the CALL a result from `sender` answers ("" unknown)."""
@@ -89,18 +115,18 @@ class Observer:
             self._status(p)
         elif call.action == "MeterValues":
             n = p.get("connectorId", p.get("evseId"))
-            if isinstance(n, int) and n > 0:
+            if self._ours(n):
                 tx = p.get("transactionId")  # 1.6: a transaction begun before we saw it
-                if isinstance(tx, int) and self.connector(n).tx_id != str(tx):
-                    self.tx_connector[str(tx)] = n
+                if type(tx) is int and self.connector(n).tx_id != str(tx):
+                    self._remember_tx(str(tx), n)
                     self._transaction(n, str(tx), {}, None)
                 self._meter_values(n, p.get("meterValue"))
         elif call.action == "StopTransaction":  # 1.6
             n = self.tx_connector.pop(str(p.get("transactionId")), None)
             if n is not None:
-                stop = p.get("meterStop")
+                stop = _number(p.get("meterStop"))
                 readings = {}
-                if isinstance(stop, int | float):
+                if stop is not None:
                     readings = self._energy(n, stop / 1000.0)
                 self._transaction(n, "", readings, _time(p.get("timestamp")))
         elif call.action == "TransactionEvent":  # 2.0.1
@@ -110,10 +136,11 @@ class Observer:
         if call.action == "StartTransaction" and isinstance(result, dict):  # 1.6
             p = call.payload
             n, tx = p.get("connectorId"), result.get("transactionId")
-            if isinstance(n, int) and isinstance(tx, int):
+            if self._ours(n) and type(tx) is int:
                 c = self.connector(n)
-                c.start_kwh = p["meterStart"] / 1000.0 if "meterStart" in p else None
-                self.tx_connector[str(tx)] = n
+                start = _number(p.get("meterStart"))  # a string here is not a reading
+                c.start_kwh = start / 1000.0 if start is not None else None
+                self._remember_tx(str(tx), n)
                 readings = {}
                 if c.start_kwh is not None:
                     readings = self._energy(n, c.start_kwh)
@@ -122,7 +149,7 @@ class Observer:
     def _status(self, p: dict[str, Any]) -> None:
         n = p.get("connectorId") if self.version == "1.6" else p.get("evseId")
         status = p.get("status") if self.version == "1.6" else p.get("connectorStatus")
-        if not isinstance(n, int) or n <= 0 or not isinstance(status, str):
+        if not self._ours(n) or not isinstance(status, str):
             return  # connector 0 is the charge point itself
         self.connector(n).status = status
         at = _time(p.get("timestamp"))
@@ -132,13 +159,15 @@ class Observer:
         self.emit(n, readings)
 
     def _transaction_event(self, p: dict[str, Any]) -> None:
-        info = p.get("transactionInfo") or {}
-        tx = str(info.get("transactionId", ""))
-        evse = (p.get("evse") or {}).get("id")
-        n = evse if isinstance(evse, int) else self.tx_connector.get(tx)
-        if not tx or not isinstance(n, int) or n <= 0:
+        info = _dict(p.get("transactionInfo"))
+        tx = info.get("transactionId", "")
+        if not isinstance(tx, str):
             return
-        self.tx_connector[tx] = n
+        evse = _dict(p.get("evse")).get("id")
+        n = evse if type(evse) is int else self.tx_connector.get(tx)
+        if not tx or not self._ours(n):
+            return
+        self._remember_tx(tx, n)
         at = _time(p.get("timestamp"))
         event = p.get("eventType")
         c = self.connector(n)
