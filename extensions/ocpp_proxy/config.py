@@ -100,3 +100,10 @@ class OcppConfig:
     hold_timeout: Seconds = setting(15.0, min=0.1, max=300)
     reconnect_max: Seconds = setting(10.0, min=0.05, max=600)  # upstream back-off ceiling
     queue_dir: Path | None = None  # default: <site>/run/<name>/ocpp-queue
+    # The outage store's bound per charge point (and OCPP version): beyond it a call is held,
+    # not answered, so the charger's own offline queue keeps it.
+    store_max_bytes: int = setting(8 * 2**20, min=65_536, max=2**30)
+    store_max_frames: int = setting(20_000, min=10, max=1_000_000)
+    # Frames waiting per direction of one charge point: a SCADA CALL beyond it is answered
+    # with a CALLERROR, any other frame beyond it closes the connection that sent it.
+    queue_limit: int = setting(100, min=10, max=10_000)

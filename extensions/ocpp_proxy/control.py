@@ -8,6 +8,11 @@ charger that is not connected -> REJECTED (never sent). The newest of a connecto
 setpoints is its profile: the older one is reported REJECTED ("replaced"). At expiry the
 profile is cleared (ClearChargingProfile); a charger that reconnects gets the profile in force
 again (same id: replaced, never doubled).
+
+The SCADA cannot replace or clear ours by id or stack level (the link refuses such calls); a
+ClearChargingProfile of the SCADA without an id is forwarded, and once the charger answered it
+the profiles in force are sent again, their outcome reported anew (REJECTED when the charger
+refuses it now, UNCONFIRMED while it has not answered).
 """
 
 from __future__ import annotations
@@ -173,6 +178,7 @@ class Control:
 
     def reconnected(self, cp_id: str, link: Link) -> None:
         """A charger (re)connected: send it the profiles in force again."""
+        link.on_profiles_cleared = lambda: self._later(self._reapply(cp_id, link))
         for (cp_in, n), active in list(self.in_force.items()):
             if cp_in != cp_id:
                 continue
@@ -182,3 +188,29 @@ class Control:
                 link.call("SetChargingProfile", payload)
             except ProxyCallError as err:
                 log.warning("charge point %s: profile not re-sent: %s", cp_id, err)
+
+    async def _reapply(self, cp_id: str, link: Link) -> None:
+        """The SCADA cleared charging profiles (no id given: ours may be gone): send ours again
+        and report what the charger says now."""
+        for (cp_in, n), active in list(self.in_force.items()):
+            if cp_in != cp_id:
+                continue
+            req = active.req
+            cp, _, _ = self.targets[req.name]
+            why = "the SCADA cleared the charging profiles"
+            try:
+                payload = self.payload(link, cp, n, active.unit, active.limit, req)
+                call = link.call("SetChargingProfile", payload)
+            except ProxyCallError as err:
+                outcome: Result = self._rejected(req, f"{why}; ours not sent again: {err}")
+            else:
+                done, _ = await asyncio.wait({call.answer}, timeout=self.cfg.answer_timeout)
+                if done:
+                    outcome = self._outcome(req, call)
+                    if isinstance(outcome, Rejected | Unconfirmed):
+                        outcome = type(outcome)(f"{why}; sent again: {outcome.reason}")
+                else:
+                    outcome = Unconfirmed(f"{why}; sent again, not answered yet")
+                    self._later(self._follow(req, call))
+            log.warning("setpoint %s: %s; now %s", req.name, why, outcome)
+            await self.ext.setpoints.report_outcome(req, outcome)

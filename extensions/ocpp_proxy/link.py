@@ -11,6 +11,14 @@ Four tasks per session:
 - charger writer: the charger-bound frames in order, with one CALL outstanding at a time
   (OCPP-J: a party sends no CALL before its previous one is answered; the proxy's calls and the
   SCADA's share the charger, so they take turns). That also makes message ids unambiguous.
+  The proxy's own calls go ahead of the SCADA calls waiting for the slot: local control is
+  never starved by a SCADA backlog.
+
+Bounds: `queue_limit` frames wait per direction. A SCADA CALL beyond it gets a CALLERROR, any
+other SCADA frame beyond it closes the SCADA connection; beyond it the charger is not read
+until frames move (TCP pushes back). The outage store's own bounds make the pump hold a call
+instead of answering it. The observer (observe.py) reads a copy of each
+frame after it was queued, and nothing it raises reaches forwarding.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from .frames import (
     parse,
 )
 from .observe import Observer
+from .profiles import PURPOSES
 from .store import OutageStore
 
 __all__ = ["ANSWERABLE", "Link", "ProxyCall", "ProxyCallError"]
@@ -76,6 +85,17 @@ ANSWERABLE = {
     },
 }
 RECENT_SCADA_IDS = 1024  # never reuse one of these for our own calls
+# Frames that may carry credentials (AuthorizationKey, BasicAuthPassword, network profiles):
+# an invalid one is logged by action and id only, never its text.
+_SECRET_MARKERS = (
+    "changeconfiguration",
+    "getconfiguration",
+    "setvariables",
+    "getvariables",
+    "setnetworkprofile",
+    "password",
+    "authorizationkey",
+)
 
 
 class ProxyCallError(Exception):
@@ -132,12 +152,19 @@ class Link:
             self.up.set()
         self.incoming: deque[Incoming] = deque()  # SCADA-bound, not yet sent
         self.wake = asyncio.Event()  # the pump has something to do
-        self.to_charger: asyncio.Queue[Out] = asyncio.Queue()
+        self.room = asyncio.Event()  # a frame left a queue: the charger reader may go on
+        self.to_charger: deque[Out] = deque()  # the SCADA's frames and the proxy's answers
+        self.own: deque[Out] = deque()  # the proxy's own calls: first when the slot is free
+        self.writable = asyncio.Event()  # the writer has something to look at
         # The CALL outstanding at the charger: (origin, id, deadline).
         self.outstanding: tuple[str, str, float] | None = None
-        self.slot_free = asyncio.Event()
-        self.slot_free.set()
         self.mine: dict[str, ProxyCall] = {}  # our calls by id, until answered
+        # The charger answered a SCADA ClearChargingProfile that may have cleared ours.
+        self.on_profiles_cleared: Callable[[], None] | None = None
+        self._clears: OrderedDict[str, None] = OrderedDict()  # such clears, by message id
+        self._store_full = False  # in an episode of a full outage store (logged once)
+        self._observer_faults: set[str] = set()  # kinds already logged
+        self._background: set[asyncio.Future[Any]] = set()
         self.recent_scada_ids: OrderedDict[str, None] = OrderedDict()
         self.awaiting: tuple[str, asyncio.Future[Frame]] | None = None  # a stored frame's id
         self._ids = itertools.count(1)
@@ -170,7 +197,9 @@ class Link:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.closed.set()
-            queued = [o.call for o in _drain(self.to_charger) if o.call is not None]
+            queued = [o.call for o in [*self.own, *self.to_charger] if o.call is not None]
+            self.own.clear()
+            self.to_charger.clear()
             for pc in [*self.mine.values(), *queued]:
                 if not pc.answer.done():
                     pc.answer.set_exception(ProxyCallError("the charger disconnected"))
@@ -198,37 +227,81 @@ class Link:
             return frame, action, err
         return frame, action, None
 
-    def _invalid(self, sender: str, raw: Raw, err: FrameError) -> None:
+    def _invalid(self, sender: str, raw: Raw, err: FrameError, action: str = "") -> None:
         self.stats["invalid"] += 1
-        shown = raw[:300]
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        description = err.description
+        if any(marker in text.lower() for marker in _SECRET_MARKERS):
+            # Neither the text nor the schema's message (which quotes the value) is shown.
+            description = "details not shown"
+            shown = f"{action or 'a frame'} {err.id}, {len(raw)} bytes (may hold credentials)"
+        else:
+            shown = repr(raw[:300])
         log.warning(
-            "charge point %s: invalid frame from the %s (%s: %s), %s: %r",
+            "charge point %s: invalid frame from the %s (%s: %s), %s: %s",
             self.cp.id,
             "charger" if sender == "cp" else "SCADA",
             err.code,
-            err.description,
+            description,
             "refused" if self.cfg.invalid_frames == "refuse" else "forwarded",
             shown,
         )
 
+    def _observe(self, sender: str, frame: Frame) -> None:
+        """The observer reads a copy: whatever it raises is logged once per kind, and
+        forwarding goes on."""
+        try:
+            self.observer.seen(sender, frame)
+        except Exception as err:
+            kind = f"{type(err).__name__} on {frame.action or 'a result'}"
+            if kind not in self._observer_faults and len(self._observer_faults) < 64:
+                self._observer_faults.add(kind)
+                log.warning(
+                    "charge point %s: a frame could not be observed (%s: %s); forwarded anyway "
+                    "(logged once per kind)",
+                    self.cp.id,
+                    kind,
+                    str(err)[:200],
+                )
+
+    def _to_charger(self, out: Out) -> None:
+        self.to_charger.append(out)
+        self.writable.set()
+
+    def _later(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _charger_reader(self) -> None:
         async for raw in self.charger:
+            # Bounded: with queue_limit frames waiting either way, the charger is not read
+            # until they move (TCP pushes back; a held call ends in hold_timeout anyway).
+            limit = self.cfg.queue_limit
+            while len(self.incoming) >= limit or len(self.to_charger) >= 2 * limit:
+                self.room.clear()
+                await self.room.wait()
             if ours := self._ours(raw):
                 self._our_answer(ours)
                 continue
             frame, action, err = self._check("cp", raw)
             if err is not None:
-                self._invalid("cp", raw, err)
+                self._invalid("cp", raw, err, action)
                 if self.cfg.invalid_frames == "refuse":
                     if frame is None or frame.kind == CALL:
                         answer = call_error(err.id, err.code, err.description)
-                        self.to_charger.put_nowait(Out(answer, None, "local"))
+                        self._to_charger(Out(answer, None, "local"))
                     continue
-            if frame is not None:
-                self._release_slot(frame)
-                self.observer.seen("cp", frame)
             self.incoming.append(Incoming(raw, frame, action))
             self.wake.set()
+            if frame is not None:
+                self._release_slot(frame)
+                cleared = frame.kind != CALL and frame.id in self._clears
+                if cleared:
+                    del self._clears[frame.id]
+                self._observe("cp", frame)
+                if cleared and self.on_profiles_cleared is not None:
+                    self.on_profiles_cleared()  # after the clear: ours is sent again
 
     def _ours(self, raw: Raw) -> Frame | None:
         """The charger's answer to one of our calls, or None."""
@@ -254,11 +327,11 @@ class Link:
         while True:
             head = self.incoming[0] if self.incoming else None
             if self.up.is_set():
-                if len(self.store):
+                if len(self.store) and not self.store.broken:
                     await self._deliver_stored()
                 elif head is not None:
                     if await self._send_upstream(head.raw):
-                        self.incoming.popleft()
+                        self._popleft()
                 else:
                     await self._sleep()
                 continue
@@ -268,21 +341,20 @@ class Link:
             frame = head.frame
             if frame is not None and frame.kind == CALL and frame.action == "Heartbeat":
                 self._answer_locally(frame, {"currentTime": now_iso()})
-                self.incoming.popleft()
+                self._popleft()
             elif (
                 frame is not None
                 and frame.kind == CALL
                 and frame.action in ANSWERABLE[self.version]
+                and await self._stored(head)
             ):
-                self.store.append(head.raw if isinstance(head.raw, str) else head.raw.decode())
-                self.stats["stored"] += 1
                 self._answer_locally(frame, {})
-                self.incoming.popleft()
+                self._popleft()
             elif frame is None or frame.kind != CALL:
                 # An answer to a SCADA call whose connection is gone, or garbage: nobody to
                 # give it to.
                 log.info("charge point %s: SCADA away, dropped %r", self.cp.id, head.raw[:120])
-                self.incoming.popleft()
+                self._popleft()
             else:
                 left = head.at + self.cfg.hold_timeout - time.monotonic()
                 if left <= 0:
@@ -290,6 +362,31 @@ class Link:
                         f"{frame.action} waited {self.cfg.hold_timeout:g} s for the SCADA"
                     )
                 await self._sleep(left)
+
+    def _popleft(self) -> None:
+        self.incoming.popleft()
+        self.room.set()
+
+    async def _stored(self, head: Incoming) -> bool:
+        """`head` stored on disk (then the proxy answers it), or False: the store is full (or
+        cannot be written) and the call is held like one only the SCADA can answer."""
+        raw = head.raw if isinstance(head.raw, str) else head.raw.decode("utf-8", "replace")
+        if not self.store.full(raw) and await self.store.append(raw):
+            self.stats["stored"] += 1
+            self._store_full = False
+            return True
+        if not self._store_full:
+            self._store_full = True
+            log.warning(
+                "charge point %s: outage store full (%d frames, %d bytes; limits %d, %d): "
+                "calls are held, not answered, and the charger's own queue keeps them",
+                self.cp.id,
+                len(self.store),
+                self.store.pending_bytes,
+                self.store.max_frames,
+                self.store.max_bytes,
+            )
+        return False
 
     async def _sleep(self, seconds: float | None = None) -> None:
         self.wake.clear()
@@ -300,14 +397,21 @@ class Link:
 
     def _answer_locally(self, frame: Frame, payload: dict[str, Any]) -> None:
         answer = call_result(frame.id, payload)
-        self.observer.seen("csms", Frame(CALLRESULT, frame.id, payload=payload))
-        self.to_charger.put_nowait(Out(answer, None, "local"))
+        self._to_charger(Out(answer, None, "local"))
+        self._observe("csms", Frame(CALLRESULT, frame.id, payload=payload))
 
     async def _deliver_stored(self) -> None:
         """Send the oldest stored frame, wait for the SCADA's answer (kept here: the charger
         had ours), then forget it. A lost link leaves it stored, for the next connection."""
-        raw = self.store.first()
-        frame = parse(raw, self.version)
+        raw = await self.store.first()
+        if raw is None:
+            return  # unreadable: logged; the store is read again at the next session
+        try:
+            frame = parse(raw, self.version)
+        except FrameError as err:
+            log.warning("charge point %s: stored frame dropped (%s): %r", self.cp.id, err, raw[:80])
+            await self.store.pop()
+            return
         answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.awaiting = (frame.id, answered)
         try:
@@ -336,7 +440,7 @@ class Link:
                     reply.error_code,
                     reply.description,
                 )
-            self.store.pop()
+            await self.store.pop()
         finally:
             self.awaiting = None
 
@@ -399,7 +503,7 @@ class Link:
             # Calls the SCADA had outstanding at the charger died with its connection.
             if self.outstanding is not None and self.outstanding[0] == "scada":
                 self.outstanding = None
-                self.slot_free.set()
+                self.writable.set()
             self.observer.calls["csms"].clear()
 
     def _from_scada(self, raw: Raw) -> None:
@@ -414,54 +518,131 @@ class Link:
                 self.awaiting[1].set_result(frame)
             return  # the answer to a stored frame: the charger had the proxy's
         if err is not None:
-            self._invalid("csms", raw, err)
+            self._invalid("csms", raw, err, action)
             if self.cfg.invalid_frames == "refuse":
-                if (frame is None or frame.kind == CALL) and self.upstream is not None:
-                    answer = call_error(err.id, err.code, err.description)
-                    asyncio.ensure_future(self._send_upstream(answer))
+                if frame is None or frame.kind == CALL:
+                    self._refuse_scada(err.id, err.code, err.description)
                 return
+        if len(self.to_charger) >= self.cfg.queue_limit:
+            if frame is not None and frame.kind == CALL:
+                self._refuse_scada(
+                    frame.id, "GenericError", f"charger busy: {len(self.to_charger)} frames queued"
+                )
+                return
+            log.warning("charge point %s: SCADA frames pile up: closing its connection", self.cp.id)
+            if self.upstream is not None:
+                self._later(self.upstream.close(1008, "too many frames queued"))
+            return
+        if frame is not None and frame.kind == CALL:
+            reason = self._touches_ours(frame)
+            if reason is not None:
+                log.warning(
+                    "charge point %s: SCADA %s refused: %s", self.cp.id, frame.action, reason
+                )
+                self._refuse_scada(frame.id, "PropertyConstraintViolation", reason)
+                return
+        self._to_charger(Out(raw, frame, "scada"))
         if frame is not None:
-            self.observer.seen("csms", frame)
             if frame.kind == CALL:
                 self.recent_scada_ids[frame.id] = None
                 while len(self.recent_scada_ids) > RECENT_SCADA_IDS:
                     self.recent_scada_ids.popitem(last=False)
-        self.to_charger.put_nowait(Out(raw, frame, "scada"))
+                id_key = "id" if self.version == "1.6" else "chargingProfileId"
+                if frame.action == "ClearChargingProfile" and id_key not in frame.payload:
+                    self._clears[frame.id] = None  # may clear ours: sent again once answered
+                    while len(self._clears) > 16:
+                        self._clears.popitem(last=False)
+            self._observe("csms", frame)
+
+    def _refuse_scada(self, id: str, code: str, description: str) -> None:
+        if self.upstream is not None:
+            self._later(self._send_upstream(call_error(id, code, description)))
+
+    def _touches_ours(self, frame: Frame) -> str | None:
+        """Why a SCADA call would replace or clear the proxy's own profile, or None.
+
+        A charger replaces a profile with the same id, or the same stack level and purpose:
+        our ids (profile_id_base + connector) and our stack level with our purpose are the
+        proxy's. A ClearChargingProfile without an id is let through (ours is sent again)."""
+        p, v16 = frame.payload, self.version == "1.6"
+        ours = range(
+            self.cfg.profile_id_base + 1, self.cfg.profile_id_base + len(self.cp.connectors) + 1
+        )
+        if frame.action == "SetChargingProfile":
+            profile = p.get("csChargingProfiles" if v16 else "chargingProfile")
+            if not isinstance(profile, dict):
+                return None
+            pid = profile.get("chargingProfileId" if v16 else "id")
+            if type(pid) is int and pid in ours:
+                return f"charging profile id {pid} is reserved for the site's local control"
+            purpose = PURPOSES[self.version][self.cp.profile]
+            level = profile.get("stackLevel")
+            if type(level) is int and level == self.cfg.stack_level:
+                if profile.get("chargingProfilePurpose") == purpose:
+                    return (
+                        f"stack level {level} of {purpose} is reserved for the site's local control"
+                    )
+        elif frame.action == "ClearChargingProfile":
+            pid = p.get("id" if v16 else "chargingProfileId")
+            if type(pid) is int and pid in ours:
+                return f"charging profile id {pid} is the site's local control"
+        return None
 
     # -- to the charger, one CALL at a time ---------------------------------------------------
 
     async def _charger_writer(self) -> None:
         while True:
-            out = await self.to_charger.get()
+            out, wait = self._next_out()
+            if out is None:
+                self.writable.clear()
+                if wait is None:
+                    await self.writable.wait()
+                else:
+                    await wait_event(self.writable, wait)
+                continue
+            deadline = time.monotonic() + self.cfg.call_timeout
             if out.call is not None:
-                await self._take_slot("proxy", "")
                 pc = out.call
                 pc.id = self.new_id()
-                assert self.outstanding is not None
-                self.outstanding = ("proxy", pc.id, self.outstanding[2])
+                self.outstanding = ("proxy", pc.id, deadline)
                 self.mine[pc.id] = pc
                 out.raw = json.dumps([CALL, pc.id, pc.action, pc.payload], separators=(",", ":"))
             elif out.frame is not None and out.frame.kind == CALL:
-                await self._take_slot(out.origin, out.frame.id)
+                self.outstanding = (out.origin, out.frame.id, deadline)
             await self.charger.send(out.raw)
+            self.room.set()
             self.stats["to_charger"] += 1
             if out.call is not None and not out.call.sent.done():
                 out.call.sent.set_result(None)
 
-    async def _take_slot(self, origin: str, id: str) -> None:
-        while self.outstanding is not None:
+    def _next_out(self) -> tuple[Out | None, float | None]:
+        """The next frame to write, or None and how long to wait at most (None: until woken).
+        A CALL needs the slot (free, or its call unanswered past call_timeout); the proxy's
+        own calls take it before the SCADA's."""
+        wait = None
+        if self.outstanding is not None:
             left = self.outstanding[2] - time.monotonic()
-            if left <= 0:
-                log.info("charge point %s: call %s unanswered, next call", self.cp.id, id)
-                break
-            self.slot_free.clear()
-            await wait_event(self.slot_free, left)
-        self.outstanding = (origin, id, time.monotonic() + self.cfg.call_timeout)
+            if left > 0:
+                wait = left
+        head = self.to_charger[0] if self.to_charger else None
+        head_is_call = head is not None and head.frame is not None and head.frame.kind == CALL
+        if wait is None and (self.own or head_is_call):
+            if self.outstanding is not None:
+                log.info(
+                    "charge point %s: call %s unanswered, next call",
+                    self.cp.id,
+                    self.outstanding[1],
+                )
+                self.outstanding = None
+            return (self.own.popleft() if self.own else self.to_charger.popleft()), None
+        if head is not None and not head_is_call:
+            return self.to_charger.popleft(), None
+        return None, wait if (self.own or head_is_call) else None
 
     def _release_slot(self, frame: Frame) -> None:
         if frame.kind != CALL and self.outstanding is not None and self.outstanding[1] == frame.id:
             self.outstanding = None
-            self.slot_free.set()
+            self.writable.set()
 
     # -- the proxy's own calls ----------------------------------------------------------------
 
@@ -480,15 +661,9 @@ class Link:
         check_payload(Frame(CALL, "check", action, payload), action, self.version)  # ours
         loop = asyncio.get_running_loop()
         pc = ProxyCall("", action, payload, loop.create_future(), loop.create_future())
-        self.to_charger.put_nowait(Out("", None, "proxy", pc))
+        self.own.append(Out("", None, "proxy", pc))
+        self.writable.set()
         return pc
-
-
-def _drain(queue: asyncio.Queue[Out]) -> list[Out]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
 
 
 @dataclass

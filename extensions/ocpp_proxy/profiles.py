@@ -13,7 +13,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-__all__ = ["clear_profile", "set_profile"]
+__all__ = ["PURPOSES", "clear_profile", "set_profile"]
+
+# The proxy's profile purpose (config, 1.6 names) as each version names it.
+PURPOSES = {
+    "1.6": {"ChargePointMaxProfile": "ChargePointMaxProfile", "TxProfile": "TxProfile"},
+    "2.0.1": {"ChargePointMaxProfile": "ChargingStationMaxProfile", "TxProfile": "TxProfile"},
+}
 
 
 def _iso(t: dt.datetime) -> str:
@@ -55,9 +61,7 @@ def set_profile(
     profile = {
         "id": profile_id,
         "stackLevel": stack_level,
-        "chargingProfilePurpose": (
-            "ChargingStationMaxProfile" if purpose == "ChargePointMaxProfile" else purpose
-        ),
+        "chargingProfilePurpose": PURPOSES["2.0.1"][purpose],
         "chargingProfileKind": "Absolute",
         "validTo": _iso(valid_to),
         "chargingSchedule": [

@@ -2,9 +2,12 @@
 `ws[s]://<host>:<port>/<anything>/<charge point id>` offering `ocpp1.6` and/or `ocpp2.0.1`.
 
 The opening handshake decides everything before the charger is accepted (docs/OCPP.md):
-1. the id (last path segment) must be a configured charge point (else 404);
+1. the id (last path segment) must be a configured charge point (else 401, as for a wrong
+   password: the answer does not tell which ids exist);
 2. its security profile: 1 and 2 need HTTP Basic auth with its password (else 401), 2 and 3
-   need TLS, 3 a client certificate whose CN is the id (else 403);
+   need TLS, 3 a client certificate whose CN is the id (else 403). Failures slow the next
+   attempts of the peer and for the id down (throttle.py); refusals are logged as one line,
+   then a summary a minute;
 3. the subprotocol: the SCADA connection is opened with what the charger offered and the
    charger gets the one the SCADA chose. A SCADA that is away does not keep the charger out:
    it gets its own first choice, and the link reconnects upstream by itself. A charger that
@@ -18,6 +21,7 @@ import asyncio
 import base64
 import hmac
 import http
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
@@ -35,6 +39,7 @@ from .config import VERSIONS, ChargePointConfig, OcppConfig
 from .link import Link
 from .observe import Observer
 from .store import OutageStore
+from .throttle import RefusalLog, Throttle
 from .upstream import open_upstream
 
 __all__ = ["ProxyServer"]
@@ -48,6 +53,18 @@ class Accepted:
     subprotocol: str
     offered: bool  # the charger offered a subprotocol (else lenient: none is sent back)
     upstream: ClientConnection | None
+
+
+WRONG = "wrong charge point id or password"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def offered_subprotocols(headers: Headers) -> list[str]:
@@ -88,6 +105,10 @@ class ProxyServer:
         self._on_session = on_session
         self.server: Server | None = None
         self.tls = cfg.tls_cert is not None
+        self.throttle = Throttle()
+        self.refusals = RefusalLog()
+        # One outage store per charge point and OCPP version, kept across its sessions.
+        self.stores: dict[tuple[str, str], OutageStore] = {}
 
     @property
     def port(self) -> int:
@@ -95,6 +116,17 @@ class ProxyServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def start(self) -> ProxyServer:
+        if not _loopback(self.cfg.host):
+            for cp in self.cfg.charge_points:
+                if cp.security_profile == 0:
+                    log.warning(
+                        "charge point %s: security profile 0 (no authentication) on %s, "
+                        "which is not a loopback address: anyone who reaches port %d can "
+                        "connect as it",
+                        cp.id,
+                        self.cfg.host,
+                        self.cfg.port,
+                    )
         self.server = await serve(
             self._session,
             self.cfg.host,
@@ -109,6 +141,7 @@ class ProxyServer:
         return self
 
     async def stop(self) -> None:
+        self.refusals.close()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -130,16 +163,22 @@ class ProxyServer:
         cp_id = unquote(path.rstrip("/").rpartition("/")[2])
         cp = self.charge_points.get(cp_id)
         peer = conn.remote_address
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
         if cp is None:
-            log.warning("refused %s: unknown charge point %r", peer, cp_id[:60])
-            return conn.respond(http.HTTPStatus.NOT_FOUND, "Unknown charge point\n")
+            self.throttle.failed(host, None)
+            line = f"refused {host}: unknown charge point {cp_id[:60]!r}"
+            return self._refuse(http.HTTPStatus.UNAUTHORIZED, WRONG, line, "unknown id", conn)
+        if self.throttle.blocked(host, cp.id):
+            line = f"refused charge point {cp.id} from {host}: too many failed attempts, waiting"
+            return self._refuse(http.HTTPStatus.UNAUTHORIZED, WRONG, line, "throttled", conn)
         refusal = self._authenticate(conn, request, cp)
         if refusal is not None:
-            log.warning("refused charge point %s from %s: %s", cp.id, peer, refusal[1])
-            response = conn.respond(refusal[0], refusal[1] + "\n")
             if refusal[0] == http.HTTPStatus.UNAUTHORIZED:
-                response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
-            return response
+                self.throttle.failed(host, cp.id)
+            line = f"refused charge point {cp.id} from {host}: {refusal[1]}"
+            return self._refuse(refusal[0], refusal[1], line, refusal[1], conn)
+        if cp.security_profile in (1, 2):
+            self.throttle.succeeded(host, cp.id)
         offered = offered_subprotocols(request.headers)
         usable = [p for p in offered if p in VERSIONS]
         if not usable:
@@ -181,6 +220,15 @@ class ProxyServer:
         asyncio.get_running_loop().call_later(30, self._forget, conn)
         return None
 
+    def _refuse(
+        self, status: http.HTTPStatus, text: str, line: str, reason: str, conn: ServerConnection
+    ) -> Response:
+        self.refusals.refused(line, reason)
+        response = conn.respond(status, text + "\n")
+        if status == http.HTTPStatus.UNAUTHORIZED:
+            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+        return response
+
     def _forget(self, conn: ServerConnection) -> None:
         accepted = self._accepted.pop(conn, None)
         if accepted is not None and accepted.upstream is not None:
@@ -199,11 +247,11 @@ class ProxyServer:
             if creds is None:
                 return http.HTTPStatus.UNAUTHORIZED, "Basic auth required"
             user, password = creds
-            good = hmac.compare_digest(user.encode(), cp.id.encode()) and hmac.compare_digest(
-                password.encode(), cp.password.encode()
-            )
-            if not good:
-                return http.HTTPStatus.UNAUTHORIZED, "wrong charge point id or password"
+            self.throttle.checked += 1
+            good_user = hmac.compare_digest(user.encode(), cp.id.encode())
+            good_password = hmac.compare_digest(password.encode(), cp.password.encode())
+            if not (good_user and good_password):
+                return http.HTTPStatus.UNAUTHORIZED, WRONG
         if cp.security_profile == 3:
             tls = conn.transport.get_extra_info("ssl_object")
             cert = tls.getpeercert() if tls is not None else None
@@ -230,7 +278,14 @@ class ProxyServer:
                 if accepted.upstream is not None:
                     await accepted.upstream.close()
                 return
-            link = self._link(conn, accepted)
+            try:
+                link = await self._link(conn, accepted)
+            except Exception as err:  # the store unreadable (disk, permissions)...
+                log.error("charge point %s: session not set up: %s", cp.id, err)
+                if accepted.upstream is not None:
+                    await accepted.upstream.close()
+                await conn.close(1011, "session set-up failed")
+                return
             self.links[cp.id] = link
         log.info(
             "charge point %s connected from %s (%s, SCADA %s)",
@@ -250,8 +305,22 @@ class ProxyServer:
                     self._on_session(cp.id, None)
             log.info("charge point %s disconnected", cp.id)
 
-    def _link(self, conn: ServerConnection, accepted: Accepted) -> Link:
+    async def _store(self, cp: ChargePointConfig, subprotocol: str) -> OutageStore:
+        store = self.stores.get((cp.id, subprotocol))
+        if store is None:
+            store = self.stores[(cp.id, subprotocol)] = OutageStore(
+                self.queue_dir,
+                cp.id,
+                subprotocol,
+                max_bytes=self.cfg.store_max_bytes,
+                max_frames=self.cfg.store_max_frames,
+            )
+        await store.open()
+        return store
+
+    async def _link(self, conn: ServerConnection, accepted: Accepted) -> Link:
         cp = accepted.cp
+        store = await self._store(cp, accepted.subprotocol)
 
         def emit(connector: int, readings: dict[str, Any]) -> None:
             if self._emit is not None:
@@ -266,7 +335,7 @@ class ProxyServer:
             conn,
             accepted.subprotocol,
             accepted.upstream,
-            OutageStore(self.queue_dir, cp.id),
-            Observer(VERSIONS[accepted.subprotocol], emit),
+            store,
+            Observer(VERSIONS[accepted.subprotocol], emit, len(cp.connectors)),
             reopen if cp.upstream else None,
         )
