@@ -52,7 +52,7 @@ async def test_an_outage_is_bridged_in_order_without_loss_or_duplicate(tmp_path)
         stop = '[2,"stop1","StopTransaction",{"transactionId":77,"meterStop":1003,"timestamp":"2024-05-01T10:00:09Z"}]'  # noqa: E501
         await cp.send(stop)
         assert await recv(cp) == '[3,"stop1",{}]'
-        store = tmp_path / "CP1.jsonl"
+        store = tmp_path / "CP1.ocpp1.6.jsonl"  # per charge point and OCPP version
         assert [json.loads(line) for line in store.read_text().splitlines()] == [
             status,
             mv(1),

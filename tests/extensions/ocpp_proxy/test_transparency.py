@@ -102,7 +102,7 @@ async def test_unknown_charge_point_is_refused(scada, tmp_path):
         with pytest.raises(InvalidStatus) as refused:
             async with charger(p.port, cp_id="NOPE"):
                 pass
-        assert refused.value.response.status_code == 404
+        assert refused.value.response.status_code == 401  # as a wrong password: ids stay secret
     assert scada.connections == []
 
 
