@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from smx.process_env import RunPaths
 from tests.untrusted.lessag.broker import Mosquitto, Subscriber, mosquitto_available
 from tests.untrusted.lessag.conftest import agent_config, running, until
 from untrusted.lessag import agent as agent_module
@@ -92,6 +93,10 @@ async def test_a_retained_profile_fills_the_gap_once_and_never_replaces_one_in_f
     re-accepted each time, and an older retained profile would replace a newer one sent live
     since. Rule: a retained profile is taken only when no profile for today is in force."""
     caplog.set_level(logging.DEBUG, logger="lessag")
+    # No profile in force: other tests of this session's site may have left one on disk.
+    (RunPaths(site.env("lessag", {}).site_dir).run / "lessag" / "profile.json").unlink(
+        missing_ok=True
+    )
     today = dt.datetime.now().astimezone().date()
     older = json.dumps(day_profile(today, "retained-1")).encode()
     newer = json.dumps(day_profile(today, "live-2")).encode()
