@@ -183,10 +183,9 @@ class ProxyServer:
         usable = [p for p in offered if p in VERSIONS]
         if not usable:
             if offered or not self.cfg.lenient_subprotocol:
-                log.warning("refused charge point %s: subprotocols %s", cp.id, offered or "none")
-                return conn.respond(
-                    http.HTTPStatus.BAD_REQUEST, "Expected subprotocol ocpp1.6 or ocpp2.0.1\n"
-                )
+                line = f"refused charge point {cp.id}: subprotocols {offered or 'none'}"
+                text = "Expected subprotocol ocpp1.6 or ocpp2.0.1"
+                return self._refuse(http.HTTPStatus.BAD_REQUEST, text, line, "subprotocol", conn)
             usable = [cp.default_version]
         async with self._lock(cp.id):
             # A charger that connects again replaces its session, before the SCADA sees a

@@ -56,7 +56,7 @@ async def test_a_charger_flood_is_not_read_faster_than_it_moves(tmp_path):
     # SCADA away and a call held: the charger's next frames wait in TCP, not in memory.
     scada = await RawScada().start()
     cfg = config(scada.url, queue_limit=20, hold_timeout=2, reconnect_max=0.2)
-    async with proxy(cfg, tmp_path) as p, charger(p.port) as cp:
+    async with proxy(cfg, tmp_path) as p, charger(p.port, close_timeout=0.5) as cp:
         await until(lambda: "CP1" in p.links, timeout=5)
         await scada.stop()
         await until(lambda: not p.links["CP1"].up.is_set(), timeout=5)
