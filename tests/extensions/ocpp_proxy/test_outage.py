@@ -102,8 +102,8 @@ async def test_scada_restart_mid_transaction_with_real_ocpp_peers(tmp_path):
         await asyncio.sleep(0.5)
         csms2 = await SimCsms(port=port).start()
         try:
-            await until(lambda: any("StopTransaction" in f for f in sim.sent), timeout=15)
-            await until(lambda: any("StopTransaction" in f for f in csms2.frames["CP1"]), 10)
+            await until(lambda: any("StopTransaction" in f for f in sim.sent), timeout=30)
+            await until(lambda: any("StopTransaction" in f for f in csms2.frames["CP1"]), 20)
         finally:
             task.cancel()
             await csms2.stop()
