@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
 
 from smx.process_env import SetupError
 from smx.sdk.config import Seconds, setting
@@ -178,15 +180,34 @@ class ModbusLink:
     async def read(self, unit: int, function: int, start: int, count: int) -> list[int]:
         """`count` registers from `start` (function 3 holding, 4 input), exactly that many."""
         what = f"read {_FUNCTIONS[function]} registers {start}+{count}"
-        if not self.client.connected and not await self.client.connect():
-            raise ModbusLinkError(f"cannot open {self.where} ({what} from unit {unit})")
         call = (
             self.client.read_input_registers
             if function == 4
             else self.client.read_holding_registers
         )
+        rr = await self._request(unit, what, lambda: call(start, count=count, device_id=unit))
+        if len(rr.registers) < count:
+            raise ModbusLinkError(
+                f"unit {unit} on {self.where} answered {len(rr.registers)} of {count} "
+                f"registers ({what})"
+            )
+        return list(rr.registers[:count])
+
+    async def write(self, unit: int, start: int, values: list[int]) -> None:
+        """Write `values` to holding registers from `start` (function 16, one request)."""
+        what = f"write holding registers {start}+{len(values)}"
+        await self._request(
+            unit, what, lambda: self.client.write_registers(start, values, device_id=unit)
+        )
+
+    async def _request(
+        self, unit: int, what: str, send: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU:
+        """One request, every way it can fail as a ModbusLinkError saying `what`."""
+        if not self.client.connected and not await self.client.connect():
+            raise ModbusLinkError(f"cannot open {self.where} ({what}, unit {unit})")
         try:
-            rr = await call(start, count=count, device_id=unit)
+            rr = await send()
         except ConnectionException as err:
             raise ModbusLinkError(f"{self.where}: connection lost ({what}, unit {unit})") from err
         except ModbusIOException as err:
@@ -204,36 +225,7 @@ class ModbusLink:
                 f"unit {unit} on {self.where} answered Modbus exception {code} ({name}) to {what}",
                 code,
             )
-        if len(rr.registers) < count:
-            raise ModbusLinkError(
-                f"unit {unit} on {self.where} answered {len(rr.registers)} of {count} "
-                f"registers ({what})"
-            )
-        return list(rr.registers[:count])
-
-    async def write(self, unit: int, start: int, values: list[int]) -> None:
-        """Write `values` to holding registers from `start` (function 16, one request)."""
-        what = f"write holding registers {start}+{len(values)}"
-        if not self.client.connected and not await self.client.connect():
-            raise ModbusLinkError(f"cannot open {self.where} ({what} to unit {unit})")
-        try:
-            rr = await self.client.write_registers(start, values, device_id=unit)
-        except ConnectionException as err:
-            raise ModbusLinkError(f"{self.where}: connection lost ({what}, unit {unit})") from err
-        except ModbusIOException as err:
-            raise ModbusLinkError(
-                f"no answer from unit {unit} on {self.where} within "
-                f"{self.config.response_timeout:g} s ({what})"
-            ) from err
-        except ModbusException as err:
-            raise ModbusLinkError(f"unit {unit} on {self.where}: {err} ({what})") from err
-        if rr.isError():
-            code = getattr(rr, "exception_code", 0)
-            name = EXCEPTION_NAMES.get(code, "unknown")
-            raise ModbusLinkError(
-                f"unit {unit} on {self.where} answered Modbus exception {code} ({name}) to {what}",
-                code,
-            )
+        return rr
 
     def close(self) -> None:
         if self._client is not None:
