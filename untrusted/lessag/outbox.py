@@ -9,7 +9,9 @@
 - Broker back: the queue is sent oldest first at `drain_rate` messages/s while live messages
   go out as they come, so a backlog never holds live data back; a row is deleted once the broker
   acknowledged it (in batches too). Each message keeps the sequence number (publish id) it got
-  when it was made, also after a restart, sent as the MQTT 5 user property `seq`.
+  when it was made, also after a restart, sent as the MQTT 5 user property `seq`. Publish ids
+  only grow, across restarts and kill -9 too: the next `SEQ_BLOCK` ids are reserved on disk
+  before they are used (one small write per block), so a crash skips ids, never reuses one.
 - Bounds: the queue holds at most `max_size` bytes and nothing older than `max_age`; what they
   drop is the oldest, counted (`dropped`, kept on disk) and logged once per episode.
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ROW_OVERHEAD = 40  # bytes a row costs beyond its topic and payload, for the size bound
 DRAIN_BATCH = 500
+SEQ_BLOCK = 1000  # publish ids reserved on disk at a time (a crash skips at most these)
 
 
 @dataclass
@@ -75,7 +78,9 @@ class Outbox:
         ).fetchone()
         self.queued, self.disk_bytes = int(row[0]), int(row[1]) + ROW_OVERHEAD * int(row[0])
         self.dropped = self._meta("dropped")
-        self._next_seq = max(int(row[2]), self._meta("last_seq")) + 1
+        used = (int(row[2]), self._meta("last_seq"), self._meta("reserved"))
+        self._next_seq = max(used) + 1
+        self._reserved = self._next_seq - 1  # ids up to this one are reserved on disk
         self.pending: list[Message] = []  # to be written to disk
         self.inflight: dict[int, Message] = {}  # mid -> message handed to the link
         self.handed: set[int] = set()  # seqs on disk that the link holds (not to drain again)
@@ -99,6 +104,8 @@ class Outbox:
         """Queue a message; its publish id."""
         seq = self._next_seq
         self._next_seq += 1
+        if seq > self._reserved:
+            self._reserve(seq + SEQ_BLOCK - 1)
         msg = Message(seq, time.time(), topic, payload)
         if self._live():
             self._send(msg)
@@ -147,6 +154,16 @@ class Outbox:
         self._wake.set()
 
     # -- the disk -------------------------------------------------------------------------------
+
+    def _reserve(self, upto: int) -> None:
+        """Publish ids up to `upto` may be used: on disk (synced, a power cut included) first,
+        so a restart after any stop goes on above them."""
+        if self.db.in_transaction:  # never the case between calls; be safe
+            self.db.execute("COMMIT")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('reserved', ?)", (upto,))
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._reserved = upto
 
     def _meta(self, key: str) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -296,6 +313,8 @@ class Outbox:
     def close(self) -> None:
         """At a clean stop: everything not acknowledged is on disk."""
         self._to_disk([m for m in self.inflight.values() if not m.on_disk])
+        # The ids of this run's block not used yet: the next start uses them (no gap).
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('reserved', ?)", (self._next_seq - 1,))
         self.db.close()
 
 
@@ -362,7 +381,7 @@ def _salvage(path: Path) -> tuple[int, int, int]:
     try:
         for sql in (
             "SELECT 'queued', COUNT(*) FROM queue UNION ALL SELECT 'max_seq', MAX(seq) FROM queue",
-            "SELECT key, value FROM meta WHERE key IN ('dropped', 'last_seq')",
+            "SELECT key, value FROM meta WHERE key IN ('dropped', 'last_seq', 'reserved')",
         ):
             try:
                 for key, value in db.execute(sql).fetchall():
@@ -372,5 +391,5 @@ def _salvage(path: Path) -> tuple[int, int, int]:
                 continue
     finally:
         db.close()
-    last_seq = max(found.get("max_seq", 0), found.get("last_seq", 0))
+    last_seq = max(found.get("max_seq", 0), found.get("last_seq", 0), found.get("reserved", 0))
     return found.get("queued", 0), found.get("dropped", 0), last_seq
