@@ -151,6 +151,9 @@ class EssControl:
             self._report()
             return
         self._accept_if_done = decision.accept
+        # Our previous request is superseded by this one: that SUPERSEDED is no news upstream,
+        # and must not land in this period's report (it is about another request).
+        self.setpoint_id = ""
         try:
             sp = await self.request(self.cfg.setpoint, decision.value, self.valid_for)
         except (grpc.aio.AioRpcError, TimeoutError) as err:
@@ -169,7 +172,7 @@ class EssControl:
         """The owner's answer (from the requester stream); reported when it is news."""
         if sp.name != self.cfg.setpoint:
             return
-        if sp.id != self.setpoint_id or not self.last:
+        if not sp.id or sp.id != self.setpoint_id or self.last.get("setpoint_id") != sp.id:
             if len(self._early) < 16 and sp.status != "PENDING":
                 self._early[sp.id] = sp
             return

@@ -261,3 +261,75 @@ async def test_the_simulator_sends_a_profile_the_agent_accepts(broker, tmp):
         sim.terminate()
         assert sim.wait(10) == 0
         sub.close()
+
+
+class SupersedingCore(FakeCore):
+    """The core as it is: a new request supersedes the previous one, and the outcome stream can
+    bring that SUPERSEDED before the new request's reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ctl: EssControl | None = None
+
+    async def request(self, name: str, value: float, valid_for: float) -> SetpointState:
+        if self.requests and self.ctl is not None:
+            old = f"sp{len(self.requests)}"
+            self.ctl.outcome(SetpointState(old, name, self.requests[-1][1], "SUPERSEDED"))
+        return await super().request(name, value, valid_for)
+
+
+async def test_our_own_next_request_is_not_reported_as_superseded(tmp):
+    """Each period's request supersedes the previous one: that was once reported as
+    SUPERSEDED, Priority_accept 0, in the new period's report."""
+    store = ProfileStore(tmp / "profile.json")
+    store.replace(parse_profile(raw(message()), DAY, 16384))
+    clock = [dt.datetime(2024, 5, 1, 2, 30, tzinfo=ROME)]
+    core, reports = SupersedingCore(), []
+    ctl = EssControl(CFG, store, core.request, reports.append, lambda: clock[0])
+    core.ctl = ctl
+    for what, v in {"battery": 0.0, "pcc": 300.0, "soc": 50.0}.items():
+        ctl.update(what, v, "GOOD")
+    for i in range(1, 4):
+        await ctl.tick()
+        ctl.outcome(SetpointState(f"sp{i}", "ess/P_set", -10000.0, "APPLIED", applied_value=-1e4))
+    got = [json.loads(r) for r in reports]
+    assert [(r["status"], r["setpoint_id"]) for r in got] == [
+        ("APPLIED", "sp1"),
+        ("APPLIED", "sp2"),
+        ("APPLIED", "sp3"),
+    ]
+    assert all(r["Priority_accept"] == 1 for r in got)
+
+
+async def test_end_to_end_no_false_superseded_reports(site, broker, tmp):
+    """A real core and owner, a short period: every report names its own request."""
+    now = dt.datetime.now(ROME).replace(hour=2, minute=15)
+    good = message(now.date(), Priority_set_now=[2] * 24, P_bat_DC_set_now=[1000.0] * 24)
+    owner = Extension(site.env("ess"))
+
+    @owner.on_setpoint("ess/P_set")
+    async def set_power(req):
+        return Applied()
+
+    await owner.start()
+    prefix = "usm-t/lessag"
+    sub = Subscriber(broker, [f"{prefix}/gesscon/#"], client_id="sub-superseded")
+    cfg = agent_config(broker, tmp, ess={"enabled": True, "period": 1, "timezone": "Europe/Rome"})
+    try:
+        await until(lambda: owner.client.declared("ess/P_set"))
+        async with running(site, cfg, clock=lambda: now) as agent:
+            await until(lambda: agent.link.connected)
+            mqtt_publish.single(f"{prefix}/gesscon/profile", raw(good), qos=1, port=broker.port)
+
+            def applied() -> list[dict[str, Any]]:
+                got = [json.loads(m.payload) for m in sub.on(f"{prefix}/gesscon/report")]
+                return [r for r in got if r["Priority_set"] == 2 and r["status"] == "APPLIED"]
+
+            await until(lambda: len(applied()) >= 5, timeout=15, what="5 periods applied")
+        reports = [json.loads(m.payload) for m in sub.on(f"{prefix}/gesscon/report")]
+        assert not [r for r in reports if r["status"] == "SUPERSEDED"], reports
+        ids = [r["setpoint_id"] for r in reports if r["status"] == "APPLIED"]
+        assert all(ids) and len(ids) == len(set(ids))
+    finally:
+        sub.close()
+        await owner.stop()
