@@ -180,7 +180,11 @@ class Lessag(Agent):
         )
 
     def devices_health(self) -> dict[str, DeviceHealth]:
-        return {"mqtt": DeviceHealth(ok=self.link.connected, last_error=self.link.last_error)}
+        refused = self.outbox.refusals()
+        return {
+            "mqtt": DeviceHealth(ok=self.link.connected, last_error=self.link.last_error),
+            "broker": DeviceHealth(ok=not refused, last_error=refused),
+        }
 
     def health_points(self, report: HealthReport) -> dict[str, Any]:
         values = {

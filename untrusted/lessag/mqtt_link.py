@@ -60,7 +60,8 @@ class MqttLink:
         self.connects = 0  # accepted connections so far (a reconnect is > 1)
         self.on_up: Callable[[], None] = lambda: None
         self.on_down: Callable[[], None] = lambda: None
-        self.on_ack: Callable[[int, bool], None] = lambda mid, ok: None
+        # (mid, accepted, the broker's reason code when it refused: MQTT 5 PUBACK >= 0x80)
+        self.on_ack: Callable[..., None] = lambda mid, ok, reason="": None
         # (topic, payload, retained): `retained` only on subscriptions that take retained ones
         self.on_message: Callable[[str, bytes, bool], None] = lambda topic, payload, r: None
         self.oversized = 0  # messages over `max_packet` dropped (3.1.1: the broker sent them)
@@ -198,7 +199,10 @@ class MqttLink:
         self._call(self._down, str(rc))
 
     def _published(self, _c: paho.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        self._call(self.on_ack, mid, not rc.is_failure)
+        if rc.is_failure:
+            self._call(self.on_ack, mid, False, f"{rc} ({rc.value})")
+        else:
+            self._call(self.on_ack, mid, True)
 
     def _received(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         size = len(msg.payload)

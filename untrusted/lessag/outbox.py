@@ -12,6 +12,10 @@
   when it was made, also after a restart, sent as the MQTT 5 user property `seq`. Publish ids
   only grow, across restarts and kill -9 too: the next `SEQ_BLOCK` ids are reserved on disk
   before they are used (one small write per block), so a crash skips ids, never reuses one.
+- Refused: a message the broker refuses (MQTT 5 PUBACK reason code >= 0x80, e.g. 135 not
+  authorized by its ACL) is not sent again: it is counted in `dropped`, logged once per episode
+  and topic (the first refusal, then the count when the topic is accepted again or has had no
+  refusal for `REFUSAL_QUIET_S`), and `refusing` says which topics it is happening on.
 - Bounds: the queue holds at most `max_size` bytes and nothing older than `max_age`; what they
   drop is the oldest, counted (`dropped`, kept on disk) and logged once per episode.
 
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ROW_OVERHEAD = 40  # bytes a row costs beyond its topic and payload, for the size bound
 DRAIN_BATCH = 500
+REFUSAL_QUIET_S = 60.0  # a topic without a refusal this long: its episode is over
 SEQ_BLOCK = 1000  # publish ids reserved on disk at a time (a crash skips at most these)
 
 
@@ -58,6 +63,15 @@ class Message:
     @property
     def size(self) -> int:
         return len(self.topic) + len(self.payload) + ROW_OVERHEAD
+
+
+@dataclass
+class Refusals:
+    """An episode of the broker refusing a topic's messages."""
+
+    count: int
+    last: float  # monotonic, the latest refusal
+    reason: str  # the broker's reason code
 
 
 class Outbox:
@@ -89,6 +103,8 @@ class Outbox:
         self._drained_to = 0  # highest seq read from disk for draining
         self._wake = asyncio.Event()
         self._dropping = False  # an episode of drops is under way (logged once)
+        self._dropped_saved = self.dropped  # the count on disk
+        self.refusing: dict[str, Refusals] = {}  # topic -> the broker's refusals on it
         link.on_ack = self._acked
         if self.queued:
             log.info("resuming a queue of %d message(s) from %s", self.queued, path)
@@ -131,17 +147,54 @@ class Outbox:
         self.sent += 1
         return True
 
-    def _acked(self, mid: int, ok: bool) -> None:
+    def _acked(self, mid: int, ok: bool, reason: str = "") -> None:
         msg = self.inflight.pop(mid, None)
         if msg is None:
             return
         if not ok:
-            log.warning("the broker refused a message on %s (seq %d)", msg.topic, msg.seq)
+            self._refused(msg, reason)
+        elif msg.topic in self.refusing:
+            self._refusals_over(msg.topic, "accepted again")
         if msg.on_disk:
             self.handed.discard(msg.seq)
             self.acked.append((msg.seq, msg.size))
             if len(self.acked) >= DRAIN_BATCH:
                 self._wake.set()
+
+    def _refused(self, msg: Message, reason: str) -> None:
+        """Refused by the broker (its ACL, a quota): sending it again would be refused again.
+        Counted in `dropped`; one log line when a topic's episode starts."""
+        self.dropped += 1
+        episode = self.refusing.get(msg.topic)
+        if episode is None:
+            self.refusing[msg.topic] = Refusals(1, time.monotonic(), reason or "refused")
+            log.warning(
+                "the broker refuses messages on %s (%s): dropped, counted in the dropped point "
+                "(%d dropped in all); check the broker's ACL for this client",
+                msg.topic,
+                self.refusing[msg.topic].reason,
+                self.dropped,
+            )
+        else:
+            episode.count += 1
+            episode.last = time.monotonic()
+
+    def _refusals_over(self, topic: str, why: str) -> None:
+        count = self.refusing.pop(topic).count
+        log.info(
+            "the broker's refusals on %s are over (%s): %d message(s) refused", topic, why, count
+        )
+
+    def refusals(self) -> str:
+        """What the broker refuses now, for the health ("" when nothing)."""
+        now = time.monotonic()
+        for topic, episode in list(self.refusing.items()):
+            if now - episode.last > REFUSAL_QUIET_S:
+                self._refusals_over(topic, f"none for {REFUSAL_QUIET_S:g}s")
+        return "; ".join(
+            f"the broker refused {e.count} message(s) on {topic} ({e.reason})"
+            for topic, e in self.refusing.items()
+        )
 
     def link_down(self) -> None:
         """What the broker had not acknowledged goes to disk now (the link resends it after
@@ -175,7 +228,7 @@ class Outbox:
         handed = handed or []
         new = [*handed, *self.pending]
         self.pending = []
-        if not new and not self.acked:
+        if not new and not self.acked and self.dropped == self._dropped_saved:
             return
         db = self.db
         db.execute("BEGIN")
@@ -201,6 +254,9 @@ class Outbox:
                 self._recount()
             self.acked = []
         self._bound()
+        if self.dropped != self._dropped_saved:  # refused by the broker, or the bounds
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('dropped', ?)", (self.dropped,))
+            self._dropped_saved = self.dropped
         db.execute("COMMIT")
 
     def _recount(self) -> None:

@@ -98,7 +98,13 @@ class Mosquitto:
     """`mosquitto -c conf` on 127.0.0.1:<free port>; `stop()` and `start()` again keep the
     port and the persistence file (sessions and queued messages survive a restart)."""
 
-    def __init__(self, home: Path, pki: Pki | None = None, passwords: Path | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        pki: Pki | None = None,
+        passwords: Path | None = None,
+        acl: str | None = None,  # the text of an acl_file (anonymous rules first)
+    ) -> None:
         self.home = home
         self.pki = pki
         self.port = free_port()
@@ -125,6 +131,9 @@ class Mosquitto:
             lines += [f"password_file {passwords}", "allow_anonymous false"]
         else:
             lines.append("allow_anonymous true")
+        if acl is not None:
+            (home / "acl").write_text(acl)
+            lines.append(f"acl_file {home}/acl")
         if os.geteuid() == 0:  # as root it would switch to its own user, shut out of tmp dirs
             lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         self.conf = home / "mosquitto.conf"

@@ -5,6 +5,8 @@ a config mistake is one line."""
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import subprocess
 import time
 
@@ -98,3 +100,30 @@ def test_a_config_mistake_is_one_line_naming_the_key(site, config, message):
     with pytest.raises(SetupError) as err:
         Lessag(site.env("lessag", config))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+async def test_messages_the_broker_refuses_are_counted_logged_once_and_degrade(site, tmp, caplog):
+    """Mosquitto's ACL refuses the data topic (MQTT 5 PUBACK 135): once lost silently."""
+    acl = (
+        "topic readwrite usm-t/lessag/status\n"
+        "topic readwrite usm-t/lessag/gesscon/#\n"
+        "topic readwrite usm-t/lessag/evchcon/#\n"
+        f"topic read {DATA}\n"
+    )
+    await write(site, "smm", [sample("smm/P", 9.0, time.time())])
+    with Mosquitto(tmp / "broker", acl=acl) as broker:
+        cfg = agent_config(broker, tmp, publish_every="50ms")
+        with caplog.at_level(logging.INFO, logger="untrusted.lessag"):
+            async with running(site, cfg) as agent:
+                await until(lambda: agent.outbox.dropped >= 5, what="refusals counted")
+                health = agent.health()
+                assert health["state"] == "degraded"
+                error = health["devices"]["broker"]["last_error"]
+                assert DATA in error and "Not authorized" in error and "135" in error
+                assert agent.link.connected
+                dropped = agent.outbox.dropped
+        warned = [r.getMessage() for r in caplog.records if "refuses messages" in r.getMessage()]
+        assert len(warned) == 1 and DATA in warned[0]
+    with sqlite3.connect(tmp / "queue.db") as db:  # the count survives a restart
+        saved = db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()[0]
+    assert saved >= dropped
