@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +75,7 @@ class MqttLink:
         self._client: paho.Client | None = None
         self._v5 = cfg.protocol == "5"
         self._stopping = False
+        self._socket_error = ""  # paho's last socket error (its log), the cause of a drop
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -126,8 +130,8 @@ class MqttLink:
         client.on_disconnect = self._disconnected
         client.on_publish = self._published
         client.on_message = self._received
-        unreachable = f"cannot connect to {cfg.host}:{cfg.port}"
-        client.on_connect_fail = lambda *_: self._call(self._refused, unreachable)
+        client.on_log = self._paho_log
+        client.on_connect_fail = self._connect_failed
         kwargs: dict[str, Any] = {}
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
@@ -195,8 +199,19 @@ class MqttLink:
             self._subscribe(client, topic, retained)
         self._call(self._up, bool(getattr(flags, "session_present", False)))
 
+    def _connect_failed(self, _c: paho.Client, _u: Any) -> None:
+        # paho calls this inside its `except OSError`: the exception is the reason.
+        err = sys.exc_info()[1]
+        where = f"cannot connect to {self.cfg.host}:{self.cfg.port}"
+        self._call(self._refused, f"{where}: {describe(err) if err else 'unknown error'}")
+
+    def _paho_log(self, _c: paho.Client, _u: Any, level: int, text: str) -> None:
+        if level == paho.MQTT_LOG_ERR and "socket" in text:
+            self._socket_error = text  # read by _disconnected, next in this thread
+
     def _disconnected(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        self._call(self._down, str(rc))
+        cause, self._socket_error = self._socket_error, ""
+        self._call(self._down, str(rc), describe_text(cause) if cause else "")
 
     def _published(self, _c: paho.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         if rc.is_failure:
@@ -236,11 +251,13 @@ class MqttLink:
         )
         self.on_up()
 
-    def _down(self, why: str) -> None:
+    def _down(self, why: str, cause: str = "") -> None:
         was = self.connected
         self.connected = False
-        if was or not self.last_error:  # keep the broker's refusal, which says more
-            self.last_error = f"disconnected: {why}"
+        if cause and not was:  # a connection attempt that failed: the socket says why
+            self._refused(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {cause}")
+        elif was or not self.last_error:  # keep the broker's refusal, which says more
+            self.last_error = f"disconnected: {why}" + (f" ({cause})" if cause else "")
         if was and not self._stopping:
             log.warning("lost the broker %s:%d: %s", self.cfg.host, self.cfg.port, why)
             self.on_down()
@@ -267,3 +284,32 @@ class MqttLink:
         if why != self.last_error:
             log.warning("%s", why)
         self.last_error = why
+
+
+CLIENT_CERT_ALERTS = ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED", "DECRYPT_ERROR")
+
+
+def describe(err: BaseException) -> str:
+    """A connection error in words: what the broker or the network did."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"the broker's certificate failed verification ({err.verify_message})"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port?)"
+    if isinstance(err, socket.gaierror):
+        return f"the host name does not resolve ({err.strerror})"
+    if isinstance(err, TimeoutError | socket.timeout):
+        return "timed out"
+    return describe_text(str(err) or type(err).__name__)
+
+
+def describe_text(text: str) -> str:
+    """The same from paho's log line (`failed to receive on socket: [SSL: ...] ...`)."""
+    found = re.search(r"\[SSL: ([A-Z0-9_]+)\]", text)
+    if found is None:
+        return text.removeprefix("failed to receive on socket: ")
+    reason = found.group(1)
+    if "ALERT" in reason and any(a in reason for a in CLIENT_CERT_ALERTS):
+        return f"the broker rejected our client certificate (TLS alert {reason})"
+    if "ALERT" in reason:
+        return f"the broker ended the TLS handshake (TLS alert {reason})"
+    return f"TLS error {reason}"

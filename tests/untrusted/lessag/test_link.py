@@ -4,6 +4,7 @@ a config mistake is one line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -127,3 +128,32 @@ async def test_messages_the_broker_refuses_are_counted_logged_once_and_degrade(s
     with sqlite3.connect(tmp / "queue.db") as db:  # the count survives a restart
         saved = db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()[0]
     assert saved >= dropped
+
+
+async def test_a_rejected_client_certificate_and_a_refused_connection_say_why(site, tmp, caplog):
+    """Once "Unspecified error" and a bare "cannot connect": the TLS or socket error now, in the
+    log (once per distinct reason) and in the health that `smx status` shows."""
+    pki, stranger = Pki(tmp / "pki"), Pki(tmp / "other-ca")
+    crt, key = stranger.issue("lessag")  # signed by a CA the broker does not trust
+    with Mosquitto(tmp / "tls-broker", pki=pki) as broker:
+        mqtt = {"ca": str(pki.ca), "cert": str(crt), "key": str(key), "backoff_max": 1}
+        cfg = agent_config(broker, tmp, mqtt=mqtt)
+        with caplog.at_level(logging.WARNING, logger="untrusted.lessag"):
+            async with running(site, cfg) as agent:
+
+                def error() -> str:
+                    return str(agent.health()["devices"]["mqtt"]["last_error"])
+
+                await until(lambda: "client certificate" in error(), what="the TLS alert")
+                assert "the broker rejected our client certificate (TLS alert" in error()
+                first = agent.link.connects
+                await asyncio.sleep(3)  # several attempts, the same reason
+                assert agent.link.connects == first == 0
+        said = [r.getMessage() for r in caplog.records if "client certificate" in r.getMessage()]
+        assert len(said) == 1, said
+    nobody = Mosquitto(tmp / "nobody")  # never started: nothing listens
+    async with running(site, agent_config(nobody, tmp, mqtt={"backoff_max": 1})) as agent:
+        await until(
+            lambda: "connection refused" in agent.health()["devices"]["mqtt"]["last_error"],
+            what="connection refused",
+        )
