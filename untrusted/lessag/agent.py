@@ -15,6 +15,8 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
+import pwd
 from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,7 +32,7 @@ from .mqtt_link import MAX_PACKET, MqttLink
 from .outbox import Outbox
 from .profile import ProfileError, ProfileStore, parse_profile
 from .rights import STATE_POINTS
-from .settings import LessagConfig, size_bytes
+from .settings import LessagConfig, MqttConfig, size_bytes
 
 __all__ = ["Lessag"]
 
@@ -49,6 +51,7 @@ class Lessag(Agent):
             raise SetupError(f"{self.config_key}.mqtt: cert and key go together")
         if m.cert is not None and m.ca is None:
             raise SetupError(f"{self.config_key}.mqtt.ca: required with a client certificate")
+        _readable(self.config_key, m)
         for key, band in cfg.deadband.items():
             if isinstance(band, bool) or not isinstance(band, int | float) or band < 0:
                 raise SetupError(f"{self.config_key}.deadband.{key}: must be a number >= 0")
@@ -196,6 +199,30 @@ class Lessag(Agent):
         points = super().health_points(report)
         points.update({f"{self.name}/{k}": v for k, v in values.items()})
         return points
+
+
+def _readable(config_key: str, m: MqttConfig) -> None:
+    """The MQTT files, checked at start: under `smx run` as root this process has a user of its
+    own, and files copied in as root are not its to read (a bare PermissionError at every
+    restart, once). One line naming the file, the user and the fix."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    for key in ("ca", "cert", "key", "password_file"):
+        path = getattr(m, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError:
+            raise SetupError(
+                f"{config_key}.mqtt.{key}: cannot read {path} as user {user}: give it to this "
+                f"process (`chown {user} {path}`, and the directories on the way must let "
+                f"{user} through; keep a key at mode 0600)"
+            ) from None
+        except OSError as err:
+            raise SetupError(
+                f"{config_key}.mqtt.{key}: cannot read {path}: {err.strerror}"
+            ) from None
 
 
 def _json(obj: object) -> bytes:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import pwd
 import sqlite3
 import subprocess
 import time
@@ -157,3 +159,31 @@ async def test_a_rejected_client_certificate_and_a_refused_connection_say_why(si
             lambda: "connection refused" in agent.health()["devices"]["mqtt"]["last_error"],
             what="connection refused",
         )
+
+
+def test_an_mqtt_key_this_user_cannot_read_is_one_setup_line(site, tmp, monkeypatch):
+    """Under `smx run` as root the agent runs as a user of its own: a key copied in as root was
+    once a bare PermissionError in a restart loop. Now a SetupError (exit code 2), one line: the
+    path, the user, the chown."""
+    pki = Pki(tmp / "pki")
+    crt, key = pki.issue("lessag")
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    if os.geteuid() == 0:  # root reads every file: the file system's answer to another user
+
+        def denied(path: object, *args: object, **kw: object) -> object:
+            if str(path) == str(key):
+                raise PermissionError(13, "Permission denied", str(path))
+            return open(path, *args, **kw)  # type: ignore[call-overload]
+
+        monkeypatch.setattr("untrusted.lessag.agent.open", denied, raising=False)
+    else:
+        key.chmod(0)
+    mqtt = {"ca": str(pki.ca), "cert": str(crt), "key": str(key)}
+    with pytest.raises(SetupError) as err:
+        Lessag(site.env("lessag", agent_config(Mosquitto(tmp / "broker"), tmp, mqtt=mqtt)))
+    line = str(err.value)
+    assert f"agents.lessag.config.mqtt.key: cannot read {key} as user {user}" in line
+    assert f"`chown {user} {key}`" in line and "\n" not in line
+    missing = {**mqtt, "ca": str(tmp / "nope.crt")}
+    with pytest.raises(SetupError, match="mqtt.ca: cannot read .*nope.crt: No such file"):
+        Lessag(site.env("lessag", agent_config(Mosquitto(tmp / "broker"), tmp, mqtt=missing)))
