@@ -6,8 +6,10 @@ NotSupported or a CALLERROR -> REJECTED with the charger's words; no answer with
 `answer_timeout` -> UNCONFIRMED, and the real outcome is reported when the answer comes. A
 charger that is not connected -> REJECTED (never sent). The newest of a connector's two
 setpoints is its profile: the older one is reported REJECTED ("replaced"). At expiry the
-profile is cleared (ClearChargingProfile); a charger that reconnects gets the profile in force
-again (same id: replaced, never doubled).
+profile is cleared (ClearChargingProfile). At every (re)connection our id range is made to
+match what is in force: sent again (outcome reported anew), or cleared where nothing is.
+A TxProfile is sent again at each new transaction; between transactions the setpoint is
+UNCONFIRMED ("applies at the next transaction").
 
 The SCADA cannot replace or clear ours by id or stack level (the link refuses such calls); a
 ClearChargingProfile of the SCADA without an id is forwarded, and once the charger answered it
@@ -51,6 +53,10 @@ class InForce:
     limit: float
 
 
+class NoTransaction(ProxyCallError):
+    """A TxProfile with no transaction running: sent when one starts."""
+
+
 class Control:
     def __init__(self, ext: Extension, cfg: OcppConfig, server: ProxyServer) -> None:
         self.ext, self.cfg, self.server = ext, cfg, server
@@ -75,7 +81,7 @@ class Control:
         if cp.profile == "TxProfile":
             tx = link.observer.connector(n).tx_id
             if not tx:
-                raise ProxyCallError(f"no transaction on connector {n}: a TxProfile needs one")
+                raise NoTransaction(f"no transaction on connector {n}: applies at the next one")
         return set_profile(
             link.version,
             profile_id=self.profile_id(n),
@@ -97,8 +103,11 @@ class Control:
         link = self.server.links.get(cp.id)
         if link is None:
             return Rejected(f"charge point {cp.id} is not connected")
+        waiting: Unconfirmed | None = None
         try:
             call = link.call("SetChargingProfile", self.payload(link, cp, n, unit, limit, req))
+        except NoTransaction as err:  # in force: sent when a transaction starts
+            waiting = Unconfirmed(str(err))
         except ProxyCallError as err:
             return Rejected(str(err))
         previous = self.in_force.get((cp.id, n))
@@ -106,12 +115,24 @@ class Control:
         if previous is not None and previous.req.name != req.name:
             replaced = Rejected(f"replaced by {req.name}")
             self._later(self.ext.setpoints.report_outcome(previous.req, replaced))
+        if waiting is not None:
+            return waiting
         done, _ = await asyncio.wait({call.answer}, timeout=self.cfg.answer_timeout)
         if done:
             return self._outcome(req, call)
         self._later(self._follow(req, call))
-        why = "has not answered" if call.sent.done() else "is busy with a SCADA call"
+        why = self._why_late(link, call)
         return Unconfirmed(f"charge point {cp.id} {why} within {self.cfg.answer_timeout:g} s")
+
+    @staticmethod
+    def _why_late(link: Link, call: ProxyCall) -> str:
+        if call.sent.done():
+            return "has not answered"
+        if link.outstanding is not None and link.outstanding[0] == "proxy":
+            return f"is busy with the proxy's previous call ({link.outstanding[1]})"
+        if link.outstanding is not None:
+            return f"is busy with a SCADA call ({link.outstanding[1]})"
+        return "has not taken the call yet"
 
     def _outcome(self, req: SetpointRequest, call: ProxyCall) -> Result:
         try:
@@ -177,40 +198,78 @@ class Control:
             log.warning("setpoint %s expired: clearing the profile failed: %s", req.name, err)
 
     def reconnected(self, cp_id: str, link: Link) -> None:
-        """A charger (re)connected: send it the profiles in force again."""
-        link.on_profiles_cleared = lambda: self._later(self._reapply(cp_id, link))
-        for (cp_in, n), active in list(self.in_force.items()):
-            if cp_in != cp_id:
-                continue
-            cp, _, unit = self.targets[active.req.name]
-            try:
-                payload = self.payload(link, cp, n, active.unit, active.limit, active.req)
-                link.call("SetChargingProfile", payload)
-            except ProxyCallError as err:
-                log.warning("charge point %s: profile not re-sent: %s", cp_id, err)
-
-    async def _reapply(self, cp_id: str, link: Link) -> None:
-        """The SCADA cleared charging profiles (no id given: ours may be gone): send ours again
-        and report what the charger says now."""
-        for (cp_in, n), active in list(self.in_force.items()):
-            if cp_in != cp_id:
-                continue
-            req = active.req
-            cp, _, _ = self.targets[req.name]
-            why = "the SCADA cleared the charging profiles"
-            try:
-                payload = self.payload(link, cp, n, active.unit, active.limit, req)
-                call = link.call("SetChargingProfile", payload)
-            except ProxyCallError as err:
-                outcome: Result = self._rejected(req, f"{why}; ours not sent again: {err}")
+        """A charger (re)connected: make its profiles in our id range match what is in force.
+        Ours in force are sent again (same id: replaced, never doubled) and their outcome
+        reported anew; where nothing is in force ours is cleared (a setpoint that ended while
+        the charger was away would otherwise run on the charger until its validTo)."""
+        link.on_profiles_cleared = lambda: self._later(
+            self._reapply(cp_id, link, "the SCADA cleared the charging profiles")
+        )
+        link.observer.on_transaction = lambda n, tx: self._transaction(cp_id, link, n, tx)
+        cp = next(c for c in self.cfg.charge_points if c.id == cp_id)
+        for n in range(1, len(cp.connectors) + 1):
+            if (cp_id, n) in self.in_force:
+                self._later(self._resend(cp_id, link, n, "the charge point connected again"))
             else:
-                done, _ = await asyncio.wait({call.answer}, timeout=self.cfg.answer_timeout)
-                if done:
-                    outcome = self._outcome(req, call)
-                    if isinstance(outcome, Rejected | Unconfirmed):
-                        outcome = type(outcome)(f"{why}; sent again: {outcome.reason}")
-                else:
-                    outcome = Unconfirmed(f"{why}; sent again, not answered yet")
-                    self._later(self._follow(req, call))
-            log.warning("setpoint %s: %s; now %s", req.name, why, outcome)
-            await self.ext.setpoints.report_outcome(req, outcome)
+                self._later(self._clear(link, cp_id, n))
+
+    async def _clear(self, link: Link, cp_id: str, n: int) -> None:
+        """Nothing in force on connector n: our profile, if the charger kept one, goes."""
+        try:
+            call = link.call(
+                "ClearChargingProfile", clear_profile(link.version, self.profile_id(n))
+            )
+            async with asyncio.timeout(self.cfg.call_timeout):
+                answer = await call.answer
+            log.info("charge point %s: profile %d cleared at connection (%s)", cp_id,
+                     self.profile_id(n), answer.payload or answer.error_code)  # fmt: skip
+        except (ProxyCallError, TimeoutError) as err:
+            log.warning("charge point %s: clearing profile %d failed: %s", cp_id,
+                        self.profile_id(n), err)  # fmt: skip
+
+    def _transaction(self, cp_id: str, link: Link, n: int, tx: str) -> None:
+        """A TxProfile lives as long as its transaction (OCPP 1.6 3.13.4; 2.0.1 K01): ours is
+        sent again for each new one; between transactions the setpoint is UNCONFIRMED."""
+        active = self.in_force.get((cp_id, n))
+        cp, _, _ = self.targets[active.req.name] if active else (None, 0, "")
+        if active is None or cp is None or cp.profile != "TxProfile":
+            return
+        if tx:
+            self._later(self._resend(cp_id, link, n, f"transaction {tx} started"))
+        else:
+            outcome = Unconfirmed(
+                f"the transaction on connector {n} ended and the charger dropped the TxProfile:"
+                " applies at the next transaction"
+            )
+            self._later(self.ext.setpoints.report_outcome(active.req, outcome))
+
+    async def _reapply(self, cp_id: str, link: Link, why: str) -> None:
+        for cp_in, n in list(self.in_force):
+            if cp_in == cp_id:
+                await self._resend(cp_id, link, n, why)
+
+    async def _resend(self, cp_id: str, link: Link, n: int, why: str) -> None:
+        """Send connector n's profile in force again and report what the charger says now."""
+        active = self.in_force.get((cp_id, n))
+        if active is None:
+            return
+        req = active.req
+        cp, _, _ = self.targets[req.name]
+        try:
+            payload = self.payload(link, cp, n, active.unit, active.limit, req)
+            call = link.call("SetChargingProfile", payload)
+        except NoTransaction as err:
+            outcome: Result = Unconfirmed(f"{why}; {err}")
+        except ProxyCallError as err:
+            outcome = self._rejected(req, f"{why}; ours not sent again: {err}")
+        else:
+            done, _ = await asyncio.wait({call.answer}, timeout=self.cfg.answer_timeout)
+            if done:
+                outcome = self._outcome(req, call)
+                if isinstance(outcome, Rejected | Unconfirmed):
+                    outcome = type(outcome)(f"{why}; sent again: {outcome.reason}")
+            else:
+                outcome = Unconfirmed(f"{why}; sent again, not answered yet")
+                self._later(self._follow(req, call))
+        log.info("setpoint %s: %s; now %s", req.name, why, outcome)
+        await self.ext.setpoints.report_outcome(req, outcome)

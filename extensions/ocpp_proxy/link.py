@@ -626,6 +626,10 @@ class Link:
                 wait = left
         head = self.to_charger[0] if self.to_charger else None
         head_is_call = head is not None and head.frame is not None and head.frame.kind == CALL
+        if head is not None and not head_is_call:
+            # Answers first: our call may depend on one (a TxProfile on the transaction id of
+            # the StartTransaction.conf just queued).
+            return self.to_charger.popleft(), None
         if wait is None and (self.own or head_is_call):
             if self.outstanding is not None:
                 log.info(
@@ -635,8 +639,6 @@ class Link:
                 )
                 self.outstanding = None
             return (self.own.popleft() if self.own else self.to_charger.popleft()), None
-        if head is not None and not head_is_call:
-            return self.to_charger.popleft(), None
         return None, wait if (self.own or head_is_call) else None
 
     def _release_slot(self, frame: Frame) -> None:

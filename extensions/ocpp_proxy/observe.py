@@ -70,6 +70,8 @@ class Observer:
             "csms": OrderedDict(),
         }
         self.tx_connector: OrderedDict[str, int] = OrderedDict()  # transaction id -> connector
+        # Told when a connector's transaction changes: (connector, new id or "" when ended).
+        self.on_transaction: Callable[[int, str], None] | None = None
 
     def connector(self, n: int) -> Connector:
         return self.connectors.setdefault(n, Connector())
@@ -187,12 +189,15 @@ class Observer:
         self, n: int, tx: str, readings: dict[str, Reading], at: dt.datetime | None
     ) -> None:
         c = self.connector(n)
+        changed = c.tx_id != tx
         c.tx_id = tx
         if not tx:
             c.start_kwh = None
         readings["tx_active"] = Reading(bool(tx), source_time=at)
         readings["tx_id"] = Reading(tx, source_time=at)
         self.emit(n, readings)
+        if changed and self.on_transaction is not None:
+            self.on_transaction(n, tx)
 
     def _energy(self, n: int, kwh: float, at: dt.datetime | None = None) -> dict[str, Reading]:
         c = self.connector(n)

@@ -4,7 +4,9 @@ and the charger reports MeterValues (power, per-phase current and voltage, energ
 SoC) every `interval` until the EV is full or `session_s` has passed, then stops.
 
 Charging profiles: the limit of the highest stack level of each purpose, and the lowest of
-the purposes (a simplification of OCPP's composite schedule), in A or W.
+the purposes (a simplification of OCPP's composite schedule), in A or W. A TxProfile is
+refused unless it names the running transaction, and dropped when that transaction ends, as
+real chargers do.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class Profiles:
         else:
             self.by_id.pop(pid, None)
 
+    def end_transaction(self) -> None:
+        """A TxProfile lives as long as its transaction (OCPP 1.6 3.13.4, 2.0.1 K01)."""
+        self.by_id = {k: v for k, v in self.by_id.items() if v[0] != "TxProfile"}
+
     def limit_a(self, ev: Ev) -> float:
         """The current limit per phase the profiles allow."""
         best: dict[str, tuple[int, float]] = {}
@@ -95,6 +101,17 @@ class SimCharger:
         self.unplug = asyncio.Event()
         self.sent: list[str] = []  # every frame, as sent and as received (tests compare them)
         self.received: list[str] = []
+
+    async def accepts(self, purpose: str, tx: Any) -> bool:
+        """A TxProfile only for the running transaction (one that right follows the
+        StartTransaction.conf may be read before `tx_id` is set: it gets 0.5 s)."""
+        if purpose != "TxProfile":
+            return True
+        for _ in range(10):
+            if self.tx_id is not None:
+                break
+            await asyncio.sleep(0.05)
+        return self.tx_id is not None and str(tx) == self.tx_id
 
     @property
     def power(self) -> float:
@@ -141,6 +158,7 @@ class SimCharger:
         self.current = 0.0
         await self.cp.stop_transaction(self.tx_id, self)
         self.tx_id = None
+        self.profiles.end_transaction()
         await self.cp.status("Available")
 
     def step(self, seconds: float) -> None:
@@ -225,6 +243,8 @@ class _Cp16(Cp16):
     async def on_set_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
         await asyncio.sleep(self.answer_delay)
         p = cs_charging_profiles
+        if not await self.sim.accepts(p["charging_profile_purpose"], p.get("transaction_id")):
+            return result16.SetChargingProfile("Rejected")
         sched = p["charging_schedule"]
         self.sim.profiles.set(
             p["charging_profile_id"],
@@ -288,6 +308,8 @@ class _Cp201(Cp201):
     async def on_set_profile(self, evse_id: int, charging_profile: dict[str, Any]) -> Any:
         await asyncio.sleep(self.answer_delay)
         p = charging_profile
+        if not await self.sim.accepts(p["charging_profile_purpose"], p.get("transaction_id")):
+            return result201.SetChargingProfile("Rejected")
         sched = p["charging_schedule"][0]
         self.sim.profiles.set(
             p["id"],

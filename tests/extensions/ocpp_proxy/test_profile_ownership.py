@@ -105,6 +105,9 @@ async def test_a_clear_all_is_forwarded_and_ours_is_sent_again(tmp_path):
             control = Control(ext, cfg, p)  # type: ignore[arg-type]
             link = p.links["CP1"]
             control.reconnected("CP1", link)
+            cleared = json.loads(await recv(cp))  # nothing in force at connection: ours cleared
+            assert cleared[2:] == ["ClearChargingProfile", {"id": cfg.profile_id_base + 1}]
+            await cp.send(json.dumps([3, cleared[1], {"status": "Accepted"}]))
             req = SetpointRequest("sp1", "ev1/I_max_set", 16.0, "planner", time.time() + 600)
             applying = asyncio.ensure_future(control.apply(req))
             ours = json.loads(await recv(cp))
