@@ -31,7 +31,7 @@ from .measurements import Measurements, build_devices
 from .mqtt_link import MAX_PACKET, MqttLink
 from .outbox import Outbox
 from .profile import ProfileError, ProfileStore, parse_profile
-from .rights import STATE_POINTS
+from .rights import STATE_POINTS, missing_rights
 from .settings import LessagConfig, MqttConfig, size_bytes
 
 __all__ = ["Lessag"]
@@ -126,9 +126,22 @@ class Lessag(Agent):
             await link.stop()
             self.outbox.close()
 
+        self.background(self._check_rights, "rights")
         self.background(self.outbox.run, "outbox")
         self.background(self.measurements.run, "measurements")
         self.background(self._serve_inbox, "inbox")
+
+    async def _check_rights(self) -> None:
+        """Once connected to the core: what the config needs and the core does not grant this
+        agent, in one warning (lessag would run with pieces missing, denied one by one)."""
+        await self.client.wait_connected()
+        missing = missing_rights(self.cfg, self.name, self.client.may)
+        if missing:
+            log.warning(
+                "the policy does not grant what this config needs: %s; bind it as "
+                'docs/LESSAG.md "Least privilege" shows (rights.site_keys)',
+                ", ".join(f"{verb} {pattern}" for verb, pattern in missing),
+            )
 
     def _received(self, topic: str, payload: bytes, retained: bool = False) -> None:
         try:

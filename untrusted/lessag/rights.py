@@ -5,11 +5,20 @@ the demo's, and a test checks that the agent works with exactly these."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from smx.names import Glob
 
 from .settings import LessagConfig
 
-__all__ = ["STATE_POINTS", "binding_toml", "needed_rules", "read_rules", "site_keys"]
+__all__ = [
+    "STATE_POINTS",
+    "binding_toml",
+    "missing_rights",
+    "needed_rules",
+    "read_rules",
+    "site_keys",
+]
 
 # The agent's own points (besides the SDK's `<name>/ext.state`).
 STATE_POINTS = ("mqtt", "queued", "dropped")
@@ -95,3 +104,18 @@ def binding_toml(cfg: LessagConfig, site: str, name: str) -> str:
 
 def _quoted(patterns: list[str]) -> str:
     return ", ".join(f'"{p}"' for p in patterns)
+
+
+def missing_rights(
+    cfg: LessagConfig, name: str, may: Callable[[str, str], bool]
+) -> list[tuple[str, str]]:
+    """(verb, pattern) of `needed_rules` the core does not grant, `may(verb, point)` being the
+    core's answer (WhoAmI). A pattern is tried on a name it matches (`smm/*` as `smm/x`): a
+    rough check, enough to name a device or setpoint left out of the binding."""
+    missing = []
+    for verb, patterns in needed_rules(cfg, name):
+        for pattern in patterns:
+            sample = pattern.replace("**", "x").replace("*", "x")
+            if not may(verb, sample):
+                missing.append((verb, pattern))
+    return missing

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from untrusted.lessag.settings import LessagConfig
 PREFIX = "usm-t/lessag"
 
 
-async def test_commands_replies_and_least_privilege(site, broker, tmp):
+async def test_commands_replies_and_least_privilege(site, broker, tmp, caplog):
     cfg = agent_config(
         broker,
         tmp,
@@ -54,8 +55,19 @@ async def test_commands_replies_and_least_privilege(site, broker, tmp):
     sub = Subscriber(broker, [f"{PREFIX}/#"])
     try:
         await until(lambda: owner.client.declared("ev1/P_max_set"))
+        caplog.set_level(logging.WARNING, logger="lessag")
         async with running(site, cfg, name="narrow") as agent:
             await until(lambda: agent.link.connected and agent.client.connected)
+
+            def rights_warnings() -> list[str]:
+                return [
+                    r.getMessage() for r in caplog.records if "does not grant" in r.getMessage()
+                ]
+
+            # At start: what the config needs and the core does not grant, in one warning.
+            said = await until(rights_warnings, what="the missing rights named")
+            assert "request ev2/I_max_set, request ev2/P_max_set;" in said[0]
+            assert "ev1" not in said[0] and "smm" not in said[0]
 
             def command(body: object) -> None:
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()
