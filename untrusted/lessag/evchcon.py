@@ -87,13 +87,19 @@ class EvCommands:
         for key in msg:
             if key not in ("id", "cp", "I_max", "P_max", "valid_for"):
                 raise CommandError(key, "unknown field")
-        cmd_id = msg.get("id")
+        if "id" not in msg:
+            raise CommandError("id", "missing: a string of 1 to 64 characters is required")
+        cmd_id = msg["id"]
         if not isinstance(cmd_id, str) or not 0 < len(cmd_id) <= 64:
             raise CommandError("id", "required, a string of 1 to 64 characters")
-        cp = msg.get("cp")
+        if "cp" not in msg:
+            raise CommandError("cp", "missing: the charge point to limit is required")
+        cp = msg["cp"]
         if cp not in self.cfg.charge_points:
-            known = ", ".join(self.cfg.charge_points) or "none configured"
-            raise CommandError("cp", f"{cp!r} is not a charge point of this site ({known})")
+            known = ", ".join(self.cfg.charge_points) or "none"
+            raise CommandError(
+                "cp", f"{cp!r} is not in ev.charge_points ({known}): this agent may not command it"
+            )
         given = [k for k in LIMITS if k in msg]
         if len(given) != 1:
             raise CommandError("I_max", "exactly one of I_max (A) or P_max (W) is required")

@@ -53,9 +53,11 @@ class Profile:
 
 
 def _date(msg: dict[str, Any], key: str) -> dt.date:
-    value = msg.get(key)
+    if key not in msg:
+        raise ProfileError(key, "missing: a date YYYY-MM-DD is required")
+    value = msg[key]
     if not isinstance(value, str):
-        raise ProfileError(key, "required, a date YYYY-MM-DD")
+        raise ProfileError(key, f"must be a date YYYY-MM-DD, got {value!r}")
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
@@ -63,7 +65,9 @@ def _date(msg: dict[str, Any], key: str) -> dt.date:
 
 
 def _hours(msg: dict[str, Any], key: str, kind: type) -> list[Any]:
-    values = msg.get(key)
+    if key not in msg:
+        raise ProfileError(key, f"missing: an array of {HOURS} values (one per hour) is required")
+    values = msg[key]
     if not isinstance(values, list) or len(values) != HOURS:
         raise ProfileError(key, f"required, an array of {HOURS} values (one per hour)")
     out: list[Any] = []
@@ -100,7 +104,9 @@ def parse_profile(payload: bytes, today: dt.date, max_bytes: int) -> Profile:
         for key in msg:
             if key not in _KEYS:
                 raise ProfileError(key, "unknown field")
-        if msg.get("Period") != 60 or isinstance(msg.get("Period"), bool):
+        if "Period" not in msg:
+            raise ProfileError("Period", "missing: must be 60 (minutes per value)")
+        if msg["Period"] != 60 or isinstance(msg["Period"], bool):
             raise ProfileError(
                 "Period", f"must be 60 (minutes per value), got {msg.get('Period')!r}"
             )

@@ -93,7 +93,15 @@ async def test_commands_replies_and_least_privilege(site, broker, tmp, caplog):
             command({"id": "c4", "cp": "ev9", "I_max": 10})
             command({"id": "c5", "cp": "ev1"})
             command(b"\xff not json")
-            assert (await until(lambda: replies("c4")))[0]["field"] == "cp"
+            unknown = (await until(lambda: replies("c4")))[0]
+            assert unknown["field"] == "cp"
+            assert (
+                unknown["error"]
+                == "cp: 'ev9' is not in ev.charge_points (ev1, ev2): this agent may not command it"
+            )
+            command({"id": "c6", "I_max": 10})
+            no_cp = (await until(lambda: replies("c6")))[0]
+            assert no_cp["field"] == "cp" and no_cp["error"].startswith("cp: missing")
             assert (await until(lambda: replies("c5")))[0]["field"] == "I_max"
             assert (await until(lambda: replies(None)))[0]["field"] == "$"
 

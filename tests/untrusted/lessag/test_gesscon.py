@@ -333,3 +333,16 @@ async def test_end_to_end_no_false_superseded_reports(site, broker, tmp):
     finally:
         sub.close()
         await owner.stop()
+
+
+@pytest.mark.parametrize(
+    "field", ["Date_crt", "Date_next", "Period", "P_bat_DC_set_now", "Priority_set_next"]
+)
+def test_a_missing_field_is_called_missing(field):
+    """Once `Period: must be 60 ..., got None`: a field left out says so."""
+    msg = message()
+    del msg[field]
+    with pytest.raises(ProfileError) as err:
+        parse_profile(raw(msg), DAY, 16384)
+    assert err.value.field == field and err.value.problem.startswith("missing"), str(err.value)
+    assert "None" not in str(err.value)
