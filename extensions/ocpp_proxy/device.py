@@ -1,9 +1,11 @@
 """A connector as an SMX device (`ev<N>`): a PushedDevice fed by the proxy's observer.
 
 A session of the device is a session of its charge point: it starts when the charger connects
-(`online` = True) and ends when it disconnects, which the SDK records as a failure (the points
-turn BAD, last values kept) until the charger is back. A connector that is idle for hours is
-fine (no silence timeout): the link, not the data, says the device is alive.
+(`online` = True) and ends when it disconnects, which the SDK records as a failure: `online`
+turns False (GOOD: that is known), the other points BAD with their last values and their own
+source times (the charger's MeterValues or status time, not the disconnection's), until the
+charger is back. A connector that is idle for hours is fine (no silence timeout): the link,
+not the data, says the device is alive.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def point_specs(dev: str) -> list[PointSpec]:
 class ConnectorDevice(PushedDevice):
     reconnect_delay = 0.05  # `run` itself waits for the charger: no need to back off
     max_backoff = 0.5
+    keep_source_times = True  # BAD at disconnection, each with its MeterValues (status) time
+
+    def failure_readings(self, err: BaseException | str) -> dict[str, Any]:
+        return {f"{self.name}/online": False}  # GOOD: we know it is not connected
 
     def __init__(self, name: str, cp_id: str, connector: int) -> None:
         self.name, self.cp_id, self.connector = name, cp_id, connector

@@ -54,6 +54,7 @@ class DeviceState:
     last_error: str = ""
     last_ok: float = 0.0  # unix seconds of the last readings
     last_values: dict[str, Any] = field(default_factory=dict)
+    last_times: dict[str, Any] = field(default_factory=dict)  # their source times (None: read)
 
 
 def backoff(base: float, doublings: int, max_backoff: float) -> float:
@@ -76,16 +77,29 @@ def record_success(
         if isinstance(reading, Reading):
             publish(point, reading.value, reading.quality, reading.source_time)
             state.last_values[point] = reading.value
+            state.last_times[point] = reading.source_time
         else:
             publish(point, reading, "GOOD", None)
             state.last_values[point] = reading
+            state.last_times[point] = None
 
 
 def record_failure(
-    name: str, state: DeviceState, err: BaseException | str, publish: Publish
+    name: str,
+    state: DeviceState,
+    err: BaseException | str,
+    publish: Publish,
+    *,
+    keep_source_times: bool = False,
+    stating: Mapping[str, Any] | None = None,
 ) -> None:
     """A read, a session or the device itself failed: not ok, last values BAD, logged without
-    flooding (the 1st, 5th, 50th and every 500th failure in a row)."""
+    flooding (the 1st, 5th, 50th and every 500th failure in a row).
+
+    `keep_source_times`: the BAD samples carry each value's own source time (a device with a
+    clock of its own: the time it measured the value), not the time of the failure.
+    `stating`: readings that state the failure itself (a connection flag turned False),
+    published as given (GOOD unless a `Reading` says otherwise) instead of marked BAD."""
     state.polls += 1
     state.failures += 1
     state.consecutive_failures += 1
@@ -97,12 +111,20 @@ def record_failure(
         # A billing snapshot is a record the meter dated: a failed read does not make it bad
         # (and a BAD sample "now" would sit in its history among the billing dates).
         for point, value in state.last_values.items():
-            if not is_billing_snapshot(point):
-                publish(point, value, "BAD", None)
+            if not is_billing_snapshot(point) and point not in (stating or {}):
+                at = state.last_times.get(point) if keep_source_times else None
+                publish(point, value, "BAD", at)
     elif state.consecutive_failures in (5, 50) or state.consecutive_failures % 500 == 0:
         log.warning(
             "device %s: %d failures in a row, last: %s", name, state.consecutive_failures, text
         )
+    for point, reading in (stating or {}).items():
+        if isinstance(reading, Reading):
+            publish(point, reading.value, reading.quality, reading.source_time)
+            state.last_values[point], state.last_times[point] = reading.value, reading.source_time
+        else:
+            publish(point, reading, "GOOD", None)
+            state.last_values[point], state.last_times[point] = reading, None
     state.ok = False
 
 

@@ -5,9 +5,10 @@ mirrors): the source receives on its own schedule and hands over what arrives wi
 The SDK runs `run()` — one session: connect, then receive until the connection ends — and calls
 it again after a back-off whenever it returns or raises. It keeps the same bookkeeping as for
 polled devices (devices.py): readings mark the device ok; a failure, an ended session or
-`silence_timeout` seconds without data mark it not ok and its points BAD (last value kept), and
-reconnects back off exponentially up to `max_backoff`, from `reconnect_delay` again once a
-session delivered data.
+`silence_timeout` seconds without data mark it not ok and its points BAD (last value kept; with
+`keep_source_times` each with its own source time; `failure_readings` state the failure itself,
+e.g. a connection flag turned False, GOOD), and reconnects back off exponentially up to
+`max_backoff`, from `reconnect_delay` again once a session delivered data.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class PushedDevice(ABC):
     silence_timeout: float | None = None
     reconnect_delay: float = 1.0  # first wait before calling `run` again
     max_backoff: float = 60.0
+    # At a failure, the BAD samples keep each value's own source time (a source that dates its
+    # data, e.g. OCPP MeterValues), not the failure's time.
+    keep_source_times: bool = False
     _feed: _Feed | None = None  # set by Extension.add_device
 
     @abstractmethod
@@ -67,7 +71,19 @@ class PushedDevice(ABC):
         """The source is in trouble but the session goes on (an error frame, a fault state):
         the device is not ok and its points BAD until the next readings."""
         feed = self._attached()
-        record_failure(self.name, feed.state, err, feed.publish)
+        record_failure(
+            self.name,
+            feed.state,
+            err,
+            feed.publish,
+            keep_source_times=self.keep_source_times,
+            stating=self.failure_readings(err),
+        )
+
+    def failure_readings(self, err: BaseException | str) -> Mapping[str, Any]:
+        """Readings that state a failure itself (e.g. `{"ev1/online": False}`), published as
+        given instead of marked BAD with the other points. None by default."""
+        return {}
 
     def describe(self, name: str) -> PointSpec | None:
         """The spec of a point this device reports that was not declared up front."""
@@ -101,7 +117,14 @@ async def push_forever(device: PushedDevice, state: DeviceState) -> None:
             err = cancelled  # cancelled inside the session by a library: a failed session
         except Exception as failure:  # a device error must never end the loop
             err = failure
-        record_failure(device.name, state, err, feed.publish)
+        record_failure(
+            device.name,
+            state,
+            err,
+            feed.publish,
+            keep_source_times=device.keep_source_times,
+            stating=device.failure_readings(err),
+        )
         # The first retry after `reconnect_delay`, then doubling.
         doublings = state.consecutive_failures - 1
         await asyncio.sleep(backoff(device.reconnect_delay, doublings, device.max_backoff))

@@ -98,3 +98,37 @@ async def _quality(site, name, quality):
 def test_a_device_publishes_only_once_added():
     with pytest.raises(RuntimeError, match="add it to an Extension"):
         Feed().publish({"ev1/P": 1.0})
+
+
+class DatedFeed(Feed):
+    """A source that dates its data and has a connection flag (an OCPP charger)."""
+
+    silence_timeout = None
+    keep_source_times = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "dated"
+
+    def failure_readings(self, err: BaseException | str) -> dict[str, bool]:
+        return {"ev1/online": False}
+
+
+async def test_a_failure_can_keep_source_times_and_state_itself(site):
+    ext = Extension(site.env("ev1"))
+    ext.declare(PointSpec("ev1/P2", unit="W"), PointSpec("ev1/online", kind="bool"))
+    feed = DatedFeed()
+    ext.add_device(feed)
+    await ext.start()
+    try:
+        feed.queue.put_nowait({"ev1/online": True, "ev1/P2": Reading(7400.0, "GOOD", 1.7e9)})
+        await until(lambda: _quality(site, "ev1/P2", "GOOD"))
+        feed.queue.put_nowait(ConnectionResetError("charger gone"))
+        got = await until(lambda: _quality(site, "ev1/P2", "BAD"))
+        assert got["ev1/P2"].value.double_value == 7400.0
+        assert got["ev1/P2"].source_time.seconds == int(1.7e9)  # its own time, not now
+        online = (await get(site, "ev1/online"))["ev1/online"]
+        assert online.quality == QUALITIES["GOOD"] and online.value.bool_value is False
+        assert ext.health()["state"] == "degraded"
+    finally:
+        await ext.stop()

@@ -70,7 +70,7 @@ async def site_with_proxy(tmp_path: Any, scada: RawScada, **cfg: Any) -> AsyncIt
         try:
             await until(lambda: proxy.server.server is not None)
             async with site.client("ctrl") as ctrl:
-                yield proxy, ctrl
+                yield proxy, ctrl, site
         finally:
             await ext.stop()
     finally:
@@ -112,7 +112,7 @@ async def test_our_tx_profile_follows_each_transaction(tmp_path):
     scada = await RawScada(answer=scada_answers).start()
     try:
         async with (
-            site_with_proxy(tmp_path, scada, profile="TxProfile") as (proxy, ctrl),
+            site_with_proxy(tmp_path, scada, profile="TxProfile") as (proxy, ctrl, _),
             charger(proxy.server.port) as cp,
         ):
             id, action, payload = await ours(cp)  # nothing in force: ours cleared
@@ -170,7 +170,7 @@ async def test_our_tx_profile_follows_each_transaction(tmp_path):
 async def test_a_limit_replaced_while_the_charger_was_away_is_cleared_at_reconnection(tmp_path):
     scada = await RawScada(answer=scada_answers).start()
     try:
-        async with site_with_proxy(tmp_path, scada) as (proxy, ctrl):
+        async with site_with_proxy(tmp_path, scada) as (proxy, ctrl, _):
             async with charger(proxy.server.port) as cp:
                 id, action, _ = await ours(cp)
                 assert action == "ClearChargingProfile"
