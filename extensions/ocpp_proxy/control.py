@@ -121,18 +121,17 @@ class Control:
         if done:
             return self._outcome(req, call)
         self._later(self._follow(req, call))
-        why = self._why_late(link, call)
-        return Unconfirmed(f"charge point {cp.id} {why} within {self.cfg.answer_timeout:g} s")
+        return Unconfirmed(self._why_late(cp.id, link, call))
 
-    @staticmethod
-    def _why_late(link: Link, call: ProxyCall) -> str:
+    def _why_late(self, cp_id: str, link: Link, call: ProxyCall) -> str:
+        within = f"within {self.cfg.answer_timeout:g} s"
         if call.sent.done():
-            return "has not answered"
-        if link.outstanding is not None and link.outstanding[0] == "proxy":
-            return f"is busy with the proxy's previous call ({link.outstanding[1]})"
-        if link.outstanding is not None:
-            return f"is busy with a SCADA call ({link.outstanding[1]})"
-        return "has not taken the call yet"
+            return f"charge point {cp_id} has not answered {within}"
+        waits = f"charge point {cp_id} not sent the profile yet ({within}): "
+        if link.outstanding is None:
+            return waits + "calls of the proxy queued before it"
+        who = "the proxy's previous call" if link.outstanding[0] == "proxy" else "a SCADA call"
+        return waits + f"{who} ({link.outstanding[1]}) is still unanswered"
 
     def _outcome(self, req: SetpointRequest, call: ProxyCall) -> Result:
         try:

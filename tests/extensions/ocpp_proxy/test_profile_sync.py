@@ -213,3 +213,36 @@ async def test_a_limit_replaced_while_the_charger_was_away_is_cleared_at_reconne
                 )
     finally:
         await scada.stop()
+
+
+async def test_unconfirmed_says_whose_call_holds_ours_up(tmp_path):
+    scada = await RawScada(answer=scada_answers).start()
+    try:
+        async with (
+            site_with_proxy(tmp_path, scada) as (proxy, ctrl, _),
+            charger(proxy.server.port) as cp,
+        ):
+            clear_id, action, _ = await ours(cp)  # left unanswered: our call holds the slot
+            assert action == "ClearChargingProfile"
+            sp = await until(lambda: ctrl.request_setpoint("ev1/I_max_set", 10.0, 60))
+            state = await status(ctrl, sp.id, "UNCONFIRMED")
+            assert state.reason == (
+                "charge point CP1 not sent the profile yet (within 1 s): the proxy's previous "
+                f"call ({clear_id}) is still unanswered"
+            )
+            await cp.send(json.dumps([3, clear_id, {"status": "Accepted"}]))
+            id, action, _ = await ours(cp)
+            await cp.send(json.dumps([3, id, {"status": "Accepted"}]))
+            await status(ctrl, sp.id, "APPLIED")
+
+            await until(lambda: scada.connections)
+            await scada.ws.send('[2,"s1","GetConfiguration",{}]')
+            assert await recv(cp) == '[2,"s1","GetConfiguration",{}]'  # left unanswered
+            sp = await ctrl.request_setpoint("ev1/I_max_set", 12.0, 60)
+            state = await status(ctrl, sp.id, "UNCONFIRMED")
+            assert state.reason == (
+                "charge point CP1 not sent the profile yet (within 1 s): a SCADA call (s1) is "
+                "still unanswered"
+            )
+    finally:
+        await scada.stop()
