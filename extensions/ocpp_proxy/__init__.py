@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from extensions.sdk import Extension, SetupError
+from extensions.sdk import Extension, Reading, SetupError
 
 from .config import OcppConfig
 from .control import Control
@@ -83,6 +83,13 @@ class OcppProxy:
                 ext.declare(point_specs(dev))
                 device = self.devices[(cp.id, n)] = ConnectorDevice(dev, cp.id, n)
                 ext.add_device(device)
+        # Per charge point with a SCADA: a health entry, not ok while the SCADA is away (the
+        # extension is degraded then). Without a charger there is no SCADA link to miss.
+        self.scada_health = {
+            cp.id: ext.link_health(f"scada.{cp.id}") for cp in self.cfg.charge_points if cp.upstream
+        }
+        for health in self.scada_health.values():
+            health.ok = True
         self.server = ProxyServer(self.cfg, queue_dir, self._observed, self._session)
         self.control = Control(ext, self.cfg, self.server)
         ext.on_start(self._start)
@@ -102,7 +109,23 @@ class OcppProxy:
             if cp == cp_id:
                 device.connected() if link is not None else device.disconnected()
         if link is not None:
+            link.on_scada = lambda up, stored, why: self._scada(cp_id, link, up, stored, why)
+            link.report_scada()
             self.control.reconnected(cp_id, link)
+        elif cp_id in self.scada_health:
+            health = self.scada_health[cp_id]
+            health.ok, health.last_error = True, ""
+
+    def _scada(self, cp_id: str, link: Link, up: bool, stored: int, why: str) -> None:
+        """The SCADA link of a connected charge point: its points and health entry."""
+        if self.server.links.get(cp_id) is not link:
+            return  # a session that is ending
+        health = self.scada_health.get(cp_id)
+        if health is not None:
+            health.ok, health.last_error = up, why
+        for (cp, _), device in self.devices.items():
+            if cp == cp_id:
+                device.feed({"scada_up": Reading(up), "scada_stored": Reading(stored)})
 
     async def start(self) -> None:
         await self.ext.start()

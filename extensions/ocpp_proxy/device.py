@@ -39,6 +39,14 @@ def point_specs(dev: str) -> list[PointSpec]:
         double("SoC", "%", "the EV's state of charge"),
         double("E_session", "kWh", "energy of the running (or last) transaction"),
         double("I_offered", "A", "current the charger offers the EV (Current.Offered)"),
+        PointSpec(
+            f"{dev}/scada_up", kind="bool", description="its charge point's SCADA connection is up"
+        ),  # fmt: skip
+        PointSpec(
+            f"{dev}/scada_stored",
+            kind="int",
+            description="its charge point's frames stored for the SCADA (outage store)",
+        ),  # fmt: skip
         double("I_max_set", "A", "setpoint: charging current limit per phase (our profile)"),
         double("P_max_set", "W", "setpoint: charging power limit (our profile)"),
     ]
@@ -50,7 +58,8 @@ class ConnectorDevice(PushedDevice):
     keep_source_times = True  # BAD at disconnection, each with its MeterValues (status) time
 
     def failure_readings(self, err: BaseException | str) -> dict[str, Any]:
-        return {f"{self.name}/online": False}  # GOOD: we know it is not connected
+        # GOOD: we know it is not connected, nor its SCADA connection (which goes with it)
+        return {f"{self.name}/online": False, f"{self.name}/scada_up": False}
 
     def __init__(self, name: str, cp_id: str, connector: int) -> None:
         self.name, self.cp_id, self.connector = name, cp_id, connector

@@ -122,6 +122,7 @@ class Incoming:
     frame: Frame | None
     action: str
     at: float = field(default_factory=time.monotonic)
+    held: bool = False  # logged as held (SCADA away)
 
 
 def now_iso() -> str:
@@ -169,8 +170,36 @@ class Link:
         self.awaiting: tuple[str, asyncio.Future[Frame]] | None = None  # a stored frame's id
         self._ids = itertools.count(1)
         self._salt = secrets.token_hex(3)
+        # The SCADA link as the extension shows it: on_scada(up, frames stored, why it is down).
+        self.on_scada: Callable[[bool, int, str], None] | None = None
+        self.scada_why = "" if upstream is not None else "SCADA not connected yet"
+        if open_upstream is None:
+            self.scada_why = "no SCADA configured"
+        self._stored_flush: asyncio.TimerHandle | None = None
         self.closed = asyncio.Event()
         self.stats = {"to_scada": 0, "to_charger": 0, "stored": 0, "invalid": 0}
+
+    # -- the SCADA link's state ----------------------------------------------------------------
+
+    def report_scada(self) -> None:
+        """Tell on_scada the SCADA link's state now."""
+        if self._stored_flush is not None:
+            self._stored_flush.cancel()
+            self._stored_flush = None
+        if self.on_scada is not None and not self.closed.is_set():
+            up = self.up.is_set()
+            self.on_scada(up, len(self.store), "" if up else self.scada_why)
+
+    def _scada_down(self, why: str) -> None:
+        self.up.clear()
+        self.scada_why = why
+        self.report_scada()
+
+    def _stored_changed(self) -> None:
+        """The store's count changed: reported within a second (not once per frame)."""
+        if self._stored_flush is None and self.on_scada is not None:
+            loop = asyncio.get_running_loop()
+            self._stored_flush = loop.call_later(1.0, self.report_scada)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -197,6 +226,8 @@ class Link:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.closed.set()
+            if self._stored_flush is not None:
+                self._stored_flush.cancel()
             queued = [o.call for o in [*self.own, *self.to_charger] if o.call is not None]
             self.own.clear()
             self.to_charger.clear()
@@ -357,6 +388,16 @@ class Link:
                 self._popleft()
             else:
                 left = head.at + self.cfg.hold_timeout - time.monotonic()
+                if not head.held:
+                    head.held = True
+                    log.warning(
+                        "charge point %s: SCADA away (%s): %s %s held, unanswered, for up to %g s",
+                        self.cp.id,
+                        self.scada_why,
+                        frame.action,
+                        frame.id,
+                        self.cfg.hold_timeout,
+                    )
                 if left <= 0:
                     raise HoldExpired(
                         f"{frame.action} waited {self.cfg.hold_timeout:g} s for the SCADA"
@@ -374,6 +415,7 @@ class Link:
         if not self.store.full(raw) and await self.store.append(raw):
             self.stats["stored"] += 1
             self._store_full = False
+            self._stored_changed()
             return True
         if not self._store_full:
             self._store_full = True
@@ -441,6 +483,7 @@ class Link:
                     reply.description,
                 )
             await self.store.pop()
+            self._stored_changed()
         finally:
             self.awaiting = None
 
@@ -456,7 +499,7 @@ class Link:
         try:
             await self.upstream.send(raw)
         except ConnectionClosed:
-            self.up.clear()
+            self._scada_down(_closed("SCADA connection lost", self.upstream))
             await self._sleep(0.05)
             return False
         self.stats["to_scada"] += 1
@@ -475,6 +518,10 @@ class Link:
                 except Exception as err:  # unreachable, refused, TLS...
                     failures += 1
                     delay = min(0.5 * 2 ** min(failures - 1, 10), self.cfg.reconnect_max)
+                    if failures == 1:  # after a loss, its cause stays in view
+                        lost = self.scada_why if self.scada_why.startswith("SCADA conn") else ""
+                        why = f"SCADA unreachable: {err}"
+                        self._scada_down(f"{lost}; {why}" if lost else why)
                     if failures in (1, 5) or failures % 50 == 0:
                         log.warning(
                             "charge point %s: SCADA unreachable (%s), try %d, next in %.1f s",
@@ -489,6 +536,7 @@ class Link:
                     log.info("charge point %s: SCADA connected again", self.cp.id)
                 failures = 0
                 self.up.set()
+                self.report_scada()
                 self.wake.set()
             upstream = self.upstream
             assert upstream is not None
@@ -497,8 +545,9 @@ class Link:
                     self._from_scada(raw)
             except ConnectionClosed:
                 pass
-            log.warning("charge point %s: SCADA connection lost", self.cp.id)
-            self.up.clear()
+            why = _closed("SCADA connection lost", upstream)
+            log.warning("charge point %s: %s", self.cp.id, why)
+            self._scada_down(why)
             self.wake.set()
             # Calls the SCADA had outstanding at the charger died with its connection.
             if self.outstanding is not None and self.outstanding[0] == "scada":
@@ -666,6 +715,14 @@ class Link:
         self.own.append(Out("", None, "proxy", pc))
         self.writable.set()
         return pc
+
+
+def _closed(what: str, conn: ClientConnection | ServerConnection) -> str:
+    """`what` with the WebSocket close code and reason, when there are."""
+    if conn.close_code is None:
+        return f"{what} (no close frame)"
+    reason = f" {conn.close_reason!r}" if conn.close_reason else ""
+    return f"{what} (close code {conn.close_code}{reason})"
 
 
 @dataclass

@@ -302,7 +302,9 @@ class ProxyServer:
                 del self.links[cp.id]
                 if self._on_session:
                     self._on_session(cp.id, None)
-            log.info("charge point %s disconnected", cp.id)
+            code, reason = conn.close_code, conn.close_reason
+            log.info("charge point %s disconnected (close code %s%s)", cp.id, code,
+                     f" {reason!r}" if reason else "")  # fmt: skip
 
     async def _store(self, cp: ChargePointConfig, subprotocol: str) -> OutageStore:
         store = self.stores.get((cp.id, subprotocol))

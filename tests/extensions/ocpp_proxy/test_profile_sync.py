@@ -51,13 +51,17 @@ def scada_answers(raw: str | bytes) -> str | None:
 
 
 @asynccontextmanager
-async def site_with_proxy(tmp_path: Any, scada: RawScada, **cfg: Any) -> AsyncIterator[Any]:
+async def site_with_proxy(
+    tmp_path: Any, scada: RawScada, top: dict[str, Any] | None = None, **cfg: Any
+) -> AsyncIterator[Any]:
+    """A core and the extension, `cfg` for its charge point CP1, `top` for its config."""
     site = TestSite({"ocpp": ("trusted", [], []), "ctrl": ("untrusted", ["untrusted-agent"], [])})
     config = {
         "port": 0,
         "answer_timeout": "1s",
         "queue_dir": str(tmp_path),
         "charge_points": [{"id": "CP1", "upstream": scada.url, "connectors": ["ev1"], **cfg}],
+        **(top or {}),
     }
     try:
         site.provision()
