@@ -72,18 +72,76 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config: dict[str, Any] = load_config(os.environ)
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--host", default=config.get("host", "127.0.0.1"))
-    p.add_argument("--csms-port", type=int, default=config.get("csms_port"))
-    p.add_argument("--charger", default=config.get("charger", ""), help="the proxy's URL + id")
-    p.add_argument("--version", default=config.get("version", "ocpp1.6"),
-                   choices=["ocpp1.6", "ocpp2.0.1"])  # fmt: skip
-    p.add_argument("--interval", type=float, default=config.get("interval", 5.0))
-    p.add_argument("--session", type=float, default=config.get("session", 600.0))
-    p.add_argument("--pause", type=float, default=config.get("pause", 30.0))
-    p.add_argument("--max-current", type=float, default=config.get("max_current", 16.0))
-    p.add_argument("--speed", type=float, default=config.get("speed", 1.0))
-    p.add_argument("--password", default=config.get("password", ""))
+    p = argparse.ArgumentParser(
+        prog="python -m extensions.ocpp_proxy.simulator",
+        description=(
+            "Simulators for the OCPP proxy: a minimal CSMS (the SCADA side, --csms-port) and/or "
+            "a charging point with an EV (--charger). Give one or both. The charger "
+            "reconnects every second until it gets through; like a real charger it drops a "
+            "TxProfile when its transaction ends. Under `smx run` a [simulators.NAME] table "
+            "gives the defaults (csms_port, charger, version, interval, session, pause, "
+            "max_current, speed, password). See docs/OCPP.md."
+        ),
+    )
+    p.add_argument(
+        "--host",
+        default=config.get("host", "127.0.0.1"),
+        help="address the CSMS listens on (default %(default)s)",
+    )
+    p.add_argument(
+        "--csms-port",
+        type=int,
+        default=config.get("csms_port"),
+        help="run the CSMS on this port (accepts everything; 1.6 transaction ids from 1)",
+    )
+    p.add_argument(
+        "--charger",
+        default=config.get("charger", ""),
+        help="run a charger connecting to this URL, the proxy's address and the "
+        "charge point id, e.g. ws://127.0.0.1:9000/CP1",
+    )
+    p.add_argument(
+        "--version",
+        default=config.get("version", "ocpp1.6"),
+        choices=["ocpp1.6", "ocpp2.0.1"],
+        help="the charger's OCPP version (default %(default)s)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=config.get("interval", 5.0),
+        help="seconds between MeterValues (default %(default)s)",
+    )
+    p.add_argument(
+        "--session",
+        type=float,
+        default=config.get("session", 600.0),
+        help="seconds a charging session lasts at most (default %(default)s)",
+    )
+    p.add_argument(
+        "--pause",
+        type=float,
+        default=config.get("pause", 30.0),
+        help="seconds before the EV plugs in again (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-current",
+        type=float,
+        default=config.get("max_current", 16.0),
+        help="the EV's maximum current per phase, A (default %(default)s); it "
+        "charges at the lower of this and the charging profiles",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=config.get("speed", 1.0),
+        help="simulated seconds per second for the energy and SoC (default %(default)s)",
+    )
+    p.add_argument(
+        "--password",
+        default=config.get("password", ""),
+        help="the charger's Basic auth password (security profile 1 and 2)",
+    )
     args = p.parse_args(argv)
     if args.csms_port is None and not args.charger:
         p.error("nothing to simulate: give --csms-port and/or --charger")

@@ -48,3 +48,16 @@ async def test_the_simulator_process_charges_through_the_proxy(tmp_path):
         finally:
             proc.terminate()
             await asyncio.to_thread(proc.wait, 10)  # the proxy must run to close its link
+
+
+def test_the_help_says_what_each_option_does(capsys):
+    from extensions.ocpp_proxy.simulator import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a charging point with an EV (--charger). Give one or both." in text  # not cut off
+    for option in ("--host", "--csms-port", "--charger", "--version", "--interval", "--session",
+                   "--pause", "--max-current", "--speed", "--password"):  # fmt: skip
+        words = text.split(f"{option} ")[-1].split()  # its metavar, then its help
+        assert len(words) > 1 and not words[1].startswith("--"), f"{option} has no help"
