@@ -6,7 +6,9 @@ Four tasks per session:
   everything else goes to the SCADA through the pump;
 - pump: the SCADA-bound frames in order; while the SCADA is away it answers what it can
   itself and stores it on disk (store.py), holds the rest, and closes the charger link when a
-  held call waits longer than `hold_timeout` (the charger's own queue keeps it then);
+  held call waits longer than `hold_timeout` (the charger's own queue keeps it then); the
+  charger's call in flight when the SCADA connection drops is handled again, first (at least
+  once for that one: the SCADA may see it twice, with the same id);
 - upstream: connects (again) to the SCADA with back-off, reads its frames for the charger;
 - charger writer: the charger-bound frames in order, with one CALL outstanding at a time
   (OCPP-J: a party sends no CALL before its previous one is answered; the proxy's calls and the
@@ -38,6 +40,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from smx.aio import wait_event
 
@@ -168,6 +171,9 @@ class Link:
         self._background: set[asyncio.Future[Any]] = set()
         self.recent_scada_ids: OrderedDict[str, None] = OrderedDict()
         self.awaiting: tuple[str, asyncio.Future[Frame]] | None = None  # a stored frame's id
+        # The charger's CALL sent to the SCADA and not answered yet, with the connection it went
+        # over: if that connection is lost first, the call is answered or held again (_pump).
+        self.in_flight: tuple[Incoming, ClientConnection] | None = None
         self._ids = itertools.count(1)
         self._salt = secrets.token_hex(3)
         # The SCADA link as the extension shows it: on_scada(up, frames stored, why it is down).
@@ -356,13 +362,19 @@ class Link:
 
     async def _pump(self) -> None:
         while True:
+            self._requeue_in_flight()
             head = self.incoming[0] if self.incoming else None
             if self.up.is_set():
                 if len(self.store) and not self.store.broken:
                     await self._deliver_stored()
                 elif head is not None:
+                    conn = self.upstream
+                    if conn is not None and head.frame is not None and head.frame.kind == CALL:
+                        self.in_flight = (head, conn)  # before sending: its answer may be quick
                     if await self._send_upstream(head.raw):
                         self._popleft()
+                    elif self.in_flight is not None and self.in_flight[0] is head:
+                        self.in_flight = None  # not sent: still at the head of `incoming`
                 else:
                     await self._sleep()
                 continue
@@ -403,6 +415,29 @@ class Link:
                         f"{frame.action} waited {self.cfg.hold_timeout:g} s for the SCADA"
                     )
                 await self._sleep(left)
+
+    def _requeue_in_flight(self) -> None:
+        """The SCADA connection that took the charger's call in flight is gone, its answer with
+        it: the call goes back to the head of `incoming`, ahead of everything that came after
+        it. With the SCADA away it is then answered and stored (an ANSWERABLE action: the store
+        is empty while a charger call is in flight, as stored frames go first, so it is stored
+        ahead of the frames stored after it) or held; with the SCADA back it is sent again
+        first. The SCADA may have had it: at least once, with the same message id."""
+        if self.in_flight is None:
+            return
+        entry, conn = self.in_flight
+        if self.up.is_set() and conn is self.upstream and conn.state is State.OPEN:
+            return
+        self.in_flight = None
+        frame = entry.frame
+        log.warning(
+            "charge point %s: the SCADA connection was lost with %s %s unanswered: "
+            "it is handled again (the SCADA may see it twice, with the same id)",
+            self.cp.id,
+            entry.action or (frame.action if frame is not None else "a call"),
+            frame.id if frame is not None else "",
+        )
+        self.incoming.appendleft(entry)
 
     def _popleft(self) -> None:
         self.incoming.popleft()
@@ -557,6 +592,14 @@ class Link:
 
     def _from_scada(self, raw: Raw) -> None:
         frame, action, err = self._check("csms", raw)
+        if (
+            frame is not None
+            and frame.kind != CALL
+            and self.in_flight is not None
+            and self.in_flight[0].frame is not None
+            and frame.id == self.in_flight[0].frame.id
+        ):
+            self.in_flight = None  # answered: forwarded to the charger below
         if (
             frame is not None
             and self.awaiting is not None

@@ -7,6 +7,12 @@ Charging profiles: the limit of the highest stack level of each purpose, and the
 the purposes (a simplification of OCPP's composite schedule), in A or W. A TxProfile is
 refused unless it names the running transaction, and dropped when that transaction ends, as
 real chargers do.
+
+An unanswered call is sent again, as real chargers do with their transaction messages (1.6
+TransactionMessageAttempts / TransactionMessageRetryInterval, 2.0.1 OCPPCommCtrlr
+MessageAttempts / MessageAttemptInterval): after `call_timeout` s without an answer, up to
+`attempts` sends in all, `retry_interval` x the attempt number s apart, with the same message id
+(a CSMS that had it recognises the repeat).
 """
 
 from __future__ import annotations
@@ -87,12 +93,18 @@ class SimCharger:
         id_tag: str = "SIMTAG01",
         password: str = "",
         speed: float = 1.0,
+        call_timeout: float = 10.0,
+        attempts: int = 3,
+        retry_interval: float = 1.0,
     ) -> None:
         self.url, self.version = url, version
         self.ev = ev or Ev()
         self.interval, self.session_s, self.id_tag = interval, session_s, id_tag
         self.password = password
         self.speed = speed  # simulated seconds per second: a session in a test's time
+        self.call_timeout = call_timeout  # s without an answer before a call is sent again
+        self.attempts = attempts  # sends of one call in all
+        self.retry_interval = retry_interval  # s, times the attempt number
         self.profiles = Profiles()
         self.energy_wh = 1_000_000.0
         self.current = 0.0
@@ -208,9 +220,42 @@ class _Recorded:
         await self.ws.send(raw)
 
 
-class _Cp16(Cp16):
+class _Retrying:
+    """A call without an answer within `call_timeout` is sent again, with the same id."""
+
+    sim: SimCharger
+    _unique_id_generator: Any
+
+    async def call(
+        self,
+        payload: Any,
+        suppress: bool = True,
+        unique_id: Any = None,
+        skip_schema_validation: bool = False,
+    ) -> Any:
+        unique_id = unique_id if unique_id is not None else str(self._unique_id_generator())
+        attempts = max(1, self.sim.attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await super().call(  # type: ignore[misc]
+                    payload, suppress, unique_id, skip_schema_validation
+                )
+            except TimeoutError:
+                if attempt == attempts:
+                    raise
+                log.info(
+                    "%s %s unanswered (attempt %d of %d): sent again",
+                    type(payload).__name__,
+                    unique_id,
+                    attempt,
+                    attempts,
+                )
+                await asyncio.sleep(self.sim.retry_interval * attempt)
+
+
+class _Cp16(_Retrying, Cp16):
     def __init__(self, cp_id: str, ws: Any, sim: SimCharger) -> None:
-        super().__init__(cp_id, ws, response_timeout=10)
+        super().__init__(cp_id, ws, response_timeout=sim.call_timeout)
         self.sim = sim
         self.answer_delay = 0.0  # s before answering SetChargingProfile (a slow charger)
 
@@ -261,9 +306,9 @@ class _Cp16(Cp16):
         return result16.ClearChargingProfile("Accepted")
 
 
-class _Cp201(Cp201):
+class _Cp201(_Retrying, Cp201):
     def __init__(self, cp_id: str, ws: Any, sim: SimCharger) -> None:
-        super().__init__(cp_id, ws, response_timeout=10)
+        super().__init__(cp_id, ws, response_timeout=sim.call_timeout)
         self.sim = sim
         self.answer_delay = 0.0  # s before answering SetChargingProfile (a slow charger)
         self.seq = 0
