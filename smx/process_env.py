@@ -24,6 +24,7 @@ SMX_NAME and SMX_CONFIG only: `simulator_environ()` / `load_config()`.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "RunPaths",
     "SetupError",
     "load_config",
+    "require_readable",
     "simulator_environ",
 ]
 
@@ -201,3 +203,27 @@ def _credentials(ca: Path, cert: Path, key: Path) -> Credentials:
     from smx.client import Credentials
 
     return Credentials(ca, cert, key)
+
+
+def require_readable(files: Mapping[str, Path | None]) -> None:
+    """Files a process needs (certificates, keys), checked at start: under `smx run` as root it
+    has a user of its own, and files copied in as root are not its to read. One SetupError line
+    naming the setting, the file, the user and the fix. `files`: setting name -> path (None:
+    not configured)."""
+    import pwd
+
+    for label, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError:
+            user = pwd.getpwuid(os.geteuid()).pw_name
+            raise SetupError(
+                f"{label}: cannot read {path} as user {user}: give it to this process "
+                f"(`chown {user} {path}`, and the directories on the way must let {user} "
+                "through; keep a key at mode 0600)"
+            ) from None
+        except OSError as err:
+            raise SetupError(f"{label}: cannot read {path}: {err.strerror}") from None

@@ -56,11 +56,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import pwd
 
 from extensions.sdk import Extension, SetupError
 from smx.client import Credentials
+from smx.process_env import require_readable
 
 from .config import RemoteConfig
 from .forward import UNREACHABLE, SetpointForwarder
@@ -113,15 +112,6 @@ class RemoteUsm:
 
 
 def _readable(creds: Credentials) -> None:
-    """Under `smx run` as root this process has a user of its own: files copied in as root are
-    not its to read. Say so in one line, naming the user and the fix."""
-    for path in (creds.ca, creds.cert, creds.key):
-        try:
-            with open(path, "rb"):
-                pass
-        except PermissionError:
-            user = pwd.getpwuid(os.geteuid()).pw_name
-            raise SetupError(
-                f"cannot read {path} as user {user}: give it to this process "
-                f"(`chown {user} {path}`; keep a key at mode 0600)"
-            ) from None
+    """Under `smx run` as root this process has a user of its own: the copied files must be
+    its to read (one line naming the user and the fix otherwise)."""
+    require_readable({"remote_ca": creds.ca, "remote_cert": creds.cert, "remote_key": creds.key})

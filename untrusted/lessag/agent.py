@@ -15,14 +15,12 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import os
-import pwd
 from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from smx.health import DeviceHealth, HealthReport
-from smx.process_env import ProcessEnv, RunPaths, SetupError
+from smx.process_env import ProcessEnv, RunPaths, SetupError, require_readable
 from smx.sdk import Agent, PointUpdate, SetpointState
 
 from .ess_control import EssControl
@@ -215,27 +213,9 @@ class Lessag(Agent):
 
 
 def _readable(config_key: str, m: MqttConfig) -> None:
-    """The MQTT files, checked at start: under `smx run` as root this process has a user of its
-    own, and files copied in as root are not its to read (a bare PermissionError at every
-    restart, once). One line naming the file, the user and the fix."""
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    for key in ("ca", "cert", "key", "password_file"):
-        path = getattr(m, key)
-        if path is None:
-            continue
-        try:
-            with open(path, "rb"):
-                pass
-        except PermissionError:
-            raise SetupError(
-                f"{config_key}.mqtt.{key}: cannot read {path} as user {user}: give it to this "
-                f"process (`chown {user} {path}`, and the directories on the way must let "
-                f"{user} through; keep a key at mode 0600)"
-            ) from None
-        except OSError as err:
-            raise SetupError(
-                f"{config_key}.mqtt.{key}: cannot read {path}: {err.strerror}"
-            ) from None
+    """The MQTT files, checked at start (one line naming the file, the user and the fix)."""
+    keys = ("ca", "cert", "key", "password_file")
+    require_readable({f"{config_key}.mqtt.{k}": getattr(m, k) for k in keys})
 
 
 def _json(obj: object) -> bytes:

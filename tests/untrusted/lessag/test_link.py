@@ -175,7 +175,7 @@ def test_an_mqtt_key_this_user_cannot_read_is_one_setup_line(site, tmp, monkeypa
                 raise PermissionError(13, "Permission denied", str(path))
             return open(path, *args, **kw)  # type: ignore[call-overload]
 
-        monkeypatch.setattr("untrusted.lessag.agent.open", denied, raising=False)
+        monkeypatch.setattr("smx.process_env.open", denied, raising=False)
     else:
         key.chmod(0)
     mqtt = {"ca": str(pki.ca), "cert": str(crt), "key": str(key)}
