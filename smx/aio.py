@@ -14,8 +14,9 @@ timer per wait, for the paths that wait once per message (a watch stream's deliv
 from __future__ import annotations
 
 import asyncio
+import signal
 
-__all__ = ["Wakeup", "wait_event"]
+__all__ = ["Wakeup", "stop_on_signals", "wait_event"]
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -87,3 +88,13 @@ class Wakeup:
             self._timer = loop.call_at(self._deadline, self._expire)
         else:
             waiter.set_result(False)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM or SIGINT sets: what a simulator or tool waits on to stop cleanly (the
+    supervisor stops its processes with SIGTERM). Call it from the running loop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

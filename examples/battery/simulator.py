@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import time
 from collections.abc import Callable
 
+from smx.aio import stop_on_signals
 from smx.process_env import load_config
 
 from .protocol import decode, encode
@@ -97,10 +97,7 @@ async def serve(host: str, port: int, stop: asyncio.Event | None = None) -> None
 
 async def _serve_until_signalled(host: str, port: int) -> None:
     """As a process: SIGTERM (a supervisor's stop) or SIGINT ends it cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await serve(host, port, stop)
 
 

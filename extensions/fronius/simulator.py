@@ -14,8 +14,8 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 
+from smx.aio import stop_on_signals
 from smx.process_env import load_config
 
 from .sim_http import HttpServer
@@ -53,10 +53,7 @@ async def _run(host: str, http_port: int, modbus_port: int, soc: float) -> None:
     print(
         f"ready: Solar API http://{host}:{sim.http.port}, Modbus {host}:{modbus_port}", flush=True
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     await sim.stop()
 

@@ -19,9 +19,9 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from typing import Any
 
+from smx.aio import stop_on_signals
 from smx.process_env import load_config
 
 from .sim_charger import Ev, SimCharger
@@ -51,10 +51,7 @@ async def _charger_forever(args: argparse.Namespace) -> None:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     csms = None
     tasks = []
     if args.csms_port is not None:

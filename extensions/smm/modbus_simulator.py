@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import logging
 import math
-import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from extensions.sdk.protocols.modbus_maps import RegisterMap
+from smx.aio import stop_on_signals
 
 from .meter_maps import resolve_map
 
@@ -264,10 +264,7 @@ async def _run(args: argparse.Namespace) -> None:
         await sim.start_tcp(host or "127.0.0.1", int(port))
     log.info("simulating %d meter(s)", len(sim.meters))
     print("ready", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     await sim.stop()
 
