@@ -4,6 +4,7 @@ exact frames it receives and answers as told, or the ocpp-library CSMS simulator
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -105,3 +106,13 @@ def charger(port: int, cp_id: str = "CP1", version: str = "ocpp1.6", **kw: Any) 
 async def recv(ws: ClientConnection | ServerConnection, timeout: float = 5.0) -> str | bytes:
     async with asyncio.timeout(timeout):
         return await ws.recv()
+
+
+def ok(raw: str | bytes) -> str | None:
+    """A SCADA that accepts everything: an empty CALLRESULT to each call, transaction 77 to a
+    StartTransaction (RawScada's `answer`)."""
+    msg = json.loads(raw)
+    if msg[0] != 2:
+        return None
+    payload = {"transactionId": 77, "idTagInfo": {"status": "Accepted"}}
+    return json.dumps([3, msg[1], payload if msg[2] == "StartTransaction" else {}])

@@ -23,17 +23,9 @@ from extensions.ocpp_proxy.meter import sampled_values
 from extensions.ocpp_proxy.observe import TRANSACTIONS, Observer
 from extensions.sdk.testing import until
 
-from .support import RawScada, charger, config, proxy, recv
+from .support import RawScada, charger, config, ok, proxy, recv
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def ok(raw: str | bytes) -> str | None:
-    msg = json.loads(raw)
-    if msg[0] != 2:
-        return None
-    payload = {"transactionId": 77, "idTagInfo": {"status": "Accepted"}}
-    return json.dumps([3, msg[1], payload if msg[2] == "StartTransaction" else {}])
 
 
 def transaction_ended(multiplier: int) -> str:

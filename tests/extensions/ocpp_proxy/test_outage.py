@@ -15,17 +15,9 @@ from extensions.ocpp_proxy.sim_charger import SimCharger
 from extensions.ocpp_proxy.sim_csms import SimCsms
 from extensions.sdk.testing import until
 
-from .support import RawScada, charger, config, proxy, recv
+from .support import RawScada, charger, config, ok, proxy, recv
 
 pytestmark = pytest.mark.timeout(40)
-
-
-def ok(raw: str | bytes) -> str | None:
-    msg = json.loads(raw)
-    if msg[0] != 2:
-        return None
-    payload = {"transactionId": 77, "idTagInfo": {"status": "Accepted"}}
-    return json.dumps([3, msg[1], payload if msg[2] == "StartTransaction" else {}])
 
 
 def mv(i: int) -> str:

@@ -24,21 +24,13 @@ from websockets.exceptions import ConnectionClosed
 from extensions.ocpp_proxy.store import OutageStore
 from extensions.sdk.testing import until
 
-from .support import RawScada, charger, config, proxy, recv
+from .support import RawScada, charger, config, ok, proxy, recv
 
 pytestmark = pytest.mark.timeout(30)
 
 STATUS = (
     '[2,"st1","StatusNotification",{"connectorId":1,"errorCode":"NoError","status":"Available"}]'
 )
-
-
-def ok(raw: str | bytes) -> str | None:
-    msg = json.loads(raw)
-    if msg[0] != 2:
-        return None
-    payload = {"transactionId": 77, "idTagInfo": {"status": "Accepted"}}
-    return json.dumps([3, msg[1], payload if msg[2] == "StartTransaction" else {}])
 
 
 def meter_values(i: int, size: int = 100) -> str:
