@@ -95,6 +95,11 @@ class RunPaths:
     def config_file(self, name: str) -> Path:
         return self.run / f"{name}.config.json"
 
+    def private_dir(self, name: str) -> Path:
+        """Process `name`'s own directory, `run/<name>/` (private to its user under `smx run`
+        as root): where it keeps what must survive its restarts."""
+        return self.run / name
+
     def health_file(self, name: str) -> Path:
         return self.run / f"{name}.health.json"
 

@@ -52,7 +52,7 @@ def setup(ext: Extension) -> None:
         solar = SolarSource(api, cfg.inverter_id)
     # The integral of P(t) lives in the process's own directory (run/<name>/, private under
     # `smx run` as root; the working directory there), so it survives restarts.
-    state = ext.site_dir / "run" / ext.name / "energy.json"
+    state = ext.state_dir / "energy.json"
     # A poll: discovery or ~12 Modbus reads, and 5 Solar API requests two at a time, paced.
     timeout = 3 * cfg.http_timeout + cfg.min_request_gap + 14 * cfg.response_timeout + 1
     device = FroniusDevice(

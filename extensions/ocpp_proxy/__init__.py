@@ -25,7 +25,6 @@ Specification: docs/OCPP.md.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from extensions.sdk import Extension, Reading, SetupError
@@ -76,7 +75,7 @@ class OcppProxy:
         self.cfg = ext.settings(OcppConfig)
         check(self.cfg, ext.device_ids)
         self.ext = ext
-        queue_dir = self.cfg.queue_dir or Path(ext.site_dir) / "run" / ext.name / "ocpp-queue"
+        queue_dir = self.cfg.queue_dir or ext.state_dir / "ocpp-queue"
         self.devices: dict[tuple[str, int], ConnectorDevice] = {}
         for cp in self.cfg.charge_points:
             for n, dev in enumerate(cp.connectors, start=1):

@@ -233,7 +233,7 @@ class SetpointForwarder:
 def _state_file(ext: Extension) -> Path:
     """`run/<name>/forwarded.json`: the process's own directory (private under `smx run` as
     root), so it survives restarts."""
-    return ext.site_dir / "run" / ext.name / "forwarded.json"
+    return ext.state_dir / "forwarded.json"
 
 
 def _short(text: str) -> str:

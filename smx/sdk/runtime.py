@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from smx.health import WRITE_PERIOD_S, DeviceHealth, HealthReport, write_health_file
-from smx.process_env import ProcessEnv, SetupError
+from smx.process_env import ProcessEnv, RunPaths, SetupError
 from smx.v1 import point_pb2
 from smx.values import to_value
 
@@ -90,6 +90,11 @@ class Runtime:
     def site_dir(self) -> Path:
         """The site directory: relative paths in the config are relative to it."""
         return self.env.site_dir
+
+    @property
+    def state_dir(self) -> Path:
+        """This process's own directory (`run/<name>/`): what must survive its restarts."""
+        return RunPaths(self.site_dir).private_dir(self.name)
 
     @property
     def config(self) -> Mapping[str, Any]:

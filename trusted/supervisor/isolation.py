@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from smx.process_env import RunPaths
+
 __all__ = [
     "SOCKET_DIR",
     "REAPER",
@@ -111,7 +113,7 @@ def core_user(site: str, home: Path) -> str:
 
 def private_dir_of(home: Path, name: str) -> Path:
     """The private working directory of process ``name``: ``run/<name>/``."""
-    return Path(home) / "run" / name
+    return RunPaths(Path(home)).private_dir(name)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from smx.health import DeviceHealth, HealthReport
-from smx.process_env import ProcessEnv, RunPaths, SetupError, require_readable
+from smx.process_env import ProcessEnv, SetupError, require_readable
 from smx.sdk import Agent, PointUpdate, SetpointState
 
 from .ess_control import EssControl
@@ -57,7 +57,6 @@ class Lessag(Agent):
             self.zone = ZoneInfo(cfg.ess.timezone) if cfg.ess.timezone else None
         except (KeyError, ValueError):
             raise SetupError(f"{self.config_key}.ess.timezone: unknown time zone") from None
-        self.state_dir = RunPaths(self.site_dir).run / self.name
         self.prefix = m.prefix or f"{env.site}/{self.name}"
         # Room for the largest profile the config accepts (commands are 1 KB at most).
         max_packet = max(MAX_PACKET, size_bytes(cfg.ess.max_message) + 1024)
