@@ -36,6 +36,7 @@ from extensions.sdk import (
     Unconfirmed,
 )
 from smx.client import TRANSIENT, describe_error
+from smx.terminal import printable
 
 from .config import RemoteConfig
 from .forwarded import ForwardedMap
@@ -238,7 +239,7 @@ def _state_file(ext: Extension) -> Path:
 
 def _short(text: str) -> str:
     """Text from the remote as this site keeps and audits it: printable, bounded."""
-    clean = "".join(c if c.isprintable() else " " for c in text)
+    clean = printable(text)
     return clean if len(clean) <= MAX_REMOTE_TEXT else clean[: MAX_REMOTE_TEXT - 1] + "…"
 
 
