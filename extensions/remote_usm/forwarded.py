@@ -39,9 +39,6 @@ class ForwardedMap:
         entry = self._map.get(local_id)
         return entry[0] if entry else None
 
-    def __len__(self) -> int:
-        return len(self._map)
-
     def add(self, local_id: str, remote_id: str, expires_at: float) -> None:
         if self._map.get(local_id, ("",))[0] == remote_id:
             return

@@ -217,7 +217,6 @@ class Mirror:
 
     def _up(self) -> None:
         self._delay = 0.2
-        self.remote.last_error = ""
         self._logged_error = ""
         self.health.ok, self.health.last_error, self.health.consecutive_failures = True, "", 0
         self.remote.ever_up = True
@@ -227,7 +226,6 @@ class Mirror:
             self._publish_link()
 
     def _down(self, why: str, *, transient: bool) -> None:
-        self.remote.last_error = why
         self.health.ok, self.health.last_error = False, why
         self.health.failures += 1
         self.health.consecutive_failures += 1

@@ -26,7 +26,6 @@ class RemoteLink:
         self.client = Client(target, credentials)
         self.up = asyncio.Event()
         self.identity = ""  # our identity as the remote core sees it (WhoAmI)
-        self.last_error = ""
         self.ever_up = False  # data came through once in this run
         self._files = _stamps(credentials)
 
