@@ -1,6 +1,6 @@
 """Validation of a parsed policy document (the dict tomllib returns) into roles and bindings.
 
-The file format is documented in trusted.policy. Any unknown key, unknown verb, bad pattern,
+The file format is documented in docs/POLICY.md. Any unknown key, unknown verb, bad pattern,
 undefined role or wrong type is a PolicyError naming the file and the key path, e.g.
 `policy.toml: roles.gui.rules[0]: unknown key 'verb'`.
 """
