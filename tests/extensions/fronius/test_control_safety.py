@@ -75,7 +75,8 @@ async def test_keep_alive_holds_a_discharge_at_the_reserve_and_reports_it(sim):
     simulator.modbus.writes.clear()
     task = asyncio.create_task(control.keep_alive())
     try:
-        await until(lambda: _rates(simulator), timeout=5)
+        # (the rates are written and read back before the outcome is reported)
+        await until(lambda: _rates(simulator) and reports, timeout=5)
         out_word, in_word, _, revert = _rates(simulator)[0]
         # Rewritten as 0 W (both rates 0), not as the forced discharge of the request
         # (InWRte -40.00 %, OutWRte 40.00 %), with the revert timer restarted.
