@@ -25,7 +25,15 @@ class AdminService:
         size = page_size(req.page_size)
         start = ts_to_ms(req.start_time) if req.HasField("start_time") else None
         end = ts_to_ms(req.end_time) if req.HasField("end_time") else None
-        query = ("ListAuditRecords", start, end, req.kind, req.identity, req.point_pattern)
+        query = (
+            "ListAuditRecords",
+            start,
+            end,
+            req.kind,
+            req.identity,
+            req.point_pattern,
+            caller.uri,
+        )
         after = int(read_token(req.page_token, query, int)) if req.page_token else 0
         glob = globs([req.point_pattern]) if req.point_pattern else None
         # The audit file can be large: read it off the event loop. The token is the last seq
@@ -52,7 +60,7 @@ class AdminService:
 
     async def ListClients(self, req: pb.ListClientsRequest, caller: Caller, ctx: object):
         size = page_size(req.page_size)
-        query = ("ListClients",)
+        query = ("ListClients", caller.uri)
         after = str(read_token(req.page_token, query, str)) if req.page_token else ""
         rest = sorted(
             ((uri, st) for uri, st in self.s.gate.clients.items() if uri > after),

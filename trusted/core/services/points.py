@@ -108,7 +108,7 @@ class PointService:
 
     async def ListPoints(self, req: pb.ListPointsRequest, caller: Caller, ctx: object):
         size = page_size(req.page_size)
-        query = ("ListPoints", req.pattern)
+        query = ("ListPoints", req.pattern, caller.uri)
         after = str(read_token(req.page_token, query, str)) if req.page_token else ""
         # Names the caller may not read are not listed at all: their existence is data too.
         # The work is bounded by the page, not by the database: the scan starts at the token's
