@@ -215,10 +215,22 @@ async def test_revoked_client_gets_no_health_or_reflection(site, core):
     channel = site.creds("gui").aio_channel(site.target)
     health = health_pb2_grpc.HealthStub(channel)
     assert (await health.Check(health_pb2.HealthCheckRequest())).status == 1
+    listed = await health.List(health_pb2.HealthListRequest())
+    assert listed.statuses["smx.v1.PointService"].status == 1
     SiteCA.load(site.home / "pki").revoke("gui")
     await asyncio.sleep(0.6)
+    # Every method the health service registers, List included (grpcio registers it but does
+    # not implement it: once it answered anyone, unaudited).
+    methods = health_pb2.DESCRIPTOR.services_by_name["Health"].methods
+    assert {m.name for m in methods} == {"Check", "List", "Watch"}
     code, reason = await refused(health.Check(health_pb2.HealthCheckRequest()))
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "CERTIFICATE_REVOKED")
+    code, reason = await refused(health.List(health_pb2.HealthListRequest()))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "CERTIFICATE_REVOKED")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in health.Watch(health_pb2.HealthCheckRequest()):
+            pass
+    assert error_reason(info.value) == "CERTIFICATE_REVOKED"
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for _ in reflect.ServerReflectionInfo(
