@@ -11,19 +11,29 @@ logs, exit codes) over one smx.sdk `Client`, plus devices and setpoint handlers:
 - points: `PointSpec` declarations checked against the vocabulary, `publish`, `publish_sample`
   (as given, for mirrors), `Reading` for a device's own quality and timestamp.
 
-It talks to the core only through the generated API (smx.v1) and the shared contracts in smx/.
-See docs/EXTENSIONS.md and examples/.
+Everything smx.sdk exports is exported here too (`Agent`, `Client`, `Credentials`, `CallFailed`,
+`DeviceHealth`...), so an extension imports from one package. It talks to the core only through
+the generated API (smx.v1) and the shared contracts in smx/. See docs/EXTENSIONS.md and
+examples/.
 """
 
-from smx.process_env import ProcessEnv, SetupError
 from smx.sdk import (
     Agent,
+    CallFailed,
     Client,
     CoreUnavailable,
+    Credentials,
+    DeviceHealth,
+    HealthReport,
     PointSpec,
     PointUpdate,
+    ProcessEnv,
+    Runtime,
     Seconds,
     SetpointState,
+    SetupError,
+    Subscription,
+    TaskSet,
     parse_settings,
     setting,
 )
@@ -37,12 +47,16 @@ from .values import Reading
 __all__ = [
     "Agent",
     "Applied",
+    "CallFailed",
     "Clamped",
     "Client",
     "CoreUnavailable",
+    "Credentials",
     "Device",
+    "DeviceHealth",
     "DeviceState",
     "Extension",
+    "HealthReport",
     "PointSpec",
     "PointUpdate",
     "PolledDevice",
@@ -50,10 +64,13 @@ __all__ = [
     "PushedDevice",
     "Reading",
     "Rejected",
+    "Runtime",
     "Seconds",
     "SetpointRequest",
     "SetpointState",
     "SetupError",
+    "Subscription",
+    "TaskSet",
     "Unconfirmed",
     "main_of",
     "parse_settings",

@@ -6,24 +6,36 @@ and (under extensions.sdk) device extensions.
 - `Agent`: a process under the supervisor built on a Client: settings from site.toml, lifecycle
   hooks, background tasks, health for `smx status`, logs, signals, exit codes.
 - `parse_settings` / `setting` / `Seconds`: typed config tables whose errors name the key.
+- `Credentials` (a certificate and key, for `Client(target, credentials)`), `CallFailed` (a call
+  the core refused or did not answer), `CoreUnavailable` (no core within the time given),
+  `DeviceHealth` / `HealthReport` (what a process overrides to report its health),
+  `Subscription` (what `watch` returns) and `TaskSet` (a process's background tasks).
 
 It depends on the generated API (smx.v1) and the shared contracts in smx/ only, never on the
 core. See docs/EXTENSIONS.md.
 """
 
+from smx.client import Credentials
+from smx.health import DeviceHealth, HealthReport
 from smx.process_env import ProcessEnv, SetupError
 
 from .agent import Agent
-from .client import Client, CoreUnavailable
+from .client import CallFailed, Client, CoreUnavailable
 from .config import Seconds, parse_settings, setting
 from .outcomes import SetpointState
 from .points import PointSpec, PointUpdate
 from .runtime import Runtime
+from .tasks import TaskSet
+from .watch import Subscription
 
 __all__ = [
     "Agent",
+    "CallFailed",
     "Client",
     "CoreUnavailable",
+    "Credentials",
+    "DeviceHealth",
+    "HealthReport",
     "PointSpec",
     "PointUpdate",
     "ProcessEnv",
@@ -31,6 +43,8 @@ __all__ = [
     "Seconds",
     "SetpointState",
     "SetupError",
+    "Subscription",
+    "TaskSet",
     "parse_settings",
     "setting",
 ]

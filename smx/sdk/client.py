@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import grpc
+
 from smx.client import Credentials, Stubs
 from smx.process_env import ProcessEnv
 from smx.timestamps import seconds_to_duration
@@ -31,11 +33,18 @@ from .publisher import Publisher
 from .tasks import TaskSet
 from .watch import Subscription, WatchCallback
 
-__all__ = ["Client", "CoreUnavailable"]
+__all__ = ["CallFailed", "Client", "CoreUnavailable"]
 
 CALL_TIMEOUT = 10.0
 PAGE_SIZE = 1000
 Hook = TypeVar("Hook", bound=Callable[[], Awaitable[None]])
+
+
+# A call to the core failed: refused (no right, an unknown point, a bad value) or not answered in
+# time. Every call of the Client goes straight to the generated API, so the error raised is
+# grpc's own; this is its name in the SDK (the same class: `code()`, `details()`, and the stable
+# reason by smx.client.error_reason), so that a process catches it without importing grpc.
+CallFailed = grpc.aio.AioRpcError
 
 
 class CoreUnavailable(Exception):
@@ -215,8 +224,8 @@ class Client:
         """Ask the owner of `name` to apply `value` for `valid_for` seconds; the state returned
         is PENDING until the owner reports (`outcome`). With a `request_key`, asking again after
         a lost reply returns the setpoint the first request created (as it is now) instead of
-        a new one. Raises grpc.aio.AioRpcError when the core refuses (no right, unknown point)
-        or is away."""
+        a new one. Raises CallFailed when the core refuses (no right, unknown point) or is
+        away."""
         await self._link.connected.wait()
         request = cpb.RequestSetpointRequest(
             name=name,
