@@ -24,7 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from trusted.core.auth import Caller, Gate, Peer
 from trusted.core.errors import REFUSALS, CoreError, to_rpc_status
 from trusted.core.stream_registry import OpenStream
-from trusted.policy import METHOD_VERBS
+from trusted.policy import METHOD_VERBS, NO_VERB
 
 __all__ = ["MAX_OPEN_STREAMS", "service_handler", "stream_slot"]
 
@@ -74,18 +74,23 @@ def service_handler(
 
 @contextlib.contextmanager
 def stream_slot(
-    gate: Gate, peer: Peer, method: str, context: grpc.aio.ServicerContext
+    gate: Gate,
+    peer: Peer,
+    method: str,
+    context: grpc.aio.ServicerContext,
+    verb: str = NO_VERB,
 ) -> Iterator[OpenStream]:
     """Hold one of the client's MAX_OPEN_STREAMS places for the life of a stream; every
     long-lived stream the core serves (watches, Health.Watch, reflection) takes one. The stream
     is registered with its caller, so the revocation watchdog (trusted.core.stream_registry)
-    ends it when the caller is revoked or expires, even while it sends nothing."""
+    ends it when the caller is revoked or expires, or a reload takes `verb` from it, even while
+    it sends nothing."""
     stats = gate.clients[peer.uri]
     if stats.open_streams >= MAX_OPEN_STREAMS:
         raise CoreError(
             "TOO_MANY_STREAMS", f"{peer.uri} already has {MAX_OPEN_STREAMS} open streams"
         )
-    stream = OpenStream(peer, method, context, asyncio.current_task())
+    stream = OpenStream(peer, method, context, asyncio.current_task(), verb=verb)
     stats.open_streams += 1
     gate.streams.add(gate, stream)
     try:
@@ -137,7 +142,7 @@ def _stream(
             if fn is None:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served yet")
                 return
-            with stream_slot(gate, caller.peer, method, context) as stream:
+            with stream_slot(gate, caller.peer, method, context, caller.verb) as stream:
                 try:
                     # aclosing: the handler's own clean-up (unwatch) runs when the stream ends,
                     # not whenever the garbage collector gets to it.

@@ -1,11 +1,15 @@
-"""Every open stream with its caller, and a watchdog that ends those of revoked or expired callers.
+"""Every open stream with its caller, and a watchdog that ends those of revoked or expired callers,
+and those whose caller a policy reload left without the stream's verb.
 
 The per-message re-check (`Gate.recheck`) only runs when a stream has something to send: an idle
 watch with a long heartbeat, or a Health.Watch that never sends again, would outlive the
 revocation of its caller. The watchdog runs while any stream is open: it stats ``crl.pem``
 every ``TICK`` seconds and re-checks every identity with open streams at once when a new list is
 in force, and every ``RECHECK_INTERVAL`` seconds otherwise (expiry needs no file change). A
-refused caller's streams end with the status and audited refusal a call would get.
+refused caller's streams end with the status and audited refusal a call would get. A reload
+that takes the stream's verb from its caller altogether ends it the same way at the next
+re-check (a reload that only narrows the caller's points needs no ending: the streams filter
+each point against the policy in force).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from trusted.core.errors import CoreError, to_rpc_status
+from trusted.policy import NO_VERB
 
 if TYPE_CHECKING:
     from trusted.core.auth import Gate, Peer
@@ -37,6 +42,8 @@ class OpenStream:
     method: str
     context: grpc.aio.ServicerContext
     task: asyncio.Task | None
+    # The verb the stream's method needs (NO_VERB: any authenticated client may hold it).
+    verb: str = NO_VERB
     # Set by the watchdog when it ended the stream (the status is already sent and audited).
     ended: CoreError | None = None
 
@@ -80,6 +87,12 @@ class StreamRegistry:
             except CoreError as err:
                 for stream in list(streams):
                     await self._end(gate, stream, err)
+                continue
+            for stream in list(streams):
+                verb = stream.verb
+                if verb != NO_VERB and not gate.policy.allows(stream.peer.identity, verb, None):
+                    lost = gate.not_granted(stream.peer, stream.method, verb, None)
+                    await self._end(gate, stream, lost)
 
     async def _end(self, gate: Gate, stream: OpenStream, err: CoreError) -> None:
         if stream.ended is not None:
