@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from smx.identity import SERVER_NAME
 from smx.v1 import (
     admin_service_pb2_grpc,
     control_service_pb2_grpc,
@@ -33,9 +34,6 @@ __all__ = [
     "unix_target",
 ]
 
-# DNS name in the core's server certificate. Over a Unix socket the target name would be the
-# socket path, so the client must name the server explicitly.
-SERVER_NAME = "smxcore"
 # grpcio ships no type information.
 Channel = Any
 AioChannel = Any

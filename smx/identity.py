@@ -11,14 +11,33 @@ from smx.names import DEVICE_ID
 if TYPE_CHECKING:  # the parsing side (the core) has cryptography loaded already
     from cryptography import x509
 
-__all__ = ["DOMAINS", "Identity", "IdentityError", "identity_from_certificate"]
+__all__ = [
+    "DOMAINS",
+    "SCHEME",
+    "SERVER_NAME",
+    "Identity",
+    "IdentityError",
+    "identity_from_certificate",
+    "site_uri",
+]
 
 DOMAINS = ("trusted", "untrusted")
+SCHEME = "spiffe://"
+# The core's name: the DNS name of its server certificate (clients name it explicitly, as over
+# a Unix socket the target name would be the socket path) and its own identity's name,
+# spiffe://<site>/trusted/smxcore, so no client certificate may be issued under it.
+SERVER_NAME = "smxcore"
 # Site and client names share the device-id grammar of docs/DATA-MODEL.md, so a client name can be
 # used as the device prefix of the points it owns.
 _NAME = DEVICE_ID
 _SITE = r"[a-z0-9][a-z0-9_.-]{0,62}"
-_URI = re.compile(rf"spiffe://({_SITE})/(trusted|untrusted)/({_NAME})")
+_URI = re.compile(rf"{re.escape(SCHEME)}({_SITE})/(trusted|untrusted)/({_NAME})")
+
+
+def site_uri(site: str) -> str:
+    """`spiffe://<site>`: the site CA's URI; every identity of the site (and every wildcard
+    `.../<domain>/*` of a policy) is below it."""
+    return f"{SCHEME}{site}"
 
 
 class IdentityError(ValueError):
@@ -33,7 +52,7 @@ class Identity:
 
     @property
     def uri(self) -> str:
-        return f"spiffe://{self.site}/{self.domain}/{self.name}"
+        return f"{site_uri(self.site)}/{self.domain}/{self.name}"
 
     def __str__(self) -> str:
         return self.uri

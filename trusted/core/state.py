@@ -13,7 +13,7 @@ import psutil
 from google.protobuf.duration_pb2 import Duration
 
 from smx.aio import wait_event
-from smx.identity import Identity
+from smx.identity import SERVER_NAME, Identity
 from smx.setpoint_status import status_name
 from smx.timestamps import now_ms, ts_to_ms
 from smx.v1 import control_service_pb2 as control_pb
@@ -58,7 +58,7 @@ class CoreState:
             raise ConfigError(
                 f"core.toml: site: {config.site!r} differs from the site CA's {self.site!r}"
             )
-        self.identity = Identity(self.site, "trusted", "smxcore").uri
+        self.identity = Identity(self.site, "trusted", SERVER_NAME).uri
         self.history = HistoryLog(
             config.history.path,
             flush_interval=config.history.flush_interval,

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from smx.identity import DOMAINS, Identity, IdentityError
+from smx.identity import DOMAINS, SCHEME, SERVER_NAME, Identity, IdentityError
 from trusted.pki.cert_build import BACKDATE, build_ca, build_leaf, new_key
 from trusted.pki.crl import RevocationList, load_certificate_pem
 from trusted.pki.files import (
@@ -59,9 +59,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Clients pass this as grpc.ssl_target_name_override; it is also the core's own client name, so
-# no client certificate may be issued under it.
-SERVER_NAME = "smxcore"
 # The core's own names: never a client certificate, and the core refuses a client presenting one.
 CORE_NAMES = (SERVER_NAME, "core")
 # Names only provisioning (`smx run`) may issue: `smx pki issue` refuses them (by_hand=True).
@@ -228,9 +225,9 @@ class SiteCA:
             uris = san.get_values_for_type(x509.UniformResourceIdentifier)
         except x509.ExtensionNotFound:
             uris = []
-        if len(uris) != 1 or not uris[0].startswith("spiffe://"):
+        if len(uris) != 1 or not uris[0].startswith(SCHEME):
             raise PkiError(f"CA certificate {cert_path} has no spiffe://<site> URI SAN")
-        site = uris[0].removeprefix("spiffe://")
+        site = uris[0].removeprefix(SCHEME)
         ca = cls(pki_dir, site, cert)
         if not ledger:
             ca._verify_only = True

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from smx.identity import Identity, IdentityError
+from smx.identity import SCHEME, Identity, IdentityError, site_uri
 from smx.names import Glob, GlobSet, InvalidName, substitute
 from smx.toml_text import toml_list, toml_str
 from trusted.policy.model import (
@@ -418,9 +418,10 @@ def default_policy_text(
         raise PolicyError(source, "site", str(err)) from err
     extra = dict(extra_rules or {})
     lines = [default_roles_text().rstrip("\n"), "", f"# Bindings for site {site}."]
+    ours = f"{site_uri(site)}/"
     for i, (given, roles) in enumerate(bindings):
-        uri = given if given.startswith("spiffe://") else f"spiffe://{site}/{given}"
-        if not uri.startswith(f"spiffe://{site}/"):
+        uri = given if given.startswith(SCHEME) else ours + given
+        if not uri.startswith(ours):
             raise PolicyError(
                 source, f"bindings[{i}].identity", f"{given!r} is not an identity of site {site!r}"
             )

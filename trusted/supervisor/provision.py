@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smx.identity import DOMAINS
+from smx.identity import DOMAINS, Identity
 from trusted.core.config import CoreConfig
 from trusted.core.site_files import (
     CONFIG_FILE_MODE,
@@ -148,7 +148,7 @@ def _smx_runs(cfg: SiteConfig, binding: Binding) -> bool:
     """Is `binding` one smx run writes: marked so, or of a name it binds (an older site's file
     has no mark)."""
     names = {ADMIN_NAME, SUPERVISOR_NAME, *(p.name for p in cfg.processes)}
-    ours = {f"spiffe://{cfg.site}/{d}/{n}" for d in DOMAINS for n in names}
+    ours = {Identity(cfg.site, d, n).uri for d in DOMAINS for n in names}
     return binding.description == GENERATED or binding.identity in ours
 
 

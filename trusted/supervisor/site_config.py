@@ -29,7 +29,7 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
-from smx.identity import Identity, IdentityError
+from smx.identity import SERVER_NAME, Identity, IdentityError
 from smx.names import DEVICE_ID, Glob, InvalidName
 from smx.settings import (
     ConfigError,
@@ -66,7 +66,7 @@ DEFAULT_ROLE = {"extension": "trusted-extension", "agent": "untrusted-agent"}
 NO_ROLE = "none"
 # The core's own certificate, the operator's CLI, the supervisor's own certificate, and `core`
 # (the core writes core/* points itself, and its log is logs/core.log).
-RESERVED_NAMES = ("smxcore", "admin", "supervisor", "core")
+RESERVED_NAMES = (SERVER_NAME, "admin", "supervisor", "core")
 
 _TOP_KEYS = ("site", "home", "core", "supervisor", *KINDS)
 _SUPERVISOR_KEYS = (
