@@ -432,7 +432,7 @@ class RealtimeDB:
             point.unit = meta.unit
         if s.HasField("source_time"):
             point.source_time.CopyFrom(s.source_time)
-            ts = s.source_time.seconds * 1000 + s.source_time.nanos // 1_000_000
+            ts = ts_to_ms(s.source_time)
         else:
             point.source_time.CopyFrom(point.receive_time)
             ts = now
