@@ -85,6 +85,11 @@ class RunPaths:
         return self.run / "logs"
 
     @property
+    def socket(self) -> Path:
+        """The core's Unix socket unless core.toml names another (`socket`)."""
+        return self.home / "core.sock"
+
+    @property
     def status(self) -> Path:
         return self.run / "supervisor.json"
 

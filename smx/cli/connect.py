@@ -21,6 +21,7 @@ from smx.connection_check import (
     check_credentials,
     explain_unavailable,
 )
+from smx.process_env import RunPaths
 from smx.settings import ConfigError
 
 __all__ = [
@@ -107,7 +108,7 @@ def resolve(args: argparse.Namespace) -> Connection:
         name = ident.name if ident else args.cert.stem
     if args.ca:
         creds = Credentials(args.ca, creds.cert, creds.key)
-    target = args.target or unix_target(args.socket or home / "core.sock")
+    target = args.target or unix_target(args.socket or RunPaths(home).socket)
     return Connection(target, creds, name)
 
 

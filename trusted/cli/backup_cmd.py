@@ -51,12 +51,13 @@ from typing import IO, Any
 
 from smx.cli.connect import require_site, site_home
 from smx.cli.errors import EXIT_FAILED, CliError
+from smx.identity import SERVER_NAME
 from smx.process_env import RunPaths
 from trusted.core.audit_checkpoint import checkpoint_path, load_verifier, verify_log
 from trusted.core.audit_reader import log_files
 from trusted.core.audit_record import AuditError
 from trusted.core.config import ConfigError, CoreConfig, load_core_config
-from trusted.pki import SERVER_NAME, PkiError, SiteCA
+from trusted.pki import PkiError, SiteCA
 from trusted.policy import local_policy_path
 
 __all__ = ["FORMAT", "VERSION", "register"]
@@ -619,9 +620,9 @@ def _in_use(home: Path) -> str | None:
         config = load_core_config(
             home / "core.toml" if (home / "core.toml").is_file() else None, home=home
         )
-        sockets, audit = {config.socket, home / "core.sock"}, config.audit_path
+        sockets, audit = {config.socket, RunPaths(home).socket}, config.audit_path
     except ConfigError:
-        sockets, audit = {home / "core.sock"}, home / "data" / "audit.jsonl"
+        sockets, audit = {RunPaths(home).socket}, home / "data" / "audit.jsonl"
     for sock in sorted(sockets):
         pid = serving_pid(sock)
         if pid is not None:

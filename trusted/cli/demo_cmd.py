@@ -42,6 +42,7 @@ import grpc
 
 from smx.aio import wait_event
 from smx.client import Credentials, Stubs, unix_target
+from smx.process_env import RunPaths
 from smx.quality import quality_name
 from smx.setpoint_status import IN_FORCE_CODES, status_name
 from smx.timestamps import ts_to_seconds
@@ -359,7 +360,8 @@ async def _demo(home: Path, seconds: float, *, plain: bool, show_all: bool) -> N
         # (The supervisor installed its own handler at its start; SIGTERM stays its.)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-        channel = Credentials.from_site(home, "admin").aio_channel(unix_target(home / "core.sock"))
+        target = unix_target(RunPaths(home).socket)
+        channel = Credentials.from_site(home, "admin").aio_channel(target)
         view = DemoView(Stubs(channel), supervisor, plain=plain, show_all=show_all)
         finished = asyncio.Event()
         tasks = [

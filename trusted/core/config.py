@@ -18,6 +18,7 @@ from typing import Any
 
 from smx.identity import Identity, IdentityError
 from smx.names import Glob, InvalidName
+from smx.process_env import RunPaths
 from smx.settings import (
     ConfigError,
     check_keys,
@@ -153,7 +154,7 @@ def tcp_is_loopback(tcp: str) -> bool:
 
 
 def _socket(value: Any, key: str, home: Path) -> Path:
-    path = file_path(value, key, home) if value is not None else home / "core.sock"
+    path = file_path(value, key, home) if value is not None else RunPaths(home).socket
     length = len(os.fsencode(str(path)))
     if length > _MAX_SOCKET_PATH:
         raise ConfigError(

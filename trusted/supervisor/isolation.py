@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from smx.identity import SERVER_NAME
 from smx.process_env import RunPaths
 
 __all__ = [
@@ -246,7 +247,7 @@ def apply_ownership(
             )
     core = accounts["core"]
     site_gid = core.groups[0]
-    run = home / "run"
+    paths = RunPaths(home)
     _own(home, 0, site_gid, 0o750)
     sock = home / SOCKET_DIR
     if sock.is_symlink() or (sock.exists() and not sock.is_dir()):
@@ -255,8 +256,8 @@ def apply_ownership(
     _own(sock, core.uid, site_gid, 0o2750)
     if socket_link is not None:
         _link_socket(Path(socket_link), sock / Path(socket_link).name)
-    _own(run, 0, site_gid, 0o750)
-    _own(run / "logs", 0, site_gid, 0o750)
+    _own(paths.run, 0, site_gid, 0o750)
+    _own(paths.logs, 0, site_gid, 0o750)
     for d in (pki_dir, pki_dir / "server", pki_dir / "clients"):
         if d.is_dir():
             _own(d, 0, site_gid, 0o750)
@@ -264,7 +265,7 @@ def apply_ownership(
         _own(pki_dir / public, 0, site_gid)
     _own(pki_dir / "ca.key", 0, 0, 0o600)
     _own(pki_dir / "index.json", 0, 0, 0o600)
-    for server in (pki_dir / "server").glob("smxcore.*"):
+    for server in (pki_dir / "server").glob(f"{SERVER_NAME}.*"):
         _own(server, core.uid, core.gid)
     data_dirs = [Path(d) for d in data_paths if Path(d).is_relative_to(home)]
     for f in core_files:
@@ -276,17 +277,16 @@ def apply_ownership(
         # A directory inside another is walked with it (its path would cross the core's own).
         if not any(d != o and d.is_relative_to(o) for o in data_dirs):
             _give_tree(d, core)
-    private_dir_core = private_dir_of(home, "core")
-    _make_private(private_dir_core, core)
+    _make_private(paths.private_dir("core"), core)
     for name in [*clients, *others]:
         acc = accounts[name]
-        _make_private(private_dir_of(home, name), acc)
-        _own(run / f"{name}.config.json", acc.uid, acc.gid, 0o600)
-        link = run / f"{name}.health.json"
+        _make_private(paths.private_dir(name), acc)
+        _own(paths.config_file(name), acc.uid, acc.gid, 0o600)
+        link = paths.health_file(name)
         if link.is_symlink() or not link.exists():
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
-            link.symlink_to(f"{name}/health.json")
+            link.symlink_to(paths.private_dir(name).relative_to(paths.run) / "health.json")
     for name in clients:
         acc = accounts[name]
         for suffix in (".key", ".crt"):
