@@ -71,7 +71,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("package", ["untrusted", "extensions", "smx"])
+@pytest.mark.parametrize("package", ["untrusted", "extensions", "smx", "examples"])
 def test_untrusted_and_extensions_never_import_the_core(package):
     assert "trusted" in _imports(ROOT / "tests/conftest.py")  # the checker does see imports
     offenders = [
@@ -104,14 +104,24 @@ CONTRACT_HOMES = {
     re.escape("[a-z][a-z0-9_-]{0,31}"): "smx/names.py",
     # the channel options every client needs to reach the core
     r"grpc\.ssl_target_name_override|grpc\.default_authority": "smx/client.py",
-    # seconds <-> Timestamp/Duration
-    r"\.(From|To)(Milliseconds|Nanoseconds|Seconds|Datetime)\(": "smx/timestamps.py",
+    # the core's name (its server certificate's, its identity's): `SERVER_NAME` as a string, a
+    # URI's last part or a file stem; log lines such as "smxcore ready: ..." name the program
+    r"(?m)(^|/)smxcore($|[./])": "smx/identity.py",
+    # seconds or milliseconds <-> Timestamp/Duration, by its methods or by scaling its fields
+    r"\.(From|To)(Milliseconds|Nanoseconds|Seconds|Datetime)\(|\.(seconds|nanos) [*/%]": (
+        "smx/timestamps.py"
+    ),
 }
 PRODUCT = ("smx", "trusted", "extensions", "untrusted", "examples")
 
 
+_SCALING = {ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%"}
+
+
 def _code_strings_and_calls(path: Path) -> str:
-    """The code of `path` without its docstrings and comments: what a copy would live in."""
+    """The code of `path` without its docstrings and comments: what a copy would live in. Its
+    strings, `.name(` for each attribute it uses and `.name *` (`/`, `//`, `%`) for each one it
+    scales (`ts.seconds * 1000`)."""
     tree = ast.parse(path.read_text(), str(path))
     docstrings = set()
     for node in ast.walk(tree):
@@ -126,6 +136,10 @@ def _code_strings_and_calls(path: Path) -> str:
                 parts.append(node.value)
         elif isinstance(node, ast.Attribute):
             parts.append(f".{node.attr}(")
+        elif isinstance(node, ast.BinOp) and type(node.op) in _SCALING:
+            for side in (node.left, node.right):
+                if isinstance(side, ast.Attribute):
+                    parts.append(f".{side.attr} {_SCALING[type(node.op)]}")
     return "\n".join(parts)
 
 
@@ -142,6 +156,31 @@ def test_each_contract_is_spelled_in_its_home_only(pattern):
         and re.search(pattern, _code_strings_and_calls(p))
     ]
     assert copies == [], f"{copies} spell a contract whose one home is {home}: import it from there"
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        "ms = ts.seconds * 1000 + ts.nanos // 1_000_000",
+        "s = 1e-9 * d.nanos + d.seconds",
+        'uri = f"spiffe://{site}/trusted/smxcore"',
+        'key = pki / "server" / "smxcore.key"',
+        'NAME = "smxcore"',
+    ],
+)
+def test_the_contract_rule_sees_a_copy(tmp_path, copy):
+    """The rule above only means something if it finds the copies it is written against."""
+    (tmp_path / "copy.py").write_text(copy + "\n")
+    code = _code_strings_and_calls(tmp_path / "copy.py")
+    assert any(re.search(pattern, code) for pattern in CONTRACT_HOMES)
+
+
+def test_the_contract_rule_lets_log_lines_name_the_core(tmp_path):
+    (tmp_path / "log.py").write_text(
+        'print(f"smxcore ready: site {site}")\nprint("smxcore stopped")\n'
+    )
+    code = _code_strings_and_calls(tmp_path / "log.py")
+    assert not any(re.search(pattern, code) for pattern in CONTRACT_HOMES)
 
 
 def test_the_shared_contracts_depend_on_no_process():
