@@ -18,9 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import grpc
-
-from smx.sdk import Agent, Seconds, setting
+from smx.sdk import Agent, CallFailed, Seconds, setting
 
 log = logging.getLogger("planner")
 
@@ -49,7 +47,7 @@ async def follow_plan(agent: Agent, cfg: PlannerConfig) -> None:
         value = cfg.plan[step % len(cfg.plan)]
         try:
             sp = await agent.request_setpoint(cfg.target, value, cfg.valid_for)
-        except grpc.aio.AioRpcError as err:
+        except CallFailed as err:
             # E.g. the owner has not declared the point yet at start-up: retry soon.
             log.warning("request %s=%s refused: %s", cfg.target, value, err.details())
             await asyncio.sleep(min(RETRY_S, cfg.every))

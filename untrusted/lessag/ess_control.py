@@ -28,9 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from smx.sdk import SetpointState
+from smx.sdk import CallFailed, SetpointState
 
 from .profile import ProfileStore
 from .settings import EssConfig
@@ -156,7 +154,7 @@ class EssControl:
         self.setpoint_id = ""
         try:
             sp = await self.request(self.cfg.setpoint, decision.value, self.valid_for)
-        except (grpc.aio.AioRpcError, TimeoutError) as err:
+        except (CallFailed, TimeoutError) as err:
             self.setpoint_id = ""
             self.last.update(status="REFUSED", reason=_refusal(err))
             self.last["Priority_accept"] = 0
@@ -207,6 +205,6 @@ class EssControl:
 
 
 def _refusal(err: BaseException) -> str:
-    if isinstance(err, grpc.aio.AioRpcError):
+    if isinstance(err, CallFailed):
         return f"{err.code().name}: {err.details()}"
     return "the core did not answer in time"

@@ -25,9 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from smx.sdk import SetpointState
+from smx.sdk import CallFailed, SetpointState
 
 from .settings import EvConfig
 
@@ -140,7 +138,7 @@ class EvCommands:
             return
         try:
             sp = await self.request(name, value, valid_for)
-        except (grpc.aio.AioRpcError, TimeoutError) as err:
+        except (CallFailed, TimeoutError) as err:
             self._send(
                 {
                     "id": cmd_id,
@@ -210,6 +208,6 @@ def _why(err: BaseException) -> str:
 
 
 def _refusal(err: BaseException) -> str:
-    if isinstance(err, grpc.aio.AioRpcError):
+    if isinstance(err, CallFailed):
         return f"{err.code().name}: {err.details()}"
     return "the core did not answer in time"
