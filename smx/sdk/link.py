@@ -70,6 +70,16 @@ class CoreLink:
             self.stubs = Stubs(self.credentials.aio_channel(self.target))
         return self.stubs
 
+    async def refresh_rights(self) -> None:
+        """Ask the core again what this identity may do: after a refusal, the policy may have
+        changed since the connection (a reload takes effect at once in the core)."""
+        try:
+            me = await self.open().identity.WhoAmI(identity_service_pb2.WhoAmIRequest(), timeout=5)
+        except grpc.aio.AioRpcError as err:
+            self.lost_on(err)
+            return
+        self.rights = Rights.from_whoami(me)
+
     def lost_on(self, err: grpc.aio.AioRpcError) -> bool:
         """True (and the link re-checks itself) when a call failed because the core is away or
         refuses this certificate: retry after the reconnect, do not drop what was sent."""

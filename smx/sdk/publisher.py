@@ -7,12 +7,18 @@ and all of them are written as soon as the core is back. Points added since the 
 declared first, so they get their metadata before their first value: a value whose point is still
 to be declared (added while a declaration call was in flight, or the core went away meanwhile)
 waits in `pending` until that declaration is done.
+
+A point the policy does not let this client write (PERMISSION_NOT_GRANTED: a reload may have
+taken the right away) is dropped, said once, and not sent again for `RETRY_REFUSED_S`: a
+publish loop must not write a denied record into the core's audit log at every tick. The
+client's rights are asked for again at the same time, so `may()` follows the policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 
@@ -29,6 +35,7 @@ __all__ = ["Publisher"]
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 10.0
+RETRY_REFUSED_S = 60.0  # a point refused for want of rights is tried again after this long
 
 
 class Publisher:
@@ -48,12 +55,20 @@ class Publisher:
         self.written = 0
         self.dropped = 0
         self.last_revision = 0
+        # name -> when the core refused it for want of rights (time.monotonic())
+        self.not_granted: dict[str, float] = {}
         self._wake = asyncio.Event()
 
     def publish(self, sample: point_pb2.PointSample) -> None:
         if sample.name in self.declarations.refused:
             self.dropped += 1  # the core will not take it; said once when it refused
             return
+        since = self.not_granted.get(sample.name)
+        if since is not None:
+            if time.monotonic() - since < RETRY_REFUSED_S:
+                self.dropped += 1
+                return
+            del self.not_granted[sample.name]  # try again: the policy may have changed back
         self.pending.pop(sample.name, None)  # keep the dict in arrival order
         self.pending[sample.name] = sample
         if len(self.pending) >= self.max_batch:
@@ -90,7 +105,8 @@ class Publisher:
                 self._put_back(batch)
                 if self.link.lost_on(err):
                     return False
-                self._drop_refused(err)
+                if self._drop_refused(err):
+                    await self.link.refresh_rights()
                 continue
             self.written += len(batch)
             self.last_revision = resp.revision
@@ -106,21 +122,21 @@ class Publisher:
         for sample in batch:
             self.pending.setdefault(sample.name, sample)
 
-    def _drop_refused(self, err: grpc.aio.AioRpcError) -> None:
-        """A batch is refused whole for one bad point: drop that point, retry the others."""
+    def _drop_refused(self, err: grpc.aio.AioRpcError) -> bool:
+        """A batch is refused whole for one bad point: drop that point, retry the others.
+        True when the refusal was for want of rights (the caller then asks for its rights)."""
         info = error_info(err)
         point = info.metadata.get("point") if info is not None else None
         reason = info.reason if info is not None else err.code().name
-        if point and point in self.pending:
-            del self.pending[point]
-            self.dropped += 1
-            log.error("core refused %s (%s): %s; dropped", point, reason, err.details())
-        else:
-            self.dropped += len(self.pending)
-            log.error(
-                "core refused a batch (%s): %s; dropped %d samples",
-                reason,
-                err.details(),
-                len(self.pending),
-            )
-            self.pending.clear()
+        not_granted = reason == "PERMISSION_NOT_GRANTED"
+        # Without a point the verb itself is refused: every pending point goes.
+        names = [point] if point and point in self.pending else list(self.pending)
+        for name in names:
+            del self.pending[name]
+            if not_granted:
+                self.not_granted[name] = time.monotonic()
+        self.dropped += len(names)
+        what = names[0] if len(names) == 1 else f"a batch of {len(names)} samples"
+        later = f"; not sent again for {RETRY_REFUSED_S:g} s" if not_granted else ""
+        log.error("core refused %s (%s): %s; dropped%s", what, reason, err.details(), later)
+        return not_granted
