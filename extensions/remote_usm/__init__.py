@@ -9,8 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from extensions.sdk import Extension, SetupError
-from smx.client import Credentials
+from extensions.sdk import Credentials, Extension, SetupError
 from smx.process_env import require_readable
 
 from .config import RemoteConfig

@@ -18,9 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from smx.client import Credentials
 from smx.names import DEVICE_ID, Glob, InvalidName
-from smx.sdk import Seconds, setting
+from smx.sdk import Credentials, Seconds, setting
 
 __all__ = ["RemoteConfig"]
 

@@ -13,8 +13,8 @@ import asyncio
 
 import grpc
 
-from smx.client import Credentials, Stubs, describe_error, error_reason
-from smx.sdk import Client
+from smx.client import Stubs, describe_error, error_reason
+from smx.sdk import Client, Credentials
 
 __all__ = ["RemoteLink", "explain"]
 

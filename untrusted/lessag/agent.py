@@ -19,9 +19,16 @@ from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from smx.health import DeviceHealth, HealthReport
-from smx.process_env import ProcessEnv, SetupError, require_readable
-from smx.sdk import Agent, PointUpdate, SetpointState
+from smx.process_env import require_readable
+from smx.sdk import (
+    Agent,
+    DeviceHealth,
+    HealthReport,
+    PointUpdate,
+    ProcessEnv,
+    SetpointState,
+    SetupError,
+)
 
 from .ess_control import EssControl
 from .evchcon import EvCommands
