@@ -17,13 +17,12 @@ import pytest
 
 from examples.battery.simulator import serve
 from extensions.sdk import Agent, Extension
-from extensions.sdk.testing import TestSite, free_port
+from extensions.sdk.testing import TestSite, free_port, until
 from smx.sdk import SetpointState
 from smx.timestamps import ts_of
 from smx.v1 import point_pb2
 from smx.values import to_value
 from tests.extensions.test_client import client_points
-from tests.extensions.test_sdk import until
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "EXTENSIONS.md"
 BLOCK = re.compile(r"```python\n# (\w+)\.py\n(.*?)```", re.DOTALL)

@@ -11,13 +11,12 @@ import grpc
 import pytest
 
 from extensions.sdk import Applied, Clamped, Extension, PointSpec, Rejected
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, until
 from smx.client import Credentials
 from smx.sdk import Client, CoreUnavailable, SetpointState
 from smx.timestamps import ts_of
 from smx.v1 import point_pb2
 from smx.values import to_value
-from tests.extensions.test_sdk import until
 
 CLIENTS = {
     "meter": ("trusted", ["trusted-extension"], []),

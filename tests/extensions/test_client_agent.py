@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from extensions.sdk import Agent, Applied, Extension, SetpointState
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, until
 from smx.v1 import admin_service_pb2 as apb
 from tests.extensions.test_client import client_points
-from tests.extensions.test_sdk import until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from extensions.sdk import Applied, Extension, PointSpec, SetupError
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, until
 from smx.health import read_health_file
-from tests.extensions.test_sdk import until
 
 ROOT = Path(__file__).resolve().parents[2]
 

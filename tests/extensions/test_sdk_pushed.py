@@ -10,9 +10,9 @@ import time
 import pytest
 
 from extensions.sdk import Extension, PointSpec, PushedDevice, Reading
-from extensions.sdk.testing import TestSite
+from extensions.sdk.testing import TestSite, until
 from smx.quality import QUALITIES
-from tests.extensions.test_sdk import get, points_or_none, until
+from tests.extensions.test_sdk import get, points_or_none
 
 
 class Feed(PushedDevice):

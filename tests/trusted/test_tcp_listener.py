@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 from pathlib import Path
 
 import pytest
 
+from extensions.sdk.testing import free_port
 from smx.client import Credentials, Stubs
 from smx.v1 import identity_service_pb2 as ipb
 from tests.support.site import Site
@@ -51,12 +51,6 @@ def test_the_loopback_decision_on_the_parsed_config(
     assert tcp_is_loopback(cfg.tcp) is loopback
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def tcp_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
@@ -80,7 +74,7 @@ async def start_and_call(site: Site, tcp: str) -> None:
 async def test_a_loopback_listener_starts_silently(
     site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:
-    tcp = f"127.0.0.1:{free_loopback_port()}"
+    tcp = f"127.0.0.1:{free_port()}"
     with caplog.at_level(logging.INFO):
         await start_and_call(site, tcp)
     assert tcp_lines(caplog) == []
@@ -93,7 +87,7 @@ async def test_a_listener_off_loopback_is_warned_about_once_naming_the_address(
     # The address bound stays loopback; only the decision says "not loopback", as it does
     # for the addresses above.
     monkeypatch.setattr(server, "tcp_is_loopback", lambda tcp: False)
-    tcp = f"127.0.0.1:{free_loopback_port()}"
+    tcp = f"127.0.0.1:{free_port()}"
     with caplog.at_level(logging.INFO):
         await start_and_call(site, tcp)
     [line] = tcp_lines(caplog)

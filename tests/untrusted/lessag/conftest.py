@@ -3,10 +3,9 @@ lessag's certificate; a real Mosquitto per test; the agent run in-process."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +96,3 @@ async def running(
         yield agent
     finally:
         await agent.stop()
-
-
-async def until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        await asyncio.sleep(0.02)

@@ -6,20 +6,19 @@ core's PERMISSION_DENIED as an error reply, nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from pathlib import Path
 
-import grpc
 import paho.mqtt.publish as mqtt_publish
 
 from extensions.sdk import Applied, Clamped, Extension
+from extensions.sdk.testing import until
 from smx.sdk import parse_settings
 from smx.v1 import admin_service_pb2 as apb
 from tests.untrusted.lessag.broker import Subscriber
-from tests.untrusted.lessag.conftest import agent_config, running, sample, until, write
+from tests.untrusted.lessag.conftest import agent_config, running, sample, write
 from untrusted.lessag.rights import binding_toml, needed_rules
 from untrusted.lessag.settings import LessagConfig
 
@@ -108,13 +107,12 @@ async def test_commands_replies_and_least_privilege(site, broker, tmp, caplog):
             # What it publishes and the state points it writes need nothing more.
             await until(lambda: sub.on(f"{PREFIX}/smm/data"), what="data")
             async with site.client("admin") as admin:
-                got: dict = {}
-                deadline = time.monotonic() + 15
-                while len(got) < 2 and time.monotonic() < deadline:
-                    try:
-                        got = await admin.get_points(["narrow/mqtt", "narrow/queued"])
-                    except grpc.aio.AioRpcError:  # not written yet
-                        await asyncio.sleep(0.2)
+
+                async def both() -> dict | None:  # an error until they are written
+                    got = await admin.get_points(["narrow/mqtt", "narrow/queued"])
+                    return got if len(got) == 2 else None
+
+                got = await until(both, timeout=15, step=0.2, what="narrow's state points")
                 assert got["narrow/mqtt"].value == "connected"
                 assert got["narrow/queued"].value == 0
                 denied = await admin.stubs.admin.ListAuditRecords(

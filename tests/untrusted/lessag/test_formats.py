@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from extensions.sdk.testing import until
 from smx.sdk import PointUpdate
 from tests.untrusted.lessag.broker import Subscriber
-from tests.untrusted.lessag.conftest import agent_config, running, sample, until, write
+from tests.untrusted.lessag.conftest import agent_config, running, sample, write
 from tests.untrusted.lessag.influx import InfluxDB, influxd_available
 from tests.untrusted.lessag.senml_rules import problems
 from untrusted.lessag.formats import influx_line, senml_json

@@ -16,9 +16,10 @@ import paho.mqtt.publish as mqtt_publish
 import pytest
 
 from extensions.sdk import Applied, Clamped, Extension
+from extensions.sdk.testing import until
 from smx.sdk import SetpointState, parse_settings
 from tests.untrusted.lessag.broker import Subscriber
-from tests.untrusted.lessag.conftest import agent_config, running, sample, until, write
+from tests.untrusted.lessag.conftest import agent_config, running, sample, write
 from untrusted.lessag.ess_control import EssControl, decide
 from untrusted.lessag.profile import ProfileError, ProfileStore, parse_profile
 from untrusted.lessag.settings import EssConfig

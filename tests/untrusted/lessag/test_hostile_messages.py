@@ -22,9 +22,10 @@ from typing import Any
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from extensions.sdk.testing import until
 from smx.process_env import RunPaths
 from tests.untrusted.lessag.broker import Mosquitto, Subscriber, mosquitto_available
-from tests.untrusted.lessag.conftest import agent_config, running, until
+from tests.untrusted.lessag.conftest import agent_config, running
 from untrusted.lessag import agent as agent_module
 from untrusted.lessag.evchcon import REMEMBER, EvCommands
 from untrusted.lessag.gesscon_sim import day_profile

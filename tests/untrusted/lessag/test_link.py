@@ -15,9 +15,10 @@ import time
 
 import pytest
 
+from extensions.sdk.testing import until
 from smx.process_env import SetupError
 from tests.untrusted.lessag.broker import Mosquitto, Pki, Subscriber
-from tests.untrusted.lessag.conftest import agent_config, running, sample, until, write
+from tests.untrusted.lessag.conftest import agent_config, running, sample, write
 from untrusted.lessag import Lessag
 
 STATUS = "usm-t/lessag/status"

@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from extensions.sdk.testing import until
 from smx.sdk import parse_settings
 from tests.untrusted.lessag.broker import Mosquitto, Subscriber
-from tests.untrusted.lessag.conftest import agent_config, running, sample, until, write
+from tests.untrusted.lessag.conftest import agent_config, running, sample, write
 from untrusted.lessag.outbox import Outbox
 from untrusted.lessag.settings import QueueConfig
 
