@@ -5,6 +5,8 @@ with `ast`, so a violation fails here before it is a habit.
 Allowed: `smx.sdk`, `extensions.sdk`, `extensions.sdk.protocols(.*)`, and `extensions.sdk.testing`
 in tests; each name in that package's `__all__` and not underscored. A name the SDK re-exports
 (`Credentials`, `DeviceHealth`, `ProcessEnv`...) is taken from the SDK, not from where it lives.
+And the tests wait with one kit, extensions.sdk.testing (`until`, `wait_for`, `point_where`,
+`free_port`).
 """
 
 from __future__ import annotations
@@ -161,3 +163,24 @@ def test_the_agents_catch_the_sdks_error_not_grpcs():
         str(p.relative_to(ROOT)) for p in (ROOT / "untrusted").rglob("*.py") if _imports_grpc(p)
     ]
     assert offenders == [], "an agent catches smx.sdk.CallFailed, without grpc"
+
+
+KIT = {"until", "wait_for", "point_where", "free_port"}
+
+
+def test_the_tests_wait_with_the_one_kit():
+    """extensions.sdk.testing is the one place of the waiting helpers: no test defines its own
+    (at module level) or takes them from anywhere else."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        where = path.relative_to(ROOT)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in KIT:
+                found.append(f"{where}:{node.lineno}: defines {node.name}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module != "extensions.sdk.testing":
+                for alias in node.names:
+                    if alias.name in KIT:
+                        found.append(f"{where}:{node.lineno}: {alias.name} from {node.module}")
+    assert found == [], "use extensions.sdk.testing:\n" + "\n".join(found)
