@@ -89,10 +89,12 @@ class RealtimeDB:
         self.revision = 0
         self.points: dict[str, point_pb2.Point] = {}
         self.meta: dict[str, point_pb2.PointMetadata] = {}
-        # (revision, name) of recent changes, for resuming a watch; older ones are compacted.
-        # (revision, names changed) of recent revisions, for resuming a watch; older ones are
-        # compacted. One entry per revision, so a batch of 100 costs one entry, not 100.
-        self._changes: deque[tuple[int, tuple[str, ...]]] = deque(maxlen=backlog)
+        # The recent revisions that changed points: a watch may resume from any of them; one
+        # older than the oldest kept is compacted (the API's promise of a bounded backlog).
+        # What a resume sends is found from the points themselves (each carries the revision
+        # of its last change), in time linear in the points like a snapshot: walking the
+        # changes of every kept revision let one client stall the loop with resumes.
+        self._changes: deque[int] = deque(maxlen=backlog)
         self._compacted = 0
         self._watchers: set[Watcher] = set()
         # name -> stale deadline (ms) for points with an expected period.
@@ -349,7 +351,7 @@ class RealtimeDB:
         ).SerializeToString()
         for name, s, value in zip(names, batch, values, strict=True):
             self._store(name, s, s.value if value is None else value, common, now)
-        self._log_change(rev, tuple(names))
+        self._log_change(rev)
         return rev
 
     def kind_of(self, name: str) -> point_pb2.ValueKind:
@@ -450,11 +452,11 @@ class RealtimeDB:
                 name, ts, getattr(value, value.WhichOneof("kind")), point.quality, point
             )
 
-    def _log_change(self, rev: int, names: tuple[str, ...]) -> None:
+    def _log_change(self, rev: int) -> None:
         if len(self._changes) == self._changes.maxlen:
             # The oldest entry falls out: resuming from before it is no longer possible.
-            self._compacted = self._changes[0][0]
-        self._changes.append((rev, names))
+            self._compacted = self._changes[0]
+        self._changes.append(rev)
 
     def get(self, names: Iterable[str]) -> list[point_pb2.Point]:
         out = []
@@ -488,12 +490,11 @@ class RealtimeDB:
         if start_revision == 0:
             first = [p for n, p in self.points.items() if watcher.matches(n)]
         else:
-            changed: dict[str, None] = {}
-            for rev, names in reversed(self._changes):
-                if rev <= start_revision:
-                    break
-                changed.update(dict.fromkeys(names))
-            first = [self.points[n] for n in changed if watcher.matches(n)]
+            first = [
+                p
+                for n, p in self.points.items()
+                if p.revision > start_revision and watcher.matches(n)
+            ]
             first.sort(key=lambda p: p.revision)
         self._watchers.add(watcher)
         return watcher, first
@@ -543,7 +544,7 @@ class RealtimeDB:
             for w in self._watchers:
                 if w.matches(name):
                     w.offer(point)
-        self._log_change(self.revision, tuple(marked))
+        self._log_change(self.revision)
         log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
         return due
 
