@@ -160,3 +160,17 @@ def test_the_sdk_reads_the_environment_the_supervisor_writes():
     )
     assert ProcessEnv.from_environ(environ) == env
     assert env.site_dir == Path("/site")
+
+
+def test_status_shows_a_long_error_whole_below_the_table():
+    now = time.time()
+    error = (
+        "extensions.hp.config.rated_powr: unknown key (did you mean 'rated_power'? allowed: "
+        "rated_power, interval)"
+    )
+    hp = {"name": "hp", "kind": "extension", "state": "backoff", "last_error": error}
+    status = {"site": "s", "pid": 1, "started_at": now, "updated_at": now, "state": "running"}
+    shown = format_status({**status, "processes": [hp]}, True)
+    table, below = shown.split("\n")[2], shown.split("\n")[-1]
+    assert table.endswith("...") and "interval" not in table  # the cell stays short
+    assert below == f"hp: {error}"  # the end, what to do, is shown too

@@ -201,6 +201,7 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
     if status.get("error"):
         head += f"\nerror: {printable(str(status['error']))}"
     rows = [_HEADER]
+    cut: list[tuple[str, str]] = []  # errors too long for the table, shown whole below it
     for p in status["processes"]:
         if not isinstance(p, dict):
             continue
@@ -229,12 +230,16 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
                 _cell(error if len(error) <= 80 else error[:77] + "..."),
             )
         )
+        if len(error) > 80:
+            cut.append((_cell(p.get("name")), _cell(error)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
         for r in rows
     ]
     out = head + "\n" + "\n".join(line.rstrip() for line in lines)
+    # The end of an error is often what to do (the key it meant, the command to run).
+    out += "".join(f"\n{name}: {error}" for name, error in cut)
     total = status.get("memory_total")
     if isinstance(total, dict) and running:
         out += (
