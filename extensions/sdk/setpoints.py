@@ -371,7 +371,8 @@ class SetpointRouter:
             return  # a newer setpoint is in force: falling back would undo it
         self.active.pop(req.name, None)
         handler = self.expiry_handler_for(req.name)
-        log.info("setpoint %s (%s) expired: falling back", req.name, req.id)
+        if req.id:  # (at start the line before says why: nothing in force)
+            log.info("setpoint %s (%s) expired: falling back", req.name, req.id)
         if handler is not None:
             route = self.route_for(req.name)
             timeout = route.timeout if route else DEFAULT_TIMEOUT

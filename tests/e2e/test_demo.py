@@ -106,6 +106,7 @@ def test_demo_shows_live_values_and_stops_cleanly_on_ctrl_c():
         assert re.search(rf"process {name} \(\w+\): running", final), final
     assert re.search(r"process lessag \(agent\): running, .*" + AGENT_STATE.pattern, final)
     assert "demo stopped; nothing left running" in text
+    assert "changed to 0600" not in text  # the demo writes its site file private itself
     assert len(children) >= 4
     assert not _leftovers(children)
     assert not home.exists()

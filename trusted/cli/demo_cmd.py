@@ -42,6 +42,7 @@ import grpc
 
 from smx.aio import wait_event
 from smx.client import Credentials, Stubs, unix_target
+from smx.files import write_atomic
 from smx.process_env import RunPaths
 from smx.quality import quality_name
 from smx.setpoint_status import IN_FORCE_CODES, status_name
@@ -292,7 +293,8 @@ def write_site(home: Path) -> list[str]:
             ],
         },
     )
-    (home / "site.toml").write_text(site_toml(home, mqtt_port, broker))
+    # 0600 as `smx run` wants a site file (it would tighten it, with a warning, at every start).
+    write_atomic(home / "site.toml", site_toml(home, mqtt_port, broker).encode(), 0o600)
     from trusted.supervisor import isolation
 
     if isolation.isolation_wanted():
