@@ -107,6 +107,8 @@ CONTRACT_HOMES = {
     # the core's name (its server certificate's, its identity's): `SERVER_NAME` as a string, a
     # URI's last part or a file stem; log lines such as "smxcore ready: ..." name the program
     r"(?m)(^|/)smxcore($|[./])": "smx/identity.py",
+    # the core's default socket in a site home (`RunPaths.socket`)
+    r"(?m)(^|/)core\.sock$": "smx/process_env.py",
     # seconds or milliseconds <-> Timestamp/Duration, by its methods or by scaling its fields
     r"\.(From|To)(Milliseconds|Nanoseconds|Seconds|Datetime)\(|\.(seconds|nanos) [*/%]": (
         "smx/timestamps.py"

@@ -213,7 +213,7 @@ class TestSite:
 
     @property
     def target(self) -> str:
-        return unix_target(self.home / "core.sock")
+        return unix_target(RunPaths(self.home).socket)
 
     def credentials(self, name: str) -> Credentials:
         return Credentials.from_site(self.home, name)
