@@ -3,24 +3,23 @@
 Used by the `smx` CLI, the supervisor, the SDK (smx.sdk, extensions.sdk) and tests alike; it
 depends on the generated API only. The one list of channel options is here, so every client
 reconnects and detects a dead peer the same way.
+
+grpc and the generated stubs are imported by the functions that use them, not by this module:
+the supervisor (`smx run`) names certificate files and socket targets here for its children
+and checks the core without gRPC, and `import grpc` costs a process some 9 MB.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import grpc
-from google.rpc import error_details_pb2, status_pb2
+from typing import TYPE_CHECKING, Any
 
 from smx.identity import SERVER_NAME
-from smx.v1 import (
-    admin_service_pb2_grpc,
-    control_service_pb2_grpc,
-    identity_service_pb2_grpc,
-    point_service_pb2_grpc,
-)
+
+if TYPE_CHECKING:
+    import grpc
+    from google.rpc import error_details_pb2
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -53,10 +52,20 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
-# Codes after which retrying later can succeed: the core is away or restarting.
-TRANSIENT = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-)
+# Codes after which retrying later can succeed: the core is away or restarting. Made on first
+# use (module __getattr__ below), as it needs grpc.
+TRANSIENT: frozenset[grpc.StatusCode]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TRANSIENT":
+        import grpc
+
+        codes = grpc.StatusCode
+        value = frozenset({codes.UNAVAILABLE, codes.DEADLINE_EXCEEDED, codes.CANCELLED})
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def unix_target(path: Path | str) -> str:
@@ -89,6 +98,8 @@ class Credentials:
                 raise FileNotFoundError(f"{what} not found: {path}")
 
     def grpc(self) -> grpc.ChannelCredentials:
+        import grpc
+
         self.check()
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca.read_bytes(),
@@ -97,11 +108,15 @@ class Credentials:
         )
 
     def aio_channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> AioChannel:
+        import grpc
+
         return grpc.aio.secure_channel(
             target, self.grpc(), options=CHANNEL_OPTIONS + list(options or ())
         )
 
     def channel(self, target: str) -> Channel:
+        import grpc
+
         return grpc.secure_channel(target, self.grpc(), options=CHANNEL_OPTIONS)
 
 
@@ -109,6 +124,13 @@ class Stubs:
     """The four SMX services on one channel (sync or aio)."""
 
     def __init__(self, channel: Channel | AioChannel) -> None:
+        from smx.v1 import (
+            admin_service_pb2_grpc,
+            control_service_pb2_grpc,
+            identity_service_pb2_grpc,
+            point_service_pb2_grpc,
+        )
+
         self.channel = channel
         self.points = point_service_pb2_grpc.PointServiceStub(channel)
         self.control = control_service_pb2_grpc.ControlServiceStub(channel)
@@ -118,6 +140,8 @@ class Stubs:
 
 def describe_error(err: BaseException | None) -> str:
     """One line for a log or a health file: `UNAVAILABLE [REASON]: details` for an RPC error."""
+    import grpc
+
     if isinstance(err, grpc.aio.AioRpcError):
         reason = error_reason(err)
         return f"{err.code().name}{f' [{reason}]' if reason else ''}: {err.details()}"
@@ -135,6 +159,8 @@ def error_reason(err: grpc.RpcError) -> str | None:
 
 def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo the core attached to an error (reason + metadata such as `point`)."""
+    from google.rpc import error_details_pb2, status_pb2
+
     metadata = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for key, value in metadata or ():
         if key != "grpc-status-details-bin":

@@ -9,8 +9,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
+from typing import TYPE_CHECKING
 
 from smx.cli.errors import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 from smx.client import Credentials, Stubs, error_reason, unix_target
@@ -23,6 +22,9 @@ from smx.connection_check import (
 )
 from smx.process_env import RunPaths
 from smx.settings import ConfigError
+
+if TYPE_CHECKING:  # imported where a call is made: `smx run` takes site_home from here
+    import grpc
 
 __all__ = [
     "Connection",
@@ -147,6 +149,8 @@ def explain_rpc_error(err: grpc.RpcError, conn: Connection) -> CliError:
     """One line for a failed call: the core's refusal with its code and reason (exit 1, or 2
     for INVALID_ARGUMENT), or why the core could not be reached (exit 3) or would not accept the
     certificate (exit 2)."""
+    import grpc
+
     code, reason = err.code(), error_reason(err)
     details = " ".join((err.details() or "").split())
     if code == grpc.StatusCode.UNAVAILABLE and reason is None:
@@ -167,6 +171,8 @@ def client_command(p: argparse.ArgumentParser, fn: Handler) -> None:
     add_connection_options(p)
 
     def run(args: argparse.Namespace) -> int:
+        import grpc
+
         try:
             return fn(args)
         except grpc.RpcError as err:

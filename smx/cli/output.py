@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
-
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
+from typing import TYPE_CHECKING, Any
 
 from smx.terminal import printable
+
+if TYPE_CHECKING:  # `smx run` and `smx status` use this module but never protobuf
+    from google.protobuf.message import Message
 
 __all__ = ["Table", "add_json_option", "print_json", "print_table", "proto_json"]
 
@@ -26,6 +26,8 @@ def add_json_option(p: argparse.ArgumentParser, what: str = "one JSON object per
 
 def proto_json(msg: Message) -> dict[str, Any]:
     """An API message as a JSON object, every field present."""
+    from google.protobuf.json_format import MessageToDict
+
     return MessageToDict(
         msg,
         preserving_proto_field_name=True,
