@@ -12,6 +12,7 @@ from pathlib import Path
 
 from smx.cli.connect import require_site, site_home
 from smx.cli.errors import EXIT_FAILED, CliError
+from smx.process_env import ENV_HEALTH_FILE
 from trusted.core.config import ConfigError, load_core_config
 from trusted.policy import PolicyError
 
@@ -82,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
                 on_ready=lambda core: print(
                     f"smxcore ready: site {core.state.site}, socket {config.socket}", flush=True
                 ),
+                # Under `smx run`; a core started by hand keeps no heartbeat unless told to.
+                health_file=Path(os.environ[ENV_HEALTH_FILE])
+                if os.environ.get(ENV_HEALTH_FILE)
+                else None,
             )
         )
     except (ConfigError, PkiError, PolicyError) as err:

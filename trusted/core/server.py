@@ -1,4 +1,9 @@
-"""The smxcore process: the gRPC server on a Unix socket (and optionally TCP) with mTLS."""
+"""The smxcore process: the gRPC server on a Unix socket (and optionally TCP) with mTLS.
+
+Given a health file (``smx core`` under the supervisor: ``SMX_HEALTH_FILE``), the core writes it
+like every other process (smx.health): ``starting``, ``running`` once it serves, ``stopping``;
+rewritten from its event loop every `WRITE_PERIOD_S`, so a hung loop shows as a stale file.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from smx.health import WRITE_PERIOD_S, HealthReport, write_health_file
 from smx.v1 import (
     admin_service_pb2,
     control_service_pb2,
@@ -146,10 +152,57 @@ def _clear_stale_socket(path: Path) -> None:
     raise RuntimeError(f"another core is already serving on {path}")
 
 
-async def run_core(config: CoreConfig, on_ready: Callable[[Core], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads the policy without dropping connections."""
-    core = Core(config)
-    await core.start()
+class _Heartbeat:
+    """The core's health file (smx.health), when it was given one."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.state = "starting"
+
+    def write(self, state: str | None = None, error: str = "") -> None:
+        if self.path is None:
+            return
+        self.state = state or self.state
+        try:
+            write_health_file(self.path, HealthReport(self.state, last_error=error))
+        except OSError as err:
+            log.warning("cannot write the health file %s: %s", self.path, err.strerror or err)
+
+    async def beat(self) -> None:
+        """The file rewritten from the event loop: a loop that hangs stops it."""
+        while True:
+            await asyncio.sleep(WRITE_PERIOD_S)
+            self.write()
+
+
+async def run_core(
+    config: CoreConfig,
+    on_ready: Callable[[Core], None] | None = None,
+    health_file: Path | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the policy without dropping connections.
+    ``health_file``: where to keep the core's heartbeat (see the module docstring); None: none."""
+    heartbeat = _Heartbeat(health_file)
+    heartbeat.write("starting")
+    beat = asyncio.create_task(heartbeat.beat(), name="core-heartbeat")
+    try:
+        await _serve(config, on_ready, heartbeat)
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+
+
+async def _serve(
+    config: CoreConfig, on_ready: Callable[[Core], None] | None, heartbeat: _Heartbeat
+) -> None:
+    try:
+        core = Core(config)
+        await core.start()
+    except Exception as err:
+        heartbeat.write("failed", str(err))
+        raise
+    heartbeat.write("running")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -163,4 +216,5 @@ async def run_core(config: CoreConfig, on_ready: Callable[[Core], None] | None =
     if on_ready is not None:
         on_ready(core)
     await stop.wait()
+    heartbeat.write("stopping")
     await core.stop()
