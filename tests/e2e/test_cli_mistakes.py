@@ -365,8 +365,9 @@ def run(m: Mistake, argv: list[str]) -> tuple[int, str]:
             me = psutil.Process(proc.pid)
             children = me.children(recursive=True)
             seen.update(c.pid for c in children)
-            if m.how == "sigint-loading":  # smx has started loading its commands (grpc)
-                return "cygrpc" in Path(f"/proc/{proc.pid}/maps").read_text()
+            if m.how == "sigint-loading":  # smx has started loading its commands (psutil's:
+                # `smx run` loads no grpc)
+                return "_psutil_linux" in Path(f"/proc/{proc.pid}/maps").read_text()
             return any("trusted.supervisor.provision" in " ".join(c.cmdline()) for c in children)
 
         wait_for(ready, timeout=30, step=0.005, what=m.how)

@@ -7,11 +7,13 @@ The tests of this module share one running site and run in file order; the last 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,6 +28,7 @@ import pytest
 
 from extensions.sdk.testing import wait_for
 from smx.client import Credentials, Stubs, error_reason, unix_target
+from smx.health import HealthReport, read_health_file, write_health_file
 from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
@@ -258,6 +261,51 @@ def test_killed_core_is_restarted_and_extensions_reconnect(site):
     ess = site.proc_of("ess")
     assert ess["pid"] == ess_pid and ess["restarts"] == 0
     wait_for(lambda: site.proc_of("ess")["health"] == "running", 15.0, what="ess healthy")
+
+
+def test_the_core_keeps_a_heartbeat_and_a_stale_one_is_unhealthy(site):
+    """The core writes its health file like every process; the supervisor counts a stale one
+    (a hung event loop) as no heartbeat, whatever the socket says."""
+    wait_for(lambda: healthy(site) or site.proc.poll() is not None, 20, what="a healthy site")
+    path = (site.home / "run" / "core.health.json").resolve()  # isolated: run/core/health.json
+    report = read_health_file(path)
+    assert report is not None and report.state == "running" and report.fresh()
+    pid = site.proc_of("core")["pid"]
+    os.kill(pid, signal.SIGSTOP)  # a hung core: no more heartbeats
+    try:
+        write_health_file(path, HealthReport("running", ts=time.time() - 60))
+        wait_for(
+            lambda: site.proc_of("core")["health"] == "no heartbeat", 15.0, what="core unhealthy"
+        )
+        r = smx("status", "--home", str(site.home))
+        (row,) = [line for line in r.stdout.splitlines() if line.startswith("core ")]
+        assert "no heartbeat" in row, r.stdout
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Its next heartbeat (at most WRITE_PERIOD_S later) makes it serving again.
+    wait_for(lambda: site.proc_of("core")["health"] == "serving", 20.0, what="core serving")
+    assert site.proc_of("core")["pid"] == pid
+
+
+def test_the_supervisors_handshake_needs_a_certificate_the_core_accepts(site, tmp_path):
+    """The supervisor's check of the core's socket (stdlib TLS, no gRPC) fails for a client the
+    core refuses: in TLS 1.3 the client finishes its handshake before the server has checked
+    its certificate, so a check that stopped there would pass anyone."""
+    from trusted.pki import SiteCA
+    from trusted.supervisor.runner import _client_tls, _handshake
+
+    wait_for(lambda: healthy(site) or site.proc.poll() is not None, 20, what="a healthy site")
+    sock = site.home / "core.sock"
+    own = Credentials.from_site(site.home, "supervisor")
+    assert asyncio.run(_handshake(_client_tls(own), sock))
+    anonymous = ssl.create_default_context(cafile=str(own.ca))
+    anonymous.set_alpn_protocols(["h2"])
+    assert not asyncio.run(_handshake(anonymous, sock))
+    SiteCA.init(tmp_path / "pki", SITE).issue("supervisor", "trusted")  # another site's CA
+    foreign = Credentials.from_site(tmp_path, "supervisor")
+    assert not asyncio.run(
+        _handshake(_client_tls(Credentials(own.ca, foreign.cert, foreign.key)), sock)
+    )
 
 
 def test_sigterm_stops_everything(site):

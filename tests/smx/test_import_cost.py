@@ -39,6 +39,23 @@ def test_long_running_commands_load_only_what_they_use():
     assert _loaded_by(["points", "get", "a/b"], heavy) == []
 
 
+def test_the_supervisor_loads_no_grpc():
+    """`smx run` checks the core with its health file and a TLS handshake (stdlib ssl): grpc
+    (~9 MB a process) and protobuf stay out of the supervisor, which runs for months. What
+    `smx run` loads: the CLI with the run command, then the supervisor itself."""
+    code = (
+        "import sys\n"
+        "from trusted.cli.main import build_parser\n"
+        "argv = ['--home', '/x', 'run', '--config', 'site.toml']\n"
+        "build_parser(argv).parse_args(argv)\n"
+        "import trusted.supervisor.runner, trusted.supervisor.status\n"
+        "heavy = ('grpc', 'grpc_health', 'google.protobuf', 'smx.v1')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_help_still_lists_every_command():
     from trusted.cli.main import COMMANDS
 

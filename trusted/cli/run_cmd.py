@@ -50,7 +50,7 @@ def _site_file(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trusted.supervisor.runner import Supervisor, SupervisorError  # grpc only when running
+    from trusted.supervisor.runner import Supervisor, SupervisorError
     from trusted.supervisor.status import ProvisionError
 
     class CliSupervisor(Supervisor):

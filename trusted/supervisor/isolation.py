@@ -282,6 +282,7 @@ def apply_ownership(
         acc = accounts[name]
         _make_private(paths.private_dir(name), acc)
         _own(paths.config_file(name), acc.uid, acc.gid, 0o600)
+    for name in ["core", *clients, *others]:  # the core keeps a heartbeat too
         link = paths.health_file(name)
         if link.is_symlink() or not link.exists():
             with contextlib.suppress(FileNotFoundError):

@@ -3,8 +3,8 @@ extension, agent and simulator as its own OS process, restart what crashes, stop
 order.
 
 Start: provision (trusted.supervisor.provision: CA, certificates, policy.toml, core.toml, config
-files), start the simulators, start the core and wait until its gRPC health check answers
-SERVING (within ``health_timeout``, else ``smx run`` fails), then start the extensions and the
+files), start the simulators, start the core and wait until it is healthy
+(within ``health_timeout``, else ``smx run`` fails), then start the extensions and the
 agents. A process that exits when not asked to, even with code 0, is restarted after a back-off
 of ``backoff_initial``, doubled at every crash up to ``backoff_max``, and reset once the process
 ran healthy for ``stable_after``. The core is restarted the same way; the clients stay up and
@@ -15,6 +15,12 @@ The process contract (environment, working directory, health file, logs, signals
 specified in docs/SITE.md and defined in code once, in smx.process_env and smx.health: the
 supervisor writes the environment with ``ProcessEnv.to_environ`` and reads health files with
 ``read_health_file``. Health as ``smx status`` shows it: see trusted.supervisor.status.
+
+The core is healthy when its health file (written like every process's) is fresh and says
+``running``, and a TLS handshake on its socket with the supervisor's own certificate succeeds and
+the core answers it in HTTP/2 (`_handshake`): the socket, the credentials and the core's
+acceptance of this client, checked with the standard library only. gRPC is not imported here:
+it would cost the supervisor, which runs for months, some 9 MB.
 """
 
 from __future__ import annotations
@@ -27,18 +33,18 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from smx.client import Credentials, unix_target
-from smx.health import read_health_file
-from smx.process_env import ProcessEnv, RunPaths, simulator_environ
+from smx.health import WRITE_PERIOD_S, read_health_file
+from smx.identity import SERVER_NAME
+from smx.process_env import ENV_HEALTH_FILE, ProcessEnv, RunPaths, simulator_environ
 from trusted.supervisor import isolation, strays
 from trusted.supervisor.process import ManagedProcess, kill_user, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
@@ -63,6 +69,13 @@ STATUS_INTERVAL = 2.0
 PROVISION_TIMEOUT = 120.0  # users, certificates and ownership of a site: seconds, not minutes
 # The directory holding the `trusted` package: children find `extensions.*` there.
 _ROOT = Path(__file__).resolve().parents[2]
+# The TLS handshake with the core, once up: its health file is read at every refresh, a
+# handshake (a connection, a key exchange, a certificate check on both sides) costs more.
+HANDSHAKE_PERIOD = WRITE_PERIOD_S
+HANDSHAKE_TIMEOUT = 2.0
+# What an HTTP/2 client sends first (RFC 9113, 3.4): the preface and an empty SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
 
 
 class SupervisorError(Exception):
@@ -109,8 +122,9 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._write_pending = False
         self._status_written = 0.0  # time.monotonic() of the last supervisor.json write
-        self._channel: Any = None
-        self._health: Any = None
+        self._tls: ssl.SSLContext | None = None  # the supervisor's client side, for the core
+        # The last handshake with the core: the core's pid, time.monotonic(), its outcome.
+        self._handshake_at: tuple[int | None, float, bool] = (None, 0.0, False)
         # OS isolation of the children (trusted.supervisor.isolation): as root only.
         self.isolated = isolation.isolation_wanted()
         self._accounts: dict[str, isolation.Account] = {}
@@ -354,14 +368,16 @@ class Supervisor:
                     self._accounts[spec.name] = isolation.Account(
                         acc.uid, acc.gid, acc.groups + extra
                     )
+        core_health = self._health_file("core")
         self.core = ManagedProcess(
             "core",
             "core",
             [self.python, "-m", "trusted.cli.main", "--home", str(cfg.home), "core"],
-            **self._isolation_kwargs("core", base),
+            **self._isolation_kwargs("core", base | {ENV_HEALTH_FILE: str(core_health)}),
             log_path=self.paths.log_file("core"),
             settings=cfg.supervisor,
             on_change=self._changed,
+            health_file=core_health,
         )
         for spec in cfg.of_kind("simulator"):
             env = base | simulator_environ(spec.name, self.paths.config_file(spec.name))
@@ -382,9 +398,7 @@ class Supervisor:
             if spec.name in refused:
                 proc.fail(refused[spec.name])
             self.clients.append(proc)
-        creds = client_credentials(SUPERVISOR_NAME)
-        self._channel = creds.aio_channel(unix_target(cfg.core.socket))
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._tls = _client_tls(client_credentials(SUPERVISOR_NAME))
 
     async def _start_core(self) -> None:
         core = self.core
@@ -399,7 +413,7 @@ class Supervisor:
                     f"the core exited during start-up ({core.last_exit}): {core.last_error} "
                     f"(log: {core.log_path})"
                 )
-            if core.alive and await self._check_core():
+            if core.alive and (await self._check_core(handshake=True))[1]:
                 core.set_health("serving", True)
                 core.restart_on_crash = True
                 log.info("core healthy after %.2fs", timeout - (deadline - time.monotonic()))
@@ -411,14 +425,24 @@ class Supervisor:
                 )
             await asyncio.sleep(0.05)
 
-    async def _check_core(self) -> bool:
-        if self._health is None:
-            return False
-        try:
-            resp = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-        except grpc.RpcError:
-            return False
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    async def _check_core(self, *, handshake: bool = False) -> tuple[str, bool, str]:
+        """The core's health as `smx status` shows it, whether that is healthy, and the error:
+        its health file first (fresh and ``running``), then a handshake on its socket, at most
+        every `HANDSHAKE_PERIOD` unless ``handshake`` (or the core is another process)."""
+        core = self.core
+        if core is None or core.health_file is None or self._tls is None:
+            return "unreachable", False, ""
+        rep = read_health_file(core.health_file)
+        if rep is None or not rep.fresh():
+            return "no heartbeat", False, ""
+        if rep.state != "running":
+            return rep.state, False, rep.last_error
+        pid, at, ok = self._handshake_at
+        now = time.monotonic()
+        if handshake or pid != core.pid or now - at >= HANDSHAKE_PERIOD:
+            ok = await _handshake(self._tls, self.cfg.core.socket)
+            self._handshake_at = (core.pid, now, ok)
+        return ("serving", True, "") if ok else ("unreachable", False, "")
 
     # --- running
 
@@ -438,8 +462,7 @@ class Supervisor:
     async def _refresh_health(self) -> None:
         core = self.core
         if core is not None and core.alive:
-            ok = await self._check_core()
-            core.set_health("serving" if ok else "unreachable", ok)
+            core.set_health(*await self._check_core())
         now = time.time()
         for p in self.clients + self.simulators:
             if not p.alive:
@@ -503,9 +526,45 @@ class Supervisor:
         await asyncio.gather(*(p.stop() for p in self.simulators))
         if self.core is not None:
             await self.core.stop()
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = self._health = None
         if self.state != "failed":
             self.state = "stopped"
         log.info("site %s stopped", self.cfg.site)
+
+
+def _client_tls(creds: Credentials) -> ssl.SSLContext:
+    """The supervisor's TLS client side towards the core: its own certificate, the site CA, the
+    core's server name, HTTP/2 (gRPC) offered."""
+    creds.check()
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(creds.ca))
+    ctx.load_cert_chain(str(creds.cert), str(creds.key))
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+async def _handshake(tls: ssl.SSLContext, socket_path: Path) -> bool:
+    """True when the core accepts a TLS connection from this client on its socket and answers
+    in HTTP/2. In TLS 1.3 the server checks the client's certificate after the client has
+    finished its handshake: a refusal arrives as an alert instead of the server's first frame,
+    so the check reads that frame (SETTINGS) before it counts the core as up."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            reader, writer = await asyncio.open_unix_connection(
+                str(socket_path), ssl=tls, server_hostname=SERVER_NAME
+            )
+            tls_object = writer.get_extra_info("ssl_object")
+            if tls_object is None or tls_object.selected_alpn_protocol() != "h2":
+                return False
+            writer.write(_H2_PREFACE)
+            await writer.drain()
+            frame = await reader.readexactly(9)  # length (3), type (1), flags (1), stream (4)
+            return frame[3] == _H2_SETTINGS
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as err:
+        log.debug("TLS handshake with the core on %s failed: %s", socket_path, err)
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    await writer.wait_closed()

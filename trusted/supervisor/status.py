@@ -18,10 +18,11 @@ contracts with the processes: they live in smx.process_env and smx.health.
         "health_error": "", "next_start": null, "log": "/var/lib/smx/run/logs/meter.log"}]}
 
 Times are Unix seconds. ``health`` is what ``smx status`` shows: for a process that is not
-running ``down`` or ``backoff``; for the core ``serving``, ``not serving`` or ``unreachable``
-(gRPC health check); for an extension or agent the ``state`` of its fresh health file (see
-smx.health: ``starting``, ``running``, ``degraded``, ``stopping`` or ``failed``), else
-``no heartbeat``; for a simulator ``-``.
+running ``down`` or ``backoff``; for the core ``serving`` (its health file fresh and
+``running``, and a TLS handshake on its socket accepted), ``unreachable`` (the handshake
+failed), ``no heartbeat`` or the other state of its health file; for an extension or agent the
+``state`` of its fresh health file (see smx.health: ``starting``, ``running``, ``degraded``,
+``stopping`` or ``failed``), else ``no heartbeat``; for a simulator ``-``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from smx.process_env import RunPaths
 from smx.terminal import printable
 
 # Certificates the supervisor issues besides the site's processes: the operator's CLI and its
-# own (for health checks).
+# own (for its TLS handshake with the core).
 ADMIN_NAME = "admin"
 SUPERVISOR_NAME = "supervisor"
 
