@@ -7,16 +7,19 @@ import subprocess
 import sys
 
 
-def test_light_contracts_load_neither_grpc_nor_protobuf():
-    code = (
-        "import sys\n"
-        "import smx.process_env, smx.health, smx.files, smx.names, smx.vocabulary, smx.settings\n"
-        "import examples.battery.simulator\n"
-        "heavy = [m for m in ('grpc', 'google.protobuf', 'cryptography') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
+def _heavy_after(imports: str, heavy: tuple[str, ...]) -> str:
+    """Which of `heavy` a fresh interpreter has loaded after running `imports`."""
+    code = f"import sys\n{imports}\nprint(','.join(m for m in {heavy!r} if m in sys.modules))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    return out.stdout.strip()
+
+
+def test_light_contracts_load_neither_grpc_nor_protobuf():
+    imports = (
+        "import smx.process_env, smx.health, smx.files, smx.names, smx.vocabulary, smx.settings\n"
+        "import examples.battery.simulator"
+    )
+    assert _heavy_after(imports, ("grpc", "google.protobuf", "cryptography")) == ""
 
 
 def _loaded_by(argv: list[str], modules: tuple[str, ...]) -> list[str]:
@@ -43,17 +46,13 @@ def test_the_supervisor_loads_no_grpc():
     """`smx run` checks the core with its health file and a TLS handshake (stdlib ssl): grpc
     (~9 MB a process) and protobuf stay out of the supervisor, which runs for months. What
     `smx run` loads: the CLI with the run command, then the supervisor itself."""
-    code = (
-        "import sys\n"
+    imports = (
         "from trusted.cli.main import build_parser\n"
         "argv = ['--home', '/x', 'run', '--config', 'site.toml']\n"
         "build_parser(argv).parse_args(argv)\n"
-        "import trusted.supervisor.runner, trusted.supervisor.status\n"
-        "heavy = ('grpc', 'grpc_health', 'google.protobuf', 'smx.v1')\n"
-        "print(','.join(m for m in heavy if m in sys.modules))\n"
+        "import trusted.supervisor.runner, trusted.supervisor.status"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert _heavy_after(imports, ("grpc", "grpc_health", "google.protobuf", "smx.v1")) == ""
 
 
 def test_help_still_lists_every_command():
