@@ -26,7 +26,9 @@ pytestmark = pytest.mark.timeout(30)
 
 async def test_a_scada_flood_is_bounded_and_our_call_goes_first(tmp_path):
     scada = await RawScada().start()
-    cfg = config(scada.url, call_timeout=1, queue_limit=50)
+    # f0's call_timeout must outlast the flood's handling below, or f1 is at the charger before
+    # our call is queued (under load the 5,000 refusals took over a second).
+    cfg = config(scada.url, call_timeout=5, queue_limit=50)
     try:
         async with proxy(cfg, tmp_path) as p, charger(p.port) as cp:
             await until(lambda: "CP1" in p.links and scada.connections, timeout=5)
@@ -42,7 +44,7 @@ async def test_a_scada_flood_is_bounded_and_our_call_goes_first(tmp_path):
             assert all(r[0] == 4 and r[2] == "GenericError" for r in refused)
             assert await recv(cp) == '[2,"f0","TriggerMessage",{"requestedMessage":"Heartbeat"}]'
             call = link.call("ClearChargingProfile", {"id": cfg.profile_id_base + 1})
-            async with asyncio.timeout(3):  # f0 unanswered: call_timeout, then ours, not f1
+            async with asyncio.timeout(8):  # f0 unanswered: call_timeout, then ours, not f1
                 await call.sent
             ours = json.loads(await recv(cp))
             assert ours[1] == call.id and ours[2] == "ClearChargingProfile"
