@@ -13,7 +13,10 @@ SMX_CERT, SMX_KEY  absolute paths of the process's own certificate and private k
 SMX_DEVICES        the device ids it owns, comma-separated (``devices``, default its name)
 SMX_CONFIG         absolute path of a JSON file (0600) holding its ``config`` table:
                    ``<home>/run/<name>.config.json``
-SMX_HEALTH_FILE    ``<home>/run/<name>.health.json``: see smx.health
+SMX_HEALTH_FILE    ``<home>/run/<name>.health.json``, or under ``smx run`` as root
+                   ``<home>/run/<name>/health.json``, or with a volatile directory (site.toml
+                   ``[supervisor] volatile_dir``) ``<volatile>/<name>/health.json``: see
+                   smx.health and `RunPaths`
 =================  ==============================================================================
 
 Processes start in the site directory (their working directory); relative paths in a process's
@@ -72,9 +75,17 @@ class SetupError(Exception):
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The files of a site directory that the supervisor and its processes share."""
+    """The files of a site directory that the supervisor and its processes share.
+
+    ``volatile``: the site's directory in memory (a tmpfs: site.toml ``[supervisor]
+    volatile_dir``, one directory per site in it), or None. The files rewritten every few
+    seconds (the health files, supervisor.json) live there instead of on the SD card; what must
+    survive a reboot stays in `run` (the private directories). The names in `run` stay the
+    readers' addresses: ``run/supervisor.json`` and ``run/<name>.health.json`` are then links
+    into it, made at each start."""
 
     home: Path
+    volatile: Path | None = None
 
     @property
     def run(self) -> Path:
@@ -91,7 +102,13 @@ class RunPaths:
 
     @property
     def status(self) -> Path:
+        """Where `smx status` reads supervisor.json (a link to `status_file` when volatile)."""
         return self.run / "supervisor.json"
+
+    @property
+    def status_file(self) -> Path:
+        """Where the supervisor writes supervisor.json."""
+        return self.status if self.volatile is None else self.volatile / "supervisor.json"
 
     @property
     def lock(self) -> Path:
@@ -106,7 +123,15 @@ class RunPaths:
         return self.run / name
 
     def health_file(self, name: str) -> Path:
+        """Process `name`'s health file as readers find it (a link when it lives elsewhere)."""
         return self.run / f"{name}.health.json"
+
+    def volatile_dir(self, name: str) -> Path:
+        """Process `name`'s own directory in `volatile` (its user's alone), for its health file
+        and the temp file of each rewrite."""
+        if self.volatile is None:
+            raise ValueError("the site has no volatile directory")
+        return self.volatile / name
 
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"

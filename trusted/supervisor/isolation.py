@@ -18,7 +18,12 @@ Ownership (:func:`apply_ownership`, on every start):
   server key and certificate: the core's user (modes as docs/SITE.md);
 - ``pki/ca.key``, ``pki/index.json``, ``admin.key``, ``supervisor.key``: root only (0600);
 - each client's key and certificate, ``run/<name>.config.json`` and its private directory
-  ``run/<name>/`` (0700, its working directory, holding ``health.json``): its own user.
+  ``run/<name>/`` (0700, its working directory, holding ``health.json``): its own user;
+- with a volatile directory (site.toml ``[supervisor] volatile_dir``, a tmpfs), see
+  :func:`prepare_volatile`: the site's directory there is root's (the site group, 0750), holding
+  root's ``supervisor.json`` and one directory per process (its own user, 0700) for its
+  ``health.json``; ``run/supervisor.json`` and ``run/<name>.health.json`` are root's links to
+  them. Nothing in it survives a reboot, so it is made again on every start.
 
 Each child (:func:`privilege_dropper`, run by a fresh interpreter that then execs the child,
 :func:`exec_argv`): a private mount namespace
@@ -60,6 +65,7 @@ __all__ = [
     "isolation_wanted",
     "kill_all_argv",
     "minimal_environ",
+    "prepare_volatile",
     "privilege_dropper",
     "private_dir_of",
     "remove_accounts",
@@ -233,10 +239,12 @@ def apply_ownership(
     data_paths: Iterable[Path],
     core_files: Iterable[Path],
     socket_link: Path | None = None,
+    volatile: Path | None = None,
 ) -> None:
     """Give every site path to its owner (see the module docstring). ``clients`` have a key;
     ``others`` (simulators) only a config file and a private directory; ``socket_link``, in the
-    home, becomes root's symlink to the core's socket in ``sock/``."""
+    home, becomes root's symlink to the core's socket in ``sock/``; ``volatile``: the site's
+    directory on a tmpfs (`RunPaths.volatile`), made by :func:`prepare_volatile`."""
     home = Path(home)
     for d in data_paths:
         if Path(d).resolve() == home.resolve():
@@ -247,7 +255,7 @@ def apply_ownership(
             )
     core = accounts["core"]
     site_gid = core.groups[0]
-    paths = RunPaths(home)
+    paths = RunPaths(home, volatile)
     _own(home, 0, site_gid, 0o750)
     sock = home / SOCKET_DIR
     if sock.is_symlink() or (sock.exists() and not sock.is_dir()):
@@ -282,9 +290,12 @@ def apply_ownership(
         acc = accounts[name]
         _make_private(paths.private_dir(name), acc)
         _own(paths.config_file(name), acc.uid, acc.gid, 0o600)
+    if volatile is not None:
+        clients = list(clients)
+        prepare_volatile(paths, {n: accounts[n] for n in ["core", *clients]}, site_gid)
     for name in ["core", *clients, *others]:  # the core keeps a heartbeat too
         link = paths.health_file(name)
-        if link.is_symlink() or not link.exists():
+        if volatile is None and (link.is_symlink() or not link.exists()):
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
             link.symlink_to(paths.private_dir(name).relative_to(paths.run) / "health.json")
@@ -292,6 +303,89 @@ def apply_ownership(
         acc = accounts[name]
         for suffix in (".key", ".crt"):
             _own(pki_dir / "clients" / f"{name}{suffix}", acc.uid, acc.gid)
+
+
+def prepare_volatile(paths: RunPaths, owners: Mapping[str, Account], site_gid: int) -> None:
+    """Make the site's directory in memory, ``paths.volatile``, and a directory of their own
+    in it for ``owners`` (process name -> its user), then point ``run/supervisor.json`` and
+    ``run/<name>.health.json`` at the files there. Run on every start (a tmpfs is empty after
+    a reboot), as the supervisor's user (root: isolated; then each directory is its process's).
+
+    Nothing here follows a link someone else could have planted: the configured directory must
+    not be writable by other users (unless sticky, like /dev/shm), the site's directory in it
+    must be ours, and each entry below is made and opened relative to its parent's descriptor,
+    without following links, and given its owner and mode through its own descriptor."""
+    site_dir = paths.volatile
+    if site_dir is None:
+        return
+    me = os.geteuid()
+    root = site_dir.parent
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    info = os.stat(root)
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise IsolationError(
+            f"volatile_dir {root}: other users may write in it (mode {info.st_mode & 0o7777:o}, "
+            "not sticky): give it to the supervisor's user with mode 0755"
+        )
+    if info.st_uid not in (0, me):
+        raise IsolationError(f"volatile_dir {root}: owned by uid {info.st_uid}, not by root")
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        site_fd = _own_dir(root_fd, site_dir.name, me, site_gid, 0o750, replace=False)
+    finally:
+        os.close(root_fd)
+    try:
+        for name, acc in owners.items():
+            os.close(_own_dir(site_fd, name, acc.uid, acc.gid, 0o700, replace=True))
+    finally:
+        os.close(site_fd)
+    _link_to(paths.status, paths.status_file)
+    for name in owners:
+        _link_to(paths.health_file(name), paths.volatile_dir(name) / "health.json")
+
+
+def _own_dir(parent: int, name: str, uid: int, gid: int, mode: int, *, replace: bool) -> int:
+    """Directory ``name`` of the directory open at ``parent``, made if missing and given
+    ``uid``, ``gid`` and ``mode``; its open descriptor. ``replace``: anything else in its place
+    (a link, a file its owner left) is removed first; else it is refused."""
+    for _ in range(3):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=parent)
+        try:
+            fd = os.open(name, _WALK_DIR, dir_fd=parent)
+        except FileNotFoundError:
+            continue
+        except OSError as err:  # a link (ELOOP), a file (ENOTDIR)
+            if not replace:
+                raise IsolationError(
+                    f"{name} in the volatile directory is not a directory of ours "
+                    f"({err.strerror}): remove it"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=parent)
+            continue
+        st = os.fstat(fd)
+        if not replace and st.st_uid != os.geteuid():
+            os.close(fd)
+            raise IsolationError(
+                f"{name} in the volatile directory belongs to uid {st.st_uid}, not to the "
+                "supervisor: remove it"
+            )
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        return fd
+    raise IsolationError(f"cannot make {name} in the volatile directory: it keeps changing")
+
+
+def _link_to(link: Path, target: Path) -> None:
+    """``link`` (in ``run/``, the supervisor's) becomes a link to ``target``, whatever it was."""
+    if link.is_symlink() and os.readlink(link) == str(target):
+        return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
 
 
 def _link_socket(link: Path, socket: Path) -> None:

@@ -55,9 +55,11 @@ from trusted.policy import (
 )
 from trusted.supervisor.isolation import (
     SOCKET_DIR,
+    Account,
     IsolationError,
     apply_ownership,
     ensure_accounts,
+    prepare_volatile,
 )
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig, render_core_toml
 from trusted.supervisor.status import ADMIN_NAME, SUPERVISOR_NAME, ProvisionError, RunPaths
@@ -251,7 +253,7 @@ def provision(cfg: SiteConfig, *, isolate: bool = False) -> Provisioned:
     """Set the site up for a start (see the module docstring); safe to run on every start.
     ``isolate`` (``smx run`` as root): also create the OS users of the site and give every path
     to its owner (trusted.supervisor.isolation)."""
-    paths = RunPaths(cfg.home)
+    paths = cfg.paths
     try:
         # Modes set explicitly, whatever the umask (the core checks them again at start).
         private_dir(cfg.home, SHARED_DIR_MODE)  # the socket's group reaches core.sock
@@ -275,6 +277,10 @@ def provision(cfg: SiteConfig, *, isolate: bool = False) -> Provisioned:
                 _write_config(paths, spec)
         if isolate:
             _isolate(cfg)
+        else:  # one user for all: the directories in memory are ours
+            me = Account(os.geteuid(), os.getegid(), ())
+            names = ["core", *(s.name for s in cfg.clients)]
+            prepare_volatile(paths, dict.fromkeys(names, me), me.gid)
     except IsolationError as err:
         raise ProvisionError(f"isolation of {cfg.home}: {err}") from err
     except PkiError as err:
@@ -319,6 +325,7 @@ def _isolate(cfg: SiteConfig) -> None:
         pki_dir=cfg.core.pki_dir,
         data_paths={cfg.home / "data", history.parent, audit.parent},
         socket_link=cfg.core.socket if _socket_moves(cfg, True) else None,
+        volatile=cfg.paths.volatile,
         core_files=[
             cfg.core.policy,
             local_policy_path(cfg.core.policy),

@@ -44,7 +44,7 @@ import psutil
 from smx.client import Credentials, unix_target
 from smx.health import WRITE_PERIOD_S, read_health_file
 from smx.identity import SERVER_NAME
-from smx.process_env import ENV_HEALTH_FILE, ProcessEnv, RunPaths, simulator_environ
+from smx.process_env import ENV_HEALTH_FILE, ProcessEnv, simulator_environ
 from trusted.supervisor import isolation, strays
 from trusted.supervisor.process import ManagedProcess, kill_user, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
@@ -105,7 +105,7 @@ class Supervisor:
         it may adopt and kill processes that escaped their group (trusted.supervisor.strays);
         not for a supervisor embedded in a process that has children of its own."""
         self.cfg = cfg
-        self.paths = RunPaths(cfg.home)
+        self.paths = cfg.paths
         self.python = python
         self.status_interval = status_interval
         self.state = "starting"
@@ -302,8 +302,11 @@ class Supervisor:
             await kill_user(name, isolation.kill_all_argv(self.python, account, reaper))
 
     def _health_file(self, name: str) -> Path:
-        # Isolated, a client cannot write in run/: its heartbeat lives in its private directory
-        # (run/<name>.health.json is a link to it, made by provisioning).
+        # Isolated, a client cannot write in run/: its heartbeat lives in its private directory,
+        # or in its own directory in memory (run/<name>.health.json is a link to it, made by
+        # provisioning).
+        if self.paths.volatile is not None:
+            return self.paths.volatile_dir(name) / "health.json"
         if self.isolated:
             return isolation.private_dir_of(self.cfg.home, name) / "health.json"
         return self.paths.health_file(name)
@@ -321,6 +324,7 @@ class Supervisor:
             Path(sys.prefix),
             _ROOT,
             self.cfg.home.parent,
+            *([] if self.paths.volatile is None else [self.paths.volatile]),
         ]
         return {
             "env": isolation.minimal_environ(env),
@@ -511,10 +515,15 @@ class Supervisor:
             "error": self.error,
             "processes": [p.to_json() for p in self.processes],
         }
+        path = self.paths.status_file
+        if path != self.paths.status and not path.parent.is_dir():
+            # The directory in memory was never made (provisioning failed): `smx status` must
+            # still see why, so the file goes where it reads (the next start links it again).
+            path = self.paths.status
         try:
-            write_json_atomic(self.paths.status, data)
+            write_json_atomic(path, data)
         except OSError as err:
-            log.error("cannot write %s: %s", self.paths.status, err.strerror or err)
+            log.error("cannot write %s: %s", path, err.strerror or err)
 
     # --- stop
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from smx.identity import SERVER_NAME, Identity, IdentityError
 from smx.names import DEVICE_ID, Glob, InvalidName
+from smx.process_env import RunPaths
 from smx.settings import (
     ConfigError,
     check_keys,
@@ -43,6 +44,7 @@ from smx.settings import (
 from smx.toml_text import toml_str
 from trusted.core.config import CoreConfig, load_core_config
 from trusted.policy import Policy, default_roles_text
+from trusted.supervisor.isolation import site_group
 
 __all__ = [
     "KINDS",
@@ -77,6 +79,7 @@ _SUPERVISOR_KEYS = (
     "health_timeout",
     "log_max_size",
     "log_rate",
+    "volatile_dir",
 )
 _CLIENT_KEYS = (
     "module",
@@ -113,6 +116,9 @@ class SupervisorSettings:
     health_timeout: float = 15.0
     log_max_size: int = 10 * 1024 * 1024  # a process's log moves to .log.1 beyond this
     log_rate: int = 8 * 1024  # bytes/s of a process's output written; the rest is dropped
+    # A directory on a tmpfs for the files rewritten every few seconds (docs/SITE.md): None
+    # keeps them in run/ (on the SD card).
+    volatile_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,15 @@ class SiteConfig:
     core_table: Mapping[str, Any]  # the [core] table as written, for render_core_toml
     supervisor: SupervisorSettings
     processes: tuple[ProcessSpec, ...]  # every table, disabled ones included, in file order
+
+    @property
+    def paths(self) -> RunPaths:
+        """The site's run files; with a volatile directory, the site's own directory in it,
+        named like the site's group (two sites of one machine never share it)."""
+        root = self.supervisor.volatile_dir
+        if root is None:
+            return RunPaths(self.home)
+        return RunPaths(self.home, root / site_group(self.site, self.home))
 
     def of_kind(self, kind: str) -> list[ProcessSpec]:
         """The enabled processes of one kind, in file order."""
@@ -247,6 +262,7 @@ def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
         health_timeout=get("health_timeout", d.health_timeout, 0.5, 600),
         log_max_size=size("log_max_size", d.log_max_size, 64 * 1024),
         log_rate=size("log_rate", d.log_rate, 1024),
+        volatile_dir=_volatile_dir(table.get("volatile_dir")),
     )
     if settings.backoff_max < settings.backoff_initial:
         raise SiteConfigError(
@@ -254,6 +270,19 @@ def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
             f"({settings.backoff_initial:g}s), got {show_value(table.get('backoff_max'))}"
         )
     return settings
+
+
+def _volatile_dir(raw: Any) -> Path | None:
+    if raw is None:
+        return None
+    text = _string(raw, "supervisor.volatile_dir")
+    path = Path(os.path.expanduser(text))
+    if not path.is_absolute() or ".." in path.parts:
+        raise SiteConfigError(
+            "supervisor.volatile_dir: an absolute path without `..` (a directory on a tmpfs, "
+            f'e.g. "/run/smx"), got {show_value(raw)}'
+        )
+    return Path(os.path.normpath(path))
 
 
 def _process(
