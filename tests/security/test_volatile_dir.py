@@ -24,6 +24,7 @@ import pytest
 from extensions.sdk.testing import wait_for
 from smx.process_env import RunPaths
 from tests.support.smx_run import SmxRun
+from tests.support.tmpfs import mount_tmpfs, unmount
 from trusted.supervisor.isolation import Account, IsolationError, prepare_volatile, site_group
 from trusted.supervisor.site_config import SiteConfigError, parse_site_config
 
@@ -81,16 +82,6 @@ raise SystemExit(main())
 """
 
 
-def _mount_tmpfs(mount: Path) -> None:
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-
-
 @pytest.fixture(scope="module")
 def tmpfs() -> Iterator[Path]:
     """A 1 MB tmpfs, root's, mode 0755 (as /run), unmounted afterwards."""
@@ -98,11 +89,11 @@ def tmpfs() -> Iterator[Path]:
         pytest.skip("mounting a tmpfs and isolating the processes need root (CI runs as root)")
     mount = Path(tempfile.mkdtemp(prefix="smx-vol-"))
     mount.chmod(0o755)
-    _mount_tmpfs(mount)
+    mount_tmpfs(mount, "1m")
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        unmount(mount)
         mount.rmdir()
 
 
@@ -198,8 +189,8 @@ def test_durable_state_stays_in_run_and_the_agent_writes_only_its_own_health(sit
 
 def test_a_restart_after_a_reboot_makes_the_volatile_directory_again(site, tmpfs):
     assert site.stop() == 0, site.log()
-    subprocess.run(["umount", str(tmpfs)], check=True)  # the reboot: memory is empty again
-    _mount_tmpfs(tmpfs)
+    unmount(tmpfs, lazy=False)  # the reboot: memory is empty again
+    mount_tmpfs(tmpfs, "1m")
     assert list(tmpfs.iterdir()) == []
     assert not RunPaths(site.home).status.exists()  # a dangling link until the start
     site.start()

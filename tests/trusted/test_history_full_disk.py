@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.tmpfs import mount_tmpfs, unmount
 from tests.trusted.test_history import _v1_database, collect
 from trusted.core.history import HistoryError, HistoryLog
 
@@ -26,19 +26,11 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs at tmp_path/fs, unmounted afterwards."""
     mount = tmp_path / "fs"
     mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    mount_tmpfs(mount, "4m", "0700")
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        unmount(mount)
 
 
 def _fill(fs: Path, leave: int) -> Path:
