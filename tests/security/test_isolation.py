@@ -66,6 +66,8 @@ SPY = """\
 import json, os
 from pathlib import Path
 
+from tests.support.spy import try_opening
+
 home = Path(os.environ["SMX_CONFIG"]).parent.parent
 pki = Path(os.environ["SMX_CA"]).parent
 attempts = {
@@ -83,13 +85,7 @@ attempts = {
     "supervisor state": (home / "run" / "supervisor.json", "rb"),
     "a module planted in the home": (home / "json.py", "wb"),
 }
-found = {}
-for what, (path, mode) in attempts.items():
-    try:
-        with open(path, mode):
-            found[what] = "opened"
-    except OSError as err:
-        found[what] = type(err).__name__
+found = try_opening(attempts)
 found["own key"] = len(Path(os.environ["SMX_KEY"]).read_bytes()) > 0
 found["cwd"] = os.getcwd()
 Path("findings.json").write_text(json.dumps(found))

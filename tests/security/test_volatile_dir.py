@@ -58,6 +58,8 @@ SPY = """\
 import json, os
 from pathlib import Path
 
+from tests.support.spy import try_opening
+
 health = Path(os.environ["SMX_HEALTH_FILE"])
 site_dir = health.parent.parent
 attempts = {
@@ -67,13 +69,7 @@ attempts = {
     "a file in the site's directory": (site_dir / "planted.json", "wb"),
     "supervisor state": (site_dir / "supervisor.json", "ab"),
 }
-found = {}
-for what, (path, mode) in attempts.items():
-    try:
-        with open(path, mode):
-            found[what] = "opened"
-    except OSError as err:
-        found[what] = type(err).__name__
+found = try_opening(attempts)
 found["health file"] = str(health)
 Path("findings.json").write_text(json.dumps(found))  # run/spy/: durable
 
