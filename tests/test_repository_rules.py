@@ -4,6 +4,7 @@ stubs in sync with proto/, the import rule between trust domains, and one error 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import shutil
 import subprocess
@@ -60,7 +61,8 @@ def test_generated_stubs_match_the_protos():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _imports(path: Path) -> set[str]:
+@functools.cache  # each file is read by several rules and parametrized cases
+def _imports(path: Path) -> frozenset[str]:
     tree = ast.parse(path.read_text(), str(path))
     found = set()
     for node in ast.walk(tree):
@@ -68,7 +70,7 @@ def _imports(path: Path) -> set[str]:
             found |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.add(node.module.split(".")[0])
-    return found
+    return frozenset(found)
 
 
 @pytest.mark.parametrize("package", ["untrusted", "extensions", "smx", "examples"])
@@ -120,6 +122,7 @@ PRODUCT = ("smx", "trusted", "extensions", "untrusted", "examples")
 _SCALING = {ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%"}
 
 
+@functools.cache
 def _code_strings_and_calls(path: Path) -> str:
     """The code of `path` without its docstrings and comments: what a copy would live in. Its
     strings, `.name(` for each attribute it uses and `.name *` (`/`, `//`, `%`) for each one it
