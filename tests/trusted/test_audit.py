@@ -231,7 +231,9 @@ async def test_pending_write_summary_is_written_on_close(path: Path) -> None:
 
 async def test_routine_writing_is_summarised_once_an_hour_a_new_name_at_once(path: Path) -> None:
     log = await started(path, write_summary_interval=10, routine_summary_interval=3600)
-    t0 = time.monotonic() + 1e6  # a simulated clock, far ahead of the background task's
+    # A simulated clock, far ahead of the background task's, in whole seconds: with a fraction,
+    # (t0 + 3601) - (t0 + 1) can round to just under the hour and move a summary 10 s later.
+    t0 = float(int(time.monotonic()) + 1_000_000)
     rev = 0
 
     async def run(seconds: range, names: dict[str, list[str]]) -> None:
@@ -281,7 +283,7 @@ async def test_an_idle_site_writes_little_to_the_log(path: Path) -> None:
     signer = CheckpointSigner(ec.generate_private_key(ec.SECP256R1()))
     log = await started(path, signer=signer, identity="spiffe://usm-0017/trusted/smxcore")
     start = path.stat().st_size
-    t0 = time.monotonic() + 1e6
+    t0 = float(int(time.monotonic()) + 1_000_000)  # whole seconds: exact hours apart
     who = [f"spiffe://usm-0017/trusted/ext{i}" for i in range(8)]
     hours = 3
     for s in range(1, hours * 3600 + 1):
