@@ -15,8 +15,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.typing import Subprotocol
 
+from extensions.ocpp_proxy import OcppProxy
 from extensions.ocpp_proxy.config import ChargePointConfig, OcppConfig
 from extensions.ocpp_proxy.server import ProxyServer
+from extensions.sdk import Extension
+from extensions.sdk.testing import SITE, TestSite, until
 
 
 @dataclass
@@ -116,3 +119,58 @@ def ok(raw: str | bytes) -> str | None:
         return None
     payload = {"transactionId": 77, "idTagInfo": {"status": "Accepted"}}
     return json.dumps([3, msg[1], payload if msg[2] == "StartTransaction" else {}])
+
+
+# What smx run's binding gives the extension (the tests run it in-process on a TestSite).
+BINDING = f"""
+[[bindings]]
+identity = "spiffe://{SITE}/trusted/ocpp"
+roles = ["trusted-extension"]
+rules = [ {{ verbs = ["read", "write", "control"], points = ["ev1/**"] }} ]
+description = "what smx run gives an extension with devices = [ocpp, ev1]"
+"""
+
+
+def scada_answers(raw: str | bytes) -> str | None:
+    """The SCADA: StartTransaction gets transaction ids 7, 8...; everything else {}."""
+    frame = json.loads(raw)
+    if frame[0] != 2:
+        return None
+    if frame[2] == "StartTransaction":
+        scada_answers.tx += 1  # type: ignore[attr-defined]
+        tx = scada_answers.tx  # type: ignore[attr-defined]
+        return json.dumps([3, frame[1], {"transactionId": tx, "idTagInfo": {"status": "Accepted"}}])
+    return json.dumps([3, frame[1], {}])
+
+
+@asynccontextmanager
+async def site_with_proxy(
+    tmp_path: Any, scada: Any, top: dict[str, Any] | None = None, **cfg: Any
+) -> AsyncIterator[Any]:
+    """A core and the extension, its charge point CP1 connecting up to `scada` (anything with a
+    `url`: a RawScada, the ocpp-library CSMS simulator), `cfg` for CP1, `top` for its config;
+    yields (the proxy, a `ctrl` client, the site)."""
+    site = TestSite({"ocpp": ("trusted", [], []), "ctrl": ("untrusted", ["untrusted-agent"], [])})
+    config = {
+        "port": 0,
+        "answer_timeout": "1s",
+        "queue_dir": str(tmp_path),
+        "charge_points": [{"id": "CP1", "upstream": scada.url, "connectors": ["ev1"], **cfg}],
+        **(top or {}),
+    }
+    try:
+        site.provision()
+        with open(site.home / "policy.toml", "a") as f:
+            f.write(BINDING)
+        site.start()
+        ext = Extension(site.env("ocpp", config, devices=("ocpp", "ev1")))
+        proxy = OcppProxy(ext)
+        await ext.start()
+        try:
+            await until(lambda: proxy.server.server is not None)
+            async with site.client("ctrl") as ctrl:
+                yield proxy, ctrl, site
+        finally:
+            await ext.stop()
+    finally:
+        site.close()

@@ -11,8 +11,7 @@ import pytest
 from extensions.sdk.testing import point_where
 from smx.v1 import point_pb2 as ppb
 
-from .support import RawScada, charger, recv
-from .test_profile_sync import scada_answers, site_with_proxy
+from .support import RawScada, charger, recv, scada_answers, site_with_proxy
 
 pytestmark = pytest.mark.timeout(60)
 

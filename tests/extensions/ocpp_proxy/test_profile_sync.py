@@ -14,71 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from extensions.ocpp_proxy import OcppProxy
-from extensions.sdk import Extension
-from extensions.sdk.testing import SITE, TestSite, until
+from extensions.sdk.testing import until
 
-from .support import RawScada, charger, recv
+from .support import RawScada, charger, recv, scada_answers, site_with_proxy
 
 pytestmark = pytest.mark.timeout(60)
 
-BINDING = f"""
-[[bindings]]
-identity = "spiffe://{SITE}/trusted/ocpp"
-roles = ["trusted-extension"]
-rules = [ {{ verbs = ["read", "write", "control"], points = ["ev1/**"] }} ]
-description = "what smx run gives an extension with devices = [ocpp, ev1]"
-"""
 OURS = re.compile(r'\[2,"(smx-[0-9a-f]{6}-\d+)","(\w+)",(.*)\]')
-
-
-def scada_answers(raw: str | bytes) -> str | None:
-    """The SCADA: StartTransaction gets transaction ids 7, 8...; everything else {}."""
-    frame = json.loads(raw)
-    if frame[0] != 2:
-        return None
-    if frame[2] == "StartTransaction":
-        scada_answers.tx += 1  # type: ignore[attr-defined]
-        tx = scada_answers.tx  # type: ignore[attr-defined]
-        return json.dumps([3, frame[1], {"transactionId": tx, "idTagInfo": {"status": "Accepted"}}])
-    return json.dumps([3, frame[1], {}])
-
-
-@asynccontextmanager
-async def site_with_proxy(
-    tmp_path: Any, scada: RawScada, top: dict[str, Any] | None = None, **cfg: Any
-) -> AsyncIterator[Any]:
-    """A core and the extension, `cfg` for its charge point CP1, `top` for its config."""
-    site = TestSite({"ocpp": ("trusted", [], []), "ctrl": ("untrusted", ["untrusted-agent"], [])})
-    config = {
-        "port": 0,
-        "answer_timeout": "1s",
-        "queue_dir": str(tmp_path),
-        "charge_points": [{"id": "CP1", "upstream": scada.url, "connectors": ["ev1"], **cfg}],
-        **(top or {}),
-    }
-    try:
-        site.provision()
-        with open(site.home / "policy.toml", "a") as f:
-            f.write(BINDING)
-        site.start()
-        ext = Extension(site.env("ocpp", config, devices=("ocpp", "ev1")))
-        proxy = OcppProxy(ext)
-        await ext.start()
-        try:
-            await until(lambda: proxy.server.server is not None)
-            async with site.client("ctrl") as ctrl:
-                yield proxy, ctrl, site
-        finally:
-            await ext.stop()
-    finally:
-        site.close()
 
 
 async def ours(cp: Any) -> tuple[str, str, dict[str, Any]]:

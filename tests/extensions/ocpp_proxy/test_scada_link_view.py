@@ -11,8 +11,7 @@ import pytest
 
 from extensions.sdk.testing import point_where, until
 
-from .support import RawScada, charger, recv
-from .test_profile_sync import scada_answers, site_with_proxy
+from .support import RawScada, charger, recv, scada_answers, site_with_proxy
 
 pytestmark = pytest.mark.timeout(60)
 
