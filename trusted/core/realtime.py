@@ -487,14 +487,11 @@ class RealtimeDB:
                 compacted_revision=str(self._compacted),
             )
         watcher = Watcher(match)
-        if start_revision == 0:
-            first = [p for n, p in self.points.items() if watcher.matches(n)]
-        else:
-            first = [
-                p
-                for n, p in self.points.items()
-                if p.revision > start_revision and watcher.matches(n)
-            ]
+        # Every stored point has a revision above 0: from 0 this is the snapshot.
+        first = [
+            p for n, p in self.points.items() if p.revision > start_revision and watcher.matches(n)
+        ]
+        if start_revision:
             first.sort(key=lambda p: p.revision)
         self._watchers.add(watcher)
         return watcher, first
