@@ -37,9 +37,7 @@ class Subscription(ResumableStream):
     async def follow(self) -> None:
         # Exact names only: whether a glob reaches anything readable is the core's to say.
         unreadable = [
-            p
-            for p in self.patterns
-            if "*" not in p and "{" not in p and not self.link.rights.allows("read", p)
+            p for p in self.patterns if "*" not in p and not self.link.rights.allows("read", p)
         ]
         if unreadable and unreadable != self._unreadable:
             log.warning(
