@@ -12,6 +12,9 @@ from google.protobuf.duration_pb2 import Duration
 from smx.client import error_reason
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
+from trusted.core.realtime import KEEP_EVERY_CHANGE
+
+METER = "spiffe://test-site/trusted/meter"
 
 
 def batch(*pairs) -> pb.WritePointsRequest:
@@ -36,6 +39,42 @@ async def test_snapshot_first_then_changes_in_revision_order(site, core):
         seen += [(p.revision, p.value.double_value) for p in msg.points]
     # One subscriber reading as fast as we write sees every value, in order.
     assert seen == [(r, 10 + i) for i, r in enumerate(revs)]
+    stream.cancel()
+
+
+async def test_a_burst_arrives_whole_in_few_messages(site, core):
+    # 200 changes of one point stored in one turn of the core's loop, before the stream can
+    # send anything: the watcher keeps each of them (up to KEEP_EVERY_CHANGE) and sends them
+    # together, instead of only the last value or one message per change.
+    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    assert (await stream.read()).snapshot
+    db = core.state.db
+    revs = [db.write(METER, batch(("meter/B", i)).samples) for i in range(200)]
+    seen: list[tuple[int, float]] = []
+    messages = 0
+    while len(seen) < 200:
+        msg = await asyncio.wait_for(stream.read(), 5)
+        messages += 1
+        seen += [(p.revision, p.value.double_value) for p in msg.points]
+        assert msg.revision == max(r for r, _ in seen)
+    assert seen == [(r, i) for i, r in enumerate(revs)]
+    assert messages == 1
+    stream.cancel()
+
+
+async def test_far_behind_gets_the_latest_value_per_point(site, core):
+    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    assert (await stream.read()).snapshot
+    db = core.state.db
+    for i in range(KEEP_EVERY_CHANGE + 10):
+        db.write(METER, batch(("meter/B", i), ("meter/C", -i)).samples)
+    msg = await asyncio.wait_for(stream.read(), 5)
+    last = KEEP_EVERY_CHANGE + 9
+    assert [(p.name, p.value.double_value) for p in msg.points] == [
+        ("meter/B", last),
+        ("meter/C", -last),
+    ]
+    assert msg.revision == db.revision
     stream.cancel()
 
 
@@ -141,8 +180,9 @@ async def test_slow_consumer_gets_latest_values_and_never_blocks_writers(site, c
         t0 = loop.time()
         await meter.points.WritePoints(round_(r))
         worst = max(worst, loop.time() - t0)
-        # What the core holds for the stalled consumer never exceeds one value per point.
-        assert max(len(w.pending) for w in core.state.db._watchers) <= len(names)
+        # What the core holds for the stalled consumer never exceeds its every-change window
+        # or, beyond it, one value per point.
+        assert max(w.unsent for w in core.state.db._watchers) <= max(KEEP_EVERY_CHANGE, len(names))
     await asyncio.wait_for(follower, 20)
     assert fast_rounds == list(range(100))  # the other subscriber got every value, in order
     assert worst < 1.0  # no write waited for the stalled consumer

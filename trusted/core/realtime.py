@@ -2,9 +2,9 @@
 
 Everything here runs on the core's single asyncio loop, so a write is atomic without locks:
 it validates the whole batch first, then stores it under one new revision and hands each
-changed point to the matching watchers. A watcher only keeps the latest value per point
-(`Watcher.pending`), so a slow consumer costs memory bounded by the number of points and
-never blocks writers or the other watchers.
+changed point to the matching watchers. A watcher keeps every change it has not sent, up to
+`KEEP_EVERY_CHANGE`; a consumer further behind gets the latest value per point, so it costs
+memory bounded by the number of points and never blocks writers or the other watchers.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ MAX_FUTURE_S = 24 * 3600
 # The range of google.protobuf.Timestamp (0001-01-01 .. 9999-12-31 UTC): a value outside it
 # cannot be formatted or converted by any reader, so it is refused instead of stored.
 MIN_TS_SECONDS, MAX_TS_SECONDS = -62_135_596_800, 253_402_300_799
+# Unsent changes a watcher keeps one by one: a consumer briefly behind (a busy loop, a burst of
+# writes) still gets every value, and several changes go out in one message instead of one
+# message each. Beyond it the watcher keeps the latest value per point until it catches up.
+KEEP_EVERY_CHANGE = 256
 
 
 class HistorySink(Protocol):
@@ -45,14 +49,16 @@ class HistorySink(Protocol):
 
 
 class Watcher:
-    """One WatchPoints stream: a name filter and the latest not-yet-sent value per point."""
+    """One WatchPoints stream: a name filter and the changes not yet sent, in revision order:
+    every change (`_changes`) up to KEEP_EVERY_CHANGE, then the latest per point (`_latest`)."""
 
-    __slots__ = ("_match", "_cache", "pending", "event")
+    __slots__ = ("_match", "_cache", "_changes", "_latest", "event")
 
     def __init__(self, match: Callable[[str], bool]) -> None:
         self._match = match
         self._cache: dict[str, bool] = {}
-        self.pending: dict[str, point_pb2.Point] = {}
+        self._changes: list[point_pb2.Point] = []
+        self._latest: dict[str, point_pb2.Point] | None = None
         self.event = Wakeup()  # one waiter, woken once per delivery: no task per wait
 
     def matches(self, name: str) -> bool:
@@ -62,14 +68,32 @@ class Watcher:
         return hit
 
     def offer(self, point: point_pb2.Point) -> None:
-        # pop first so the dict stays in revision order when a point is overwritten.
-        self.pending.pop(point.name, None)
-        self.pending[point.name] = point
+        latest = self._latest
+        if latest is None:
+            changes = self._changes
+            changes.append(point)
+            if len(changes) >= KEEP_EVERY_CHANGE:
+                self._latest = latest = {}
+                for p in changes:
+                    latest.pop(p.name, None)
+                    latest[p.name] = p
+                self._changes = []
+        else:
+            # pop first so the dict stays in revision order when a point is overwritten.
+            latest.pop(point.name, None)
+            latest[point.name] = point
         self.event.set()
 
+    @property
+    def unsent(self) -> int:
+        """Changes (or, when behind, points) waiting to be sent."""
+        return len(self._changes) if self._latest is None else len(self._latest)
+
     def take(self) -> list[point_pb2.Point]:
-        points = list(self.pending.values())
-        self.pending.clear()
+        if self._latest is None:
+            points, self._changes = self._changes, []
+        else:
+            points, self._latest = list(self._latest.values()), None
         self.event.clear()
         return points
 

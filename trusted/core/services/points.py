@@ -164,11 +164,11 @@ class PointService:
                 for msg in _chunks(first, db.revision):
                     yield msg
             while True:
-                if not await watcher.event.wait(heartbeat) and not watcher.pending:
+                if not await watcher.event.wait(heartbeat) and not watcher.unsent:
                     # (a write may land in the very turn of the timeout: then it is sent)
                     yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
                     continue
-                for msg in _chunks(watcher.take(), db.revision):
+                for msg in _chunks(watcher.take(), db.revision, ordered=True):
                     yield msg
         finally:
             db.unwatch(watcher)
@@ -214,10 +214,18 @@ class PointService:
             raise CoreError("HISTORY_UNAVAILABLE", f"history log unavailable: {err}") from err
 
 
-def _chunks(points: list[point_pb2.Point], revision: int) -> list[pb.WatchPointsResponse]:
+def _chunks(
+    points: list[point_pb2.Point], revision: int, *, ordered: bool = False
+) -> list[pb.WatchPointsResponse]:
     """Split changes into messages; a message's revision is where a resume may start, so a
-    cut never falls between two points of the same revision."""
-    points.sort(key=lambda p: p.revision)
+    cut never falls between two points of the same revision. A watcher hands its changes over
+    `ordered` by revision already."""
+    if not points:
+        return [pb.WatchPointsResponse(revision=revision)]
+    if not ordered:
+        points.sort(key=lambda p: p.revision)
+    if len(points) <= WATCH_CHUNK:
+        return [pb.WatchPointsResponse(points=points, revision=revision)]
     out = []
     while len(points) > WATCH_CHUNK:
         head, points = points[:WATCH_CHUNK], points[WATCH_CHUNK:]
