@@ -99,13 +99,14 @@ class BenchCore(CoreProcess):
 class BareServer:
     """The baseline: bare_server.py in its own process, same site credentials, own socket."""
 
-    def __init__(self, site: Site, name: str = "bare.sock") -> None:
+    def __init__(self, site: Site, name: str = "bare.sock", uvloop: bool = False) -> None:
         self.socket = site.home / name
         self.target = unix_target(self.socket)
         pki = site.home / "pki"
         self.log = open(site.home / "bare.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, str(BARE_SERVER), "--pki", str(pki), "--socket", str(self.socket)],
+            [sys.executable, str(BARE_SERVER), "--pki", str(pki), "--socket", str(self.socket)]
+            + (["--uvloop"] if uvloop else []),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=_env(),

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from tests.support.site import CoreProcess, Site
 from trusted.core.server import Core
+
+# The core's own tests run on the event loop the core runs on in production (uvloop, see
+# trusted.core.server.run_on_fast_loop); the others on asyncio's, as extensions and agents do.
+CORE_TEST_DIRS = ("contract", "trusted", "security")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    tests = Path(__file__).parent
+    if item.path.is_relative_to(tests) and item.path.relative_to(tests).parts[0] in CORE_TEST_DIRS:
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

@@ -100,8 +100,10 @@ class PointServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchPoints(self, request, context):
-        """A snapshot of the matching points first, then their changes. A consumer that falls behind
-        receives the latest value of each changed point; it never slows writers down.
+        """A snapshot of the matching points first, then every change in revision order (changes made
+        while the stream was busy arrive together, so a message may hold several values of one
+        point). A consumer far behind receives the latest value of each changed point instead; it
+        never slows writers down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import socket
@@ -47,7 +46,10 @@ def serving_pid(path: Path) -> int | None:
 def run(args: argparse.Namespace) -> int:
     from trusted.core.audit_record import AuditError
     from trusted.core.history_db import HistoryError
-    from trusted.core.server import run_core  # grpc server imports only when serving
+    from trusted.core.server import (  # grpc server imports only when serving
+        run_core,
+        run_on_fast_loop,
+    )
     from trusted.pki import PkiError
 
     home = site_home(args)
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             "(docs/SECURITY.md)"
         )
     try:
-        asyncio.run(
+        run_on_fast_loop(
             run_core(
                 config,
                 on_ready=lambda core: print(

@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -37,7 +38,7 @@ from trusted.core.site_files import SHARED_DIR_MODE, check_site, private_dir
 from trusted.core.standard_services import CheckedHealth, add_reflection
 from trusted.core.state import CoreState
 
-__all__ = ["Core", "run_core"]
+__all__ = ["Core", "run_core", "run_on_fast_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,20 @@ class _Heartbeat:
         while True:
             await asyncio.sleep(WRITE_PERIOD_S)
             self.write()
+
+
+def run_on_fast_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` (the core) to its end on uvloop's event loop, or on asyncio's when uvloop is
+    not installed. With grpc.aio every call and streamed message is a few loop callbacks, and
+    asyncio's pure-Python loop was ~30% of the core's instructions per call (docs/CORE.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("uvloop is not installed: the core runs on asyncio's loop (more CPU per call)")
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 async def run_core(
