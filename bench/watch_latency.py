@@ -15,8 +15,14 @@ socket with TLS and client certificates, the same serialized payload.
 - server CPU per write: the server process's CPU time during a case / the writes of the case
   (with 0 subscribers: the cost of one write; with 20: including the fan-out).
 
-Run: `python bench/watch_latency.py [--quick] [--seconds 6] [--procs 4] [--one-point]`
+Run: `python bench/watch_latency.py [--quick] [--seconds 6] [--procs 4] [--one-point] [--native]`
 (`--one-point`: 1,000 one-point writes/s instead of 100 writes of 10 points)
+
+`--native`: the subscribers of every case are `bench/native/watcher` (C++: gRPC, protobuf,
+libmosquitto), one process per stream, instead of Python processes: on 2 cores, 20 Python
+subscribers at 1,000 messages/s each saturate the CPU by themselves, so the servers are no longer
+what is measured. `bench/native/build` builds it first (as root it apt-get installs the compiler,
+protoc, the gRPC/protobuf/libmosquitto -dev packages when missing).
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import multiprocessing as mp
 import os
 import pwd
 import queue
+import select
 import shutil
 import subprocess
 import threading
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +61,7 @@ TARGETS_P99_MS = {1: 10.0, 20: 25.0}
 TARGETS_P99_MS_ONE_POINT = {1: 10.0, 20: 10.0}
 MAX_IN_FLIGHT = 64  # writes the writer keeps open when the schedule is faster than a round trip
 TOPIC = "meter/w"
+NATIVE = Path(__file__).resolve().parent / "native"
 
 
 def _configure(one_point: bool) -> None:
@@ -187,6 +196,70 @@ def pb_stub(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:
     return point_service_pb2_grpc.PointServiceStub(channel).WatchPoints
 
 
+# -- native subscribers ----------------------------------------------------------------------------
+
+
+def build_native() -> Path:
+    subprocess.run([str(NATIVE / "build")], check=True)
+    return NATIVE / "out" / "watcher"
+
+
+class NativeWatchers:
+    """One `watcher` process per stream (each its own client), live once all printed `ready`."""
+
+    def __init__(self, binary: Path, kind: str, site: Site, target: str, subs: int) -> None:
+        creds = site.creds("gui")
+        self.outs = [site.home / f"native-{kind}-{subs}-{i}.bin" for i in range(subs)]
+        self.procs = []
+        for out in self.outs:
+            with open(out.with_suffix(".log"), "wb") as log:  # a pipe could fill up and block it
+                self.procs.append(
+                    subprocess.Popen(
+                        [str(binary), "--kind", kind, "--target", target, "--ca", str(creds.ca)]
+                        + ["--cert", str(creds.cert), "--key", str(creds.key), "--out", str(out)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                    )
+                )
+        self.ps = [harness.psutil.Process(p.pid) for p in self.procs]
+        deadline = time.monotonic() + 30
+        for p, out in zip(self.procs, self.outs, strict=True):
+            assert p.stdout is not None
+            ok = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]
+            if not (ok and p.stdout.readline().startswith(b"ready")):
+                for q in self.procs:
+                    q.kill()
+                    q.wait(5)
+                raise RuntimeError(f"native {kind} watcher not ready: {self._error(out)}")
+
+    def cpu_seconds(self) -> float:
+        return sum(t.user + t.system for t in (ps.cpu_times() for ps in self.ps))
+
+    @staticmethod
+    def _error(out: Path) -> str:
+        lines = out.with_suffix(".log").read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "no answer"
+
+    def stop(self) -> list[tuple[float, float]]:
+        """Close their stdin (they stop and write their samples) and read the samples."""
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.close()
+        samples: list[tuple[float, float]] = []
+        for p, out in zip(self.procs, self.outs, strict=True):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            if p.returncode:
+                raise RuntimeError(f"native watcher exit {p.returncode}: {self._error(out)}")
+            values = array("d", out.read_bytes())
+            samples += zip(values[0::2], values[1::2], strict=True)
+        return samples
+
+
 # -- writer and coordination -----------------------------------------------------------------------
 
 
@@ -201,6 +274,7 @@ class Result:
     writes: int
     late_writes: int  # writes started more than one period behind schedule
     cpu_per_write_us: float  # the server's CPU during the case / writes
+    sub_cpu_per_msg_us: float = float("nan")  # native subscribers' CPU / points received
 
 
 def _request(count: int) -> pb.WritePointsRequest:
@@ -344,7 +418,10 @@ def run_case(
     procs: int,
     seconds: float,
     cpu: Any,
+    native: Path | None = None,
 ) -> Result:
+    if native is not None:
+        return _run_native_case(native, kind, site, target, subs, seconds, cpu)
     ctx = mp.get_context("spawn")  # never fork a process that has grpc state
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = min(procs, subs)
@@ -374,6 +451,34 @@ def run_case(
             break
     for c in children:
         c.join(10)
+    return _result(kind, subs, samples, writes, late, first, cpu_used)
+
+
+def _run_native_case(
+    binary: Path, kind: str, site: Site, target: str, subs: int, seconds: float, cpu: Any
+) -> Result:
+    watchers = NativeWatchers(binary, kind, site, target, subs)
+    try:
+        cpu0, sub_cpu0 = cpu(), watchers.cpu_seconds()
+        writes, late, first = asyncio.run(_write_for(kind, site, target, seconds))
+        cpu_used, sub_cpu = cpu() - cpu0, watchers.cpu_seconds() - sub_cpu0
+    finally:
+        samples = watchers.stop()
+    result = _result(kind, subs, samples, writes, late, first, cpu_used)
+    if samples:
+        result.sub_cpu_per_msg_us = sub_cpu / len(samples) * 1e6
+    return result
+
+
+def _result(
+    kind: str,
+    subs: int,
+    samples: list[tuple[float, float]],
+    writes: int,
+    late: int,
+    first: float,
+    cpu_used: float,
+) -> Result:
     cutoff = first + WARMUP
     lat = [ms for src, ms in samples if src >= cutoff]
     expected = sum(1 for i in range(writes) if i * WRITE_PERIOD >= WARMUP) * POINTS_PER_WRITE
@@ -401,8 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         "--one-point", action="store_true", help="1,000 one-point writes/s (default 100 x 10)"
     )
     parser.add_argument("--no-mqtt", action="store_true", help="leave Mosquitto out")
+    parser.add_argument(
+        "--native", action="store_true", help="C++ subscribers (bench/native), one process each"
+    )
     args = parser.parse_args(argv)
     _configure(args.one_point)
+    native = build_native() if args.native else None
     seconds = 1.5 if args.quick else args.seconds
     with_mqtt = not args.no_mqtt and mosquitto_available()
     site = Site()
@@ -422,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu0 = core.cpu_seconds()
         for subs in (0, 1, 20):
             for kind, target, cpu in servers:  # interleaved: the same machine state for each
-                results.append(run_case(kind, site, target, subs, args.procs, seconds, cpu))
+                results.append(run_case(kind, site, target, subs, args.procs, seconds, cpu, native))
         rss_after = core.rss_mb()
         core_cpu = core.cpu_seconds() - cpu0
     finally:
@@ -435,9 +544,14 @@ def main(argv: list[str] | None = None) -> int:
         "1,000 one-point writes/s" if args.one_point else "1,000 points/s (10 points every 10 ms)"
     )
     print(f"watch latency and cost per message: write -> subscriber, {shape}")
+    subscribers = (
+        "native (C++ bench/native/watcher), one process per subscriber"
+        if native
+        else f"Python (grpc.aio / paho) in {args.procs} process(es) for 20, 1 for 1"
+    )
     print(
-        f"  {seconds:g} s per case, first {WARMUP:g} s discarded; subscribers in "
-        f"{args.procs} process(es) for 20, 1 for 1; baseline = bare grpc.aio relay"
+        f"  {seconds:g} s per case, first {WARMUP:g} s discarded; subscribers: {subscribers}; "
+        "baseline = bare grpc.aio relay"
         + ("; mqtt = Mosquitto, QoS 1" if with_mqtt else " (Mosquitto not installed: left out)")
     )
     rows = []
@@ -479,6 +593,15 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
     )
+    if native:
+        print(
+            "native subscriber CPU per received point: "
+            + ", ".join(
+                f"{r.server} x{r.subscribers} {r.sub_cpu_per_msg_us:.1f} us"
+                for r in results
+                if r.subscribers
+            )
+        )
     print(f"core RSS: {rss_idle:.1f} MB idle, {rss_after:.1f} MB after; core CPU {core_cpu:.1f} s")
     targets = TARGETS_P99_MS_ONE_POINT if args.one_point else TARGETS_P99_MS
     for subs, limit in targets.items():
