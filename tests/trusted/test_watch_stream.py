@@ -15,6 +15,10 @@ from trusted.core.realtime import RealtimeDB
 from trusted.core.services.points import PointService
 
 
+def read(message: bytes) -> pb.WatchPointsResponse:
+    return pb.WatchPointsResponse.FromString(message)  # the stream yields serialized messages
+
+
 async def test_write_in_the_heartbeats_turn_is_sent_not_skipped():
     db = RealtimeDB(core_identity="core")
     state = types.SimpleNamespace(db=db, config=types.SimpleNamespace(max_request_items=100))
@@ -24,7 +28,7 @@ async def test_write_in_the_heartbeats_turn_is_sent_not_skipped():
     stream = PointService(state).WatchPoints(  # type: ignore[arg-type]
         pb.WatchPointsRequest(heartbeat_interval=Duration(nanos=100_000_000)), caller, None
     )
-    assert (await stream.__anext__()).snapshot
+    assert read(await stream.__anext__()).snapshot
     loop = asyncio.get_running_loop()
     nxt = asyncio.ensure_future(stream.__anext__())
     await asyncio.sleep(0)  # the stream now waits, with a 0.1 s timeout
@@ -33,10 +37,10 @@ async def test_write_in_the_heartbeats_turn_is_sent_not_skipped():
         db.write("meter", [ppb.PointSample(name="meter/P", value=ppb.Value(double_value=42))])
 
     loop.call_at(loop.time() + 0.1, write)  # lands in the same loop turn as the timeout
-    msg = await nxt
+    msg = read(await nxt)
     if msg.heartbeat:  # allowed only if nothing was pending when it was made
         assert msg.revision < db.points["meter/P"].revision
-        msg = await stream.__anext__()
+        msg = read(await stream.__anext__())
     assert [p.name for p in msg.points] == ["meter/P"]
     assert msg.revision == db.revision
     await stream.aclose()

@@ -62,7 +62,7 @@ def service_handler(
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _stream(fn, parse, gate, full, verb),
-                response_serializer=response_cls.SerializeToString,
+                response_serializer=_serializer(response_cls),
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -98,6 +98,17 @@ def stream_slot(
     finally:
         gate.streams.discard(stream)
         stats.open_streams -= 1
+
+
+def _serializer(cls: Any) -> Callable[[Any], bytes]:
+    """A stream's messages: a message of `cls`, or one already serialized (WatchPoints builds
+    its messages as bytes, trusted.core.watch_wire)."""
+    serialize = cls.SerializeToString
+
+    def serialize_or_pass(message: Any) -> bytes:
+        return message if type(message) is bytes else serialize(message)
+
+    return serialize_or_pass
 
 
 def _parser(cls: Any, method: str, limit: int) -> Callable[[bytes], Any]:

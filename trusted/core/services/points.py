@@ -17,6 +17,7 @@ from trusted.core.history import HistoryError, HistoryQueryError
 from trusted.core.paging import make_token, page_size, read_token
 from trusted.core.services.fields import check_patterns, globs, heartbeat_s, point_name
 from trusted.core.state import CoreState
+from trusted.core.watch_wire import WatchWire
 
 __all__ = ["PointService"]
 
@@ -41,6 +42,7 @@ LIST_SCAN_FACTOR, LIST_SCAN_MIN = 10, 1000
 class PointService:
     def __init__(self, state: CoreState) -> None:
         self.s = state
+        self.wire = WatchWire(state.db.points)
 
     def _limit(self, items: object, what: str) -> None:
         n = len(items)  # type: ignore[arg-type]
@@ -144,7 +146,8 @@ class PointService:
 
     async def WatchPoints(
         self, req: pb.WatchPointsRequest, caller: Caller, ctx: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.WatchPointsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Serialized WatchPointsResponse messages (trusted.core.watch_wire)."""
         # A client without any read right was refused at the edge: a watch would give it
         # nothing but cost the core work on every write.
         check_patterns(req.patterns)
@@ -156,19 +159,20 @@ class PointService:
             # caller.may reads the policy in force: a reload applies to open watches.
             return wanted.match(name) and caller.may(name)
 
+        wire = self.wire
         watcher, first = db.watch(match, req.start_revision)
         try:
             if req.start_revision == 0:
-                yield pb.WatchPointsResponse(points=first, revision=db.revision, snapshot=True)
+                yield wire.message(first, db.revision, snapshot=True)
             elif first:
-                for msg in _chunks(first, db.revision):
+                for msg in _chunks(wire, first, db.revision):
                     yield msg
             while True:
                 if not await watcher.event.wait(heartbeat) and not watcher.unsent:
                     # (a write may land in the very turn of the timeout: then it is sent)
-                    yield pb.WatchPointsResponse(revision=db.revision, heartbeat=True)
+                    yield wire.message((), db.revision, heartbeat=True)
                     continue
-                for msg in _chunks(watcher.take(), db.revision, ordered=True):
+                for msg in _chunks(wire, watcher.take(), db.revision, ordered=True):
                     yield msg
         finally:
             db.unwatch(watcher)
@@ -215,20 +219,18 @@ class PointService:
 
 
 def _chunks(
-    points: list[point_pb2.Point], revision: int, *, ordered: bool = False
-) -> list[pb.WatchPointsResponse]:
+    wire: WatchWire, points: list[point_pb2.Point], revision: int, *, ordered: bool = False
+) -> list[bytes]:
     """Split changes into messages; a message's revision is where a resume may start, so a
     cut never falls between two points of the same revision. A watcher hands its changes over
     `ordered` by revision already."""
-    if not points:
-        return [pb.WatchPointsResponse(revision=revision)]
     if not ordered:
         points.sort(key=lambda p: p.revision)
     if len(points) <= WATCH_CHUNK:
-        return [pb.WatchPointsResponse(points=points, revision=revision)]
+        return [wire.message(points, revision)]
     out = []
     while len(points) > WATCH_CHUNK:
         head, points = points[:WATCH_CHUNK], points[WATCH_CHUNK:]
-        out.append(pb.WatchPointsResponse(points=head, revision=points[0].revision - 1))
-    out.append(pb.WatchPointsResponse(points=points, revision=revision))
+        out.append(wire.message(head, points[0].revision - 1))
+    out.append(wire.message(points, revision))
     return out
