@@ -12,7 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from smx.client import error_reason
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
-from trusted.core.realtime import KEEP_EVERY_CHANGE
+from trusted.core.realtime import KEEP_EVERY_CHANGE, KEEP_EVERY_CHANGE_BYTES
 
 METER = "spiffe://test-site/trusted/meter"
 
@@ -75,6 +75,24 @@ async def test_far_behind_gets_the_latest_value_per_point(site, core):
         ("meter/C", -last),
     ]
     assert msg.revision == db.revision
+    stream.cancel()
+
+
+async def test_behind_on_big_strings_keeps_the_latest_value_sooner(site, core):
+    # A stalled stream keeps superseded values alive: for 2 KiB strings the byte bound, not the
+    # count, ends keeping every change.
+    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    assert (await stream.read()).snapshot
+    db = core.state.db
+    text = "x" * 2000
+    writes = KEEP_EVERY_CHANGE_BYTES // 2000 + 5
+    for i in range(writes):
+        sample = ppb.PointSample(name="meter/S", value=ppb.Value(string_value=f"{i}:{text}"))
+        db.write(METER, [sample])
+    watcher = next(iter(db._watchers))
+    assert watcher.unsent == 1  # the latest value only, not `writes` copies
+    msg = await asyncio.wait_for(stream.read(), 5)
+    assert [p.value.string_value.split(":")[0] for p in msg.points] == [str(writes - 1)]
     stream.cancel()
 
 

@@ -37,8 +37,11 @@ MAX_FUTURE_S = 24 * 3600
 MIN_TS_SECONDS, MAX_TS_SECONDS = -62_135_596_800, 253_402_300_799
 # Unsent changes a watcher keeps one by one: a consumer briefly behind (a busy loop, a burst of
 # writes) still gets every value, and several changes go out in one message instead of one
-# message each. Beyond it the watcher keeps the latest value per point until it catches up.
+# message each. Beyond either bound the watcher keeps the latest value per point until it
+# catches up: the bytes bound what a stalled stream keeps alive of superseded string values
+# (32 streams x 64 KiB per client at most), the count what it costs to catch up.
 KEEP_EVERY_CHANGE = 256
+KEEP_EVERY_CHANGE_BYTES = 64 * 1024
 
 
 class HistorySink(Protocol):
@@ -50,14 +53,16 @@ class HistorySink(Protocol):
 
 class Watcher:
     """One WatchPoints stream: a name filter and the changes not yet sent, in revision order:
-    every change (`_changes`) up to KEEP_EVERY_CHANGE, then the latest per point (`_latest`)."""
+    every change (`_changes`) up to KEEP_EVERY_CHANGE changes or KEEP_EVERY_CHANGE_BYTES, then
+    the latest per point (`_latest`)."""
 
-    __slots__ = ("_match", "_cache", "_changes", "_latest", "event")
+    __slots__ = ("_match", "_cache", "_changes", "_kept_bytes", "_latest", "event")
 
     def __init__(self, match: Callable[[str], bool]) -> None:
         self._match = match
         self._cache: dict[str, bool] = {}
         self._changes: list[point_pb2.Point] = []
+        self._kept_bytes = 0
         self._latest: dict[str, point_pb2.Point] | None = None
         self.event = Wakeup()  # one waiter, woken once per delivery: no task per wait
 
@@ -67,17 +72,19 @@ class Watcher:
             hit = self._cache[name] = self._match(name)
         return hit
 
-    def offer(self, point: point_pb2.Point) -> None:
+    def offer(self, point: point_pb2.Point, size: int) -> None:
+        """`size`: the point's serialized size, what keeping it costs."""
         latest = self._latest
         if latest is None:
             changes = self._changes
             changes.append(point)
-            if len(changes) >= KEEP_EVERY_CHANGE:
+            self._kept_bytes += size
+            if len(changes) >= KEEP_EVERY_CHANGE or self._kept_bytes > KEEP_EVERY_CHANGE_BYTES:
                 self._latest = latest = {}
                 for p in changes:
                     latest.pop(p.name, None)
                     latest[p.name] = p
-                self._changes = []
+                self._changes, self._kept_bytes = [], 0
         else:
             # pop first so the dict stays in revision order when a point is overwritten.
             latest.pop(point.name, None)
@@ -92,6 +99,7 @@ class Watcher:
     def take(self) -> list[point_pb2.Point]:
         if self._latest is None:
             points, self._changes = self._changes, []
+            self._kept_bytes = 0
         else:
             points, self._latest = list(self._latest.values()), None
         self.event.clear()
@@ -466,9 +474,11 @@ class RealtimeDB:
         self.points[name] = point
         if meta is not None and meta.HasField("expected_period"):
             self._arm_deadline(name, now)
-        for w in self._watchers:
-            if w.matches(name):
-                w.offer(point)
+        if self._watchers:
+            size = point.ByteSize()
+            for w in self._watchers:
+                if w.matches(name):
+                    w.offer(point, size)
         if self.history is not None:
             # Stored points are never modified (a change makes a new one), so the history
             # may serialize this one later, on its writer thread.
@@ -562,9 +572,10 @@ class RealtimeDB:
             point.writer = self.core_identity
             point.revision = self.revision
             self.points[name] = point
+            size = point.ByteSize()
             for w in self._watchers:
                 if w.matches(name):
-                    w.offer(point)
+                    w.offer(point, size)
         self._log_change(self.revision)
         log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
         return due
