@@ -293,6 +293,9 @@ class RealtimeDB:
         nobody has declared (the declarer becomes their owner)."""
         if identity == self.core_identity:
             return 0
+        points = self.points
+        if not declaring and all(name in points for name in names):
+            return 0  # the common case, a point written again
         new = 0
         for name in set(names):
             if name not in self.points and name not in self.meta:
@@ -331,58 +334,68 @@ class RealtimeDB:
         """Validate the whole batch, then store it under one new revision."""
         batch = list(samples)
         names: list[str] = []
-        # What each sample stores: None for its own value as sent, else an int widened to a
-        # double, or (a quality-only update) the point's current value.
-        values: list[point_pb2.Value | None] = []
-        horizon = now_ms() // 1000 + MAX_FUTURE_S
+        # What each sample stores: its own value, an int widened to a double, or (a
+        # quality-only update) the point's current value; and its source time in ms (None:
+        # the receive time). Each message field is read once: every read costs a lookup.
+        values: list[point_pb2.Value] = []
+        times: list[int | None] = []
+        now = now_ms()
+        horizon = now // 1000 + MAX_FUTURE_S
+        points, metas = self.points, self.meta
         for s in batch:
             # The validator's cache hands back one str object per name: the points dict, the
             # change log and the history buffer all share it instead of a copy per sample.
             name = _valid_name(s.name)
             names.append(name)
-            if s.quality == point_pb2.QUALITY_STALE:
-                raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
-            if s.quality not in _WRITABLE_QUALITIES:
-                raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {s.quality}")
-            field = s.value.WhichOneof("kind")
+            quality = s.quality
+            if quality not in _WRITABLE_QUALITIES:
+                if quality == point_pb2.QUALITY_STALE:
+                    raise CoreError("INVALID_ARGUMENT", "quality STALE is set by the core only")
+                raise CoreError("INVALID_ARGUMENT", f"point {name}: unknown quality {quality}")
+            value = s.value
+            field = value.WhichOneof("kind")
             if field is None:
-                values.append(self._kept_value(name, s.quality))
+                values.append(self._kept_value(name, quality))
             else:
                 # The point's kind, inline (this loop runs per sample): declared, else the
                 # kind of the value it holds.
-                meta = self.meta.get(name)
+                meta = metas.get(name)
                 if meta is not None and meta.kind:
                     same = KIND_OF_FIELD[field] == meta.kind
                 else:
-                    current = self.points.get(name)
+                    current = points.get(name)
                     same = current is None or current.value.WhichOneof("kind") in (field, None)
-                values.append(None if same else self._check_kind(name, field, s.value))
-            if field == "double_value" and not math.isfinite(s.value.double_value):
-                # NaN and infinities are no measurement: every sum, average and comparison a
-                # reader makes would silently turn into NaN. Quality BAD says "no good value".
-                raise CoreError(
-                    "INVALID_ARGUMENT",
-                    f"point {name}: {s.value.double_value} is not a finite number",
-                    point=name,
-                )
+                values.append(value if same else self._check_kind(name, field, value) or value)
+                if field == "double_value" and not math.isfinite(value.double_value):
+                    # NaN and infinities are no measurement: every sum, average and comparison
+                    # a reader makes would silently turn into NaN. Quality BAD: no good value.
+                    raise CoreError(
+                        "INVALID_ARGUMENT",
+                        f"point {name}: {value.double_value} is not a finite number",
+                        point=name,
+                    )
             if s.HasField("source_time"):
-                _check_source_time(name, s.source_time, horizon)
-        if len(set(names)) != len(names):
+                source = s.source_time
+                _check_source_time(name, source, horizon)
+                times.append(ts_to_ms(source))
+            else:
+                times.append(None)
+        if len(names) > 1 and len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise CoreError("INVALID_ARGUMENT", f"point {dup} appears twice in one batch")
-        created = [n for n in names if n not in self.points and n not in self.meta]
-        self._add_names(created)
-        for name in created:
-            self._charge(name, identity)
+        created = [n for n in names if n not in points and n not in metas]
+        if created:
+            self._add_names(created)
+            for name in created:
+                self._charge(name, identity)
         rev = self.next_revision()
-        now = now_ms()
         # What every point of the batch shares, serialized once: parsing it back is the
         # cheapest way to start a new Point (measured: 1.7 us against 2.6 us with keywords).
         common = point_pb2.Point(
             receive_time=ms_to_ts(now), writer=identity, revision=rev
         ).SerializeToString()
-        for name, s, value in zip(names, batch, values, strict=True):
-            self._store(name, s, s.value if value is None else value, common, now)
+        for name, s, value, ts in zip(names, batch, values, times, strict=True):
+            self._store(name, s, value, ts, common, now)
         self._log_change(rev)
         return rev
 
@@ -455,6 +468,7 @@ class RealtimeDB:
         name: str,
         s: point_pb2.PointSample,
         value: point_pb2.Value,
+        ts: int | None,
         common: bytes,
         now: int,
     ) -> None:
@@ -464,13 +478,12 @@ class RealtimeDB:
         point.value.CopyFrom(value)
         if meta is not None:
             point.unit = meta.unit
-        if s.HasField("source_time"):
-            point.source_time.CopyFrom(s.source_time)
-            ts = ts_to_ms(s.source_time)
-        else:
+        if ts is None:
             point.source_time.CopyFrom(point.receive_time)
             ts = now
-        point.quality = s.quality or point_pb2.QUALITY_GOOD
+        else:
+            point.source_time.CopyFrom(s.source_time)
+        point.quality = quality = s.quality or point_pb2.QUALITY_GOOD
         self.points[name] = point
         if meta is not None and meta.HasField("expected_period"):
             self._arm_deadline(name, now)
@@ -482,9 +495,7 @@ class RealtimeDB:
         if self.history is not None:
             # Stored points are never modified (a change makes a new one), so the history
             # may serialize this one later, on its writer thread.
-            self.history.append(
-                name, ts, getattr(value, value.WhichOneof("kind")), point.quality, point
-            )
+            self.history.append(name, ts, getattr(value, value.WhichOneof("kind")), quality, point)
 
     def _log_change(self, rev: int) -> None:
         if len(self._changes) == self._changes.maxlen:
