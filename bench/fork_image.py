@@ -685,6 +685,7 @@ class Bench:
                 print(self.fork_after_use())
         finally:
             core.stop()
+            self.site.cleanup()
         return 0
 
     def table(self, results: list[dict[str, Any]]) -> str:
