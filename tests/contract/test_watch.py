@@ -244,3 +244,63 @@ async def test_twenty_concurrent_subscribers_all_see_the_final_state(site, core)
         s.cancel()
     await asyncio.sleep(0.2)
     assert core.state.db.watcher_count == 0
+
+
+async def _paced_core(site, monkeypatch, busy_wait: float):
+    from trusted.core.server import Core
+    from trusted.core.services import points
+
+    monkeypatch.setattr(points, "BUSY_WAIT_S", busy_wait)
+    core = Core(site.config(watch_min_interval=0.3))
+    await core.start()
+    return core
+
+
+async def test_an_idle_core_sends_each_change_at_once(site, monkeypatch):
+    # Nothing waits for the loop here (a wait up to 10 s would not count as busy): the
+    # 0.3 s min_interval must not delay anything.
+    core = await _paced_core(site, monkeypatch, busy_wait=10.0)
+    try:
+        stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+        assert (await stream.read()).snapshot
+        loop = asyncio.get_running_loop()
+        for i in range(3):
+            await site.stubs("meter").points.WritePoints(batch(("meter/P", i)))
+            t0 = loop.time()
+            msg = await asyncio.wait_for(stream.read(), 5)
+            assert [p.value.double_value for p in msg.points] == [i]
+            assert loop.time() - t0 < 0.2
+        stream.cancel()
+    finally:
+        await core.stop(grace=0.1)
+
+
+async def test_a_busy_core_paces_streams_and_loses_no_change(site, monkeypatch):
+    # Every change counts as having waited for the loop: the stream sends at most one message
+    # per min_interval (0.3 s), and the changes in between ride along, none dropped.
+    core = await _paced_core(site, monkeypatch, busy_wait=-1.0)
+    try:
+        stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+        assert (await stream.read()).snapshot
+        loop = asyncio.get_running_loop()
+        meter = site.stubs("meter").points
+
+        async def write() -> None:
+            for i in range(30):
+                await meter.WritePoints(batch(("meter/P", i)))
+                await asyncio.sleep(0.02)
+
+        writer = asyncio.create_task(write())
+        seen: list[float] = []
+        times: list[float] = []
+        while len(seen) < 30:
+            msg = await asyncio.wait_for(stream.read(), 5)
+            times.append(loop.time())
+            seen += [p.value.double_value for p in msg.points]
+        await writer
+        assert seen == list(range(30))
+        assert all(b - a >= 0.25 for a, b in zip(times, times[1:], strict=False))
+        assert len(times) <= 4  # 0.6 s of writes: a message at once, then one per 0.3 s
+        stream.cancel()
+    finally:
+        await core.stop(grace=0.1)

@@ -40,6 +40,7 @@ path = "log/audit.jsonl"
 backlog = 5000
 stale_factor = 3
 stale_check_interval = "250ms"
+min_interval = "2ms"
 
 [limits]
 max_request_items = 500
@@ -117,6 +118,7 @@ def test_every_key_is_parsed_and_relative_paths_resolve_against_home(tmp_path: P
     assert cfg.watch_backlog == 5000
     assert cfg.stale_factor == 3.0 and isinstance(cfg.stale_factor, float)
     assert cfg.stale_check_interval == 0.25
+    assert cfg.watch_min_interval == 0.002
     assert cfg.max_request_items == 500
     assert cfg.max_message_bytes == 8 * 1024**2
 

@@ -56,7 +56,7 @@ _TOP_KEYS = ("site", "socket", "tcp", "policy", "pki_dir", "history", "audit", "
 _SECTIONS = {
     "history": ("path", "flush_interval", "max_age", "max_size", "retention_interval", "keep"),
     "audit": ("path", "max_size", "keep"),
-    "watch": ("backlog", "stale_factor", "stale_check_interval"),
+    "watch": ("backlog", "stale_factor", "stale_check_interval", "min_interval"),
     "limits": (
         "max_request_items",
         "max_message_bytes",
@@ -92,6 +92,9 @@ class CoreConfig:
     stale_factor: float = 2.0
     stale_check_interval: float = 0.5
     watch_backlog: int = 20_000  # revisions kept for resuming a watch
+    # Least time between two messages of one WatchPoints stream: changes in between go out
+    # together (none is dropped), so a busy point costs one message per interval per watcher.
+    watch_min_interval: float = 0.005
     max_request_items: int = 10_000
     max_message_bytes: int = 4 * 1024 * 1024
     max_string_bytes: int = 2048  # one string value of a point write, UTF-8
@@ -245,6 +248,9 @@ def _build(data: dict[str, Any], home: Path) -> CoreConfig:
             watch.get("stale_check_interval", 0.5), "watch.stale_check_interval", 0.05, 60
         ),
         watch_backlog=integer(watch.get("backlog", 20_000), "watch.backlog", 100, 10_000_000),
+        watch_min_interval=duration(
+            watch.get("min_interval", 0.005), "watch.min_interval", 0.0, 1.0
+        ),
         max_request_items=integer(
             limits.get("max_request_items", 10_000), "limits.max_request_items", 1, 1_000_000
         ),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -56,7 +57,7 @@ class Watcher:
     every change (`_changes`) up to KEEP_EVERY_CHANGE changes or KEEP_EVERY_CHANGE_BYTES, then
     the latest per point (`_latest`)."""
 
-    __slots__ = ("_match", "_cache", "_changes", "_kept_bytes", "_latest", "event")
+    __slots__ = ("_match", "_cache", "_changes", "_kept_bytes", "_latest", "event", "full", "since")
 
     def __init__(self, match: Callable[[str], bool]) -> None:
         self._match = match
@@ -65,6 +66,9 @@ class Watcher:
         self._kept_bytes = 0
         self._latest: dict[str, point_pb2.Point] | None = None
         self.event = Wakeup()  # one waiter, woken once per delivery: no task per wait
+        self.since = 0.0  # time.monotonic() of the oldest unsent change
+        # Set at half the bounds: a paced stream sends before keeping every change must end.
+        self.full = Wakeup()
 
     def matches(self, name: str) -> bool:
         hit = self._cache.get(name)
@@ -77,9 +81,14 @@ class Watcher:
         latest = self._latest
         if latest is None:
             changes = self._changes
+            if not changes:
+                self.since = time.monotonic()
             changes.append(point)
-            self._kept_bytes += size
-            if len(changes) >= KEEP_EVERY_CHANGE or self._kept_bytes > KEEP_EVERY_CHANGE_BYTES:
+            count, kept = len(changes), self._kept_bytes + size
+            self._kept_bytes = kept
+            if count * 2 >= KEEP_EVERY_CHANGE or kept * 2 > KEEP_EVERY_CHANGE_BYTES:
+                self.full.set()
+            if count >= KEEP_EVERY_CHANGE or kept > KEEP_EVERY_CHANGE_BYTES:
                 self._latest = latest = {}
                 for p in changes:
                     latest.pop(p.name, None)
@@ -103,6 +112,7 @@ class Watcher:
         else:
             points, self._latest = list(self._latest.values()), None
         self.event.clear()
+        self.full.clear()
         return points
 
 
