@@ -21,7 +21,9 @@ def read(message: bytes) -> pb.WatchPointsResponse:
 
 async def test_write_in_the_heartbeats_turn_is_sent_not_skipped():
     db = RealtimeDB(core_identity="core")
-    state = types.SimpleNamespace(db=db, config=types.SimpleNamespace(max_request_items=100))
+    state = types.SimpleNamespace(
+        db=db, config=types.SimpleNamespace(max_request_items=100, watch_min_interval=0.005)
+    )
     caller = types.SimpleNamespace(
         identity=Identity("s", "trusted", "gui"), uri="x", may=lambda point: True
     )
