@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from smx.client import Credentials
-from smx.identity import DOMAINS, Identity, IdentityError
+from smx.identity import DOMAINS, SCHEME, Identity, IdentityError
 
 __all__ = [
     "CertificateProblem",
@@ -197,7 +197,7 @@ def certificate_identity(path: Path) -> Identity | None:
         der = ssl.PEM_cert_to_DER_cert(path.read_text(encoding="ascii").strip())
     except (OSError, ValueError):
         return None
-    for m in re.finditer(rb"spiffe://", der):
+    for m in re.finditer(re.escape(SCHEME.encode()), der):
         start = m.start()
         if start < 2 or der[start - 2] != 0x86 or der[start - 1] >= 0x80:
             continue

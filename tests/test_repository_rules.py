@@ -109,6 +109,8 @@ CONTRACT_HOMES = {
     # the core's name (its server certificate's, its identity's): `SERVER_NAME` as a string, a
     # URI's last part or a file stem; log lines such as "smxcore ready: ..." name the program
     r"(?m)(^|/)smxcore($|[./])": "smx/identity.py",
+    # the identity URI scheme (`SCHEME`, `site_uri`, `Identity.uri`): a string that starts with it
+    r"(?m)^spiffe://": "smx/identity.py",
     # the core's default socket in a site home (`RunPaths.socket`)
     r"(?m)(^|/)core\.sock$": "smx/process_env.py",
     # seconds or milliseconds <-> Timestamp/Duration, by its methods or by scaling its fields
@@ -169,6 +171,7 @@ def test_each_contract_is_spelled_in_its_home_only(pattern):
         "ms = ts.seconds * 1000 + ts.nanos // 1_000_000",
         "s = 1e-9 * d.nanos + d.seconds",
         'uri = f"spiffe://{site}/trusted/smxcore"',
+        'san = f"spiffe://{site}"',
         'key = pki / "server" / "smxcore.key"',
         'NAME = "smxcore"',
     ],

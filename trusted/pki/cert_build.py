@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from smx.identity import site_uri
+
 __all__ = ["BACKDATE", "build_ca", "build_leaf", "new_key"]
 
 # Certificates start a little in the past: a box without an RTC may boot with a lagging clock.
@@ -101,7 +103,7 @@ def build_ca(site: str, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePr
             critical=True,
         )
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{site}")]),
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(site_uri(site))]),
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from smx.identity import SCHEME
 from smx.toml_text import toml_list, toml_str
 
 __all__ = [
@@ -54,7 +55,7 @@ METHOD_VERBS: Mapping[str, str] = {
 }
 
 # The one wildcard binding form, `spiffe://<site>/<domain>/*`; groups: site, domain.
-WILDCARD_IDENTITY = re.compile(r"spiffe://([^/]+)/([^/]+)/\*")
+WILDCARD_IDENTITY = re.compile(re.escape(SCHEME) + r"([^/]+)/([^/]+)/\*")
 
 
 class PolicyError(ValueError):

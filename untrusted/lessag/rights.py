@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from smx.identity import Identity
 from smx.names import Glob
 
 from .settings import LessagConfig
@@ -88,7 +89,7 @@ def binding_toml(cfg: LessagConfig, site: str, name: str) -> str:
     """A `[[bindings]]` entry for policy.local.toml granting exactly `needed_rules`, no role."""
     lines = [
         "[[bindings]]",
-        f'identity = "spiffe://{site}/untrusted/{name}"',
+        f'identity = "{Identity(site, "untrusted", name).uri}"',
         "roles = []",
         f'description = "{name}: exactly what its config publishes and requests"',
         "rules = [",
