@@ -72,7 +72,8 @@ class PointServiceServicer:
     """
 
     def GetPoints(self, request, context):
-        """Current value of each named point. Unknown names fail with NOT_FOUND (POINT_NOT_FOUND).
+        """Current value of each named point. Unknown names fail with NOT_FOUND (POINT_NOT_FOUND), as
+        does a declared point never written (its message says so).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -84,6 +84,25 @@ async def test_invalid_batch_stores_nothing(site, core):
     )
 
 
+async def test_a_declared_point_without_a_value_says_so(site, core):
+    meter = site.stubs("meter")
+    await meter.points.DeclarePoints(pb.DeclarePointsRequest(points=[meta("meter/P")]))
+    err = await expect_error(
+        meter.points.GetPoints(pb.GetPointsRequest(names=["meter/P"])),
+        grpc.StatusCode.NOT_FOUND,
+        "POINT_NOT_FOUND",
+    )
+    assert (
+        "has no value yet" in err.details() and "spiffe://test-site/trusted/meter" in err.details()
+    )
+    err = await expect_error(
+        meter.points.GetPoints(pb.GetPointsRequest(names=["meter/Nothing"])),
+        grpc.StatusCode.NOT_FOUND,
+        "POINT_NOT_FOUND",
+    )
+    assert err.details() == "no point meter/Nothing"
+
+
 @pytest.mark.parametrize(
     "samples, reason",
     [

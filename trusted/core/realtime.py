@@ -518,7 +518,14 @@ class RealtimeDB:
         for name in names:
             point = self.points.get(_valid_name(name))
             if point is None:
-                raise CoreError("POINT_NOT_FOUND", f"no point {name}", point=name)
+                meta = self.meta.get(name)
+                why = (
+                    f"point {name} has no value yet (declared by {meta.owner or 'a client'}, "
+                    "never written); ask again after its first write, or watch it"
+                    if meta is not None
+                    else f"no point {name}"
+                )
+                raise CoreError("POINT_NOT_FOUND", why, point=name)
             out.append(point)
         return out
 
