@@ -314,17 +314,6 @@ def private_by_kind(pid: int) -> dict[str, int]:
     return out
 
 
-def smaps_rollup(pid: int) -> dict[str, int]:
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            fields[key] = int(parts[0]) * 1024
-    uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0), "uss": uss}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=6, help="SDK processes per mode")
@@ -477,7 +466,7 @@ class Bench:
             measured = list(zip(names, pids, strict=True))
             if image is not None:
                 measured.append(("image", image.proc.pid))
-            rows = [(n, smaps_rollup(pid)) for n, pid in measured]
+            rows = [(n, self.h.smaps_rollup(pid)) for n, pid in measured]
             kinds = [(n, private_by_kind(pid)) for n, pid in measured]
             after = self.values(names)
             stale = [n for n in names if after.get(n, 0) <= before.get(n, 0)]

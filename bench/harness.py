@@ -38,6 +38,7 @@ __all__ = [
     "fmt_table",
     "percentile",
     "rss_mb",
+    "smaps_rollup",
     "target_line",
 ]
 
@@ -150,6 +151,18 @@ def aio_channel(creds: Credentials, target: str, own_connection: bool = False) -
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
     return grpc.aio.secure_channel(target, creds.grpc(), options=options)
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """RSS, PSS and USS of `pid` in bytes from /proc/PID/smaps_rollup."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            fields[key] = int(parts[0]) * 1024
+    uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0), "uss": uss}
 
 
 def rss_mb(ps: psutil.Process) -> float:

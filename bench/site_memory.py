@@ -33,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from harness import ROOT, fmt_table, target_line  # also puts the repository on sys.path
+from harness import (  # also puts the repository on sys.path
+    ROOT,
+    fmt_table,
+    smaps_rollup,
+    target_line,
+)
 
 from extensions.sdk.testing import free_port
 from tests.support.smx_run import SmxRun
@@ -144,18 +149,6 @@ def start_broker(mqtt: MqttFiles, home: Path, creds: dict[str, Any]) -> subproce
             stdin=subprocess.DEVNULL,
             **creds,
         )
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """RSS, PSS and USS of `pid` in bytes from /proc/PID/smaps_rollup."""
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            fields[key] = int(parts[0]) * 1024
-    uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-    return {"rss": fields.get("Rss", 0), "pss": fields.get("Pss", 0), "uss": uss}
 
 
 def is_python(pid: int) -> bool:
