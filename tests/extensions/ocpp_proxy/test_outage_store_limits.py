@@ -108,7 +108,9 @@ async def test_draining_marks_frames_instead_of_rewriting_the_file(tmp_path):
     await tick
     assert delivered == frames
     assert s.written < 2 * size, f"{s.written} bytes written to drain a {size}-byte store"
-    assert lag < 0.1, f"the event loop was blocked for {lag:.3f} s"
+    # Generous: on a loaded 2-core CI machine a 5 ms timer was seen 0.15 s late; what this
+    # guards against, draining by rewriting the file, is caught exactly by `written` above.
+    assert lag < 0.5, f"the event loop was blocked for {lag:.3f} s"
     assert s.path.read_bytes() == b""  # drained: truncated
 
     # Interrupted half-way (a crash): what was marked is not delivered again, the rest is.
