@@ -84,6 +84,24 @@ async def test_invalid_batch_stores_nothing(site, core):
     )
 
 
+@pytest.mark.parametrize(
+    "field, size", [("unit", 33), ("description", 2049), ("description", 4_000_000)]
+)
+async def test_metadata_strings_are_capped(site, core, field, size):
+    # A unit is copied into every stored value and watch message: a 4 MB one turned each
+    # 31-byte write into 4 MB to every watcher.
+    meter = site.stubs("meter")
+    big = ppb.PointMetadata(name="meter/P", **{field: "x" * size})
+    err = await expect_error(
+        meter.points.DeclarePoints(pb.DeclarePointsRequest(points=[big])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_TOO_LARGE",
+    )
+    assert field in err.details()
+    ok = ppb.PointMetadata(name="meter/P", unit="kvarh", description="d" * 2048)
+    await meter.points.DeclarePoints(pb.DeclarePointsRequest(points=[ok]))
+
+
 async def test_a_declared_point_without_a_value_says_so(site, core):
     meter = site.stubs("meter")
     await meter.points.DeclarePoints(pb.DeclarePointsRequest(points=[meta("meter/P")]))

@@ -35,6 +35,7 @@ AGGREGATIONS = {
     pb.AGGREGATION_LAST: "last",
 }
 MAX_HISTORY_NAMES = 100
+MAX_UNIT_BYTES = 32
 # Bytes of a repeated-field entry around a message (tag + length varint), and of the rest of a
 # reply (revision, gRPC framing), counted when a reply is sized before it is built.
 ENTRY_OVERHEAD, REPLY_OVERHEAD = 6, 64
@@ -131,10 +132,32 @@ class PointService:
         token = make_token(query, resume) if resume else ""
         return pb.ListPointsResponse(points=page, next_page_token=token)
 
+    def _check_metadata(self, metas: Sequence[point_pb2.PointMetadata]) -> None:
+        """A unit is a symbol and a description a sentence: the unit is copied into every
+        stored value and every message of every watcher of the point, the description into
+        every listing, so both are capped."""
+        limit = self.s.config.max_string_bytes
+        for m in metas:
+            if len(m.unit.encode()) > MAX_UNIT_BYTES:
+                raise CoreError(
+                    "REQUEST_TOO_LARGE",
+                    f"point {m.name}: unit of {len(m.unit.encode())} bytes exceeds "
+                    f"{MAX_UNIT_BYTES} (a symbol such as kWh, docs/DATA-MODEL.md)",
+                    point=m.name,
+                )
+            if len(m.description) * 4 > limit and len(m.description.encode()) > limit:
+                raise CoreError(
+                    "REQUEST_TOO_LARGE",
+                    f"point {m.name}: description of {len(m.description.encode())} bytes exceeds "
+                    f"{limit} ([limits] max_string_bytes)",
+                    point=m.name,
+                )
+
     async def DeclarePoints(self, req: pb.DeclarePointsRequest, caller: Caller, ctx: object):
         self._limit(req.points, "points")
         for m in req.points:
             caller.require(point_name(m.name))
+        self._check_metadata(req.points)
         self._check_quota(caller, [m.name for m in req.points], declaring=True)
         return pb.DeclarePointsResponse(declared=self.s.db.declare(caller.uri, req.points))
 
