@@ -43,22 +43,36 @@ async def test_snapshot_first_then_changes_in_revision_order(site, core):
 
 
 async def test_a_burst_arrives_whole_in_few_messages(site, core):
-    # 200 changes of one point stored in one turn of the core's loop, before the stream can
-    # send anything: the watcher keeps each of them (up to KEEP_EVERY_CHANGE) and sends them
+    # 40 changes of one point stored in one turn of the core's loop, before the stream can
+    # send anything: the watcher keeps each of them (within its bounds) and sends them
     # together, instead of only the last value or one message per change.
     stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
     assert (await stream.read()).snapshot
     db = core.state.db
-    revs = [db.write(METER, batch(("meter/B", i)).samples) for i in range(200)]
+    revs = [db.write(METER, batch(("meter/B", i)).samples) for i in range(40)]
     seen: list[tuple[int, float]] = []
     messages = 0
-    while len(seen) < 200:
+    while len(seen) < 40:
         msg = await asyncio.wait_for(stream.read(), 5)
         messages += 1
         seen += [(p.revision, p.value.double_value) for p in msg.points]
         assert msg.revision == max(r for r, _ in seen)
     assert seen == [(r, i) for i, r in enumerate(revs)]
     assert messages == 1
+    stream.cancel()
+
+
+async def test_a_stalled_stream_keeps_what_points_cost_in_memory_not_their_bytes(site, core):
+    # 100 small changes are ~9 KiB serialized but ~100 KiB as stored points: the watcher
+    # counts the latter against its 64 KiB and keeps the latest value instead.
+    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    assert (await stream.read()).snapshot
+    db = core.state.db
+    for i in range(100):
+        db.write(METER, batch(("meter/B", i)).samples)
+    assert next(iter(db._watchers)).unsent == 1
+    msg = await asyncio.wait_for(stream.read(), 5)
+    assert [p.value.double_value for p in msg.points] == [99]
     stream.cancel()
 
 

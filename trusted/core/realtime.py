@@ -39,10 +39,13 @@ MIN_TS_SECONDS, MAX_TS_SECONDS = -62_135_596_800, 253_402_300_799
 # Unsent changes a watcher keeps one by one: a consumer briefly behind (a busy loop, a burst of
 # writes) still gets every value, and several changes go out in one message instead of one
 # message each. Beyond either bound the watcher keeps the latest value per point until it
-# catches up: the bytes bound what a stalled stream keeps alive of superseded string values
-# (32 streams x 64 KiB per client at most), the count what it costs to catch up.
+# catches up: the bytes bound the memory a stalled stream keeps alive in superseded points
+# (32 streams x 64 KiB per client at most), the count what it costs to catch up. A kept
+# change costs its serialized size plus KEPT_POINT_OVERHEAD, what a stored Point takes in
+# memory beyond its bytes (measured ~850 B): 64 KiB holds ~60 small changes.
 KEEP_EVERY_CHANGE = 256
 KEEP_EVERY_CHANGE_BYTES = 64 * 1024
+KEPT_POINT_OVERHEAD = 1024
 
 
 class HistorySink(Protocol):
@@ -84,7 +87,7 @@ class Watcher:
             if not changes:
                 self.since = time.monotonic()
             changes.append(point)
-            count, kept = len(changes), self._kept_bytes + size
+            count, kept = len(changes), self._kept_bytes + size + KEPT_POINT_OVERHEAD
             self._kept_bytes = kept
             if count * 2 >= KEEP_EVERY_CHANGE or kept * 2 > KEEP_EVERY_CHANGE_BYTES:
                 self.full.set()

@@ -18,7 +18,7 @@ from trusted.core.history import HistoryError, HistoryQueryError
 from trusted.core.paging import make_token, page_size, read_token
 from trusted.core.services.fields import check_patterns, globs, heartbeat_s, point_name
 from trusted.core.state import CoreState
-from trusted.core.watch_wire import WatchWire
+from trusted.core.watch_wire import watch_message
 
 __all__ = ["PointService"]
 
@@ -48,7 +48,6 @@ LIST_SCAN_FACTOR, LIST_SCAN_MIN = 10, 1000
 class PointService:
     def __init__(self, state: CoreState) -> None:
         self.s = state
-        self.wire = WatchWire(state.db.points)
 
     def _limit(self, items: object, what: str) -> None:
         n = len(items)  # type: ignore[arg-type]
@@ -187,20 +186,19 @@ class PointService:
             # caller.may reads the policy in force: a reload applies to open watches.
             return wanted.match(name) and caller.may(name)
 
-        wire = self.wire
         pace = self.s.config.watch_min_interval
         watcher, first = db.watch(match, req.start_revision)
         try:
             sent = paced_until = 0.0
             if req.start_revision == 0:
-                yield wire.message(first, db.revision, snapshot=True)
+                yield watch_message(first, db.revision, snapshot=True)
             elif first:
-                for msg in _chunks(wire, first, db.revision):
+                for msg in _chunks(first, db.revision):
                     yield msg
             while True:
                 if not await watcher.event.wait(heartbeat) and not watcher.unsent:
                     # (a write may land in the very turn of the timeout: then it is sent)
-                    yield wire.message((), db.revision, heartbeat=True)
+                    yield watch_message((), db.revision, heartbeat=True)
                     continue
                 if pace:
                     # A busy core paces its streams: a change that waited for the loop longer
@@ -210,10 +208,13 @@ class PointService:
                     now = time.monotonic()
                     if now - watcher.since > BUSY_WAIT_S:
                         paced_until = now + PACED_FOR_S
-                    early = sent + pace - now
+                    # From the last message, but never more than `pace` after the oldest
+                    # change arrived (a change that already waited for the loop is not held
+                    # back a full interval more).
+                    early = min(sent, watcher.since) + pace - now
                     if early > 0 and now < paced_until:
                         await watcher.full.wait(early)  # sooner if the changes pile up
-                for msg in _chunks(wire, watcher.take(), db.revision, ordered=True):
+                for msg in _chunks(watcher.take(), db.revision, ordered=True):
                     yield msg
                 sent = time.monotonic()
         finally:
@@ -260,19 +261,17 @@ class PointService:
             raise CoreError("HISTORY_UNAVAILABLE", f"history log unavailable: {err}") from err
 
 
-def _chunks(
-    wire: WatchWire, points: list[point_pb2.Point], revision: int, *, ordered: bool = False
-) -> list[bytes]:
+def _chunks(points: list[point_pb2.Point], revision: int, *, ordered: bool = False) -> list[bytes]:
     """Split changes into messages; a message's revision is where a resume may start, so a
     cut never falls between two points of the same revision. A watcher hands its changes over
     `ordered` by revision already."""
     if not ordered:
         points.sort(key=lambda p: p.revision)
     if len(points) <= WATCH_CHUNK:
-        return [wire.message(points, revision)]
+        return [watch_message(points, revision)]
     out = []
     while len(points) > WATCH_CHUNK:
         head, points = points[:WATCH_CHUNK], points[WATCH_CHUNK:]
-        out.append(wire.message(head, points[0].revision - 1))
-    out.append(wire.message(points, revision))
+        out.append(watch_message(head, points[0].revision - 1))
+    out.append(watch_message(points, revision))
     return out
