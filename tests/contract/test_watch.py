@@ -318,3 +318,44 @@ async def test_a_busy_core_paces_streams_and_loses_no_change(site, monkeypatch):
         stream.cancel()
     finally:
         await core.stop(grace=0.1)
+
+
+async def test_a_large_snapshot_comes_in_messages_that_each_can_be_resumed_from(site, core):
+    # 600 points of 2 KiB strings, ~1.3 MB: more than one message's worth. The first message
+    # is the snapshot, the rest of the current values follow in revision order, and a watch
+    # resumed from any message's revision gets exactly what that message had not covered.
+    from trusted.core.services.points import WATCH_CHUNK_BYTES
+
+    meter = site.stubs("meter").points
+    text = "x" * 2000
+    for r in range(6):
+        await meter.WritePoints(
+            pb.WritePointsRequest(
+                samples=[
+                    ppb.PointSample(name=f"meter/S{i}", value=ppb.Value(string_value=text))
+                    for i in range(r * 100, r * 100 + 100)
+                ]
+            )
+        )
+    head = (await meter.GetPoints(pb.GetPointsRequest(names=["meter/S0"]))).revision
+    stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    messages = []
+    names: list[str] = []
+    while len(names) < 600:
+        msg = await asyncio.wait_for(stream.read(), 5)
+        assert msg.ByteSize() < WATCH_CHUNK_BYTES + 4096
+        messages.append(msg)
+        names += [p.name for p in msg.points]
+    stream.cancel()
+    assert [m.snapshot for m in messages] == [True] + [False] * (len(messages) - 1)
+    assert len(messages) >= 5 and sorted(names) == sorted(f"meter/S{i}" for i in range(600))
+    assert messages[-1].revision == head
+    for m in messages[:-1]:
+        resumed = site.stubs("gui").points.WatchPoints(
+            pb.WatchPointsRequest(patterns=["meter/*"], start_revision=m.revision)
+        )
+        got: set[str] = set()
+        missing = {p.name for later in messages[messages.index(m) + 1 :] for p in later.points}
+        while not missing <= got:
+            got |= {p.name for p in (await asyncio.wait_for(resumed.read(), 5)).points}
+        resumed.cancel()

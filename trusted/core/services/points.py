@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import cast
 
 import grpc
@@ -22,7 +22,9 @@ from trusted.core.watch_wire import watch_message
 
 __all__ = ["PointService"]
 
-WATCH_CHUNK = 1000
+# A watch message holds at most this much (one point larger than it goes alone): a snapshot or
+# catch-up is sent as several messages, built one at a time.
+WATCH_CHUNK_BYTES = 256 * 1024
 # A watch stream paces itself ([watch] min_interval) for PACED_FOR_S after a change waited
 # longer than BUSY_WAIT_S for the core's loop to get to it: the sign of a loop with more to
 # send than it can, where fewer, larger messages cost less and arrive sooner.
@@ -190,10 +192,10 @@ class PointService:
         watcher, first = db.watch(match, req.start_revision)
         try:
             sent = paced_until = 0.0
-            if req.start_revision == 0:
-                yield watch_message(first, db.revision, snapshot=True)
-            elif first:
-                for msg in _chunks(first, db.revision):
+            if req.start_revision == 0 or first:
+                # The watcher holds every change after this revision, whatever the snapshot's
+                # pace: its messages may be built while later writes land.
+                for msg in _chunks(first, db.revision, snapshot=req.start_revision == 0):
                     yield msg
             while True:
                 if not await watcher.event.wait(heartbeat) and not watcher.unsent:
@@ -261,17 +263,26 @@ class PointService:
             raise CoreError("HISTORY_UNAVAILABLE", f"history log unavailable: {err}") from err
 
 
-def _chunks(points: list[point_pb2.Point], revision: int, *, ordered: bool = False) -> list[bytes]:
-    """Split changes into messages; a message's revision is where a resume may start, so a
-    cut never falls between two points of the same revision. A watcher hands its changes over
-    `ordered` by revision already."""
+def _chunks(
+    points: list[point_pb2.Point],
+    revision: int,
+    *,
+    ordered: bool = False,
+    snapshot: bool = False,
+) -> Iterator[bytes]:
+    """Changes (or the snapshot, the first message marked) as messages of about
+    WATCH_CHUNK_BYTES at most, each built when the previous one is sent: a client that stops
+    reading holds the message in flight, not a whole snapshot. A message's revision is where a
+    resume may start: a cut claims the revision before the next message's first point, so a
+    resume sends again at worst part of one revision, never loses one. A watcher hands its
+    changes over `ordered` by revision already."""
     if not ordered:
         points.sort(key=lambda p: p.revision)
-    if len(points) <= WATCH_CHUNK:
-        return [watch_message(points, revision)]
-    out = []
-    while len(points) > WATCH_CHUNK:
-        head, points = points[:WATCH_CHUNK], points[WATCH_CHUNK:]
-        out.append(watch_message(head, points[0].revision - 1))
-    out.append(watch_message(points, revision))
-    return out
+    start = size = 0
+    for i, p in enumerate(points):
+        grown = size + p.ByteSize() + ENTRY_OVERHEAD
+        if grown > WATCH_CHUNK_BYTES and i > start:
+            yield watch_message(points[start:i], p.revision - 1, snapshot=snapshot)
+            snapshot, start, grown = False, i, p.ByteSize() + ENTRY_OVERHEAD
+        size = grown
+    yield watch_message(points[start:], revision, snapshot=snapshot)
