@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import multiprocessing as mp
 import os
 import pwd
@@ -509,33 +510,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--native", action="store_true", help="C++ subscribers (bench/native), one process each"
     )
+    parser.add_argument(
+        "--uvloop-baseline",
+        action="store_true",
+        help="also the bare relay on uvloop, the core's event loop (a like-for-like ratio)",
+    )
     args = parser.parse_args(argv)
     _configure(args.one_point)
     native = build_native() if args.native else None
     seconds = 1.5 if args.quick else args.seconds
     with_mqtt = not args.no_mqtt and mosquitto_available()
     site = Site()
-    core = bare = mosq = None
+    core = bare = bare_uv = mosq = None
     results: list[Result] = []
     try:
         core = BenchCore(site)
         bare = BareServer(site)
-        servers: list[tuple[str, str, Any]] = [
-            ("bare", bare.target, lambda: sum(bare.ps.cpu_times()[:2])),
-            ("core", site.target, core.cpu_seconds),
+        # (label, protocol, target, CPU seconds of the server)
+        servers: list[tuple[str, str, str, Any]] = [
+            ("bare", "bare", bare.target, lambda: sum(bare.ps.cpu_times()[:2])),
+            ("core", "core", site.target, core.cpu_seconds),
         ]
+        if args.uvloop_baseline:
+            bare_uv = BareServer(site, "bare-uvloop.sock", uvloop=True)
+            servers.insert(
+                1, ("bare-uvloop", "bare", bare_uv.target, lambda: sum(bare_uv.ps.cpu_times()[:2]))
+            )
         if with_mqtt:
             mosq = Mosquitto(site)
-            servers.append(("mqtt", mosq.target, mosq.cpu_seconds))
+            servers.append(("mqtt", "mqtt", mosq.target, mosq.cpu_seconds))
         rss_idle = core.rss_mb()
         cpu0 = core.cpu_seconds()
         for subs in (0, 1, 20):
-            for kind, target, cpu in servers:  # interleaved: the same machine state for each
-                results.append(run_case(kind, site, target, subs, args.procs, seconds, cpu, native))
+            for label, kind, target, cpu in servers:  # interleaved: the same machine state
+                r = run_case(kind, site, target, subs, args.procs, seconds, cpu, native)
+                results.append(dataclasses.replace(r, server=label))
         rss_after = core.rss_mb()
         core_cpu = core.cpu_seconds() - cpu0
     finally:
-        for server in (mosq, bare, core):
+        for server in (mosq, bare_uv, bare, core):
             if server is not None:
                 server.stop()
         site.cleanup()
@@ -612,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     cost = by[("core", 0)].cpu_per_write_us / by[("bare", 0)].cpu_per_write_us
     print(target_line("core CPU per write vs bare", cost, 1.3, "x", False))
+    if ("bare-uvloop", 0) in by:
+        like = by[("core", 0)].cpu_per_write_us / by[("bare-uvloop", 0)].cpu_per_write_us
+        print(f"core CPU per write vs the bare relay on uvloop (the core's loop): {like:.2f}x")
     return 0
 
 
