@@ -565,7 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {seconds:g} s per case, first {WARMUP:g} s discarded; subscribers: {subscribers}; "
         "baseline = bare grpc.aio relay"
-        + ("; mqtt = Mosquitto, QoS 1" if with_mqtt else " (Mosquitto not installed: left out)")
+        + (
+            "; mqtt = Mosquitto, QoS 1"
+            if with_mqtt
+            else "; Mosquitto left out (--no-mqtt)"
+            if args.no_mqtt
+            else "; Mosquitto left out (not installed)"
+        )
     )
     rows = []
     by = {(r.server, r.subscribers): r for r in results}
