@@ -414,3 +414,11 @@ def test_load_on_random_text_raises_only_config_error(text: str | bytes) -> None
             load_core_config(path, home=Path(tmp))
         except ConfigError as err:
             assert str(err).startswith(f"{path}: ")
+
+
+def test_the_settings_not_at_default_are_named_by_their_keys(tmp_path: Path) -> None:
+    from trusted.core.config import non_default_settings
+
+    assert non_default_settings(load_text(tmp_path, "")) == []
+    cfg = load_text(tmp_path, '[watch]\nmin_interval = 0\n[history]\nflush_interval = "10s"\n')
+    assert non_default_settings(cfg) == ["watch.min_interval=0.0", "history.flush_interval=10.0"]

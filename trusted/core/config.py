@@ -7,6 +7,7 @@ Every error names the file and the dotted key, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -99,6 +100,42 @@ class CoreConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     max_string_bytes: int = 2048  # one string value of a point write, UTF-8
     max_points_per_client: int = 10_000  # points one client created or declared
+
+
+# The core.toml key of each tunable setting, for the start-up log of those not at default.
+_TUNABLE_KEYS = {
+    "audit_max_bytes": "audit.max_size",
+    "audit_keep": "audit.keep",
+    "stale_factor": "watch.stale_factor",
+    "stale_check_interval": "watch.stale_check_interval",
+    "watch_backlog": "watch.backlog",
+    "watch_min_interval": "watch.min_interval",
+    "max_request_items": "limits.max_request_items",
+    "max_message_bytes": "limits.max_message_bytes",
+    "max_string_bytes": "limits.max_string_bytes",
+    "max_points_per_client": "limits.max_points_per_client",
+}
+_HISTORY_KEYS = {
+    "flush_interval": "history.flush_interval",
+    "max_age_s": "history.max_age",
+    "max_bytes": "history.max_size",
+    "retention_interval": "history.retention_interval",
+}
+
+
+def non_default_settings(config: CoreConfig) -> list[str]:
+    """`key=value` for each tunable setting of `config` not at its default, in file order: the
+    core logs them at start, so an operator sees a core.toml change took effect."""
+    out = []
+    defaults = {f.name: f.default for f in dataclasses.fields(CoreConfig)}
+    for name, key in _TUNABLE_KEYS.items():
+        if getattr(config, name) != defaults[name]:
+            out.append(f"{key}={getattr(config, name)!r}")
+    history_defaults = {f.name: f.default for f in dataclasses.fields(HistoryConfig)}
+    for name, key in _HISTORY_KEYS.items():
+        if getattr(config.history, name) != history_defaults[name]:
+            out.append(f"{key}={getattr(config.history, name)!r}")
+    return out
 
 
 def _globs(value: Any, key: str) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from smx.v1 import (
     identity_service_pb2,
     point_service_pb2,
 )
-from trusted.core.config import CoreConfig, tcp_is_loopback
+from trusted.core.config import CoreConfig, non_default_settings, tcp_is_loopback
 from trusted.core.rpc import service_handler
 from trusted.core.services.admin import AdminService
 from trusted.core.services.control import ControlService
@@ -119,6 +119,9 @@ class Core:
             cfg.socket,
             f" and {cfg.tcp}" if cfg.tcp else "",
         )
+        changed = non_default_settings(cfg)
+        if changed:
+            log.info("core.toml settings in force (others at default): %s", ", ".join(changed))
         if cfg.tcp and not tcp_is_loopback(cfg.tcp):
             log.warning(
                 "TCP listener %s is not a loopback address: the API is reachable from the "
