@@ -158,6 +158,14 @@ def test_read_commands_speak_json_and_tables_have_headers(running):
     assert re.search(r"^IDENTITY\s+ROLES\s+EXTRA RULES$", out, re.M)
 
 
+def test_a_site_made_by_smx_alone_gets_no_mode_warning_at_the_first_start(running):
+    # `pki init` makes a new home with the mode the core wants (0750), so nothing at the
+    # first start looks like a mistake the user made.
+    assert "let other users in" not in (running / "core.log").read_text()
+    smx(running / "new", "pki", "init", "--site", "usm-0018")
+    assert ((running / "new").stat().st_mode & 0o777) == 0o750
+
+
 def test_version_comes_from_the_package_metadata(home):
     assert smx(home, "--version").strip() == f"smx {importlib.metadata.version('smx')}"
 

@@ -22,9 +22,14 @@ def _pki_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    from trusted.core.site_files import SHARED_DIR_MODE, private_dir
     from trusted.pki import SiteCA
 
-    ca = SiteCA.init(_pki_dir(args), args.site, days=args.days)
+    pki = _pki_dir(args)
+    # A new home is born with the mode the core wants of it (it would otherwise warn at its
+    # first start, and correct it, as if the user had done something wrong).
+    private_dir(pki.parent, SHARED_DIR_MODE)
+    ca = SiteCA.init(pki, args.site, days=args.days)
     not_after = ca.ca_certificate.not_valid_after_utc
     print(f"site CA for {ca.site} created in {ca.pki_dir} (valid until {not_after:%Y-%m-%d})")
     print(f"  CA certificate:     {ca.ca_cert_path}")
