@@ -31,21 +31,26 @@ REFUSED_RETRY_S = 30.0
 
 @dataclass(frozen=True)
 class Rights:
-    """What the policy lets this identity do, as the core reported it (WhoAmI)."""
+    """What the policy lets this identity do, as the core reported it (WhoAmI): per verb, the
+    rules granting it, each (its patterns, its `except` patterns or None)."""
 
-    globs: Mapping[str, GlobSet] = field(default_factory=dict)
+    rules: Mapping[str, list[tuple[GlobSet, GlobSet | None]]] = field(default_factory=dict)
 
     @classmethod
     def from_whoami(cls, me: identity_service_pb2.WhoAmIResponse) -> Rights:
-        patterns: dict[str, list[str]] = {}
+        rules: dict[str, list[tuple[GlobSet, GlobSet | None]]] = {}
         for rule in me.rules:
+            granted = GlobSet(rule.patterns)
+            but = GlobSet(rule.except_patterns) if rule.except_patterns else None
             for verb in rule.verbs:
-                patterns.setdefault(verb, []).extend(rule.patterns)
-        return cls({verb: GlobSet(p) for verb, p in patterns.items()})
+                rules.setdefault(verb, []).append((granted, but))
+        return cls(rules)
 
     def allows(self, verb: str, name: str) -> bool:
-        globs = self.globs.get(verb)
-        return globs is not None and globs.match(name)
+        return any(
+            granted.match(name) and (but is None or not but.match(name))
+            for granted, but in self.rules.get(verb, ())
+        )
 
 
 class CoreLink:

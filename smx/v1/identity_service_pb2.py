@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsmx/v1/identity_service.proto\x12\x06smx.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"\'\n\x04Rule\x12\r\n\x05verbs\x18\x01 \x03(\t\x12\x10\n\x08patterns\x18\x02 \x03(\t\"\xf5\x01\n\x0eWhoAmIResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05roles\x18\x05 \x03(\t\x12\x1b\n\x05rules\x18\x06 \x03(\x0b\x32\x0c.smx.v1.Rule\x12\x1a\n\x12\x63\x65rtificate_serial\x18\x07 \x01(\t\x12;\n\x17\x63\x65rtificate_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x08\x10\tR\x1a\x63\x65rtificate_not_after_unix2J\n\x0fIdentityService\x12\x37\n\x06WhoAmI\x12\x15.smx.v1.WhoAmIRequest\x1a\x16.smx.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsmx/v1/identity_service.proto\x12\x06smx.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rWhoAmIRequest\"@\n\x04Rule\x12\r\n\x05verbs\x18\x01 \x03(\t\x12\x10\n\x08patterns\x18\x02 \x03(\t\x12\x17\n\x0f\x65xcept_patterns\x18\x03 \x03(\t\"\xf5\x01\n\x0eWhoAmIResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05roles\x18\x05 \x03(\t\x12\x1b\n\x05rules\x18\x06 \x03(\x0b\x32\x0c.smx.v1.Rule\x12\x1a\n\x12\x63\x65rtificate_serial\x18\x07 \x01(\t\x12;\n\x17\x63\x65rtificate_expire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x08\x10\tR\x1a\x63\x65rtificate_not_after_unix2J\n\x0fIdentityService\x12\x37\n\x06WhoAmI\x12\x15.smx.v1.WhoAmIRequest\x1a\x16.smx.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHOAMIREQUEST']._serialized_start=74
   _globals['_WHOAMIREQUEST']._serialized_end=89
   _globals['_RULE']._serialized_start=91
-  _globals['_RULE']._serialized_end=130
-  _globals['_WHOAMIRESPONSE']._serialized_start=133
-  _globals['_WHOAMIRESPONSE']._serialized_end=378
-  _globals['_IDENTITYSERVICE']._serialized_start=380
-  _globals['_IDENTITYSERVICE']._serialized_end=454
+  _globals['_RULE']._serialized_end=155
+  _globals['_WHOAMIRESPONSE']._serialized_start=158
+  _globals['_WHOAMIRESPONSE']._serialized_end=403
+  _globals['_IDENTITYSERVICE']._serialized_start=405
+  _globals['_IDENTITYSERVICE']._serialized_end=479
 # @@protoc_insertion_point(module_scope)

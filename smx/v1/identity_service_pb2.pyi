@@ -14,12 +14,14 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Rule(_message.Message):
-    __slots__ = ("verbs", "patterns")
+    __slots__ = ("verbs", "patterns", "except_patterns")
     VERBS_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    EXCEPT_PATTERNS_FIELD_NUMBER: _ClassVar[int]
     verbs: _containers.RepeatedScalarFieldContainer[str]
     patterns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, verbs: _Optional[_Iterable[str]] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
+    except_patterns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, verbs: _Optional[_Iterable[str]] = ..., patterns: _Optional[_Iterable[str]] = ..., except_patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WhoAmIResponse(_message.Message):
     __slots__ = ("identity", "site", "domain", "name", "roles", "rules", "certificate_serial", "certificate_expire_time")

@@ -14,6 +14,7 @@ from extensions.sdk import Agent, Extension, PointSpec
 from extensions.sdk.testing import TestSite, until
 from smx.sdk import resumable
 from smx.v1 import admin_service_pb2 as apb
+from smx.v1 import identity_service_pb2 as ipb
 
 UNBOUND = """
 [[bindings]]
@@ -118,3 +119,25 @@ async def test_a_watch_of_a_name_the_client_may_not_read_says_so_once(site, capl
         assert "`reads`" in said[0]
     finally:
         await agent.stop()
+
+
+EXCEPT = """
+[[bindings]]
+identity = "spiffe://test-site/untrusted/idle"
+roles = []
+rules = [ { verbs = ["read"], points = ["meter/*"], except = ["meter/*.bill*"] } ]
+"""
+
+
+async def test_a_rules_except_reaches_the_sdk_so_it_does_not_claim_the_excluded_names(site):
+    # WhoAmI carried a rule's patterns but not its `except`: the SDK believed it might read the
+    # excluded names (and watched them for nothing) until the core refused.
+    (site.home / "policy.local.toml").write_text(EXCEPT)
+    site.smx("admin", "reload")
+    async with site.client("idle") as idle:
+        await until(lambda: idle.connected)
+        me = await idle.stubs.identity.WhoAmI(ipb.WhoAmIRequest())
+        rule = next(r for r in me.rules if "meter/*" in r.patterns)
+        assert list(rule.except_patterns) == ["meter/*.bill*"]
+        assert idle.may("read", "meter/P")
+        assert not idle.may("read", "meter/E.billing")

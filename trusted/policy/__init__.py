@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -119,6 +119,8 @@ class _Grants:
     rules: list[tuple[tuple[str, ...], tuple[str, ...]]]
     sets: dict[str, PointFilter]
     admin: bool
+    # Each rule's `except` patterns, in the order of `rules`.
+    excluded: list[tuple[str, ...]] = field(default_factory=list)
 
 
 _NO_GRANTS_SET = PointFilter()
@@ -252,9 +254,13 @@ class Policy:
     def rules_for(self, identity: Identity) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         """Effective (verbs, patterns) for `identity`, in file order, placeholders substituted.
 
-        A rule's `except` patterns are not in it (WhoAmI's Rule has no field for them): the
-        patterns say where a right is granted, `allows` decides a point."""
+        A rule's `except` patterns are not in it: `exceptions_for` gives them, in the same
+        order; `allows` decides a point."""
         return list(self._grants_for(identity).rules)
+
+    def exceptions_for(self, identity: Identity) -> list[tuple[str, ...]]:
+        """Each rule's `except` patterns, placeholders substituted, in `rules_for`'s order."""
+        return list(self._grants_for(identity).excluded)
 
     def __repr__(self) -> str:
         return (
@@ -299,6 +305,7 @@ class Policy:
                 raw_rules.extend(self._roles[role_name].rules)
             raw_rules.extend(binding.rules)
         rules: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+        exceptions: list[tuple[str, ...]] = []
         granting: dict[str, list[str]] = {}
         plain: dict[str, list[str]] = {}
         narrowed: dict[str, list[tuple[list[str], list[str]]]] = {}
@@ -310,6 +317,7 @@ class Policy:
                 # A dropped exclusion would widen the rule: drop the rule's points instead.
                 points = []
             rules.append((rule.verbs, tuple(points)))
+            exceptions.append(tuple(excluded))
             for verb in rule.verbs:
                 if verb == "admin":
                     admin = True
@@ -323,7 +331,7 @@ class Policy:
             verb: PointFilter(plain.get(verb, ()), narrowed.get(verb, ()), granting=p)
             for verb, p in granting.items()
         }
-        return _Grants(roles=roles, rules=rules, sets=sets, admin=admin)
+        return _Grants(roles=roles, rules=rules, sets=sets, admin=admin, excluded=exceptions)
 
     def _substituted(self, patterns: Sequence[str], identity: Identity) -> list[str]:
         """`patterns` with `{name}` / `{site}` of `identity`; a pattern that cannot be is left

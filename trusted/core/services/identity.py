@@ -24,8 +24,10 @@ class IdentityService:
             name=ident.name,
             roles=policy.roles_for(ident),
             rules=[
-                pb.Rule(verbs=list(verbs), patterns=list(patterns))
-                for verbs, patterns in policy.rules_for(ident)
+                pb.Rule(verbs=list(verbs), patterns=list(patterns), except_patterns=list(excluded))
+                for (verbs, patterns), excluded in zip(
+                    policy.rules_for(ident), policy.exceptions_for(ident), strict=True
+                )
             ],
             certificate_serial=f"{caller.peer.serial:x}",
             certificate_expire_time=ms_to_ts(int(caller.peer.not_after * 1000)),
