@@ -305,3 +305,39 @@ async def test_read_history_limits(site, core):
 
 async def _drain(stream):
     return [m async for m in stream]
+
+
+async def test_metadata_over_the_limits_stored_before_them_is_cut_at_load(site):
+    # A declaration made before the unit and description limits existed: the core cuts it
+    # when it loads it, so a huge unit is not copied into every value and watch message.
+    from trusted.core.server import Core
+
+    core = Core(site.config())
+    await core.start()
+    try:
+        await site.stubs("meter").points.WritePoints(
+            pb.WritePointsRequest(samples=[sample("meter/P", 1)])
+        )
+        db = core.state.db
+        old = ppb.PointMetadata(name="meter/P", unit="u" * 5000, description="d" * 9000)
+        old.owner = "spiffe://test-site/trusted/meter"
+        db.meta["meter/P"] = old  # as an older core stored it
+        db.history.put_metadata("meter/P", old.SerializeToString())
+        point = ppb.Point()
+        point.CopyFrom(db.points["meter/P"])
+        point.unit = "u" * 5000
+        db.history.append("meter/P", 0, 1.0, point.quality, point)
+        await asyncio.sleep(0.5)  # flushed
+    finally:
+        await core.stop(grace=0.1)
+    core = Core(site.config())
+    await core.start()
+    try:
+        got = (
+            await site.stubs("meter").points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))
+        ).points[0]
+        assert got.unit == ""
+        meta = core.state.db.meta["meter/P"]
+        assert meta.unit == "" and len(meta.description.encode()) == 2048
+    finally:
+        await core.stop(grace=0.1)

@@ -44,6 +44,8 @@ MIN_TS_SECONDS, MAX_TS_SECONDS = -62_135_596_800, 253_402_300_799
 # change costs its serialized size plus KEPT_POINT_OVERHEAD, what a stored Point takes in
 # memory beyond its bytes (measured ~850 B): 64 KiB holds ~60 small changes.
 KEEP_EVERY_CHANGE = 256
+# A declared unit is a symbol (kWh): it is copied into every stored value and watch message.
+MAX_UNIT_BYTES = 32
 KEEP_EVERY_CHANGE_BYTES = 64 * 1024
 KEPT_POINT_OVERHEAD = 1024
 
@@ -178,6 +180,36 @@ class RealtimeDB:
             self.revision = max(top, floor or 0) + RESTART_REVISION_GAP
         self._compacted = self.revision
         return self.revision
+
+    def cap_metadata(self, max_description_bytes: int) -> list[str]:
+        """Clear a unit longer than MAX_UNIT_BYTES and cut a description longer than
+        `max_description_bytes`, in the metadata and current values loaded at start: limits a
+        declaration now meets were not always checked, and a huge unit is copied into every
+        value and watch message. Returns the names changed (the core logs them)."""
+        changed = []
+        for name, meta in self.meta.items():
+            unit_too_long = len(meta.unit.encode()) > MAX_UNIT_BYTES
+            text_too_long = len(meta.description.encode()) > max_description_bytes
+            if not (unit_too_long or text_too_long):
+                continue
+            fixed = point_pb2.PointMetadata()
+            fixed.CopyFrom(meta)
+            if unit_too_long:
+                fixed.unit = ""
+                point = self.points.get(name)
+                if point is not None:
+                    cleared = point_pb2.Point()
+                    cleared.CopyFrom(point)
+                    cleared.unit = ""
+                    self.points[name] = cleared  # stored points are never changed in place
+            if text_too_long:
+                cut = meta.description.encode()[:max_description_bytes]
+                fixed.description = cut.decode(errors="ignore")
+            self.meta[name] = fixed
+            if self.history is not None:
+                self.history.put_metadata(name, fixed.SerializeToString())
+            changed.append(name)
+        return changed
 
     def next_revision(self) -> int:
         """A new revision. One sequence for the whole core: setpoint changes take theirs from

@@ -109,6 +109,13 @@ class CoreState:
             self.history.load_last(), self.history.load_metadata(), _read_floor(floor_file)
         )
         _write_floor(floor_file, start)
+        capped = self.db.cap_metadata(self.config.max_string_bytes)
+        if capped:
+            log.warning(
+                "metadata over today's limits (unit > 32 bytes, description > [limits] "
+                "max_string_bytes) cut at load: %s",
+                ", ".join(capped[:20]) + (" ..." if len(capped) > 20 else ""),
+            )
         self.board.log.start_at(start)
         self._declare_core_points()
         self._tasks = [

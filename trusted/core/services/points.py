@@ -16,6 +16,7 @@ from trusted.core.auth import Caller
 from trusted.core.errors import CoreError
 from trusted.core.history import HistoryError, HistoryQueryError
 from trusted.core.paging import make_token, page_size, read_token
+from trusted.core.realtime import MAX_UNIT_BYTES
 from trusted.core.services.fields import check_patterns, globs, heartbeat_s, point_name
 from trusted.core.state import CoreState
 from trusted.core.watch_wire import watch_message
@@ -37,7 +38,6 @@ AGGREGATIONS = {
     pb.AGGREGATION_LAST: "last",
 }
 MAX_HISTORY_NAMES = 100
-MAX_UNIT_BYTES = 32
 # Bytes of a repeated-field entry around a message (tag + length varint), and of the rest of a
 # reply (revision, gRPC framing), counted when a reply is sized before it is built.
 ENTRY_OVERHEAD, REPLY_OVERHEAD = 6, 64
