@@ -3,7 +3,7 @@
 Everything here runs on the core's single asyncio loop, so a write is atomic without locks:
 it validates the whole batch first, then stores it under one new revision and hands each
 changed point to the matching watchers. A watcher keeps every change it has not sent, up to
-`KEEP_EVERY_CHANGE`; a consumer further behind gets the latest value per point, so it costs
+`KEEP_EVERY_CHANGE_BYTES`; a consumer further behind gets the latest value per point, so it costs
 memory bounded by the number of points and never blocks writers or the other watchers.
 """
 
@@ -38,16 +38,16 @@ MAX_FUTURE_S = 24 * 3600
 MIN_TS_SECONDS, MAX_TS_SECONDS = -62_135_596_800, 253_402_300_799
 # Unsent changes a watcher keeps one by one: a consumer briefly behind (a busy loop, a burst of
 # writes) still gets every value, and several changes go out in one message instead of one
-# message each. Beyond either bound the watcher keeps the latest value per point until it
-# catches up: the bytes bound the memory a stalled stream keeps alive in superseded points
-# (32 streams x 64 KiB per client at most), the count what it costs to catch up. A kept
-# change costs its serialized size plus KEPT_POINT_OVERHEAD, what a stored Point takes in
-# memory beyond its bytes (measured ~850 B): 64 KiB holds ~60 small changes.
-KEEP_EVERY_CHANGE = 256
-# A declared unit is a symbol (kWh): it is copied into every stored value and watch message.
-MAX_UNIT_BYTES = 32
+# message each. Beyond KEEP_EVERY_CHANGE_BYTES the watcher keeps the latest value per point
+# until it catches up: the bound is on the memory a stalled stream keeps alive in superseded
+# points (32 streams x 64 KiB per client at most). A kept change costs its serialized size plus
+# KEPT_POINT_OVERHEAD, what a stored Point takes in memory beyond its bytes (measured ~850 B),
+# so at most KEEP_EVERY_CHANGE changes are kept.
 KEEP_EVERY_CHANGE_BYTES = 64 * 1024
 KEPT_POINT_OVERHEAD = 1024
+KEEP_EVERY_CHANGE = KEEP_EVERY_CHANGE_BYTES // KEPT_POINT_OVERHEAD
+# A declared unit is a symbol (kWh): it is copied into every stored value and watch message.
+MAX_UNIT_BYTES = 32
 
 
 class HistorySink(Protocol):
@@ -59,8 +59,8 @@ class HistorySink(Protocol):
 
 class Watcher:
     """One WatchPoints stream: a name filter and the changes not yet sent, in revision order:
-    every change (`_changes`) up to KEEP_EVERY_CHANGE changes or KEEP_EVERY_CHANGE_BYTES, then
-    the latest per point (`_latest`)."""
+    every change (`_changes`) up to KEEP_EVERY_CHANGE_BYTES, then the latest per point
+    (`_latest`)."""
 
     __slots__ = ("_match", "_cache", "_changes", "_kept_bytes", "_latest", "event", "full", "since")
 
@@ -89,11 +89,10 @@ class Watcher:
             if not changes:
                 self.since = time.monotonic()
             changes.append(point)
-            count, kept = len(changes), self._kept_bytes + size + KEPT_POINT_OVERHEAD
-            self._kept_bytes = kept
-            if count * 2 >= KEEP_EVERY_CHANGE or kept * 2 > KEEP_EVERY_CHANGE_BYTES:
+            kept = self._kept_bytes = self._kept_bytes + size + KEPT_POINT_OVERHEAD
+            if kept * 2 > KEEP_EVERY_CHANGE_BYTES:
                 self.full.set()
-            if count >= KEEP_EVERY_CHANGE or kept > KEEP_EVERY_CHANGE_BYTES:
+            if kept > KEEP_EVERY_CHANGE_BYTES:
                 self._latest = latest = {}
                 for p in changes:
                     latest.pop(p.name, None)
@@ -104,6 +103,11 @@ class Watcher:
             latest.pop(point.name, None)
             latest[point.name] = point
         self.event.set()
+
+    @property
+    def bounded(self) -> bool:
+        """Still keeping every change: what `take` returns is under KEEP_EVERY_CHANGE_BYTES."""
+        return self._latest is None
 
     @property
     def unsent(self) -> int:
@@ -569,8 +573,9 @@ class RealtimeDB:
     def watch(
         self, match: Callable[[str], bool], start_revision: int = 0
     ) -> tuple[Watcher, list[point_pb2.Point]]:
-        """A registered watcher and what it must send first: the snapshot (start_revision 0)
-        or the current value of every point changed after start_revision."""
+        """A registered watcher and what it must send first, in no particular order: the
+        snapshot (start_revision 0) or the current value of every point changed after
+        start_revision."""
         if start_revision < 0 or start_revision > self.revision:
             raise CoreError(
                 "INVALID_ARGUMENT",
@@ -588,8 +593,6 @@ class RealtimeDB:
         first = [
             p for n, p in self.points.items() if p.revision > start_revision and watcher.matches(n)
         ]
-        if start_revision:
-            first.sort(key=lambda p: p.revision)
         self._watchers.add(watcher)
         return watcher, first
 

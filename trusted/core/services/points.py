@@ -216,8 +216,13 @@ class PointService:
                     early = min(sent, watcher.since) + pace - now
                     if early > 0 and now < paced_until:
                         await watcher.full.wait(early)  # sooner if the changes pile up
-                for msg in _chunks(watcher.take(), db.revision, ordered=True):
-                    yield msg
+                whole = watcher.bounded  # its changes fit one message: nothing to size
+                changes = watcher.take()
+                if whole:
+                    yield watch_message(changes, db.revision)
+                else:
+                    for msg in _chunks(changes, db.revision, ordered=True):
+                        yield msg
                 sent = time.monotonic()
         finally:
             db.unwatch(watcher)
