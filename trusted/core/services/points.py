@@ -64,15 +64,7 @@ class PointService:
         current value, each watcher's backlog) and in the history, so its size is capped."""
         limit = self.s.config.max_string_bytes
         for s in samples:
-            # Characters first: a string of at most limit/4 characters fits in any encoding.
-            text = s.value.string_value
-            if len(text) * 4 > limit and len(text.encode()) > limit:
-                raise CoreError(
-                    "REQUEST_TOO_LARGE",
-                    f"point {s.name}: string value of {len(text.encode())} bytes exceeds "
-                    f"{limit} ([limits] max_string_bytes)",
-                    point=s.name,
-                )
+            _check_size(s.name, "string value", s.value.string_value, limit, _STRING_LIMIT)
 
     def _check_quota(self, caller: Caller, names: list[str], *, declaring: bool) -> None:
         """Refuse a batch that would take the caller over its number of points. Checked and
@@ -139,20 +131,10 @@ class PointService:
         every listing, so both are capped."""
         limit = self.s.config.max_string_bytes
         for m in metas:
-            if len(m.unit.encode()) > MAX_UNIT_BYTES:
-                raise CoreError(
-                    "REQUEST_TOO_LARGE",
-                    f"point {m.name}: unit of {len(m.unit.encode())} bytes exceeds "
-                    f"{MAX_UNIT_BYTES} (a symbol such as kWh, docs/DATA-MODEL.md)",
-                    point=m.name,
-                )
-            if len(m.description) * 4 > limit and len(m.description.encode()) > limit:
-                raise CoreError(
-                    "REQUEST_TOO_LARGE",
-                    f"point {m.name}: description of {len(m.description.encode())} bytes exceeds "
-                    f"{limit} ([limits] max_string_bytes)",
-                    point=m.name,
-                )
+            _check_size(
+                m.name, "unit", m.unit, MAX_UNIT_BYTES, "a symbol such as kWh, docs/DATA-MODEL.md"
+            )
+            _check_size(m.name, "description", m.description, limit, _STRING_LIMIT)
 
     async def DeclarePoints(self, req: pb.DeclarePointsRequest, caller: Caller, ctx: object):
         self._limit(req.points, "points")
@@ -266,6 +248,21 @@ class PointService:
             raise CoreError("INVALID_ARGUMENT", str(err)) from err
         except HistoryError as err:
             raise CoreError("HISTORY_UNAVAILABLE", f"history log unavailable: {err}") from err
+
+
+_STRING_LIMIT = "[limits] max_string_bytes"
+
+
+def _check_size(point: str, what: str, text: str, limit: int, source: str) -> None:
+    """Refuse `text` (the point's `what`) over `limit` bytes of UTF-8, saying where the limit
+    comes from."""
+    # Characters first: a string of at most limit/4 characters fits in any encoding.
+    if len(text) * 4 > limit and len(text.encode()) > limit:
+        raise CoreError(
+            "REQUEST_TOO_LARGE",
+            f"point {point}: {what} of {len(text.encode())} bytes exceeds {limit} ({source})",
+            point=point,
+        )
 
 
 def _chunks(
