@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,20 +58,30 @@ def _env() -> dict[str, str]:
 class BenchCore(CoreProcess):
     """`smx core` as its own process, like CoreProcess, but with the production config by
     default (CoreProcess forces a 200 ms history flush for tests; production flushes every 2 s)
-    and optionally under cProfile (the profile is written when the core exits on SIGTERM)."""
+    and optionally under cProfile (the profile is written when the core exits on SIGTERM).
+    `wrapper`: a command the interpreter runs under (e.g. valgrind), `startup_s` its time to
+    answer."""
 
-    def __init__(self, site: Site, core_toml: str = "", profile: Path | None = None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        core_toml: str = "",
+        profile: Path | None = None,
+        wrapper: Sequence[str] = (),
+        startup_s: float = 15.0,
+    ) -> None:
         self.site = site
         (site.home / "core.toml").write_text(core_toml)
         prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
         self.log = open(site.home / "core.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, *prefix, "-m", "trusted.cli.main", "--home", str(site.home), "core"],
+            [*wrapper, sys.executable, *prefix, "-m", "trusted.cli.main", "--home", str(site.home)]
+            + ["core"],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=_env(),
         )
-        self.wait_healthy()
+        self.wait_healthy(startup_s)
         self.ps = psutil.Process(self.proc.pid)
 
     @property
@@ -98,22 +109,31 @@ class BenchCore(CoreProcess):
 
 
 class BareServer:
-    """The baseline: bare_server.py in its own process, same site credentials, own socket."""
+    """The baseline: bare_server.py in its own process, same site credentials, own socket;
+    `wrapper` and `startup_s` as for BenchCore."""
 
-    def __init__(self, site: Site, name: str = "bare.sock", uvloop: bool = False) -> None:
+    def __init__(
+        self,
+        site: Site,
+        name: str = "bare.sock",
+        uvloop: bool = False,
+        wrapper: Sequence[str] = (),
+        startup_s: float = 15.0,
+    ) -> None:
         self.socket = site.home / name
         self.target = unix_target(self.socket)
         pki = site.home / "pki"
         self.log = open(site.home / "bare.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, str(BARE_SERVER), "--pki", str(pki), "--socket", str(self.socket)]
+            [*wrapper, sys.executable, str(BARE_SERVER), "--pki", str(pki)]
+            + ["--socket", str(self.socket)]
             + (["--uvloop"] if uvloop else []),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=_env(),
         )
         self.ps = psutil.Process(self.proc.pid)
-        self._wait_ready(site.creds("meter"))
+        self._wait_ready(site.creds("meter"), startup_s)
 
     def _wait_ready(self, creds: Credentials, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -32,23 +32,9 @@ WARMUP_WRITES = 50
 STARTUP_TIMEOUT_S = 300.0  # a core under callgrind takes tens of seconds to start
 
 
-def _under_callgrind(out_dir: Path) -> None:
-    """Start the bench's Python servers under callgrind (harness starts them with Popen)."""
-    real = subprocess.Popen
-
-    def popen(cmd: list[str], *args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        if cmd and cmd[0] == sys.executable:
-            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p", *cmd]
-        return real(cmd, *args, **kwargs)  # type: ignore[arg-type]
-
-    harness.subprocess.Popen = popen  # type: ignore[assignment]
-    wait_healthy, wait_ready = harness.CoreProcess.wait_healthy, BareServer._wait_ready
-    harness.CoreProcess.wait_healthy = lambda self, timeout=0: wait_healthy(  # type: ignore[method-assign]
-        self, STARTUP_TIMEOUT_S
-    )
-    BareServer._wait_ready = lambda self, creds, timeout=0: wait_ready(  # type: ignore[method-assign]
-        self, creds, STARTUP_TIMEOUT_S
-    )
+def _callgrind(out_dir: Path) -> list[str]:
+    """The wrapper that runs a server under callgrind, its counts in `out_dir`."""
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p"]
 
 
 async def _write(site: Site, target: str, method: str, n: int) -> None:
@@ -86,17 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 1
     out_dir = Path(tempfile.mkdtemp(prefix="smx-callgrind-"))
-    _under_callgrind(out_dir)
+    wrapper = _callgrind(out_dir)
     site = Site()
     try:
-        bare = BareServer(site, uvloop=args.uvloop_baseline)
+        bare = BareServer(
+            site, uvloop=args.uvloop_baseline, wrapper=wrapper, startup_s=STARTUP_TIMEOUT_S
+        )
         try:
             base = per_write(
                 site, bare.target, harness.PUBLISH, bare.proc.pid, args.writes, out_dir
             )
         finally:
             bare.stop()
-        core = BenchCore(site)
+        core = BenchCore(site, wrapper=wrapper, startup_s=STARTUP_TIMEOUT_S)
         try:
             method = "/smx.v1.PointService/WritePoints"
             mine = per_write(site, site.target, method, core.pid, args.writes, out_dir)
