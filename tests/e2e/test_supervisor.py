@@ -32,23 +32,14 @@ from smx.health import HealthReport, read_health_file, write_health_file
 from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
-from tests.support.smx_run import SmxRun
+from tests.support.smx_run import SmxRun, quick_site
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = "usm-0099"
 
-SITE_TOML = """\
-site = "usm-0099"
-
-[core.history]
-flush_interval = "200ms"
-
-[supervisor]
-backoff_initial = "200ms"
-backoff_max = "1s"
-stop_timeout = "3s"
-health_timeout = "15s"
-
+SITE_TOML = (
+    quick_site(SITE)
+    + """
 [extensions.meter]
 module = "tests.support.dummy_ext"
 devices = ["meter", "pv"]
@@ -65,6 +56,7 @@ module = "tests.support.dummy_ext"
 [simulators.flaky]
 command = ["sh", "-c", "echo 'flaky: device on fire' >&2; exit 3"]
 """
+)
 
 
 def smx(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

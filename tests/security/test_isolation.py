@@ -25,7 +25,7 @@ import pytest
 from extensions.sdk.testing import wait_for
 from smx.client import Credentials, Stubs, unix_target
 from smx.v1 import point_service_pb2 as spb
-from tests.support.smx_run import SmxRun
+from tests.support.smx_run import SmxRun, quick_site
 from trusted.supervisor.isolation import Account, exec_argv
 
 pytestmark = pytest.mark.skipif(
@@ -36,18 +36,9 @@ pytestmark = pytest.mark.skipif(
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SITE_TOML = """\
-site = "usm-0098"
-
-[core.history]
-flush_interval = "200ms"
-
-[supervisor]
-backoff_initial = "200ms"
-backoff_max = "1s"
-stop_timeout = "3s"
-health_timeout = "15s"
-
+SITE_TOML = (
+    quick_site("usm-0098")
+    + """
 [extensions.meter]
 module = "tests.support.dummy_ext"
 os_groups = ["dialout"]
@@ -59,6 +50,7 @@ role = "trusted-extension"
 [simulators.sim]
 module = "tests.support.dummy_ext"
 """
+)
 
 # The untrusted agent: tries what an attacker would, records the outcome in its private
 # working directory, then behaves as the dummy extension (heartbeat, points).

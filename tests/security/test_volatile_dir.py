@@ -23,7 +23,7 @@ import pytest
 
 from extensions.sdk.testing import wait_for
 from smx.process_env import RunPaths
-from tests.support.smx_run import SmxRun
+from tests.support.smx_run import SmxRun, quick_site
 from tests.support.tmpfs import mount_tmpfs, unmount
 from trusted.supervisor.isolation import Account, IsolationError, prepare_volatile, site_group
 from trusted.supervisor.site_config import SiteConfigError, parse_site_config
@@ -31,19 +31,9 @@ from trusted.supervisor.site_config import SiteConfigError, parse_site_config
 ROOT = Path(__file__).resolve().parents[2]
 SITE = "usm-0097"
 
-SITE_TOML = """\
-site = "usm-0097"
-
-[core.history]
-flush_interval = "200ms"
-
-[supervisor]
-backoff_initial = "200ms"
-backoff_max = "1s"
-stop_timeout = "3s"
-health_timeout = "15s"
-volatile_dir = "{volatile}"
-
+SITE_TOML = (
+    quick_site(SITE, 'volatile_dir = "{volatile}"')
+    + """
 [extensions.meter]
 module = "tests.support.dummy_ext"
 
@@ -51,6 +41,7 @@ module = "tests.support.dummy_ext"
 module = "spy_agent"
 role = "trusted-extension"
 """
+)
 
 # The agent: tries to write what is not its own in the volatile directory, keeps durable state
 # in its working directory (run/spy/), then behaves as the dummy extension.

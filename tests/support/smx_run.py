@@ -19,6 +19,24 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def quick_site(site: str, supervisor: str = "") -> str:
+    """The head of a test site.toml: history flushed, crashed processes restarted and stopped
+    quickly; `supervisor`: more lines of its [supervisor] table."""
+    return f"""\
+site = "{site}"
+
+[core.history]
+flush_interval = "200ms"
+
+[supervisor]
+backoff_initial = "200ms"
+backoff_max = "1s"
+stop_timeout = "3s"
+health_timeout = "15s"
+{supervisor}
+"""
+
+
 class SmxRun:
     def __init__(
         self,
