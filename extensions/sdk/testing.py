@@ -23,13 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from smx.client import Credentials, Stubs, unix_target
+from smx.identity import Identity
 from smx.process_env import ProcessEnv, RunPaths
 from smx.sdk import Client
+from smx.toml_text import toml_list
 from smx.v1 import point_service_pb2 as spb
 
 __all__ = ["TestSite", "free_port", "point_where", "smx_command", "until", "wait_for"]
@@ -186,6 +188,18 @@ class TestSite:
         (self.home / "core.toml").write_text(
             f'history.flush_interval = "{self.flush_interval}"\n{self.core_toml}\n'
         )
+
+    def bind_extension(self, name: str, devices: Sequence[str]) -> None:
+        """Bind `name` as `smx run` binds an extension with these `devices` (after `provision`,
+        for a client given no roles): its role, and read, write and control on each device
+        but its own."""
+        others = toml_list([f"{d}/**" for d in devices if d != name])
+        with open(self.home / "policy.toml", "a") as f:
+            f.write(
+                f'\n[[bindings]]\nidentity = "{Identity(SITE, "trusted", name).uri}"\n'
+                'roles = ["trusted-extension"]\n'
+                f'rules = [ {{ verbs = ["read", "write", "control"], points = {others} }} ]\n'
+            )
 
     def start(self) -> TestSite:
         if not (self.home / "pki").exists():

@@ -17,7 +17,7 @@ from extensions.fronius.solar_source import SolarSource
 from extensions.fronius.sunspec_source import SunSpecSource
 from extensions.sdk import Extension
 from extensions.sdk.protocols.modbus_link import LinkConfig, LinkPool
-from extensions.sdk.testing import SITE, TestSite, free_port, point_where, until
+from extensions.sdk.testing import TestSite, free_port, point_where, until
 from smx.v1 import point_pb2 as ppb
 
 from .recordings import FIXTURES
@@ -91,15 +91,6 @@ async def test_both_protocols_of_the_simulator_read_alike():
     assert meter_modbus["Ap"] == pytest.approx(meter_api["Ap"], abs=0.001)
 
 
-METER_BINDING = f"""
-[[bindings]]
-identity = "spiffe://{SITE}/trusted/fronius"
-roles = ["trusted-extension"]
-rules = [ {{ verbs = ["read", "write", "control"], points = ["fronius_meter/**"] }} ]
-description = "what smx run gives an extension with devices = [fronius, fronius_meter]"
-"""
-
-
 async def test_a_setpoint_end_to_end_through_a_real_core(tmp_path):
     port = free_port()
     simulator = await Simulator(modbus_port=port, plant=Plant(pv_w=3000, load_w=1000)).start()
@@ -116,8 +107,7 @@ async def test_a_setpoint_end_to_end_through_a_real_core(tmp_path):
     }
     try:
         site.provision()
-        with open(site.home / "policy.toml", "a") as f:
-            f.write(METER_BINDING)
+        site.bind_extension("fronius", ("fronius", "fronius_meter"))
         site.start()
         ext = Extension(site.env("fronius", config, devices=("fronius", "fronius_meter")))
         setup(ext)

@@ -19,7 +19,7 @@ from extensions.ocpp_proxy import OcppProxy
 from extensions.ocpp_proxy.config import ChargePointConfig, OcppConfig
 from extensions.ocpp_proxy.server import ProxyServer
 from extensions.sdk import Extension
-from extensions.sdk.testing import SITE, TestSite, until
+from extensions.sdk.testing import TestSite, until
 
 
 @dataclass
@@ -121,16 +121,6 @@ def ok(raw: str | bytes) -> str | None:
     return json.dumps([3, msg[1], payload if msg[2] == "StartTransaction" else {}])
 
 
-# What smx run's binding gives the extension (the tests run it in-process on a TestSite).
-BINDING = f"""
-[[bindings]]
-identity = "spiffe://{SITE}/trusted/ocpp"
-roles = ["trusted-extension"]
-rules = [ {{ verbs = ["read", "write", "control"], points = ["ev1/**"] }} ]
-description = "what smx run gives an extension with devices = [ocpp, ev1]"
-"""
-
-
 def scada_answers(raw: str | bytes) -> str | None:
     """The SCADA: StartTransaction gets transaction ids 7, 8...; everything else {}."""
     frame = json.loads(raw)
@@ -160,8 +150,7 @@ async def site_with_proxy(
     }
     try:
         site.provision()
-        with open(site.home / "policy.toml", "a") as f:
-            f.write(BINDING)
+        site.bind_extension("ocpp", ("ocpp", "ev1"))
         site.start()
         ext = Extension(site.env("ocpp", config, devices=("ocpp", "ev1")))
         proxy = OcppProxy(ext)
