@@ -127,13 +127,7 @@ def test_site_runs_isolated_end_to_end(site):
     wait_for(lambda: running(site) or site.proc.poll() is not None, 30, what="a running site")
     assert site.proc.poll() is None, site.log()
     assert "ISOLATION IS OFF" not in site.log()
-    r = subprocess.run(
-        [sys.executable, "-m", "trusted.cli.main", "status", "--config", str(site.config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    r = site.smx("status", "--config", str(site.config))
     assert r.returncode == 0, r.stdout + r.stderr
     for name in ("core", "meter", "spy", "sim"):
         (row,) = [line for line in r.stdout.splitlines() if line.split()[:1] == [name]]

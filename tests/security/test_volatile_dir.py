@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,13 +108,7 @@ def _running(site: SmxRun) -> bool:
 def _status_shows_every_process_healthy(site: SmxRun) -> None:
     wait_for(lambda: _running(site) or site.proc.poll() is not None, 30, what="a running site")
     assert site.proc.poll() is None, site.log()
-    r = subprocess.run(  # from a shell: only the site's home to go by
-        [sys.executable, "-m", "trusted.cli.main", "status", "--home", str(site.home)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    r = site.smx("status", "--home", str(site.home))  # only the site's home to go by
     assert r.returncode == 0, r.stdout + r.stderr
     for name, health in (("core", "serving"), ("meter", "running"), ("spy", "running")):
         (row,) = [line for line in r.stdout.splitlines() if line.split()[:1] == [name]]

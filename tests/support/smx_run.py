@@ -85,6 +85,16 @@ class SmxRun:
     def procs(self) -> dict[str, dict[str, Any]]:
         return {p["name"]: p for p in self.status()["processes"]}
 
+    def smx(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """An `smx` command run as from a shell (e.g. `status --home HOME`), its output kept."""
+        return subprocess.run(
+            [sys.executable, "-m", "trusted.cli.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+
     def log(self) -> str:
         return (self.home / "smx-run.log").read_text(errors="replace")
 
