@@ -26,7 +26,6 @@ from tests.support.tmpfs import mount_tmpfs, unmount
 from trusted.supervisor.isolation import Account, IsolationError, prepare_volatile, site_group
 from trusted.supervisor.site_config import SiteConfigError, parse_site_config
 
-ROOT = Path(__file__).resolve().parents[2]
 SITE = "usm-0097"
 
 SITE_TOML = (
