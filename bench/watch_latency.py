@@ -3,7 +3,8 @@ and 20 subscribers, against a bare grpc.aio server-streaming relay and (when `mo
 installed) the Mosquitto MQTT broker, measured in the same run on the same transport: a Unix
 socket with TLS and client certificates, the same serialized payload.
 
-- writer: this process, grpc.aio, 10 points every 10 ms, each with source_time = now.
+- writer: this process, grpc.aio, 10 points every 10 ms, each with source_time = now (with
+  `--native`, the C++ `bench/native/writer`, same schedule and payload).
 - subscribers: separate processes (spawned), each holding one or more streams, each stream on
   its own connection (as separate clients); latency = receive time - source_time, per point,
   on the same machine clock.
@@ -19,9 +20,11 @@ Run: `python bench/watch_latency.py [--quick] [--seconds 6] [--procs 4] [--one-p
 (`--one-point`: 1,000 one-point writes/s instead of 100 writes of 10 points)
 
 `--native`: the subscribers of every case are `bench/native/watcher` (C++: gRPC, protobuf,
-libmosquitto), one process per stream, instead of Python processes: on 2 cores, 20 Python
-subscribers at 1,000 messages/s each saturate the CPU by themselves, so the servers are no longer
-what is measured. `bench/native/build` builds it first (as root it apt-get installs the compiler,
+libmosquitto), one process per stream, instead of Python processes, and the writer is
+`bench/native/writer` (`--python-writer` keeps the Python one): on 2 cores, 20 Python
+subscribers at 1,000 messages/s each saturate the CPU by themselves, and the Python writer's own
+CPU per write is several times the C++ one's (both printed), so the servers are no longer what
+is measured. `bench/native/build` builds them first (as root it apt-get installs the compiler,
 protoc, the gRPC/protobuf/libmosquitto -dev packages when missing).
 """
 
@@ -34,6 +37,7 @@ import multiprocessing as mp
 import os
 import pwd
 import queue
+import resource
 import select
 import shutil
 import subprocess
@@ -52,6 +56,7 @@ from harness import BareServer, BenchCore, Site, fmt_table, percentile, target_l
 from smx.client import Credentials
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
+from trusted.supervisor.site_config import SupervisorSettings
 
 __all__ = ["main"]
 
@@ -201,8 +206,30 @@ def pb_stub(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:
 
 
 def build_native() -> Path:
+    """The directory of the built `watcher` and `writer`."""
     subprocess.run([str(NATIVE / "build")], check=True)
-    return NATIVE / "out" / "watcher"
+    return NATIVE / "out"
+
+
+def _native_write_for(
+    binary: Path, kind: str, site: Site, target: str, seconds: float
+) -> tuple[int, int, float]:
+    """`_write_for` by the C++ writer: the same schedule, payload and writes kept open."""
+    creds = site.creds("meter")
+    done = subprocess.run(
+        [str(binary), "--kind", kind, "--target", target, "--ca", str(creds.ca)]
+        + ["--cert", str(creds.cert), "--key", str(creds.key), "--seconds", str(seconds)]
+        + ["--period-us", str(round(WRITE_PERIOD * 1e6)), "--points", str(POINTS_PER_WRITE)]
+        + ["--max-in-flight", str(MAX_IN_FLIGHT)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    words = done.stdout.split()
+    if done.returncode or len(words) != 4 or words[0] != "done":
+        raise RuntimeError(f"native writer: {done.stderr.strip() or done.stdout.strip()}")
+    time.sleep(0.2)  # let the last changes reach the subscribers, as the Python writer does
+    return int(words[1]), int(words[2]), float(words[3])
 
 
 class NativeWatchers:
@@ -275,6 +302,7 @@ class Result:
     writes: int
     late_writes: int  # writes started more than one period behind schedule
     cpu_per_write_us: float  # the server's CPU during the case / writes
+    writer_cpu_per_write_us: float  # the writer's CPU during the case / writes
     sub_cpu_per_msg_us: float = float("nan")  # native subscribers' CPU / points received
 
 
@@ -367,7 +395,7 @@ class Mosquitto:
     """Mosquitto on a Unix socket of the site, with the core's server certificate and client
     certificates required (TLS 1.3), persistence off: the broker a user might pick instead."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, wrapper: list[str]) -> None:
         from trusted.pki import SiteCA
 
         ca = SiteCA.load(site.home / "pki")
@@ -384,7 +412,9 @@ class Mosquitto:
         )
         self.log = open(site.home / "mosquitto.log", "ab")  # noqa: SIM115
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(
+            [*wrapper, binary, "-c", str(conf)], stdout=self.log, stderr=self.log
+        )
         self.ps = harness.psutil.Process(self.proc.pid)
         deadline = time.monotonic() + 10
         while not self.socket.exists():
@@ -420,9 +450,10 @@ def run_case(
     seconds: float,
     cpu: Any,
     native: Path | None = None,
+    native_writer: bool = True,
 ) -> Result:
     if native is not None:
-        return _run_native_case(native, kind, site, target, subs, seconds, cpu)
+        return _run_native_case(native, kind, site, target, subs, seconds, cpu, native_writer)
     ctx = mp.get_context("spawn")  # never fork a process that has grpc state
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = min(procs, subs)
@@ -441,8 +472,9 @@ def run_case(
     while got < subs:
         got += ready.get(timeout=30)
     cpu0 = cpu()
+    writer0 = _writer_cpu()
     writes, late, first = asyncio.run(_write_for(kind, site, target, seconds))
-    cpu_used = cpu() - cpu0
+    cpu_used, writer_used = cpu() - cpu0, _writer_cpu() - writer0
     stop.set()
     samples: list[tuple[float, float]] = []
     for _ in children:
@@ -452,20 +484,42 @@ def run_case(
             break
     for c in children:
         c.join(10)
-    return _result(kind, subs, samples, writes, late, first, cpu_used)
+    return _result(kind, subs, samples, writes, late, first, cpu_used, writer_used)
+
+
+def _writer_cpu() -> float:
+    """CPU seconds of this process and its reaped children: the writer's, whichever it is (the
+    subscribers are reaped only after the writing)."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _run_native_case(
-    binary: Path, kind: str, site: Site, target: str, subs: int, seconds: float, cpu: Any
+    out: Path,
+    kind: str,
+    site: Site,
+    target: str,
+    subs: int,
+    seconds: float,
+    cpu: Any,
+    native_writer: bool,
 ) -> Result:
-    watchers = NativeWatchers(binary, kind, site, target, subs)
+    watchers = NativeWatchers(out / "watcher", kind, site, target, subs)
     try:
         cpu0, sub_cpu0 = cpu(), watchers.cpu_seconds()
-        writes, late, first = asyncio.run(_write_for(kind, site, target, seconds))
+        writer0 = _writer_cpu()
+        if native_writer:
+            writes, late, first = _native_write_for(out / "writer", kind, site, target, seconds)
+        else:
+            writes, late, first = asyncio.run(_write_for(kind, site, target, seconds))
+        writer_used = _writer_cpu() - writer0
         cpu_used, sub_cpu = cpu() - cpu0, watchers.cpu_seconds() - sub_cpu0
     finally:
         samples = watchers.stop()
-    result = _result(kind, subs, samples, writes, late, first, cpu_used)
+    result = _result(kind, subs, samples, writes, late, first, cpu_used, writer_used)
     if samples:
         result.sub_cpu_per_msg_us = sub_cpu / len(samples) * 1e6
     return result
@@ -479,6 +533,7 @@ def _result(
     late: int,
     first: float,
     cpu_used: float,
+    writer_used: float,
 ) -> Result:
     cutoff = first + WARMUP
     lat = [ms for src, ms in samples if src >= cutoff]
@@ -493,6 +548,7 @@ def _result(
         writes,
         late,
         cpu_used / writes * 1e6 if writes else float("nan"),
+        writer_used / writes * 1e6 if writes else float("nan"),
     )
 
 
@@ -508,7 +564,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-mqtt", action="store_true", help="leave Mosquitto out")
     parser.add_argument(
+        "--subscribers",
+        default="0,1,20",
+        help="the cases' subscriber counts, comma-separated (the targets need 0, 1 and 20)",
+    )
+    parser.add_argument(
         "--native", action="store_true", help="C++ subscribers (bench/native), one process each"
+    )
+    parser.add_argument(
+        "--python-writer",
+        action="store_true",
+        help="with --native: keep the Python writer (the C++ writer is the default there)",
+    )
+    parser.add_argument(
+        "--server-nice",
+        type=int,
+        default=SupervisorSettings().core_nice if os.geteuid() == 0 else 0,
+        help="CPU priority of every server (as `smx run` starts the core: supervisor.core_nice; "
+        "default that as root, else 0)",
     )
     parser.add_argument(
         "--uvloop-baseline",
@@ -517,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     _configure(args.one_point)
+    counts = [int(n) for n in args.subscribers.split(",")]
+    native_writer = not args.python_writer
     native = build_native() if args.native else None
     seconds = 1.5 if args.quick else args.seconds
     with_mqtt = not args.no_mqtt and mosquitto_available()
@@ -524,26 +599,30 @@ def main(argv: list[str] | None = None) -> int:
     core = bare = bare_uv = mosq = None
     results: list[Result] = []
     try:
-        core = BenchCore(site)
-        bare = BareServer(site)
+        # Every server at the priority `smx run` gives the core, for a like-for-like comparison.
+        nice = ["nice", "-n", str(args.server_nice)] if args.server_nice else []
+        core = BenchCore(site, wrapper=nice)
+        bare = BareServer(site, wrapper=nice)
         # (label, protocol, target, CPU seconds of the server)
         servers: list[tuple[str, str, str, Any]] = [
             ("bare", "bare", bare.target, lambda: sum(bare.ps.cpu_times()[:2])),
             ("core", "core", site.target, core.cpu_seconds),
         ]
         if args.uvloop_baseline:
-            bare_uv = BareServer(site, "bare-uvloop.sock", uvloop=True)
+            bare_uv = BareServer(site, "bare-uvloop.sock", uvloop=True, wrapper=nice)
             servers.insert(
                 1, ("bare-uvloop", "bare", bare_uv.target, lambda: sum(bare_uv.ps.cpu_times()[:2]))
             )
         if with_mqtt:
-            mosq = Mosquitto(site)
+            mosq = Mosquitto(site, nice)
             servers.append(("mqtt", "mqtt", mosq.target, mosq.cpu_seconds))
         rss_idle = core.rss_mb()
         cpu0 = core.cpu_seconds()
-        for subs in (0, 1, 20):
+        for subs in counts:
             for label, kind, target, cpu in servers:  # interleaved: the same machine state
-                r = run_case(kind, site, target, subs, args.procs, seconds, cpu, native)
+                r = run_case(
+                    kind, site, target, subs, args.procs, seconds, cpu, native, native_writer
+                )
                 results.append(dataclasses.replace(r, server=label))
         rss_after = core.rss_mb()
         core_cpu = core.cpu_seconds() - cpu0
@@ -558,12 +637,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"watch latency and cost per message: write -> subscriber, {shape}")
     subscribers = (
-        "native (C++ bench/native/watcher), one process per subscriber"
+        "native (C++ bench/native/watcher), one process per subscriber; writer: "
+        + ("Python" if args.python_writer else "native (C++ bench/native/writer)")
         if native
         else f"Python (grpc.aio / paho) in {args.procs} process(es) for 20, 1 for 1"
     )
     print(
-        f"  {seconds:g} s per case, first {WARMUP:g} s discarded; subscribers: {subscribers}; "
+        f"  {seconds:g} s per case, first {WARMUP:g} s discarded; servers at nice "
+        f"{args.server_nice}; subscribers: {subscribers}; "
         "baseline = bare grpc.aio relay"
         + (
             "; mqtt = Mosquitto, QoS 1"
@@ -593,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.writes} ({r.late_writes} late)",
                 f"{r.cpu_per_write_us:.0f}",
                 cpu_ratio,
+                f"{r.writer_cpu_per_write_us:.0f}",
             ]
         )
     print(
@@ -608,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                 "writes",
                 "CPU us/write",
                 "CPU vs bare",
+                "writer CPU us/write",
             ],
             rows,
         )
@@ -624,11 +707,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"core RSS: {rss_idle:.1f} MB idle, {rss_after:.1f} MB after; core CPU {core_cpu:.1f} s")
     targets = TARGETS_P99_MS_ONE_POINT if args.one_point else TARGETS_P99_MS
     for subs, limit in targets.items():
+        if ("core", subs) not in by:
+            continue
         print(
             target_line(
                 f"p99 with {subs} subscriber(s)", by[("core", subs)].p99, limit, "ms", False
             )
         )
+    if ("core", 0) not in by:
+        return 0
     cost = by[("core", 0)].cpu_per_write_us / by[("bare", 0)].cpu_per_write_us
     print(target_line("core CPU per write vs bare", cost, 1.3, "x", False))
     if ("bare-uvloop", 0) in by:

@@ -28,6 +28,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 
+#include "common.h"
 #include "smx/v1/point_service.grpc.pb.h"
 
 namespace {
@@ -36,25 +37,8 @@ std::atomic<bool> g_stop{false};
 
 void on_term(int) { g_stop.store(true); }
 
-[[noreturn]] void die(const std::string& msg) {
-  std::fprintf(stderr, "watcher: %s\n", msg.c_str());
-  std::fflush(stderr);
-  _exit(1);
-}
-
-int64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) die("cannot read " + path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using bench::die;
+using bench::now_ns;
 
 struct Samples {
   std::vector<double> v;  // src, ms pairs
@@ -118,26 +102,15 @@ struct Stream {
   }
 };
 
-int run_grpc(const std::string& kind, const std::string& target, const std::string& ca,
-             const std::string& cert, const std::string& key, const std::string& server_name,
-             int n, const std::string& out) {
-  grpc::SslCredentialsOptions tls;
-  tls.pem_root_certs = read_file(ca);
-  tls.pem_cert_chain = read_file(cert);
-  tls.pem_private_key = read_file(key);
-  auto creds = grpc::SslCredentials(tls);
+int run_grpc(const std::string& kind, std::map<std::string, std::string>& opt, int n,
+             const std::string& out) {
   grpc::CompletionQueue cq;
   std::vector<std::unique_ptr<Stream>> streams;
   smx::v1::WatchPointsRequest req;
   req.add_patterns("meter/w*");
   for (int i = 0; i < n; ++i) {
     auto s = std::make_unique<Stream>();
-    grpc::ChannelArguments args;
-    args.SetSslTargetNameOverride(server_name);
-    args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, server_name);
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // each stream its own connection
-    args.SetMaxReceiveMessageSize(64 << 20);
-    s->channel = grpc::CreateCustomChannel(target, creds, args);
+    s->channel = bench::tls_channel(opt);  // each stream its own connection
     if (kind == "core") {
       s->core_stub = smx::v1::PointService::NewStub(s->channel);
       s->core = s->core_stub->PrepareAsyncWatchPoints(&s->ctx, req, &cq);
@@ -309,14 +282,9 @@ int run_mqtt(const std::string& socket, const std::string& ca, const std::string
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> opt{{"--streams", "1"}, {"--server-name", "smxcore"}};
-  for (int i = 1; i < argc; i += 2) {
-    if (i + 1 >= argc || std::strncmp(argv[i], "--", 2) != 0)
-      die(std::string("bad argument: ") + argv[i]);
-    opt[argv[i]] = argv[i + 1];
-  }
-  for (const char* k : {"--kind", "--target", "--ca", "--cert", "--key", "--out"})
-    if (!opt.count(k)) die(std::string("missing ") + k);
+  bench::g_program = "watcher";
+  auto opt = bench::parse_options(argc, argv, {{"--streams", "1"}, {"--server-name", "smxcore"}},
+                                  {"--kind", "--target", "--ca", "--cert", "--key", "--out"});
   const std::string kind = opt["--kind"];
   int n = std::atoi(opt["--streams"].c_str());
   if (n < 1) die("--streams must be at least 1");
@@ -334,17 +302,9 @@ int main(int argc, char** argv) {
 
   // Debian's abseil is built with its Mutex deadlock detector on: a few us per message.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  if (kind == "core" || kind == "bare")
-    return run_grpc(kind, opt["--target"], opt["--ca"], opt["--cert"], opt["--key"],
-                    opt["--server-name"], n, opt["--out"]);
-  if (kind == "mqtt") {
-    std::string socket = opt["--target"];
-    for (const char* prefix : {"unix://", "unix:"})
-      if (socket.rfind(prefix, 0) == 0) {
-        socket = socket.substr(std::strlen(prefix));
-        break;
-      }
-    return run_mqtt(socket, opt["--ca"], opt["--cert"], opt["--key"], n, opt["--out"]);
-  }
+  if (kind == "core" || kind == "bare") return run_grpc(kind, opt, n, opt["--out"]);
+  if (kind == "mqtt")
+    return run_mqtt(bench::socket_path(opt["--target"]), opt["--ca"], opt["--cert"], opt["--key"],
+                    n, opt["--out"]);
   die("unknown --kind " + kind + " (core, bare or mqtt)");
 }
