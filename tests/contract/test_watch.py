@@ -320,6 +320,51 @@ async def test_a_busy_core_paces_streams_and_loses_no_change(site, monkeypatch):
         await core.stop(grace=0.1)
 
 
+async def test_a_high_fan_out_paces_streams_until_it_ends(site, monkeypatch):
+    # Nothing waits for the loop (a wait up to 10 s would not count as busy), but the core hands
+    # out more changes a second than PACE_ABOVE_PER_S (lowered to 20): the stream sends at most
+    # one message per min_interval (0.3 s) for as long as that lasts, pacing does not switch
+    # itself off by lowering what the stream sends, and nothing is lost. Once the burst is
+    # over, a change goes out at once again.
+    from trusted.core.services import points
+
+    monkeypatch.setattr(points, "PACE_ABOVE_PER_S", 20.0)
+    monkeypatch.setattr(points, "RATE_WINDOW_S", 0.05)
+    core = await _paced_core(site, monkeypatch, busy_wait=10.0, min_interval=0.3)
+    try:
+        stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+        assert (await stream.read()).snapshot
+        loop = asyncio.get_running_loop()
+        meter = site.stubs("meter").points
+
+        async def write() -> None:
+            for i in range(50):  # 50 a second for 1 s
+                await meter.WritePoints(batch(("meter/P", i)))
+                await asyncio.sleep(0.02)
+
+        writer = asyncio.create_task(write())
+        seen: list[float] = []
+        times: list[float] = []
+        while len(seen) < 50:
+            msg = await asyncio.wait_for(stream.read(), 5)
+            times.append(loop.time())
+            seen += [p.value.double_value for p in msg.points]
+        await writer
+        assert seen == list(range(50))
+        # Unpaced until the first rate window closes, then one message per 0.3 s to the end.
+        assert len(times) <= 8, len(times)
+        assert all(b - a >= 0.25 for a, b in zip(times[-3:], times[-2:], strict=False))
+        await asyncio.sleep(0.5)
+        await meter.WritePoints(batch(("meter/P", 50)))
+        t0 = loop.time()
+        msg = await asyncio.wait_for(stream.read(), 5)
+        assert [p.value.double_value for p in msg.points] == [50]
+        assert loop.time() - t0 < 0.2
+        stream.cancel()
+    finally:
+        await core.stop(grace=0.1)
+
+
 async def test_a_large_snapshot_comes_in_messages_that_each_can_be_resumed_from(site, core):
     # 600 points of 2 KiB strings, ~1.3 MB: more than one message's worth. The first message
     # is the snapshot, the rest of the current values follow in revision order, and a watch

@@ -148,6 +148,9 @@ class RealtimeDB:
         self._changes: deque[int] = deque(maxlen=backlog)
         self._compacted = 0
         self._watchers: set[Watcher] = set()
+        # Changes handed to watchers since start (one per matching watcher): what fan-out costs,
+        # whatever the streams then send (trusted.core.services.points paces on its rate).
+        self.offers = 0
         # name -> stale deadline (ms) for points with an expected period.
         self._deadlines: dict[str, int] = {}
         # Every name (declared or written) in sorted order: a listing walks it from its page
@@ -537,14 +540,21 @@ class RealtimeDB:
         if meta is not None and meta.HasField("expected_period"):
             self._arm_deadline(name, now)
         if self._watchers:
-            size = point.ByteSize()
-            for w in self._watchers:
-                if w.matches(name):
-                    w.offer(point, size)
+            self._offer(name, point)
         if self.history is not None:
             # Stored points are never modified (a change makes a new one), so the history
             # may serialize this one later, on its writer thread.
             self.history.append(name, ts, getattr(value, value.WhichOneof("kind")), quality, point)
+
+    def _offer(self, name: str, point: point_pb2.Point) -> None:
+        """Hand a changed point to every watcher whose filter takes it."""
+        size = point.ByteSize()
+        n = 0
+        for w in self._watchers:
+            if w.matches(name):
+                w.offer(point, size)
+                n += 1
+        self.offers += n
 
     def _log_change(self, rev: int) -> None:
         if len(self._changes) == self._changes.maxlen:
@@ -638,10 +648,7 @@ class RealtimeDB:
             point.writer = self.core_identity
             point.revision = self.revision
             self.points[name] = point
-            size = point.ByteSize()
-            for w in self._watchers:
-                if w.matches(name):
-                    w.offer(point, size)
+            self._offer(name, point)
         self._log_change(self.revision)
         log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
         return due

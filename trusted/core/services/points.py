@@ -16,7 +16,7 @@ from trusted.core.auth import Caller
 from trusted.core.errors import CoreError
 from trusted.core.history import HistoryError, HistoryQueryError
 from trusted.core.paging import make_token, page_size, read_token
-from trusted.core.realtime import MAX_UNIT_BYTES
+from trusted.core.realtime import MAX_UNIT_BYTES, RealtimeDB
 from trusted.core.services.fields import check_patterns, globs, heartbeat_s, point_name
 from trusted.core.state import CoreState
 from trusted.core.watch_wire import watch_message
@@ -26,9 +26,13 @@ __all__ = ["PointService"]
 # A watch message holds at most this much (one point larger than it goes alone): a snapshot or
 # catch-up is sent as several messages, built one at a time.
 WATCH_CHUNK_BYTES = 256 * 1024
-# A watch stream paces itself ([watch] min_interval) for PACED_FOR_S after a change waited
-# longer than BUSY_WAIT_S for the core's loop to get to it: the sign of a loop with more to
-# send than it can, where fewer, larger messages cost less and arrive sooner.
+# Watch streams pace themselves ([watch] min_interval) while the core hands out more than
+# PACE_ABOVE_PER_S changes a second to all of them (measured over RATE_WINDOW_S), and for
+# PACED_FOR_S after a change waited longer than BUSY_WAIT_S for the loop to get to it (a loop
+# busy with other work). Fewer, larger messages then cost less and arrive sooner. The rate is
+# of changes offered, not messages sent, so pacing does not switch itself off: a stream that
+# stopped pacing because pacing had lowered its own sends overloaded the loop again.
+PACE_ABOVE_PER_S, RATE_WINDOW_S = 2000.0, 0.1
 BUSY_WAIT_S, PACED_FOR_S = 0.001, 0.5
 AGGREGATIONS = {
     pb.AGGREGATION_UNSPECIFIED: "avg",
@@ -47,9 +51,27 @@ ENTRY_OVERHEAD, REPLY_OVERHEAD = 6, 64
 LIST_SCAN_FACTOR, LIST_SCAN_MIN = 10, 1000
 
 
+class _FanOutLoad:
+    """Whether the core hands out changes to watch streams faster than PACE_ABOVE_PER_S."""
+
+    def __init__(self, db: RealtimeDB) -> None:
+        self._db = db
+        self._since, self._offers = time.monotonic(), db.offers
+        self._high = False
+
+    def high(self, now: float) -> bool:
+        elapsed = now - self._since
+        if elapsed >= RATE_WINDOW_S:
+            offers = self._db.offers
+            self._high = (offers - self._offers) / elapsed > PACE_ABOVE_PER_S
+            self._since, self._offers = now, offers
+        return self._high
+
+
 class PointService:
     def __init__(self, state: CoreState) -> None:
         self.s = state
+        self._load = _FanOutLoad(state.db)
 
     def _limit(self, items: object, what: str) -> None:
         n = len(items)  # type: ignore[arg-type]
@@ -170,7 +192,7 @@ class PointService:
             # caller.may reads the policy in force: a reload applies to open watches.
             return wanted.match(name) and caller.may(name)
 
-        pace = self.s.config.watch_min_interval
+        pace, load = self.s.config.watch_min_interval, self._load
         watcher, first = db.watch(match, req.start_revision)
         try:
             sent = paced_until = 0.0
@@ -185,10 +207,9 @@ class PointService:
                     yield watch_message((), db.revision, heartbeat=True)
                     continue
                 if pace:
-                    # A busy core paces its streams: a change that waited for the loop longer
-                    # than BUSY_WAIT_S puts the stream on at most one message per `pace` for
-                    # PACED_FOR_S; whatever changes meanwhile rides along in that message. An
-                    # idle core sends each change at once.
+                    # A busy core sends a stream at most one message per `pace`, the changes
+                    # made meanwhile riding along in it (see PACE_ABOVE_PER_S). An idle core
+                    # sends each change at once.
                     now = time.monotonic()
                     if now - watcher.since > BUSY_WAIT_S:
                         paced_until = now + PACED_FOR_S
@@ -196,7 +217,7 @@ class PointService:
                     # change arrived (a change that already waited for the loop is not held
                     # back a full interval more).
                     early = min(sent, watcher.since) + pace - now
-                    if early > 0 and now < paced_until:
+                    if early > 0 and (now < paced_until or load.high(now)):
                         await watcher.full.wait(early)  # sooner if the changes pile up
                 whole = watcher.bounded  # its changes fit one message: nothing to size
                 changes = watcher.take()
