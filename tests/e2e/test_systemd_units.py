@@ -26,7 +26,8 @@ HOME = "/var/lib/smx"
 SITE_FILE = "/etc/smx/site.toml"
 # What the supervisor needs (docs/SITE.md, "Isolation"): drop privileges (SETUID, SETGID and
 # SETPCAP to empty a child's bounding set), give files to their owners (CHOWN, FOWNER), signal
-# its children (KILL), read their files (DAC_*), and a child's private mount (SYS_ADMIN).
+# its children (KILL), read their files (DAC_*), a child's private mount (SYS_ADMIN), and the
+# core's higher CPU priority (SYS_NICE).
 SUPERVISOR_CAPS = {
     "CAP_SETUID",
     "CAP_SETGID",
@@ -37,6 +38,7 @@ SUPERVISOR_CAPS = {
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
     "CAP_SYS_ADMIN",
+    "CAP_SYS_NICE",
 }
 
 
@@ -106,6 +108,7 @@ def test_every_unit_has_the_hardening_docs_site_md_promises(units, name):
         # Root, but only with what it needs; everything it writes is the site home.
         assert caps <= SUPERVISOR_CAPS, f"capabilities beyond the supervisor's needs: {caps}"
         assert "CAP_SETPCAP" in caps  # else a child cannot empty its bounding set
+        assert "CAP_SYS_NICE" in caps  # else the core cannot start at supervisor.core_nice
         assert "User" not in unit["Service"]
         assert writable == [HOME]
     else:

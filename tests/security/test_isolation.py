@@ -201,6 +201,23 @@ def test_every_child_runs_unprivileged(site):
     assert dialout not in _status_fields(procs["spy"]["pid"])["Groups"].split()
 
 
+def _nice_of_every_thread(pid: int) -> set[int]:
+    # /proc/<pid>/task/<tid>/stat: field 19 is the nice value (after the parenthesized name).
+    return {
+        int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    }
+
+
+def test_the_core_runs_before_the_processes_it_serves(site):
+    # supervisor.core_nice (default -5), set before the core's interpreter starts: every thread
+    # it has, gRPC's included, runs at it; the other processes at the usual 0.
+    procs = site.procs()
+    assert _nice_of_every_thread(procs["core"]["pid"]) == {-5}
+    for name in ("meter", "spy", "sim"):
+        assert _nice_of_every_thread(procs[name]["pid"]) == {0}, name
+
+
 def test_ownership_of_the_site_files(site):
     home, pki = site.home, site.home / "pki"
     core_uid = (home / "policy.toml").stat().st_uid

@@ -38,6 +38,7 @@ backoff_max = "10s"
 stable_after = "1m"
 stop_timeout = 3
 health_timeout = "20s"
+core_nice = 0
 
 [extensions.meter]
 module = "extensions.smm"
@@ -87,7 +88,7 @@ def test_full_file(tmp_path):
     assert cfg.core.socket == tmp_path / "state" / "core.sock"
     s = cfg.supervisor
     assert (s.backoff_initial, s.backoff_max, s.stable_after) == (0.25, 10, 60)
-    assert (s.stop_timeout, s.health_timeout) == (3, 20)
+    assert (s.stop_timeout, s.health_timeout, s.core_nice) == (3, 20, 0)
     meter, fronius, lessag, sim = cfg.processes
     assert meter.kind == "extension" and meter.domain == "trusted"
     assert meter.devices == ("smm", "pv") and meter.reads == ("ess/P",)
@@ -109,6 +110,7 @@ def test_minimal_file_defaults(tmp_path):
     assert cfg.supervisor.backoff_initial == 1 and cfg.supervisor.backoff_max == 60
     assert cfg.supervisor.stable_after == 30 and cfg.supervisor.stop_timeout == 5
     assert cfg.supervisor.health_timeout == 15
+    assert cfg.supervisor.core_nice == -5  # the core first when the CPU is busy
     assert cfg.core.policy == tmp_path / "policy.toml"
 
 
@@ -281,6 +283,10 @@ def test_unknown_keys_are_named(tmp_path, text, expected):
             'site = "s"\n[supervisor]\nbackoff_initial = "10s"\nbackoff_max = "5s"\n',
             "supervisor.backoff_max: must not be less",
         ),
+        ('site = "s"\n[supervisor]\ncore_nice = -21\n', "supervisor.core_nice: a nice value"),
+        ('site = "s"\n[supervisor]\ncore_nice = 20\n', "from -20 (first) to 19 (last), got 20"),
+        ('site = "s"\n[supervisor]\ncore_nice = "-5"\n', "supervisor.core_nice: a nice value"),
+        ('site = "s"\n[supervisor]\ncore_nice = true\n', "supervisor.core_nice: a nice value"),
         ('site = "s"\nextensions = 3\n', "extensions: expected a table"),
         ('site = "s"\n[extensions.m]\nmodule = 3\n', "extensions.m.module: expected"),
         ('site = "s"\n[extensions.m]\nmodule = "a b"\n', "not a Python module name"),

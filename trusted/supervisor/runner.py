@@ -201,6 +201,12 @@ class Supervisor:
                 "simulator runs as uid %d with the supervisor's rights (docs/SITE.md, Isolation)",
                 os.getuid(),
             )
+            if self.cfg.supervisor.core_nice < 0:
+                log.info(
+                    "supervisor.core_nice = %d not applied: only root may raise the core's CPU "
+                    "priority",
+                    self.cfg.supervisor.core_nice,
+                )
         child = await asyncio.create_subprocess_exec(
             self.python,
             "-P",  # root must not import a module from whatever directory smx run started in
@@ -311,8 +317,8 @@ class Supervisor:
             return isolation.private_dir_of(self.cfg.home, name) / "health.json"
         return self.paths.health_file(name)
 
-    def _isolation_kwargs(self, name: str, env: dict[str, str]) -> dict[str, Any]:
-        """Working directory, environment and privilege drop of child ``name``."""
+    def _isolation_kwargs(self, name: str, env: dict[str, str], nice: int = 0) -> dict[str, Any]:
+        """Working directory, environment, privilege drop and CPU priority of child ``name``."""
         if not self.isolated:
             return {"env": env, "cwd": self.cfg.home}
         env = dict(env)
@@ -335,6 +341,7 @@ class Supervisor:
                 reach,
                 argv,
                 isolation.private_dir_of(self.cfg.home, name),
+                nice,
             ),
             "kill_user": isolation.kill_all_argv(
                 self.python, self._accounts[name], self._accounts[isolation.REAPER]
@@ -377,7 +384,9 @@ class Supervisor:
             "core",
             "core",
             [self.python, "-m", "trusted.cli.main", "--home", str(cfg.home), "core"],
-            **self._isolation_kwargs("core", base | {ENV_HEALTH_FILE: str(core_health)}),
+            **self._isolation_kwargs(
+                "core", base | {ENV_HEALTH_FILE: str(core_health)}, cfg.supervisor.core_nice
+            ),
             log_path=self.paths.log_file("core"),
             settings=cfg.supervisor,
             on_change=self._changed,

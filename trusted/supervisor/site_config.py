@@ -80,6 +80,7 @@ _SUPERVISOR_KEYS = (
     "log_max_size",
     "log_rate",
     "volatile_dir",
+    "core_nice",
 )
 _CLIENT_KEYS = (
     "module",
@@ -119,6 +120,9 @@ class SupervisorSettings:
     # A directory on a tmpfs for the files rewritten every few seconds (docs/SITE.md): None
     # keeps them in run/ (on the SD card).
     volatile_dir: Path | None = None
+    # The core's CPU priority (nice value) under `smx run` as root: every process waits on it,
+    # so a busy extension must not delay it (docs/SITE.md).
+    core_nice: int = -5
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,7 @@ def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
         log_max_size=size("log_max_size", d.log_max_size, 64 * 1024),
         log_rate=size("log_rate", d.log_rate, 1024),
         volatile_dir=_volatile_dir(table.get("volatile_dir")),
+        core_nice=_nice(table.get("core_nice", d.core_nice), "supervisor.core_nice"),
     )
     if settings.backoff_max < settings.backoff_initial:
         raise SiteConfigError(
@@ -270,6 +275,14 @@ def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
             f"({settings.backoff_initial:g}s), got {show_value(table.get('backoff_max'))}"
         )
     return settings
+
+
+def _nice(raw: Any, what: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not -20 <= raw <= 19:
+        raise SiteConfigError(
+            f"{what}: a nice value, an integer from -20 (first) to 19 (last), got {show_value(raw)}"
+        )
+    return raw
 
 
 def _volatile_dir(raw: Any) -> Path | None:
