@@ -130,6 +130,7 @@ class Mirror:
             )
         )
         silence = self.cfg.link_timeout
+        snapshot_points: int | None = None  # of a snapshot not yet complete
         try:
             while True:
                 try:
@@ -142,9 +143,16 @@ class Mirror:
                     raise EOFError("the remote ended the watch")
                 if msg.snapshot:
                     self.snapshots += 1
-                    log.info(
-                        "remote snapshot: %d points at revision %d", len(msg.points), msg.revision
-                    )
+                    snapshot_points = 0
+                if snapshot_points is not None:
+                    snapshot_points += len(msg.points)
+                    if msg.snapshot_complete:  # a large snapshot comes in several messages
+                        log.info(
+                            "remote snapshot: %d points at revision %d",
+                            snapshot_points,
+                            msg.revision,
+                        )
+                        snapshot_points = None
                 self._up()  # data flows: only now is the link up
                 await self._received(msg.points)
                 self.revision = msg.revision

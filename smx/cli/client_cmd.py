@@ -253,15 +253,27 @@ def points_watch(args: argparse.Namespace) -> int:
         points_pb.WatchPointsRequest(patterns=args.patterns, start_revision=args.start)
     )
     table = Table(POINT_HEADER, POINT_WIDTHS, POINT_RIGHT)
+    # Points so far of a snapshot that comes in several messages; None: no such snapshot open.
+    counted: list[int | None] = [None]
 
     def show(msg: points_pb.WatchPointsResponse) -> int:
         if args.json:
             return len(msg.points)
         if msg.snapshot:
-            print(f"-- snapshot at revision {msg.revision}: {len(msg.points)} points")
+            if msg.snapshot_complete:
+                print(f"-- snapshot at revision {msg.revision}: {len(msg.points)} points")
+            else:
+                print(f"-- snapshot at revision {msg.revision}, in several messages:")
+                counted[0] = 0
             table.start()
         for p in msg.points:
             table.row(*_point_row(p))
+        so_far = counted[0]
+        if so_far is not None:
+            counted[0] = so_far = so_far + len(msg.points)
+            if msg.snapshot_complete:
+                print(f"-- snapshot complete at revision {msg.revision}: {so_far} points")
+                counted[0] = None
         return len(msg.points)
 
     return _follow(stream, args, show)

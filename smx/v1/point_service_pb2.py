@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from smx.v1 import point_pb2 as smx_dot_v1_dot_point__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmx/v1/point_service.proto\x12\x06smx.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12smx/v1/point.proto\"!\n\x10GetPointsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"D\n\x11GetPointsResponse\x12\x1d\n\x06points\x18\x01 \x03(\x0b\x32\r.smx.v1.Point\x12\x10\n\x08revision\x18\x02 \x01(\x03\"K\n\x11ListPointsRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListPointsResponse\x12%\n\x06points\x18\x01 \x03(\x0b\x32\x15.smx.v1.PointMetadata\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x14\x44\x65\x63larePointsRequest\x12%\n\x06points\x18\x01 \x03(\x0b\x32\x15.smx.v1.PointMetadata\")\n\x15\x44\x65\x63larePointsResponse\x12\x10\n\x08\x64\x65\x63lared\x18\x01 \x01(\x05\":\n\x12WritePointsRequest\x12$\n\x07samples\x18\x01 \x03(\x0b\x32\x13.smx.v1.PointSample\"\'\n\x13WritePointsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"u\n\x12WatchPointsRequest\x12\x10\n\x08patterns\x18\x01 \x03(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"k\n\x13WatchPointsResponse\x12\x1d\n\x06points\x18\x01 \x03(\x0b\x32\r.smx.v1.Point\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x11\n\theartbeat\x18\x04 \x01(\x08\"\xd6\x01\n\x12ReadHistoryRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06\x62ucket\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x0b\x61ggregation\x18\x05 \x01(\x0e\x32\x13.smx.v1.Aggregation\"\x8f\x01\n\rHistorySample\x12/\n\x0bsample_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.smx.v1.Value\x12 \n\x07quality\x18\x03 \x01(\x0e\x32\x0f.smx.v1.Quality\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"K\n\x13ReadHistoryResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07samples\x18\x02 \x03(\x0b\x32\x15.smx.v1.HistorySample*\x7f\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATION_MIN\x10\x01\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x02\x12\x13\n\x0f\x41GGREGATION_AVG\x10\x03\x12\x14\n\x10\x41GGREGATION_LAST\x10\x04\x32\xbf\x03\n\x0cPointService\x12@\n\tGetPoints\x12\x18.smx.v1.GetPointsRequest\x1a\x19.smx.v1.GetPointsResponse\x12\x43\n\nListPoints\x12\x19.smx.v1.ListPointsRequest\x1a\x1a.smx.v1.ListPointsResponse\x12L\n\rDeclarePoints\x12\x1c.smx.v1.DeclarePointsRequest\x1a\x1d.smx.v1.DeclarePointsResponse\x12\x46\n\x0bWritePoints\x12\x1a.smx.v1.WritePointsRequest\x1a\x1b.smx.v1.WritePointsResponse\x12H\n\x0bWatchPoints\x12\x1a.smx.v1.WatchPointsRequest\x1a\x1b.smx.v1.WatchPointsResponse0\x01\x12H\n\x0bReadHistory\x12\x1a.smx.v1.ReadHistoryRequest\x1a\x1b.smx.v1.ReadHistoryResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asmx/v1/point_service.proto\x12\x06smx.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12smx/v1/point.proto\"!\n\x10GetPointsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"D\n\x11GetPointsResponse\x12\x1d\n\x06points\x18\x01 \x03(\x0b\x32\r.smx.v1.Point\x12\x10\n\x08revision\x18\x02 \x01(\x03\"K\n\x11ListPointsRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12ListPointsResponse\x12%\n\x06points\x18\x01 \x03(\x0b\x32\x15.smx.v1.PointMetadata\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"=\n\x14\x44\x65\x63larePointsRequest\x12%\n\x06points\x18\x01 \x03(\x0b\x32\x15.smx.v1.PointMetadata\")\n\x15\x44\x65\x63larePointsResponse\x12\x10\n\x08\x64\x65\x63lared\x18\x01 \x01(\x05\":\n\x12WritePointsRequest\x12$\n\x07samples\x18\x01 \x03(\x0b\x32\x13.smx.v1.PointSample\"\'\n\x13WritePointsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"u\n\x12WatchPointsRequest\x12\x10\n\x08patterns\x18\x01 \x03(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x86\x01\n\x13WatchPointsResponse\x12\x1d\n\x06points\x18\x01 \x03(\x0b\x32\r.smx.v1.Point\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x11\n\theartbeat\x18\x04 \x01(\x08\x12\x19\n\x11snapshot_complete\x18\x05 \x01(\x08\"\xd6\x01\n\x12ReadHistoryRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06\x62ucket\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x0b\x61ggregation\x18\x05 \x01(\x0e\x32\x13.smx.v1.Aggregation\"\x8f\x01\n\rHistorySample\x12/\n\x0bsample_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x05value\x18\x02 \x01(\x0b\x32\r.smx.v1.Value\x12 \n\x07quality\x18\x03 \x01(\x0e\x32\x0f.smx.v1.Quality\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"K\n\x13ReadHistoryResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07samples\x18\x02 \x03(\x0b\x32\x15.smx.v1.HistorySample*\x7f\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATION_MIN\x10\x01\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x02\x12\x13\n\x0f\x41GGREGATION_AVG\x10\x03\x12\x14\n\x10\x41GGREGATION_LAST\x10\x04\x32\xbf\x03\n\x0cPointService\x12@\n\tGetPoints\x12\x18.smx.v1.GetPointsRequest\x1a\x19.smx.v1.GetPointsResponse\x12\x43\n\nListPoints\x12\x19.smx.v1.ListPointsRequest\x1a\x1a.smx.v1.ListPointsResponse\x12L\n\rDeclarePoints\x12\x1c.smx.v1.DeclarePointsRequest\x1a\x1d.smx.v1.DeclarePointsResponse\x12\x46\n\x0bWritePoints\x12\x1a.smx.v1.WritePointsRequest\x1a\x1b.smx.v1.WritePointsResponse\x12H\n\x0bWatchPoints\x12\x1a.smx.v1.WatchPointsRequest\x1a\x1b.smx.v1.WatchPointsResponse0\x01\x12H\n\x0bReadHistory\x12\x1a.smx.v1.ReadHistoryRequest\x1a\x1b.smx.v1.ReadHistoryResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'smx.v1.point_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGGREGATION']._serialized_start=1266
-  _globals['_AGGREGATION']._serialized_end=1393
+  _globals['_AGGREGATION']._serialized_start=1294
+  _globals['_AGGREGATION']._serialized_end=1421
   _globals['_GETPOINTSREQUEST']._serialized_start=123
   _globals['_GETPOINTSREQUEST']._serialized_end=156
   _globals['_GETPOINTSRESPONSE']._serialized_start=158
@@ -54,14 +54,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WRITEPOINTSRESPONSE']._serialized_end=596
   _globals['_WATCHPOINTSREQUEST']._serialized_start=598
   _globals['_WATCHPOINTSREQUEST']._serialized_end=715
-  _globals['_WATCHPOINTSRESPONSE']._serialized_start=717
-  _globals['_WATCHPOINTSRESPONSE']._serialized_end=824
-  _globals['_READHISTORYREQUEST']._serialized_start=827
-  _globals['_READHISTORYREQUEST']._serialized_end=1041
-  _globals['_HISTORYSAMPLE']._serialized_start=1044
-  _globals['_HISTORYSAMPLE']._serialized_end=1187
-  _globals['_READHISTORYRESPONSE']._serialized_start=1189
-  _globals['_READHISTORYRESPONSE']._serialized_end=1264
-  _globals['_POINTSERVICE']._serialized_start=1396
-  _globals['_POINTSERVICE']._serialized_end=1843
+  _globals['_WATCHPOINTSRESPONSE']._serialized_start=718
+  _globals['_WATCHPOINTSRESPONSE']._serialized_end=852
+  _globals['_READHISTORYREQUEST']._serialized_start=855
+  _globals['_READHISTORYREQUEST']._serialized_end=1069
+  _globals['_HISTORYSAMPLE']._serialized_start=1072
+  _globals['_HISTORYSAMPLE']._serialized_end=1215
+  _globals['_READHISTORYRESPONSE']._serialized_start=1217
+  _globals['_READHISTORYRESPONSE']._serialized_end=1292
+  _globals['_POINTSERVICE']._serialized_start=1424
+  _globals['_POINTSERVICE']._serialized_end=1871
 # @@protoc_insertion_point(module_scope)

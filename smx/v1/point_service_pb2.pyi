@@ -92,16 +92,18 @@ class WatchPointsRequest(_message.Message):
     def __init__(self, patterns: _Optional[_Iterable[str]] = ..., start_revision: _Optional[int] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class WatchPointsResponse(_message.Message):
-    __slots__ = ("points", "revision", "snapshot", "heartbeat")
+    __slots__ = ("points", "revision", "snapshot", "heartbeat", "snapshot_complete")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[_point_pb2.Point]
     revision: int
     snapshot: bool
     heartbeat: bool
-    def __init__(self, points: _Optional[_Iterable[_Union[_point_pb2.Point, _Mapping]]] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+    snapshot_complete: bool
+    def __init__(self, points: _Optional[_Iterable[_Union[_point_pb2.Point, _Mapping]]] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., heartbeat: _Optional[bool] = ..., snapshot_complete: _Optional[bool] = ...) -> None: ...
 
 class ReadHistoryRequest(_message.Message):
     __slots__ = ("names", "start_time", "end_time", "bucket", "aggregation")

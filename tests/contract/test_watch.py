@@ -29,13 +29,14 @@ async def test_snapshot_first_then_changes_in_revision_order(site, core):
     stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
     snap = await stream.read()
     assert snap.snapshot and {p.name for p in snap.points} == {"meter/P", "meter/Q"}
+    assert snap.snapshot_complete  # it fits in one message
     revs = []
     for i in range(5):
         revs.append((await meter.points.WritePoints(batch(("meter/P", 10 + i)))).revision)
     seen = []
     while len(seen) < 5:
         msg = await stream.read()
-        assert not msg.snapshot
+        assert not msg.snapshot and not msg.snapshot_complete
         seen += [(p.revision, p.value.double_value) for p in msg.points]
     # One subscriber reading as fast as we write sees every value, in order.
     assert seen == [(r, 10 + i) for i, r in enumerate(revs)]
@@ -393,6 +394,8 @@ async def test_a_large_snapshot_comes_in_messages_that_each_can_be_resumed_from(
         names += [p.name for p in msg.points]
     stream.cancel()
     assert [m.snapshot for m in messages] == [True] + [False] * (len(messages) - 1)
+    # Only the last one says the consumer now has every point.
+    assert [m.snapshot_complete for m in messages] == [False] * (len(messages) - 1) + [True]
     assert len(messages) >= 5 and sorted(names) == sorted(f"meter/S{i}" for i in range(600))
     assert messages[-1].revision == head
     for m in messages[:-1]:

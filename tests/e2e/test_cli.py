@@ -122,6 +122,19 @@ READ_COMMANDS = [
 ]
 
 
+def test_watch_counts_a_snapshot_that_comes_in_several_messages(running):
+    # 150 strings of 2 KB: more than one 256 KiB watch message. The count is of the whole
+    # snapshot, said once its last message is in.
+    home = running
+    text = "x" * 2000
+    samples = [f"meter/S{i}={text}" for i in range(150)]
+    smx(home, "points", "write", "--as", "meter", "--kind", "string", *samples)
+    out = smx(home, "points", "watch", "meter/S*", "--count", "150").splitlines()
+    assert re.fullmatch(r"-- snapshot at revision \d+, in several messages:", out[0])
+    assert re.fullmatch(r"-- snapshot complete at revision \d+: 150 points", out[-1])
+    assert sum(line.startswith("meter/S") for line in out) == 150
+
+
 def test_read_commands_speak_json_and_tables_have_headers(running):
     home = running
     smx(home, "points", "write", "--as", "meter", "meter/P=1500", "meter/U1=230.5")

@@ -37,10 +37,17 @@ points = st.builds(
     st.integers(0, 2**63 - 1),
     st.booleans(),
     st.booleans(),
+    st.booleans(),
 )
-def test_messages_are_the_bytes_protobuf_writes(pts, revision, snapshot, heartbeat):
-    built = watch_message(pts, revision, snapshot=snapshot, heartbeat=heartbeat)
+def test_messages_are_the_bytes_protobuf_writes(pts, revision, snapshot, heartbeat, complete):
+    built = watch_message(
+        pts, revision, snapshot=snapshot, heartbeat=heartbeat, snapshot_complete=complete
+    )
     expected = pb.WatchPointsResponse(
-        points=pts, revision=revision, snapshot=snapshot, heartbeat=heartbeat
+        points=pts,
+        revision=revision,
+        snapshot=snapshot,
+        heartbeat=heartbeat,
+        snapshot_complete=complete,
     ).SerializeToString()
     assert built == expected

@@ -16,12 +16,13 @@ from smx.v1 import point_pb2
 
 __all__ = ["watch_message"]
 
-# WatchPointsResponse: points = 1 (length-delimited), revision = 2, snapshot = 3, heartbeat = 4
-# (varints); proto3 leaves out a field at its default.
+# WatchPointsResponse: points = 1 (length-delimited), revision = 2, snapshot = 3, heartbeat = 4,
+# snapshot_complete = 5 (varints); proto3 leaves out a field at its default.
 _POINT_TAG = b"\x0a"
 _REVISION_TAG = b"\x10"
 _SNAPSHOT = b"\x18\x01"
 _HEARTBEAT = b"\x20\x01"
+_SNAPSHOT_COMPLETE = b"\x28\x01"
 
 
 def _varint(n: int) -> bytes:
@@ -41,6 +42,7 @@ def watch_message(
     *,
     snapshot: bool = False,
     heartbeat: bool = False,
+    snapshot_complete: bool = False,
 ) -> bytes:
     """The serialized WatchPointsResponse of these fields."""
     parts: list[bytes] = []
@@ -53,4 +55,6 @@ def watch_message(
         parts.append(_SNAPSHOT)
     if heartbeat:
         parts.append(_HEARTBEAT)
+    if snapshot_complete:
+        parts.append(_SNAPSHOT_COMPLETE)
     return b"".join(parts)

@@ -301,6 +301,7 @@ def _chunks(
     changes over `ordered` by revision already."""
     if not ordered:
         points.sort(key=lambda p: p.revision)
+    complete = snapshot  # the last message completes a snapshot
     start = size = 0
     for i, p in enumerate(points):
         grown = size + p.ByteSize() + ENTRY_OVERHEAD
@@ -308,4 +309,4 @@ def _chunks(
             yield watch_message(points[start:i], p.revision - 1, snapshot=snapshot)
             snapshot, start, grown = False, i, p.ByteSize() + ENTRY_OVERHEAD
         size = grown
-    yield watch_message(points[start:], revision, snapshot=snapshot)
+    yield watch_message(points[start:], revision, snapshot=snapshot, snapshot_complete=complete)
