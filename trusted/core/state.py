@@ -24,6 +24,7 @@ from trusted.core.audit_checkpoint import CheckpointSigner, load_verifier
 from trusted.core.auth import Gate
 from trusted.core.config import ConfigError, CoreConfig
 from trusted.core.errors import CoreError
+from trusted.core.heap import memory_trimmer
 from trusted.core.history import HistoryLog
 from trusted.core.realtime import RealtimeDB
 from trusted.core.setpoints import SetpointBoard
@@ -224,7 +225,9 @@ class CoreState:
 
     async def _core_points_loop(self) -> None:
         proc = psutil.Process(os.getpid())
+        trim = memory_trimmer()
         while True:
+            trim()  # before reading the RSS it reports
             values = {
                 "core/uptime": point_pb2.Value(
                     double_value=round(time.monotonic() - self.started, 1)
