@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from smx.client import error_reason
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
+from tests.support.bulk import write_strings
 from trusted.core.realtime import KEEP_EVERY_CHANGE, KEEP_EVERY_CHANGE_BYTES
 
 METER = "spiffe://test-site/trusted/meter"
@@ -271,6 +272,28 @@ async def _paced_core(site, monkeypatch, busy_wait: float, min_interval: float):
     return core
 
 
+async def _write_and_watch(site, stream, count: int) -> tuple[list[float], list[float]]:
+    """Write meter/P = 0 .. count-1, 50 a second; the values `stream` got and when each of its
+    messages came."""
+    loop = asyncio.get_running_loop()
+    meter = site.stubs("meter").points
+
+    async def write() -> None:
+        for i in range(count):
+            await meter.WritePoints(batch(("meter/P", i)))
+            await asyncio.sleep(0.02)
+
+    writer = asyncio.create_task(write())
+    seen: list[float] = []
+    times: list[float] = []
+    while len(seen) < count:
+        msg = await asyncio.wait_for(stream.read(), 5)
+        times.append(loop.time())
+        seen += [p.value.double_value for p in msg.points]
+    await writer
+    return seen, times
+
+
 async def test_an_idle_core_sends_each_change_at_once(site, monkeypatch):
     # Nothing waits for the loop here (a wait up to 10 s would not count as busy): the
     # 1 s min_interval must not delay anything.
@@ -297,22 +320,7 @@ async def test_a_busy_core_paces_streams_and_loses_no_change(site, monkeypatch):
     try:
         stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
         assert (await stream.read()).snapshot
-        loop = asyncio.get_running_loop()
-        meter = site.stubs("meter").points
-
-        async def write() -> None:
-            for i in range(30):
-                await meter.WritePoints(batch(("meter/P", i)))
-                await asyncio.sleep(0.02)
-
-        writer = asyncio.create_task(write())
-        seen: list[float] = []
-        times: list[float] = []
-        while len(seen) < 30:
-            msg = await asyncio.wait_for(stream.read(), 5)
-            times.append(loop.time())
-            seen += [p.value.double_value for p in msg.points]
-        await writer
+        seen, times = await _write_and_watch(site, stream, 30)
         assert seen == list(range(30))
         assert all(b - a >= 0.25 for a, b in zip(times, times[1:], strict=False))
         assert len(times) <= 4  # 0.6 s of writes: a message at once, then one per 0.3 s
@@ -335,28 +343,14 @@ async def test_a_high_fan_out_paces_streams_until_it_ends(site, monkeypatch):
     try:
         stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
         assert (await stream.read()).snapshot
-        loop = asyncio.get_running_loop()
-        meter = site.stubs("meter").points
-
-        async def write() -> None:
-            for i in range(50):  # 50 a second for 1 s
-                await meter.WritePoints(batch(("meter/P", i)))
-                await asyncio.sleep(0.02)
-
-        writer = asyncio.create_task(write())
-        seen: list[float] = []
-        times: list[float] = []
-        while len(seen) < 50:
-            msg = await asyncio.wait_for(stream.read(), 5)
-            times.append(loop.time())
-            seen += [p.value.double_value for p in msg.points]
-        await writer
+        seen, times = await _write_and_watch(site, stream, 50)  # 50 a second for 1 s
         assert seen == list(range(50))
         # Unpaced until the first rate window closes, then one message per 0.3 s to the end.
         assert len(times) <= 8, len(times)
         assert all(b - a >= 0.25 for a, b in zip(times[-3:], times[-2:], strict=False))
         await asyncio.sleep(0.5)
-        await meter.WritePoints(batch(("meter/P", 50)))
+        loop = asyncio.get_running_loop()
+        await site.stubs("meter").points.WritePoints(batch(("meter/P", 50)))
         t0 = loop.time()
         msg = await asyncio.wait_for(stream.read(), 5)
         assert [p.value.double_value for p in msg.points] == [50]
@@ -374,15 +368,7 @@ async def test_a_large_snapshot_comes_in_messages_that_each_can_be_resumed_from(
 
     meter = site.stubs("meter").points
     text = "x" * 2000
-    for r in range(6):
-        await meter.WritePoints(
-            pb.WritePointsRequest(
-                samples=[
-                    ppb.PointSample(name=f"meter/S{i}", value=ppb.Value(string_value=text))
-                    for i in range(r * 100, r * 100 + 100)
-                ]
-            )
-        )
+    await write_strings(meter, 600, text, per_write=100)
     head = (await meter.GetPoints(pb.GetPointsRequest(names=["meter/S0"]))).revision
     stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
     messages = []

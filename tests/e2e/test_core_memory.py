@@ -10,8 +10,8 @@ import time
 
 import psutil
 
-from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as spb
+from tests.support.bulk import write_strings
 from tests.support.site import CoreProcess
 
 POINTS, WATCHERS = 8_000, 12
@@ -26,16 +26,7 @@ async def test_memory_a_burst_of_snapshots_freed_goes_back_to_the_system(site):
     core = CoreProcess(site)
     ps = psutil.Process(core.proc.pid)
     try:
-        meter = site.stubs("meter").points
-        for start in range(0, POINTS, 500):
-            await meter.WritePoints(
-                spb.WritePointsRequest(
-                    samples=[
-                        ppb.PointSample(name=f"meter/S{i}", value=ppb.Value(string_value=TEXT))
-                        for i in range(start, start + 500)
-                    ]
-                )
-            )
+        await write_strings(site.stubs("meter").points, POINTS, TEXT)
 
         async def read_snapshot() -> None:
             stream = site.stubs("gui").points.WatchPoints(

@@ -13,8 +13,7 @@ import textwrap
 
 import psutil
 
-from smx.v1 import point_pb2 as ppb
-from smx.v1 import point_service_pb2 as pb
+from tests.support.bulk import write_strings
 from tests.support.site import ROOT
 
 POINTS, STREAMS = 2_000, 16
@@ -51,16 +50,7 @@ def _rss_mib() -> float:
 
 
 async def test_stalled_snapshots_pin_about_one_message_each(site, core):
-    meter = site.stubs("meter").points
-    for start in range(0, POINTS, 500):
-        await meter.WritePoints(
-            pb.WritePointsRequest(
-                samples=[
-                    ppb.PointSample(name=f"meter/S{i}", value=ppb.Value(string_value=TEXT))
-                    for i in range(start, start + 500)
-                ]
-            )
-        )
+    await write_strings(site.stubs("meter").points, POINTS, TEXT)
     await asyncio.sleep(0.5)
     before = _rss_mib()
     attacker = subprocess.Popen(
