@@ -212,10 +212,23 @@ def _nice_of_every_thread(pid: int) -> set[int]:
 def test_the_core_runs_before_the_processes_it_serves(site):
     # supervisor.core_nice (default -5), set before the core's interpreter starts: every thread
     # it has, gRPC's included, runs at it; the other processes at the usual 0.
+    wait_for(lambda: running(site), 30, what="a running site")
     procs = site.procs()
     assert _nice_of_every_thread(procs["core"]["pid"]) == {-5}
     for name in ("meter", "spy", "sim"):
         assert _nice_of_every_thread(procs[name]["pid"]) == {0}, name
+    # What `smx status` shows of it.
+    shown = json.loads(site.smx("status", "--home", str(site.home), "--json").stdout)
+    assert {p["name"]: p["nice"] for p in shown["processes"]} == {
+        "core": -5,
+        "meter": 0,
+        "spy": 0,
+        "sim": 0,
+    }
+    table = site.smx("status", "--home", str(site.home)).stdout.splitlines()
+    assert table[1].split()[5] == "NICE"
+    core_row = next(line.split() for line in table if line.startswith("core "))
+    assert core_row[5] == "-5"
 
 
 def test_ownership_of_the_site_files(site):

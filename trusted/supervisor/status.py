@@ -119,6 +119,7 @@ _HEADER = (
     "STATE",
     "HEALTH",
     "PID",
+    "NICE",
     "RESTARTS",
     "UPTIME",
     "PSS MB",
@@ -140,15 +141,26 @@ def memory_of(pid: Any, created: Any = None) -> dict[str, int] | None:
     return {"rss": int(info.rss), "pss": int(getattr(info, "pss", 0)), "uss": int(info.uss)}
 
 
+def nice_of(pid: Any, created: Any = None) -> int | None:
+    """The CPU priority a live process runs at (the core's: `supervisor.core_nice`)."""
+    if not pid_alive(pid, created):
+        return None
+    try:
+        return int(psutil.Process(pid).nice())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
+
+
 def add_memory(status: dict[str, Any]) -> None:
-    """Each running process's `memory` (and the supervisor's, and their `memory_total`), read
-    now from /proc: what `smx status` shows."""
+    """Each running process's `memory` and `nice` (and the supervisor's memory, and their
+    `memory_total`), read now from /proc: what `smx status` shows."""
     total = {"rss": 0, "pss": 0, "uss": 0}
     own = memory_of(status.get("pid"), status.get("pid_created"))
     status["memory"] = own
     found = [own] if own else []
     for proc in status.get("processes", []):
         if isinstance(proc, dict) and proc.get("state") in ("starting", "running"):
+            proc["nice"] = nice_of(proc.get("pid"), proc.get("pid_created"))
             proc["memory"] = memory_of(proc.get("pid"), proc.get("pid_created"))
             if proc["memory"]:
                 found.append(proc["memory"])
@@ -224,6 +236,7 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
                 _cell(state),
                 _cell(p.get("health")),
                 _cell(p.get("pid") if state in ("starting", "running") else None),
+                _cell(p.get("nice") if state in ("starting", "running") else None),
                 _cell(p.get("restarts", 0)),
                 _cell(uptime),
                 _cell(_mb(p.get("memory"))),
