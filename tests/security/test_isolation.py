@@ -217,6 +217,12 @@ def test_the_core_runs_before_the_processes_it_serves(site):
     assert _nice_of_every_thread(procs["core"]["pid"]) == {-5}
     for name in ("meter", "spy", "sim"):
         assert _nice_of_every_thread(procs[name]["pid"]) == {0}, name
+    # Each process is a session of its own; where the kernel schedules sessions as groups
+    # (autogroup), only the group's nice ranks the core against the others.
+    groups = {name: Path(f"/proc/{procs[name]['pid']}/autogroup") for name in procs}
+    if groups["core"].exists():
+        assert groups["core"].read_text().split()[-1] == "-5"
+        assert all(groups[n].read_text().split()[-1] == "0" for n in ("meter", "spy", "sim"))
     # What `smx status` shows of it.
     shown = json.loads(site.smx("status", "--home", str(site.home), "--json").stdout)
     assert {p["name"]: p["nice"] for p in shown["processes"]} == {

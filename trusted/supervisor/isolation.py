@@ -532,10 +532,7 @@ def privilege_dropper(account: Account, reach: Iterable[Path], nice: int = 0) ->
                     )
                     os.close(fd)
         if nice:
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, nice)
-            except PermissionError:  # no CAP_SYS_NICE (a container): a preference, not a right
-                os.write(2, f"smx run: CPU priority {nice} not applied: not permitted\n".encode())
+            _set_priority(nice)
         for cap in range(64):
             if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
                 break  # EINVAL: past the last capability of this kernel
@@ -546,6 +543,22 @@ def privilege_dropper(account: Account, reach: Iterable[Path], nice: int = 0) ->
         os.umask(0o077)
 
     return drop
+
+
+def _set_priority(nice: int) -> None:
+    """This process's CPU priority, and its session's: every child runs in a session of its own
+    (`start_new_session`), and where the kernel groups sessions for scheduling (autogroup, the
+    default on most distributions) a nice value only ranks threads within their own session:
+    against the other processes of the site only the session's autogroup nice counts. Without
+    CAP_SYS_NICE (a container) it is one line in the process's log, not a failure."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(nice))
+    except FileNotFoundError:
+        pass  # a kernel without autogroup: the nice value alone counts
+    except PermissionError:
+        os.write(2, f"smx run: CPU priority {nice} not applied: not permitted\n".encode())
 
 
 def exec_argv(

@@ -201,10 +201,10 @@ class Supervisor:
                 "simulator runs as uid %d with the supervisor's rights (docs/SITE.md, Isolation)",
                 os.getuid(),
             )
-            if self.cfg.supervisor.core_nice < 0:
+            if self.cfg.supervisor.core_nice:
                 log.info(
-                    "supervisor.core_nice = %d not applied: only root may raise the core's CPU "
-                    "priority",
+                    "supervisor.core_nice = %d not applied: the core's CPU priority is set with "
+                    "its privilege drop, as root only",
                     self.cfg.supervisor.core_nice,
                 )
         child = await asyncio.create_subprocess_exec(
