@@ -224,6 +224,7 @@ def _native_write_for(
         capture_output=True,
         text=True,
         timeout=seconds + 60,
+        start_new_session=True,
     )
     words = done.stdout.split()
     if done.returncode or len(words) != 4 or words[0] != "done":
@@ -248,6 +249,7 @@ class NativeWatchers:
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         stderr=log,
+                        start_new_session=True,  # each client its own, as a site's processes
                     )
                 )
         self.ps = [harness.psutil.Process(p.pid) for p in self.procs]
@@ -395,7 +397,7 @@ class Mosquitto:
     """Mosquitto on a Unix socket of the site, with the core's server certificate and client
     certificates required (TLS 1.3), persistence off: the broker a user might pick instead."""
 
-    def __init__(self, site: Site, wrapper: list[str]) -> None:
+    def __init__(self, site: Site, nice: int) -> None:
         from trusted.pki import SiteCA
 
         ca = SiteCA.load(site.home / "pki")
@@ -413,8 +415,12 @@ class Mosquitto:
         self.log = open(site.home / "mosquitto.log", "ab")  # noqa: SIM115
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen(
-            [*wrapper, binary, "-c", str(conf)], stdout=self.log, stderr=self.log
+            [*harness.priority(nice), binary, "-c", str(conf)],
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
         )
+        harness.group_priority(self.proc.pid, nice)
         self.ps = harness.psutil.Process(self.proc.pid)
         deadline = time.monotonic() + 10
         while not self.socket.exists():
@@ -599,17 +605,18 @@ def main(argv: list[str] | None = None) -> int:
     core = bare = bare_uv = mosq = None
     results: list[Result] = []
     try:
-        # Every server at the priority `smx run` gives the core, for a like-for-like comparison.
-        nice = ["nice", "-n", str(args.server_nice)] if args.server_nice else []
-        core = BenchCore(site, wrapper=nice)
-        bare = BareServer(site, wrapper=nice)
+        # Every server at the priority `smx run` gives the core, for a like-for-like comparison;
+        # each server and client in a session of its own, as the processes of a site are.
+        nice = args.server_nice
+        core = BenchCore(site, nice=nice)
+        bare = BareServer(site, nice=nice)
         # (label, protocol, target, CPU seconds of the server)
         servers: list[tuple[str, str, str, Any]] = [
             ("bare", "bare", bare.target, lambda: sum(bare.ps.cpu_times()[:2])),
             ("core", "core", site.target, core.cpu_seconds),
         ]
         if args.uvloop_baseline:
-            bare_uv = BareServer(site, "bare-uvloop.sock", uvloop=True, wrapper=nice)
+            bare_uv = BareServer(site, "bare-uvloop.sock", uvloop=True, nice=nice)
             servers.insert(
                 1, ("bare-uvloop", "bare", bare_uv.target, lambda: sum(bare_uv.ps.cpu_times()[:2]))
             )
