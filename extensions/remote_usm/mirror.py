@@ -144,6 +144,8 @@ class Mirror:
                 if msg.snapshot:
                     self.snapshots += 1
                     snapshot_points = 0
+                    if not msg.snapshot_complete:  # (a remote core before the flag never says)
+                        log.info("remote snapshot in several messages: %d so far", len(msg.points))
                 if snapshot_points is not None:
                     snapshot_points += len(msg.points)
                     if msg.snapshot_complete:  # a large snapshot comes in several messages

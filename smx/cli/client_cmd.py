@@ -262,8 +262,8 @@ def points_watch(args: argparse.Namespace) -> int:
         if msg.snapshot:
             if msg.snapshot_complete:
                 print(f"-- snapshot at revision {msg.revision}: {len(msg.points)} points")
-            else:
-                print(f"-- snapshot at revision {msg.revision}, in several messages:")
+            else:  # more messages follow (a core before snapshot_complete never says when)
+                print("-- snapshot:")
                 counted[0] = 0
             table.start()
         for p in msg.points:
