@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -235,6 +236,38 @@ def test_the_core_runs_before_the_processes_it_serves(site):
     assert table[1].split()[5] == "NICE"
     core_row = next(line.split() for line in table if line.startswith("core "))
     assert core_row[5] == "-5"
+
+
+def test_a_core_that_could_not_get_its_priority_is_shown_and_said(tmp_path):
+    # `smx run` without CAP_SYS_NICE (a container): the core still starts, at the supervisor's
+    # priority; `smx status` shows what it wanted and the supervisor's log says what to do.
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux)")
+    s = SmxRun(
+        quick_site("usm-0097"),
+        prefix="smx-nice-",
+        command_prefix=["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice"],
+    )
+    try:
+        wait_for(
+            lambda: s.procs().get("core", {}).get("health") == "serving",
+            30,
+            what="the core serving",
+        )
+        wait_for(
+            lambda: "not supervisor.core_nice = -5" in (s.home / "smx-run.log").read_text(),
+            10,
+            what="the supervisor's warning",
+        )
+        log = (s.home / "smx-run.log").read_text()
+        assert "core runs at nice 0, not supervisor.core_nice = -5" in log
+        assert "CAP_SYS_NICE" in log
+        table = s.smx("status", "--home", str(s.home)).stdout
+        assert "0 (wanted -5)" in next(
+            line for line in table.splitlines() if line.startswith("core ")
+        )
+    finally:
+        s.close()
 
 
 def test_ownership_of_the_site_files(site):

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,11 @@ class SmxRun:
         *,
         prefix: str = "smx-",
         env: Mapping[str, str] | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix=prefix))  # short: socket paths are limited
+        # e.g. `setpriv ...`: what `smx run` is started under
+        self.command_prefix = list(command_prefix)
         self.config = self.home / "site.toml"
         for name, text in (files or {}).items():
             (self.home / name).write_text(text)
@@ -58,7 +61,8 @@ class SmxRun:
     def start(self) -> None:
         """Start `smx run` on this home (again, after `stop`)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trusted.cli.main", "run", "--config", str(self.config)],
+            [*self.command_prefix, sys.executable, "-m", "trusted.cli.main", "run"]
+            + ["--config", str(self.config)],
             stdout=self.out,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -113,8 +113,12 @@ class ManagedProcess:
         health_file: Path | None = None,
         wrap: Callable[[list[str]], list[str]] | None = None,
         kill_user: Sequence[str] | None = None,
+        nice: int | None = None,
     ) -> None:
         self.name = name
+        # The CPU priority `wrap` starts it at (the core's supervisor.core_nice), checked once it
+        # runs: without CAP_SYS_NICE it runs at the supervisor's.
+        self.nice_wanted = nice
         # `kill_user`: a command killing every process of the process's own user (isolation),
         # run each time it ends, so that no helper outlives it.
         self.kill_user = list(kill_user) if kill_user else None
@@ -183,10 +187,27 @@ class ManagedProcess:
                 self.healthy_since = time.monotonic()
             if self.state == "starting":
                 self.state, changed = "running", True
+                self._check_priority()
         else:
             self.healthy_since = None
         if changed:
             self._on_change()
+
+    def _check_priority(self) -> None:
+        if self.nice_wanted is None or self.pid is None:
+            return
+        try:
+            nice = psutil.Process(self.pid).nice()
+        except psutil.Error:
+            return
+        if nice != self.nice_wanted:
+            log.warning(
+                "%s runs at nice %d, not supervisor.core_nice = %d: setting it needs root with "
+                "CAP_SYS_NICE (or set core_nice = 0)",
+                self.name,
+                nice,
+                self.nice_wanted,
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -204,6 +225,7 @@ class ManagedProcess:
             "health": self.health,
             "health_error": self.health_error,
             "log": str(self.log_path),
+            "nice_wanted": self.nice_wanted,
         }
 
     # --- the supervising task

@@ -391,6 +391,7 @@ class Supervisor:
             settings=cfg.supervisor,
             on_change=self._changed,
             health_file=core_health,
+            nice=cfg.supervisor.core_nice if self.isolated else None,
         )
         for spec in cfg.of_kind("simulator"):
             env = base | simulator_environ(spec.name, self.paths.config_file(spec.name))

@@ -176,6 +176,14 @@ def _mb(memory: Any, key: str = "pss") -> str:
     return f"{memory[key] / 2**20:.1f}"
 
 
+def _nice(proc: dict[str, Any]) -> str:
+    """Its CPU priority, and the one it should have had when they differ."""
+    nice, wanted = proc.get("nice"), proc.get("nice_wanted")
+    if nice is None or wanted is None or nice == wanted:
+        return "" if nice is None else str(nice)
+    return f"{nice} (wanted {wanted})"
+
+
 def _ago(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds < 60:
@@ -236,7 +244,7 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
                 _cell(state),
                 _cell(p.get("health")),
                 _cell(p.get("pid") if state in ("starting", "running") else None),
-                _cell(p.get("nice") if state in ("starting", "running") else None),
+                _cell(_nice(p) if state in ("starting", "running") else None),
                 _cell(p.get("restarts", 0)),
                 _cell(uptime),
                 _cell(_mb(p.get("memory"))),
