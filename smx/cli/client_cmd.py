@@ -155,6 +155,18 @@ def format_value(v: point_pb2.Value) -> str:
     return str(value).lower() if field == "bool_value" else str(value)
 
 
+# A table shows at most this much of a string value; --json shows it whole.
+TABLE_VALUE_CHARS = 60
+
+
+def table_value(v: point_pb2.Value) -> str:
+    """`format_value`, a long string cut to fit a table row, with its full length."""
+    text = format_value(v)
+    if v.WhichOneof("kind") != "string_value" or len(text) <= TABLE_VALUE_CHARS:
+        return text
+    return f"{text[: TABLE_VALUE_CHARS - 20]}... ({len(v.string_value.encode())} bytes)"
+
+
 def format_time(ts: Timestamp) -> str:
     return iso_time(ts)
 
@@ -162,7 +174,7 @@ def format_time(ts: Timestamp) -> str:
 def _point_row(p: point_pb2.Point) -> tuple[str, ...]:
     return (
         p.name,
-        format_value(p.value),
+        table_value(p.value),
         p.unit,
         quality_name(p.quality),
         format_time(p.source_time),
@@ -261,7 +273,8 @@ def points_watch(args: argparse.Namespace) -> int:
             return len(msg.points)
         if msg.snapshot:
             if msg.snapshot_complete:
-                print(f"-- snapshot at revision {msg.revision}: {len(msg.points)} points")
+                n = len(msg.points)
+                print(f"-- snapshot at revision {msg.revision}: {n} point{'s' * (n != 1)}")
             else:  # more messages follow (a core before snapshot_complete never says when)
                 print("-- snapshot:")
                 counted[0] = 0
@@ -321,7 +334,7 @@ def points_history(args: argparse.Namespace) -> int:
             table.row(
                 chunk.name,
                 format_time(s.sample_time),
-                format_value(s.value),
+                table_value(s.value),
                 quality_name(s.quality),
                 s.count or 1,
             )

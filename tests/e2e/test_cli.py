@@ -132,7 +132,12 @@ def test_watch_counts_a_snapshot_that_comes_in_several_messages(running):
     out = smx(home, "points", "watch", "meter/S*", "--count", "150").splitlines()
     assert out[0] == "-- snapshot:"
     assert re.fullmatch(r"-- snapshot complete at revision \d+: 150 points", out[-1])
-    assert sum(line.startswith("meter/S") for line in out) == 150
+    rows = [line for line in out if line.startswith("meter/S")]
+    assert len(rows) == 150
+    # A table row shows the start of a long string and its length; --json has it whole.
+    assert all("xxxx... (2000 bytes)" in row and len(row) < 250 for row in rows)
+    whole = smx(home, "points", "get", "meter/S7", "--json")
+    assert text in whole
 
 
 def test_read_commands_speak_json_and_tables_have_headers(running):
