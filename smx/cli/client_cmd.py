@@ -266,9 +266,10 @@ def points_watch(args: argparse.Namespace) -> int:
     )
     table = Table(POINT_HEADER, POINT_WIDTHS, POINT_RIGHT)
     # Points so far of a snapshot that comes in several messages; None: no such snapshot open.
-    counted: list[int | None] = [None]
+    counted: int | None = None
 
     def show(msg: points_pb.WatchPointsResponse) -> int:
+        nonlocal counted
         if args.json:
             return len(msg.points)
         if msg.snapshot:
@@ -277,16 +278,15 @@ def points_watch(args: argparse.Namespace) -> int:
                 print(f"-- snapshot at revision {msg.revision}: {n} point{'s' * (n != 1)}")
             else:  # more messages follow (a core before snapshot_complete never says when)
                 print("-- snapshot:")
-                counted[0] = 0
+                counted = 0
             table.start()
         for p in msg.points:
             table.row(*_point_row(p))
-        so_far = counted[0]
-        if so_far is not None:
-            counted[0] = so_far = so_far + len(msg.points)
+        if counted is not None:
+            counted += len(msg.points)
             if msg.snapshot_complete:
-                print(f"-- snapshot complete at revision {msg.revision}: {so_far} points")
-                counted[0] = None
+                print(f"-- snapshot complete at revision {msg.revision}: {counted} points")
+                counted = None
         return len(msg.points)
 
     return _follow(stream, args, show)

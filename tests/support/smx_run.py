@@ -37,6 +37,17 @@ health_timeout = "15s"
 """
 
 
+def run_smx(*args: str) -> subprocess.CompletedProcess[str]:
+    """`smx ARGS` of this checkout, run as from a shell, its output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "trusted.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+
+
 class SmxRun:
     def __init__(
         self,
@@ -91,13 +102,7 @@ class SmxRun:
 
     def smx(self, *args: str) -> subprocess.CompletedProcess[str]:
         """An `smx` command run as from a shell (e.g. `status --home HOME`), its output kept."""
-        return subprocess.run(
-            [sys.executable, "-m", "trusted.cli.main", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
+        return run_smx(*args)
 
     def log(self) -> str:
         return (self.home / "smx-run.log").read_text(errors="replace")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.smx_run import run_smx
 from trusted.supervisor.provision import site_policy_text
 from trusted.supervisor.site_config import (
     SiteConfigError,
@@ -375,26 +374,16 @@ def test_socket_path_too_long_is_named(tmp_path):
     assert "core.socket:" in error(tmp_path, text)
 
 
-def _smx(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trusted.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-
-
 def test_smx_run_with_a_missing_or_bad_file_exits_2(tmp_path):
-    r = _smx("run", "--config", str(tmp_path / "missing.toml"))
+    r = run_smx("run", "--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2
     assert f"smx run: {tmp_path / 'missing.toml'}: cannot read site file" in r.stderr
     bad = write(tmp_path, 'site = "s"\n[extensions.m]\nmodule = "x"\nport = 1\n')
-    r = _smx("run", "--config", str(bad))
+    r = run_smx("run", "--config", str(bad))
     assert r.returncode == 2
     assert f"{bad}: extensions.m.port: unknown key" in r.stderr
     assert not (tmp_path / "pki").exists()  # nothing provisioned from a bad file
-    r = _smx("status", "--home", str(tmp_path))
+    r = run_smx("status", "--home", str(tmp_path))
     assert r.returncode == 1 and "no supervisor has run the site" in r.stderr
     assert "smx run --config" in r.stderr
 

@@ -548,10 +548,10 @@ class RealtimeDB:
 
     def _offer(self, name: str, point: point_pb2.Point) -> None:
         """Hand a changed point to every watcher whose filter takes it."""
-        size = point.ByteSize()
-        n = 0
+        size = n = 0
         for w in self._watchers:
             if w.matches(name):
+                size = size or point.ByteSize()  # once, and only if a watcher takes it
                 w.offer(point, size)
                 n += 1
         self.offers += n

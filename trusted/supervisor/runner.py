@@ -335,6 +335,7 @@ class Supervisor:
         return {
             "env": isolation.minimal_environ(env),
             "cwd": Path("/"),  # the wrapper enters run/<name>/ only once it is not root
+            **({"nice": nice} if nice else {}),  # what the wrapper sets, checked once it runs
             "wrap": lambda argv: isolation.exec_argv(
                 self.python,
                 self._accounts[name],
@@ -391,7 +392,6 @@ class Supervisor:
             settings=cfg.supervisor,
             on_change=self._changed,
             health_file=core_health,
-            nice=cfg.supervisor.core_nice if self.isolated else None,
         )
         for spec in cfg.of_kind("simulator"):
             env = base | simulator_environ(spec.name, self.paths.config_file(spec.name))

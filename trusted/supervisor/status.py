@@ -132,23 +132,20 @@ def memory_of(pid: Any, created: Any = None) -> dict[str, int] | None:
     """RSS, PSS and USS of a live process in bytes; None if it is gone or not ours to read.
     PSS is the figure to add up: RSS counts the pages processes share (Python, grpc, OpenSSL)
     once per process, PSS divides them among the processes that map them."""
-    if not pid_alive(pid, created):
-        return None
-    try:
-        info = psutil.Process(pid).memory_full_info()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-        return None
-    return {"rss": int(info.rss), "pss": int(getattr(info, "pss", 0)), "uss": int(info.uss)}
+    return _readings(pid, created)[0]
 
 
-def nice_of(pid: Any, created: Any = None) -> int | None:
-    """The CPU priority a live process runs at (the core's: `supervisor.core_nice`)."""
+def _readings(pid: Any, created: Any) -> tuple[dict[str, int] | None, int | None]:
+    """`memory_of` and the CPU priority of a live process (the core's: supervisor.core_nice)."""
     if not pid_alive(pid, created):
-        return None
+        return None, None
     try:
-        return int(psutil.Process(pid).nice())
+        proc = psutil.Process(pid)
+        info, nice = proc.memory_full_info(), int(proc.nice())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-        return None
+        return None, None
+    memory = {"rss": int(info.rss), "pss": int(getattr(info, "pss", 0)), "uss": int(info.uss)}
+    return memory, nice
 
 
 def add_memory(status: dict[str, Any]) -> None:
@@ -160,8 +157,7 @@ def add_memory(status: dict[str, Any]) -> None:
     found = [own] if own else []
     for proc in status.get("processes", []):
         if isinstance(proc, dict) and proc.get("state") in ("starting", "running"):
-            proc["nice"] = nice_of(proc.get("pid"), proc.get("pid_created"))
-            proc["memory"] = memory_of(proc.get("pid"), proc.get("pid_created"))
+            proc["memory"], proc["nice"] = _readings(proc.get("pid"), proc.get("pid_created"))
             if proc["memory"]:
                 found.append(proc["memory"])
     for m in found:

@@ -304,9 +304,10 @@ def _chunks(
     complete = snapshot  # the last message completes a snapshot
     start = size = 0
     for i, p in enumerate(points):
-        grown = size + p.ByteSize() + ENTRY_OVERHEAD
+        entry = p.ByteSize() + ENTRY_OVERHEAD
+        grown = size + entry
         if grown > WATCH_CHUNK_BYTES and i > start:
             yield watch_message(points[start:i], p.revision - 1, snapshot=snapshot)
-            snapshot, start, grown = False, i, p.ByteSize() + ENTRY_OVERHEAD
+            snapshot, start, grown = False, i, entry
         size = grown
     yield watch_message(points[start:], revision, snapshot=snapshot, snapshot_complete=complete)
