@@ -144,6 +144,7 @@ SERVICE = {
     "GetPoints": "PointService",
     "ReadHistory": "PointService",
     "WritePoints": "PointService",
+    "StreamWritePoints": "PointService",
     "RequestSetpoint": "ControlService",
     "ReportSetpoint": "ControlService",
 }
@@ -208,6 +209,28 @@ async def test_write_points(world, client, point):
     assert got == expect(point in WRITE[client])
     if got != "ok":
         await assert_audited(stubs, client, "WritePoints", "write", point)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("point", POINTS)
+async def test_stream_write_points(world, client, point):
+    # A streamed write has the rights of WritePoints, request by request.
+    _, _, stubs = world
+    call = stubs[client].points.StreamWritePoints()
+    req = spb.WritePointsRequest(
+        samples=[ppb.PointSample(name=point, value=ppb.Value(double_value=3))]
+    )
+    got = "ok"
+    try:
+        await call.write(req)
+        await call.read()
+    except grpc.aio.AioRpcError as err:
+        got = error_reason(err) or err.code().name
+    else:
+        await call.done_writing()
+    assert got == expect(point in WRITE[client])
+    if got != "ok":
+        await assert_audited(stubs, client, "StreamWritePoints", "write", point)
 
 
 @pytest.mark.parametrize("client", CLIENTS)

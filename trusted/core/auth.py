@@ -102,9 +102,20 @@ class Gate:
                 "METHOD_UNGUARDED", f"{method} has no authorization entry; refused to everyone"
             )
             raise self._deny(peer.uri, method, "", err)
+        self._authorize(peer, method, verb)
+        return Caller(peer, method, verb, self)
+
+    def readmit(self, caller: Caller) -> None:
+        """One more call on an admitted stream of calls (StreamWritePoints): checked and counted
+        as `admit` checks and counts a call, against the certificate and policy in force."""
+        peer = caller.peer
+        self.recheck(peer, caller.method)
+        self._count(peer)
+        self._authorize(peer, caller.method, caller.verb)
+
+    def _authorize(self, peer: Peer, method: str, verb: str) -> None:
         if verb != NO_VERB and not self.policy.allows(peer.identity, verb, None):
             raise self.not_granted(peer, method, verb, None)
-        return Caller(peer, method, verb, self)
 
     def authenticate(self, context: grpc.aio.ServicerContext, method: str) -> Peer:
         pems = context.auth_context().get("x509_pem_cert")
@@ -120,13 +131,16 @@ class Gate:
         if isinstance(peer, CoreError):
             raise self._deny("", method, "", peer)
         self.recheck(peer, method)
+        self._count(peer)
+        return peer
+
+    def _count(self, peer: Peer) -> None:
         now = time.time()
         stats = self.clients.get(peer.uri)
         if stats is None:
             stats = self.clients[peer.uri] = ClientStats(first_seen=now, last_seen=now)
         stats.calls += 1
         stats.last_seen = now
-        return peer
 
     def recheck(self, peer: Peer, method: str) -> None:
         """Expiry and revocation; also called before every message of a stream, and for every

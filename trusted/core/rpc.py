@@ -46,7 +46,9 @@ def service_handler(
 ) -> grpc.GenericRpcHandler:
     """A generic handler serving `service` with the methods of `impl` named like its RPCs:
     `async def Rpc(request, caller, context)` (a coroutine, or an async generator for
-    server-streaming RPCs). `verbs` maps full method names to the verb each needs."""
+    server-streaming RPCs; for a bidirectional RPC a coroutine that answers one request, called
+    for each request of the stream in turn). `verbs` maps full method names to the verb each
+    needs."""
     handlers = {}
     for method in service.methods:
         full = f"/{service.full_name}/{method.name}"
@@ -59,7 +61,14 @@ def service_handler(
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
         parse = _parser(request_cls, full, max_message_bytes)
-        if method.server_streaming:
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _each(fn, parse, gate, full, verb),
+                response_serializer=response_cls.SerializeToString,
+            )
+        elif method.client_streaming:
+            raise TypeError(f"{full}: client-streaming RPCs are not served by this edge")
+        elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _stream(fn, parse, gate, full, verb),
                 response_serializer=_serializer(response_cls),
@@ -166,6 +175,37 @@ def _stream(
                         raise
                     # Ended by the revocation watchdog: status sent and audited already.
                     return
+        except CoreError as err:
+            await _abort(context, gate, err, caller, method)
+
+    return handle
+
+
+def _each(
+    fn: Unary | None, parse: Callable[[bytes], Any], gate: Gate, method: str, verb: str | None
+) -> Callable:
+    """A bidirectional stream of calls: each request is admitted, handled and answered as a
+    unary call of its own, in order; the first refusal ends the stream with its status."""
+
+    async def handle(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        caller = None
+        try:
+            caller = gate.admit(context, method, verb)
+            if fn is None:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served yet")
+                return
+            with stream_slot(gate, caller.peer, method, context, caller.verb) as stream:
+                try:
+                    async for data in requests:
+                        # Checked as a call: revocation, expiry, the verb in the policy in force.
+                        gate.readmit(caller)
+                        yield await fn(parse(data), caller, context)
+                except asyncio.CancelledError:
+                    if stream.ended is None:
+                        raise
+                    return  # ended by the revocation watchdog: status sent and audited
         except CoreError as err:
             await _abort(context, gate, err, caller, method)
 

@@ -41,6 +41,7 @@ METHOD_VERBS: Mapping[str, str] = {
     "/smx.v1.PointService/ReadHistory": "read",
     "/smx.v1.PointService/DeclarePoints": "write",
     "/smx.v1.PointService/WritePoints": "write",
+    "/smx.v1.PointService/StreamWritePoints": "write",
     # With read on some point, a requester also sees its own requests on points it may not
     # read; a requester holding only `request` follows its setpoints on WatchSetpointOutcomes.
     "/smx.v1.ControlService/GetSetpoint": "read",

@@ -177,6 +177,11 @@ class PointService:
         self.s.audit.record_write(caller.uri, names, revision)
         return pb.WritePointsResponse(revision=revision)
 
+    async def StreamWritePoints(self, req: pb.WritePointsRequest, caller: Caller, ctx: object):
+        """One request of the stream: the edge (trusted.core.rpc) admits and answers each
+        request as a call of its own, so a streamed write is a WritePoints call."""
+        return await self.WritePoints(req, caller, ctx)
+
     async def WatchPoints(
         self, req: pb.WatchPointsRequest, caller: Caller, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:

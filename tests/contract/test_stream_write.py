@@ -1,0 +1,216 @@
+"""StreamWritePoints over the real Unix socket with real mutual TLS, against the real core: each
+request answered as one WritePoints call, in order; the first refusal ends the stream with
+WritePoints' status; the stream takes a place like a watch; a half-close ends it OK."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import pytest
+from google.rpc import status_pb2
+
+from smx.client import error_reason
+from smx.v1 import point_pb2 as ppb
+from smx.v1 import point_service_pb2 as pb
+from tests.contract.audit_log import audit_records
+from tests.contract.calls import refusal
+from trusted.core.rpc import MAX_OPEN_STREAMS
+from trusted.core.server import Core
+
+METHOD = "/smx.v1.PointService/StreamWritePoints"
+MAX_MESSAGE = 256 * 1024  # the refusal tests' core: an oversized request is cheap to build
+
+
+def batch(*pairs: tuple[str, object]) -> pb.WritePointsRequest:
+    samples = []
+    for name, value in pairs:
+        v = (
+            ppb.Value(string_value=value)
+            if isinstance(value, str)
+            else ppb.Value(double_value=value)
+        )
+        samples.append(ppb.PointSample(name=name, value=v))
+    return pb.WritePointsRequest(samples=samples)
+
+
+def status_of(err: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The whole status a client gets: code, message and details (ErrorInfo)."""
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    raise AssertionError(f"no status details: {err.code()} {err.details()}")
+
+
+async def responses(call, n: int) -> list[pb.WritePointsResponse]:
+    return [await asyncio.wait_for(call.read(), 10) for _ in range(n)]
+
+
+async def test_responses_come_in_order_with_increasing_revisions_and_values_are_stored(site, core):
+    meter = site.stubs("meter")
+    call = meter.points.StreamWritePoints()
+    requests = [batch(("meter/P", float(i)), ("meter/Q", float(-i))) for i in range(50)]
+    for req in requests:  # all in flight before the first answer is read
+        await call.write(req)
+    got = await responses(call, len(requests))
+    revisions = [r.revision for r in got]
+    # One revision per request (nobody else writes), in the order the requests were sent.
+    assert revisions == list(range(revisions[0], revisions[0] + 50))
+    values = await meter.points.GetPoints(pb.GetPointsRequest(names=["meter/P", "meter/Q"]))
+    assert [(p.value.double_value, p.revision) for p in values.points] == [
+        (49.0, revisions[-1]),
+        (-49.0, revisions[-1]),
+    ]
+    assert values.points[0].writer == "spiffe://test-site/trusted/meter"
+    # Each request is audited as a WritePoints batch would be: the write counts are the same.
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_half_closed_stream_gets_its_remaining_responses_then_ends_ok(site, core):
+    call = site.stubs("meter").points.StreamWritePoints()
+    for i in range(5):
+        await call.write(batch(("meter/P", float(i))))
+    await call.done_writing()  # before any answer was read
+    got = await responses(call, 5)
+    assert [r.revision for r in got] == list(range(got[0].revision, got[0].revision + 5))
+    assert await call.read() == grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+    (p,) = (await site.stubs("gui").points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))).points
+    assert (p.value.double_value, p.revision) == (4.0, got[-1].revision)
+
+
+async def test_a_watcher_sees_every_streamed_write(site, core):
+    watch = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+    assert (await watch.read()).snapshot
+    call = site.stubs("meter").points.StreamWritePoints()
+    n = 200
+    for i in range(n):
+        await call.write(batch(("meter/P", float(i))))
+    written = [(r.revision, float(i)) for i, r in enumerate(await responses(call, n))]
+    seen: list[tuple[int, float]] = []
+    while len(seen) < n:
+        msg = await asyncio.wait_for(watch.read(), 10)
+        seen += [(p.revision, p.value.double_value) for p in msg.points]
+    assert seen == written
+    await call.done_writing()
+    watch.cancel()
+
+
+@pytest.fixture
+async def small_core(site):
+    """A core whose requests may be at most MAX_MESSAGE bytes."""
+    c = Core(site.config(max_message_bytes=MAX_MESSAGE))
+    await c.start()
+    yield c
+    await c.stop(grace=0.1)
+
+
+REFUSED = {
+    "no write right on the name": (batch(("ess/P", 1.0)), "PERMISSION_NOT_GRANTED"),
+    "a value that is not finite": (batch(("meter/P", float("nan"))), "INVALID_ARGUMENT"),
+    "a value of another kind": (batch(("meter/K", "text")), "VALUE_KIND_MISMATCH"),
+    "a string over max_string_bytes": (batch(("meter/S", "x" * 2049)), "REQUEST_TOO_LARGE"),
+    "a request over max_message_bytes": (
+        batch(*((f"meter/S{i}", "x" * 2000) for i in range(150))),
+        "REQUEST_TOO_LARGE",
+    ),
+    "more samples than max_request_items": (
+        pb.WritePointsRequest(samples=[ppb.PointSample(name="meter/N")] * 10_001),
+        "REQUEST_TOO_LARGE",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+async def test_the_first_refused_request_ends_the_stream_with_write_points_status(
+    site, small_core, case
+):
+    bad, reason = REFUSED[case]
+    meter = site.stubs("meter")
+    await meter.points.WritePoints(batch(("meter/K", 0.0)))  # a double point
+    # What WritePoints answers for the same request (it stores nothing).
+    unary = await refusal(meter.points.WritePoints(bad))
+    expected = status_of(unary)
+
+    call = meter.points.StreamWritePoints()
+    await call.write(batch(("meter/A", 1.0)))
+    await call.write(batch(("meter/B", 2.0)))
+    await call.write(bad)
+    with contextlib.suppress(grpc.aio.AioRpcError):  # the stream may have ended already
+        await call.write(batch(("meter/C", 3.0)))
+    before = await responses(call, 2)
+    err = await refusal(call)
+    assert err.code() == unary.code()
+    got = status_of(err)
+    assert got.details == expected.details  # the ErrorInfo: reason, domain, metadata
+    assert error_reason(err) == reason
+    # The message too; an edge refusal names the method called.
+    assert got.message == expected.message.replace("/WritePoints:", "/StreamWritePoints:")
+    assert got.code == expected.code
+
+    # Every request answered before it was stored, nothing after it was.
+    gui = site.stubs("gui").points
+    stored = await gui.GetPoints(pb.GetPointsRequest(names=["meter/A", "meter/B"]))
+    assert [p.revision for p in stored.points] == [r.revision for r in before]
+    for name in ("meter/C", "meter/S", "meter/N", "ess/P"):
+        missing = await refusal(gui.GetPoints(pb.GetPointsRequest(names=[name])))
+        assert missing.code() == grpc.StatusCode.NOT_FOUND, name
+    # Refusals are audited under the method called.
+    if reason == "PERMISSION_NOT_GRANTED":
+        records = await audit_records(
+            site.stubs("admin"), kind="denied", identity="spiffe://test-site/trusted/meter"
+        )
+        assert [r.point for r in records if r.method == METHOD] == ["ess/P"]
+
+
+@pytest.mark.parametrize("client", ["gui", "nobody"])
+async def test_a_client_without_any_write_right_is_refused_as_by_write_points(site, core, client):
+    stubs = site.stubs(client)
+    req = batch(("meter/P", 1.0))
+    unary = await refusal(stubs.points.WritePoints(req))
+    call = stubs.points.StreamWritePoints()
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await call.write(req)
+    err = await refusal(call)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(err) == status_of(unary)
+    missing = await refusal(
+        site.stubs("admin").points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))
+    )
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_write_stream_takes_a_place_among_the_clients_open_streams(site, core):
+    meter = site.stubs("meter")
+    watches = [
+        meter.points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+        for _ in range(MAX_OPEN_STREAMS - 1)
+    ]
+    for w in watches:
+        assert (await w.read()).snapshot
+    call = meter.points.StreamWritePoints()
+    await call.write(batch(("meter/P", 1.0)))
+    assert (await responses(call, 1))[0].revision > 0
+    # Full: neither another write stream nor a watch gets a place.
+    extra = meter.points.StreamWritePoints()
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await extra.write(batch(("meter/P", 2.0)))
+    err = await refusal(extra)
+    assert (err.code(), status_of(err).message) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"spiffe://test-site/trusted/meter already has {MAX_OPEN_STREAMS} open streams",
+    )
+    err = await refusal(meter.points.WatchPoints(pb.WatchPointsRequest()))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    (p,) = (await meter.points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))).points
+    assert p.value.double_value == 1.0  # the refused stream wrote nothing
+    # A write stream that ends frees its place.
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+    await asyncio.sleep(0.2)
+    assert (await meter.points.WatchPoints(pb.WatchPointsRequest()).read()).snapshot
+    for w in watches:
+        w.cancel()
