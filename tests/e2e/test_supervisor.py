@@ -168,7 +168,11 @@ def test_status_shows_each_process_memory_and_the_sites_total(site):
     total = data["memory_total"]
     # The total counts starting processes too (the crashing simulator restarts now and then).
     alive = [p for p in data["processes"] if p["state"] in ("starting", "running") and p["memory"]]
-    assert total["pss"] == data["memory"]["pss"] + sum(p["memory"]["pss"] for p in alive)
+    # The fork server the extensions were forked from counts too: its memory is the site's.
+    servers = [s for s in data["fork_servers"] if s["memory"]]
+    assert [s["name"] for s in servers] == ["fork-server-trusted"]
+    assert {p["forked_from"] for p in alive if p["kind"] == "extension"} == {"fork-server-trusted"}
+    assert total["pss"] == data["memory"]["pss"] + sum(p["memory"]["pss"] for p in alive + servers)
     assert total["pss"] < total["rss"]  # shared pages counted once
     table = smx("status", "--home", str(site.home)).stdout
     assert "PSS MB" in table.splitlines()[1]

@@ -8,6 +8,7 @@ working directory, and the site still works end to end.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -43,6 +44,9 @@ SITE_TOML = (
 [extensions.meter]
 module = "tests.support.dummy_ext"
 os_groups = ["dialout"]
+
+[extensions.inverter]
+module = "tests.support.dummy_ext"
 
 [agents.spy]
 module = "spy_agent"
@@ -117,7 +121,13 @@ def site() -> Iterator[SmxRun]:
 
 def running(site: SmxRun) -> bool:
     procs = site.procs()
-    want = {"core": "serving", "meter": "running", "spy": "running", "sim": "-"}
+    want = {
+        "core": "serving",
+        "meter": "running",
+        "inverter": "running",
+        "spy": "running",
+        "sim": "-",
+    }
     return all(
         procs.get(n, {}).get("state") == "running" and procs[n]["health"] == h
         for n, h in want.items()
@@ -130,7 +140,7 @@ def test_site_runs_isolated_end_to_end(site):
     assert "ISOLATION IS OFF" not in site.log()
     r = site.smx("status", "--config", str(site.config))
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("core", "meter", "spy", "sim"):
+    for name in ("core", "meter", "inverter", "spy", "sim"):
         (row,) = [line for line in r.stdout.splitlines() if line.split()[:1] == [name]]
         assert row.split()[2] == "running", r.stdout
     # The agent's and the extension's points reach the core.
@@ -180,7 +190,7 @@ def _status_fields(pid: int) -> dict[str, str]:
 def test_every_child_runs_unprivileged(site):
     procs = site.procs()
     uids = set()
-    for name in ("core", "meter", "spy", "sim"):
+    for name in ("core", "meter", "inverter", "spy", "sim"):
         pid = procs[name]["pid"]
         st = _status_fields(pid)
         uid = int(st["Uid"].split()[0])
@@ -195,7 +205,7 @@ def test_every_child_runs_unprivileged(site):
         assert not extra, (name, extra)
         assert "SMX_SECRET_OF_THE_SUPERVISOR" not in keys
         assert os.readlink(f"/proc/{pid}/cwd") == str(site.home / "run" / name)
-    assert len(uids) == 4  # one user per process
+    assert len(uids) == 5  # one user per process
     # site.toml's os_groups: the meter (a serial port) also has dialout, the others do not.
     dialout = str(grp.getgrnam("dialout").gr_gid)
     assert dialout in _status_fields(procs["meter"]["pid"])["Groups"].split()
@@ -216,19 +226,21 @@ def test_the_core_runs_before_the_processes_it_serves(site):
     wait_for(lambda: running(site), 30, what="a running site")
     procs = site.procs()
     assert _nice_of_every_thread(procs["core"]["pid"]) == {-5}
-    for name in ("meter", "spy", "sim"):
+    for name in ("meter", "inverter", "spy", "sim"):
         assert _nice_of_every_thread(procs[name]["pid"]) == {0}, name
     # Each process is a session of its own; where the kernel schedules sessions as groups
     # (autogroup), only the group's nice ranks the core against the others.
     groups = {name: Path(f"/proc/{procs[name]['pid']}/autogroup") for name in procs}
     if groups["core"].exists():
         assert groups["core"].read_text().split()[-1] == "-5"
-        assert all(groups[n].read_text().split()[-1] == "0" for n in ("meter", "spy", "sim"))
+        others = ("meter", "inverter", "spy", "sim")
+        assert all(groups[n].read_text().split()[-1] == "0" for n in others)
     # What `smx status` shows of it.
     shown = json.loads(site.smx("status", "--home", str(site.home), "--json").stdout)
     assert {p["name"]: p["nice"] for p in shown["processes"]} == {
         "core": -5,
         "meter": 0,
+        "inverter": 0,
         "spy": 0,
         "sim": 0,
     }
@@ -236,6 +248,89 @@ def test_the_core_runs_before_the_processes_it_serves(site):
     assert table[1].split()[5] == "NICE"
     core_row = next(line.split() for line in table if line.startswith("core "))
     assert core_row[5] == "-5"
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The sockets process `pid` holds, as `socket:[inode]`."""
+    links = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            links.add(os.readlink(fd))
+    return {link for link in links if link.startswith("socket:")}
+
+
+def test_extensions_are_forked_from_their_domains_server_and_hold_nothing_of_it(site):
+    # Two Python extensions: forked from the trusted domain's fork server. The one agent (the
+    # untrusted domain) is started on its own: a server never serves two domains, and a domain
+    # of one process gains nothing from one.
+    wait_for(lambda: running(site), 30, what="a running site")
+    status = site.status()
+    procs = {p["name"]: p for p in status["processes"]}
+    assert (
+        procs["meter"]["forked_from"] == procs["inverter"]["forked_from"] == ("fork-server-trusted")
+    )
+    assert procs["spy"]["forked_from"] is None and procs["core"]["forked_from"] is None
+    (server,) = status["fork_servers"]
+    assert server["name"] == "fork-server-trusted"
+    server_pid = server["pid"]
+    assert _status_fields(server_pid)["Threads"] == "1"  # forking with threads is unsafe
+    for name in ("meter", "inverter"):
+        pid = procs[name]["pid"]
+        assert _status_fields(pid)["PPid"] == str(server_pid)
+        assert os.getsid(pid) == pid  # a session of its own, as a started process has
+        # Nothing of the root server's: not its control socket, not its environment.
+        assert not _socket_inodes(pid) & _socket_inodes(server_pid), name
+        assert b"SMX_SECRET_OF_THE_SUPERVISOR" not in Path(f"/proc/{pid}/environ").read_bytes()
+    # `smx status` counts the server's memory with the site's.
+    table = site.smx("status", "--home", str(site.home)).stdout
+    row = next(line.split() for line in table.splitlines() if line.startswith("fork-server"))
+    assert row[:3] == ["fork-server-trusted", "fork-server", "running"], table
+
+
+def test_a_fork_server_that_dies_takes_its_children_and_they_come_back():
+    s = SmxRun(
+        quick_site("usm-0096")
+        + "".join(f'\n[extensions.{n}]\nmodule = "tests.support.dummy_ext"\n' for n in "ab"),
+        prefix="smx-fork-",
+    )
+    try:
+
+        def up() -> bool:
+            procs = s.procs()
+            return all(procs.get(n, {}).get("health") == "running" for n in "ab")
+
+        wait_for(up, 30, what="both extensions running")
+        before = {n: s.procs()[n]["pid"] for n in "ab"}
+        (server,) = s.status()["fork_servers"]
+        os.kill(server["pid"], signal.SIGKILL)
+        # Its children die with it (PR_SET_PDEATHSIG), and come back from a new server.
+        wait_for(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in before.values()),
+            10,
+            what="the children ending with their server",
+        )
+        wait_for(lambda: up() and all(s.procs()[n]["pid"] != before[n] for n in "ab"), 30)
+        (again,) = s.status()["fork_servers"]
+        assert again["pid"] != server["pid"]
+        assert all(s.procs()[n]["forked_from"] == "fork-server-trusted" for n in "ab")
+        assert "fork-server-trusted ended unexpectedly" in s.log()
+    finally:
+        s.close()
+
+
+def test_a_site_can_start_every_process_on_its_own():
+    # supervisor.fork_server = false: each process a fresh interpreter, as before.
+    site_toml = quick_site("usm-0095", "fork_server = false") + "".join(
+        f'\n[extensions.{n}]\nmodule = "tests.support.dummy_ext"\n' for n in "ab"
+    )
+    s = SmxRun(site_toml, prefix="smx-nofork-")
+    try:
+        wait_for(lambda: all(s.procs().get(n, {}).get("health") == "running" for n in "ab"), 30)
+        assert not s.status()["fork_servers"]
+        assert all(s.procs()[n]["forked_from"] is None for n in "ab")
+        assert all(_status_fields(s.procs()[n]["pid"])["PPid"] == str(s.proc.pid) for n in "ab")
+    finally:
+        s.close()
 
 
 def test_a_core_that_could_not_get_its_priority_is_shown_and_said(tmp_path):

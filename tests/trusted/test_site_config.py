@@ -110,6 +110,7 @@ def test_minimal_file_defaults(tmp_path):
     assert cfg.supervisor.stable_after == 30 and cfg.supervisor.stop_timeout == 5
     assert cfg.supervisor.health_timeout == 15
     assert cfg.supervisor.core_nice == -5  # the core first when the CPU is busy
+    assert cfg.supervisor.fork_server  # extensions share one pre-imported image
     assert cfg.core.policy == tmp_path / "policy.toml"
 
 
@@ -286,6 +287,10 @@ def test_unknown_keys_are_named(tmp_path, text, expected):
         ('site = "s"\n[supervisor]\ncore_nice = 20\n', "from -20 (first) to 19 (last), got 20"),
         ('site = "s"\n[supervisor]\ncore_nice = "-5"\n', "supervisor.core_nice: a nice value"),
         ('site = "s"\n[supervisor]\ncore_nice = true\n', "supervisor.core_nice: a nice value"),
+        (
+            'site = "s"\n[supervisor]\nfork_server = "yes"\n',
+            "supervisor.fork_server: expected true or false",
+        ),
         ('site = "s"\nextensions = 3\n', "extensions: expected a table"),
         ('site = "s"\n[extensions.m]\nmodule = 3\n', "extensions.m.module: expected"),
         ('site = "s"\n[extensions.m]\nmodule = "a b"\n', "not a Python module name"),

@@ -24,6 +24,7 @@ import psutil
 
 from smx.aio import wait_event
 from smx.terminal import printable
+from trusted.supervisor.fork_server import ForkedChild, ForkServer, SpawnRequest
 from trusted.supervisor.isolation import KILLED_SOME
 from trusted.supervisor.process_log import ProcessLog
 from trusted.supervisor.site_config import SupervisorSettings
@@ -114,8 +115,12 @@ class ManagedProcess:
         wrap: Callable[[list[str]], list[str]] | None = None,
         kill_user: Sequence[str] | None = None,
         nice: int | None = None,
+        fork: tuple[ForkServer, SpawnRequest] | None = None,
     ) -> None:
         self.name = name
+        # Forked from a fork server (trusted.supervisor.fork_server) instead of started from
+        # `argv`: the same process, sharing the server's pre-imported memory.
+        self.fork = fork
         # The CPU priority `wrap` starts it at (the core's supervisor.core_nice), checked once it
         # runs: without CAP_SYS_NICE it runs at the supervisor's.
         self.nice_wanted = nice
@@ -148,7 +153,7 @@ class ManagedProcess:
         self._delay = settings.backoff_initial
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | ForkedChild | None = None
         self.spawning = False
         self.helper_pid: int | None = None  # a killer of its user's processes, while it runs
         self.output = ProcessLog(log_path, max_bytes=settings.log_max_size, rate=settings.log_rate)
@@ -226,6 +231,7 @@ class ManagedProcess:
             "health_error": self.health_error,
             "log": str(self.log_path),
             "nice_wanted": self.nice_wanted,
+            "forked_from": self.fork[0].name if self.fork is not None else None,
         }
 
     # --- the supervising task
@@ -258,7 +264,7 @@ class ManagedProcess:
                 self.state, self.health, self.next_start = "stopped", "down", None
                 self._on_change()
 
-    async def _spawn(self) -> asyncio.subprocess.Process | None:
+    async def _spawn(self) -> asyncio.subprocess.Process | ForkedChild | None:
         """Start the process; on failure record why and return None (treated as a crash)."""
         self.healthy_since = None
         try:
@@ -271,15 +277,20 @@ class ManagedProcess:
             read_fd, write_fd = os.pipe()
             self.spawning = True  # not swept as a stray before its pid is known
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=write_fd,
-                    stderr=subprocess.STDOUT,
-                    env=self.env,
-                    cwd=self.cwd,
-                    start_new_session=True,
-                )
+                proc: asyncio.subprocess.Process | ForkedChild
+                if self.fork is not None:
+                    server, request = self.fork
+                    proc = await server.spawn(request, write_fd)
+                else:
+                    proc = await asyncio.create_subprocess_exec(
+                        *self.argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=write_fd,
+                        stderr=subprocess.STDOUT,
+                        env=self.env,
+                        cwd=self.cwd,
+                        start_new_session=True,
+                    )
             except BaseException:
                 os.close(read_fd)
                 raise
@@ -291,7 +302,8 @@ class ManagedProcess:
             self.pid = None
             self.last_exit, self.last_exit_code = "did not start", None
             why = err.strerror if isinstance(err, OSError) and err.strerror else err
-            self.last_error = f"cannot start {self.argv[0]}: {why}"
+            what = self.fork[1].module if self.fork is not None else self.argv[0]
+            self.last_error = f"cannot start {what}: {why}"
             log.error("%s: %s", self.name, self.last_error)
             return None
         self._proc, self.pid = proc, proc.pid
@@ -304,11 +316,12 @@ class ManagedProcess:
         self.state = "starting"
         self.health = "no heartbeat" if self.health_file is not None else "-"
         self.health_error = ""
-        log.info("%s started (pid %d)", self.name, proc.pid)
+        how = f", forked from {self.fork[0].name}" if self.fork is not None else ""
+        log.info("%s started (pid %d%s)", self.name, proc.pid, how)
         self._on_change()
         return proc
 
-    async def _watch(self, proc: asyncio.subprocess.Process) -> bool:
+    async def _watch(self, proc: asyncio.subprocess.Process | ForkedChild) -> bool:
         """Wait for the process to exit or for a stop request; True if it was stopped."""
         exited = asyncio.ensure_future(proc.wait())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -357,7 +370,7 @@ class ManagedProcess:
         elif pump.exception() is not None:
             log.warning("%s: its log could not be written: %s", self.name, pump.exception())
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, proc: asyncio.subprocess.Process | ForkedChild) -> None:
         signal_group(proc.pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(self.settings.stop_timeout):

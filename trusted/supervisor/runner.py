@@ -46,6 +46,7 @@ from smx.health import WRITE_PERIOD_S, read_health_file
 from smx.identity import SERVER_NAME
 from smx.process_env import ENV_HEALTH_FILE, ProcessEnv, simulator_environ
 from trusted.supervisor import isolation, strays
+from trusted.supervisor.fork_server import ForkServer, SpawnRequest
 from trusted.supervisor.process import ManagedProcess, kill_user, signal_group
 from trusted.supervisor.site_config import ProcessSpec, SiteConfig
 from trusted.supervisor.status import (
@@ -128,6 +129,9 @@ class Supervisor:
         # OS isolation of the children (trusted.supervisor.isolation): as root only.
         self.isolated = isolation.isolation_wanted()
         self._accounts: dict[str, isolation.Account] = {}
+        # One fork server per trust domain with two or more Python clients (supervisor.
+        # fork_server): never shared between domains.
+        self.fork_servers: dict[str, ForkServer] = {}
         self.reap_strays = reap_strays and strays.become_subreaper()
 
     # --- public
@@ -317,14 +321,9 @@ class Supervisor:
             return isolation.private_dir_of(self.cfg.home, name) / "health.json"
         return self.paths.health_file(name)
 
-    def _isolation_kwargs(self, name: str, env: dict[str, str], nice: int = 0) -> dict[str, Any]:
-        """Working directory, environment, privilege drop and CPU priority of child ``name``."""
-        if not self.isolated:
-            return {"env": env, "cwd": self.cfg.home}
-        env = dict(env)
-        # Modules next to site.toml were found through the working directory (the home).
-        env["PYTHONPATH"] = os.pathsep.join([str(self.cfg.home), env["PYTHONPATH"]])
-        reach = [
+    def _reach(self) -> list[Path]:
+        """What an isolated child must reach: its interpreter, the code, the site."""
+        return [
             Path(os.path.realpath(self.python)),
             Path(sys.base_prefix),
             Path(sys.prefix),
@@ -332,6 +331,15 @@ class Supervisor:
             self.cfg.home.parent,
             *([] if self.paths.volatile is None else [self.paths.volatile]),
         ]
+
+    def _isolation_kwargs(self, name: str, env: dict[str, str], nice: int = 0) -> dict[str, Any]:
+        """Working directory, environment, privilege drop and CPU priority of child ``name``."""
+        if not self.isolated:
+            return {"env": env, "cwd": self.cfg.home}
+        env = dict(env)
+        # Modules next to site.toml were found through the working directory (the home).
+        env["PYTHONPATH"] = os.pathsep.join([str(self.cfg.home), env["PYTHONPATH"]])
+        reach = self._reach()
         return {
             "env": isolation.minimal_environ(env),
             "cwd": Path("/"),  # the wrapper enters run/<name>/ only once it is not root
@@ -349,8 +357,28 @@ class Supervisor:
             ),
         }
 
+    def _fork_of(
+        self, spec: ProcessSpec, env: dict[str, str]
+    ) -> tuple[ForkServer, SpawnRequest] | None:
+        """The fork server and request that start ``spec``, if it is forked (see `_build`)."""
+        server = self.fork_servers.get(spec.domain or "")
+        if server is None or spec.module is None:
+            return None
+        if not self.isolated:
+            return server, SpawnRequest(spec.module, (), env, str(self.cfg.home))
+        acc = self._accounts[spec.name]
+        drop = {
+            "uid": acc.uid,
+            "gid": acc.gid,
+            "groups": list(acc.groups),
+            "reach": [str(p) for p in self._reach()],
+        }
+        cwd = isolation.private_dir_of(self.cfg.home, spec.name)
+        return server, SpawnRequest(spec.module, (), env, str(cwd), drop)
+
     def _process(self, spec: ProcessSpec, env: dict[str, str]) -> ManagedProcess:
         health = self._health_file(spec.name) if spec.domain else None
+        kwargs = self._isolation_kwargs(spec.name, env)
         return ManagedProcess(
             spec.name,
             spec.kind,
@@ -359,7 +387,8 @@ class Supervisor:
             settings=self.cfg.supervisor,
             on_change=self._changed,
             health_file=health,
-            **self._isolation_kwargs(spec.name, env),
+            fork=self._fork_of(spec, kwargs["env"]),
+            **kwargs,
         )
 
     def _build(self, refused: dict[str, str]) -> None:
@@ -380,6 +409,11 @@ class Supervisor:
                     self._accounts[spec.name] = isolation.Account(
                         acc.uid, acc.gid, acc.groups + extra
                     )
+        if cfg.supervisor.fork_server:
+            # A server costs about what one process does: worth it from two children on.
+            domains = [spec.domain for spec in cfg.clients if spec.module is not None]
+            for domain in sorted({d for d in domains if d is not None and domains.count(d) > 1}):
+                self.fork_servers[domain] = ForkServer(f"fork-server-{domain}", self.python)
         core_health = self._health_file("core")
         self.core = ManagedProcess(
             "core",
@@ -493,9 +527,10 @@ class Supervisor:
                 p.set_health(rep.state, rep.healthy, rep.last_error)
 
     def _sweep_strays(self, *, everything: bool = False) -> None:
-        if not self.reap_strays or any(p.spawning for p in self.processes):
+        servers = list(self.fork_servers.values())
+        if not self.reap_strays or any(p.spawning for p in self.processes + servers):
             return
-        own = {p.pid for p in self.processes if p.pid is not None}
+        own = {p.pid for p in self.processes + servers if p.pid is not None}
         own |= {p.helper_pid for p in self.processes if p.helper_pid is not None}
         running = {p.name for p in self.processes if p.alive}
         # Isolated, a stray is known by its user (it cannot change it); else by the SMX_NAME it
@@ -524,6 +559,7 @@ class Supervisor:
             "state": self.state,
             "error": self.error,
             "processes": [p.to_json() for p in self.processes],
+            "fork_servers": [s.to_json() for s in self.fork_servers.values() if s.pid],
         }
         path = self.paths.status_file
         if path != self.paths.status and not path.parent.is_dir():
@@ -543,6 +579,7 @@ class Supervisor:
         self._changed()
         await asyncio.gather(*(p.stop() for p in self.clients))
         await asyncio.gather(*(p.stop() for p in self.simulators))
+        await asyncio.gather(*(s.close() for s in self.fork_servers.values()))
         if self.core is not None:
             await self.core.stop()
         if self.state != "failed":

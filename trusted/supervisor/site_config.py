@@ -81,6 +81,7 @@ _SUPERVISOR_KEYS = (
     "log_rate",
     "volatile_dir",
     "core_nice",
+    "fork_server",
 )
 _CLIENT_KEYS = (
     "module",
@@ -123,6 +124,9 @@ class SupervisorSettings:
     # The core's CPU priority (nice value) under `smx run` as root: every process waits on it,
     # so a busy extension must not delay it (docs/SITE.md).
     core_nice: int = -5
+    # Fork the Python extensions (and agents) of a trust domain from one pre-imported process
+    # instead of starting each from scratch: less memory per process (docs/SITE.md).
+    fork_server: bool = True
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,7 @@ def _supervisor(data: dict[str, Any]) -> SupervisorSettings:
         log_rate=size("log_rate", d.log_rate, 1024),
         volatile_dir=_volatile_dir(table.get("volatile_dir")),
         core_nice=_nice(table.get("core_nice", d.core_nice), "supervisor.core_nice"),
+        fork_server=_bool(table.get("fork_server", d.fork_server), "supervisor.fork_server"),
     )
     if settings.backoff_max < settings.backoff_initial:
         raise SiteConfigError(

@@ -15,7 +15,9 @@ contracts with the processes: they live in smx.process_env and smx.health.
         "pid_created": 1764140001.3, "state": "starting|running|backoff|stopped|failed",
         "restarts": 1, "started_at": 1764140100.0, "last_exit": "killed by SIGKILL",
         "last_exit_code": -9, "last_error": "...", "health": "running",
-        "health_error": "", "next_start": null, "log": "/var/lib/smx/run/logs/meter.log"}]}
+        "health_error": "", "next_start": null, "log": "/var/lib/smx/run/logs/meter.log",
+        "nice_wanted": null, "forked_from": "fork-server-trusted"}],
+     "fork_servers": [{"name": "fork-server-trusted", "pid": 4249, "pid_created": 1764140001.1}]}
 
 Times are Unix seconds. ``health`` is what ``smx status`` shows: for a process that is not
 running ``down`` or ``backoff``; for the core ``serving`` (its health file fresh and
@@ -160,10 +162,21 @@ def add_memory(status: dict[str, Any]) -> None:
             proc["memory"], proc["nice"] = _readings(proc.get("pid"), proc.get("pid_created"))
             if proc["memory"]:
                 found.append(proc["memory"])
+    for server in _fork_servers(status):
+        server["memory"], server["nice"] = _readings(server.get("pid"), server.get("pid_created"))
+        if server["memory"]:
+            found.append(server["memory"])
     for m in found:
         for key in total:
             total[key] += m[key]
     status["memory_total"] = total if found else None
+
+
+def _fork_servers(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fork servers the processes were forked from (trusted.supervisor.fork_server): their
+    memory is the site's too."""
+    servers = status.get("fork_servers")
+    return [s for s in servers if isinstance(s, dict)] if isinstance(servers, list) else []
 
 
 def _mb(memory: Any, key: str = "pss") -> str:
@@ -250,6 +263,13 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
         )
         if len(error) > 80:
             cut.append((_cell(p.get("name")), _cell(error)))
+    if running:
+        for server in _fork_servers(status):
+            alive = server.get("memory") is not None
+            state = "running" if alive else "-"
+            pid = server.get("pid") if alive else None
+            name, mb = _cell(server.get("name")), _cell(_mb(server.get("memory")))
+            rows.append((name, "fork-server", state, "-", _cell(pid), "-", "-", "-", mb, "-", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]

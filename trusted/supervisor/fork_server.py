@@ -1,0 +1,425 @@
+"""A fork server: one pre-imported process image that the supervisor's Python children are
+forked from, so that the memory of grpc, protobuf and the SDK is shared instead of loaded again
+by every process (docs/SITE.md, "Fork servers"; the measurement in docs/PERFORMANCE.md).
+
+Both sides of one contract live here. The supervisor holds a `ForkServer` per trust domain
+(the trusted extensions, the untrusted agents: never shared between them, as every child of one
+server shares its memory layout). The server is a fresh interpreter (`python -I -c`, as root
+under isolation) that runs `serve`: it imports `PRELOAD`, freezes that heap (`gc.freeze`: a
+child's collections then never write to the shared pages), and waits on a socket pair. For each
+request (JSON, with the child's log pipe passed as a descriptor) it forks; the child does what
+the privilege-drop wrapper does before exec (trusted.supervisor.isolation: a session of its
+own, stdin /dev/null, stdout and stderr to its log, no other descriptor, its own environment,
+the privilege drop, its working directory) and then runs its module as ``__main__``. The server
+reaps its children and reports each exit status; the supervisor signals them itself (each leads
+its own process group, as a child it started would).
+
+grpc allows this: a process may fork as long as it has created no channel, server or call
+(grpc's doc/fork_support.md); importing grpc, grpc.aio and the stubs creates none and starts no
+thread. The server checks it is single-threaded before it serves. If the server dies, its
+children die with it (PR_SET_PDEATHSIG) and are reported ended; the next start makes a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PRELOAD", "ForkServer", "ForkedChild", "SpawnRequest", "serve"]
+
+# What the image imports before it forks: what every SDK process imports first. Only code of
+# the installation (never the site's home: the server runs as root).
+PRELOAD = (
+    "asyncio",
+    "ssl",
+    "grpc",
+    "grpc.aio",
+    "grpc_health.v1.health_pb2",
+    "google.protobuf",
+    "google.protobuf.duration_pb2",
+    "google.protobuf.timestamp_pb2",
+    "smx.client",
+    "smx.sdk",
+    "extensions.sdk",
+    "smx.v1.admin_service_pb2_grpc",
+    "smx.v1.control_service_pb2_grpc",
+    "smx.v1.errors_pb2",
+    "smx.v1.identity_service_pb2_grpc",
+    "smx.v1.point_pb2",
+    "smx.v1.point_service_pb2_grpc",
+)
+_ROOT = Path(__file__).resolve().parents[2]
+_MAX_MESSAGE = 256 * 1024  # a request: environment and arguments
+_START_TIMEOUT = 60.0  # imports on a slow SD card
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """One child: `python -m module *args` with `env`, in `cwd`; under isolation `drop` is the
+    account and reach of trusted.supervisor.isolation.privilege_dropper."""
+
+    module: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    drop: Mapping[str, Any] | None = None  # uid, gid, groups, reach
+    nice: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "cwd": self.cwd,
+            "drop": dict(self.drop) if self.drop is not None else None,
+            "nice": self.nice,
+        }
+
+
+# ----------------------------------------------------------------------------- supervisor side
+
+
+class ForkedChild:
+    """A child of a fork server, as the supervisor sees it: what ManagedProcess uses of an
+    asyncio subprocess (`pid`, `returncode`, `wait`)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._ended = asyncio.Event()
+
+    def ended(self, returncode: int) -> None:
+        if self.returncode is None:
+            self.returncode = returncode
+            self._ended.set()
+
+    async def wait(self) -> int:
+        await self._ended.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+
+class ForkServerError(OSError):
+    """The fork server could not start, or could not start a child."""
+
+
+class ForkServer:
+    """The supervisor's handle on one fork server process, started at the first `spawn`."""
+
+    def __init__(self, name: str, python: str, *, nice: int = 0) -> None:
+        self.name = name  # e.g. "fork-server-trusted", as `smx status` shows it
+        self.python = python
+        self.pid: int | None = None
+        self.pid_created: float | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._sock: socket.socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._children: dict[int, ForkedChild] = {}
+        self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._lock = asyncio.Lock()  # one request at a time: replies come in order
+        self.spawning = False  # starting the server: its pid is not known yet (stray sweeps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "pid": self.pid, "pid_created": self.pid_created}
+
+    async def spawn(self, request: SpawnRequest, out_fd: int) -> ForkedChild:
+        """Fork a child writing to `out_fd`; raises ForkServerError if it cannot."""
+        async with self._lock:
+            if self._sock is None:
+                await self._start()
+            assert self._sock is not None
+            data = json.dumps({"spawn": request.to_json()}).encode()
+            if len(data) > _MAX_MESSAGE:
+                raise ForkServerError(f"{self.name}: request of {len(data)} bytes: too large")
+            try:
+                socket.send_fds(self._sock, [data], [out_fd])
+                async with asyncio.timeout(_START_TIMEOUT):
+                    reply = await self._replies.get()
+            except (OSError, TimeoutError) as err:
+                await self._lost(f"{err}")
+                raise ForkServerError(f"{self.name}: {err or 'no answer'}") from err
+            if "error" in reply:
+                raise ForkServerError(f"{self.name}: {reply['error']}")
+            pid = int(reply["pid"])
+            child = ForkedChild(pid)
+            self._children[pid] = child
+            return child
+
+    async def close(self) -> None:
+        """Stop the server (its children must be stopped first: the rest die with it)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()  # the server ends at end of input
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                async with asyncio.timeout(5.0):
+                    await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        self._end_children("its fork server stopped")
+        self.pid = None
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        code = (
+            f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
+            "from trusted.supervisor.fork_server import serve; serve(int(sys.argv[1]))"
+        )
+        self.spawning = True
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python,
+                "-I",
+                "-c",
+                code,
+                str(theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()],
+                # Its environment is in every child's memory (/proc/PID/environ shows it): none
+                # of the supervisor's. Each child gets its own from its request.
+                env={k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ},
+                cwd="/",
+                start_new_session=True,
+            )
+        except OSError as err:
+            ours.close()
+            raise ForkServerError(f"{self.name}: cannot start: {err.strerror or err}") from err
+        finally:
+            self.spawning = False
+            theirs.close()
+        ours.setblocking(False)
+        self._proc, self._sock, self.pid = proc, ours, proc.pid
+        self.pid_created = _created(proc.pid)
+        self._replies = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read(ours), name=f"{self.name}-reader")
+        try:
+            async with asyncio.timeout(_START_TIMEOUT):
+                ready = await self._replies.get()
+        except TimeoutError:
+            ready = {"error": f"not ready within {_START_TIMEOUT:g}s"}
+        if "ready" not in ready:
+            await self._lost(str(ready.get("error", ready)))
+            raise ForkServerError(f"{self.name}: {ready.get('error', 'did not start')}")
+        log.info("%s started (pid %d)", self.name, proc.pid)
+
+    async def _read(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await loop.sock_recv(sock, _MAX_MESSAGE)
+                if not data:
+                    break
+                msg = json.loads(data)
+                if "exit" in msg:
+                    child = self._children.pop(int(msg["exit"]), None)
+                    if child is not None:
+                        child.ended(int(msg["returncode"]))
+                else:
+                    self._replies.put_nowait(msg)
+        except (OSError, ValueError) as err:
+            log.error("%s: %s", self.name, err)
+        if self._sock is sock:  # not closed by us: the server died
+            log.error("%s ended unexpectedly: its children were stopped", self.name)
+            self._replies.put_nowait({"error": "the fork server ended"})
+            self._sock = None
+            sock.close()
+            self._end_children("its fork server ended")
+
+    async def _lost(self, why: str) -> None:
+        log.error("%s: %s", self.name, why)
+        proc = self._proc
+        await self.close()
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    def _end_children(self, why: str) -> None:
+        """Children of a server that is gone are gone too (PR_SET_PDEATHSIG): make sure, and
+        report them killed."""
+        children, self._children = self._children, {}
+        for pid, child in children.items():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            log.warning("pid %d: %s", pid, why)
+            child.ended(-signal.SIGKILL)
+
+
+def _created(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------- server side
+
+
+def serve(fd: int) -> None:
+    """The fork server's main: returns only in a forked child, which then runs its module."""
+    import gc
+    import importlib
+    import selectors
+
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    try:
+        for name in PRELOAD:
+            importlib.import_module(name)
+    except Exception as err:  # noqa: BLE001 - any import failure ends the server, with why
+        _send(sock, {"error": f"cannot import {name}: {err}"})
+        sys.exit(1)
+    gc.collect()
+    gc.freeze()
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:  # fork with other threads is not safe (grpc's rule)
+        _send(sock, {"error": f"the image has {threads} threads after its imports, not 1"})
+        sys.exit(1)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the supervisor only
+    _send(sock, {"ready": os.getpid()})
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    children: set[int] = set()
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _reap(sock, children)
+                continue
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
+            except OSError:
+                data, fds = b"", []
+            if not data:  # the supervisor closed its end (or died): end, and the children
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                sys.exit(0)
+            try:
+                request = json.loads(data)["spawn"]
+                if len(fds) != 1:
+                    raise ValueError("a request passes exactly one descriptor, the log")
+            except (ValueError, KeyError, TypeError) as err:
+                for f in fds:
+                    os.close(f)
+                _send(sock, {"error": f"bad request: {err}"})
+                continue
+            parent = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                sel.close()
+                sock.detach()  # its descriptor is closed with the others: never twice
+                _become_child(request, fds[0], parent)
+                return
+            os.close(fds[0])
+            children.add(pid)
+            _send(sock, {"pid": pid})
+
+
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(msg).encode())
+
+
+def _reap(sock: socket.socket, children: set[int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        _send(sock, {"exit": pid, "returncode": os.waitstatus_to_exitcode(status)})
+
+
+def _become_child(request: Mapping[str, Any], out_fd: int, server: int) -> None:
+    """In the forked child: become the process the request describes, then run its module as
+    ``__main__``; the interpreter ends as a fresh one would when it returns or raises. A failure
+    before the module runs is one line in its log and exit code 1."""
+    try:
+        _setup_child(request, out_fd, server)
+    except BaseException as err:  # noqa: BLE001 - whatever it is, the child must not serve
+        with contextlib.suppress(OSError):
+            os.write(2, f"smx run: cannot start {request.get('module')}: {err}\n".encode())
+        os._exit(1)
+    import runpy
+
+    module, args = str(request["module"]), [str(a) for a in request["args"]]
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def _setup_child(request: Mapping[str, Any], out_fd: int, server: int) -> None:
+    import ctypes
+    import io
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the server's socket above all
+    # stdout and stderr unbuffered, as PYTHONUNBUFFERED gives a fresh interpreter.
+    for name in ("stdout", "stderr"):
+        stream = io.TextIOWrapper(
+            io.FileIO(1 if name == "stdout" else 2, "w", closefd=False),
+            encoding="utf-8",
+            errors="backslashreplace",
+            write_through=True,
+        )
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    os.chdir("/")
+    env = {str(k): str(v) for k, v in dict(request["env"]).items()}
+    os.environ.clear()
+    os.environ.update(env)
+    nice = int(request.get("nice", 0))
+    drop = request.get("drop")
+    if drop is not None:
+        from trusted.supervisor.isolation import Account, privilege_dropper
+
+        account = Account(int(drop["uid"]), int(drop["gid"]), tuple(int(g) for g in drop["groups"]))
+        privilege_dropper(account, [Path(p) for p in drop["reach"]], nice)()
+    elif nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after the uid change, which clears it
+    if os.getppid() != server:
+        raise OSError("the fork server ended while this process started")
+    os.chdir(str(request["cwd"]))
+    # PYTHONPATH as a fresh interpreter reads it (the server ignored the environment: -I).
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = extra
