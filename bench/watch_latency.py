@@ -16,8 +16,11 @@ socket with TLS and client certificates, the same serialized payload.
 - server CPU per write: the server process's CPU time during a case / the writes of the case
   (with 0 subscribers: the cost of one write; with 20: including the fan-out).
 
-Run: `python bench/watch_latency.py [--quick] [--seconds 6] [--procs 4] [--one-point] [--native]`
-(`--one-point`: 1,000 one-point writes/s instead of 100 writes of 10 points)
+Run: `python bench/watch_latency.py [--quick] [--seconds 6] [--procs 4] [--one-point] [--native]
+[--streamed-writer]` (`--one-point`: 1,000 one-point writes/s instead of 100 writes of 10 points;
+`--streamed-writer`: the core's writes are requests on one StreamWritePoints stream instead of
+unary WritePoints calls, same schedule and writes in flight; the bare relay and Mosquitto are
+written to as before)
 
 `--native`: the subscribers of every case are `bench/native/watcher` (C++: gRPC, protobuf,
 libmosquitto), one process per stream, instead of Python processes, and the writer is
@@ -212,7 +215,7 @@ def build_native() -> Path:
 
 
 def _native_write_for(
-    binary: Path, kind: str, site: Site, target: str, seconds: float
+    binary: Path, kind: str, site: Site, target: str, seconds: float, streamed: bool = False
 ) -> tuple[int, int, float]:
     """`_write_for` by the C++ writer: the same schedule, payload and writes kept open."""
     creds = site.creds("meter")
@@ -220,7 +223,8 @@ def _native_write_for(
         [str(binary), "--kind", kind, "--target", target, "--ca", str(creds.ca)]
         + ["--cert", str(creds.cert), "--key", str(creds.key), "--seconds", str(seconds)]
         + ["--period-us", str(round(WRITE_PERIOD * 1e6)), "--points", str(POINTS_PER_WRITE)]
-        + ["--max-in-flight", str(MAX_IN_FLIGHT)],
+        + ["--max-in-flight", str(MAX_IN_FLIGHT)]
+        + (["--streamed", "1"] if streamed and kind == "core" else []),
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -342,11 +346,15 @@ class _Schedule:
             self._next += WRITE_PERIOD
 
 
-async def _write_for(kind: str, site: Site, target: str, seconds: float) -> tuple[int, int, float]:
+async def _write_for(
+    kind: str, site: Site, target: str, seconds: float, streamed: bool = False
+) -> tuple[int, int, float]:
     """Write on schedule for `seconds`; returns (writes, late writes, time of the first).
     Writes overlap (at most MAX_IN_FLIGHT) when the schedule is faster than a round trip."""
     if kind == "mqtt":
         return await asyncio.to_thread(_publish_for, site, target, seconds)
+    if kind == "core" and streamed:
+        return await _stream_write_for(site, target, seconds)
     ch = harness.aio_channel(site.creds("meter"), target)
     method = "/smx.v1.PointService/WritePoints" if kind == "core" else harness.PUBLISH
     call = ch.unary_unary(method, request_serializer=pb.WritePointsRequest.SerializeToString)
@@ -369,6 +377,44 @@ async def _write_for(kind: str, site: Site, target: str, seconds: float) -> tupl
         pending.add(task)
         task.add_done_callback(pending.discard)
     await asyncio.gather(*pending)
+    await asyncio.sleep(0.2)  # let the last changes reach the subscribers
+    await ch.close()
+    return plan.writes, plan.late, plan.first
+
+
+async def _stream_write_for(site: Site, target: str, seconds: float) -> tuple[int, int, float]:
+    """`_write_for` on one StreamWritePoints stream: each write a request, answered in order;
+    at most MAX_IN_FLIGHT unanswered."""
+    ch = harness.aio_channel(site.creds("meter"), target)
+    call = ch.stream_stream(
+        "/smx.v1.PointService/StreamWritePoints",
+        request_serializer=pb.WritePointsRequest.SerializeToString,
+        response_deserializer=pb.WritePointsResponse.FromString,
+    )()
+    await call.write(_request(0))  # connect, and see the write accepted, before the clock starts
+    await call.read()
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def answers() -> None:
+        try:
+            while await call.read() is not grpc.aio.EOF:
+                slots.release()
+        finally:
+            for _ in range(MAX_IN_FLIGHT):  # a stream that ended leaves no writer waiting
+                slots.release()
+
+    reader = asyncio.create_task(answers())
+    plan = _Schedule(seconds)
+    for delay in plan.ticks():
+        if delay:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        if reader.done():  # ended before the schedule did: raise the status it ended with
+            reader.result()
+            raise RuntimeError("the core ended the write stream")
+        await call.write(_request(plan.writes))
+    await call.done_writing()
+    await asyncio.wait_for(reader, 30)  # raises the status the core ended the stream with
     await asyncio.sleep(0.2)  # let the last changes reach the subscribers
     await ch.close()
     return plan.writes, plan.late, plan.first
@@ -457,9 +503,12 @@ def run_case(
     cpu: Any,
     native: Path | None = None,
     native_writer: bool = True,
+    streamed: bool = False,
 ) -> Result:
     if native is not None:
-        return _run_native_case(native, kind, site, target, subs, seconds, cpu, native_writer)
+        return _run_native_case(
+            native, kind, site, target, subs, seconds, cpu, native_writer, streamed
+        )
     ctx = mp.get_context("spawn")  # never fork a process that has grpc state
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = min(procs, subs)
@@ -479,7 +528,7 @@ def run_case(
         got += ready.get(timeout=30)
     cpu0 = cpu()
     writer0 = _writer_cpu()
-    writes, late, first = asyncio.run(_write_for(kind, site, target, seconds))
+    writes, late, first = asyncio.run(_write_for(kind, site, target, seconds, streamed))
     cpu_used, writer_used = cpu() - cpu0, _writer_cpu() - writer0
     stop.set()
     samples: list[tuple[float, float]] = []
@@ -512,15 +561,18 @@ def _run_native_case(
     seconds: float,
     cpu: Any,
     native_writer: bool,
+    streamed: bool = False,
 ) -> Result:
     watchers = NativeWatchers(out / "watcher", kind, site, target, subs)
     try:
         cpu0, sub_cpu0 = cpu(), watchers.cpu_seconds()
         writer0 = _writer_cpu()
         if native_writer:
-            writes, late, first = _native_write_for(out / "writer", kind, site, target, seconds)
+            writes, late, first = _native_write_for(
+                out / "writer", kind, site, target, seconds, streamed
+            )
         else:
-            writes, late, first = asyncio.run(_write_for(kind, site, target, seconds))
+            writes, late, first = asyncio.run(_write_for(kind, site, target, seconds, streamed))
         writer_used = _writer_cpu() - writer0
         cpu_used, sub_cpu = cpu() - cpu0, watchers.cpu_seconds() - sub_cpu0
     finally:
@@ -583,6 +635,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --native: keep the Python writer (the C++ writer is the default there)",
     )
     parser.add_argument(
+        "--streamed-writer",
+        action="store_true",
+        help="write to the core on one StreamWritePoints stream (Python and C++ writer alike) "
+        "instead of unary WritePoints; the bare relay and Mosquitto as before",
+    )
+    parser.add_argument(
         "--server-nice",
         type=int,
         default=SupervisorSettings().core_nice if os.geteuid() == 0 else 0,
@@ -628,7 +686,16 @@ def main(argv: list[str] | None = None) -> int:
         for subs in counts:
             for label, kind, target, cpu in servers:  # interleaved: the same machine state
                 r = run_case(
-                    kind, site, target, subs, args.procs, seconds, cpu, native, native_writer
+                    kind,
+                    site,
+                    target,
+                    subs,
+                    args.procs,
+                    seconds,
+                    cpu,
+                    native,
+                    native_writer,
+                    args.streamed_writer,
                 )
                 results.append(dataclasses.replace(r, server=label))
         rss_after = core.rss_mb()
@@ -649,6 +716,12 @@ def main(argv: list[str] | None = None) -> int:
         if native
         else f"Python (grpc.aio / paho) in {args.procs} process(es) for 20, 1 for 1"
     )
+    if args.streamed_writer:
+        print(
+            "  core written on one StreamWritePoints stream (--streamed-writer), the bare relay "
+            "and Mosquitto by unary calls/publishes as always: 'vs bare' compares a streamed "
+            "write with a unary one"
+        )
     print(
         f"  {seconds:g} s per case, first {WARMUP:g} s discarded; servers at nice "
         f"{args.server_nice}; subscribers: {subscribers}; "

@@ -1,10 +1,13 @@
 // A cheap writer for bench/watch_latency.py --native: writes on a fixed schedule to the core's
 // WritePoints, the bare relay's Publish or Mosquitto (QoS 1), each write with source_time = now,
 // keeping at most --max-in-flight writes open, like the Python writer. On 2 cores the Python
-// writer's own CPU (~250 us per gRPC call) competes with the server it measures.
+// writer's own CPU (~250 us per gRPC call) competes with the server it measures. With
+// `--streamed 1` (core only) the writes are requests on one StreamWritePoints stream instead of
+// unary calls, answered in order; a thread of its own reads the answers.
 //
 // writer --kind core|bare|mqtt --target unix:/path|/path --ca F --cert F --key F
 //        --seconds S [--period-us 1000] [--points 1] [--max-in-flight 64] [--server-name smxcore]
+//        [--streamed 0|1]
 //
 // Connects and writes once before the clock starts, then prints
 // "done WRITES LATE FIRST": writes made, writes started more than one period behind
@@ -158,6 +161,74 @@ int run_grpc(std::map<std::string, std::string>& opt, double seconds, int64_t pe
   return 0;
 }
 
+// -- gRPC, streamed: one StreamWritePoints stream, up to --max-in-flight requests unanswered -----
+
+int run_streamed(std::map<std::string, std::string>& opt, double seconds, int64_t period,
+                 int points, int max_in_flight) {
+  auto channel = bench::tls_channel(opt);
+  auto stub = smx::v1::PointService::NewStub(channel);
+  grpc::ClientContext ctx;
+  auto stream = stub->StreamWritePoints(&ctx);
+  std::mutex mu;
+  std::condition_variable freed;
+  int in_flight = 0;
+  bool ended = false;
+  // One thread reads while the schedule writes (gRPC allows one reader and one writer at once).
+  std::thread answers([&] {
+    smx::v1::WritePointsResponse reply;
+    while (stream->Read(&reply)) {
+      std::lock_guard<std::mutex> lock(mu);
+      --in_flight;
+      freed.notify_one();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    ended = true;
+    freed.notify_one();
+  });
+  auto fail = [&](const std::string& what) {
+    grpc::Status status = stream->Finish();  // the status the core ended the stream with
+    die(what + ": " + std::to_string(status.error_code()) + " " + status.error_message());
+  };
+  // Waits until at most `limit` writes are unanswered.
+  auto wait_below = [&](int limit, const char* what) {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!freed.wait_for(lock, std::chrono::seconds(30),
+                        [&] { return in_flight < limit || ended; }))
+      die(std::string("no write answered for 30 s ") + what);
+    if (in_flight >= limit) {
+      lock.unlock();
+      answers.join();
+      fail("stream ended");
+    }
+  };
+  auto send = [&](int count) {
+    wait_below(max_in_flight, "(in flight)");
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++in_flight;
+    }
+    if (!stream->Write(request(count, points))) {
+      answers.join();
+      fail("write refused");
+    }
+  };
+  send(0);  // connect, and see the write accepted, before the clock starts
+  wait_below(1, "(first write)");
+  Schedule plan(seconds, period);
+  while (plan.more()) {
+    sleep_ns(plan.take());
+    send(int(plan.writes));
+  }
+  wait_below(1, "(settling)");
+  stream->WritesDone();
+  answers.join();
+  grpc::Status status = stream->Finish();
+  if (!status.ok())
+    die("stream ended: " + std::to_string(status.error_code()) + " " + status.error_message());
+  plan.report();
+  return 0;
+}
+
 // -- MQTT: QoS 1 publishes, libmosquitto's network thread counting acknowledgements ------------
 
 std::atomic<int> g_in_flight{0};
@@ -229,7 +300,7 @@ int main(int argc, char** argv) {
   auto opt = bench::parse_options(
       argc, argv,
       {{"--server-name", "smxcore"}, {"--period-us", "1000"}, {"--points", "1"},
-       {"--max-in-flight", "64"}},
+       {"--max-in-flight", "64"}, {"--streamed", "0"}},
       {"--kind", "--target", "--ca", "--cert", "--key", "--seconds"});
   double seconds = std::atof(opt["--seconds"].c_str());
   int64_t period = int64_t(std::atol(opt["--period-us"].c_str())) * 1000;
@@ -240,6 +311,10 @@ int main(int argc, char** argv) {
   // Debian's abseil is built with its Mutex deadlock detector on: a few us per call.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const std::string kind = opt["--kind"];
+  if (opt["--streamed"] == "1") {
+    if (kind != "core") die("--streamed 1 is for --kind core (StreamWritePoints)");
+    return run_streamed(opt, seconds, period, points, max_in_flight);
+  }
   if (kind == "core" || kind == "bare") return run_grpc(opt, seconds, period, points, max_in_flight);
   if (kind == "mqtt") return run_mqtt(opt, seconds, period, points, max_in_flight);
   die("unknown --kind " + kind + " (core, bare or mqtt)");
