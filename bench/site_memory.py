@@ -87,10 +87,14 @@ def demo_site(with_simulators: bool, prep: Prepared) -> Callable[[Path], str]:
     return write
 
 
-def production_site(prep: Prepared) -> Callable[[Path], str]:
+def production_site(prep: Prepared, fork: bool = True) -> Callable[[Path], str]:
+    """`fork`: supervisor.fork_server as by default; False starts each process on its own."""
+
     def write(home: Path) -> str:
         mqtt_port = free_port()
         toml = demo_cmd.site_toml(home, mqtt_port, broker=False)
+        if not fork:
+            toml = toml.replace("[supervisor]\n", "[supervisor]\nfork_server = false\n", 1)
         toml = strip_tables(
             toml,
             lambda n: (
@@ -224,6 +228,8 @@ def run_site(label: str, write: Callable[[Path], str], prep: Prepared, seconds: 
                 raise SystemExit(f"{label}: {p['name']} is {p.get('state')} at measurement")
             rows.append((p["name"], p["kind"], p["health"], p["memory"], is_python(p["pid"])))
             restarts += int(p.get("restarts", 0))
+        for server in st.get("fork_servers", []):  # the image its processes were forked from
+            rows.append((server["name"], "fork-server", "-", server["memory"], False))
         if prep.broker is not None:
             if prep.broker.poll() is not None:
                 raise SystemExit(f"{label}: mosquitto exited: {(run.home / 'mosquitto.log')}")
@@ -338,6 +344,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=45.0, help="idle after start-up")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 s idle")
     parser.add_argument("--site", choices=["demo", "production", "both"], default="both")
+    parser.add_argument(
+        "--no-fork",
+        action="store_true",
+        help="also the production site with supervisor.fork_server = false, in the same run",
+    )
     args = parser.parse_args()
     seconds = 5.0 if args.quick else args.seconds
     if not Path(MOSQUITTO).exists():
@@ -350,6 +361,10 @@ def main() -> int:
         ]
     if args.site in ("production", "both"):
         plans.append(("production (Run 9 site, devices absent)", production_site))
+        if args.no_fork:
+            plans.append(
+                ("production, fork_server = false", lambda p: production_site(p, fork=False))
+            )
     iso = "isolation on (root)" if isolation.isolation_wanted() else "isolation off (not root)"
     print(f"site memory: each site under `smx run`, {iso}, measured {seconds:g} s after all up")
     print()
@@ -373,7 +388,7 @@ def main() -> int:
                 m.total("rss"),
             ]
         )
-        if label.startswith("production"):
+        if label.startswith("production") and production is None:
             production = m
     print(
         "totals (MiB): site PSS against N bare `import grpc` processes (N = its Python processes)"

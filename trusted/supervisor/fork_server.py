@@ -286,7 +286,7 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     try:
-        for name in PRELOAD:
+        for name in (*PRELOAD, "trusted.supervisor.isolation"):  # the latter for the drop
             importlib.import_module(name)
     except Exception as err:  # noqa: BLE001 - any import failure ends the server, with why
         _send(sock, {"error": f"cannot import {name}: {err}"})
