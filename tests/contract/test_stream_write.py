@@ -12,12 +12,14 @@ import pytest
 from google.rpc import status_pb2
 
 from smx.client import error_reason
+from smx.v1 import admin_service_pb2 as apb
 from smx.v1 import point_pb2 as ppb
 from smx.v1 import point_service_pb2 as pb
 from tests.contract.audit_log import audit_records
 from tests.contract.calls import refusal
 from trusted.core.rpc import MAX_OPEN_STREAMS
 from trusted.core.server import Core
+from trusted.pki import SiteCA
 
 METHOD = "/smx.v1.PointService/StreamWritePoints"
 # What a client's write raises on a stream the core has ended (grpc.aio raises either,
@@ -237,3 +239,38 @@ async def test_a_writer_reading_answers_in_another_task_keeps_writes_in_flight(s
     assert await call.code() == grpc.StatusCode.OK
     (p,) = (await site.stubs("gui").points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))).points
     assert (p.value.double_value, p.revision) == (99.0, got[-1])
+
+
+async def test_revocation_ends_an_open_write_stream_even_while_idle(site, core):
+    call = site.stubs("meter").points.StreamWritePoints()
+    await call.write(batch(("meter/P", 1.0)))
+    await responses(call, 1)
+    SiteCA.load(site.home / "pki").revoke("meter")
+    # Nothing is sent on the stream: the core's revocation timer ends it (within ~0.6 s).
+    err = await asyncio.wait_for(refusal(call), 5)
+    assert (err.code(), error_reason(err)) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "CERTIFICATE_REVOKED",
+    )
+    with contextlib.suppress(*ENDED):
+        await call.write(batch(("meter/P", 2.0)))
+    (p,) = (await site.stubs("gui").points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))).points
+    assert p.value.double_value == 1.0
+
+
+async def test_a_reload_that_takes_write_away_refuses_the_next_request(site, core):
+    call = site.stubs("meter").points.StreamWritePoints()
+    await call.write(batch(("meter/P", 1.0)))
+    await responses(call, 1)
+    site.clients = {**site.clients, "meter": ("trusted", [], [])}  # unbound: no right at all
+    site.write_policy()
+    await site.stubs("admin").admin.ReloadPolicy(apb.ReloadPolicyRequest())
+    with contextlib.suppress(*ENDED):  # refused at this request, or ended by the core's timer
+        await call.write(batch(("meter/P", 2.0)))
+    err = await asyncio.wait_for(refusal(call), 5)
+    assert (err.code(), error_reason(err)) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PERMISSION_NOT_GRANTED",
+    )
+    (p,) = (await site.stubs("gui").points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))).points
+    assert p.value.double_value == 1.0
