@@ -108,8 +108,8 @@ class PointServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamWritePoints(self, request_iterator, context):
-        """WritePoints on one open stream, for high-rate writers (a message costs the core a fraction
-        of a call). Each request is handled exactly as one WritePoints call (same rights,
+        """WritePoints on one open stream, for high-rate writers (a message costs the core less CPU
+        than a call). Each request is handled exactly as one WritePoints call (same rights,
         validation, limits, audit, atomicity) and answered by one response, in order.
         The first refused request ends the stream with the status (code and error details)
         WritePoints would have returned for it: every request answered before it was stored,
