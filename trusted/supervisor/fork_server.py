@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRELOAD", "ForkServer", "ForkedChild", "SpawnRequest", "serve"]
+__all__ = ["PRELOAD", "ForkServer", "ForkServerError", "ForkedChild", "SpawnRequest", "serve"]
 
 # What the image imports before it forks: what every SDK process imports first. Only code of
 # the installation (never the site's home: the server runs as root).
@@ -64,6 +65,7 @@ PRELOAD = (
 _ROOT = Path(__file__).resolve().parents[2]
 _MAX_MESSAGE = 256 * 1024  # a request: environment and arguments
 _START_TIMEOUT = 60.0  # imports on a slow SD card
+_RETRY_AFTER = 60.0  # a server that could not start is not tried again sooner
 PR_SET_PDEATHSIG = 1
 
 
@@ -131,6 +133,7 @@ class ForkServer:
         self._children: dict[int, ForkedChild] = {}
         self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._lock = asyncio.Lock()  # one request at a time: replies come in order
+        self._failed: tuple[float, str] | None = None  # when and why it last could not start
         self.spawning = False  # starting the server: its pid is not known yet (stray sweeps)
 
     def to_json(self) -> dict[str, Any]:
@@ -140,7 +143,14 @@ class ForkServer:
         """Fork a child writing to `out_fd`; raises ForkServerError if it cannot."""
         async with self._lock:
             if self._sock is None:
-                await self._start()
+                failed = self._failed
+                if failed is not None and time.monotonic() - failed[0] < _RETRY_AFTER:
+                    raise ForkServerError(f"{self.name}: {failed[1]}")
+                try:
+                    await self._start()
+                except ForkServerError as err:
+                    self._failed = (time.monotonic(), str(err).removeprefix(f"{self.name}: "))
+                    raise
             assert self._sock is not None
             data = json.dumps({"spawn": request.to_json()}).encode()
             if len(data) > _MAX_MESSAGE:
@@ -162,6 +172,10 @@ class ForkServer:
     async def close(self) -> None:
         """Stop the server (its children must be stopped first: the rest die with it)."""
         sock, self._sock = self._sock, None
+        if self._reader is not None:  # first: a loop may hold the socket while it reads
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
         if sock is not None:
             sock.close()  # the server ends at end of input
         proc, self._proc = self._proc, None
@@ -173,10 +187,6 @@ class ForkServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
         self._end_children("its fork server stopped")
         self.pid = None
 

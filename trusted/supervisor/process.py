@@ -24,7 +24,7 @@ import psutil
 
 from smx.aio import wait_event
 from smx.terminal import printable
-from trusted.supervisor.fork_server import ForkedChild, ForkServer, SpawnRequest
+from trusted.supervisor.fork_server import ForkedChild, ForkServer, ForkServerError, SpawnRequest
 from trusted.supervisor.isolation import KILLED_SOME
 from trusted.supervisor.process_log import ProcessLog
 from trusted.supervisor.site_config import SupervisorSettings
@@ -121,6 +121,7 @@ class ManagedProcess:
         # Forked from a fork server (trusted.supervisor.fork_server) instead of started from
         # `argv`: the same process, sharing the server's pre-imported memory.
         self.fork = fork
+        self.forked_from: str | None = None  # the server of the current run, if forked
         # The CPU priority `wrap` starts it at (the core's supervisor.core_nice), checked once it
         # runs: without CAP_SYS_NICE it runs at the supervisor's.
         self.nice_wanted = nice
@@ -231,7 +232,7 @@ class ManagedProcess:
             "health_error": self.health_error,
             "log": str(self.log_path),
             "nice_wanted": self.nice_wanted,
-            "forked_from": self.fork[0].name if self.fork is not None else None,
+            "forked_from": self.forked_from,
         }
 
     # --- the supervising task
@@ -277,11 +278,16 @@ class ManagedProcess:
             read_fd, write_fd = os.pipe()
             self.spawning = True  # not swept as a stray before its pid is known
             try:
-                proc: asyncio.subprocess.Process | ForkedChild
+                proc: asyncio.subprocess.Process | ForkedChild | None = None
+                self.forked_from = None
                 if self.fork is not None:
                     server, request = self.fork
-                    proc = await server.spawn(request, write_fd)
-                else:
+                    try:
+                        proc = await server.spawn(request, write_fd)
+                        self.forked_from = server.name
+                    except ForkServerError as err:  # the site runs on without the saving
+                        log.warning("%s: %s: starting it on its own", self.name, err)
+                if proc is None:
                     proc = await asyncio.create_subprocess_exec(
                         *self.argv,
                         stdin=subprocess.DEVNULL,
@@ -302,8 +308,7 @@ class ManagedProcess:
             self.pid = None
             self.last_exit, self.last_exit_code = "did not start", None
             why = err.strerror if isinstance(err, OSError) and err.strerror else err
-            what = self.fork[1].module if self.fork is not None else self.argv[0]
-            self.last_error = f"cannot start {what}: {why}"
+            self.last_error = f"cannot start {self.argv[0]}: {why}"
             log.error("%s: %s", self.name, self.last_error)
             return None
         self._proc, self.pid = proc, proc.pid
@@ -316,7 +321,7 @@ class ManagedProcess:
         self.state = "starting"
         self.health = "no heartbeat" if self.health_file is not None else "-"
         self.health_error = ""
-        how = f", forked from {self.fork[0].name}" if self.fork is not None else ""
+        how = f", forked from {self.forked_from}" if self.forked_from else ""
         log.info("%s started (pid %d%s)", self.name, proc.pid, how)
         self._on_change()
         return proc
