@@ -30,7 +30,8 @@ __all__ = ["MAX_OPEN_STREAMS", "service_handler", "stream_slot"]
 
 log = logging.getLogger(__name__)
 
-# Streams (watches) one client may hold open at once: each costs the core work on every write.
+# Streams (watches, write streams) one client may hold open at once: each costs the core work on
+# every write, or memory and a task while open.
 MAX_OPEN_STREAMS = 32
 
 Unary = Callable[[Any, Caller, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -90,10 +91,10 @@ def stream_slot(
     verb: str = NO_VERB,
 ) -> Iterator[OpenStream]:
     """Hold one of the client's MAX_OPEN_STREAMS places for the life of a stream; every
-    long-lived stream the core serves (watches, Health.Watch, reflection) takes one. The stream
-    is registered with its caller, so the revocation watchdog (trusted.core.stream_registry)
-    ends it when the caller is revoked or expires, or a reload takes `verb` from it, even while
-    it sends nothing."""
+    long-lived stream the core serves (watches, write streams, Health.Watch, reflection) takes
+    one. The stream is registered with its caller, so the revocation watchdog
+    (trusted.core.stream_registry) ends it when the caller is revoked or expires, or a reload
+    takes `verb` from it, even while it sends nothing."""
     stats = gate.clients[peer.uri]
     if stats.open_streams >= MAX_OPEN_STREAMS:
         raise CoreError(
