@@ -53,6 +53,8 @@ async def test_a_forked_child_is_the_process_its_request_describes(tmp_path):
         assert seen["argv"][1:] == ["--flag", "x"]
         assert seen["argv"][0].endswith("tests/support/fork_probe.py")  # as `python -m` sets it
         assert seen["main"] == "__main__"
+        # What ps shows: the command a fresh start would have had, not the server's.
+        assert seen["cmdline"][:5] == [sys.executable, "-m", PROBE, "--flag", "x"]
         assert seen["env"] == {
             "PYTHONPATH": str(ROOT),
             "FORK_PROBE": "exit:3",
