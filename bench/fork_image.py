@@ -63,30 +63,14 @@ MODULES_LINE = "bench-modules:"
 COLLECT_ENV = "SMX_BENCH_GC_COLLECT"
 STARTED_WITH: set[str] = set()  # sys.modules when the child's own code began
 
-# What the image imports before it forks: grpc (sync and aio), protobuf, the SDK an extension is
-# built on, and every generated stub. Each child reports what it imported after the fork (one
-# module here: an extension's own modules, e.g. pymodbus, would be its own unless the image
-# imported them too).
-IMAGE_MODULES = [
-    "asyncio",
-    "ssl",
-    "grpc",
-    "grpc.aio",
-    "grpc_health.v1.health_pb2",
-    "google.protobuf",
-    "google.protobuf.duration_pb2",
-    "google.protobuf.timestamp_pb2",
-    "smx.client",
-    "smx.sdk",
-    "smx.connection_check",
-    "extensions.sdk",
-    "smx.v1.admin_service_pb2_grpc",
-    "smx.v1.control_service_pb2_grpc",
-    "smx.v1.errors_pb2",
-    "smx.v1.identity_service_pb2_grpc",
-    "smx.v1.point_pb2",
-    "smx.v1.point_service_pb2_grpc",
-]
+# What the image imports before it forks: the product's fork server's list
+# (trusted.supervisor.fork_server.PRELOAD: grpc, protobuf, the SDK, every generated stub; a
+# standard-library-only module, so a child still starts with nothing of the benchmark's).
+# Each child reports what it imported after the fork.
+sys.path.insert(0, str(ROOT))
+from trusted.supervisor.fork_server import PRELOAD  # noqa: E402
+
+IMAGE_MODULES = [*PRELOAD, "smx.connection_check"]
 
 
 # --------------------------------------------------------------------------- the SDK process
