@@ -18,6 +18,9 @@ CORE_TEST_DIRS = ("contract", "trusted", "security")
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
     tests = Path(__file__).parent
+    # A module of the supervisor's (it runs on asyncio's loop) says so: EVENT_LOOP = "asyncio".
+    if getattr(getattr(item, "module", None), "EVENT_LOOP", None) == "asyncio":
+        return {"asyncio": asyncio.new_event_loop}
     if item.path.is_relative_to(tests) and item.path.relative_to(tests).parts[0] in CORE_TEST_DIRS:
         return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}

@@ -281,6 +281,12 @@ def test_extensions_are_forked_from_their_domains_server_and_hold_nothing_of_it(
         # Nothing of the root server's: not its control socket, not its environment.
         assert not _socket_inodes(pid) & _socket_inodes(server_pid), name
         assert b"SMX_SECRET_OF_THE_SUPERVISOR" not in Path(f"/proc/{pid}/environ").read_bytes()
+        # Dumpable as an exec'd process is: its /proc files are its own user's, not root's.
+        uid = int(_status_fields(pid)["Uid"].split()[0])
+        assert Path(f"/proc/{pid}/environ").stat().st_uid == uid != 0
+        # Its command line as `python -m` gives it, not the server's.
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1:3] == [b"-m", b"tests.support.dummy_ext"], cmdline
     # `smx status` counts the server's memory with the site's.
     table = site.smx("status", "--home", str(site.home)).stdout
     row = next(line.split() for line in table.splitlines() if line.startswith("fork-server"))

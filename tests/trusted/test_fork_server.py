@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from trusted.supervisor.process import ManagedProcess
 from trusted.supervisor.site_config import SupervisorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+EVENT_LOOP = "asyncio"  # the supervisor's (tests/conftest.py)
 PROBE = "tests.support.fork_probe"
 
 
@@ -159,3 +161,50 @@ async def test_a_process_whose_server_cannot_start_is_started_on_its_own(tmp_pat
         assert json.loads(log.read_text().splitlines()[1])["ppid"] == os.getpid()
     finally:
         await proc.stop()
+
+
+async def test_an_exit_reported_before_the_spawn_returns_is_not_lost(tmp_path):
+    # The supervisor's loop busy while the child starts and ends: its pid and its exit arrive
+    # together, and the exit must still reach whoever waits for it.
+    server = ForkServer("fork-server-test", sys.executable)
+    try:
+        await run_child(server, request(tmp_path, "exit:0"))  # the server is up
+        r, w = os.pipe()
+        spawning = asyncio.create_task(server.spawn(request(tmp_path, "exit:5"), w))
+        await asyncio.sleep(0)  # the request is sent ...
+        time.sleep(1.0)  # ... and the loop is held while the child runs and ends
+        child = await spawning
+        os.close(w)
+        assert await asyncio.wait_for(child.wait(), 5) == 5
+        os.close(r)
+    finally:
+        await server.close()
+
+
+async def test_an_ended_child_keeps_its_pid_until_the_supervisor_is_done_with_it(tmp_path):
+    # Reported but not reaped: its pid cannot go to another process that a late signal to
+    # its group would then reach.
+    server = ForkServer("fork-server-test", sys.executable)
+    try:
+        r, w = os.pipe()
+        child = await server.spawn(request(tmp_path, "exit:0"), w)
+        os.close(w)
+        assert await asyncio.wait_for(child.wait(), 10) == 0
+        await asyncio.sleep(0.2)
+        assert _state(child.pid) == "Z"
+        child.release()
+        for _ in range(50):
+            if _state(child.pid) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert _state(child.pid) is None
+        os.close(r)
+    finally:
+        await server.close()
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None

@@ -4,7 +4,7 @@ by every process (docs/SITE.md, "Fork servers"; the measurement in docs/PERFORMA
 
 Both sides of one contract live here. The supervisor holds a `ForkServer` per trust domain
 (the trusted extensions, the untrusted agents: never shared between them, as every child of one
-server shares its memory layout). The server is a fresh interpreter (`python -I -c`, as root
+server shares its memory layout). The server is a fresh interpreter (`python -s -c`, as root
 under isolation) that runs `serve`: it imports `PRELOAD`, freezes that heap (`gc.freeze`: a
 child's collections then never write to the shared pages), and waits on a socket pair. For each
 request (JSON, with the child's log pipe passed as a descriptor) it forks; the child does what
@@ -68,6 +68,7 @@ _MAX_MESSAGE = 256 * 1024  # a request: environment and arguments
 _START_TIMEOUT = 60.0  # imports on a slow SD card
 _RETRY_AFTER = 60.0  # a server that could not start is not tried again sooner
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,13 @@ class SpawnRequest:
 
 class ForkedChild:
     """A child of a fork server, as the supervisor sees it: what ManagedProcess uses of an
-    asyncio subprocess (`pid`, `returncode`, `wait`)."""
+    asyncio subprocess (`pid`, `returncode`, `wait`), and `release`."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, server: ForkServer) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._ended = asyncio.Event()
+        self._server = server
 
     def ended(self, returncode: int) -> None:
         if self.returncode is None:
@@ -114,6 +116,12 @@ class ForkedChild:
         await self._ended.wait()
         assert self.returncode is not None
         return self.returncode
+
+    def release(self) -> None:
+        """Done signalling its process group: the server may reap it. Until then it stays a
+        zombie, so its pid (and group) cannot be reused by a process the supervisor would then
+        signal by mistake."""
+        self._server.release(self.pid)
 
 
 class ForkServerError(OSError):
@@ -165,10 +173,14 @@ class ForkServer:
                 raise ForkServerError(f"{self.name}: {err or 'no answer'}") from err
             if "error" in reply:
                 raise ForkServerError(f"{self.name}: {reply['error']}")
-            pid = int(reply["pid"])
-            child = ForkedChild(pid)
-            self._children[pid] = child
+            child: ForkedChild = reply["child"]  # registered by `_read`, maybe ended already
             return child
+
+    def release(self, pid: int) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a server gone has reaped nothing it keeps
+                sock.send(json.dumps({"release": pid}).encode())
 
     async def close(self) -> None:
         """Stop the server (its children must be stopped first: the rest die with it)."""
@@ -193,15 +205,18 @@ class ForkServer:
 
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Not `-I`: its flags would be every child's (PYTHON* variables ignored, `-I` handed to
+        # the Python helpers a child starts). Its environment is the supervisor's choice, and
+        # the path gets the code's directory only (`-c` would add the working directory).
         code = (
-            f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
+            f"import sys; sys.path[0] = {str(_ROOT)!r}; "
             "from trusted.supervisor.fork_server import serve; serve(int(sys.argv[1]))"
         )
         self.spawning = True
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.python,
-                "-I",
+                "-s",
                 "-c",
                 code,
                 str(theirs.fileno()),
@@ -246,8 +261,11 @@ class ForkServer:
                     child = self._children.pop(int(msg["exit"]), None)
                     if child is not None:
                         child.ended(int(msg["returncode"]))
-                else:
-                    self._replies.put_nowait(msg)
+                    continue
+                if "pid" in msg:  # known before its exit report, however soon that comes
+                    child = msg["child"] = ForkedChild(int(msg["pid"]), self)
+                    self._children[child.pid] = child
+                self._replies.put_nowait(msg)
         except (OSError, ValueError) as err:
             log.error("%s: %s", self.name, err)
         if self._sock is sock:  # not closed by us: the server died
@@ -319,13 +337,14 @@ def serve(fd: int) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    children: set[int] = set()
+    children: set[int] = set()  # running
+    exited: set[int] = set()  # reported, kept as zombies until released
     while True:
         for key, _ in sel.select():
             if key.fileobj == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
-                _reap(sock, children)
+                _report_exits(sock, children, exited)
                 continue
             try:
                 data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
@@ -337,7 +356,11 @@ def serve(fd: int) -> None:
                         os.killpg(pid, signal.SIGKILL)
                 sys.exit(0)
             try:
-                request = json.loads(data)["spawn"]
+                message = json.loads(data)
+                if "release" in message:
+                    _release(int(message["release"]), exited)
+                    continue
+                request = message["spawn"]
                 if len(fds) != 1:
                     raise ValueError("a request passes exactly one descriptor, the log")
             except (ValueError, KeyError, TypeError) as err:
@@ -361,16 +384,26 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.sendall(json.dumps(msg).encode())
 
 
-def _reap(sock: socket.socket, children: set[int]) -> None:
-    while children:
+def _report_exits(sock: socket.socket, children: set[int], exited: set[int]) -> None:
+    """Report each child that ended, without reaping it (WNOWAIT): see `ForkedChild.release`."""
+    for pid in sorted(children):
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            info = None
+            children.discard(pid)
+        if info is None:
+            continue
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
         children.discard(pid)
-        _send(sock, {"exit": pid, "returncode": os.waitstatus_to_exitcode(status)})
+        exited.add(pid)
+        _send(sock, {"exit": pid, "returncode": -info.si_status if killed else info.si_status})
+
+
+def _release(pid: int, exited: set[int]) -> None:
+    if pid in exited:
+        exited.discard(pid)
+        os.waitpid(pid, 0)
 
 
 def _become_child(request: Mapping[str, Any], out_fd: int, server: int) -> None:
@@ -428,11 +461,16 @@ def _setup_child(request: Mapping[str, Any], out_fd: int, server: int) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after the uid change, which clears it
+    # A uid change without exec leaves the process non-dumpable (its /proc files root's, not
+    # readable by itself): as an exec'd child is. The image holds nothing secret.
+    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     if os.getppid() != server:
         raise OSError("the fork server ended while this process started")
     os.chdir(str(request["cwd"]))
     _set_command_line([sys.executable, "-m", str(request["module"]), *request["args"]])
-    # PYTHONPATH as a fresh interpreter reads it (the server ignored the environment: -I).
+    # PYTHONPATH as a fresh interpreter reads it (the server's environment had none). The
+    # working directory is not added (as `python -m` would): what a child leaves there is
+    # never imported by a restart of it.
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:0] = extra
 

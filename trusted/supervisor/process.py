@@ -340,6 +340,8 @@ class ManagedProcess:
         rc = proc.returncode
         assert rc is not None
         signal_group(proc.pid, signal.SIGKILL)  # helpers it left behind
+        if isinstance(proc, ForkedChild):
+            proc.release()  # its pid may be reused from now on: no more signals to it
         await self.kill_helpers()
         await self._drain()
         self.last_exit, self.last_exit_code = describe_exit(rc), rc

@@ -409,8 +409,10 @@ class Supervisor:
                     self._accounts[spec.name] = isolation.Account(
                         acc.uid, acc.gid, acc.groups + extra
                     )
-        if cfg.supervisor.fork_server:
-            # A server costs about what one process does: worth it from two children on.
+        if cfg.supervisor.fork_server and self.isolated:
+            # A server costs about what one process does: worth it from two children on. Not
+            # without isolation: a stray is then known by the SMX_NAME in /proc/PID/environ,
+            # which in a forked process is the server's.
             domains = [spec.domain for spec in cfg.clients if spec.module is not None]
             for domain in sorted({d for d in domains if d is not None and domains.count(d) > 1}):
                 self.fork_servers[domain] = ForkServer(f"fork-server-{domain}", self.python)
