@@ -241,6 +241,45 @@ async def test_a_writer_reading_answers_in_another_task_keeps_writes_in_flight(s
     assert (p.value.double_value, p.revision) == (99.0, got[-1])
 
 
+async def test_a_pipelined_writer_learns_which_request_was_refused_and_nothing_after_it_stored(
+    site, core
+):
+    # docs/API.md's recovery: writes in flight past a refusal. grpc.aio may then replace the
+    # core's status by INTERNAL "Internal error from Core" on the client (grpc/grpc#36066); the
+    # point's value tells what was stored, and the first request not stored, sent alone, gets
+    # the refusal itself. Several rounds: which of the two a round sees is a race.
+    meter, gui = site.stubs("meter"), site.stubs("gui")
+    for round_ in range(5):
+        base = 100.0 * (round_ + 1)
+        requests = [batch(("meter/P", base + i)) for i in range(20)]
+        requests[5] = batch(("ess/P", 0.0))  # meter may not write ess/P
+        call = meter.points.StreamWritePoints()
+
+        async def answers(call=call) -> None:
+            async for _ in call:
+                pass
+
+        reader = asyncio.create_task(answers())
+        with contextlib.suppress(*ENDED):
+            for req in requests:
+                await call.write(req)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await asyncio.wait_for(reader, 10)
+        if info.value.code() == grpc.StatusCode.INTERNAL:
+            assert info.value.details() == "Internal error from Core"
+        else:
+            assert error_reason(info.value) == "PERMISSION_NOT_GRANTED"
+        (p,) = (await gui.points.GetPoints(pb.GetPointsRequest(names=["meter/P"]))).points
+        assert p.value.double_value == base + 4  # requests 0-4 stored, none after the refusal
+        again = meter.points.StreamWritePoints()
+        await again.write(requests[5])  # the first request not stored, alone
+        err = await refusal(again)
+        assert (err.code(), error_reason(err)) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "PERMISSION_NOT_GRANTED",
+        )
+
+
 async def test_revocation_ends_an_open_write_stream_even_while_idle(site, core):
     call = site.stubs("meter").points.StreamWritePoints()
     await call.write(batch(("meter/P", 1.0)))
