@@ -48,6 +48,9 @@ os_groups = ["dialout"]
 [extensions.inverter]
 module = "tests.support.dummy_ext"
 
+[extensions.charger]
+module = "tests.support.dummy_ext"
+
 [agents.spy]
 module = "spy_agent"
 role = "trusted-extension"
@@ -125,6 +128,7 @@ def running(site: SmxRun) -> bool:
         "core": "serving",
         "meter": "running",
         "inverter": "running",
+        "charger": "running",
         "spy": "running",
         "sim": "-",
     }
@@ -140,7 +144,7 @@ def test_site_runs_isolated_end_to_end(site):
     assert "ISOLATION IS OFF" not in site.log()
     r = site.smx("status", "--config", str(site.config))
     assert r.returncode == 0, r.stdout + r.stderr
-    for name in ("core", "meter", "inverter", "spy", "sim"):
+    for name in ("core", "meter", "inverter", "charger", "spy", "sim"):
         (row,) = [line for line in r.stdout.splitlines() if line.split()[:1] == [name]]
         assert row.split()[2] == "running", r.stdout
     # The agent's and the extension's points reach the core.
@@ -190,7 +194,7 @@ def _status_fields(pid: int) -> dict[str, str]:
 def test_every_child_runs_unprivileged(site):
     procs = site.procs()
     uids = set()
-    for name in ("core", "meter", "inverter", "spy", "sim"):
+    for name in ("core", "meter", "inverter", "charger", "spy", "sim"):
         pid = procs[name]["pid"]
         st = _status_fields(pid)
         uid = int(st["Uid"].split()[0])
@@ -205,7 +209,7 @@ def test_every_child_runs_unprivileged(site):
         assert not extra, (name, extra)
         assert "SMX_SECRET_OF_THE_SUPERVISOR" not in keys
         assert os.readlink(f"/proc/{pid}/cwd") == str(site.home / "run" / name)
-    assert len(uids) == 5  # one user per process
+    assert len(uids) == 6  # one user per process
     # site.toml's os_groups: the meter (a serial port) also has dialout, the others do not.
     dialout = str(grp.getgrnam("dialout").gr_gid)
     assert dialout in _status_fields(procs["meter"]["pid"])["Groups"].split()
@@ -226,14 +230,14 @@ def test_the_core_runs_before_the_processes_it_serves(site):
     wait_for(lambda: running(site), 30, what="a running site")
     procs = site.procs()
     assert _nice_of_every_thread(procs["core"]["pid"]) == {-5}
-    for name in ("meter", "inverter", "spy", "sim"):
+    for name in ("meter", "inverter", "charger", "spy", "sim"):
         assert _nice_of_every_thread(procs[name]["pid"]) == {0}, name
     # Each process is a session of its own; where the kernel schedules sessions as groups
     # (autogroup), only the group's nice ranks the core against the others.
     groups = {name: Path(f"/proc/{procs[name]['pid']}/autogroup") for name in procs}
     if groups["core"].exists():
         assert groups["core"].read_text().split()[-1] == "-5"
-        others = ("meter", "inverter", "spy", "sim")
+        others = ("meter", "inverter", "charger", "spy", "sim")
         assert all(groups[n].read_text().split()[-1] == "0" for n in others)
     # What `smx status` shows of it.
     shown = json.loads(site.smx("status", "--home", str(site.home), "--json").stdout)
@@ -241,6 +245,7 @@ def test_the_core_runs_before_the_processes_it_serves(site):
         "core": -5,
         "meter": 0,
         "inverter": 0,
+        "charger": 0,
         "spy": 0,
         "sim": 0,
     }
@@ -260,21 +265,21 @@ def _socket_inodes(pid: int) -> set[str]:
 
 
 def test_extensions_are_forked_from_their_domains_server_and_hold_nothing_of_it(site):
-    # Two Python extensions: forked from the trusted domain's fork server. The one agent (the
+    # Three Python extensions: forked from the trusted domain's fork server. The one agent (the
     # untrusted domain) is started on its own: a server never serves two domains, and a domain
-    # of one process gains nothing from one.
+    # of fewer than three processes gains too little from one.
     wait_for(lambda: running(site), 30, what="a running site")
     status = site.status()
     procs = {p["name"]: p for p in status["processes"]}
-    assert (
-        procs["meter"]["forked_from"] == procs["inverter"]["forked_from"] == ("fork-server-trusted")
-    )
+    assert {procs[n]["forked_from"] for n in ("meter", "inverter", "charger")} == {
+        "fork-server-trusted"
+    }
     assert procs["spy"]["forked_from"] is None and procs["core"]["forked_from"] is None
     (server,) = status["fork_servers"]
     assert server["name"] == "fork-server-trusted"
     server_pid = server["pid"]
     assert _status_fields(server_pid)["Threads"] == "1"  # forking with threads is unsafe
-    for name in ("meter", "inverter"):
+    for name in ("meter", "inverter", "charger"):
         pid = procs[name]["pid"]
         assert _status_fields(pid)["PPid"] == str(server_pid)
         assert os.getsid(pid) == pid  # a session of its own, as a started process has
@@ -291,22 +296,27 @@ def test_extensions_are_forked_from_their_domains_server_and_hold_nothing_of_it(
     table = site.smx("status", "--home", str(site.home)).stdout
     row = next(line.split() for line in table.splitlines() if line.startswith("fork-server"))
     assert row[:3] == ["fork-server-trusted", "fork-server", "running"], table
+    assert row[4:7] == [str(server_pid), "0", "0"], table  # pid, nice, restarts
+    shown = json.loads(site.smx("status", "--home", str(site.home), "--json").stdout)
+    alive = [p for p in shown["processes"] if p["memory"]] + shown["fork_servers"]
+    total = shown["memory"]["pss"] + sum(p["memory"]["pss"] for p in alive)
+    assert shown["memory_total"]["pss"] == total
 
 
 def test_a_fork_server_that_dies_takes_its_children_and_they_come_back():
     s = SmxRun(
         quick_site("usm-0096")
-        + "".join(f'\n[extensions.{n}]\nmodule = "tests.support.dummy_ext"\n' for n in "ab"),
+        + "".join(f'\n[extensions.{n}]\nmodule = "tests.support.dummy_ext"\n' for n in "abc"),
         prefix="smx-fork-",
     )
     try:
 
         def up() -> bool:
             procs = s.procs()
-            return all(procs.get(n, {}).get("health") == "running" for n in "ab")
+            return all(procs.get(n, {}).get("health") == "running" for n in "abc")
 
         wait_for(up, 30, what="both extensions running")
-        before = {n: s.procs()[n]["pid"] for n in "ab"}
+        before = {n: s.procs()[n]["pid"] for n in "abc"}
         (server,) = s.status()["fork_servers"]
         os.kill(server["pid"], signal.SIGKILL)
         # Its children die with it (PR_SET_PDEATHSIG), and come back from a new server.
@@ -315,11 +325,13 @@ def test_a_fork_server_that_dies_takes_its_children_and_they_come_back():
             10,
             what="the children ending with their server",
         )
-        wait_for(lambda: up() and all(s.procs()[n]["pid"] != before[n] for n in "ab"), 30)
+        wait_for(lambda: up() and all(s.procs()[n]["pid"] != before[n] for n in "abc"), 30)
         (again,) = s.status()["fork_servers"]
         assert again["pid"] != server["pid"]
-        assert all(s.procs()[n]["forked_from"] == "fork-server-trusted" for n in "ab")
+        assert all(s.procs()[n]["forked_from"] == "fork-server-trusted" for n in "abc")
         assert "fork-server-trusted ended unexpectedly" in s.log()
+        assert {s.procs()[n]["last_error"] for n in "abc"} == {"its fork server ended"}
+        assert s.status()["fork_servers"][0]["restarts"] == 1
     finally:
         s.close()
 

@@ -104,12 +104,15 @@ class ForkedChild:
     def __init__(self, pid: int, server: ForkServer) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.why: str | None = None
         self._ended = asyncio.Event()
         self._server = server
 
-    def ended(self, returncode: int) -> None:
+    def ended(self, returncode: int, why: str | None = None) -> None:
+        """It ended with `returncode`; `why`, when the reason is not its own (its server
+        ended)."""
         if self.returncode is None:
-            self.returncode = returncode
+            self.returncode, self.why = returncode, why
             self._ended.set()
 
     async def wait(self) -> int:
@@ -143,10 +146,19 @@ class ForkServer:
         self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._lock = asyncio.Lock()  # one request at a time: replies come in order
         self._failed: tuple[float, str] | None = None  # when and why it last could not start
+        self.starts = 0
+        self.started_at: float | None = None
         self.spawning = False  # starting the server: its pid is not known yet (stray sweeps)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": self.pid, "pid_created": self.pid_created}
+        return {
+            "name": self.name,
+            "kind": "fork-server",
+            "pid": self.pid,
+            "pid_created": self.pid_created,
+            "started_at": self.started_at,
+            "restarts": max(0, self.starts - 1),
+        }
 
     async def spawn(self, request: SpawnRequest, out_fd: int) -> ForkedChild:
         """Fork a child writing to `out_fd`; raises ForkServerError if it cannot."""
@@ -237,6 +249,7 @@ class ForkServer:
         ours.setblocking(False)
         self._proc, self._sock, self.pid = proc, ours, proc.pid
         self.pid_created = _created(proc.pid)
+        self.starts, self.started_at = self.starts + 1, time.time()
         self._replies = asyncio.Queue()
         self._reader = asyncio.create_task(self._read(ours), name=f"{self.name}-reader")
         try:
@@ -290,8 +303,7 @@ class ForkServer:
         for pid, child in children.items():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            log.warning("pid %d: %s", pid, why)
-            child.ended(-signal.SIGKILL)
+            child.ended(-signal.SIGKILL, why)
 
 
 def _created(pid: int) -> float | None:

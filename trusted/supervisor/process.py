@@ -349,7 +349,9 @@ class ManagedProcess:
             log.info("%s stopped (%s)", self.name, self.last_exit)
             return True
         line = self.output.last_line()
-        if rc == 0:
+        if isinstance(proc, ForkedChild) and proc.why:
+            self.last_error = proc.why  # killed because its fork server ended
+        elif rc == 0:
             self.last_error = line or "exited with code 0 without being asked to stop"
         elif rc < 0:
             # Killed by a signal: it wrote no reason, its last line is whatever it was doing.

@@ -79,6 +79,11 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 
 _H2_SETTINGS = 4
 
 
+# A fork server costs ~12-14 MiB PSS and saves ~7 per process forked from it (docs/PERFORMANCE.md,
+# run 13): two processes about break even, for a memory layout they would then share.
+FORK_FROM = 3
+
+
 class SupervisorError(Exception):
     """The site cannot be run: another supervisor holds it, or the core did not come up."""
 
@@ -410,11 +415,11 @@ class Supervisor:
                         acc.uid, acc.gid, acc.groups + extra
                     )
         if cfg.supervisor.fork_server and self.isolated:
-            # A server costs about what one process does: worth it from two children on. Not
-            # without isolation: a stray is then known by the SMX_NAME in /proc/PID/environ,
-            # which in a forked process is the server's.
+            # Not without isolation: a stray is then known by the SMX_NAME in
+            # /proc/PID/environ, which in a forked process is the server's.
             domains = [spec.domain for spec in cfg.clients if spec.module is not None]
-            for domain in sorted({d for d in domains if d is not None and domains.count(d) > 1}):
+            forked = {d for d in domains if d is not None and domains.count(d) >= FORK_FROM}
+            for domain in sorted(forked):
                 self.fork_servers[domain] = ForkServer(f"fork-server-{domain}", self.python)
         core_health = self._health_file("core")
         self.core = ManagedProcess(

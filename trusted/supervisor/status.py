@@ -17,7 +17,8 @@ contracts with the processes: they live in smx.process_env and smx.health.
         "last_exit_code": -9, "last_error": "...", "health": "running",
         "health_error": "", "next_start": null, "log": "/var/lib/smx/run/logs/meter.log",
         "nice_wanted": null, "forked_from": "fork-server-trusted"}],
-     "fork_servers": [{"name": "fork-server-trusted", "pid": 4249, "pid_created": 1764140001.1}]}
+     "fork_servers": [{"name": "fork-server-trusted", "kind": "fork-server", "pid": 4249,
+       "pid_created": 1764140001.1, "started_at": 1764140001.0, "restarts": 0}]}
 
 Times are Unix seconds. ``health`` is what ``smx status`` shows: for a process that is not
 running ``down`` or ``backoff``; for the core ``serving`` (its health file fresh and
@@ -266,10 +267,22 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
     if running:
         for server in _fork_servers(status):
             alive = server.get("memory") is not None
-            state = "running" if alive else "-"
-            pid = server.get("pid") if alive else None
-            name, mb = _cell(server.get("name")), _cell(_mb(server.get("memory")))
-            rows.append((name, "fork-server", state, "-", _cell(pid), "-", "-", "-", mb, "-", ""))
+            started = server.get("started_at")
+            uptime = _ago(now - started) if alive and isinstance(started, int | float) else ""
+            row = (
+                server.get("name"),
+                "fork-server",
+                "running" if alive else "ended",
+                "-",
+                server.get("pid") if alive else None,
+                server.get("nice") if alive else None,
+                server.get("restarts", 0),
+                uptime,
+                _mb(server.get("memory")),
+                None,
+                "",
+            )
+            rows.append(tuple(_cell(c) for c in row))  # type: ignore[arg-type]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
