@@ -28,10 +28,12 @@ __all__ = ["PointService"]
 WATCH_CHUNK_BYTES = 256 * 1024
 # Watch streams pace themselves ([watch] min_interval) while the core hands out more than
 # PACE_ABOVE_PER_S changes a second to all of them (measured over RATE_WINDOW_S), and for
-# PACED_FOR_S after a change waited longer than BUSY_WAIT_S for the loop to get to it (a loop
-# busy with other work). Fewer, larger messages then cost less and arrive sooner. The rate is
-# of changes offered, not messages sent, so pacing does not switch itself off: a stream that
-# stopped pacing because pacing had lowered its own sends overloaded the loop again.
+# PACED_FOR_S after a second change within PACED_FOR_S waited longer than BUSY_WAIT_S for the
+# loop to get to it (a loop busy with other work; one stall of a few ms paced a stream for
+# 0.5 s, docs/PERFORMANCE.md run 13). Fewer, larger messages then cost less and arrive
+# sooner. The rate is of changes offered, not messages sent, so pacing does not switch itself
+# off: a stream that stopped pacing because pacing had lowered its own sends overloaded the
+# loop again.
 PACE_ABOVE_PER_S, RATE_WINDOW_S = 2000.0, 0.1
 BUSY_WAIT_S, PACED_FOR_S = 0.001, 0.5
 AGGREGATIONS = {
@@ -201,6 +203,7 @@ class PointService:
         watcher, first = db.watch(match, req.start_revision)
         try:
             sent = paced_until = 0.0
+            stalled = -PACED_FOR_S  # when a change last waited for the loop
             if req.start_revision == 0 or first:
                 # The watcher holds every change after this revision, whatever the snapshot's
                 # pace: its messages may be built while later writes land.
@@ -217,7 +220,10 @@ class PointService:
                     # sends each change at once.
                     now = time.monotonic()
                     if now - watcher.since > BUSY_WAIT_S:
-                        paced_until = now + PACED_FOR_S
+                        # A second wait within PACED_FOR_S: a busy loop, not a single stall.
+                        if now - stalled < PACED_FOR_S:
+                            paced_until = now + PACED_FOR_S
+                        stalled = now
                     # From the last message, but never more than `pace` after the oldest
                     # change arrived (a change that already waited for the loop is not held
                     # back a full interval more).
