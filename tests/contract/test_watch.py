@@ -4,6 +4,7 @@ consumer that never blocks writers, and 20 concurrent subscribers."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -308,6 +309,39 @@ async def test_an_idle_core_sends_each_change_at_once(site, monkeypatch):
             msg = await asyncio.wait_for(stream.read(), 5)
             assert [p.value.double_value for p in msg.points] == [i]
             assert loop.time() - t0 < 0.5
+        stream.cancel()
+    finally:
+        await core.stop(grace=0.1)
+
+
+async def test_one_stall_of_the_loop_does_not_pace_a_stream(site, monkeypatch):
+    # One change waits 60 ms for the loop (over the 20 ms that count as busy here), once: a
+    # stall, not a busy core. The next changes still go out at once; before, the stream sent
+    # one message per min_interval (0.3 s) for the next 0.5 s.
+    core = await _paced_core(site, monkeypatch, busy_wait=0.02, min_interval=0.3)
+    try:
+        stream = site.stubs("gui").points.WatchPoints(pb.WatchPointsRequest(patterns=["meter/*"]))
+        assert (await stream.read()).snapshot
+        loop = asyncio.get_running_loop()
+        meter = site.stubs("meter").points
+        db, write = core.state.db, core.state.db.write
+
+        def stalled_write(*args):  # the loop held just after the change was offered
+            db.write = write
+            revision = write(*args)
+            time.sleep(0.06)
+            return revision
+
+        db.write = stalled_write
+        await meter.WritePoints(batch(("meter/P", 0)))
+        assert [p.value.double_value for p in (await stream.read()).points] == [0]
+        for i in range(1, 4):
+            await asyncio.sleep(0.05)
+            await meter.WritePoints(batch(("meter/P", i)))
+            t0 = loop.time()
+            msg = await asyncio.wait_for(stream.read(), 5)
+            assert [p.value.double_value for p in msg.points] == [i]
+            assert loop.time() - t0 < 0.1, i
         stream.cancel()
     finally:
         await core.stop(grace=0.1)
