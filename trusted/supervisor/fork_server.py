@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -33,7 +34,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,27 +71,16 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SpawnRequest:
-    """One child: `python -m module *args` with `env`, in `cwd`; under isolation `drop` is the
-    account and reach of trusted.supervisor.isolation.privilege_dropper."""
+    """One child: `python -m module *args` with `env`, in `cwd`; under isolation `drop` is its
+    privilege drop (trusted.supervisor.isolation.drop_spec)."""
 
     module: str
     args: tuple[str, ...]
     env: Mapping[str, str]
     cwd: str
-    drop: Mapping[str, Any] | None = None  # uid, gid, groups, reach
-    nice: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "module": self.module,
-            "args": list(self.args),
-            "env": dict(self.env),
-            "cwd": self.cwd,
-            "drop": dict(self.drop) if self.drop is not None else None,
-            "nice": self.nice,
-        }
+    drop: Mapping[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- supervisor side
@@ -134,7 +123,7 @@ class ForkServerError(OSError):
 class ForkServer:
     """The supervisor's handle on one fork server process, started at the first `spawn`."""
 
-    def __init__(self, name: str, python: str, *, nice: int = 0) -> None:
+    def __init__(self, name: str, python: str) -> None:
         self.name = name  # e.g. "fork-server-trusted", as `smx status` shows it
         self.python = python
         self.pid: int | None = None
@@ -151,9 +140,11 @@ class ForkServer:
         self.spawning = False  # starting the server: its pid is not known yet (stray sweeps)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        return {  # shaped as a process's entry (ManagedProcess.to_json), so shown as one
             "name": self.name,
             "kind": "fork-server",
+            "state": "running",  # only listed while it runs
+            "health": "-",
             "pid": self.pid,
             "pid_created": self.pid_created,
             "started_at": self.started_at,
@@ -173,7 +164,7 @@ class ForkServer:
                     self._failed = (time.monotonic(), str(err).removeprefix(f"{self.name}: "))
                     raise
             assert self._sock is not None
-            data = json.dumps({"spawn": request.to_json()}).encode()
+            data = json.dumps({"spawn": dataclasses.asdict(request)}).encode()
             if len(data) > _MAX_MESSAGE:
                 raise ForkServerError(f"{self.name}: request of {len(data)} bytes: too large")
             try:
@@ -248,7 +239,9 @@ class ForkServer:
             theirs.close()
         ours.setblocking(False)
         self._proc, self._sock, self.pid = proc, ours, proc.pid
-        self.pid_created = _created(proc.pid)
+        from trusted.supervisor.status import created_at  # not in the image: psutil
+
+        self.pid_created = created_at(proc.pid)
         self.starts, self.started_at = self.starts + 1, time.time()
         self._replies = asyncio.Queue()
         self._reader = asyncio.create_task(self._read(ours), name=f"{self.name}-reader")
@@ -290,11 +283,7 @@ class ForkServer:
 
     async def _lost(self, why: str) -> None:
         log.error("%s: %s", self.name, why)
-        proc = self._proc
         await self.close()
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
 
     def _end_children(self, why: str) -> None:
         """Children of a server that is gone are gone too (PR_SET_PDEATHSIG): make sure, and
@@ -304,15 +293,6 @@ class ForkServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             child.ended(-signal.SIGKILL, why)
-
-
-def _created(pid: int) -> float | None:
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:
-        return None
 
 
 # ----------------------------------------------------------------------------- server side
@@ -462,15 +442,10 @@ def _setup_child(request: Mapping[str, Any], out_fd: int, server: int) -> None:
     env = {str(k): str(v) for k, v in dict(request["env"]).items()}
     os.environ.clear()
     os.environ.update(env)
-    nice = int(request.get("nice", 0))
-    drop = request.get("drop")
-    if drop is not None:
-        from trusted.supervisor.isolation import Account, privilege_dropper
+    if request.get("drop") is not None:
+        from trusted.supervisor.isolation import dropper_of
 
-        account = Account(int(drop["uid"]), int(drop["gid"]), tuple(int(g) for g in drop["groups"]))
-        privilege_dropper(account, [Path(p) for p in drop["reach"]], nice)()
-    elif nice:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        dropper_of(request["drop"])()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after the uid change, which clears it
     # A uid change without exec leaves the process non-dumpable (its /proc files root's, not

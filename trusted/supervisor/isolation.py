@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smx.identity import SERVER_NAME
 from smx.process_env import RunPaths
@@ -57,6 +58,8 @@ __all__ = [
     "SOCKET_DIR",
     "REAPER",
     "Account",
+    "drop_spec",
+    "dropper_of",
     "exec_argv",
     "IsolationError",
     "apply_ownership",
@@ -545,6 +548,24 @@ def privilege_dropper(account: Account, reach: Iterable[Path], nice: int = 0) ->
     return drop
 
 
+def drop_spec(account: Account, reach: Iterable[Path], nice: int = 0) -> dict[str, Any]:
+    """The privilege drop of one child as JSON: what the exec wrapper (`exec_argv`) and a fork
+    server's child (trusted.supervisor.fork_server) are given, read back by `dropper_of`."""
+    return {
+        "uid": account.uid,
+        "gid": account.gid,
+        "groups": list(account.groups),
+        "reach": [str(p) for p in reach],
+        "nice": nice,
+    }
+
+
+def dropper_of(spec: Mapping[str, Any]) -> Callable[[], None]:
+    """`privilege_dropper` for a `drop_spec`."""
+    account = Account(int(spec["uid"]), int(spec["gid"]), tuple(int(g) for g in spec["groups"]))
+    return privilege_dropper(account, [Path(p) for p in spec["reach"]], int(spec["nice"]))
+
+
 def _set_priority(nice: int) -> None:
     """This process's CPU priority, and its session's: every child runs in a session of its own
     (`start_new_session`), and where the kernel groups sessions for scheduling (autogroup, the
@@ -580,14 +601,7 @@ def exec_argv(
     `cwd` only after the drop: `cwd` is the child's own directory, and a module the child
     left there must never be imported by root.
     """
-    spec = {
-        "uid": account.uid,
-        "gid": account.gid,
-        "groups": list(account.groups),
-        "reach": [str(p) for p in reach],
-        "cwd": str(cwd),
-        "nice": nice,
-    }
+    spec = {**drop_spec(account, reach, nice), "cwd": str(cwd)}
     return [python, "-I", str(Path(__file__).resolve()), json.dumps(spec), "--", *argv]
 
 
@@ -649,8 +663,7 @@ def main(args: list[str]) -> None:
             _kill_all(int(spec["uid"]), int(spec["reaper_uid"]), int(spec["reaper_gid"]))
         )
     spec, argv = json.loads(args[0]), args[2:]
-    account = Account(spec["uid"], spec["gid"], tuple(spec["groups"]))
-    privilege_dropper(account, [Path(p) for p in spec["reach"]], int(spec["nice"]))()
+    dropper_of(spec)()
     try:
         os.chdir(spec["cwd"])
         os.execvp(argv[0], argv)
@@ -658,7 +671,7 @@ def main(args: list[str]) -> None:
         # One line in the process's log, which `smx status` shows as its last error.
         where = err.filename or argv[0]
         print(
-            f"cannot start {argv[0]} as uid {account.uid}: {where}: {err.strerror}; every "
+            f"cannot start {argv[0]} as uid {spec['uid']}: {where}: {err.strerror}; every "
             "directory on the way to the interpreter and the code must be open to other users "
             "(e.g. install under /opt, not in a private home)",
             file=sys.stderr,

@@ -28,6 +28,7 @@ from trusted.supervisor.fork_server import ForkedChild, ForkServer, ForkServerEr
 from trusted.supervisor.isolation import KILLED_SOME
 from trusted.supervisor.process_log import ProcessLog
 from trusted.supervisor.site_config import SupervisorSettings
+from trusted.supervisor.status import created_at
 
 __all__ = ["ManagedProcess", "describe_exit", "signal_group"]
 
@@ -312,10 +313,7 @@ class ManagedProcess:
             log.error("%s: %s", self.name, self.last_error)
             return None
         self._proc, self.pid = proc, proc.pid
-        try:
-            self.pid_created = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            self.pid_created = None
+        self.pid_created = created_at(proc.pid)
         self.started_at = time.time()
         self.next_start = None
         self.state = "starting"

@@ -134,8 +134,8 @@ class Supervisor:
         # OS isolation of the children (trusted.supervisor.isolation): as root only.
         self.isolated = isolation.isolation_wanted()
         self._accounts: dict[str, isolation.Account] = {}
-        # One fork server per trust domain with two or more Python clients (supervisor.
-        # fork_server): never shared between domains.
+        # One fork server per trust domain with FORK_FROM or more Python clients (supervisor.
+        # fork_server), under isolation: never shared between domains.
         self.fork_servers: dict[str, ForkServer] = {}
         self.reap_strays = reap_strays and strays.become_subreaper()
 
@@ -366,18 +366,10 @@ class Supervisor:
         self, spec: ProcessSpec, env: dict[str, str]
     ) -> tuple[ForkServer, SpawnRequest] | None:
         """The fork server and request that start ``spec``, if it is forked (see `_build`)."""
-        server = self.fork_servers.get(spec.domain or "")
+        server = self.fork_servers.get(spec.domain or "")  # only under isolation
         if server is None or spec.module is None:
             return None
-        if not self.isolated:
-            return server, SpawnRequest(spec.module, (), env, str(self.cfg.home))
-        acc = self._accounts[spec.name]
-        drop = {
-            "uid": acc.uid,
-            "gid": acc.gid,
-            "groups": list(acc.groups),
-            "reach": [str(p) for p in self._reach()],
-        }
+        drop = isolation.drop_spec(self._accounts[spec.name], self._reach())
         cwd = isolation.private_dir_of(self.cfg.home, spec.name)
         return server, SpawnRequest(spec.module, (), env, str(cwd), drop)
 

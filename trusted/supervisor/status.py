@@ -100,6 +100,14 @@ def read_status(path: Path) -> dict[str, Any] | None:
     return raw
 
 
+def created_at(pid: int) -> float | None:
+    """When process ``pid`` started (what `pid_alive` compares), or None if it is gone."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
 def pid_alive(pid: Any, created: Any = None) -> bool:
     """Is ``pid`` a live process, and (when ``created`` is given) the same one that was started
     then, not a later process that reused the pid?"""
@@ -158,26 +166,25 @@ def add_memory(status: dict[str, Any]) -> None:
     own = memory_of(status.get("pid"), status.get("pid_created"))
     status["memory"] = own
     found = [own] if own else []
-    for proc in status.get("processes", []):
-        if isinstance(proc, dict) and proc.get("state") in ("starting", "running"):
+    for proc in _entries(status):
+        if proc.get("state") in ("starting", "running"):
             proc["memory"], proc["nice"] = _readings(proc.get("pid"), proc.get("pid_created"))
             if proc["memory"]:
                 found.append(proc["memory"])
-    for server in _fork_servers(status):
-        server["memory"], server["nice"] = _readings(server.get("pid"), server.get("pid_created"))
-        if server["memory"]:
-            found.append(server["memory"])
     for m in found:
         for key in total:
             total[key] += m[key]
     status["memory_total"] = total if found else None
 
 
-def _fork_servers(status: dict[str, Any]) -> list[dict[str, Any]]:
-    """The fork servers the processes were forked from (trusted.supervisor.fork_server): their
-    memory is the site's too."""
-    servers = status.get("fork_servers")
-    return [s for s in servers if isinstance(s, dict)] if isinstance(servers, list) else []
+def _entries(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The processes, then the fork servers they were forked from
+    (trusted.supervisor.fork_server): their memory is the site's too."""
+    entries = []
+    for key in ("processes", "fork_servers"):
+        items = status.get(key)
+        entries += [p for p in items if isinstance(p, dict)] if isinstance(items, list) else []
+    return entries
 
 
 def _mb(memory: Any, key: str = "pss") -> str:
@@ -233,9 +240,7 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
         head += f"\nerror: {printable(str(status['error']))}"
     rows = [_HEADER]
     cut: list[tuple[str, str]] = []  # errors too long for the table, shown whole below it
-    for p in status["processes"]:
-        if not isinstance(p, dict):
-            continue
+    for p in _entries(status):
         state = p.get("state")
         uptime = ""
         if state in ("starting", "running") and isinstance(p.get("started_at"), int | float):
@@ -264,25 +269,6 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
         )
         if len(error) > 80:
             cut.append((_cell(p.get("name")), _cell(error)))
-    if running:
-        for server in _fork_servers(status):
-            alive = server.get("memory") is not None
-            started = server.get("started_at")
-            uptime = _ago(now - started) if alive and isinstance(started, int | float) else ""
-            row = (
-                server.get("name"),
-                "fork-server",
-                "running" if alive else "ended",
-                "-",
-                server.get("pid") if alive else None,
-                server.get("nice") if alive else None,
-                server.get("restarts", 0),
-                uptime,
-                _mb(server.get("memory")),
-                None,
-                "",
-            )
-            rows.append(tuple(_cell(c) for c in row))  # type: ignore[arg-type]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
