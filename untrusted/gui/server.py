@@ -1,0 +1,150 @@
+"""The GUI's web server: one websockets server for the page's files (through the gate) and two
+WebSockets, the live view (points and overview pushed from the hub, the chart's history on
+request) and the login (a password in, a one-use ticket out, made a cookie by /session)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from .gate import LOGIN_PATH, Gate
+from .hub import Hub, Viewer
+from .passwords import verify_password
+from .sessions import TICKET_LIFETIME_S, FailedLogins, Tokens
+from .settings import GuiConfig
+
+__all__ = ["GuiServer"]
+
+log = logging.getLogger("gui")
+
+SEND_EVERY_S = 0.25  # a page gets at most 4 messages a second: changes in between coalesce
+SESSION_CHECK_S = 5.0  # an expired or logged-out session ends its WebSocket this soon
+MAX_MESSAGE = 4096  # what a page sends: a history request or a password
+LOGIN_TIMEOUT_S = 30.0
+MAX_SESSIONS = 32
+HistoryReader = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+class GuiServer:
+    def __init__(self, cfg: GuiConfig, hub: Hub, read_history: HistoryReader, site: str):
+        self.cfg, self.hub, self.read_history, self.site = cfg, hub, read_history, site
+        self.sessions = Tokens(cfg.session_lifetime, MAX_SESSIONS)
+        self.tickets = Tokens(TICKET_LIFETIME_S, MAX_SESSIONS)
+        self.failed_logins = FailedLogins(cfg.max_failed_logins)
+        self.gate = Gate(cfg, hub, self.sessions, self.tickets)
+        self._password_check = asyncio.Lock()  # one scrypt at a time: 16 MiB each
+        self.port = 0  # the port listened on (when `listen` says 0: a free one)
+
+    async def run(self) -> None:
+        addr = self.cfg.address
+        async with serve(
+            self._handle,
+            addr.host,
+            addr.port,
+            process_request=self.gate.process_request,
+            process_response=self.gate.process_response,
+            server_header="smx-gui",
+            ssl=self._tls(),
+            max_size=MAX_MESSAGE,
+            max_queue=4,
+            open_timeout=10,
+            compression=None,  # the page's messages are small; deflate costs memory per page
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            scheme = "https" if self.cfg.tls else "http"
+            log.info("serving the GUI on %s://%s:%d", scheme, addr.host, self.port)
+            await asyncio.Future()  # until cancelled
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if self.cfg.tls_cert is None or self.cfg.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+        return context
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if ws.request is not None and ws.request.path.startswith(LOGIN_PATH):
+            await self._login(ws)
+        else:
+            await self._live(ws)
+
+    # -- the live view ------------------------------------------------------------------------
+
+    async def _live(self, ws: ServerConnection) -> None:
+        viewer = self.hub.join()
+        if viewer is None:
+            await ws.close(1013, "too many open pages")
+            return
+        session = self.gate.session_of(ws.request) if ws.request else None
+        try:
+            await ws.send(json.dumps({"type": "hello", "site": self.site}))
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._push(ws, viewer, session))
+                tasks.create_task(self._answer(ws))
+        except* ConnectionClosed:
+            pass
+        finally:
+            self.hub.leave(viewer)
+
+    async def _push(self, ws: ServerConnection, viewer: Viewer, session: str | None) -> None:
+        while True:
+            if self.cfg.login_required and not self.sessions.valid(session):
+                await ws.close(4001, "session ended: log in again")
+                return
+            message = await viewer.next_message(SESSION_CHECK_S)
+            if message is not None:
+                await ws.send(json.dumps(message))
+                await asyncio.sleep(SEND_EVERY_S)
+
+    async def _answer(self, ws: ServerConnection) -> None:
+        """The page's requests, one at a time: the chart's history of a known point."""
+        async for raw in ws:
+            try:
+                request = json.loads(raw)
+                name = request["history"]
+            except (ValueError, KeyError, TypeError):
+                await ws.close(1003, 'expected {"history": <point name>}')
+                return
+            if not isinstance(name, str) or name not in self.hub.latest:
+                await ws.send(json.dumps({"type": "error", "error": f"no point {name!r}"}))
+                continue
+            try:
+                await ws.send(json.dumps(await self.read_history(name)))
+            except Exception as err:  # noqa: BLE001 - the core's refusal or absence, said
+                log.warning("history of %s: %s", name, err)
+                await ws.send(json.dumps({"type": "error", "error": f"no history of {name}"}))
+
+    # -- the login ----------------------------------------------------------------------------
+
+    async def _login(self, ws: ServerConnection) -> None:
+        try:
+            async with asyncio.timeout(LOGIN_TIMEOUT_S):
+                raw = await ws.recv()
+            password = json.loads(raw)["password"]
+            if not isinstance(password, str):
+                raise TypeError
+        except (TimeoutError, ValueError, KeyError, TypeError):
+            await ws.close(1003, 'expected {"password": "..."}')
+            return
+        except ConnectionClosed:
+            return
+        async with self._password_check:
+            wait = self.failed_logins.wait_s()
+            if wait > 0:
+                await ws.send(json.dumps({"error": f"too many failed logins: wait {wait:.0f} s"}))
+                return
+            ok = await asyncio.to_thread(verify_password, password, self.cfg.password_hash)
+            if not ok:
+                self.failed_logins.failed()
+                log.warning("failed login from %s", ws.remote_address[0])
+                await ws.send(json.dumps({"error": "wrong password"}))
+                return
+        await ws.send(json.dumps({"ticket": self.tickets.issue()}))

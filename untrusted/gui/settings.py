@@ -1,0 +1,118 @@
+"""The GUI's settings: the `[agents.gui.config]` table of site.toml, checked by the SDK (unknown
+keys and bad values are one line naming the key). Every key: docs/GUI.md."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smx.process_env import SetupError
+from smx.sdk import Seconds, setting
+
+from .passwords import check_hash_format
+
+__all__ = ["GuiConfig", "Listen", "OverviewConfig"]
+
+
+def _listen_problem(value: str) -> str | None:
+    try:
+        Listen.parse(value)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _hash_problem(value: str) -> str | None:
+    return check_hash_format(value) if value else None
+
+
+@dataclass(frozen=True)
+class OverviewConfig:
+    """Which points make each part of the overview: every present point that a pattern names
+    is summed (two PV inverters are one PV)."""
+
+    grid: list[str] = field(default_factory=lambda: ["smm/P"])
+    pv: list[str] = field(default_factory=lambda: ["pv/P", "fronius/P_PV"])
+    battery: list[str] = field(default_factory=lambda: ["ess/P", "battery/P", "fronius/P_ESS"])
+    soc: list[str] = field(default_factory=lambda: ["ess/SoC", "battery/SoC", "fronius/SoC"])
+    ev: list[str] = field(default_factory=lambda: ["ev*/P"])
+
+
+@dataclass(frozen=True)
+class GuiConfig:
+    listen: str = setting("127.0.0.1:8080", check=_listen_problem)
+    # Names browsers reach the GUI by (besides the listen address, and localhost on loopback):
+    # requests for any other Host, and WebSockets from any other Origin, are refused.
+    hosts: list[str] = field(default_factory=list)
+    password_hash: str = setting("", check=_hash_problem)  # `python -m untrusted.gui hash-password`
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    session_lifetime: Seconds = setting(12 * 3600.0, min=60, max=30 * 86400)
+    max_clients: int = setting(8, min=1, max=64)  # open pages (WebSockets) at a time
+    max_failed_logins: int = setting(5, min=1, max=100)  # per minute, for the whole GUI
+    points: list[str] = field(default_factory=lambda: ["**"])  # what the GUI watches
+    overview: OverviewConfig = field(default_factory=OverviewConfig)
+
+    @property
+    def address(self) -> Listen:
+        return Listen.parse(self.listen)
+
+    @property
+    def login_required(self) -> bool:
+        return bool(self.password_hash)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def check(self, where: str) -> None:
+        """What no single key says: a GUI reachable from the LAN needs a password."""
+        if not self.address.loopback and not self.password_hash:
+            raise SetupError(
+                f"{where}.listen: {self.listen} is reachable from the network: set "
+                f"{where}.password_hash (python -m untrusted.gui hash-password)"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SetupError(f"{where}.tls_cert, tls_key: give both or neither")
+
+    def allowed_hosts(self) -> set[str]:
+        """Host header values (host[:port]) the GUI answers to."""
+        addr = self.address
+        names = {addr.host, *self.hosts}
+        if addr.loopback:
+            names |= {"localhost", "127.0.0.1", "[::1]"}
+        default_port = 443 if self.tls else 80
+        hosts = set()
+        for name in names:
+            shown = f"[{name}]" if ":" in name and not name.startswith("[") else name
+            hosts.add(f"{shown}:{addr.port}")
+            if addr.port == default_port:
+                hosts.add(shown)
+        return hosts
+
+    def allowed_origins(self) -> set[str]:
+        scheme = "https" if self.tls else "http"
+        return {f"{scheme}://{host}" for host in self.allowed_hosts()}
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Listen:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {text!r}")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"the host must be an IP address, got {host!r}") from None
+        return cls(host, int(port))
+
+    @property
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.host).is_loopback

@@ -1,0 +1,27 @@
+"""The page's three files, read once at start and served by exact name: no path from a request
+ever reaches the file system, so no `..` or encoded trick can read anything else."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+__all__ = ["StaticFile", "load_static"]
+
+FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+
+
+class StaticFile:
+    def __init__(self, body: bytes, content_type: str) -> None:
+        self.body, self.content_type = body, content_type
+
+
+def load_static() -> dict[str, StaticFile]:
+    folder = resources.files(__package__ or "untrusted.gui") / "static"
+    return {
+        path: StaticFile((folder / name).read_bytes(), content_type)
+        for path, (name, content_type) in FILES.items()
+    }
