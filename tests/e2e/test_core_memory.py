@@ -1,4 +1,4 @@
-"""The core gives the memory a burst freed back to the system (trusted/core/heap.py): glibc kept
+"""The core gives the memory a burst freed back to the system (smx/heap.py): glibc kept
 ~15 MiB a burst of large snapshots had used for the life of the core. Measured on the real core
 process: RSS falls back within a few of its 5 s health-point rounds."""
 

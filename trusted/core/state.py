@@ -13,6 +13,7 @@ import psutil
 from google.protobuf.duration_pb2 import Duration
 
 from smx.aio import wait_event
+from smx.heap import memory_trimmer
 from smx.identity import SERVER_NAME, Identity
 from smx.setpoint_status import status_name
 from smx.timestamps import now_ms, ts_to_ms
@@ -24,7 +25,6 @@ from trusted.core.audit_checkpoint import CheckpointSigner, load_verifier
 from trusted.core.auth import Gate
 from trusted.core.config import ConfigError, CoreConfig
 from trusted.core.errors import CoreError
-from trusted.core.heap import memory_trimmer
 from trusted.core.history import HistoryLog
 from trusted.core.realtime import RealtimeDB
 from trusted.core.setpoints import SetpointBoard

@@ -43,6 +43,7 @@ import psutil
 
 from smx.client import Credentials, unix_target
 from smx.health import WRITE_PERIOD_S, read_health_file
+from smx.heap import memory_trimmer
 from smx.identity import SERVER_NAME
 from smx.process_env import ENV_HEALTH_FILE, ProcessEnv, simulator_environ
 from trusted.supervisor import isolation, strays
@@ -65,6 +66,8 @@ __all__ = ["STATUS_INTERVAL", "Supervisor", "SupervisorError"]
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
+# The heap its status rounds freed goes back to the system this often (smx/heap.py).
+TRIM_INTERVAL_S = 30.0
 # supervisor.json is rewritten on every change, else every STATUS_HEARTBEAT_S (an SD card pays a
 # block and a journal commit per rewrite); `smx status` computes uptimes itself.
 PROVISION_TIMEOUT = 120.0  # users, certificates and ownership of a site: seconds, not minutes
@@ -494,7 +497,8 @@ class Supervisor:
     # --- running
 
     async def _refresh_loop(self) -> None:
-        last = time.monotonic()
+        last = trimmed = time.monotonic()
+        trim = memory_trimmer()
         while True:
             await asyncio.sleep(min(0.5, self.status_interval))
             # Look more often while something is starting, so `smx status` shows it up soon.
@@ -505,6 +509,9 @@ class Supervisor:
                 self._sweep_strays()
                 if time.monotonic() - self._status_written >= STATUS_HEARTBEAT_S:
                     self._write_status()
+                if last - trimmed >= TRIM_INTERVAL_S:
+                    trimmed = last
+                    trim()
 
     async def _refresh_health(self) -> None:
         core = self.core
