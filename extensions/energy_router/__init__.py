@@ -1,2 +1,135 @@
 """energy_router: the S4G Energy Router's two controllers (inverter, battery+PV) over their
-serial lines. docs/ENERGY-ROUTER.md has the protocol, the points, their signs and the config."""
+serial lines. docs/ENERGY-ROUTER.md has the protocol, the points, their signs and the config.
+
+    [extensions.er]
+    module = "extensions.energy_router"
+    os_groups = ["dialout"]
+    [extensions.er.config]
+    inverter_port = "/dev/ttyACM0"
+    battery_port = "/dev/ttyACM1"
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from extensions.sdk import CallFailed, Extension
+
+from . import messages as m
+from .config import ErConfig
+from .control import ModeSetpoint, PowerSetpoint, register
+from .frames import Frame
+from .link import ControllerLink, LinkTiming
+from .messages import BATTERY, INVERTER
+from .points import ErPoints
+
+__all__ = ["ErConfig", "setup"]
+
+log = logging.getLogger("energy_router")
+
+
+def setup(ext: Extension) -> None:
+    cfg = ext.settings(ErConfig)
+    device = ext.device_ids[0]
+    points = ErPoints(
+        device,
+        cfg.period,
+        battery_sign=1.0 if cfg.battery_positive == "charge" else -1.0,
+        inverter_sign=1.0 if cfg.inverter_positive == "import" else -1.0,
+    )
+    ext.declare(points.specs())
+    timing = LinkTiming(
+        baudrate=cfg.baudrate,
+        keepalive=cfg.keepalive,
+        link_timeout=cfg.link_timeout,
+        startup_pause=cfg.startup_pause,
+        answer_timeout=cfg.answer_timeout,
+        confirm_timeout=cfg.confirm_timeout,
+    )
+    soc_point = points.name("SoC")
+
+    async def initial_soc() -> float:
+        # The controller keeps no SoC across power cycles: the last one the core holds is a
+        # better guess than a constant, when it is there and plausible.
+        if cfg.soc_from_core and ext.client.connected:
+            try:
+                held = (await ext.client.get_points([soc_point])).get(soc_point)
+            except (CallFailed, TimeoutError) as err:
+                log.info("last SoC not readable (%s): %g %% from the config", err, cfg.initial_soc)
+            else:
+                value = held.value if held is not None else None
+                if isinstance(value, float) and math.isfinite(value) and 0 <= value <= 100:
+                    return value
+        return cfg.initial_soc
+
+    inverter = ControllerLink(
+        f"{device}.inverter",
+        INVERTER,
+        str(cfg.inverter_port),
+        timing,
+        lambda frame: points.readings(INVERTER, frame),
+        points.online(INVERTER),
+        max_backoff=cfg.max_backoff,
+    )
+    battery = ControllerLink(
+        f"{device}.battery",
+        BATTERY,
+        str(cfg.battery_port),
+        timing,
+        lambda frame: points.readings(BATTERY, frame),
+        points.online(BATTERY),
+        initial_soc=initial_soc,
+        max_backoff=cfg.max_backoff,
+    )
+    ext.add_device(inverter)
+    ext.add_device(battery)
+
+    power = [
+        PowerSetpoint(
+            "P_set",
+            inverter,
+            m.INV_P,
+            -cfg.inverter_p_max,
+            cfg.inverter_p_max,
+            lambda v: points.inverter_sign * v,
+            Frame(INVERTER.command, m.INV_P, bytes(4)),
+        ),
+        PowerSetpoint(
+            "Q_set",
+            inverter,
+            m.INV_Q,
+            -cfg.inverter_q_max,
+            cfg.inverter_q_max,
+            lambda v: points.inverter_sign * v,
+            Frame(INVERTER.command, m.INV_Q, bytes(4)),
+        ),
+        PowerSetpoint(
+            "P_ESS_set",
+            battery,
+            m.BAT_P,
+            -cfg.battery_discharge_max,
+            cfg.battery_charge_max,
+            lambda v: points.battery_sign * v,
+            Frame(BATTERY.command, m.BAT_P, bytes(4)),
+        ),
+        # A PV limit in the load reference: -2000 lets the PV produce at most 2000 W.
+        PowerSetpoint(
+            "P_PV_set",
+            battery,
+            m.PV_P,
+            -cfg.pv_p_max,
+            0.0,
+            lambda v: -v,
+            Frame(BATTERY.command, m.PV_MODE, b"\x01"),  # back to MPPT: no limit
+        ),
+    ]
+    modes = [
+        ModeSetpoint(
+            "inverter_mode_set", inverter, m.INV_MODE, {0: "off", 1: "standby", 2: "island"}
+        ),
+        ModeSetpoint("battery_mode_set", battery, m.BAT_MODE, {0: "off", 1: "standby"}),
+        ModeSetpoint("pv_mode_set", battery, m.PV_MODE, {0: "off", 1: "MPPT"}),
+    ]
+    register(ext, device, power, modes)
+    log.info("%s: inverter on %s, battery+PV on %s", device, cfg.inverter_port, cfg.battery_port)

@@ -1,0 +1,130 @@
+"""Setpoints of the Energy Router: each one clamped to its configured limit, converted from the
+load reference to the controller's own sign, sent as its command frame, and reported by the
+controller's confirmation: 1 applied, 0 rejected, none in time UNCONFIRMED (the controller may
+run it; a confirmation that comes later is reported then). On expiry each falls back to what
+the controller does on its own (docs/ENERGY-ROUTER.md, "Setpoints")."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from extensions.sdk import (
+    Applied,
+    Clamped,
+    Extension,
+    PointSpec,
+    Rejected,
+    SetpointRequest,
+    Unconfirmed,
+)
+
+from .frames import Frame, float_frame
+from .link import ControllerLink, LinkDown
+
+__all__ = ["PowerSetpoint", "ModeSetpoint", "register"]
+
+log = logging.getLogger(__name__)
+
+Result = Applied | Clamped | Rejected | Unconfirmed
+
+
+@dataclass(frozen=True)
+class PowerSetpoint:
+    point: str  # e.g. "P_ESS_set"
+    link: ControllerLink
+    flag: int
+    lo: float  # limits in the load reference
+    hi: float
+    to_device: Callable[[float], float]  # load reference -> the controller's own sign
+    fallback: Frame  # sent when the setpoint expires
+
+    def frame(self, value: float) -> Frame:
+        return float_frame(self.link.controller.command, self.flag, self.to_device(value))
+
+
+@dataclass(frozen=True)
+class ModeSetpoint:
+    point: str  # e.g. "inverter_mode_set"
+    link: ControllerLink
+    flag: int
+    modes: dict[int, str]
+
+    def frame(self, value: int) -> Frame:
+        return Frame(self.link.controller.command, self.flag, bytes((value,)))
+
+
+async def _send(
+    ext: Extension, req: SetpointRequest, link: ControllerLink, frame: Frame, done: Result
+) -> Result:
+    name = link.controller.name
+
+    async def late(ok: bool) -> None:
+        result = done if ok else Rejected(f"the {name} controller refused it (late answer)")
+        await ext.setpoints.report_outcome(req, result)
+
+    try:
+        ok = await link.command(frame, late)
+    except LinkDown as err:
+        return Rejected(f"not sent: {err}")
+    if ok is None:
+        return Unconfirmed(
+            f"sent to the {name} controller, no confirmation within "
+            f"{link.timing.confirm_timeout:g} s: it may run it"
+        )
+    return done if ok else Rejected(f"the {name} controller refused it")
+
+
+def register(
+    ext: Extension, device: str, power: list[PowerSetpoint], modes: list[ModeSetpoint]
+) -> None:
+    """The handlers of every setpoint, on `ext`."""
+    for sp in power:
+        _register_power(ext, device, sp)
+    for mode in modes:
+        _register_mode(ext, device, mode)
+
+
+def _register_power(ext: Extension, device: str, sp: PowerSetpoint) -> None:
+    timeout = sp.link.timing.confirm_timeout + 2.0
+
+    async def fall_back(req: SetpointRequest) -> None:
+        sp.link.in_force.pop(sp.flag, None)
+        try:
+            await sp.link.command(sp.fallback)
+        except LinkDown as err:  # the controller's own safe behaviour runs without us
+            log.info("%s/%s expired, fallback not sent: %s", device, sp.point, err)
+
+    @ext.on_setpoint(f"{device}/{sp.point}", on_expire=fall_back, timeout=timeout)
+    async def apply(req: SetpointRequest) -> Result:
+        value = float(req.value)
+        if not math.isfinite(value):
+            return Rejected(f"{value!r} is not a finite number")
+        sent = min(max(value, sp.lo), sp.hi)
+        done: Result = (
+            Applied(value)
+            if sent == value
+            else Clamped(sent, f"limit {sp.lo:g}..{sp.hi:g} (site.toml config)")
+        )
+        return await _send(ext, req, sp.link, sp.frame(sent), done)
+
+
+def _register_mode(ext: Extension, device: str, mode: ModeSetpoint) -> None:
+    ext.declare(
+        PointSpec(
+            f"{device}/{mode.point}",
+            kind="int",
+            description=", ".join(f"{k} {v}" for k, v in mode.modes.items()),
+        )
+    )
+
+    @ext.on_setpoint(f"{device}/{mode.point}", timeout=mode.link.timing.confirm_timeout + 2.0)
+    async def apply(req: SetpointRequest) -> Result:
+        value = req.value
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value not in mode.modes:
+            return Rejected(f"{value!r} is not a mode ({', '.join(map(str, mode.modes))})")
+        return await _send(ext, req, mode.link, mode.frame(value), Applied(value))
