@@ -3,7 +3,7 @@ ever reaches the file system, so no `..` or encoded trick can read anything else
 
 from __future__ import annotations
 
-from importlib import resources
+from pathlib import Path
 
 __all__ = ["StaticFile", "load_static"]
 
@@ -20,7 +20,9 @@ class StaticFile:
 
 
 def load_static() -> dict[str, StaticFile]:
-    folder = resources.files(__package__ or "untrusted.gui") / "static"
+    # Beside the module (package data), not through importlib.resources: that would import
+    # zipfile, tempfile and email for three files, ~1 MiB on every GUI process.
+    folder = Path(__file__).parent / "static"
     return {
         path: StaticFile((folder / name).read_bytes(), content_type)
         for path, (name, content_type) in FILES.items()
