@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 
-from extensions.sdk import CallFailed, Extension
+from extensions.sdk import CallFailed, CoreUnavailable, Extension
 
 from . import messages as m
 from .config import ErConfig
@@ -27,6 +27,8 @@ from .points import ErPoints
 __all__ = ["ErConfig", "setup"]
 
 log = logging.getLogger("energy_router")
+
+CORE_WAIT = 5.0  # s the battery handshake waits for the core, for the last SoC it holds
 
 
 def setup(ext: Extension) -> None:
@@ -50,17 +52,21 @@ def setup(ext: Extension) -> None:
     soc_point = points.name("SoC")
 
     async def initial_soc() -> float:
-        # The controller keeps no SoC across power cycles: the last one the core holds is a
-        # better guess than a constant, when it is there and plausible.
-        if cfg.soc_from_core and ext.client.connected:
-            try:
-                held = (await ext.client.get_points([soc_point])).get(soc_point)
-            except (CallFailed, TimeoutError) as err:
-                log.info("last SoC not readable (%s): %g %% from the config", err, cfg.initial_soc)
-            else:
-                value = held.value if held is not None else None
-                if isinstance(value, float) and math.isfinite(value) and 0 <= value <= 100:
-                    return value
+        # The controller keeps no SoC across power cycles, and takes the one of every ID
+        # request: the last one the core holds is a better guess than a constant (and after a
+        # restart of this process, the controller's own). Worth a short wait for the core.
+        if not cfg.soc_from_core:
+            return cfg.initial_soc
+        try:
+            await ext.client.wait_connected(CORE_WAIT)
+            held = (await ext.client.get_points([soc_point])).get(soc_point)
+        except (CallFailed, CoreUnavailable, TimeoutError) as err:
+            log.info("last SoC not readable (%s): %g %% from the config", err, cfg.initial_soc)
+            return cfg.initial_soc
+        value = held.value if held is not None else None
+        if isinstance(value, float) and math.isfinite(value) and 0 <= value <= 100:
+            log.info("initial SoC %g %%: the last the core holds", value)
+            return value
         return cfg.initial_soc
 
     inverter = ControllerLink(

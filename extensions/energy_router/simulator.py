@@ -13,7 +13,7 @@ next frame), `error(flag, code)` (an error frame).
 
 Under `smx run` (a `[simulators.NAME]` table) its config gives `inverter_link`, `battery_link`
 (symlinks to the pseudo-terminals, relative to the working directory: the site directory),
-`tick`, `startup_pause`, `soc`, `capacity_wh`, `pv_w`.
+`tick`, `startup_pause`, `capacity_wh`, `pv_w` (the SoC comes with each ID request).
 """
 
 from __future__ import annotations
