@@ -86,6 +86,9 @@ async def test_a_value_appears_and_changes_live(site: TestSite, gui: GuiProcess,
     shows(browser, "#part-grid .words", "exporting 1.2 kW to the grid")
     shows(browser, 'tr[data-point="smm/P"] td.value', "-1200")
     shows(browser, 'tr[data-point="smm/P"] td.unit', "W")
+    # Under its device's heading.
+    shows(browser, 'tbody[data-device="smm"] tr.device', "smm")
+    assert browser.find_elements(By.CSS_SELECTOR, 'tbody[data-device="smm"] tr[data-point="smm/P"]')
     page = browser.execute_script("return window.performance.timeOrigin")
 
     await write(site, "smm", {"smm/P": 800.0})
@@ -171,3 +174,28 @@ async def test_logging_in_in_the_browser(site: TestSite, browser):
         shows(browser, 'tr[data-point="smm/P"] td.value', "300")
         assert browser.current_url.rstrip("/") == locked.url  # the ticket is out of the URL
         assert browser.execute_script("return document.cookie") == ""  # HttpOnly
+
+
+async def test_values_look_stale_while_the_core_or_the_gui_is_gone(browser):
+    with TestSite(
+        {"smm": ("trusted", ["trusted-extension"], []), "gui": ("untrusted", ["gui"], [])}
+    ) as own_site:
+        await write(own_site, "smm", {"smm/P": 1000.0})
+        with gui_process(own_site) as lonely:
+            browser.get(lonely.url)
+            row = 'tr[data-point="smm/P"]'
+            shows(browser, f"{row} td.quality", "GOOD")
+
+            own_site.stop_core()
+            shows(browser, "#status", "core unreachable")
+            shows(browser, f"{row} td.quality", "STALE: the GUI has lost the core")
+            assert "stale" in browser.find_element(By.CSS_SELECTOR, row).get_attribute("class")
+            assert "stale" in browser.find_element(By.ID, "part-grid").get_attribute("class")
+
+            own_site.start()
+            shows(browser, "#status", "live")
+            shows(browser, f"{row} td.quality", "GOOD")
+
+            lonely.stop()
+            shows(browser, "#status", "connection lost")
+            shows(browser, f"{row} td.quality", "STALE: no connection to the GUI")

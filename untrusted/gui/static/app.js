@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   points: new Map(), // name -> {value, unit, quality, time}
   rows: new Map(), // name -> <tr>
+  devices: new Map(), // device -> <tbody>
   overview: [],
   core: false, // the GUI's own link to the core
   live: false, // this page's WebSocket
@@ -36,6 +37,10 @@ function showWatts(w) {
   return Math.abs(w) >= 1000 ? (w / 1000).toFixed(2) + " kW" : Math.round(w) + " W";
 }
 
+function shortValue(v) {
+  return Math.abs(v) >= 100 ? String(Math.round(v)) : showValue(Math.round(v * 100) / 100);
+}
+
 function showTime(t) {
   if (!t) return "never";
   const age = Math.max(0, Date.now() / 1000 - t);
@@ -55,6 +60,25 @@ function staleness(quality) {
 
 // -- the points table -------------------------------------------------------------------------
 
+const deviceOf = (name) => name.slice(0, name.lastIndexOf("/"));
+
+// One tbody per device (the name up to its last "/"), its points sorted by name under it.
+function deviceBody(device) {
+  let body = state.devices.get(device);
+  if (body) return body;
+  body = el("tbody");
+  body.dataset.device = device;
+  const head = el("tr", "device");
+  const cell = el("td", "", device);
+  cell.colSpan = 5;
+  head.append(cell);
+  body.append(head);
+  state.devices.set(device, body);
+  const after = [...state.devices.keys()].sort().find((d) => d > device);
+  $("points").insertBefore(body, after ? state.devices.get(after) : null);
+  return body;
+}
+
 function rowOf(name) {
   let tr = state.rows.get(name);
   if (tr) return tr;
@@ -65,9 +89,11 @@ function rowOf(name) {
   cell.addEventListener("click", () => askHistory(name));
   tr.append(cell, el("td", "value"), el("td", "unit"), el("td", "quality"), el("td", "time"));
   state.rows.set(name, tr);
-  // Rows sorted by name, so a device's points stay together.
-  const body = document.querySelector("#points tbody");
-  const after = [...state.rows.keys()].sort().find((n) => n > name);
+  const body = deviceBody(deviceOf(name));
+  const after = [...state.rows.keys()]
+    .filter((n) => deviceOf(n) === deviceOf(name))
+    .sort()
+    .find((n) => n > name);
   body.insertBefore(tr, after ? state.rows.get(after) : null);
   return tr;
 }
@@ -157,22 +183,31 @@ function drawChart(h) {
   chart.append(svg("line", { class: "axis", x1: left, y1: top, x2: left, y2: H - bottom }));
   chart.append(svg("line", { class: "zero", x1: left, y1: y(0), x2: W - right, y2: y(0) }));
   for (const v of [hi, lo]) {
-    chart.append(svg("text", { x: 4, y: y(v) + 4 }, `${showValue(v)} ${unit}`));
+    chart.append(svg("text", { x: 4, y: y(v) + 4 }, `${shortValue(v)} ${unit}`));
   }
   for (let i = 0; i <= 4; i++) {
     const t = h.start + (i * (h.end - h.start)) / 4;
     const label = new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    chart.append(svg("text", { x: x(t) - 15, y: H - 6 }, label));
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    chart.append(svg("text", { x: x(t), y: H - 6, "text-anchor": anchor }, label));
   }
-  // A gap of more than two buckets (no samples: the device was off) breaks the line.
+  // A gap much longer than the point's usual spacing (the device was off) breaks the line; a
+  // value alone between gaps is a dot.
+  const steps = h.samples.slice(1).map((s, i) => s[0] - h.samples[i][0]).sort((a, b) => a - b);
+  const gap = Math.max(900, 3 * (steps[Math.floor(steps.length / 2)] || 0));
   let run = [];
   const flush = () => {
-    if (run.length) chart.append(svg("polyline", { class: "line", points: run.join(" ") }));
+    if (run.length === 1) {
+      const [cx, cy] = run[0].split(",");
+      chart.append(svg("circle", { class: "dot", cx, cy, r: 2.5 }));
+    } else if (run.length) {
+      chart.append(svg("polyline", { class: "line", points: run.join(" ") }));
+    }
     run = [];
   };
   let last = null;
   for (const [t, v] of h.samples) {
-    if (last !== null && t - last > 900) flush();
+    if (last !== null && t - last > gap) flush();
     run.push(`${x(t).toFixed(1)},${y(v).toFixed(1)}`);
     last = t;
   }
