@@ -5,8 +5,9 @@ as docs/ENERGY-ROUTER.md describes the firmware: it waits for an ID request, ans
 declares the link lost and goes safe (no power). The battery's SoC follows its power.
 
 Faults for tests, settable at any time: `silent` (sends nothing, reads nothing), `refuse`
-(flags confirmed with 0), `ignore` (flags never confirmed), `garbage` (bytes sent before the
-next frame), `error(flag, code)` (an error frame).
+(flags confirmed with 0), `ignore` (flags never confirmed), `delay` (flag -> seconds before its
+confirmation), `garbage` (bytes sent before the next frame), `error(flag, code)` (an error
+frame).
 
     python -m extensions.energy_router.simulator --inverter-link er-inverter.pty \
         --battery-link er-battery.pty
@@ -51,6 +52,7 @@ class ControllerSim:
         self.silent = False
         self.refuse: set[int] = set()
         self.ignore: set[int] = set()
+        self.delay: dict[int, float] = {}  # flag -> s before its confirmation is sent
         self.garbage = b""
         self.received: list[Frame] = []  # every command taken, in order
         self.handshakes = 0
@@ -163,8 +165,14 @@ class ControllerSim:
         if frame.flag == m.KEEP_ALIVE:
             return
         ok = frame.flag not in self.refuse and self.apply(frame)
-        if frame.flag not in self.ignore and frame.flag != m.INV_GRID_STATE:
-            self.send(m.confirmation(self.controller, frame.flag, ok))
+        if frame.flag in self.ignore or frame.flag == m.INV_GRID_STATE:
+            return
+        answer = m.confirmation(self.controller, frame.flag, ok)
+        delay = self.delay.get(frame.flag)
+        if delay:
+            threading.Timer(delay, self.send, (answer,)).start()
+        else:
+            self.send(answer)
 
     def _run(self) -> None:
         next_tick = time.monotonic() + self.tick
