@@ -26,6 +26,7 @@ log = logging.getLogger("gui")
 
 SEND_EVERY_S = 0.25  # a page gets at most 4 messages a second: changes in between coalesce
 SESSION_CHECK_S = 5.0  # an expired or logged-out session ends its WebSocket this soon
+HISTORY_EVERY_S = 1.0  # a page's chart requests are answered one a second at most
 MAX_MESSAGE = 4096  # what a page sends: a history request or a password
 LOGIN_TIMEOUT_S = 30.0
 MAX_SESSIONS = 32
@@ -105,7 +106,8 @@ class GuiServer:
                 await asyncio.sleep(SEND_EVERY_S)
 
     async def _answer(self, ws: ServerConnection) -> None:
-        """The page's requests, one at a time: the chart's history of a known point."""
+        """The page's requests, one at a time and paced (each costs the core a history read):
+        the chart's history of a known point."""
         async for raw in ws:
             try:
                 request = json.loads(raw)
@@ -121,6 +123,7 @@ class GuiServer:
             except Exception as err:  # noqa: BLE001 - the core's refusal or absence, said
                 log.warning("history of %s: %s", name, err)
                 await ws.send(json.dumps({"type": "error", "error": f"no history of {name}"}))
+            await asyncio.sleep(HISTORY_EVERY_S)
 
     # -- the login ----------------------------------------------------------------------------
 
