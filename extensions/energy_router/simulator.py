@@ -65,6 +65,9 @@ class ControllerSim:
         tty.setraw(self._slave)
         os.set_blocking(self._master, False)  # nobody reading must not block the controller
         self.port = os.ttyname(self._slave)
+        # Under `smx run` as root the extension runs as a user of its own: let it open the
+        # pty (a real serial port is given through os_groups, e.g. dialout).
+        os.chmod(self.port, 0o666)
         self._links: list[Path] = []
         self._decoder = FrameDecoder(accept=lambda f: m.takes(self.controller, f))
         self._pause_until = 0.0

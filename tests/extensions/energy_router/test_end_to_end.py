@@ -29,7 +29,7 @@ CONFIG = {
     "inverter_port": "er-inverter.pty",  # relative: the site directory's
     "battery_port": "er-battery.pty",
     "keepalive": "200ms",
-    "link_timeout": "1s",
+    "link_timeout": "1500ms",
     "startup_pause": "500ms",
     "answer_timeout": "500ms",
     "confirm_timeout": "1s",

@@ -27,7 +27,7 @@ from extensions.sdk.testing import until
 pytestmark = pytest.mark.timeout(60)
 
 TIMING = LinkTiming(
-    keepalive=0.1, link_timeout=0.6, startup_pause=0.3, answer_timeout=0.3, confirm_timeout=0.5
+    keepalive=0.1, link_timeout=1.0, startup_pause=0.3, answer_timeout=0.3, confirm_timeout=0.5
 )
 POINTS = ErPoints("er", 0.05, battery_sign=-1.0, inverter_sign=-1.0)
 
