@@ -68,13 +68,13 @@ class Gate:
         if request.method != "GET":
             return _text(405, "only GET")
         # Another Host is a DNS-rebinding page of another site reaching this one by its address.
-        if request.headers.get("Host", "") not in self.hosts:
+        if _one(request, "Host") not in self.hosts:
             return _text(400, "unknown host: add it to the GUI's `hosts`")
         url = urlsplit(request.path)
-        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        upgrade = _one(request, "Upgrade").lower() == "websocket"
         if url.path in (LIVE_PATH, LOGIN_PATH) and upgrade:
             return self._upgrade(url.path, request)
-        if url.path in self.static and not url.query:
+        if url.path in self.static:
             f = self.static[url.path]
             return _response(200, f.body, f.content_type)
         if url.path == "/api/me":
@@ -98,7 +98,7 @@ class Gate:
     def _upgrade(self, path: str, request: Request) -> Response | None:
         # Cross-site WebSocket hijacking: a page elsewhere may open a WebSocket here with the
         # browser's cookie; only the GUI's own pages may.
-        if request.headers.get("Origin") not in self.origins:
+        if _one(request, "Origin") not in self.origins:
             return _text(403, "WebSocket from another origin")
         if path == LOGIN_PATH:
             return None if self.cfg.login_required else _text(404, "no login on this GUI")
@@ -116,6 +116,12 @@ class Gate:
     def _cookie(self, token: str, max_age: int) -> str:
         secure = "; Secure" if self.cfg.tls else ""
         return f"{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+
+
+def _one(request: Request, name: str) -> str:
+    """A header given once; "" when absent or repeated (two Hosts are no Host)."""
+    values = request.headers.get_all(name)
+    return values[0] if len(values) == 1 else ""
 
 
 def _response(status: int, body: bytes, content_type: str, **headers: Any) -> Response:

@@ -4,6 +4,7 @@ keys and bad values are one line naming the key). Every key: docs/GUI.md."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from .passwords import check_hash_format
 
 __all__ = ["GuiConfig", "Listen", "OverviewConfig"]
 
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]")
+
 
 def _listen_problem(value: str) -> str | None:
     try:
@@ -21,6 +24,11 @@ def _listen_problem(value: str) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def _hosts_problem(hosts: list[str]) -> str | None:
+    bad = [h for h in hosts if not _HOST.fullmatch(h)]
+    return f"names or addresses without scheme or port, not {', '.join(bad)}" if bad else None
 
 
 def _hash_problem(value: str) -> str | None:
@@ -44,7 +52,7 @@ class GuiConfig:
     listen: str = setting("127.0.0.1:8080", check=_listen_problem)
     # Names browsers reach the GUI by (besides the listen address, and localhost on loopback):
     # requests for any other Host, and WebSockets from any other Origin, are refused.
-    hosts: list[str] = field(default_factory=list)
+    hosts: list[str] = setting(default_factory=list, check=_hosts_problem)
     password_hash: str = setting("", check=_hash_problem)  # `python -m untrusted.gui hash-password`
     tls_cert: Path | None = None
     tls_key: Path | None = None

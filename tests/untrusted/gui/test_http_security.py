@@ -94,6 +94,11 @@ def test_a_request_for_another_host_is_refused(open_gui: GuiProcess):
     # A DNS-rebinding page of evil.example reaching the GUI by its address.
     resp = open_gui.get("/api/me", {"Host": f"evil.example:{open_gui.port}"})
     assert resp.status == 400
+    twice = raw_request(
+        open_gui,
+        f"GET / HTTP/1.1\r\nHost: {open_gui.host}\r\nHost: evil.example\r\n\r\n".encode(),
+    )
+    assert twice.startswith(b"HTTP/1.1 400"), twice[:100]
 
 
 def test_requests_with_a_body_or_another_method_are_refused(open_gui: GuiProcess):
@@ -248,3 +253,21 @@ def test_listening_beyond_loopback_without_a_password_is_refused(site: TestSite)
 def test_a_malformed_password_hash_is_refused(site: TestSite):
     code, output = run_gui_expecting_failure(site, {"password_hash": "hunter2"})
     assert code == 2 and "agents.gui.config.password_hash" in output
+
+
+async def test_names_listed_in_hosts_are_answered_and_their_origin_accepted(site: TestSite):
+    with gui_process(site, hosts=["usm.local"]) as gui:
+        named = f"usm.local:{gui.port}"
+        assert gui.get("/", {"Host": named}).status == 200
+        assert gui.get("/", {"Host": f"localhost:{gui.port}"}).status == 200  # on loopback
+        assert gui.get("/", {"Host": f"other.local:{gui.port}"}).status == 400
+        # Reached by that name (the browser's Host and Origin), at the loopback address.
+        async with connect(
+            f"ws://{named}/ws", origin=f"http://{named}", host="127.0.0.1", port=gui.port
+        ) as ws:
+            assert json.loads(await ws.recv())["type"] == "hello"
+
+
+def test_a_host_with_a_port_is_refused_naming_the_key(site: TestSite):
+    code, output = run_gui_expecting_failure(site, {"hosts": ["usm.local:8080"]})
+    assert code == 2 and "agents.gui.config.hosts" in output and "usm.local:8080" in output
