@@ -126,7 +126,7 @@ def setup(ext: Extension) -> None:
             m.PV_P,
             -cfg.pv_p_max,
             0.0,
-            lambda v: -v,
+            abs,  # the limit is the production: -v, never a negative zero
             Frame(BATTERY.command, m.PV_MODE, b"\x01"),  # back to MPPT: no limit
         ),
     ]

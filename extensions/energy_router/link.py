@@ -253,6 +253,8 @@ class ControllerLink(PushedDevice):
             raise LinkDown(str(err)) from err
         try:
             ok = await asyncio.wait_for(asyncio.shield(fut), self.timing.confirm_timeout)
+        except LinkDown:  # sent, then the session ended: it may have been taken
+            return None
         except TimeoutError:
             if self._pending.get(flag) is fut:
                 del self._pending[flag]

@@ -1,0 +1,78 @@
+"""What each frame publishes: names, units and the conversion of the controllers' own signs
+to the load reference, for both settings of each sign."""
+
+from __future__ import annotations
+
+import pytest
+
+from extensions.energy_router import messages as m
+from extensions.energy_router.frames import Frame, pack_floats
+from extensions.energy_router.messages import BATTERY, INVERTER
+from extensions.energy_router.points import ErPoints
+
+BATTERY_FRAME = Frame(BATTERY.data, m.BAT_P, pack_floats(61.5, 1200.0, 51.0))
+INVERTER_FRAME = Frame(
+    INVERTER.data, m.INV_MEASUREMENTS, pack_floats(800.0, -100.0, 231.0) + b"\x01"
+)
+
+
+def points(battery_positive: str = "discharge", inverter_positive: str = "export") -> ErPoints:
+    return ErPoints(
+        "er",
+        1.0,
+        battery_sign=1.0 if battery_positive == "charge" else -1.0,
+        inverter_sign=1.0 if inverter_positive == "import" else -1.0,
+    )
+
+
+@pytest.mark.parametrize(("positive", "p_ess"), [("discharge", -1200.0), ("charge", 1200.0)])
+def test_battery_power_in_the_load_reference(positive: str, p_ess: float) -> None:
+    assert points(battery_positive=positive).readings(BATTERY, BATTERY_FRAME) == {
+        "er/SoC": 61.5,
+        "er/P_ESS": p_ess,
+        "er/U_ESS": 51.0,
+    }
+
+
+@pytest.mark.parametrize(("positive", "sign"), [("export", -1.0), ("import", 1.0)])
+def test_inverter_power_in_the_load_reference(positive: str, sign: float) -> None:
+    assert points(inverter_positive=positive).readings(INVERTER, INVERTER_FRAME) == {
+        "er/P": sign * 800.0,
+        "er/Q": sign * -100.0,
+        "er/U": 231.0,
+        "er/grid_connected": True,
+    }
+
+
+def test_pv_production_is_negative_and_the_rest() -> None:
+    er = points()
+    pv = Frame(BATTERY.data, m.PV_P, pack_floats(1500.0, 310.0))
+    assert er.readings(BATTERY, pv) == {"er/P_PV": -1500.0, "er/U_PV": 310.0}
+    vdc = Frame(INVERTER.data, m.INV_VDC, pack_floats(398.5))
+    assert er.readings(INVERTER, vdc) == {"er/U_DC": 398.5}
+    error = Frame(BATTERY.error, m.PV_ERROR, b"\x04")
+    assert er.readings(BATTERY, error) == {"er/pv_error": 4}
+    assert er.readings(INVERTER, Frame(INVERTER.error, m.INV_ERROR, b"\x09")) == {
+        "er/inverter_error": 9
+    }
+    # A frame of the other controller, a confirmation, diagnostics: no points.
+    assert er.readings(INVERTER, BATTERY_FRAME) == {}
+    assert er.readings(BATTERY, m.confirmation(BATTERY, m.BAT_P, True)) == {}
+    assert er.readings(BATTERY, Frame(BATTERY.data, m.EXTRA, pack_floats(1, 2, 3))) == {}
+
+
+def test_a_garbled_float_is_not_published() -> None:
+    nan = Frame(BATTERY.data, m.BAT_P, pack_floats(float("nan"), 10.0, float("inf")))
+    assert points().readings(BATTERY, nan) == {"er/P_ESS": -10.0}
+
+
+def test_every_published_point_is_declared_with_its_unit() -> None:
+    er = points()
+    declared = {s.name: s for s in er.specs()}
+    frames = [BATTERY_FRAME, Frame(BATTERY.data, m.PV_P, pack_floats(1.0, 2.0))]
+    published = {n for f in frames for n in er.readings(BATTERY, f)}
+    published |= {n for n in er.readings(INVERTER, INVERTER_FRAME)}
+    assert published <= set(declared)
+    units = {n: declared[n].unit for n in published}
+    assert units["er/P_ESS"] == units["er/P_PV"] == units["er/P"] == "W"
+    assert (units["er/SoC"], units["er/U"], units["er/Q"]) == ("%", "V", "var")
