@@ -173,7 +173,9 @@ class ControllerSim:
         answer = m.confirmation(self.controller, frame.flag, ok)
         delay = self.delay.get(frame.flag)
         if delay:
-            threading.Timer(delay, self.send, (answer,)).start()
+            timer = threading.Timer(delay, self.send, (answer,))
+            timer.daemon = True
+            timer.start()
         else:
             self.send(answer)
 

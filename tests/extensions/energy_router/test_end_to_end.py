@@ -84,7 +84,7 @@ def rig() -> Iterator[Rig]:
             if rig.ext.poll() is None:
                 rig.ext.terminate()
                 try:
-                    rig.ext.wait(10)
+                    rig.ext.wait(20)
                 except subprocess.TimeoutExpired:
                     rig.ext.kill()
             rig.sim.stop()

@@ -55,7 +55,7 @@ def test_runs_from_its_config_and_links_the_ports(tmp_path: Path) -> None:
                 while len(frames) < 3 and time.monotonic() < deadline:
                     frames += decoder.feed(port.read(64))
                 assert frames[0] == m.id_answer(controller)
-                assert len(frames) == 3  # then its measurements, after the pause
+                assert len(frames) >= 3  # then its measurements, after the pause
         sim.send_signal(signal.SIGTERM)
         assert sim.wait(10) == 0
         assert not (tmp_path / "inv.pty").exists() and not (tmp_path / "bat.pty").is_symlink()
