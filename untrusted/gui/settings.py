@@ -8,8 +8,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smx.process_env import SetupError
-from smx.sdk import Seconds, setting
+from smx.sdk import Seconds, SetupError, setting
 
 from .passwords import check_hash_format
 
