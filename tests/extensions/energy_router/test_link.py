@@ -100,6 +100,10 @@ async def test_handshake_then_measurements_in_the_load_reference(battery) -> Non
     kas = [f for f in sim.received if f.flag == m.KEEP_ALIVE]
     assert len(kas) >= 3
     assert sim.links_lost == 0
+    # An error frame is published as its code; the link and the measurements go on.
+    sim.error(m.PV_ERROR, 3)
+    await until(lambda: run.last("er/pv_error") == (3, "GOOD"), what="error code")
+    assert run.state.ok and run.last("er/SoC")[1] == "GOOD"
 
 
 async def test_a_confirmed_command_changes_the_controller(battery) -> None:
