@@ -120,7 +120,15 @@ def _register_mode(ext: Extension, device: str, mode: ModeSetpoint) -> None:
         )
     )
 
-    @ext.on_setpoint(f"{device}/{mode.point}", timeout=mode.link.timing.confirm_timeout + 2.0)
+    async def forget(req: SetpointRequest) -> None:
+        # The mode stays as it is, but is no longer sent again after a new handshake.
+        mode.link.in_force.pop(mode.flag, None)
+
+    @ext.on_setpoint(
+        f"{device}/{mode.point}",
+        on_expire=forget,
+        timeout=mode.link.timing.confirm_timeout + 2.0,
+    )
     async def apply(req: SetpointRequest) -> Result:
         value = req.value
         if isinstance(value, float) and value.is_integer():

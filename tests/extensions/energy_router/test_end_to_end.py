@@ -159,6 +159,11 @@ async def test_points_and_setpoints_through_the_core(rig: Rig) -> None:
         # A mode outside the controller's list is refused before anything is sent.
         sp = await ctrl.request_setpoint("er/inverter_mode_set", 7, valid_for=60)
         assert (await ctrl.outcome(sp.id, timeout=10)).status == "REJECTED"
+        # Island mode: the inverter leaves the grid and says so.
+        sp = await ctrl.request_setpoint("er/inverter_mode_set", 2, valid_for=60)
+        assert (await ctrl.outcome(sp.id, timeout=10)).status == "APPLIED"
+        assert sim.inverter.mode == 2
+        await point_where(site, "er/grid_connected", lambda p: p.value.bool_value is False)
 
     # Garbage on the battery line: the link keeps its good frames, no new handshake.
     handshakes = sim.battery.handshakes
