@@ -168,9 +168,9 @@ class ControllerSim:
         if frame.flag == m.KEEP_ALIVE:
             return
         ok = frame.flag not in self.refuse and self.apply(frame)
-        if frame.flag in self.ignore or frame.flag == m.INV_GRID_STATE:
+        if frame.flag in self.ignore:
             return
-        answer = m.confirmation(self.controller, frame.flag, ok)
+        answer = self.answer(frame, ok)
         delay = self.delay.get(frame.flag)
         if delay:
             timer = threading.Timer(delay, self.send, (answer,))
@@ -189,7 +189,7 @@ class ControllerSim:
                 self._take(held)
             if now < next_tick:
                 continue
-            next_tick += self.tick
+            next_tick = max(next_tick + self.tick, now)  # a late tick is not made up twice
             if not self.started or now < self._pause_until or self.silent:
                 continue
             self.step(self.tick)
@@ -222,6 +222,9 @@ class ControllerSim:
     def apply(self, frame: Frame) -> bool:
         """Run a command; False if this controller does not know it."""
         return False
+
+    def answer(self, frame: Frame, ok: bool) -> Frame:
+        return m.confirmation(self.controller, frame.flag, ok)
 
     def step(self, dt: float) -> None:
         pass
@@ -261,7 +264,12 @@ class InverterSim(ControllerSim):
             else:
                 self.q = value[0]
             return True
-        return frame.flag == m.BLACK_START
+        return frame.flag in (m.BLACK_START, m.INV_GRID_STATE)
+
+    def answer(self, frame: Frame, ok: bool) -> Frame:
+        if frame.flag == m.INV_GRID_STATE:  # answered by the state, not a confirmation
+            return Frame(INVERTER.data, m.INV_GRID_STATE, bytes((int(self.grid_connected),)))
+        return super().answer(frame, ok)
 
     def measurements(self) -> list[Frame]:
         on = self.mode != 0
