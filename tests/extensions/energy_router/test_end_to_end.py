@@ -190,6 +190,8 @@ async def test_a_lost_controller_then_a_restarted_router(rig: Rig) -> None:
     assert "link lost" in rig.health().devices["er.battery"].last_error
     assert rig.health().devices["er.inverter"].ok
     await point_where(site, "er/U", lambda p: is_good(p))
+    # Not refreshed for 3 periods: the core marks them STALE.
+    await point_where(site, "er/P_PV", lambda p: quality_name(p.quality) == "STALE", timeout=10)
 
     # A power cycle of the Energy Router: new ptys behind the same paths, controllers that
     # know no SoC. The extension makes a new handshake and hands over the last SoC the core
