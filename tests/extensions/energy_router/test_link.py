@@ -128,7 +128,7 @@ async def test_refused_and_unanswered_commands(battery) -> None:
     sim.ignore.add(m.PV_P)
     t0 = time.monotonic()
     assert await run.link.command(float_frame(BATTERY.command, m.PV_P, 500.0)) is None
-    assert time.monotonic() - t0 == pytest.approx(TIMING.confirm_timeout, abs=0.2)
+    assert TIMING.confirm_timeout <= time.monotonic() - t0 < TIMING.confirm_timeout + 1.0
 
 
 async def test_garbage_on_the_line_loses_no_good_frame(battery) -> None:
