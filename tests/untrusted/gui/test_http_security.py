@@ -4,8 +4,10 @@ A real core and the GUI as its own process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +15,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from extensions.sdk.testing import TestSite, until
+from smx.timestamps import ts_to_seconds
+from smx.v1 import point_service_pb2 as spb
 from tests.untrusted.gui.conftest import (
     PASSWORD,
     PASSWORD_HASH,
@@ -206,8 +210,14 @@ async def test_logging_in_gives_a_strict_httponly_cookie_that_opens_the_site(
     ) as ws:
         assert json.loads(await ws.recv())["type"] == "hello"
 
-    out = locked_gui.get("/logout", {"Host": locked_gui.host, "Cookie": session})
-    assert "Max-Age=0" in out.getheader("Set-Cookie", "")
+        out = locked_gui.get("/logout", {"Host": locked_gui.host, "Cookie": session})
+        assert "Max-Age=0" in out.getheader("Set-Cookie", "")
+        # The page open with that session is closed too, within the 5 s session check.
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
     with pytest.raises(InvalidStatus):
         async with connect(
             f"ws://{locked_gui.host}/ws",
@@ -271,3 +281,31 @@ async def test_names_listed_in_hosts_are_answered_and_their_origin_accepted(site
 def test_a_host_with_a_port_is_refused_naming_the_key(site: TestSite):
     code, output = run_gui_expecting_failure(site, {"hosts": ["usm.local:8080"]})
     assert code == 2 and "agents.gui.config.hosts" in output and "usm.local:8080" in output
+
+
+async def test_open_pages_share_one_core_watch():
+    with TestSite({"gui": ("untrusted", ["gui"], [])}) as own_site:
+        with gui_process(own_site) as gui:
+            stubs = own_site.stubs("admin")
+
+            async def watchers_since(t: float) -> tuple[int] | None:
+                resp = await stubs.points.GetPoints(spb.GetPointsRequest(names=["core/watchers"]))
+                p = resp.points[0]
+                return (p.value.int_value,) if ts_to_seconds(p.source_time) > t else None
+
+            # The core counts its WatchPoints streams every 5 s: the GUI's alone first.
+            async def with_the_guis_watch() -> tuple[int] | None:
+                count = await watchers_since(0.0)
+                return count if count and count[0] >= 1 else None
+
+            (alone,) = await until(with_the_guis_watch, timeout=15, what="the GUI's watch")
+            pages = [await connect(f"ws://{gui.host}/ws", origin=gui.url) for _ in range(3)]
+            try:
+                for page in pages:
+                    assert json.loads(await page.recv())["type"] == "hello"
+                    assert json.loads(await page.recv())["type"] == "points"
+                opened = time.time()
+                assert await until(lambda: watchers_since(opened), timeout=15) == (alone,)
+            finally:
+                for page in pages:
+                    await page.close()
