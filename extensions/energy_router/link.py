@@ -75,6 +75,7 @@ class ControllerLink(PushedDevice):
         self._decoder = FrameDecoder(accept=lambda f: m.accepts(controller, f))
         self._pending: dict[int, asyncio.Future[bool]] = {}
         self._late: dict[int, Late] = {}
+        self._reporting: set[asyncio.Task[None]] = set()
         # Commands the controller confirmed, by flag: sent again after a new handshake (the
         # controller went safe when it lost the link).
         self.in_force: dict[int, Frame] = {}
@@ -230,7 +231,14 @@ class ControllerLink(PushedDevice):
             return
         late = self._late.pop(flag, None)
         if late is not None:
-            asyncio.get_running_loop().create_task(late(ok))
+            task = asyncio.get_running_loop().create_task(late(ok))
+            self._reporting.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._reported)
+
+    def _reported(self, task: asyncio.Task[None]) -> None:
+        self._reporting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: reporting a late confirmation failed: %s", self.name, task.exception())
 
     # -- commands ---------------------------------------------------------------------------
 
