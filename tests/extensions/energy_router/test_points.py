@@ -3,10 +3,14 @@ to the load reference, for both settings of each sign."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extensions.energy_router import messages as m
-from extensions.energy_router.frames import Frame, pack_floats
+from extensions.energy_router.frames import Frame, FrameDecoder, encode, pack_floats
 from extensions.energy_router.messages import BATTERY, INVERTER
 from extensions.energy_router.points import ErPoints
 
@@ -76,3 +80,42 @@ def test_every_published_point_is_declared_with_its_unit() -> None:
     units = {n: declared[n].unit for n in published}
     assert units["er/P_ESS"] == units["er/P_PV"] == units["er/P"] == "W"
     assert (units["er/SoC"], units["er/U"], units["er/Q"]) == ("%", "V", "var")
+
+
+# Every (ctrl, flag, length) a controller sends, with payloads of any bytes or of any floats
+# (NaN and infinities included) followed by any bytes.
+_SHAPES = [
+    (c, flag, n)
+    for controller in (INVERTER, BATTERY)
+    for c in (controller.data, controller.error)
+    for flag in range(256)
+    for n in range(14)
+    if m.accepts(controller, Frame(c, flag, bytes(n)))
+]
+_payload_of = {
+    n: st.one_of(
+        st.binary(min_size=n, max_size=n),
+        st.lists(st.floats(width=32), min_size=n // 4, max_size=n // 4).map(
+            lambda fs, n=n: (pack_floats(*fs) + bytes(n))[:n]
+        ),
+    )
+    for n in range(14)
+}
+_shapes = st.sampled_from(_SHAPES).flatmap(
+    lambda shape: _payload_of[shape[2]].map(lambda p: Frame(shape[0], shape[1], p))
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(_shapes.map(encode), st.binary(max_size=20)), max_size=30))
+def test_whatever_the_line_carries_the_readings_are_finite_and_declared(
+    pieces: list[bytes],
+) -> None:
+    er = points()
+    declared = {s.name for s in er.specs()}
+    for controller in (INVERTER, BATTERY):
+        decoder = FrameDecoder(accept=lambda f, c=controller: m.accepts(c, f))
+        for frame in decoder.feed(b"".join(pieces)):
+            for name, value in er.readings(controller, frame).items():
+                assert name in declared
+                assert not isinstance(value, float) or math.isfinite(value)
