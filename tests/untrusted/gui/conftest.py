@@ -130,7 +130,12 @@ async def write(
     """Write points as their owner would (declared with a unit and, for STALE, a period)."""
     async with site.client(writer) as c:
         c.declare(
-            PointSpec(n, unit=UNITS.get(n.rsplit("/", 1)[-1], ""), kind=None, period=period)
+            PointSpec(
+                n,
+                unit=UNITS.get(n.rsplit("/", 1)[-1], ""),
+                kind="string" if isinstance(values[n], str) else None,
+                period=period,
+            )
             for n in values
         )
         for name, value in values.items():

@@ -199,3 +199,14 @@ async def test_values_look_stale_while_the_core_or_the_gui_is_gone(browser):
             lonely.stop()
             shows(browser, "#status", "connection lost")
             shows(browser, f"{row} td.quality", "STALE: no connection to the GUI")
+
+
+async def test_a_string_value_is_shown_as_text_never_as_markup(
+    site: TestSite, gui: GuiProcess, browser
+):
+    hostile = '<img src=x onerror="document.title=`owned`">'
+    await write(site, "ess", {"ess/ESS_state": hostile})
+    browser.get(gui.url)
+    shows(browser, 'tr[data-point="ess/ESS_state"] td.value', hostile)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#points img")
+    assert browser.title != "owned"
