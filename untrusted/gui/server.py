@@ -5,6 +5,7 @@ request) and the login (a password in, a one-use ticket out, made a cookie by /s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -85,17 +86,24 @@ class GuiServer:
             await ws.close(1013, "too many open pages")
             return
         session = self.gate.session_of(ws.request) if ws.request else None
+        # Pushing and answering until either ends (the page left, or its session did): then
+        # the other is cancelled at once, so the page's place is free at once.
+        tasks = [
+            asyncio.create_task(self._push(ws, viewer, session)),
+            asyncio.create_task(self._answer(ws)),
+        ]
         try:
-            await ws.send(json.dumps({"type": "hello", "site": self.site}))
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._push(ws, viewer, session))
-                tasks.create_task(self._answer(ws))
-        except* ConnectionClosed:
-            pass
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in tasks:
+                task.cancel()
             self.hub.leave(viewer)
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(result, ConnectionClosed):
+                    log.error("a page's connection failed: %r", result)
 
     async def _push(self, ws: ServerConnection, viewer: Viewer, session: str | None) -> None:
+        await ws.send(json.dumps({"type": "hello", "site": self.site}))
         while True:
             if self.cfg.login_required and not self.sessions.valid(session):
                 await ws.close(4001, "session ended: log in again")
@@ -107,7 +115,11 @@ class GuiServer:
 
     async def _answer(self, ws: ServerConnection) -> None:
         """The page's requests, one at a time and paced (each costs the core a history read):
-        the chart's history of a known point."""
+        the chart's history of a known point. Returns when the page has gone."""
+        with contextlib.suppress(ConnectionClosed):
+            await self._answer_requests(ws)
+
+    async def _answer_requests(self, ws: ServerConnection) -> None:
         async for raw in ws:
             try:
                 request = json.loads(raw)
