@@ -1,8 +1,9 @@
 """The link to one controller over its serial port, as one SDK pushed device: a session opens
-the port (pyserial: 8N1 at the configured baud), sends the ID request until the controller
-answers, then reads its frames, sends a keep-alive every `keepalive` s, and ends when nothing
-arrived for `link_timeout` s (the SDK then marks its points BAD, backs off and starts a new
-session: a new handshake). Commands wait for the controller's confirmation.
+the port (the SDK's SerialLine: pyserial, 8N1 at the configured baud), sends the ID request
+until the controller answers, then reads its frames, sends a keep-alive every `keepalive` s,
+and ends when nothing arrived for `link_timeout` s (the SDK then marks its points BAD, backs
+off and starts a new session: a new handshake). Commands wait for the controller's
+confirmation.
 
 The port's descriptor is read by the event loop (`add_reader`): no thread per controller, and a
 pty whose other side closed (a simulator stopped) reads as an error at once."""
@@ -17,9 +18,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import serial
-
 from extensions.sdk import PushedDevice
+from extensions.sdk.protocols.serial_line import LineError, SerialLine
 
 from . import messages as m
 from .frames import Frame, FrameDecoder, encode
@@ -70,7 +70,8 @@ class ControllerLink(PushedDevice):
         self.reconnect_delay = min(1.0, max_backoff)
         self.handshakes = 0
         self.up = False  # handshake done, session running
-        self._serial: Any = None
+        self._line: SerialLine | None = None
+        self._serial: Any = None  # the open pyserial port
         self._frames: asyncio.Queue[Frame | BaseException] = asyncio.Queue()
         self._decoder = FrameDecoder(accept=lambda f: m.accepts(controller, f))
         self._pending: dict[int, asyncio.Future[bool]] = {}
@@ -99,13 +100,14 @@ class ControllerLink(PushedDevice):
     def _open(self) -> None:
         self._frames = asyncio.Queue()
         self._decoder = FrameDecoder(accept=lambda f: m.accepts(self.controller, f))
+        self._line = SerialLine(self.port)
         try:
-            # Non-blocking descriptor (pyserial's own on POSIX); writes of a few bytes.
-            self._serial = serial.Serial(
-                self.port, baudrate=self.timing.baudrate, timeout=0, write_timeout=1.0
-            )
-        except (serial.SerialException, OSError, ValueError) as err:
-            raise ConnectionError(f"cannot open {self.port}: {err}") from err
+            self._serial = self._line.open(self.timing.baudrate)
+        except LineError as err:  # says what to do, e.g. os_groups for a permission
+            raise ConnectionError(str(err)) from err
+        # pyserial's descriptor is non-blocking on POSIX: the loop reads it when it is ready;
+        # a write (a few bytes) that cannot go out in 1 s fails the session.
+        self._serial.write_timeout = 1.0
         asyncio.get_running_loop().add_reader(self._serial.fileno(), self._readable)
 
     def _close_session(self) -> None:
@@ -122,10 +124,9 @@ class ControllerLink(PushedDevice):
                 asyncio.get_running_loop().remove_reader(ser.fileno())
             except (RuntimeError, ValueError, OSError):
                 pass
-            try:
-                ser.close()
-            except (serial.SerialException, OSError):
-                pass
+        if self._line is not None:
+            self._line.close()
+            self._line = None
 
     def _readable(self) -> None:
         ser = self._serial
@@ -154,12 +155,13 @@ class ControllerLink(PushedDevice):
             raise LinkDown(f"{self.controller.name} link is down")
         try:
             self._serial.write(encode(frame))
-        except (serial.SerialException, OSError) as err:
+        except OSError as err:  # pyserial's SerialException is one
             raise ConnectionError(f"write to {self.port} failed: {err}") from err
 
     async def _next(self, timeout: float) -> Frame | None:
         try:
-            item = await asyncio.wait_for(self._frames.get(), max(0.0, timeout))
+            async with asyncio.timeout(max(0.0, timeout)):
+                item = await self._frames.get()
         except TimeoutError:
             return None
         if isinstance(item, BaseException):
@@ -260,7 +262,8 @@ class ControllerLink(PushedDevice):
             self._pending.pop(flag, None)
             raise LinkDown(str(err)) from err
         try:
-            ok = await asyncio.wait_for(asyncio.shield(fut), self.timing.confirm_timeout)
+            async with asyncio.timeout(self.timing.confirm_timeout):
+                ok = await fut
         except LinkDown:  # sent, then the session ended: it may have been taken
             return None
         except TimeoutError:
