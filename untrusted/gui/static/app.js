@@ -132,8 +132,10 @@ function renderOverview() {
       tile.append(el("div", "soc" + (socWhy ? " stale" : ""), `charged ${Math.round(part.soc)} %`));
     }
     if (part.time) tile.append(el("div", "time", "last value " + showTime(part.time)));
-    if (part.points.length) {
-      tile.title = (part.key === "house" ? "derived from " : "") + part.points.join(", ");
+    if (part.key === "house") {
+      tile.title = "derived from " + part.points.join(", "); // no history of its own
+    } else if (part.points.length) {
+      tile.title = part.points.join(", ");
       tile.addEventListener("click", () => askHistory(part.points[0]));
     }
     box.append(tile);
