@@ -19,7 +19,7 @@ from .gate import LOGIN_PATH, Gate
 from .hub import Hub, Viewer
 from .passwords import verify_password
 from .sessions import TICKET_LIFETIME_S, FailedLogins, Tokens
-from .settings import GuiConfig
+from .settings import GuiConfig, tls_context
 
 __all__ = ["GuiServer"]
 
@@ -67,10 +67,7 @@ class GuiServer:
     def _tls(self) -> ssl.SSLContext | None:
         if self.cfg.tls_cert is None or self.cfg.tls_key is None:
             return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
-        return context
+        return tls_context(self.cfg.tls_cert, self.cfg.tls_key)
 
     async def _handle(self, ws: ServerConnection) -> None:
         if ws.request is not None and ws.request.path.startswith(LOGIN_PATH):

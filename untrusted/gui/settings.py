@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from smx.sdk import Seconds, SetupError, setting
 
 from .passwords import check_hash_format
 
-__all__ = ["GuiConfig", "Listen", "OverviewConfig"]
+__all__ = ["GuiConfig", "Listen", "OverviewConfig", "tls_context"]
 
 _HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]")
 
@@ -82,6 +83,14 @@ class GuiConfig:
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SetupError(f"{where}.tls_cert, tls_key: give both or neither")
+        for key, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
+            if path is not None and not path.is_file():
+                raise SetupError(f"{where}.{key}: no file {path}")
+        if self.tls_cert is not None and self.tls_key is not None:
+            try:  # now, not at the first page: a bad pair is a config mistake, said in one line
+                tls_context(self.tls_cert, self.tls_key)
+            except (OSError, ssl.SSLError) as err:
+                raise SetupError(f"{where}.tls_cert, tls_key: cannot use them: {err}") from None
 
     def allowed_hosts(self) -> set[str]:
         """Host header values (host[:port]) the GUI answers to."""
@@ -101,6 +110,13 @@ class GuiConfig:
     def allowed_origins(self) -> set[str]:
         scheme = "https" if self.tls else "http"
         return {f"{scheme}://{host}" for host in self.allowed_hosts()}
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 @dataclass(frozen=True)
