@@ -9,6 +9,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smx.names import GlobSet, InvalidName
 from smx.sdk import Seconds, SetupError, setting
 
 from .passwords import check_hash_format
@@ -31,6 +32,18 @@ def _hosts_problem(hosts: list[str]) -> str | None:
     return f"names or addresses without scheme or port, not {', '.join(bad)}" if bad else None
 
 
+def _globs_problem(patterns: list[str]) -> str | None:
+    try:
+        GlobSet(patterns)
+    except InvalidName as err:
+        return str(err)
+    return None
+
+
+def _globs(*default: str) -> list[str]:
+    return setting(default_factory=lambda: list(default), check=_globs_problem)
+
+
 def _hash_problem(value: str) -> str | None:
     return check_hash_format(value) if value else None
 
@@ -40,11 +53,11 @@ class OverviewConfig:
     """Which points make each part of the overview: every present point that a pattern names
     is summed (two PV inverters are one PV)."""
 
-    grid: list[str] = field(default_factory=lambda: ["smm/P"])
-    pv: list[str] = field(default_factory=lambda: ["pv/P", "fronius/P_PV"])
-    battery: list[str] = field(default_factory=lambda: ["ess/P", "battery/P", "fronius/P_ESS"])
-    soc: list[str] = field(default_factory=lambda: ["ess/SoC", "battery/SoC", "fronius/SoC"])
-    ev: list[str] = field(default_factory=lambda: ["ev*/P"])
+    grid: list[str] = _globs("smm/P")
+    pv: list[str] = _globs("pv/P", "fronius/P_PV")
+    battery: list[str] = _globs("ess/P", "battery/P", "fronius/P_ESS")
+    soc: list[str] = _globs("ess/SoC", "battery/SoC", "fronius/SoC")
+    ev: list[str] = _globs("ev*/P")
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class GuiConfig:
     session_lifetime: Seconds = setting(12 * 3600.0, min=60, max=30 * 86400)
     max_clients: int = setting(8, min=1, max=64)  # open pages (WebSockets) at a time
     max_failed_logins: int = setting(5, min=1, max=100)  # per minute, for the whole GUI
-    points: list[str] = field(default_factory=lambda: ["**"])  # what the GUI watches
+    points: list[str] = _globs("**")  # what the GUI watches
     overview: OverviewConfig = field(default_factory=OverviewConfig)
 
     @property

@@ -42,6 +42,8 @@ def test_unknown_and_malformed_keys_name_themselves():
         parsed(listen="usm.local:8080")
     with pytest.raises(SetupError, match=r"agents.gui.config.overview.gird: unknown key"):
         parsed(overview={"gird": ["smm/P"]})
+    with pytest.raises(SetupError, match=r"agents.gui.config.overview.pv: invalid pattern"):
+        parsed(overview={"pv": ["pv/***"]})
     with pytest.raises(SetupError, match=r"tls_cert, tls_key: give both"):
         parsed(tls_cert="gui.crt")
 
