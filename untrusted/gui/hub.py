@@ -47,7 +47,7 @@ class Viewer:
             "type": "points",
             "core": hub.core_connected,
             "points": [point_json(hub.latest[n]) for n in names],
-            "overview": [part.as_json() for part in overview(hub.overview, hub.latest)],
+            "overview": hub.overview_json(),
         }
 
 
@@ -58,13 +58,21 @@ class Hub:
         self.latest: dict[str, PointUpdate] = {}
         self.core_connected = False
         self.viewers: set[Viewer] = set()
+        self._overview: list[dict[str, Any]] | None = None  # computed once per change
 
     def update(self, point: PointUpdate) -> None:
         """The watch's callback: a point's new value (snapshot or change)."""
         self.latest[point.name] = point
+        self._overview = None
         for viewer in self.viewers:
             viewer.poke(point.name)
         self.set_core_connected(True)  # a value from the watch proves the link
+
+    def overview_json(self) -> list[dict[str, Any]]:
+        """The overview, shared by every page that asks before the next change."""
+        if self._overview is None:
+            self._overview = [part.as_json() for part in overview(self.overview, self.latest)]
+        return self._overview
 
     def set_core_connected(self, connected: bool) -> None:
         if connected != self.core_connected:
