@@ -7,11 +7,12 @@ production), measured `--seconds` after every process is up, from `smx status --
    ocpp_proxy, lessag with Mosquitto and GESSCon, each device simulated; run by `smx run`, not
    by the demo's live view), and the same site without its simulators (devices absent, no
    broker: lessag queues);
-2. production: like docs/PERFORMANCE.md Run 9, no simulators, devices absent (the idle
-   footprint): the core with a TCP listener, the supervisor, smm (Modbus), fronius, ocpp_proxy
-   (one charge point, SCADA absent), remote_usm (remote absent), lessag and Mosquitto, the
-   latter started beside the site as a system service would be (its PSS from
-   /proc/PID/smaps_rollup).
+2. production: the whole S4G site, no simulators, devices absent (the idle footprint): the core
+   with a TCP listener, the supervisor, smm (Modbus), fronius, ocpp_proxy (one charge point,
+   SCADA absent), remote_usm (remote absent), energy_router (serial ports absent), lessag, the
+   GUI (listening on loopback) and Mosquitto, the latter started beside the site as a system
+   service would be (its PSS from /proc/PID/smaps_rollup). `--site built-before` is the same
+   site without the Energy Router and the GUI (docs/PERFORMANCE.md, runs 9-13).
 
 Baseline, measured in the same run after each site stopped: as many bare Python processes as
 the site has, each only `import grpc` (the floor Python + grpc sets per process), started
@@ -52,6 +53,8 @@ TARGET_MB = 200.0
 UP = ("serving", "running", "degraded", "-")  # health of a process that is up (devices absent)
 PRODUCTION_SITE = "usm-bench"
 USM = "usm1"
+ER = "er"
+GUI = "gui"
 
 
 def strip_tables(toml: str, drop: Callable[[str], bool]) -> str:
@@ -87,8 +90,11 @@ def demo_site(with_simulators: bool, prep: Prepared) -> Callable[[Path], str]:
     return write
 
 
-def production_site(prep: Prepared, fork: bool = True) -> Callable[[Path], str]:
-    """`fork`: supervisor.fork_server as by default; False starts each process on its own."""
+def production_site(
+    prep: Prepared, fork: bool = True, whole: bool = True
+) -> Callable[[Path], str]:
+    """`fork`: supervisor.fork_server as by default; False starts each process on its own.
+    `whole`: with the Energy Router connector and the GUI (runs 9-13 had neither)."""
 
     def write(home: Path) -> str:
         mqtt_port = free_port()
@@ -115,6 +121,20 @@ remote = "127.0.0.1:{free_port()}"
 remote_ca = "{link.ca}"
 remote_cert = "{link.cert("usm-link")}"
 remote_key = "{link.key("usm-link")}"
+"""
+        if whole:
+            toml += f"""
+[extensions.{ER}]
+module = "extensions.energy_router"
+[extensions.{ER}.config]
+inverter_port = "{home / "absent-er-inverter"}"
+battery_port = "{home / "absent-er-battery"}"
+
+[agents.{GUI}]
+module = "untrusted.gui"
+role = "gui"
+[agents.{GUI}.config]
+listen = "127.0.0.1:{free_port()}"
 """
         (home / "site.toml").write_text(toml)
         os.chmod(home / "site.toml", 0o600)
@@ -343,7 +363,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=45.0, help="idle after start-up")
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 s idle")
-    parser.add_argument("--site", choices=["demo", "production", "both"], default="both")
+    parser.add_argument(
+        "--site", choices=["demo", "production", "both", "built-before"], default="both"
+    )
     parser.add_argument(
         "--no-fork",
         action="store_true",
@@ -360,11 +382,18 @@ def main() -> int:
             ("demo without simulators", lambda p: demo_site(False, p)),
         ]
     if args.site in ("production", "both"):
-        plans.append(("production (Run 9 site, devices absent)", production_site))
+        plans.append(("production (the S4G site, devices absent)", production_site))
         if args.no_fork:
             plans.append(
                 ("production, fork_server = false", lambda p: production_site(p, fork=False))
             )
+    if args.site == "built-before":
+        plans.append(
+            (
+                "production without er and gui (runs 9-13)",
+                lambda p: production_site(p, whole=False),
+            )
+        )
     iso = "isolation on (root)" if isolation.isolation_wanted() else "isolation off (not root)"
     print(f"site memory: each site under `smx run`, {iso}, measured {seconds:g} s after all up")
     print()

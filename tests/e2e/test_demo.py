@@ -35,11 +35,14 @@ PROCESSES = (
     "smm",
     "fronius",
     "ocpp",
+    "er",
+    "gui",
     "lessag",
     "battery-sim",
     "meter-sim",
     "fronius-sim",
     "ocpp-sim",
+    "er-sim",
     "mqtt-broker",
     "gesscon-sim",
 )
@@ -224,21 +227,23 @@ def check_fits(frame: list[str], rows: int, cols: int) -> None:
 
 
 def test_the_live_view_fits_the_terminal_and_leaves_the_site_as_it_was():
-    term = Terminal(72, 160)
+    term = Terminal(84, 160)
     try:
         term.wait_for(r"from lessag at [\d:]+: (APPLIED|CLAMPED)")
         term.wait_for(AGENT_STATE.pattern)
         term.wait_for(r"PF3")  # the meter's points are in
         big = term.frame_after(len(term.frames()))
-        check_fits(big, 72, 160)
-        # 160 x 72 has room for every point (in two columns): nothing is left out.
+        check_fits(big, 84, 160)
+        # 160 x 84 has room for every point (in two columns): nothing is left out.
         assert "more, --all shows every point" not in "\n".join(big), "\n".join(big)
         assert re.search(r"\bRm\s+123\.40\s+kvarh\s+GOOD", "\n".join(big))
 
         seen = len(term.frames())
-        term.resize(24, 80)
+        # 30 rows: the 15 processes and the setpoint take 20 of them, so a 24-row terminal has
+        # room for two devices' points (battery, er) and no more.
+        term.resize(30, 80)
         small = term.frame_after(seen)  # redrawn at least every second
-        check_fits(small, 24, 80)
+        check_fits(small, 30, 80)
         shown = "\n".join(small)
         assert re.search(r"^… \d+ more, --all shows every point$", shown, re.M), shown
         # The devices share the room: the battery's and the meter's main values are there.
@@ -249,7 +254,7 @@ def test_the_live_view_fits_the_terminal_and_leaves_the_site_as_it_was():
         out = term.stop()
     assert term.proc.returncode == 0, out[-2000:]
     final = term.frames()[-1]
-    check_fits(final, 24, 80)
+    check_fits(final, 30, 80)
     screen = "\n".join(final)
     assert re.match(rf"{TITLE}, stopped at [\d:]+: the site as it was then", screen), screen
     # The setpoint as it was at Ctrl-C: the same request as before or a newer one, never none.

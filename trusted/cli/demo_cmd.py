@@ -72,6 +72,7 @@ SITE = "demo-site"
 ESS_SETPOINT = "battery/P_set"  # what lessag's ESS control requests, on GESSCon's profile
 AGENT = "lessag"
 MQTT_PREFIX = f"{SITE}/{AGENT}"
+ER_LINKS = "er-links"
 MORE = "… {n} more, --all shows every point"
 
 
@@ -192,12 +193,14 @@ def site_toml(home: Path, mqtt_port: int = 0, broker: bool = True) -> str:
     """The demo site: what exists so far, each extension against its simulator (the PCC meter
     is an Eastron SDM630 on Modbus TCP, the battery the example extension's, the Fronius a
     simulated GEN24 Plus with battery and Smart Meter on the Solar API and Modbus SunSpec, the EV
-    charging point an OCPP 1.6 charger behind the OCPP proxy, its SCADA a small CSMS), and the
-    north-bound agent lessag publishing to a Mosquitto, GESSCon simulated (`broker`: the broker
-    and GESSCon run; without, lessag queues what it would publish)."""
+    charging point an OCPP 1.6 charger behind the OCPP proxy, its SCADA a small CSMS, the
+    Energy Router its two controllers simulated on pseudo-terminals), the GUI on loopback, and
+    the north-bound agent lessag publishing to a Mosquitto, GESSCon simulated (`broker`: the
+    broker and GESSCon run; without, lessag queues what it would publish)."""
     battery_port, meter_port = _free_port(), _free_port()
     fronius_http, fronius_modbus = _free_port(), _free_port()
     ocpp_port, csms_port = _free_port(), _free_port()
+    er_links = home / ER_LINKS  # the ER simulator's ptys, reached by the simulator and the ER
     return f"""\
 site = "{SITE}"
 
@@ -264,6 +267,24 @@ port = {ocpp_port}
 id = "CP001"
 upstream = "ws://127.0.0.1:{csms_port}/ocpp"
 connectors = ["ev1"]
+
+[simulators.er-sim]
+module = "extensions.energy_router.simulator"
+[simulators.er-sim.config]
+inverter_link = {toml_str(str(er_links / "inverter.pty"))}
+battery_link = {toml_str(str(er_links / "battery.pty"))}
+
+[extensions.er]
+module = "extensions.energy_router"
+[extensions.er.config]
+inverter_port = {toml_str(str(er_links / "inverter.pty"))}
+battery_port = {toml_str(str(er_links / "battery.pty"))}
+
+[agents.gui]
+module = "untrusted.gui"
+role = "gui"
+[agents.gui.config]
+listen = "127.0.0.1:{_free_port()}"
 {_lessag_tables(home, mqtt_port or _free_port(), broker)}"""
 
 
@@ -293,6 +314,9 @@ def write_site(home: Path) -> list[str]:
             ],
         },
     )
+    # Both ER processes reach the simulator's ptys here; as root each is a user of its own.
+    (home / ER_LINKS).mkdir(exist_ok=True)
+    (home / ER_LINKS).chmod(0o1777)
     # 0600 as `smx run` wants a site file (it would tighten it, with a warning, at every start).
     write_atomic(home / "site.toml", site_toml(home, mqtt_port, broker).encode(), 0o600)
     from trusted.supervisor import isolation
@@ -358,6 +382,8 @@ async def _demo(home: Path, seconds: float, *, plain: bool, show_all: bool) -> N
             + ", ".join(f"{p.name} ({p.kind})" for p in supervisor.processes),
             flush=True,
         )
+        gui = next(p for p in supervisor.cfg.processes if p.name == "gui")
+        print(f"GUI: http://{gui.config['listen']}/ (read-only, docs/GUI.md)", flush=True)
         # Ctrl-C from here on is the demo's: it draws the site as it is before stopping it.
         # (The supervisor installed its own handler at its start; SIGTERM stays its.)
         stop = asyncio.Event()
