@@ -76,8 +76,8 @@ class ErPoints:
                 return {}
             p, q, uac = values
             return {
-                self.name("P"): self.inverter_sign * p,
-                self.name("Q"): self.inverter_sign * q,
+                self.name("P"): _signed(self.inverter_sign, p),
+                self.name("Q"): _signed(self.inverter_sign, q),
                 self.name("U"): uac,
                 self.name("grid_connected"): frame.payload[12] == 1,
             }
@@ -92,11 +92,16 @@ class ErPoints:
             soc, p_bat, u_bat = bat
             return {
                 self.name("SoC"): soc,
-                self.name("P_ESS"): self.battery_sign * p_bat,
+                self.name("P_ESS"): _signed(self.battery_sign, p_bat),
                 self.name("U_ESS"): u_bat,
             }
         if frame.flag == m.PV_P and (pv := floats_of(frame.payload, 2)):
             p_pv, u_pv = pv
             # The controller counts production positive; the load reference negative.
-            return {self.name("P_PV"): -p_pv, self.name("U_PV"): u_pv}
+            return {self.name("P_PV"): _signed(-1.0, p_pv), self.name("U_PV"): u_pv}
         return {}
+
+
+def _signed(sign: float, value: float) -> float:
+    # + 0.0: a device's 0 W read with sign -1 is -0.0, which screens show as "-0.00 W".
+    return sign * value + 0.0

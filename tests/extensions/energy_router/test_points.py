@@ -119,3 +119,19 @@ def test_whatever_the_line_carries_the_readings_are_finite_and_declared(
             for name, value in er.readings(controller, frame).items():
                 assert name in declared
                 assert not isinstance(value, float) or math.isfinite(value)
+
+
+@pytest.mark.parametrize("positive", ["discharge", "charge"])
+def test_a_zero_reading_is_zero_not_minus_zero(positive: str) -> None:
+    # -0.0 shows as "-0.00 W" on every screen (the demo showed it for an idle battery).
+    pts = points(battery_positive=positive, inverter_positive="export")
+    zeros = {
+        **pts.readings(BATTERY, Frame(BATTERY.data, m.BAT_P, pack_floats(50.0, 0.0, 51.0))),
+        **pts.readings(BATTERY, Frame(BATTERY.data, m.PV_P, pack_floats(0.0, 0.0))),
+        **pts.readings(
+            INVERTER,
+            Frame(INVERTER.data, m.INV_MEASUREMENTS, pack_floats(0.0, 0.0, 230.0) + b"\x01"),
+        ),
+    }
+    for name in ("er/P_ESS", "er/P_PV", "er/P", "er/Q"):
+        assert math.copysign(1.0, zeros[name]) == 1.0, (name, zeros[name])
