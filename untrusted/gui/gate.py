@@ -17,7 +17,7 @@ from .sessions import COOKIE, Tokens
 from .settings import GuiConfig
 from .static_files import StaticFile, load_static
 
-__all__ = ["Gate", "LIVE_PATH", "LOGIN_PATH"]
+__all__ = ["Gate", "LIVE_PATH", "LOGIN_PATH", "route"]
 
 LIVE_PATH = "/ws"
 LOGIN_PATH = "/ws/login"
@@ -45,6 +45,12 @@ REASONS = {
 }
 
 
+def route(request: Request) -> str:
+    """The path a request is routed on, by the gate and by the WebSocket handlers alike: one
+    decision, so that no request target passes the gate as one route and runs as another."""
+    return urlsplit(request.path).path
+
+
 class Gate:
     def __init__(self, cfg: GuiConfig, hub: Hub, sessions: Tokens, tickets: Tokens) -> None:
         self.cfg, self.hub, self.sessions, self.tickets = cfg, hub, sessions, tickets
@@ -70,6 +76,10 @@ class Gate:
         # Another Host is a DNS-rebinding page of another site reaching this one by its address.
         if _one(request, "Host") not in self.hosts:
             return _text(400, "unknown host: add it to the GUI's `hosts`")
+        # Origin-form only ("/path?query"): "//x/ws/login" or "http://h/ws/login" would parse
+        # to one path here and read as another anywhere that looks at the raw target.
+        if not request.path.startswith("/") or request.path.startswith("//"):
+            return _text(400, "bad request target")
         url = urlsplit(request.path)
         upgrade = _one(request, "Upgrade").lower() == "websocket"
         if url.path in (LIVE_PATH, LOGIN_PATH) and upgrade:

@@ -15,7 +15,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from .gate import LOGIN_PATH, Gate
+from .gate import LIVE_PATH, LOGIN_PATH, Gate, route
 from .hub import Hub, Viewer
 from .passwords import verify_password
 from .sessions import TICKET_LIFETIME_S, FailedLogins, Tokens
@@ -30,6 +30,9 @@ SESSION_CHECK_S = 5.0  # an expired or logged-out session ends its WebSocket thi
 HISTORY_EVERY_S = 1.0  # a page's chart requests are answered one a second at most
 MAX_MESSAGE = 4096  # what a page sends: a history request or a password
 LOGIN_TIMEOUT_S = 30.0
+# A peer that never answers our close frame holds its socket (and, before, a page's place) only
+# this long, not websockets' default 10 s.
+CLOSE_TIMEOUT_S = 2.0
 MAX_SESSIONS = 32
 HistoryReader = Callable[[str], Awaitable[dict[str, Any]]]
 
@@ -57,6 +60,7 @@ class GuiServer:
             max_size=MAX_MESSAGE,
             max_queue=4,
             open_timeout=10,
+            close_timeout=CLOSE_TIMEOUT_S,
             compression=None,  # the page's messages are small; deflate costs memory per page
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
@@ -70,19 +74,26 @@ class GuiServer:
         return tls_context(self.cfg.tls_cert, self.cfg.tls_key)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        if ws.request is not None and ws.request.path.startswith(LOGIN_PATH):
+        path = route(ws.request) if ws.request is not None else None
+        if path == LOGIN_PATH:
             await self._login(ws)
-        else:
+        elif path == LIVE_PATH:
             await self._live(ws)
+        else:  # the gate lets no other upgrade through: never reached, but never a page
+            await ws.close(1008, "no such WebSocket")
 
     # -- the live view ------------------------------------------------------------------------
 
     async def _live(self, ws: ServerConnection) -> None:
+        # The session first: a socket without one gets nothing, not even a page's place.
+        session = self.gate.session_of(ws.request) if ws.request else None
+        if self.cfg.login_required and session is None:
+            await ws.close(4001, "log in first")
+            return
         viewer = self.hub.join()
         if viewer is None:
             await ws.close(1013, "too many open pages")
             return
-        session = self.gate.session_of(ws.request) if ws.request else None
         # Pushing and answering until either ends (the page left, or its session did): then
         # the other is cancelled at once, so the page's place is free at once.
         tasks = [
