@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from extensions.sdk import Reading
@@ -56,6 +56,8 @@ class Connector:
     status: str = ""
     tx_id: str = ""
     start_kwh: float | None = None  # the energy register at the start of the transaction
+    # The power and current points its meter values gave: 0 when the transaction ends.
+    flowing: set[str] = field(default_factory=set)
 
 
 class Observer:
@@ -195,6 +197,11 @@ class Observer:
             c.start_kwh = None
         readings["tx_active"] = Reading(bool(tx), source_time=at)
         readings["tx_id"] = Reading(tx, source_time=at)
+        if changed and not tx:
+            # A charger's last meter value is of the running transaction (11 kW); after its
+            # end nothing flows, and many chargers send nothing more until the next one.
+            readings.update({name: Reading(0.0, source_time=at) for name in c.flowing})
+            c.flowing.clear()
         self.emit(n, readings)
         if changed and self.on_transaction is not None:
             self.on_transaction(n, tx)
@@ -222,5 +229,7 @@ class Observer:
                 readings.update(self._energy(n, values.pop("Ap"), at))
             for name, value in values.items():
                 readings[name] = Reading(value, quality, at)
+                if name.startswith(("P", "I")) and name != "I_offered":
+                    self.connector(n).flowing.add(name)
             if readings:
                 self.emit(n, readings)

@@ -138,3 +138,26 @@ def test_the_observer_tables_stay_bounded():
     assert len(obs.tx_connector) <= TRANSACTIONS
     obs.seen("cp", Frame(CALL, "bad", "TransactionEvent", {"transactionInfo": ["x"]}))
     obs.seen("cp", Frame(CALL, "bad2", "StopTransaction", {"transactionId": 1, "meterStop": "x"}))
+
+
+def test_power_and_current_fall_to_zero_when_a_transaction_ends():
+    # A charger's last MeterValues was of the running transaction (11 kW); many send nothing
+    # until the next one, and ev1/P has no period: without this it read 11 kW for hours.
+    emitted: list[tuple[int, dict]] = []
+    obs = Observer("1.6", lambda n, r: emitted.append((n, dict(r))), connectors=1)
+    sample = [
+        {"value": "11040", "measurand": "Power.Active.Import", "unit": "W"},
+        {"value": "16", "measurand": "Current.Import", "unit": "A", "phase": "L1"},
+        {"value": "230", "measurand": "Voltage", "unit": "V", "phase": "L1-N"},
+        {"value": "16", "measurand": "Current.Offered", "unit": "A"},
+    ]
+    meter = {"connectorId": 1, "transactionId": 7, "meterValue": [{"sampledValue": sample}]}
+    obs.seen("cp", Frame(CALL, "m1", "MeterValues", meter))
+    stop = {"transactionId": 7, "meterStop": 5000, "timestamp": "2024-05-01T10:00:00Z"}
+    obs.seen("cp", Frame(CALL, "s1", "StopTransaction", stop))
+    n, readings = emitted[-1]
+    assert n == 1 and readings["tx_active"].value is False
+    assert {k: r.value for k, r in readings.items() if k in ("P", "I1", "U1", "I_offered")} == {
+        "P": 0.0,
+        "I1": 0.0,
+    }
