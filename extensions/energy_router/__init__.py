@@ -128,6 +128,8 @@ def setup(ext: Extension) -> None:
             0.0,
             abs,  # the limit is the production: -v, never a negative zero
             Frame(BATTERY.command, m.PV_MODE, b"\x01"),  # back to MPPT: no limit
+            above_hi="a PV limit is <= 0 W (load reference: -2000 lets the PV produce at most "
+            "2000 W)",
         ),
     ]
     modes = [

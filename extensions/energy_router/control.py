@@ -40,6 +40,9 @@ class PowerSetpoint:
     hi: float
     to_device: Callable[[float], float]  # load reference -> the controller's own sign
     fallback: Frame  # sent when the setpoint expires
+    # Why a value above `hi` is refused rather than clamped ("" clamps): a wrong sign means
+    # the requester misread the reference, and clamping 500 W to 0 would switch the PV off.
+    above_hi: str = ""
 
     def frame(self, value: float) -> Frame:
         return float_frame(self.link.controller.command, self.flag, self.to_device(value))
@@ -102,6 +105,8 @@ def _register_power(ext: Extension, device: str, sp: PowerSetpoint) -> None:
         value = float(req.value)
         if not math.isfinite(value):
             return Rejected(f"{value!r} is not a finite number")
+        if value > sp.hi and sp.above_hi:
+            return Rejected(sp.above_hi)
         sent = min(max(value, sp.lo), sp.hi)
         done: Result = (
             Applied(value)

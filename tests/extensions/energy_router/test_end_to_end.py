@@ -136,6 +136,11 @@ async def test_points_and_setpoints_through_the_core(rig: Rig) -> None:
         done = await ctrl.outcome(sp.id, timeout=10)
         assert done.status == "REJECTED" and "refused" in done.reason
         assert sim.inverter.q == 0.0
+        # A PV limit of the wrong sign is refused, not clamped to 0 (which switches the PV off).
+        sp = await ctrl.request_setpoint("er/P_PV_set", 500.0, valid_for=60)
+        done = await ctrl.outcome(sp.id, timeout=10)
+        assert done.status == "REJECTED" and "<= 0 W" in done.reason
+        assert sim.battery.p_pv == 2000.0
         # No confirmation: the controller may run it, and the status says so.
         sim.battery.ignore.add(m.PV_P)
         sp = await ctrl.request_setpoint("er/P_PV_set", -1000.0, valid_for=60)
