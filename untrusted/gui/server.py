@@ -15,10 +15,11 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from .failed_logins import FailedLogins
 from .gate import LIVE_PATH, LOGIN_PATH, Gate, route
 from .hub import Hub, Viewer
 from .passwords import verify_password
-from .sessions import TICKET_LIFETIME_S, FailedLogins, Tokens
+from .sessions import TICKET_LIFETIME_S, Tokens
 from .settings import GuiConfig, tls_context
 
 __all__ = ["GuiServer"]
@@ -42,7 +43,7 @@ class GuiServer:
         self.cfg, self.hub, self.read_history, self.site = cfg, hub, read_history, site
         self.sessions = Tokens(cfg.session_lifetime, MAX_SESSIONS)
         self.tickets = Tokens(TICKET_LIFETIME_S, MAX_SESSIONS)
-        self.failed_logins = FailedLogins(cfg.max_failed_logins)
+        self.failed_logins = FailedLogins(cfg.max_failed_logins, cfg.max_failed_logins_total)
         self.gate = Gate(cfg, hub, self.sessions, self.tickets)
         self._password_check = asyncio.Lock()  # one scrypt at a time: 16 MiB each
         self.port = 0  # the port listened on (when `listen` says 0: a free one)
@@ -159,15 +160,16 @@ class GuiServer:
             return
         except ConnectionClosed:
             return
+        address = ws.remote_address[0] if ws.remote_address else ""
         async with self._password_check:
-            wait = self.failed_logins.wait_s()
+            wait = self.failed_logins.wait_s(address)
             if wait > 0:
                 await ws.send(json.dumps({"error": f"too many failed logins: wait {wait:.0f} s"}))
                 return
             ok = await asyncio.to_thread(verify_password, password, self.cfg.password_hash)
             if not ok:
-                self.failed_logins.failed()
-                log.warning("failed login from %s", ws.remote_address[0])
+                self.failed_logins.failed(address)
+                log.warning("failed login from %s", address)
                 await ws.send(json.dumps({"error": "wrong password"}))
                 return
         await ws.send(json.dumps({"ticket": self.tickets.issue()}))

@@ -1,18 +1,16 @@
 """Who is logged in: session tokens (the HttpOnly cookie), the one-use tickets that turn a
-password checked over the WebSocket into a cookie, and the bound on failed logins."""
+password checked over the WebSocket into a cookie."""
 
 from __future__ import annotations
 
-import collections
 import secrets
 import time
 from collections.abc import Callable
 
-__all__ = ["FailedLogins", "Tokens"]
+__all__ = ["Tokens"]
 
 COOKIE = "smx_gui_session"
 TICKET_LIFETIME_S = 30.0
-FAILURE_WINDOW_S = 60.0
 
 
 class Tokens:
@@ -45,24 +43,3 @@ class Tokens:
         now = self.clock()
         for token in [t for t, e in self._expiry.items() if e <= now]:
             del self._expiry[token]
-
-
-class FailedLogins:
-    """At most `limit` wrong passwords per minute for the whole GUI: a guesser from many
-    addresses is as slow as from one (a real user waits a minute at worst)."""
-
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.clock = limit, clock
-        self._times: collections.deque[float] = collections.deque()
-
-    def wait_s(self) -> float:
-        """Seconds until a login may be tried again (0: now)."""
-        now = self.clock()
-        while self._times and self._times[0] <= now - FAILURE_WINDOW_S:
-            self._times.popleft()
-        if len(self._times) < self.limit:
-            return 0.0
-        return self._times[0] + FAILURE_WINDOW_S - now
-
-    def failed(self) -> None:
-        self._times.append(self.clock())

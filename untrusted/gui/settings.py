@@ -71,7 +71,8 @@ class GuiConfig:
     tls_key: Path | None = None
     session_lifetime: Seconds = setting(12 * 3600.0, min=60, max=30 * 86400)
     max_clients: int = setting(8, min=1, max=64)  # open pages (WebSockets) at a time
-    max_failed_logins: int = setting(5, min=1, max=100)  # per minute, for the whole GUI
+    max_failed_logins: int = setting(5, min=1, max=100)  # per minute, per address
+    max_failed_logins_total: int = setting(60, min=1, max=1000)  # per minute, from all addresses
     points: list[str] = _globs("**")  # what the GUI watches
     overview: OverviewConfig = field(default_factory=OverviewConfig)
 

@@ -1,9 +1,9 @@
-"""Passwords, sessions and the failed-login bound, on a clock the test moves."""
+"""Passwords and sessions, on a clock the test moves."""
 
 from __future__ import annotations
 
 from untrusted.gui.passwords import check_hash_format, hash_password, verify_password
-from untrusted.gui.sessions import FailedLogins, Tokens
+from untrusted.gui.sessions import Tokens
 
 
 class Clock:
@@ -43,15 +43,3 @@ def test_sessions_are_bounded_the_oldest_goes():
     sessions = Tokens(lifetime=60.0, limit=2, clock=Clock())
     first, second, third = sessions.issue(), sessions.issue(), sessions.issue()
     assert not sessions.valid(first) and sessions.valid(second) and sessions.valid(third)
-
-
-def test_failed_logins_are_bounded_per_minute():
-    clock = Clock()
-    failed = FailedLogins(limit=3, clock=clock)
-    for _ in range(3):
-        assert failed.wait_s() == 0.0
-        failed.failed()
-        clock.now += 1.0
-    assert failed.wait_s() == 57.0  # the first failure leaves the window at 60 s
-    clock.now = 60.5
-    assert failed.wait_s() == 0.0
