@@ -174,11 +174,16 @@ def test_status_shows_each_process_memory_and_the_sites_total(site):
     assert {p["forked_from"] for p in alive} == {None}
     assert total["pss"] == data["memory"]["pss"] + sum(p["memory"]["pss"] for p in alive)
     assert total["pss"] < total["rss"]  # shared pages counted once
+    # What a production site would run: the simulators left out.
+    simulated = sum(p["memory"]["pss"] for p in alive if p["kind"] == "simulator")
+    assert simulated > 0
+    assert data["memory_site"]["pss"] == total["pss"] - simulated
     table = smx("status", "--home", str(site.home)).stdout
-    assert "PSS MB" in table.splitlines()[1]
+    assert "PSS MiB" in table.splitlines()[1]
     core = next(line for line in table.splitlines() if line.startswith("core "))
     assert re.search(r"\s\d+\.\d\s", core), core
-    assert re.search(r"memory, supervisor and processes: [\d.]+ MB PSS", table), table
+    assert re.search(r"memory, supervisor and processes: [\d.]+ MiB PSS", table), table
+    assert re.search(r"without the simulators: [\d.]+ MiB PSS", table), table
 
 
 def test_a_second_supervisor_for_the_same_site_is_refused(site):

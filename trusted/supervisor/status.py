@@ -133,7 +133,7 @@ _HEADER = (
     "NICE",
     "RESTARTS",
     "UPTIME",
-    "PSS MB",
+    "PSS MiB",
     "LAST EXIT",
     "LAST ERROR",
 )
@@ -161,20 +161,25 @@ def _readings(pid: Any, created: Any) -> tuple[dict[str, int] | None, int | None
 
 def add_memory(status: dict[str, Any]) -> None:
     """Each running process's `memory` and `nice` (and the supervisor's memory, and their
-    `memory_total`), read now from /proc: what `smx status` shows."""
-    total = {"rss": 0, "pss": 0, "uss": 0}
+    `memory_total`; `memory_site` leaves the simulators out: what a production site runs),
+    read now from /proc: what `smx status` shows."""
     own = memory_of(status.get("pid"), status.get("pid_created"))
     status["memory"] = own
     found = [own] if own else []
+    site = list(found)
     for proc in _entries(status):
         if proc.get("state") in ("starting", "running"):
             proc["memory"], proc["nice"] = _readings(proc.get("pid"), proc.get("pid_created"))
             if proc["memory"]:
                 found.append(proc["memory"])
-    for m in found:
-        for key in total:
-            total[key] += m[key]
-    status["memory_total"] = total if found else None
+                if proc.get("kind") != "simulator":
+                    site.append(proc["memory"])
+    status["memory_total"] = _sum(found) if found else None
+    status["memory_site"] = _sum(site) if found else None
+
+
+def _sum(memories: list[dict[str, int]]) -> dict[str, int]:
+    return {key: sum(m[key] for m in memories) for key in ("rss", "pss", "uss")}
 
 
 def _entries(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -277,11 +282,13 @@ def format_status(status: dict[str, Any], running: bool, now: float | None = Non
     out = head + "\n" + "\n".join(line.rstrip() for line in lines)
     # The end of an error is often what to do (the key it meant, the command to run).
     out += "".join(f"\n{name}: {error}" for name, error in cut)
-    total = status.get("memory_total")
+    total, site_only = status.get("memory_total"), status.get("memory_site")
     if isinstance(total, dict) and running:
         out += (
-            f"\nmemory, supervisor and processes: {_mb(total)} MB PSS "
-            f"({_mb(total, 'uss')} MB USS, {_mb(total, 'rss')} MB RSS summed; "
-            f"supervisor {_mb(status.get('memory')) or '?'} MB PSS)"
+            f"\nmemory, supervisor and processes: {_mb(total)} MiB PSS "
+            f"({_mb(total, 'uss')} MiB USS, {_mb(total, 'rss')} MiB RSS summed; "
+            f"supervisor {_mb(status.get('memory')) or '?'} MiB PSS)"
         )
+        if isinstance(site_only, dict) and site_only != total:
+            out += f"\nwithout the simulators: {_mb(site_only)} MiB PSS"
     return out
