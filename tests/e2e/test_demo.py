@@ -234,6 +234,10 @@ def test_the_live_view_fits_the_terminal_and_leaves_the_site_as_it_was():
         term.wait_for(r"PF3")  # the meter's points are in
         big = term.frame_after(len(term.frames()))
         check_fits(big, 84, 160)
+        # The GUI's address stays on the screen, on its row (the first lines scroll away).
+        assert re.search(
+            r"^gui\s+agent\s+running\s.*http://127\.0\.0\.1:\d+/", "\n".join(big), re.M
+        )
         # 160 x 84 has room for every point (in two columns): nothing is left out.
         assert "more, --all shows every point" not in "\n".join(big), "\n".join(big)
         assert re.search(r"\bRm\s+123\.40\s+kvarh\s+GOOD", "\n".join(big))

@@ -382,8 +382,8 @@ async def _demo(home: Path, seconds: float, *, plain: bool, show_all: bool) -> N
             + ", ".join(f"{p.name} ({p.kind})" for p in supervisor.processes),
             flush=True,
         )
-        gui = next(p for p in supervisor.cfg.processes if p.name == "gui")
-        print(f"GUI: http://{gui.config['listen']}/ (read-only, docs/GUI.md)", flush=True)
+        for url in gui_addresses(supervisor).values():
+            print(f"GUI: {url} (read-only, docs/GUI.md)", flush=True)
         # Ctrl-C from here on is the demo's: it draws the site as it is before stopping it.
         # (The supervisor installed its own handler at its start; SIGTERM stays its.)
         stop = asyncio.Event()
@@ -542,6 +542,7 @@ class DemoView:
             now=self.stopped_at or time.time(),
             stopped=self.stopped_at is not None,
             core_error=self.core_error,
+            addresses=gui_addresses(self.supervisor),
         )
 
     def print_final(self) -> None:
@@ -635,10 +636,12 @@ def render_view(
     now: float | None = None,
     stopped: bool = False,
     core_error: str = "",
+    addresses: dict[str, str] | None = None,
 ) -> RenderableType:
     """The demo's screen for a terminal of `width` x `height`: a title, the processes, the
     setpoints, then the points grouped by device, trimmed to the height left (one line is left
-    free for the cursor) unless `show_all`."""
+    free for the cursor) unless `show_all`. `addresses`: a process's address for a browser,
+    shown on its row."""
     from rich.console import Console, Group
     from rich.table import Table
     from rich.text import Text
@@ -665,7 +668,9 @@ def render_view(
             p.health,
             str(p.restarts),
             str(p.pid or "-"),
-            "; ".join(filter(None, [agent_state(p, by_name), _note(p)])),
+            "; ".join(
+                filter(None, [(addresses or {}).get(p.name), agent_state(p, by_name), _note(p)])
+            ),
         )
         for p in processes
     ]
@@ -806,6 +811,16 @@ def _pane(rows: list[tuple[str, ppb.Point]]) -> RenderableType:
         )
         last = device
     return table
+
+
+def gui_addresses(supervisor: Supervisor) -> dict[str, str]:
+    """The web GUI's address for a browser, by process name (the demo's GUI listens on
+    loopback without TLS)."""
+    return {
+        p.name: f"http://{p.config['listen']}/"
+        for p in supervisor.cfg.processes
+        if p.module == "untrusted.gui" and "listen" in p.config
+    }
 
 
 def _note(p: Process) -> str:
