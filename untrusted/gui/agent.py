@@ -9,6 +9,7 @@ import logging
 
 from smx.sdk import Agent
 
+from .connections import limit_open_files
 from .history import day_of
 from .hub import Hub
 from .server import GuiServer
@@ -22,6 +23,7 @@ CORE_CHECK_S = 1.0
 def setup(agent: Agent) -> None:
     # One line per connection would wear an SD card out: only websockets' problems are logged.
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    limit_open_files()
     cfg = agent.settings(GuiConfig)
     cfg.check(agent.config_key)
     hub = Hub(cfg.overview, cfg.max_clients)

@@ -5,11 +5,12 @@ that a guesser with many addresses is still slow (and scrypt's CPU stays bounded
 from __future__ import annotations
 
 import collections
-import ipaddress
 import time
 from collections.abc import Callable
 
-__all__ = ["FailedLogins", "address_key"]
+from .addresses import address_key
+
+__all__ = ["FailedLogins"]
 
 WINDOW_S = 60.0
 
@@ -58,16 +59,3 @@ class FailedLogins:
         self._total.times.append(now)
         key = address_key(address)
         self._by_address.setdefault(key, _Window(self.per_address)).times.append(now)
-
-
-def address_key(address: str) -> str:
-    """One budget per IPv4 address, and per /64 for IPv6 (one host may use a whole /64)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)

@@ -15,6 +15,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from .connections import ConnectionLimits
 from .failed_logins import FailedLogins
 from .gate import LIVE_PATH, LOGIN_PATH, Gate, route
 from .hub import Hub, Viewer
@@ -31,6 +32,9 @@ SESSION_CHECK_S = 5.0  # an expired or logged-out session ends its WebSocket thi
 HISTORY_EVERY_S = 1.0  # a page's chart requests are answered one a second at most
 MAX_MESSAGE = 4096  # what a page sends: a history request or a password
 LOGIN_TIMEOUT_S = 30.0
+OPEN_TIMEOUT_S = 5.0  # TLS and HTTP handshake: an idle connection is dropped this soon
+MAX_CONNECTIONS = 256  # TCP connections at a time, whatever their state
+MAX_CONNECTIONS_PER_ADDRESS = 32  # a browser opens a few; a flood from one address stops here
 # A peer that never answers our close frame holds its socket (and, before, a page's place) only
 # this long, not websockets' default 10 s.
 CLOSE_TIMEOUT_S = 2.0
@@ -46,6 +50,7 @@ class GuiServer:
         self.failed_logins = FailedLogins(cfg.max_failed_logins, cfg.max_failed_logins_total)
         self.gate = Gate(cfg, hub, self.sessions, self.tickets)
         self._password_check = asyncio.Lock()  # one scrypt at a time: 16 MiB each
+        self.connections = ConnectionLimits(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS)
         self.port = 0  # the port listened on (when `listen` says 0: a free one)
 
     async def run(self) -> None:
@@ -60,8 +65,9 @@ class GuiServer:
             ssl=self._tls(),
             max_size=MAX_MESSAGE,
             max_queue=4,
-            open_timeout=10,
+            open_timeout=OPEN_TIMEOUT_S,
             close_timeout=CLOSE_TIMEOUT_S,
+            create_connection=self.connections.connection_class(),
             compression=None,  # the page's messages are small; deflate costs memory per page
         ) as server:
             self.port = server.sockets[0].getsockname()[1]

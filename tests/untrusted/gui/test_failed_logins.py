@@ -9,7 +9,8 @@ from websockets.asyncio.client import connect
 
 from extensions.sdk.testing import TestSite
 from tests.untrusted.gui.conftest import PASSWORD, PASSWORD_HASH, GuiProcess, gui_process
-from untrusted.gui.failed_logins import FailedLogins, address_key
+from untrusted.gui.addresses import address_key
+from untrusted.gui.failed_logins import FailedLogins
 
 
 class Clock:
