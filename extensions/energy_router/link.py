@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,20 @@ Late = Callable[[bool], Coroutine[Any, Any, None]]
 
 class LinkDown(Exception):
     """The controller cannot be told anything now (no session, or before its handshake)."""
+
+
+@dataclass(eq=False)
+class _Sent:
+    """A command sent and not yet answered. A confirmation carries no id, only the flag: the
+    controller answers in order, so it answers the oldest unanswered command of its flag."""
+
+    frame: Frame
+    # Sent while an older command of its flag was unanswered: should that one's answer have
+    # been lost, the answer taken for this one may be another's.
+    behind: bool
+    answered: Callable[[_Sent, bool, bool], None]  # (self, ok, sure it is its own answer)
+    late: Late | None = None  # reports an answer that came after confirm_timeout
+    waiter: asyncio.Future[bool | None] | None = None  # of `command`, while it waits
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,7 @@ class ControllerLink(PushedDevice):
         self._serial: Any = None  # the open pyserial port
         self._frames: asyncio.Queue[Frame | BaseException] = asyncio.Queue()
         self._decoder = FrameDecoder(accept=lambda f: m.accepts(controller, f))
-        self._pending: dict[int, asyncio.Future[bool]] = {}
-        self._late: dict[int, Late] = {}
+        self._sent: dict[int, deque[_Sent]] = {}  # by flag, oldest first
         self._reporting: set[asyncio.Task[None]] = set()
         # Commands the controller confirmed, by flag: sent again after a new handshake (the
         # controller went safe when it lost the link).
@@ -112,12 +126,11 @@ class ControllerLink(PushedDevice):
 
     def _close_session(self) -> None:
         self.up = False
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(LinkDown(f"{self.controller.name} link lost"))
-                fut.exception()  # retrieved here: nobody may be waiting any more
-        self._pending.clear()
-        self._late.clear()
+        sent, self._sent = self._sent, {}
+        for queue in sent.values():
+            for command in queue:
+                if command.waiter is not None and not command.waiter.done():
+                    command.waiter.set_result(None)  # sent, no answer: it may run it
         if self._serial is not None:
             ser, self._serial = self._serial, None
             try:
@@ -194,7 +207,7 @@ class ControllerLink(PushedDevice):
         self.up = True
         self.publish({self.online_point: True})
         for command in list(self.in_force.values()):
-            self._write(command)  # confirmed as before: its confirmation needs no waiter
+            self._send(command, self._replayed)  # confirmed as before: none waits for it
         now = time.monotonic()
         # The controller pauses after its answer at power-on: its silence then is no loss.
         heard, next_ka = now + t.startup_pause, now
@@ -227,15 +240,24 @@ class ControllerLink(PushedDevice):
             log.debug("%s: extra values %s", self.name, frame.payload.hex())
 
     def _confirmed(self, flag: int, ok: bool) -> None:
-        fut = self._pending.pop(flag, None)
-        if fut is not None and not fut.done():
-            fut.set_result(ok)
+        queue = self._sent.get(flag)
+        if not queue:
+            log.info("%s: confirmation of flag %d, no command waits for it", self.name, flag)
             return
-        late = self._late.pop(flag, None)
-        if late is not None:
-            task = asyncio.get_running_loop().create_task(late(ok))
-            self._reporting.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self._reported)
+        command = queue.popleft()
+        # Its own answer only if nothing could shift the pairing: it was not sent behind an
+        # unanswered command, and nothing sent after it waits (had its answer been lost, this
+        # one would be the newer one's).
+        command.answered(command, ok, not command.behind and not queue)
+
+    def _replayed(self, command: _Sent, ok: bool, sure: bool) -> None:
+        if not (ok and sure) and self.in_force.get(command.frame.flag) is command.frame:
+            del self.in_force[command.frame.flag]
+
+    def _late_report(self, late: Late, ok: bool) -> None:
+        task = asyncio.get_running_loop().create_task(late(ok))
+        self._reporting.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._reported)
 
     def _reported(self, task: asyncio.Task[None]) -> None:
         self._reporting.discard(task)
@@ -244,45 +266,48 @@ class ControllerLink(PushedDevice):
 
     # -- commands ---------------------------------------------------------------------------
 
-    async def command(self, frame: Frame, late: Late | None = None) -> bool | None:
-        """Send `frame` and wait for its confirmation: True (done), False (refused), None (none
-        within `confirm_timeout`; `late(ok)` is called if it comes while the session lasts).
-        LinkDown if the controller is not reachable now: nothing was sent."""
-        if not self.up:
-            raise LinkDown(f"{self.controller.name} controller not connected")
-        flag = frame.flag
-        # An earlier command of this flag still waiting gets no confirmation (None): the
-        # controller's next one answers this one.
-        self._late.pop(flag, None)
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending[flag] = fut
+    def _send(self, frame: Frame, answered: Callable[[_Sent, bool, bool], None]) -> _Sent:
+        queue = self._sent.setdefault(frame.flag, deque())
+        command = _Sent(frame, bool(queue), answered)
         try:
             self._write(frame)
         except ConnectionError as err:
-            self._pending.pop(flag, None)
             raise LinkDown(str(err)) from err
+        queue.append(command)
+        return command
+
+    async def command(self, frame: Frame, late: Late | None = None) -> bool | None:
+        """Send `frame` and wait for its confirmation: True (done), False (refused), None (none
+        within `confirm_timeout`, or one that may be another command's; `late(ok)` is called if
+        its own comes later while the session lasts). LinkDown if the controller is not
+        reachable now: nothing was sent."""
+        if not self.up:
+            raise LinkDown(f"{self.controller.name} controller not connected")
+        fut: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+
+        def answered(command: _Sent, ok: bool, sure: bool) -> None:
+            flag = command.frame.flag
+            if not sure:  # the controller runs this one, an older one or neither: unknown
+                self.in_force.pop(flag, None)
+            elif ok:
+                self.in_force[flag] = command.frame
+            if not fut.done():
+                fut.set_result(ok if sure else None)
+            elif sure and command.late is not None:
+                self._late_report(command.late, ok)
+
+        command = self._send(frame, answered)
+        command.waiter = fut
+        # An older command of this flag still unanswered is superseded: no late report.
+        for older in self._sent[frame.flag]:
+            if older is not command:
+                older.late = None
         try:
             async with asyncio.timeout(self.timing.confirm_timeout):
-                ok = await fut
-        except LinkDown:  # sent, then the session ended: it may have been taken
-            return None
+                return await fut
         except TimeoutError:
-            if self._pending.get(flag) is fut:
-                del self._pending[flag]
-                if late is not None:
-                    self._late[flag] = self._remembering(frame, late)
+            command.late = late
             return None
-        if ok:
-            self.in_force[flag] = frame
-        return ok
-
-    def _remembering(self, frame: Frame, late: Late) -> Late:
-        async def confirmed(ok: bool) -> None:
-            if ok:
-                self.in_force[frame.flag] = frame
-            await late(ok)
-
-        return confirmed
 
 
 # Commands whose confirmation is flag + 1 (the grid-state request is answered by its state)
