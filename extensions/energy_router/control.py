@@ -94,11 +94,14 @@ def _register_power(ext: Extension, device: str, sp: PowerSetpoint) -> None:
     timeout = sp.link.timing.confirm_timeout + 2.0
 
     async def fall_back(req: SetpointRequest) -> None:
-        sp.link.in_force.pop(sp.flag, None)
-        try:
-            await sp.link.command(sp.fallback)
-        except LinkDown as err:  # the controller's own safe behaviour runs without us
-            log.info("%s/%s expired, fallback not sent: %s", device, sp.point, err)
+        sp.link.fall_back(sp.flag, sp.fallback)
+        if not sp.link.up:
+            log.info(
+                "%s/%s: fallback sent after the %s controller's handshake",
+                device,
+                sp.point,
+                sp.link.controller.name,
+            )
 
     @ext.on_setpoint(f"{device}/{sp.point}", on_expire=fall_back, timeout=timeout)
     async def apply(req: SetpointRequest) -> Result:

@@ -94,6 +94,11 @@ class ControllerLink(PushedDevice):
         # Commands the controller confirmed, by flag: sent again after a new handshake (the
         # controller went safe when it lost the link).
         self.in_force: dict[int, Frame] = {}
+        # Fallbacks of expired setpoints, by the setpoint's flag, until the controller confirms
+        # one or a newer command of its flag supersedes it: sent first after each handshake,
+        # so an expiry during an outage (or the start-up fallback, before the battery's
+        # handshake) still reaches the controller (the keep-alives keep it from going safe).
+        self.pending_fallback: dict[int, Frame] = {}
 
     # -- session ----------------------------------------------------------------------------
 
@@ -206,6 +211,8 @@ class ControllerLink(PushedDevice):
         t = self.timing
         self.up = True
         self.publish({self.online_point: True})
+        for key, fallback in list(self.pending_fallback.items()):
+            self._send(fallback, self._fallback_answered(key, fallback))
         for command in list(self.in_force.values()):
             self._send(command, self._replayed)  # confirmed as before: none waits for it
         now = time.monotonic()
@@ -276,6 +283,32 @@ class ControllerLink(PushedDevice):
         queue.append(command)
         return command
 
+    def fall_back(self, key: int, frame: Frame) -> None:
+        """Setpoint `key` expired: `frame` replaces it, now if the controller is reachable, and
+        after each new handshake until the controller confirms it."""
+        self.in_force.pop(key, None)
+        self.pending_fallback[key] = frame
+        if self.up:
+            try:
+                self._send(frame, self._fallback_answered(key, frame))
+            except LinkDown as err:
+                log.info("%s: fallback sent after the next handshake: %s", self.name, err)
+
+    def _fallback_answered(self, key: int, frame: Frame) -> Callable[[_Sent, bool, bool], None]:
+        def answered(command: _Sent, ok: bool, sure: bool) -> None:
+            if self.pending_fallback.get(key) is not frame:
+                return  # superseded meanwhile
+            if ok and sure:
+                del self.pending_fallback[key]
+            else:
+                log.warning(
+                    "%s: fallback %s not confirmed: sent again after the next handshake",
+                    self.name,
+                    encode(frame).hex(" "),
+                )
+
+        return answered
+
     async def command(self, frame: Frame, late: Late | None = None) -> bool | None:
         """Send `frame` and wait for its confirmation: True (done), False (refused), None (none
         within `confirm_timeout`, or one that may be another command's; `late(ok)` is called if
@@ -283,6 +316,10 @@ class ControllerLink(PushedDevice):
         reachable now: nothing was sent."""
         if not self.up:
             raise LinkDown(f"{self.controller.name} controller not connected")
+        # A newer command of its flag supersedes a fallback still pending.
+        for key, fallback in list(self.pending_fallback.items()):
+            if frame.flag in (key, fallback.flag):
+                del self.pending_fallback[key]
         fut: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
 
         def answered(command: _Sent, ok: bool, sure: bool) -> None:
