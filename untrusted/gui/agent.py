@@ -4,20 +4,18 @@ writes nothing but its own health point where the policy lets it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from smx.sdk import Agent
 
 from .connections import limit_open_files
+from .core_state import follow_core
 from .history import day_of
 from .hub import Hub
 from .server import GuiServer
 from .settings import GuiConfig
 
 __all__ = ["setup"]
-
-CORE_CHECK_S = 1.0
 
 
 def setup(agent: Agent) -> None:
@@ -31,10 +29,5 @@ def setup(agent: Agent) -> None:
     server = GuiServer(cfg, hub, lambda name: day_of(agent.client, name), agent.env.site)
     agent.background(server.run, "web")
 
-    async def follow_core() -> None:
-        # The pages show every value as stale while the GUI has lost the core.
-        while True:
-            hub.set_core_connected(agent.client.connected)
-            await asyncio.sleep(CORE_CHECK_S)
-
-    agent.background(follow_core, "core-state")
+    # The pages show every value as stale while the GUI has lost the core (or it hangs).
+    agent.background(lambda: follow_core(agent.client, hub), "core-state")
