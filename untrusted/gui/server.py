@@ -39,6 +39,9 @@ MAX_CONNECTIONS_PER_ADDRESS = 32  # a browser opens a few; a flood from one addr
 # this long, not websockets' default 10 s.
 CLOSE_TIMEOUT_S = 2.0
 MAX_SESSIONS = 32
+# What json.loads and the lookups raise on a message that is not the expected object; deep
+# nesting ("[" * 4000) is a RecursionError, a bad message like any other.
+BAD_MESSAGE = (ValueError, KeyError, TypeError, RecursionError)
 HistoryReader = Callable[[str], Awaitable[dict[str, Any]]]
 
 
@@ -139,7 +142,8 @@ class GuiServer:
             try:
                 request = json.loads(raw)
                 name = request["history"]
-            except (ValueError, KeyError, TypeError):
+            except BAD_MESSAGE:
+                log.debug("a bad request from a page at %s", ws.remote_address)
                 await ws.close(1003, 'expected {"history": <point name>}')
                 return
             if not isinstance(name, str) or name not in self.hub.latest:
@@ -161,7 +165,8 @@ class GuiServer:
             password = json.loads(raw)["password"]
             if not isinstance(password, str):
                 raise TypeError
-        except (TimeoutError, ValueError, KeyError, TypeError):
+        except (TimeoutError, *BAD_MESSAGE):
+            log.debug("no login message or a bad one from %s", ws.remote_address)
             await ws.close(1003, 'expected {"password": "..."}')
             return
         except ConnectionClosed:
