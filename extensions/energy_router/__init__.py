@@ -99,7 +99,7 @@ def setup(ext: Extension) -> None:
             -cfg.inverter_p_max,
             cfg.inverter_p_max,
             lambda v: points.inverter_sign * v,
-            Frame(INVERTER.command, m.INV_P, bytes(4)),
+            lambda: Frame(INVERTER.command, m.INV_P, bytes(4)),
         ),
         PowerSetpoint(
             "Q_set",
@@ -108,7 +108,7 @@ def setup(ext: Extension) -> None:
             -cfg.inverter_q_max,
             cfg.inverter_q_max,
             lambda v: points.inverter_sign * v,
-            Frame(INVERTER.command, m.INV_Q, bytes(4)),
+            lambda: Frame(INVERTER.command, m.INV_Q, bytes(4)),
         ),
         PowerSetpoint(
             "P_ESS_set",
@@ -117,7 +117,7 @@ def setup(ext: Extension) -> None:
             -cfg.battery_discharge_max,
             cfg.battery_charge_max,
             lambda v: points.battery_sign * v,
-            Frame(BATTERY.command, m.BAT_P, bytes(4)),
+            lambda: Frame(BATTERY.command, m.BAT_P, bytes(4)),
         ),
         # A PV limit in the load reference: -2000 lets the PV produce at most 2000 W.
         PowerSetpoint(
@@ -127,7 +127,9 @@ def setup(ext: Extension) -> None:
             -cfg.pv_p_max,
             0.0,
             abs,  # the limit is the production: -v, never a negative zero
-            Frame(BATTERY.command, m.PV_MODE, b"\x01"),  # back to MPPT: no limit
+            # A PV mode frame ends the limit. The mode in force stays (pv_mode_set = 0 keeps
+            # the PV off); none in force: MPPT, no limit.
+            lambda: battery.in_force.get(m.PV_MODE, Frame(BATTERY.command, m.PV_MODE, b"\x01")),
             above_hi="a PV limit is <= 0 W (load reference: -2000 lets the PV produce at most "
             "2000 W)",
         ),

@@ -39,7 +39,7 @@ class PowerSetpoint:
     lo: float  # limits in the load reference
     hi: float
     to_device: Callable[[float], float]  # load reference -> the controller's own sign
-    fallback: Frame  # sent when the setpoint expires
+    fallback: Callable[[], Frame]  # what is sent when the setpoint expires, chosen then
     # Why a value above `hi` is refused rather than clamped ("" clamps): a wrong sign means
     # the requester misread the reference, and clamping 500 W to 0 would switch the PV off.
     above_hi: str = ""
@@ -94,7 +94,7 @@ def _register_power(ext: Extension, device: str, sp: PowerSetpoint) -> None:
     timeout = sp.link.timing.confirm_timeout + 2.0
 
     async def fall_back(req: SetpointRequest) -> None:
-        sp.link.fall_back(sp.flag, sp.fallback)
+        sp.link.fall_back(sp.flag, sp.fallback())
         if not sp.link.up:
             log.info(
                 "%s/%s: fallback sent after the %s controller's handshake",

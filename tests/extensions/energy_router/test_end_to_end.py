@@ -6,6 +6,7 @@ controller and a restarted Energy Router."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from extensions.energy_router import messages as m
+from extensions.energy_router.frames import encode
 from extensions.energy_router.simulator import EnergyRouterSim
 from extensions.sdk.testing import TestSite, point_where, until
 from smx.health import read_health_file
@@ -210,3 +212,28 @@ async def test_a_lost_controller_then_a_restarted_router(rig: Rig) -> None:
     await point_where(site, "er/SoC", lambda p: is_good(p), timeout=10)
     await point_where(site, "er/U", lambda p: is_good(p))
     await until(lambda: rig.health().devices["er.battery"].ok, timeout=10)
+
+
+async def test_a_pv_limit_expires_into_the_pv_mode_in_force(rig: Rig) -> None:
+    site, sim = rig.site, rig.sim
+    await point_where(site, "er/SoC", lambda p: is_good(p), timeout=20)
+    async with site.client("ctrl") as ctrl:
+        off = await until(lambda: ctrl.request_setpoint("er/pv_mode_set", 0, valid_for=120))
+        assert (await ctrl.outcome(off.id, timeout=10)).status == "APPLIED"
+        limit = await ctrl.request_setpoint("er/P_PV_set", -500.0, valid_for=1)
+        assert (await ctrl.outcome(limit.id, timeout=10)).status == "APPLIED"
+        start = len(sim.battery.received)
+        await until(
+            lambda: (
+                len(sim.battery.received) > start
+                and any(f.flag == m.PV_MODE for f in sim.battery.received[start:])
+            ),
+            what="P_PV_set's fallback",
+            timeout=10,
+        )
+        await asyncio.sleep(0.5)
+        # The fallback ends the limit with the mode in force, PV off: FE 03 0B 46 00
+        sent = [encode(f) for f in sim.battery.received[start:] if f.flag == m.PV_MODE]
+        assert sent == [bytes.fromhex("fe030b4600")]
+        assert sim.battery.pv_mode == 0
+        assert (await ctrl.get_setpoint(id=off.id)).status == "APPLIED"
