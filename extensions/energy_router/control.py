@@ -130,7 +130,7 @@ def _register_mode(ext: Extension, device: str, mode: ModeSetpoint) -> None:
 
     async def forget(req: SetpointRequest) -> None:
         # The mode stays as it is, but is no longer sent again after a new handshake.
-        mode.link.in_force.pop(mode.flag, None)
+        mode.link.forget(mode.flag)
 
     @ext.on_setpoint(
         f"{device}/{mode.point}",

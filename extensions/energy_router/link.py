@@ -50,6 +50,7 @@ class _Sent:
     answered: Callable[[_Sent, bool, bool], None]  # (self, ok, sure it is its own answer)
     late: Late | None = None  # reports an answer that came after confirm_timeout
     waiter: asyncio.Future[bool | None] | None = None  # of `command`, while it waits
+    expired: bool = False  # its setpoint expired: its answer puts nothing in force
 
 
 @dataclass(frozen=True)
@@ -283,10 +284,18 @@ class ControllerLink(PushedDevice):
         queue.append(command)
         return command
 
+    def forget(self, flag: int) -> None:
+        """The setpoint of `flag` expired: not sent again after a new handshake, and an answer
+        still due for it (a late confirmation) no longer puts it back in force."""
+        self.in_force.pop(flag, None)
+        for command in self._sent.get(flag, ()):
+            command.expired = True
+            command.late = None
+
     def fall_back(self, key: int, frame: Frame) -> None:
         """Setpoint `key` expired: `frame` replaces it, now if the controller is reachable, and
         after each new handshake until the controller confirms it."""
-        self.in_force.pop(key, None)
+        self.forget(key)
         self.pending_fallback[key] = frame
         if self.up:
             try:
@@ -324,7 +333,9 @@ class ControllerLink(PushedDevice):
 
         def answered(command: _Sent, ok: bool, sure: bool) -> None:
             flag = command.frame.flag
-            if not sure:  # the controller runs this one, an older one or neither: unknown
+            if command.expired:
+                pass  # its setpoint ended: what is in force is no longer its business
+            elif not sure:  # the controller runs this one, an older one or neither: unknown
                 self.in_force.pop(flag, None)
             elif ok:
                 self.in_force[flag] = command.frame

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from extensions.energy_router import messages as m
-from extensions.energy_router.frames import encode, float_frame
+from extensions.energy_router.frames import Frame, encode, float_frame
 from extensions.energy_router.messages import BATTERY
 from extensions.sdk.testing import until
 
@@ -71,3 +71,23 @@ async def test_a_late_answer_of_the_newest_command_is_reported(battery) -> None:
     start = await reconnect(sim, run)
     assert encode(a) == bytes.fromhex("fe060b3c0000fa43")
     assert [f for f in sim.received[start:] if f.flag == m.BAT_P] == [a]
+
+
+async def test_an_expired_mode_confirmed_late_is_not_sent_again(battery) -> None:  # noqa: F811
+    sim, run = battery
+    await until(lambda: run.link.up)
+    await asyncio.sleep(0.4)
+    sim.delay[m.BAT_MODE] = 0.8
+    reported: list[bool] = []
+
+    async def late(ok: bool) -> None:
+        reported.append(ok)
+
+    off = Frame(BATTERY.command, m.BAT_MODE, b"\x00")
+    assert await run.link.command(off, late) is None
+    run.link.forget(m.BAT_MODE)  # the mode setpoint expires before its late answer
+    await asyncio.sleep(0.8)  # its late confirmation comes
+    assert m.BAT_MODE not in run.link.in_force and reported == []
+    sim.delay.clear()
+    start = await reconnect(sim, run)
+    assert [f for f in sim.received[start:] if f.flag == m.BAT_MODE] == []
