@@ -146,15 +146,20 @@ class GuiServer:
                 log.debug("a bad request from a page at %s", ws.remote_address)
                 await ws.close(1003, 'expected {"history": <point name>}')
                 return
-            if not isinstance(name, str) or name not in self.hub.latest:
-                await ws.send(json.dumps({"type": "error", "error": f"no point {name!r}"}))
-                continue
-            try:
-                await ws.send(json.dumps(await self.read_history(name)))
-            except Exception as err:  # noqa: BLE001 - the core's refusal or absence, said
-                log.warning("history of %s: %s", name, err)
-                await ws.send(json.dumps({"type": "error", "error": f"no history of {name}"}))
+            await ws.send(json.dumps(await self._history(name)))
+            # Every reply is paced, a refusal too: else a page's bad requests cost a reply each
+            # as fast as it can send them.
             await asyncio.sleep(HISTORY_EVERY_S)
+
+    async def _history(self, name: object) -> dict[str, Any]:
+        if not isinstance(name, str) or name not in self.hub.latest:
+            # Not echoed: the name is the page's input, up to the whole message.
+            return {"type": "error", "error": "no such point"}
+        try:
+            return await self.read_history(name)
+        except Exception as err:  # noqa: BLE001 - the core's refusal or absence, said
+            log.warning("history of %s: %s", name, err)
+            return {"type": "error", "error": f"no history of {name}"}
 
     # -- the login ----------------------------------------------------------------------------
 

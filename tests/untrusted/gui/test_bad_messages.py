@@ -1,8 +1,12 @@
 """Messages a page should never send, against a real GUI process: deeply nested JSON is a bad
-message like any other (closed, 1003), not a traceback in the log."""
+message like any other (closed, 1003), not a traceback in the log; requests for no point are
+paced like the others and their input is not echoed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -48,3 +52,21 @@ async def test_a_deeply_nested_page_request_is_a_bad_message(open_gui: GuiProces
         assert await closed_after(open_gui, "/ws", NESTED) == 1003
     assert "Traceback" not in open_gui.output()
     assert "RecursionError" not in open_gui.output()
+
+
+async def test_requests_for_no_point_are_paced_and_not_echoed(open_gui: GuiProcess):
+    # close_timeout: the GUI reads the close frame only after the queued requests.
+    async with connect(f"ws://{open_gui.host}/ws", origin=open_gui.url, close_timeout=1) as ws:
+        unknown = json.dumps({"history": "x" * 3000})
+        for _ in range(50):
+            await ws.send(unknown)
+        errors = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                while True:
+                    message = json.loads(await ws.recv())
+                    if message["type"] == "error":
+                        errors.append(message["error"])
+    # One reply a second, a refusal too: within 3 s at most 4, not 50.
+    assert 1 <= len(errors) <= 4, len(errors)
+    assert all("xxx" not in e and len(e) < 100 for e in errors), errors
