@@ -76,6 +76,8 @@ def setup(ext: Extension) -> None:
         timing,
         lambda frame: points.readings(INVERTER, frame),
         points.online(INVERTER),
+        # The inverter ignores the SoC; the battery controller, on a swapped port, takes it.
+        initial_soc=initial_soc,
         max_backoff=cfg.max_backoff,
     )
     battery = ControllerLink(

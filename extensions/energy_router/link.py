@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from extensions.sdk import PushedDevice
 from extensions.sdk.protocols.serial_line import LineError, SerialLine
@@ -84,12 +84,13 @@ class ControllerLink(PushedDevice):
         self.initial_soc = initial_soc
         self.max_backoff = max_backoff
         self.reconnect_delay = min(1.0, max_backoff)
+        self._usual_delay: float | None = None  # reconnect_delay while the ports look swapped
         self.handshakes = 0
         self.up = False  # handshake done, session running
         self._line: SerialLine | None = None
         self._serial: Any = None  # the open pyserial port
         self._frames: asyncio.Queue[Frame | BaseException] = asyncio.Queue()
-        self._decoder = FrameDecoder(accept=lambda f: m.accepts(controller, f))
+        self._decoder = FrameDecoder(accept=self._accepts)
         self._sent: dict[int, deque[_Sent]] = {}  # by flag, oldest first
         self._reporting: set[asyncio.Task[None]] = set()
         # Commands the controller confirmed, by flag: sent again after a new handshake (the
@@ -119,7 +120,7 @@ class ControllerLink(PushedDevice):
 
     def _open(self) -> None:
         self._frames = asyncio.Queue()
-        self._decoder = FrameDecoder(accept=lambda f: m.accepts(self.controller, f))
+        self._decoder = FrameDecoder(accept=self._accepts)
         self._line = SerialLine(self.port)
         try:
             self._serial = self._line.open(self.timing.baudrate)
@@ -129,6 +130,10 @@ class ControllerLink(PushedDevice):
         # a write (a few bytes) that cannot go out in 1 s fails the session.
         self._serial.write_timeout = 1.0
         asyncio.get_running_loop().add_reader(self._serial.fileno(), self._readable)
+
+    def _accepts(self, frame: Frame) -> bool:
+        # The other controller's ID answer too: it says the ports are swapped.
+        return m.accepts(self.controller, frame) or m.id_answerer(frame) is not None
 
     def _close_session(self) -> None:
         self.up = False
@@ -194,7 +199,12 @@ class ControllerLink(PushedDevice):
             self._write(request)
             deadline = time.monotonic() + self.timing.answer_timeout
             while (frame := await self._next(deadline - time.monotonic())) is not None:
-                if frame.flag == m.ID and frame.byte == self.controller.id:
+                answerer = m.id_answerer(frame)
+                if answerer is not None and answerer is not self.controller:
+                    self._swapped(answerer)
+                if answerer is self.controller:
+                    if self._usual_delay is not None:
+                        self.reconnect_delay, self._usual_delay = self._usual_delay, None
                     self.handshakes += 1
                     log.info(
                         "%s: controller %d answered on %s",
@@ -206,6 +216,17 @@ class ControllerLink(PushedDevice):
         raise TimeoutError(
             f"no answer to {ID_TRIES} ID requests on {self.port} "
             f"({self.timing.answer_timeout:g} s each)"
+        )
+
+    def _swapped(self, answerer: Controller) -> NoReturn:
+        # Nothing will change until the configuration does: retry seldom (each ID request
+        # gives the battery controller a SoC).
+        if self._usual_delay is None:
+            self._usual_delay = self.reconnect_delay
+        self.reconnect_delay = self.max_backoff
+        raise ConnectionError(
+            f"the {answerer.name} controller (id {answerer.id}) answered on "
+            f"{self.controller.name}_port ({self.port}): ports swapped?"
         )
 
     async def _serve(self) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "accepts",
     "confirmation",
     "id_answer",
+    "id_answerer",
     "id_request",
     "keep_alive",
     "takes",
@@ -139,6 +140,15 @@ def takes(controller: Controller, frame: Frame) -> bool:
 def id_request(controller: Controller, soc: float = 0.0) -> Frame:
     # The inverter ignores the 4 bytes; the battery controller takes them as its initial SoC.
     return Frame(controller.command, ID, pack_floats(soc))
+
+
+def id_answerer(frame: Frame) -> Controller | None:
+    """The controller whose ID answer `frame` is, if it is one (either controller's: on a port
+    given the wrong controller, the other one answers)."""
+    for c in (INVERTER, BATTERY):
+        if frame == id_answer(c):
+            return c
+    return None
 
 
 def id_answer(controller: Controller) -> Frame:

@@ -57,7 +57,7 @@ async def start_link(port: str, controller: m.Controller, soc: float = 42.0) -> 
         TIMING,
         lambda frame: POINTS.readings(controller, frame),
         POINTS.online(controller),
-        initial_soc=initial_soc if controller is BATTERY else None,
+        initial_soc=initial_soc,
         max_backoff=0.5,
     )
     link.reconnect_delay = 0.1
@@ -221,4 +221,23 @@ def test_the_simulated_controller_waits_answers_pauses_and_loses_a_silent_link()
             port.write(encode(float_frame(BATTERY.command, m.BAT_P, 100.0)))
             assert m.confirmation(BATTERY, m.BAT_P, True) in _read_frames(port, 0.3)
     finally:
+        sim.stop()
+
+
+async def test_swapped_ports_are_named_and_keep_the_battery_soc() -> None:
+    sim = BatteryPvSim(tick=0.05, startup_pause=0.3, capacity_wh=10.0).start()
+    sim.started, sim.soc = True, 80.0  # a running battery controller
+    # The inverter link on the battery's port; its ID request carries the SoC as well.
+    run = await start_link(sim.port, INVERTER, soc=80.0)
+    try:
+        await until(lambda: run.state.failures >= 1, what="the battery's answer")
+        assert run.state.last_error.endswith(
+            f"the battery controller (id 2) answered on inverter_port ({sim.port}): ports swapped?"
+        )
+        assert run.link.handshakes == 0 and run.link.reconnect_delay == run.link.max_backoff
+        # One ID request, FE 06 0A 01 + 80.0: the controller kept its SoC.
+        assert encode(m.id_request(INVERTER, 80.0)) == bytes.fromhex("fe060a010000a042")
+        assert sim.handshakes == 1 and sim.soc == pytest.approx(80.0, abs=0.1)
+    finally:
+        await stop_link(run)
         sim.stop()
