@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from math import isfinite
 from typing import Any
 
 from smx.quality import quality_name
@@ -33,6 +34,7 @@ async def day_of(client: Client, name: str, *, now: float | None = None) -> dict
     async for reply in client.stubs.points.ReadHistory(request, timeout=CALL_TIMEOUT_S):
         for s in reply.samples:
             value = from_value(s.value)
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            # A bucket that averaged to NaN or ±Infinity is left out: the chart shows a gap.
+            if isinstance(value, int | float) and not isinstance(value, bool) and isfinite(value):
                 samples.append([ts_to_seconds(s.sample_time), value, quality_name(s.quality)])
     return {"type": "history", "point": name, "start": end - DAY_S, "end": end, "samples": samples}

@@ -22,6 +22,7 @@ from .hub import Hub, Viewer
 from .passwords import verify_password
 from .sessions import TICKET_LIFETIME_S, Tokens
 from .settings import GuiConfig, tls_context
+from .wire import dumps
 
 __all__ = ["GuiServer"]
 
@@ -121,14 +122,14 @@ class GuiServer:
                     log.error("a page's connection failed: %r", result)
 
     async def _push(self, ws: ServerConnection, viewer: Viewer, session: str | None) -> None:
-        await ws.send(json.dumps({"type": "hello", "site": self.site}))
+        await ws.send(dumps({"type": "hello", "site": self.site}))
         while True:
             if self.cfg.login_required and not self.sessions.valid(session):
                 await ws.close(4001, "session ended: log in again")
                 return
             message = await viewer.next_message(SESSION_CHECK_S)
             if message is not None:
-                await ws.send(json.dumps(message))
+                await ws.send(dumps(message))
                 await asyncio.sleep(SEND_EVERY_S)
 
     async def _answer(self, ws: ServerConnection) -> None:
@@ -146,7 +147,7 @@ class GuiServer:
                 log.debug("a bad request from a page at %s", ws.remote_address)
                 await ws.close(1003, 'expected {"history": <point name>}')
                 return
-            await ws.send(json.dumps(await self._history(name)))
+            await ws.send(dumps(await self._history(name)))
             # Every reply is paced, a refusal too: else a page's bad requests cost a reply each
             # as fast as it can send them.
             await asyncio.sleep(HISTORY_EVERY_S)
@@ -180,12 +181,12 @@ class GuiServer:
         async with self._password_check:
             wait = self.failed_logins.wait_s(address)
             if wait > 0:
-                await ws.send(json.dumps({"error": f"too many failed logins: wait {wait:.0f} s"}))
+                await ws.send(dumps({"error": f"too many failed logins: wait {wait:.0f} s"}))
                 return
             ok = await asyncio.to_thread(verify_password, password, self.cfg.password_hash)
             if not ok:
                 self.failed_logins.failed(address)
                 log.warning("failed login from %s", address)
-                await ws.send(json.dumps({"error": "wrong password"}))
+                await ws.send(dumps({"error": "wrong password"}))
                 return
-        await ws.send(json.dumps({"ticket": self.tickets.issue()}))
+        await ws.send(dumps({"ticket": self.tickets.issue()}))
