@@ -68,10 +68,12 @@ class ConnectionLimits:
                     self.transport.abort()
 
             def connection_lost(self, exc: Exception | None) -> None:
-                super().connection_lost(exc)
-                if self.counted_as is not None:
-                    limits.release(self.counted_as)
-                    self.counted_as = None
+                try:
+                    super().connection_lost(exc)
+                finally:  # whatever websockets does, the place is given back
+                    if self.counted_as is not None:
+                        limits.release(self.counted_as)
+                        self.counted_as = None
 
         return LimitedConnection
 
