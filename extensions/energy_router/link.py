@@ -5,8 +5,9 @@ and ends when nothing arrived for `link_timeout` s (the SDK then marks its point
 off and starts a new session: a new handshake). Commands wait for the controller's
 confirmation.
 
-The port's descriptor is read by the event loop (`add_reader`): no thread per controller, and a
-pty whose other side closed (a simulator stopped) reads as an error at once."""
+The port's descriptor is read and written by the event loop (`add_reader`, `add_writer`): no
+thread per controller, a port that takes no output blocks nothing, and a pty whose other side
+closed (a simulator stopped) reads as an error at once."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from extensions.sdk import PushedDevice
 from extensions.sdk.protocols.serial_line import LineError, SerialLine
 
 from . import messages as m
-from .frames import Frame, FrameDecoder, encode
+from .frames import MAX_FRAME, Frame, FrameDecoder, encode
 from .messages import Controller
 
 __all__ = ["ControllerLink", "LinkDown", "LinkTiming"]
@@ -31,6 +32,7 @@ __all__ = ["ControllerLink", "LinkDown", "LinkTiming"]
 log = logging.getLogger(__name__)
 
 ID_TRIES = 3
+OUT_LIMIT = 4 * MAX_FRAME  # bytes waiting for the port: beyond that its output is stuck
 Late = Callable[[bool], Coroutine[Any, Any, None]]
 
 
@@ -89,6 +91,8 @@ class ControllerLink(PushedDevice):
         self.up = False  # handshake done, session running
         self._line: SerialLine | None = None
         self._serial: Any = None  # the open pyserial port
+        self._out = bytearray()  # written, not yet taken by the port
+        self._writing = False  # the loop watches the port for room for `_out`
         self._frames: asyncio.Queue[Frame | BaseException] = asyncio.Queue()
         self._decoder = FrameDecoder(accept=self._accepts)
         self._sent: dict[int, deque[_Sent]] = {}  # by flag, oldest first
@@ -126,9 +130,10 @@ class ControllerLink(PushedDevice):
             self._serial = self._line.open(self.timing.baudrate)
         except LineError as err:  # says what to do, e.g. os_groups for a permission
             raise ConnectionError(str(err)) from err
-        # pyserial's descriptor is non-blocking on POSIX: the loop reads it when it is ready;
-        # a write (a few bytes) that cannot go out in 1 s fails the session.
-        self._serial.write_timeout = 1.0
+        # pyserial's descriptor is non-blocking on POSIX: the loop reads it when it is ready,
+        # and writes go to it with os.write, never pyserial's blocking write (a stuck output
+        # would stall every other link and the extension with it).
+        self._out.clear()
         asyncio.get_running_loop().add_reader(self._serial.fileno(), self._readable)
 
     def _accepts(self, frame: Frame) -> bool:
@@ -146,8 +151,11 @@ class ControllerLink(PushedDevice):
             ser, self._serial = self._serial, None
             try:
                 asyncio.get_running_loop().remove_reader(ser.fileno())
+                asyncio.get_running_loop().remove_writer(ser.fileno())
             except (RuntimeError, ValueError, OSError):
                 pass
+        self._out.clear()
+        self._writing = False
         if self._line is not None:
             self._line.close()
             self._line = None
@@ -177,10 +185,32 @@ class ControllerLink(PushedDevice):
     def _write(self, frame: Frame) -> None:
         if self._serial is None:
             raise LinkDown(f"{self.controller.name} link is down")
+        self._out += encode(frame)
+        if len(self._out) > OUT_LIMIT:
+            err = ConnectionError(f"{len(self._out)} bytes not taken by {self.port}: output stuck")
+            self._stop_reading(err)  # ends the session
+            raise err
+        if not self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
+        ser = self._serial
+        if ser is None:
+            return
         try:
-            self._serial.write(encode(frame))
-        except OSError as err:  # pyserial's SerialException is one
-            raise ConnectionError(f"write to {self.port} failed: {err}") from err
+            sent = os.write(ser.fileno(), self._out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as err:
+            self._stop_reading(ConnectionError(f"write to {self.port} failed: {err}"))
+            return
+        del self._out[:sent]
+        loop = asyncio.get_running_loop()
+        if self._out and not self._writing:
+            loop.add_writer(ser.fileno(), self._flush)
+        elif not self._out and self._writing:
+            loop.remove_writer(ser.fileno())
+        self._writing = bool(self._out)
 
     async def _next(self, timeout: float) -> Frame | None:
         try:

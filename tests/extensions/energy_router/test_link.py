@@ -5,6 +5,8 @@ controller and the new handshake after it; and the simulator's own firmware beha
 from __future__ import annotations
 
 import asyncio
+import os
+import termios
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -241,3 +243,36 @@ async def test_swapped_ports_are_named_and_keep_the_battery_soc() -> None:
     finally:
         await stop_link(run)
         sim.stop()
+
+
+async def test_a_stuck_output_never_blocks_the_loop_and_ends_the_session(battery) -> None:
+    sim, run = battery
+    await until(lambda: run.link.up)
+    fd = run.link._serial.fileno()
+    termios.tcflow(fd, termios.TCOOFF)  # the port takes no more output (XOFF)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - t0)
+
+    tick = asyncio.create_task(ticker())
+    p = float_frame(BATTERY.command, m.BAT_P, 100.0)
+    # A few frames wait for the port; the loop goes on (a blocking write stalled it 1 s).
+    assert await asyncio.gather(*(run.link.command(p) for _ in range(3))) == [None] * 3
+    tick.cancel()
+    assert gaps and max(gaps) < 0.2
+    assert run.link.up
+    # More than a few: the output is stuck, the session ends.
+    results = await asyncio.gather(
+        *(run.link.command(p) for _ in range(40)), return_exceptions=True
+    )
+    assert any(isinstance(r, LinkDown) and "output stuck" in str(r) for r in results)
+    await until(lambda: not run.state.ok, what="session ended")
+    assert "output stuck" in run.state.last_error
+    fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    termios.tcflow(fd, termios.TCOON)  # the port's output flows again (XON)
+    os.close(fd)
+    await until(lambda: run.link.handshakes == 2, what="new session", timeout=10)
