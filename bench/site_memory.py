@@ -90,9 +90,7 @@ def demo_site(with_simulators: bool, prep: Prepared) -> Callable[[Path], str]:
     return write
 
 
-def production_site(
-    prep: Prepared, fork: bool = True, whole: bool = True
-) -> Callable[[Path], str]:
+def production_site(prep: Prepared, fork: bool = True, whole: bool = True) -> Callable[[Path], str]:
     """`fork`: supervisor.fork_server as by default; False starts each process on its own.
     `whole`: with the Energy Router connector and the GUI (runs 9-13 had neither)."""
 
