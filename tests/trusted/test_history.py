@@ -1092,3 +1092,12 @@ async def test_the_keep_cap_counts_distinct_times_and_keeps_corrections(
     got = (await collect(log, ["m/Ap.bill01"]))["m/Ap.bill01"]
     assert [(s.ts_ms, s.value) for s in got] == [(2, 999.0), (3, 3.0), (4, 4.0)]
     await log.close()
+
+
+def test_the_average_of_values_near_the_largest_double_is_theirs_not_an_error():
+    # Their sum overflows: math.fsum raised OverflowError and the whole ReadHistory failed.
+    from trusted.core.history_query import _aggregate
+
+    big = 1.7e308
+    sample = _aggregate(0, [big, big, big], [0, 0, 0], "avg")
+    assert sample.value == big

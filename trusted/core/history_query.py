@@ -271,7 +271,11 @@ def _aggregate(b: int, values: Sequence[Value], qs: Sequence[int], aggregation: 
     if not vals:
         return Sample(b, math.nan, worst, n)
     if aggregation == "avg":
-        return Sample(b, math.fsum(vals) / len(vals), worst, n)  # type: ignore[arg-type]
+        try:
+            mean = math.fsum(vals) / len(vals)  # type: ignore[arg-type]
+        except OverflowError:  # values near the largest double: their sum is beyond it
+            mean = math.fsum(v / len(vals) for v in vals)  # type: ignore[operator]
+        return Sample(b, mean, worst, n)
     value = min(vals) if aggregation == "min" else max(vals)
     if type(value) is bool and not all(type(v) is bool for v in vals):
         value = int(value)
