@@ -45,7 +45,11 @@ class PowerSetpoint:
     above_hi: str = ""
 
     def frame(self, value: float) -> Frame:
-        return float_frame(self.link.controller.command, self.flag, self.to_device(value))
+        """`value`, within lo..hi, as its command frame: the float32 stays within the limit."""
+        limit = self.hi if value > 0 else -self.lo
+        return float_frame(
+            self.link.controller.command, self.flag, self.to_device(value), within=limit
+        )
 
 
 @dataclass(frozen=True)

@@ -54,10 +54,16 @@ def pack_floats(*values: float) -> bytes:
     return struct.pack(f"<{len(values)}f", *values)
 
 
-def float_frame(ctrl: int, flag: int, value: float) -> Frame:
+def float_frame(ctrl: int, flag: int, value: float, within: float | None = None) -> Frame:
+    """`value` as a float32 payload; with `within`, never beyond +-`within`: rounding to 24 bits
+    may go past a limit (3000.1 is 3000.10009765625), then one step toward zero is taken."""
     if not math.isfinite(value):
         raise ValueError(f"{value!r} is not a finite number")
-    return Frame(ctrl, flag, pack_floats(value))
+    packed = pack_floats(value)
+    if within is not None and abs(struct.unpack("<f", packed)[0]) > within:
+        # IEEE-754 is sign and magnitude: the magnitude's bits less one is one step to zero.
+        packed = struct.pack("<I", struct.unpack("<I", packed)[0] - 1)
+    return Frame(ctrl, flag, packed)
 
 
 def floats_of(payload: bytes, count: int) -> tuple[float, ...] | None:

@@ -4,12 +4,14 @@ the frames in any byte stream without ever raising."""
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extensions.energy_router import messages as m
+from extensions.energy_router.control import PowerSetpoint
 from extensions.energy_router.frames import (
     MAX_FRAME,
     Frame,
@@ -159,3 +161,22 @@ def test_garbage_holding_begin_bytes_loses_at_most_what_it_covers(
     got = decoder.feed(stream)
     assert all(m.accepts(BATTERY, f) for f in got)
     assert got[-1] == last
+
+
+def test_a_limit_holds_on_the_wire_whatever_the_float32_rounding() -> None:
+    link = SimpleNamespace(controller=BATTERY)
+    sp = PowerSetpoint(
+        "P_ESS_set",
+        link,  # type: ignore[arg-type]
+        m.BAT_P,
+        -2999.7,
+        3000.1,
+        lambda v: -v,
+        lambda: Frame(BATTERY.command, m.BAT_P, bytes(4)),
+    )
+    # 3000.1 rounds to 3000.10009765625: one step toward zero, 3000.099853515625
+    assert encode(sp.frame(3000.1)) == bytes.fromhex("fe060b3c99813bc5")
+    assert struct.unpack("<f", encode(sp.frame(3000.1))[4:])[0] == -3000.099853515625
+    # -2999.7 is 2999.699951171875 on the wire (the device's sign): within, as it is
+    assert encode(sp.frame(-2999.7)) == bytes.fromhex("fe060b3c337b3b45")
+    assert encode(float_frame(11, 60, 1500.3, within=3000.0)) == encode(float_frame(11, 60, 1500.3))
