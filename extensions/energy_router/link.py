@@ -266,6 +266,8 @@ class ControllerLink(PushedDevice):
         for key, fallback in list(self.pending_fallback.items()):
             self._send(fallback, self._fallback_answered(key, fallback))
         for command in list(self.in_force.values()):
+            if command in self.pending_fallback.values():
+                continue  # just sent (a PV limit's fallback is the PV mode in force)
             self._send(command, self._replayed)  # confirmed as before: none waits for it
         now = time.monotonic()
         # The controller pauses after its answer at power-on: its silence then is no loss.

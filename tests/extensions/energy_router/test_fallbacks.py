@@ -85,3 +85,21 @@ async def test_the_start_up_fallback_waits_for_the_battery_handshake() -> None:
             ext.terminate()
             ext.wait(20)
             sim.stop()
+
+
+async def test_a_fallback_that_is_the_mode_in_force_is_sent_once(battery) -> None:  # noqa: F811
+    sim, run = battery
+    await until(lambda: run.link.up)
+    await asyncio.sleep(0.4)
+    pv_off = Frame(BATTERY.command, m.PV_MODE, b"\x00")
+    assert await run.link.command(pv_off) is True
+    sim.silent = True
+    await until(lambda: not run.link.up, timeout=5)
+    # P_PV_set expires during the outage: its fallback is the PV mode in force.
+    run.link.fall_back(m.PV_P, run.link.in_force[m.PV_MODE])
+    start = len(sim.received)
+    sim.silent = False
+    await until(lambda: not run.link.pending_fallback, what="fallback confirmed")
+    after = [encode(f) for f in sim.received[start:] if f.flag not in (m.KEEP_ALIVE, m.ID)]
+    assert after == [bytes.fromhex("fe030b4600")]
+    assert run.link.in_force == {m.PV_MODE: pv_off}
