@@ -8,6 +8,10 @@ if __name__ == "__main__":
         from .password_command import main
 
         raise SystemExit(main())
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        print("docs/GUI.md: what it shows, its site.toml entry and how to secure it")
+        raise SystemExit(0)
     from smx.sdk import Agent
 
     from .agent import setup

@@ -15,8 +15,13 @@ MIN_LENGTH = 8
 
 def main() -> int:
     if sys.stdin.isatty():
-        password = getpass.getpass("GUI password: ")
-        if getpass.getpass("again: ") != password:
+        try:
+            password = getpass.getpass("GUI password: ")
+            again = getpass.getpass("again: ")
+        except (EOFError, KeyboardInterrupt):
+            print("\nno password given: nothing printed", file=sys.stderr)
+            return 2
+        if again != password:
             print("the passwords differ", file=sys.stderr)
             return 2
     else:

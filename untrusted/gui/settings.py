@@ -3,6 +3,7 @@ keys and bad values are one line naming the key). Every key: docs/GUI.md."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import ssl
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smx.names import GlobSet, InvalidName
+from smx.process_env import require_readable
 from smx.sdk import Seconds, SetupError, setting
 
 from .passwords import check_hash_format
@@ -54,9 +56,9 @@ class OverviewConfig:
     is summed (two PV inverters are one PV)."""
 
     grid: list[str] = _globs("smm/P")
-    pv: list[str] = _globs("pv/P", "fronius/P_PV")
-    battery: list[str] = _globs("ess/P", "battery/P", "fronius/P_ESS")
-    soc: list[str] = _globs("ess/SoC", "battery/SoC", "fronius/SoC")
+    pv: list[str] = _globs("pv/P", "fronius/P_PV", "er/P_PV")
+    battery: list[str] = _globs("ess/P", "battery/P", "fronius/P_ESS", "er/P_ESS")
+    soc: list[str] = _globs("ess/SoC", "battery/SoC", "fronius/SoC", "er/SoC")
     ev: list[str] = _globs("ev*/P")
 
 
@@ -98,8 +100,11 @@ class GuiConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SetupError(f"{where}.tls_cert, tls_key: give both or neither")
         for key, path in (("tls_cert", self.tls_cert), ("tls_key", self.tls_key)):
-            if path is not None and not path.is_file():
-                raise SetupError(f"{where}.{key}: no file {path}")
+            with contextlib.suppress(PermissionError):  # said just below, with whose it must be
+                if path is not None and not path.is_file():
+                    raise SetupError(f"{where}.{key}: no file {path}")
+        # Under `smx run` as root the GUI is a user of its own: say whose the files must be.
+        require_readable({f"{where}.tls_cert": self.tls_cert, f"{where}.tls_key": self.tls_key})
         if self.tls_cert is not None and self.tls_key is not None:
             try:  # now, not at the first page: a bad pair is a config mistake, said in one line
                 tls_context(self.tls_cert, self.tls_key)

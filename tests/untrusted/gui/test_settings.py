@@ -3,12 +3,18 @@ the hosts and origins it answers follow from `listen`, `hosts` and TLS."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from smx.sdk import SetupError, parse_settings
+from tests.support.site import ROOT
 from tests.untrusted.gui.conftest import PASSWORD_HASH, self_signed
 from untrusted.gui.settings import GuiConfig
 
@@ -73,3 +79,29 @@ def test_the_hosts_and_origins_it_answers(tmp_path: Path):
     assert {"10.0.0.2", "10.0.0.2:443"} <= tls.allowed_hosts()  # the default port may be left out
     assert tls.allowed_origins() == {"https://10.0.0.2", "https://10.0.0.2:443"}
     assert "localhost:443" not in tls.allowed_hosts()  # not on loopback
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to check as another user")
+def test_a_tls_key_the_guis_user_cannot_read_names_the_user_and_the_fix():
+    # Under `smx run` as root the GUI is a user of its own; a key copied in as root is not its.
+    folder = Path(tempfile.mkdtemp())  # 0700, as pytest's tmp_path's parents: nobody enters
+    folder.chmod(0o755)
+    cert, key = self_signed(folder)
+    cert.chmod(0o644)
+    key.chmod(0o600)
+    table = {"listen": "127.0.0.1:8443", "tls_cert": str(cert), "tls_key": str(key)}
+    # Everything imported as root first: the interpreter may live where nobody cannot read.
+    script = (
+        "import os, pwd, sys; from pathlib import Path\n"
+        "from smx.sdk import SetupError, parse_settings\n"
+        "from untrusted.gui.settings import GuiConfig\n"
+        f"cfg = parse_settings(GuiConfig, {table!r}, where='w', base_dir=Path('/'))\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n    cfg.check('w')\nexcept SetupError as err:\n    print(err)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=30
+    )
+    shutil.rmtree(folder)
+    assert f"w.tls_key: cannot read {key} as user" in out.stdout, out
+    assert "give it to this process (`chown" in out.stdout, out

@@ -214,7 +214,8 @@ function drawChart(h) {
     last = t;
   }
   flush();
-  $("chart-note").textContent = `${h.samples.length} five-minute averages`;
+  const n = h.samples.length;
+  $("chart-note").textContent = `${n} five-minute average${n === 1 ? "" : "s"}`;
 }
 
 // -- the connection ---------------------------------------------------------------------------
