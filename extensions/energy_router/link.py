@@ -303,7 +303,8 @@ class ControllerLink(PushedDevice):
     def _confirmed(self, flag: int, ok: bool) -> None:
         queue = self._sent.get(flag)
         if not queue:
-            log.info("%s: confirmation of flag %d, no command waits for it", self.name, flag)
+            # debug: a line flooding stray frames must not flood the log
+            log.debug("%s: confirmation of flag %d, no command waits for it", self.name, flag)
             return
         command = queue.popleft()
         # Its own answer only if nothing could shift the pairing: it was not sent behind an
