@@ -379,10 +379,6 @@ class ControllerLink(PushedDevice):
         reachable now: nothing was sent."""
         if not self.up:
             raise LinkDown(f"{self.controller.name} controller not connected")
-        # A newer command of its flag supersedes a fallback still pending.
-        for key, fallback in list(self.pending_fallback.items()):
-            if frame.flag in (key, fallback.flag):
-                del self.pending_fallback[key]
         fut: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
 
         def answered(command: _Sent, ok: bool, sure: bool) -> None:
@@ -400,6 +396,10 @@ class ControllerLink(PushedDevice):
 
         command = self._send(frame, answered)
         command.waiter = fut
+        # Sent: it supersedes a fallback of its flag still pending.
+        for key, fallback in list(self.pending_fallback.items()):
+            if frame.flag in (key, fallback.flag):
+                del self.pending_fallback[key]
         # An older command of this flag still unanswered is superseded: no late report.
         for older in self._sent[frame.flag]:
             if older is not command:
