@@ -351,6 +351,27 @@ def test_a_site_can_start_every_process_on_its_own():
         s.close()
 
 
+def test_a_killed_supervisor_leaves_nothing_running():
+    # Each child dies with it (PR_SET_PDEATHSIG, set after the uid change): a `smx demo` killed
+    # by a timeout had left its core, agents and simulators running for good.
+    site_toml = quick_site("usm-0094", "fork_server = false") + "".join(
+        f'\n[extensions.{n}]\nmodule = "tests.support.dummy_ext"\n' for n in "ab"
+    )
+    s = SmxRun(site_toml, prefix="smx-killed-")
+    try:
+        wait_for(lambda: all(s.procs().get(n, {}).get("health") == "running" for n in "ab"), 30)
+        pids = [p["pid"] for p in s.procs().values() if p.get("pid")]
+        assert len(pids) >= 3, s.procs()  # the core and both extensions
+        os.kill(s.proc.pid, signal.SIGKILL)
+        wait_for(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids),
+            10,
+            what="every process ending with the supervisor",
+        )
+    finally:
+        s.close()
+
+
 def test_a_core_that_could_not_get_its_priority_is_shown_and_said(tmp_path):
     # `smx run` without CAP_SYS_NICE (a container): the core still starts, at the supervisor's
     # priority; `smx status` shows what it wanted and the supervisor's log says what to do.

@@ -67,7 +67,6 @@ _ROOT = Path(__file__).resolve().parents[2]
 _MAX_MESSAGE = 256 * 1024  # a request: environment and arguments
 _START_TIMEOUT = 60.0  # imports on a slow SD card
 _RETRY_AFTER = 60.0  # a server that could not start is not tried again sooner
-PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 
 
@@ -446,12 +445,13 @@ def _setup_child(request: Mapping[str, Any], out_fd: int, server: int) -> None:
         from trusted.supervisor.isolation import dropper_of
 
         dropper_of(request["drop"])()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after the uid change, which clears it
+    from trusted.supervisor.isolation import die_with
+
+    alive = die_with(server)
     # A uid change without exec leaves the process non-dumpable (its /proc files root's, not
     # readable by itself): as an exec'd child is. The image holds nothing secret.
-    libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-    if os.getppid() != server:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    if not alive:
         raise OSError("the fork server ended while this process started")
     os.chdir(str(request["cwd"]))
     _set_command_line([sys.executable, "-m", str(request["module"]), *request["args"]])

@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -77,6 +78,7 @@ __all__ = [
 ]
 
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 _CLONE_NEWNS = 0x00020000
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
@@ -654,6 +656,15 @@ def _kill_all(uid: int, reaper_uid: int, reaper_gid: int) -> int:
     return KILLED_SOME if found else 0
 
 
+def die_with(parent: int) -> bool:
+    """This process is killed when `parent` (the supervisor, or a fork server) ends: a killed
+    supervisor leaves nothing running as the site's users. Set after the uid change, which
+    clears it; the setting survives exec. False: `parent` is already gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == parent
+
+
 def main(args: list[str]) -> None:
     """`python -I isolation.py SPEC -- ARGV...` (see `exec_argv`), or
     `python -I isolation.py SPEC --kill-all` (see `kill_all_argv`)."""
@@ -663,7 +674,10 @@ def main(args: list[str]) -> None:
             _kill_all(int(spec["uid"]), int(spec["reaper_uid"]), int(spec["reaper_gid"]))
         )
     spec, argv = json.loads(args[0]), args[2:]
+    supervisor = os.getppid()
     dropper_of(spec)()
+    if not die_with(supervisor):
+        raise SystemExit(f"cannot start {argv[0]}: the supervisor ended meanwhile")
     try:
         os.chdir(spec["cwd"])
         os.execvp(argv[0], argv)
