@@ -53,8 +53,6 @@ TARGET_MB = 200.0
 UP = ("serving", "running", "degraded", "-")  # health of a process that is up (devices absent)
 PRODUCTION_SITE = "usm-bench"
 USM = "usm1"
-ER = "er"
-GUI = "gui"
 
 
 def strip_tables(toml: str, drop: Callable[[str], bool]) -> str:
@@ -99,11 +97,12 @@ def production_site(prep: Prepared, fork: bool = True, whole: bool = True) -> Ca
         toml = demo_cmd.site_toml(home, mqtt_port, broker=False)
         if not fork:
             toml = toml.replace("[supervisor]\n", "[supervisor]\nfork_server = false\n", 1)
+        # The demo's site less its simulators and the example battery (and, for the site of
+        # runs 9-13, the Energy Router and the GUI); its ER ports are absent then.
+        dropped = ["extensions.battery"] + ([] if whole else ["extensions.er", "agents.gui"])
         toml = strip_tables(
             toml,
-            lambda n: (
-                no_simulators(n) or n == "extensions.battery" or n.startswith("extensions.battery.")
-            ),
+            lambda n: no_simulators(n) or any(n == d or n.startswith(d + ".") for d in dropped),
         )
         toml = toml.replace(f'site = "{demo_cmd.SITE}"', f'site = "{PRODUCTION_SITE}"', 1)
         toml = toml.replace(
@@ -119,20 +118,6 @@ remote = "127.0.0.1:{free_port()}"
 remote_ca = "{link.ca}"
 remote_cert = "{link.cert("usm-link")}"
 remote_key = "{link.key("usm-link")}"
-"""
-        if whole:
-            toml += f"""
-[extensions.{ER}]
-module = "extensions.energy_router"
-[extensions.{ER}.config]
-inverter_port = "{home / "absent-er-inverter"}"
-battery_port = "{home / "absent-er-battery"}"
-
-[agents.{GUI}]
-module = "untrusted.gui"
-role = "gui"
-[agents.{GUI}.config]
-listen = "127.0.0.1:{free_port()}"
 """
         (home / "site.toml").write_text(toml)
         os.chmod(home / "site.toml", 0o600)
