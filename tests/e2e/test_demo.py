@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from extensions.smm.meter_maps import resolve_map
 
@@ -46,7 +47,10 @@ PROCESSES = (
     "mqtt-broker",
     "gesscon-sim",
 )
+# A whole demo site per test, on a loaded 2-core machine: more than the suite's 120 s default.
+pytestmark = pytest.mark.timeout(240)
 # lessag's ESS control requests battery/P_set every 5 s (the battery's limits are +-5000 W).
+APPLIED = re.compile(r"setpoint battery/P_set = -?[\d.]+ W from lessag at [\d:]+: APPLIED")
 SETPOINT = re.compile(
     r"setpoint battery/P_set = (-?\d+\.\d\d) W from lessag at ([\d:]+): "
     r"(PENDING|APPLIED|CLAMPED|EXPIRED|SUPERSEDED)"
@@ -74,14 +78,15 @@ def test_demo_shows_live_values_and_stops_cleanly_on_ctrl_c():
         start_new_session=True,
     )
     lines: list[str] = []
-    deadline = time.monotonic() + 40
+    # 15 processes start on 2 cores (a loaded CI machine took over 40 s to the first setpoint).
+    deadline = time.monotonic() + 90
     children: set[int] = set()
     applied = soc_lines = 0
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         lines.append(line)
         children |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
-        applied += "APPLIED" in line or "CLAMPED" in line
+        applied += bool(APPLIED.search(line))
         soc_lines += "battery/SoC" in line
         if applied and soc_lines >= 3:  # a setpoint applied, and a few seconds of live values
             break
@@ -99,7 +104,7 @@ def test_demo_shows_live_values_and_stops_cleanly_on_ctrl_c():
     ), text[:800]
     socs = re.findall(r"battery/SoC\s+([\d.]+) %", text)
     assert len(socs) >= 3
-    assert re.search(r"setpoint battery/P_set = -?[\d.]+ W from lessag at [\d:]+: APPLIED", text)
+    assert APPLIED.search(text)
     assert re.search(r"lessag/mqtt\s+connected", text), text[-3000:]
     # After Ctrl-C: the site as it was then, the setpoint lessag had requested included.
     final = text[text.index("the site as it was then:") :]
@@ -165,7 +170,7 @@ class Terminal:
     def text(self) -> str:
         return self.raw.decode(errors="replace")
 
-    def wait_for(self, pattern: str, timeout: float = 40) -> None:
+    def wait_for(self, pattern: str, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while not re.search(pattern, ANSI.sub("", self.text())):
             assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()[-3000:]}"
