@@ -26,9 +26,9 @@ import select
 import signal
 import threading
 import time
-import tty
 from pathlib import Path
 
+from extensions.sdk.protocols.serial_line import simulated_port
 from smx.process_env import load_config
 
 from . import messages as m
@@ -60,11 +60,7 @@ class ControllerSim:
         self.sent_keep_alives = 0
         self.started = False  # answered an ID request since power-on
         self._lock = threading.Lock()
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._master)
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)  # nobody reading must not block the controller
-        self.port = os.ttyname(self._slave)
+        self._master, self._slave, self.port = simulated_port()
         # Under `smx run` as root the extension runs as a user of its own: let it open the
         # pty (a real serial port is given through os_groups, e.g. dialout).
         os.chmod(self.port, 0o666)

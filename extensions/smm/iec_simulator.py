@@ -30,9 +30,10 @@ import signal
 import termios
 import threading
 import time
-import tty
 from collections.abc import Iterable
 from pathlib import Path
+
+from extensions.sdk.protocols.serial_line import simulated_port
 
 from .iec62056_21 import (
     BAUD_MODE_B,
@@ -227,13 +228,7 @@ class IecSimulator:
         self.last_duration = 0.0  # seconds from request received to last byte sent
         self.last_bytes = 0  # bytes sent in the last readout (identification + data)
         self._rng = random.Random(seed)
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._master)
-        tty.setraw(self._slave)  # no echo/line editing before the reader configures it
-        # A push meter sends whether or not anyone listens: a full line must not block it
-        # (a blocked write also made the next reader's open fail with EINVAL).
-        os.set_blocking(self._master, False)
-        self.port = os.ttyname(self._slave)
+        self._master, self._slave, self.port = simulated_port()
         self._wake_r, self._wake_w = os.pipe()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -20,8 +20,10 @@ right in straight-line code. What the line guarantees:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import tty
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,7 @@ __all__ = [
     "LineError",
     "LinePortError",
     "SerialLine",
+    "simulated_port",
 ]
 
 READ_SLICE = 0.05  # pyserial read timeout: how often a blocked read looks at abort/deadlines
@@ -252,3 +255,15 @@ class SerialLine:
                 raise IncompleteInput(
                     f"{why} after {len(got)} bytes waiting for {marker!r}: {got[-60:]!r}", got
                 )
+
+
+def simulated_port() -> tuple[int, int, str]:
+    """A pseudo-terminal for a device simulator: (its master, its slave, the port's path a
+    reader opens). Raw on both sides: no echo or line editing before the reader configures
+    it. The master is non-blocking: a device sends whether or not anyone listens, and a full
+    line must not block it (a blocked write also made the next reader's open fail)."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
