@@ -101,7 +101,6 @@ def setup(ext: Extension) -> None:
             -cfg.inverter_p_max,
             cfg.inverter_p_max,
             lambda v: points.inverter_sign * v,
-            lambda: Frame(INVERTER.command, m.INV_P, bytes(4)),
         ),
         PowerSetpoint(
             "Q_set",
@@ -110,7 +109,6 @@ def setup(ext: Extension) -> None:
             -cfg.inverter_q_max,
             cfg.inverter_q_max,
             lambda v: points.inverter_sign * v,
-            lambda: Frame(INVERTER.command, m.INV_Q, bytes(4)),
         ),
         PowerSetpoint(
             "P_ESS_set",
@@ -119,7 +117,6 @@ def setup(ext: Extension) -> None:
             -cfg.battery_discharge_max,
             cfg.battery_charge_max,
             lambda v: points.battery_sign * v,
-            lambda: Frame(BATTERY.command, m.BAT_P, bytes(4)),
         ),
         # A PV limit in the load reference: -2000 lets the PV produce at most 2000 W.
         PowerSetpoint(

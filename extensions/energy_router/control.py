@@ -39,10 +39,16 @@ class PowerSetpoint:
     lo: float  # limits in the load reference
     hi: float
     to_device: Callable[[float], float]  # load reference -> the controller's own sign
-    fallback: Callable[[], Frame]  # what is sent when the setpoint expires, chosen then
+    # What is sent when the setpoint expires, chosen then; None: 0 W (or var) of its command.
+    fallback: Callable[[], Frame] | None = None
     # Why a value above `hi` is refused rather than clamped ("" clamps): a wrong sign means
     # the requester misread the reference, and clamping 500 W to 0 would switch the PV off.
     above_hi: str = ""
+
+    def expiry_frame(self) -> Frame:
+        if self.fallback is not None:
+            return self.fallback()
+        return Frame(self.link.controller.command, self.flag, bytes(4))  # +0.0, float32
 
     def frame(self, value: float) -> Frame:
         """`value`, within lo..hi, as its command frame: the float32 stays within the limit."""
@@ -94,11 +100,15 @@ def register(
         _register_mode(ext, device, mode)
 
 
+def _handler_timeout(link: ControllerLink) -> float:
+    # The SDK's deadline for a handler: the confirmation's, and room to report it.
+    return link.timing.confirm_timeout + 2.0
+
+
 def _register_power(ext: Extension, device: str, sp: PowerSetpoint) -> None:
-    timeout = sp.link.timing.confirm_timeout + 2.0
 
     async def fall_back(req: SetpointRequest) -> None:
-        sp.link.fall_back(sp.flag, sp.fallback())
+        sp.link.fall_back(sp.flag, sp.expiry_frame())
         if not sp.link.up:
             log.info(
                 "%s/%s: fallback sent after the %s controller's handshake",
@@ -107,7 +117,7 @@ def _register_power(ext: Extension, device: str, sp: PowerSetpoint) -> None:
                 sp.link.controller.name,
             )
 
-    @ext.on_setpoint(f"{device}/{sp.point}", on_expire=fall_back, timeout=timeout)
+    @ext.on_setpoint(f"{device}/{sp.point}", on_expire=fall_back, timeout=_handler_timeout(sp.link))
     async def apply(req: SetpointRequest) -> Result:
         value = float(req.value)
         if not math.isfinite(value):
@@ -139,7 +149,7 @@ def _register_mode(ext: Extension, device: str, mode: ModeSetpoint) -> None:
     @ext.on_setpoint(
         f"{device}/{mode.point}",
         on_expire=forget,
-        timeout=mode.link.timing.confirm_timeout + 2.0,
+        timeout=_handler_timeout(mode.link),
     )
     async def apply(req: SetpointRequest) -> Result:
         value = req.value

@@ -462,6 +462,7 @@ class DemoView:
     ) -> None:
         self.stubs = stubs
         self.supervisor = supervisor
+        self.addresses = gui_addresses(supervisor)  # the site file is read once
         self.plain = plain
         self.show_all = show_all
         self.points: dict[str, ppb.Point] = {}
@@ -542,7 +543,7 @@ class DemoView:
             now=self.stopped_at or time.time(),
             stopped=self.stopped_at is not None,
             core_error=self.core_error,
-            addresses=gui_addresses(self.supervisor),
+            addresses=self.addresses,
         )
 
     def print_final(self) -> None:

@@ -5,6 +5,7 @@ every response. WebSocket upgrades that pass go on to the handlers in server.py.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,16 +33,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",  # a login ticket is in one URL: never pass it on
     "Cache-Control": "no-store",
-}
-REASONS = {
-    200: "OK",
-    303: "See Other",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    503: "Service Unavailable",
 }
 
 
@@ -138,7 +129,7 @@ def _response(status: int, body: bytes, content_type: str, **headers: Any) -> Re
     h = Headers({"Content-Type": content_type, "Content-Length": str(len(body))})
     for name, value in headers.items():
         h[name.replace("_", "-")] = value
-    return Response(status, REASONS[status], h, body)
+    return Response(status, HTTPStatus(status).phrase, h, body)
 
 
 def _text(status: int, text: str) -> Response:

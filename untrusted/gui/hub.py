@@ -21,14 +21,11 @@ class Viewer:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.changed: set[str] = set(hub.latest)
-        self.core_changed = True  # the first message says whether the core is there
         self.wake = asyncio.Event()
-        self.wake.set()
+        self.wake.set()  # the first message says whether the core is there
 
     def poke(self, name: str | None = None) -> None:
-        if name is None:
-            self.core_changed = True
-        else:
+        if name is not None:  # None: only the core's state changed
             self.changed.add(name)
         self.wake.set()
 
@@ -41,7 +38,6 @@ class Viewer:
             return None
         self.wake.clear()
         names, self.changed = sorted(self.changed), set()
-        self.core_changed = False
         hub = self.hub
         return {
             "type": "points",
@@ -82,7 +78,7 @@ class Hub:
 
     def join(self) -> Viewer | None:
         """A viewer for a new page, or None when as many pages as allowed are open."""
-        if len(self.viewers) >= self.max_viewers:
+        if self.full:
             return None
         viewer = Viewer(self)
         self.viewers.add(viewer)
