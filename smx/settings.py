@@ -10,10 +10,9 @@ plain number of seconds. Sizes are a number with a unit, ``B KB MB GB TB`` (case
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from smx.toml_text import toml_str
 __all__ = [
     "ConfigError",
     "check_keys",
+    "closest",
     "dotted_key",
     "duration",
     "fmt_bytes",
@@ -169,11 +169,19 @@ def duration(value: Any, key: str, lo: float, hi: float) -> float:
     return seconds
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice nearest to `word`, for a "did you mean" hint, or None."""
+    import difflib  # only for a mistake: not carried by every process
+
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return close[0] if close else None
+
+
 def check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
     for name in table:
         if name not in allowed:
-            close = difflib.get_close_matches(name, allowed, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = closest(name, allowed)
+            hint = f"did you mean {close!r}? " if close else ""
             raise ConfigError(
                 f"{prefix}{dotted_key(name)}: unknown key ({hint}allowed: {', '.join(allowed)})"
             )

@@ -49,4 +49,7 @@ async def open_upstream(
         max_size=max_frame,
         open_timeout=OPEN_TIMEOUT,
         user_agent_header=None,
+        # Processes get no proxy variables (isolation's minimal environment); None also keeps
+        # urllib.request and what it loads out of the process (smx.deferred_imports).
+        proxy=None,
     )

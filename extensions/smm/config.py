@@ -20,12 +20,12 @@ Durations are "500ms", "10s", "5m" or a plain number of seconds.
 
 from __future__ import annotations
 
-import difflib
 import zoneinfo
 from dataclasses import dataclass, field
 
 from extensions.sdk import Seconds, setting
 from extensions.sdk.protocols.modbus_link import LinkConfig
+from smx.settings import closest
 
 from .iec62056_21 import CHAR_TIMEOUT
 from .semantics import unit_of
@@ -42,8 +42,8 @@ def _time_zone(name: str) -> str | None:
         zoneinfo.ZoneInfo(name)
         return None
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        close = difflib.get_close_matches(name, sorted(zoneinfo.available_timezones()), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "an IANA name like 'Europe/Rome'"
+        close = closest(name, sorted(zoneinfo.available_timezones()))
+        hint = f"did you mean {close!r}?" if close else "an IANA name like 'Europe/Rome'"
         return f"unknown time zone {name!r} ({hint})"
 
 

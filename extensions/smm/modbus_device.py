@@ -14,7 +14,6 @@ Site config: the smm extension passes its checked `modbus` entries (config.py,
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from extensions.sdk import Device, PointSpec, SetupError
 from extensions.sdk.protocols.modbus_link import LinkConfig, LinkConfigError, LinkPool, ModbusLink
 from extensions.sdk.protocols.modbus_maps import MapError, RegisterMap
+from smx.settings import closest
 
 from .config import ModbusMeterConfig
 from .meter_maps import resolve_map, shipped_maps
@@ -141,8 +141,8 @@ def _register_map(ref: str, base_dir: Path | None, key: str) -> RegisterMap:
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if ref not in shipped and path.suffix != ".toml" and not path.exists():
-        close = difflib.get_close_matches(ref, list(shipped), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = closest(ref, shipped)
+        hint = f"did you mean {close!r}? " if close else ""
         raise SetupError(
             f"{key}: no register map {ref!r} ({hint}shipped: {', '.join(shipped)}; "
             "or the path of a .toml map file)"

@@ -15,6 +15,9 @@ It depends on the generated API (smx.v1) and the shared contracts in smx/ only, 
 core. See docs/EXTENSIONS.md.
 """
 
+# First: importing it keeps what websockets and paho-mqtt load and never use out of every
+# process (~2-3 MiB each).
+from smx import deferred_imports  # noqa: F401
 from smx.client import Credentials
 from smx.health import DeviceHealth, HealthReport
 from smx.process_env import ProcessEnv, SetupError

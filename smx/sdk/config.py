@@ -22,7 +22,6 @@ bounds (`min`, `max`) and a `check(value) -> problem or None` of your own.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -116,8 +115,8 @@ def _typed(hint: Any, value: Any, key: str, base: Path, meta: Mapping[str, Any])
         return _typed(inner, value, key, base, meta)
     if origin is Literal:
         if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint_text = f"did you mean {close[0]!r}? " if close else ""
+            close = checks.closest(str(value), map(str, args))
+            hint_text = f"did you mean {close!r}? " if close else ""
             raise checks.ConfigError(
                 f"{key}: {checks.show_value(value)} is not a choice "
                 f"({hint_text}one of {', '.join(map(str, args))})"

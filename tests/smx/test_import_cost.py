@@ -42,6 +42,39 @@ def test_long_running_commands_load_only_what_they_use():
     assert _loaded_by(["points", "get", "a/b"], heavy) == []
 
 
+def test_the_supervisor_and_the_core_load_no_package_metadata():
+    """`smx --version` looks the version up when asked: importlib.metadata (email, zipfile,
+    csv: ~2-3 MiB) stays out of `smx run` and the core, which run for months; so do
+    importlib.resources (tempfile, shutil) and difflib (only for a mistake's hint). (The core
+    has `email.utils` from cryptography.x509.)"""
+    heavy = ("importlib.metadata", "importlib.resources", "zipfile", "csv", "difflib")
+    for argv, module in (
+        (["--home", "/x", "run", "--config", "site.toml"], "trusted.supervisor.runner"),
+        (["--home", "/x", "core"], "trusted.core.server"),
+    ):
+        imports = (
+            "from trusted.cli.main import build_parser\n"
+            f"build_parser({argv!r}).parse_args({argv!r})\n"
+            f"import {module}"
+        )
+        assert _heavy_after(imports, heavy) == "", argv
+
+
+def test_processes_load_no_package_metadata_nor_urllib_request():
+    """The SDK defers what websockets and paho-mqtt import for nothing (smx.deferred_imports),
+    and SunSpec models are read beside pysunspec2, not through importlib.resources."""
+    heavy = ("zipfile", "csv", "http.client", "difflib")
+    for module in (
+        "untrusted.gui.agent",
+        "untrusted.lessag.agent",
+        "extensions.fronius",
+        "extensions.smm",
+        "extensions.energy_router",
+        "extensions.remote_usm",
+    ):
+        assert _heavy_after(f"import {module}", heavy) == "", module
+
+
 def test_the_supervisor_loads_no_grpc():
     """`smx run` checks the core with its health file and a TLS handshake (stdlib ssl): grpc
     (~9 MB a process) and protobuf stay out of the supervisor, which runs for months. What

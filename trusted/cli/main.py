@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from smx.cli.errors import (
     EXIT_BROKEN_PIPE,
@@ -71,6 +71,21 @@ def version() -> str:
             return "unknown"
 
 
+def _version_action(argparse: Any) -> type:
+    """`--version`, which looks the version up only when asked: importlib.metadata brings email,
+    zipfile and csv (~2 MiB), which `smx run` and the core would carry for their whole life."""
+
+    class VersionAction(argparse.Action):
+        def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+            super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+        def __call__(self, parser: Any, *_: Any) -> None:
+            print(f"smx {version()}")
+            parser.exit()
+
+    return VersionAction
+
+
 def _command_word(argv: list[str]) -> str | None:
     """The command named in `argv` (after the global options), or None."""
     words = iter(argv)
@@ -97,7 +112,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "site, certificate, config), 3 the core cannot be reached, 130 interrupted. "
         "Read commands take --json. See README.md.",
     )
-    parser.add_argument("--version", action="version", version=f"smx {version()}")
+    parser.add_argument(
+        "--version", action=_version_action(argparse), help="show the version and exit"
+    )
     parser.add_argument("--home", help="site directory (default: $SMX_HOME or ./site)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -21,7 +21,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from smx.identity import SCHEME, Identity, IdentityError, site_uri
@@ -399,8 +398,9 @@ def _check_verb(verb: str) -> None:
 
 def default_roles_text() -> str:
     """The shipped `default_policy.toml`: the default roles, no bindings."""
-    package = resources.files(__package__ or "trusted")
-    return package.joinpath("default_policy.toml").read_text(encoding="utf-8")
+    # Beside this module (package data), not through importlib.resources: that would load
+    # tempfile, shutil, bz2 and lzma into the core and the supervisor for this one read.
+    return Path(__file__).with_name("default_policy.toml").read_text(encoding="utf-8")
 
 
 def default_policy_text(

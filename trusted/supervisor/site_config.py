@@ -11,7 +11,6 @@ Every error is a SiteConfigError naming the file and the dotted key, e.g.
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import grp
 import importlib
 import importlib.machinery
@@ -35,6 +34,7 @@ from smx.process_env import RunPaths
 from smx.settings import (
     ConfigError,
     check_keys,
+    closest,
     dotted_key,
     duration,
     fmt_bytes,
@@ -516,10 +516,10 @@ def _suggestion(module: str, missing: str, where: list[str], search: list[str]) 
         names = [m.name for m in pkgutil.iter_modules(where)]
     except Exception:  # an unreadable entry of the path: no suggestion
         return None
-    close = difflib.get_close_matches(last, names, n=1)
+    close = closest(last, names)
     if not close:
         return None
-    near = f"{parent}.{close[0]}" if parent else close[0]
+    near = f"{parent}.{close}" if parent else close
     whole = near + module[len(missing) :]
     return whole if _find_module(whole, search)[0] is not None else near
 

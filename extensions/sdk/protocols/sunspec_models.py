@@ -16,12 +16,13 @@ points left out. Repeating groups become lists of dicts, single groups a dict.
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import sunspec2
 import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 
@@ -61,7 +62,9 @@ def model_definition(model_id: int) -> dict[str, Any]:
     """The SunSpec definition of `model_id`, read from pysunspec2 on first use and kept (about
     25 KB a model). Shared: do not modify it."""
     name = mdef.to_json_filename(model_id)
-    resource = importlib.resources.files("sunspec2") / "models" / "json" / name
+    # Beside the package, not through importlib.resources (zipfile, tempfile, shutil: ~1 MiB
+    # of modules in the process for these reads); pysunspec2 installs as plain files.
+    resource = Path(sunspec2.__file__).parent / "models" / "json" / name
     try:
         definition: dict[str, Any] = mdef.from_json_str(resource.read_text(encoding="utf-8"))
     except (FileNotFoundError, OSError) as err:
