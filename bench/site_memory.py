@@ -215,10 +215,24 @@ class Measured:
         return sum(1 for *_, py in self.rows if py)
 
 
+def dev_tools_note() -> str | None:
+    """A line saying the figures include development tools, when this interpreter has them."""
+    import importlib.util
+
+    found = [name for name in ("grpc_tools", "socks") if importlib.util.find_spec(name)]
+    if not found:
+        return None
+    return (
+        f"note: this interpreter has development packages ({', '.join(found)}), which the "
+        "site's processes load: a production install has none; run with .venv-run/bin/python"
+    )
+
+
 def run_site(label: str, write: Callable[[Path], str], prep: Prepared, seconds: float) -> Measured:
     run = None
     try:
-        run = SmxRun(write, prefix="smx-sm-")
+        # The supervisor as deploy/systemd/smx.service runs it (its children get -OO from it).
+        run = SmxRun(write, prefix="smx-sm-", env={"PYTHONOPTIMIZE": "2"})
         up = wait_up(run, 120.0)
         time.sleep(seconds)
         st = smx_status(run.config)
@@ -379,6 +393,8 @@ def main() -> int:
         )
     iso = "isolation on (root)" if isolation.isolation_wanted() else "isolation off (not root)"
     print(f"site memory: each site under `smx run`, {iso}, measured {seconds:g} s after all up")
+    if note := dev_tools_note():
+        print(note)
     print()
     summary: list[list[object]] = []
     production = None

@@ -291,7 +291,7 @@ def test_extensions_are_forked_from_their_domains_server_and_hold_nothing_of_it(
         assert Path(f"/proc/{pid}/environ").stat().st_uid == uid != 0
         # Its command line as `python -m` gives it, not the server's.
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[1:3] == [b"-m", b"tests.support.dummy_ext"], cmdline
+        assert cmdline[1:4] == [b"-OO", b"-m", b"tests.support.dummy_ext"], cmdline
     # `smx status` counts the server's memory with the site's.
     table = site.smx("status", "--home", str(site.home)).stdout
     row = next(line.split() for line in table.splitlines() if line.startswith("fork-server"))

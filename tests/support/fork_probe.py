@@ -24,6 +24,7 @@ def main() -> int:
                 "path0": sys.path[0],
                 "grpc_loaded": "grpc" in sys.modules,
                 "main": __name__,
+                "optimize": sys.flags.optimize,
                 "cmdline": open("/proc/self/cmdline", "rb").read().decode().split("\0"),
             }
         )

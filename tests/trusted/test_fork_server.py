@@ -75,6 +75,19 @@ async def test_a_forked_child_is_the_process_its_request_describes(server, tmp_p
     assert len(seen["fds"]) == 4 and seen["fds"][:3] == [0, 1, 2]
 
 
+async def test_the_servers_interpreter_flags_are_its_childrens(tmp_path):
+    """The supervisor starts its servers with -OO (site_config.PYTHON_FLAGS): each child runs
+    without docstrings and asserts, and says so in ps."""
+    s = ForkServer("fork-server-test", sys.executable, ("-OO",))
+    try:
+        code, lines = await run_child(s, request(tmp_path, "exit:0"))
+    finally:
+        await s.close()
+    seen = json.loads(lines[0])
+    assert code == 0 and seen["optimize"] == 2
+    assert seen["cmdline"][:4] == [sys.executable, "-OO", "-m", PROBE]
+
+
 async def test_a_child_that_raises_leaves_its_traceback_and_exit_code_1(server, tmp_path):
     code, lines = await run_child(server, request(tmp_path, "raise"))
     assert code == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import sys
@@ -93,7 +94,9 @@ def test_full_file(tmp_path):
     assert meter.devices == ("smm", "pv") and meter.reads == ("ess/P",)
     assert meter.role == "trusted-extension"
     assert meter.config == {"port": "/dev/ttyUSB0", "when": "2025-01-02T03:04:05+00:00"}
-    assert meter.argv("/py") == ["/py", "-m", "extensions.smm"]
+    # Supervised Python processes without docstrings and asserts (memory); a simulator plain.
+    assert meter.argv("/py") == ["/py", "-OO", "-m", "extensions.smm"]
+    assert dataclasses.replace(sim, module="s", command=None).argv("/py") == ["/py", "-m", "s"]
     assert fronius.argv("/py") == [str(tmp_path / "bin/fronius"), "--poll", "1s"]
     assert not fronius.enabled
     assert lessag.domain == "untrusted" and lessag.role == "untrusted-agent"

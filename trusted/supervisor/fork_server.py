@@ -122,9 +122,11 @@ class ForkServerError(OSError):
 class ForkServer:
     """The supervisor's handle on one fork server process, started at the first `spawn`."""
 
-    def __init__(self, name: str, python: str) -> None:
+    def __init__(self, name: str, python: str, flags: tuple[str, ...] = ()) -> None:
+        """`flags`: the interpreter's options (e.g. ``-OO``), every child's too."""
         self.name = name  # e.g. "fork-server-trusted", as `smx status` shows it
         self.python = python
+        self.flags = flags
         self.pid: int | None = None
         self.pid_created: float | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -219,6 +221,7 @@ class ForkServer:
             proc = await asyncio.create_subprocess_exec(
                 self.python,
                 "-s",
+                *self.flags,
                 "-c",
                 code,
                 str(theirs.fileno()),
@@ -454,7 +457,8 @@ def _setup_child(request: Mapping[str, Any], out_fd: int, server: int) -> None:
     if not alive:
         raise OSError("the fork server ended while this process started")
     os.chdir(str(request["cwd"]))
-    _set_command_line([sys.executable, "-m", str(request["module"]), *request["args"]])
+    flags = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
+    _set_command_line([sys.executable, *flags, "-m", str(request["module"]), *request["args"]])
     # PYTHONPATH as a fresh interpreter reads it (the server's environment had none). The
     # working directory is not added (as `python -m` would): what a child leaves there is
     # never imported by a restart of it.

@@ -49,7 +49,7 @@ from smx.process_env import ENV_HEALTH_FILE, ProcessEnv, simulator_environ
 from trusted.supervisor import isolation, strays
 from trusted.supervisor.fork_server import ForkServer, SpawnRequest
 from trusted.supervisor.process import ManagedProcess, kill_user, signal_group
-from trusted.supervisor.site_config import ProcessSpec, SiteConfig
+from trusted.supervisor.site_config import PYTHON_FLAGS, ProcessSpec, SiteConfig
 from trusted.supervisor.status import (
     STATUS_HEARTBEAT_S,
     STATUS_VERSION,
@@ -415,12 +415,14 @@ class Supervisor:
             domains = [spec.domain for spec in cfg.clients if spec.module is not None]
             forked = {d for d in domains if d is not None and domains.count(d) >= FORK_FROM}
             for domain in sorted(forked):
-                self.fork_servers[domain] = ForkServer(f"fork-server-{domain}", self.python)
+                self.fork_servers[domain] = ForkServer(
+                    f"fork-server-{domain}", self.python, PYTHON_FLAGS
+                )
         core_health = self._health_file("core")
         self.core = ManagedProcess(
             "core",
             "core",
-            [self.python, "-m", "trusted.cli.main", "--home", str(cfg.home), "core"],
+            [self.python, *PYTHON_FLAGS, "-m", "trusted.cli.main", "--home", str(cfg.home), "core"],
             **self._isolation_kwargs(
                 "core", base | {ENV_HEALTH_FILE: str(core_health)}, cfg.supervisor.core_nice
             ),

@@ -160,11 +160,19 @@ class ProcessSpec:
         return DOMAIN_OF.get(self.kind)
 
     def argv(self, python: str) -> list[str]:
-        """The command line: ``<python> -m <module>`` or the configured command."""
+        """The command line: ``<python> -m <module>`` (``<python> -OO -m <module>`` but for a
+        simulator: `PYTHON_FLAGS`) or the configured command."""
         if self.module is not None:
-            return [python, "-m", self.module]
+            flags = () if self.kind == "simulator" else PYTHON_FLAGS
+            return [python, *flags, "-m", self.module]
         assert self.command is not None
         return list(self.command)
+
+
+# The supervised Python processes run without docstrings and asserts: ~1-4 MiB less each, the
+# S4G site under 200 MiB (docs/PERFORMANCE.md, run 15). Simulators, demo and test stand-ins
+# that print their docstrings, run plain. Installations compile for it (docs/DEPLOY.md).
+PYTHON_FLAGS = ("-OO",)
 
 
 @dataclass(frozen=True)
