@@ -11,7 +11,6 @@ supervisor every half minute. Other C libraries (musl) have no such call: then n
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 __all__ = ["memory_trimmer"]
@@ -20,9 +19,10 @@ __all__ = ["memory_trimmer"]
 def memory_trimmer() -> Callable[[], None]:
     """A function returning the C heap's free memory to the system, or doing nothing where the C
     library cannot."""
-    name = ctypes.util.find_library("c")
+    # The process's own symbols, libc's among them: ctypes.util.find_library would run ldconfig
+    # and load subprocess and shutil (with bz2 and lzma) into every process that trims.
     try:
-        trim = ctypes.CDLL(name).malloc_trim  # CDLL: the GIL is released during the call
+        trim = ctypes.CDLL(None).malloc_trim  # CDLL: the GIL is released during the call
     except (OSError, AttributeError, TypeError):
         return lambda: None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int

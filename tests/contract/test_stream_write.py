@@ -140,14 +140,19 @@ async def test_the_first_refused_request_ends_the_stream_with_write_points_statu
     unary = await refusal(meter.points.WritePoints(bad))
     expected = status_of(unary)
 
-    call = meter.points.StreamWritePoints()
-    await call.write(batch(("meter/A", 1.0)))
-    await call.write(batch(("meter/B", 2.0)))
-    await call.write(bad)
-    with contextlib.suppress(*ENDED):  # the stream may have ended already
-        await call.write(batch(("meter/C", 3.0)))
-    before = await responses(call, 2)
-    err = await refusal(call)
+    for _ in range(5):
+        call = meter.points.StreamWritePoints()
+        await call.write(batch(("meter/A", 1.0)))
+        await call.write(batch(("meter/B", 2.0)))
+        await call.write(bad)
+        with contextlib.suppress(*ENDED):  # the stream may have ended already
+            await call.write(batch(("meter/C", 3.0)))
+        before = await responses(call, 2)
+        err = await refusal(call)
+        # The write of meter/C may meet the refusal: grpc.aio then puts its own INTERNAL in
+        # place of the core's status (grpc/grpc#36066, docs/API.md). Ask again.
+        if err.details() != "Internal error from Core":
+            break
     assert err.code() == unary.code()
     got = status_of(err)
     assert got.details == expected.details  # the ErrorInfo: reason, domain, metadata
