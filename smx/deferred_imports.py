@@ -17,6 +17,7 @@ loads websockets or paho-mqtt.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import threading
 import types
@@ -35,13 +36,15 @@ def defer(name: str) -> None:
     if name in sys.modules:
         return
     stand_in = types.ModuleType(name, f"{name}, loaded on first use (smx.deferred_imports)")
-    stand_in.__spec__ = None
+    # The real spec (found, not loaded): importlib.util.find_spec and pkgutil then answer for
+    # the name as they would for the module itself.
+    stand_in.__spec__ = importlib.util.find_spec(name)
 
     def load(attr: str) -> object:
-        with _lock:
+        with _lock:  # only the swap: the import itself is serialised by Python's own locks
             if sys.modules.get(name) is stand_in:
                 del sys.modules[name]
-            real = importlib.import_module(name)  # also sets it on the parent package
+        real = importlib.import_module(name)  # also sets it on the parent package
         return getattr(real, attr)
 
     stand_in.__getattr__ = load  # type: ignore[method-assign]

@@ -401,7 +401,7 @@ class EnergyRouterSim:
 
 def main(argv: list[str] | None = None) -> int:
     config = load_config(os.environ)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--inverter-link", default=config.get("inverter_link", "er-inverter.pty"))
     parser.add_argument("--battery-link", default=config.get("battery_link", "er-battery.pty"))
     parser.add_argument("--tick", type=float, default=config.get("tick", 0.25))

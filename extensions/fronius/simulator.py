@@ -60,7 +60,7 @@ async def _run(host: str, http_port: int, modbus_port: int, soc: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     config = load_config(os.environ)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--host", default=config.get("host", "127.0.0.1"))
     parser.add_argument("--http-port", type=int, default=config.get("http_port", 8080))
     parser.add_argument("--modbus-port", type=int, default=config.get("modbus_port", 5502))

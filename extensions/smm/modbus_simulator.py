@@ -270,7 +270,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--rtu", help="serial port (e.g. one end of a socat pty pair)")
     where.add_argument("--tcp", help="host:port to listen on (loopback only)")

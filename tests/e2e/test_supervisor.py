@@ -152,6 +152,19 @@ def test_all_processes_come_up_healthy(site):
     assert (site.home / "run" / "meter.config.json").stat().st_mode & 0o777 == 0o600
 
 
+def test_processes_run_without_docstrings_and_their_directory_on_the_import_path(site):
+    """An extension as `python -OO -P`: no docstrings nor asserts (memory), and nothing it leaves
+    in its writable working directory is imported by its restart; a simulator runs plain."""
+    wait_for(lambda: healthy(site) or site.proc.poll() is not None, 20, what="a healthy site")
+    logs = site.home / "run" / "logs"
+
+    def flags(name: str) -> str:
+        return next(ln for ln in (logs / f"{name}.log").read_text().splitlines() if "flags" in ln)
+
+    assert flags("meter") == "flags: optimize=2 safe_path=True cwd=False"
+    assert flags("meter-sim") == "flags: optimize=0 safe_path=False cwd=True"
+
+
 def test_status_shows_each_process_memory_and_the_sites_total(site):
     """PSS per process and the total: RSS would count the shared Python/grpc pages again for
     every process."""

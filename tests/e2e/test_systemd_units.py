@@ -160,7 +160,7 @@ def test_exec_lines_start_commands_that_exist_in_the_product(units):
     assert r.returncode == 0 and "--isolate" in r.stdout and "site_toml" in r.stdout
 
     client = one(units["smx-client@.service"], "ExecStart")
-    assert client == PREFIX + "python -OO -m ${SMX_MODULE}"  # as the supervisor starts it
+    assert client == PREFIX + "python -OO -P -m ${SMX_MODULE}"  # as the supervisor starts it
     assert "SMX_MODULE" in (UNITS / "smx-client@.service").read_text().split("[Unit]")[0]
 
 

@@ -291,7 +291,7 @@ def test_extensions_are_forked_from_their_domains_server_and_hold_nothing_of_it(
         assert Path(f"/proc/{pid}/environ").stat().st_uid == uid != 0
         # Its command line as `python -m` gives it, not the server's.
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        assert cmdline[1:4] == [b"-OO", b"-m", b"tests.support.dummy_ext"], cmdline
+        assert cmdline[1:4] == [b"-OO", b"-m", b"tests.support.dummy_ext"], cmdline  # forked
     # `smx status` counts the server's memory with the site's.
     table = site.smx("status", "--home", str(site.home)).stdout
     row = next(line.split() for line in table.splitlines() if line.startswith("fork-server"))
@@ -484,17 +484,18 @@ def test_the_core_user_cannot_reach_into_the_other_processes(site):
 
 
 def test_a_module_a_process_leaves_in_its_directory_never_runs_as_root(site):
-    """The privilege drop runs as root before it enters the process's directory: a module the
-    process planted there (json.py) must not be imported by root at the next start."""
+    """The privilege drop runs as root before it enters the process's directory, and the process
+    runs with -P (site_config.PYTHON_FLAGS): a module it planted there (json.py) is imported
+    neither by root nor by its own restart."""
     spy_dir = site.home / "run" / "spy"
     wait_for(lambda: (spy_dir / "json.py").exists(), 15, what="the planted module")
     old = site.procs()["spy"]["pid"]
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: site.procs()["spy"]["pid"] != old and running(site), 30, what="spy restarted")
-    marks = sorted(p.name for p in spy_dir.glob("imported-by-*"))
-    spy_uid = spy_dir.stat().st_uid
-    # The agent's own Python picked the module up (so the plant works), root never did.
-    assert marks == [f"imported-by-{spy_uid}"], marks
+    assert sorted(p.name for p in spy_dir.glob("imported-by-*")) == []
+    # The plant works: a Python started there without -P (this test's, as root) imports it.
+    subprocess.run([sys.executable, "-c", "import json"], cwd=spy_dir, check=True)
+    assert sorted(p.name for p in spy_dir.glob("imported-by-*")) == ["imported-by-0"]
 
 
 def test_handing_data_to_the_core_never_follows_a_link_out_of_it(tmp_path):

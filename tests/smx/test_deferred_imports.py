@@ -66,6 +66,19 @@ def test_a_deferred_module_loads_on_first_use_and_then_is_the_real_one():
     }
 
 
+def test_a_deferred_module_is_found_as_itself_without_being_loaded():
+    """importlib.util.find_spec answers for a stand-in with the real module's spec (a library
+    asking whether a module exists must not be told it does not), and loads nothing."""
+    result = _run(
+        "import importlib.util, smx.sdk\n"
+        "spec = importlib.util.find_spec('urllib.request')\n"
+        f"print(json.dumps([spec.name, spec.origin, {_real(repr('urllib.request'))}]))"
+    )
+    import urllib.request
+
+    assert result == ["urllib.request", urllib.request.__file__, False]
+
+
 def test_a_module_loaded_already_is_left_alone():
     result = _run(
         "import importlib.metadata as real\n"

@@ -3,7 +3,8 @@
 With a certificate in its environment (as the supervisor gives extensions and agents)
 it writes its health file every 0.5 s and the point `<SMX_NAME>/alive` (a counter) every 0.5 s,
 reconnecting by itself when the core goes away. Without one (a simulator) it only idles. Either
-way it prints its config file's contents once and exits 0 on SIGTERM.
+way it prints its interpreter's flags and its config file's contents once and exits 0 on
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def main() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    # How the supervisor started it (site_config.PYTHON_FLAGS), and whether the directory it
+    # runs in would be searched for modules.
+    cwd_searched = any(os.path.abspath(p or ".") == os.getcwd() for p in sys.path)
+    flags = sys.flags
+    print(f"flags: optimize={flags.optimize} safe_path={flags.safe_path} cwd={cwd_searched}")
     # The process contract (docs/SITE.md) read with its one definition, as any process would.
     try:
         env = ProcessEnv.from_environ(os.environ)

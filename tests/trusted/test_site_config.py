@@ -95,7 +95,8 @@ def test_full_file(tmp_path):
     assert meter.role == "trusted-extension"
     assert meter.config == {"port": "/dev/ttyUSB0", "when": "2025-01-02T03:04:05+00:00"}
     # Supervised Python processes without docstrings and asserts (memory); a simulator plain.
-    assert meter.argv("/py") == ["/py", "-OO", "-m", "extensions.smm"]
+    # -P: its writable working directory is not on its import path.
+    assert meter.argv("/py") == ["/py", "-OO", "-P", "-m", "extensions.smm"]
     assert dataclasses.replace(sim, module="s", command=None).argv("/py") == ["/py", "-m", "s"]
     assert fronius.argv("/py") == [str(tmp_path / "bin/fronius"), "--poll", "1s"]
     assert not fronius.enabled

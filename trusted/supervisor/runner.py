@@ -49,7 +49,12 @@ from smx.process_env import ENV_HEALTH_FILE, ProcessEnv, simulator_environ
 from trusted.supervisor import isolation, strays
 from trusted.supervisor.fork_server import ForkServer, SpawnRequest
 from trusted.supervisor.process import ManagedProcess, kill_user, signal_group
-from trusted.supervisor.site_config import PYTHON_FLAGS, ProcessSpec, SiteConfig
+from trusted.supervisor.site_config import (
+    OPTIMIZE_FLAGS,
+    PYTHON_FLAGS,
+    ProcessSpec,
+    SiteConfig,
+)
 from trusted.supervisor.status import (
     STATUS_HEARTBEAT_S,
     STATUS_VERSION,
@@ -92,7 +97,11 @@ class SupervisorError(Exception):
 
 
 def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMX_")}
+    # Not PYTHONOPTIMIZE (deploy/systemd gives it to smx run): PYTHON_FLAGS says which children
+    # run with -OO, and a simulator must not (the demo's print their docstrings).
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SMX_") and k != "PYTHONOPTIMIZE"
+    }
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(_ROOT) + (os.pathsep + path if path else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -416,7 +425,7 @@ class Supervisor:
             forked = {d for d in domains if d is not None and domains.count(d) >= FORK_FROM}
             for domain in sorted(forked):
                 self.fork_servers[domain] = ForkServer(
-                    f"fork-server-{domain}", self.python, PYTHON_FLAGS
+                    f"fork-server-{domain}", self.python, OPTIMIZE_FLAGS
                 )
         core_health = self._health_file("core")
         self.core = ManagedProcess(

@@ -170,9 +170,12 @@ class ProcessSpec:
 
 
 # The supervised Python processes run without docstrings and asserts: ~1-4 MiB less each, the
-# S4G site under 200 MiB (docs/PERFORMANCE.md, run 15). Simulators, demo and test stand-ins
+# S4G site under 200 MB (docs/PERFORMANCE.md, run 15). Simulators, demo and test stand-ins
 # that print their docstrings, run plain. Installations compile for it (docs/DEPLOY.md).
-PYTHON_FLAGS = ("-OO",)
+OPTIMIZE_FLAGS = ("-OO",)
+# -P: the working directory (a process's own, writable run/<name>/) is not on its import path,
+# so nothing a process leaves there is imported by its restart (as for a forked child).
+PYTHON_FLAGS = (*OPTIMIZE_FLAGS, "-P")
 
 
 @dataclass(frozen=True)
