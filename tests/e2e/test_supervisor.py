@@ -78,7 +78,8 @@ def alive(pid: int) -> bool:
 
 class RunningSite(SmxRun):
     def __init__(self) -> None:
-        super().__init__(SITE_TOML)
+        # smx run as deploy/systemd/smx.service runs it: without docstrings and asserts.
+        super().__init__(SITE_TOML, env={"PYTHONOPTIMIZE": "2"})
         self.pids: set[int] = set()  # every pid the supervisor ever reported
 
     def status(self) -> dict[str, Any]:
@@ -154,7 +155,8 @@ def test_all_processes_come_up_healthy(site):
 
 def test_processes_run_without_docstrings_and_their_directory_on_the_import_path(site):
     """An extension as `python -OO -P`: no docstrings nor asserts (memory), and nothing it leaves
-    in its writable working directory is imported by its restart; a simulator runs plain."""
+    in its writable working directory is imported by its restart; a simulator runs plain, though
+    `smx run` itself has PYTHONOPTIMIZE=2."""
     wait_for(lambda: healthy(site) or site.proc.poll() is not None, 20, what="a healthy site")
     logs = site.home / "run" / "logs"
 
@@ -163,6 +165,17 @@ def test_processes_run_without_docstrings_and_their_directory_on_the_import_path
 
     assert flags("meter") == "flags: optimize=2 safe_path=True cwd=False"
     assert flags("meter-sim") == "flags: optimize=0 safe_path=False cwd=True"
+
+
+def test_without_isolation_smx_runs_optimize_setting_reaches_no_child(monkeypatch):
+    """As root the children get a minimal environment; without isolation they get the
+    supervisor's, but not PYTHONOPTIMIZE: PYTHON_FLAGS decides who runs with -OO."""
+    from trusted.supervisor.runner import _base_env
+
+    monkeypatch.setenv("PYTHONOPTIMIZE", "2")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    env = _base_env()
+    assert "PYTHONOPTIMIZE" not in env and env["LANG"] == "C.UTF-8"
 
 
 def test_status_shows_each_process_memory_and_the_sites_total(site):
