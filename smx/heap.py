@@ -4,8 +4,9 @@ glibc keeps memory a burst freed (a large snapshot sent to many watchers, a big 
 heap for later use: the core's RSS stayed ~15 MiB above what it needed after 16 snapshots of
 20 MB (docs/PERFORMANCE.md, run 12), and the supervisor's heap grew ~2.4 MiB in 5 minutes of
 status rounds (run 14). `malloc_trim(0)` returns the free pages; it took 0.2-1.4 ms with a
-150 MiB heap, so the core calls it with its own health points, every few seconds, and the
-supervisor every half minute. Other C libraries (musl) have no such call: then nothing is done.
+150 MiB heap (~0.06 ms with the supervisor's), so the core calls it with its own health points,
+every few seconds, and the supervisor after each status round. Other C libraries (musl) have no
+such call: then nothing is done.
 """
 
 from __future__ import annotations

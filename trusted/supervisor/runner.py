@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import grp
 import json
 import logging
@@ -71,8 +72,11 @@ __all__ = ["STATUS_INTERVAL", "Supervisor", "SupervisorError"]
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
-# The heap its status rounds freed goes back to the system this often (smx/heap.py).
-TRIM_INTERVAL_S = 30.0
+# What its status rounds left goes back to the system this often: the reference cycles they make
+# (a full collection, ~4 ms), then the C heap (smx/heap.py, ~0.06 ms). Left to Python's own
+# schedule, its PSS rose ~1.2 MiB a minute between full collections, 17 to 20 MiB
+# (docs/PERFORMANCE.md, run 15).
+TRIM_INTERVAL_S = 10.0
 # supervisor.json is rewritten on every change, else every STATUS_HEARTBEAT_S (an SD card pays a
 # block and a journal commit per rewrite); `smx status` computes uptimes itself.
 PROVISION_TIMEOUT = 120.0  # users, certificates and ownership of a site: seconds, not minutes
@@ -522,6 +526,7 @@ class Supervisor:
                     self._write_status()
                 if last - trimmed >= TRIM_INTERVAL_S:
                     trimmed = last
+                    gc.collect()
                     trim()
 
     async def _refresh_health(self) -> None:
