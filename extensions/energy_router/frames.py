@@ -18,6 +18,7 @@ __all__ = [
     "float_frame",
     "floats_of",
     "pack_floats",
+    "shortest",
 ]
 
 BEGIN = 0xFE
@@ -71,6 +72,18 @@ def floats_of(payload: bytes, count: int) -> tuple[float, ...] | None:
     if len(payload) < 4 * count:
         return None
     return struct.unpack_from(f"<{count}f", payload)
+
+
+def shortest(value: float) -> float:
+    """The float32 `value` as the shortest decimal that is the same float32: the controller
+    sent 51.03854, not the 51.038543701171875 its 24 bits widen to as a double."""
+    if not math.isfinite(value):
+        return value
+    for digits in (6, 7, 8):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack("<f", candidate) == struct.pack("<f", value):
+            return candidate
+    return float(f"{value:.9g}")  # 9 significant digits always give the float32 back
 
 
 class FrameDecoder:

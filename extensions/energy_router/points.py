@@ -10,7 +10,7 @@ from typing import Any
 from extensions.sdk import PointSpec
 
 from . import messages as m
-from .frames import Frame, floats_of
+from .frames import Frame, floats_of, shortest
 from .messages import BATTERY, INVERTER, Controller
 
 __all__ = ["ErPoints"]
@@ -66,8 +66,13 @@ class ErPoints:
         if frame.ctrl != controller.data:
             return {}
         readings = self._inverter(frame) if controller is INVERTER else self._battery(frame)
-        # A float the line garbled into NaN or infinity is no measurement.
-        return {k: v for k, v in readings.items() if not isinstance(v, float) or math.isfinite(v)}
+        # A float the line garbled into NaN or infinity is no measurement; the others are
+        # float32s, stored as the decimals the controller meant.
+        return {
+            k: shortest(v) if isinstance(v, float) else v
+            for k, v in readings.items()
+            if not isinstance(v, float) or math.isfinite(v)
+        }
 
     def _inverter(self, frame: Frame) -> dict[str, Any]:
         if frame.flag == m.INV_MEASUREMENTS:

@@ -3,6 +3,7 @@ the frames in any byte stream without ever raising."""
 
 from __future__ import annotations
 
+import math
 import struct
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from extensions.energy_router.frames import (
     float_frame,
     floats_of,
     pack_floats,
+    shortest,
 )
 from extensions.energy_router.messages import BATTERY, INVERTER
 
@@ -76,6 +78,23 @@ def test_floats_are_little_endian_single() -> None:
     assert pack_floats(-2.5) == struct.pack("<f", -2.5) == bytes.fromhex("000020c0")
     assert floats_of(bytes.fromhex("000020c0 0000803f"), 2) == (-2.5, 1.0)
     assert floats_of(b"\x00\x00", 1) is None
+
+
+@given(st.floats(width=32))
+def test_shortest_is_the_same_float32_in_at_most_nine_digits(value: float) -> None:
+    short = shortest(value)
+    if math.isnan(value):
+        assert math.isnan(short)
+        return
+    assert struct.pack("<f", short) == struct.pack("<f", value)  # the same bits on the wire
+    assert float(f"{short:.9g}") == short  # a decimal of at most 9 significant digits
+
+
+def test_shortest_drops_the_widening_noise() -> None:
+    widened = struct.unpack("<f", struct.pack("<f", 3000.1))[0]
+    assert widened == 3000.10009765625
+    assert shortest(widened) == 3000.1
+    assert shortest(struct.unpack("<f", struct.pack("<f", 16777217.0))[0]) == 16777216.0
 
 
 def test_a_frame_over_64_bytes_cannot_be_made() -> None:

@@ -65,6 +65,16 @@ def test_pv_production_is_negative_and_the_rest() -> None:
     assert er.readings(BATTERY, Frame(BATTERY.data, m.EXTRA, pack_floats(1, 2, 3))) == {}
 
 
+def test_readings_are_the_decimals_the_controller_sent_not_float32_noise() -> None:
+    # 51.03854 as a float32 widens to 51.038539886474609 as a double: a GUI showed that.
+    frame = Frame(BATTERY.data, m.BAT_P, pack_floats(51.03854, 1234.56, 0.1))
+    assert points(battery_positive="charge").readings(BATTERY, frame) == {
+        "er/SoC": 51.03854,
+        "er/P_ESS": 1234.56,
+        "er/U_ESS": 0.1,
+    }
+
+
 def test_a_garbled_float_is_not_published() -> None:
     nan = Frame(BATTERY.data, m.BAT_P, pack_floats(float("nan"), 10.0, float("inf")))
     assert points().readings(BATTERY, nan) == {"er/P_ESS": -10.0}
