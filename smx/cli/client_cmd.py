@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from smx.aggregation import AGGREGATIONS
 from smx.cli.connect import client_command, connect
 from smx.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from smx.cli.output import Table, add_json_option, print_json, print_table, proto_json
@@ -26,12 +27,6 @@ from smx.values import KINDS
 
 __all__ = ["register", "parse_value", "format_value", "format_time", "non_negative"]
 
-AGG = {
-    "min": points_pb.AGGREGATION_MIN,
-    "max": points_pb.AGGREGATION_MAX,
-    "avg": points_pb.AGGREGATION_AVG,
-    "last": points_pb.AGGREGATION_LAST,
-}
 KIND_NAMES = list(KINDS)
 # The columns of a point, in `points get` and `points watch`.
 POINT_HEADER = ("NAME", "VALUE", "UNIT", "QUALITY", "SOURCE TIME", "REVISION", "WRITER")
@@ -69,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="+")
     p.add_argument("--since", default="1h", help="how far back, e.g. 15m, 2h, 7d (default 1h)")
     p.add_argument("--bucket", help="downsample into buckets of this width, e.g. 1m")
-    p.add_argument("--agg", choices=sorted(AGG), default="avg")
+    p.add_argument("--agg", choices=sorted(AGGREGATIONS), default="avg")
     add_json_option(p, "one sample per line")
     client_command(p, points_history)
 
@@ -321,7 +316,7 @@ def points_history(args: argparse.Namespace) -> int:
     req = points_pb.ReadHistoryRequest(names=args.names, start_time=start)
     if args.bucket:
         req.bucket.CopyFrom(seconds_to_duration(parse_duration(args.bucket, "--bucket")))
-        req.aggregation = AGG[args.agg]
+        req.aggregation = AGGREGATIONS[args.agg]
     chunks: Iterable[points_pb.ReadHistoryResponse] = connect(args).points.ReadHistory(req)
     table = Table(("NAME", "TIME", "VALUE", "QUALITY", "SAMPLES"), (28, 24, 14, 9, 0), (2,))
     if not args.json:

@@ -2,7 +2,8 @@
 and (under extensions.sdk) device extensions.
 
 - `Client`: one mTLS connection that reconnects by itself; get, list and watch points (resumed
-  after a reconnect), buffered writes, setpoint requests and their outcomes on a stream.
+  after a reconnect) and read their history, buffered writes, setpoint requests and their
+  outcomes on a stream.
 - `Agent`: a process under the supervisor built on a Client: settings from site.toml, lifecycle
   hooks, background tasks, health for `smx status`, logs, signals, exit codes.
 - `parse_settings` / `setting` / `Seconds`: typed config tables whose errors name the key.
@@ -26,7 +27,7 @@ from .agent import Agent
 from .client import CallFailed, Client, CoreUnavailable
 from .config import Seconds, parse_settings, setting
 from .outcomes import SetpointState
-from .points import PointSpec, PointUpdate
+from .points import HistorySample, PointSpec, PointUpdate
 from .runtime import Runtime
 from .tasks import TaskSet
 from .watch import Subscription
@@ -39,6 +40,7 @@ __all__ = [
     "Credentials",
     "DeviceHealth",
     "HealthReport",
+    "HistorySample",
     "PointSpec",
     "PointUpdate",
     "ProcessEnv",

@@ -12,14 +12,15 @@ setpoints it requested on a stream (`request_setpoint`, `outcome`, `on_outcome`)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
 
+from smx.aggregation import aggregation_code
 from smx.client import Credentials, Stubs
 from smx.process_env import ProcessEnv
-from smx.timestamps import seconds_to_duration
+from smx.timestamps import seconds_to_duration, seconds_to_ts
 from smx.v1 import control_service_pb2 as cpb
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
@@ -28,7 +29,7 @@ from smx.values import to_value
 from .declarations import Declarations
 from .link import CoreLink, Rights
 from .outcomes import OutcomeCallback, Outcomes, SetpointState
-from .points import PointSpec, PointUpdate
+from .points import HistorySample, PointSpec, PointUpdate
 from .publisher import Publisher
 from .tasks import TaskSet
 from .watch import Subscription, WatchCallback
@@ -36,6 +37,9 @@ from .watch import Subscription, WatchCallback
 __all__ = ["CallFailed", "Client", "CoreUnavailable"]
 
 CALL_TIMEOUT = 10.0
+# A month of one point at 1 Hz, raw, takes the core a few seconds on a 2-core machine
+# (docs/PERFORMANCE.md, section 3b); a Pi several times that.
+HISTORY_TIMEOUT = 120.0
 PAGE_SIZE = 1000
 Hook = TypeVar("Hook", bound=Callable[[], Awaitable[None]])
 
@@ -177,6 +181,35 @@ class Client:
             token = resp.next_page_token
             if not token:
                 return found
+
+    async def read_history(
+        self,
+        names: Iterable[str],
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        bucket: float | None = None,
+        aggregation: str = "avg",
+        timeout: float = HISTORY_TIMEOUT,
+    ) -> AsyncIterator[HistorySample]:
+        """The stored samples of `names` (exact names, read rights needed) from `start`
+        (inclusive; None: the oldest kept) to `end` (exclusive; None: now), unix seconds, point
+        after point, each in time order. With `bucket` (seconds), one sample per bucket of that
+        width aligned to the epoch: `aggregation` (min, max, avg, last) of its numeric samples,
+        with the worst quality among them and their count. Raises CallFailed as the core
+        refuses (no right, an unknown point, a bad range) or when `timeout` passes."""
+        code = aggregation_code(aggregation)  # a wrong name fails even without a bucket
+        request = pb.ReadHistoryRequest(names=list(names))
+        if start is not None:
+            request.start_time.CopyFrom(seconds_to_ts(start))
+        if end is not None:
+            request.end_time.CopyFrom(seconds_to_ts(end))
+        if bucket is not None:
+            request.bucket.CopyFrom(seconds_to_duration(bucket))
+            request.aggregation = code
+        async for reply in self.stubs.points.ReadHistory(request, timeout=timeout):
+            for sample in reply.samples:
+                yield HistorySample.of(reply.name, sample)
 
     def watch(self, patterns: list[str], callback: WatchCallback) -> Subscription:
         """Follow points (read rights needed): `callback(PointUpdate)` for the snapshot, then

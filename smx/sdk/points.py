@@ -1,5 +1,5 @@
 """Points as Python sees them: what a point is (`PointSpec`, declared by its owner, listed by
-anybody) and what it holds (`PointUpdate`, a value read or watched)."""
+anybody), what it holds (`PointUpdate`, a value read or watched) and held (`HistorySample`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from smx.quality import quality_name
 from smx.timestamps import duration_s, seconds_to_duration, ts_to_seconds
-from smx.v1 import point_pb2
+from smx.v1 import point_pb2, point_service_pb2
 from smx.values import KIND_OF_FIELD, KINDS, Scalar, from_value
 
-__all__ = ["PointSpec", "PointUpdate"]
+__all__ = ["HistorySample", "PointSpec", "PointUpdate"]
 
 _KIND_NAMES = {code: name for name, code in KINDS.items()}
 
@@ -68,6 +68,22 @@ class PointSpec:
             ),
             period=period,
         )
+
+
+@dataclass(frozen=True)
+class HistorySample:
+    """A sample of a point's history: raw, or one bucket of it when downsampled."""
+
+    name: str
+    time: float  # unix seconds: the sample's source time, or its bucket's start
+    value: Scalar | None
+    quality: str  # the sample's, or the worst in the bucket
+    count: int  # raw samples in it (1 for a raw sample)
+
+    @classmethod
+    def of(cls, name: str, s: point_service_pb2.HistorySample) -> HistorySample:
+        time, value = ts_to_seconds(s.sample_time), from_value(s.value)
+        return cls(name, time, value, quality_name(s.quality), s.count or 1)
 
 
 @dataclass(frozen=True)

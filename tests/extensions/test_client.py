@@ -13,9 +13,10 @@ import pytest
 from extensions.sdk import Applied, Clamped, Extension, PointSpec, Rejected
 from extensions.sdk.testing import TestSite, until
 from smx.client import Credentials
-from smx.sdk import Client, CoreUnavailable, SetpointState
+from smx.sdk import Client, CoreUnavailable, HistorySample, SetpointState
 from smx.timestamps import ts_of
 from smx.v1 import point_pb2
+from smx.v1 import point_service_pb2 as pb
 from smx.values import to_value
 
 CLIENTS = {
@@ -202,3 +203,49 @@ async def test_a_point_added_while_a_declaration_is_in_flight_is_declared_before
         calls[1][1].set()
         got = await until(lambda: client_points(gui, "meter/inflight/B"))
         assert (got["meter/inflight/B"].value, got["meter/inflight/B"].unit) == (2.0, "Wh")
+
+
+async def test_read_history_raw_and_downsampled(site):
+    t0 = (int(time.time()) // 60 - 2) * 60  # the start of a whole minute, two minutes ago
+    async with site.client("meter") as meter, site.client("gui") as gui, site.client("ctrl") as c:
+        meter.declare([PointSpec("meter/Ap", unit="Wh", period=60.0)])
+        await meter.wait_connected(10)
+        for i, value in enumerate((10.0, 12.5, 11.0)):  # one write each: the history keeps all
+            s = point_pb2.PointSample(
+                name="meter/Ap",
+                value=to_value(value),
+                source_time=ts_of(t0 + 10 * i),
+                quality=point_pb2.QUALITY_GOOD,
+            )
+            await until(lambda s=s: written(meter, s))
+
+        raw = await until(lambda: all_stored(gui, t0), timeout=15)  # at the next flush
+        assert [(s.name, s.time, s.value, s.quality, s.count) for s in raw] == [
+            ("meter/Ap", t0 + 0.0, 10.0, "GOOD", 1),
+            ("meter/Ap", t0 + 10.0, 12.5, "GOOD", 1),
+            ("meter/Ap", t0 + 20.0, 11.0, "GOOD", 1),
+        ]
+        assert [s.value async for s in gui.read_history(["meter/Ap"], t0 + 10, t0 + 20)] == [12.5]
+        (minute,) = [
+            s async for s in gui.read_history(["meter/Ap"], t0, bucket=60, aggregation="max")
+        ]
+        assert (minute.time, minute.value, minute.count) == (t0, 12.5, 3)
+
+        with pytest.raises(ValueError, match="aggregation 'mean': one of min, max, avg, last"):
+            [s async for s in gui.read_history(["meter/Ap"], t0, bucket=60, aggregation="mean")]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # no read right on it
+            [s async for s in c.read_history(["meter/Ap.bill01"], t0)]
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def written(client: Client, sample: point_pb2.PointSample) -> bool:
+    try:
+        await client.stubs.points.WritePoints(pb.WritePointsRequest(samples=[sample]), timeout=5)
+    except grpc.aio.AioRpcError:
+        return False  # not declared yet
+    return True
+
+
+async def all_stored(client: Client, start: float) -> list[HistorySample] | None:
+    got = [s async for s in client.read_history(["meter/Ap"], start)]
+    return got if len(got) == 3 else None

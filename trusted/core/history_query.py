@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import smx.aggregation
 from trusted.core import history_chunk
 from trusted.core.history_chunk import Columns
 from trusted.core.history_db import (
@@ -31,7 +32,7 @@ from trusted.core.history_recent import Recent
 
 __all__ = ["AGGREGATIONS", "HistoryQueryError", "Sample", "read_samples"]
 
-AGGREGATIONS = ("min", "max", "avg", "last")
+AGGREGATIONS = tuple(smx.aggregation.AGGREGATIONS)  # the names the API gives them
 
 # Quality order best -> worst (docs/DATA-MODEL.md). Codes not listed (0 UNSPECIFIED, future
 # values) are not known to be usable, but not known to have failed either: they rank between

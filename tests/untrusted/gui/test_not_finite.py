@@ -9,6 +9,7 @@ import math
 import time
 from typing import Any
 
+from smx.sdk import HistorySample
 from smx.timestamps import seconds_to_ts
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as spb
@@ -39,12 +40,12 @@ class OneReply:
     a bucket whose stored values are all NaN averages to NaN)."""
 
     def __init__(self, reply: spb.ReadHistoryResponse) -> None:
-        self.stubs = self
-        self.points = self
         self.reply = reply
 
-    async def ReadHistory(self, request: spb.ReadHistoryRequest, timeout: float) -> Any:  # noqa: N802
-        yield self.reply
+    async def read_history(self, names: list[str], *args: Any, **kwargs: Any) -> Any:
+        assert names == [self.reply.name]
+        for sample in self.reply.samples:
+            yield HistorySample.of(self.reply.name, sample)
 
 
 async def test_a_bucket_that_is_not_finite_is_a_gap_in_the_chart():

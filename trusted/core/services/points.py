@@ -8,6 +8,7 @@ from typing import cast
 
 import grpc
 
+from smx.aggregation import aggregation_name
 from smx.timestamps import duration_s, ms_to_ts, ts_to_ms
 from smx.v1 import point_pb2
 from smx.v1 import point_service_pb2 as pb
@@ -36,13 +37,6 @@ WATCH_CHUNK_BYTES = 256 * 1024
 # loop again.
 PACE_ABOVE_PER_S, RATE_WINDOW_S = 2000.0, 0.1
 BUSY_WAIT_S, PACED_FOR_S = 0.001, 0.5
-AGGREGATIONS = {
-    pb.AGGREGATION_UNSPECIFIED: "avg",
-    pb.AGGREGATION_MIN: "min",
-    pb.AGGREGATION_MAX: "max",
-    pb.AGGREGATION_AVG: "avg",
-    pb.AGGREGATION_LAST: "last",
-}
 MAX_HISTORY_NAMES = 100
 # Bytes of a repeated-field entry around a message (tag + length varint), and of the rest of a
 # reply (revision, gRPC framing), counted when a reply is sized before it is built.
@@ -257,9 +251,9 @@ class PointService:
             bucket = int(duration_s(req.bucket) * 1000)
             if bucket < 1:
                 raise CoreError("INVALID_ARGUMENT", "bucket must be at least 1 ms")
-        if req.aggregation not in AGGREGATIONS:
+        aggregation = aggregation_name(req.aggregation)
+        if aggregation is None:
             raise CoreError("INVALID_ARGUMENT", f"unknown aggregation {req.aggregation}")
-        aggregation = AGGREGATIONS[req.aggregation]
         try:
             async for name, samples in self.s.history.read(
                 list(req.names), start, end, bucket, aggregation
