@@ -14,8 +14,9 @@ from smx.aggregation import AGGREGATIONS
 from smx.cli.connect import client_command, connect
 from smx.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from smx.cli.output import Table, add_json_option, print_json, print_table, proto_json
+from smx.client import Stubs
 from smx.quality import quality_name
-from smx.setpoint_status import status_name
+from smx.setpoint_status import ANSWERED, status_name
 from smx.settings import parse_duration
 from smx.timestamps import iso_time, seconds_to_duration, seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
@@ -75,6 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("value")
     p.add_argument("--valid-for", default="15m", help="e.g. 30s, 15m (default 15m)")
     p.add_argument("--kind", choices=KIND_NAMES)
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        const="10s",
+        metavar="DURATION",
+        help="wait up to DURATION (default 10s) for the outcome; exit 1 unless APPLIED or CLAMPED",
+    )
     add_json_option(p, "the setpoint as one JSON object")
     client_command(p, setpoint_request)
     p = ssub.add_parser("status", help="the latest setpoint of NAME, or --id")
@@ -351,16 +359,49 @@ def _print_setpoint(sp: control_pb.Setpoint) -> None:
 
 def setpoint_request(args: argparse.Namespace) -> int:
     valid = seconds_to_duration(parse_duration(args.valid_for, "--valid-for"))
-    resp = connect(args).control.RequestSetpoint(
-        control_pb.RequestSetpointRequest(
-            name=args.name, value=parse_value(args.value, args.kind), valid_for=valid
-        )
+    request = control_pb.RequestSetpointRequest(
+        name=args.name, value=parse_value(args.value, args.kind), valid_for=valid
     )
-    if args.json:
-        print_json(proto_json(resp.setpoint))
+    stubs = connect(args)
+    if args.wait is None:
+        sp = stubs.control.RequestSetpoint(request).setpoint
     else:
-        _print_setpoint(resp.setpoint)
-    return 0
+        sp = _request_and_wait(stubs, request, parse_duration(args.wait, "--wait"))
+    if args.json:
+        print_json(proto_json(sp))
+    else:
+        _print_setpoint(sp)
+    status = status_name(sp.status)
+    if args.wait is None or status in ("APPLIED", "CLAMPED"):
+        return 0
+    if status not in ANSWERED:
+        print(f"smx setpoint: no outcome within {args.wait}: still {status}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _request_and_wait(
+    stubs: Stubs, request: control_pb.RequestSetpointRequest, wait_s: float
+) -> control_pb.Setpoint:
+    """Request, then follow the setpoint on WatchSetpointOutcomes until its outcome is known
+    (ANSWERED) or `wait_s` passed: the latest state either way. The stream is open (its
+    snapshot received) before the request, so no change is missed."""
+    watch = control_pb.WatchSetpointOutcomesRequest(
+        patterns=[request.name],
+        # A heartbeat at least every second brings the loop back to its deadline.
+        heartbeat_interval=seconds_to_duration(min(max(wait_s, 0.1), 1.0)),
+    )
+    stream = stubs.control.WatchSetpointOutcomes(watch, timeout=wait_s + 10)
+    try:
+        next(stream)  # the snapshot: the watch is in place
+        sp = stubs.control.RequestSetpoint(request).setpoint
+        deadline = time.monotonic() + wait_s
+        while status_name(sp.status) not in ANSWERED and time.monotonic() < deadline:
+            for change in next(stream).setpoints:  # oldest first
+                if change.id == sp.id:
+                    sp = change
+        return sp
+    finally:
+        stream.cancel()
 
 
 def setpoint_status(args: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ __all__ = [
 
 EXIT_OK = 0
 # The command ran and the answer is no: the core refused the request, the audit log is broken,
-# no supervisor runs the site, another core or supervisor already runs it.
+# no supervisor runs the site, another core or supervisor already runs it, a setpoint waited
+# for (`setpoint request --wait`) was not applied.
 EXIT_FAILED = 1
 # A mistake to fix before trying again: arguments, an unknown filter value, no site at --home,
 # a missing, expired, foreign or mismatched certificate, a bad site, core or policy file.
