@@ -70,6 +70,7 @@ def test_the_guide_has_the_blocks_this_test_runs():
         "pushing_meter",
         "peak_shaver",
         "battery_view",
+        "battery_history",
         "test_battery_ext",
     ]
 
@@ -97,6 +98,8 @@ async def test_the_polled_extension_the_agent_and_the_tool(guide, site):
             await until(lambda: _value(gui, "battery/P", -2000.0))
         text = await guide["battery_view"].show_battery(site.client("gui"))
         assert "battery/P=-2000.0 W GOOD" in text and re.search(r"battery/SoC=[\d.]+ % GOOD", text)
+        day = await until(lambda: guide["battery_history"].battery_day(site.client("gui")))
+        assert all(t % 300 == 0 and isinstance(w, float) for t, w in day), day
     finally:
         await shaver.stop()
         await battery.stop()
