@@ -17,6 +17,7 @@ from tests.contract.audit_log import audit_records
 
 LESSAG = "spiffe://test-site/untrusted/lessag"
 ESS = "spiffe://test-site/trusted/ess"
+CORE = "spiffe://test-site/trusted/smxcore"
 
 
 @pytest.fixture(autouse=True)
@@ -195,7 +196,43 @@ async def test_rejected_newer_request_makes_the_owner_fall_back(site, core):
     )
     msg = await asyncio.wait_for(owner.read(), 5)
     assert (msg.event, msg.setpoint.id) == (pb.SETPOINT_EVENT_EXPIRED, sp1.id)
+    # The point still holds sp1's value, which the device no longer runs: STALE.
+    assert await setpoint_point(site) == (3000, ppb.QUALITY_STALE, CORE)
     owner.cancel()
+
+
+async def test_the_setpoint_point_is_stale_once_nothing_is_in_force(site, core):
+    # A GUI showed a battery setpoint as current long after it expired.
+    agent, ess = site.stubs("lessag"), site.stubs("ess")
+    sp = (await agent.control.RequestSetpoint(request(500, seconds=1))).setpoint
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
+    assert await setpoint_point(site) == (500, ppb.QUALITY_GOOD, ESS)
+    watch = site.stubs("gui").points.WatchPoints(spb.WatchPointsRequest(patterns=["ess/P_set"]))
+    await asyncio.wait_for(watch.read(), 5)  # the snapshot
+    change = await asyncio.wait_for(watch.read(), 3)  # at the expiry, 1 s later
+    (p,) = change.points
+    assert (p.value.double_value, p.quality, p.writer) == (500, ppb.QUALITY_STALE, CORE)
+    watch.cancel()
+
+    # Applied again: current again. Then the owner finds it does not run it after all.
+    sp = (await agent.control.RequestSetpoint(request(700))).setpoint
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_APPLIED)
+    )
+    assert await setpoint_point(site) == (700, ppb.QUALITY_GOOD, ESS)
+    await ess.control.ReportSetpoint(
+        pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_REJECTED, reason="tripped")
+    )
+    assert await setpoint_point(site) == (700, ppb.QUALITY_STALE, CORE)
+
+
+async def setpoint_point(site) -> tuple[float, int, str]:
+    (p,) = (
+        await site.stubs("gui").points.GetPoints(spb.GetPointsRequest(names=["ess/P_set"]))
+    ).points
+    return p.value.double_value, p.quality, p.writer
 
 
 async def test_applied_setpoint_expiring_under_a_pending_newer_one_is_announced(site, core):

@@ -129,3 +129,34 @@ async def test_compacted_revisions_on_both_streams(site):
             assert error_reason(info.value) == "REVISION_COMPACTED"
     finally:
         await core.stop(grace=0.1)
+
+
+async def test_after_a_restart_the_setpoint_points_are_stale(site):
+    core = Core(site.config())
+    await core.start()
+    try:
+        await declare(site, "ess/P_set", "ess/P")
+        sp = (await site.stubs("lessag").control.RequestSetpoint(request(1500))).setpoint
+        await site.stubs("ess").control.ReportSetpoint(
+            pb.ReportSetpointRequest(id=sp.id, status=pb.SETPOINT_STATUS_APPLIED)
+        )
+        await site.stubs("ess").points.WritePoints(
+            spb.WritePointsRequest(
+                samples=[ppb.PointSample(name="ess/P", value=ppb.Value(double_value=1480))]
+            )
+        )
+    finally:
+        await core.stop(grace=0.1)
+    # Setpoints are not kept, so after a restart nothing is in force: the value stays, STALE.
+    core = Core(site.config())
+    await core.start()
+    try:
+        got = await site.stubs("gui").points.GetPoints(
+            spb.GetPointsRequest(names=["ess/P_set", "ess/P"])
+        )
+        assert [(p.name, p.value.double_value, p.quality) for p in got.points] == [
+            ("ess/P_set", 1500, ppb.QUALITY_STALE),
+            ("ess/P", 1480, ppb.QUALITY_GOOD),  # a measurement is not a setpoint
+        ]
+    finally:
+        await core.stop(grace=0.1)

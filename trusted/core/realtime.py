@@ -632,26 +632,34 @@ class RealtimeDB:
         """Mark every point past its deadline STALE under one new revision; returns the names."""
         now = now_ms() if now is None else now
         due = [n for n, deadline in self._deadlines.items() if deadline <= now]
-        if not due:
-            return []
-        self.next_revision()
-        marked = []
         for name in due:
             del self._deadlines[name]
-            old = self.points.get(name)
-            if old is None or old.quality == point_pb2.QUALITY_STALE:
-                continue
-            marked.append(name)
+        if marked := self.mark_stale_now(due):
+            more = " ..." if len(marked) > 20 else ""
+            log.info("marked STALE: %s", ", ".join(marked[:20]) + more)
+        return due
+
+    def mark_stale_now(self, names: Iterable[str]) -> list[str]:
+        """Mark these points STALE under one new revision, their last value kept (a point past
+        its period, or a setpoint point once nothing is in force); returns those it changed."""
+        marked = [
+            n
+            for n in names
+            if (old := self.points.get(n)) is not None and old.quality != point_pb2.QUALITY_STALE
+        ]
+        if not marked:
+            return []
+        self.next_revision()
+        for name in marked:
             point = point_pb2.Point()
-            point.CopyFrom(old)
+            point.CopyFrom(self.points[name])
             point.quality = point_pb2.QUALITY_STALE
             point.writer = self.core_identity
             point.revision = self.revision
             self.points[name] = point
             self._offer(name, point)
         self._log_change(self.revision)
-        log.info("marked STALE: %s", ", ".join(due[:20]) + (" ..." if len(due) > 20 else ""))
-        return due
+        return marked
 
 
 # The kinds as the CLI and site files spell them, in messages and ErrorInfo metadata.

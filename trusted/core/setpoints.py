@@ -41,11 +41,15 @@ class SetpointBoard:
         *,
         backlog: int = 20_000,
         on_change: Callable[[str, pb.Setpoint], None] | None = None,
+        on_end: Callable[[str], None] | None = None,
     ) -> None:
         self.revisions = revisions
         self.log = SetpointLog(revisions, backlog)
         # on_change(kind, setpoint) is told of every transition (the core audits them).
         self._on_change = on_change or (lambda kind, sp: None)
+        # on_end(name): nothing is in force for the point any more (the device falls back), so
+        # the value last applied, which its point still holds, is not what the device runs.
+        self._on_end = on_end or (lambda name: None)
         self._by_id: OrderedDict[str, pb.Setpoint] = OrderedDict()
         self._current: dict[str, str] = {}  # name -> id of the current setpoint
         # name -> the setpoint the owner last applied; it stays in force for the device until
@@ -167,9 +171,11 @@ class SetpointBoard:
                 # is in force any more, so the owner falls back.
                 del self._in_force[sp.name]
                 self._tell_owner(revision, old, pb.SETPOINT_EVENT_EXPIRED)
+                self._on_end(sp.name)
             elif old is not None:
                 # Reported applied (or unconfirmed) before, now known not to run: not in force.
                 del self._in_force[sp.name]
+                self._on_end(sp.name)
         else:
             self._in_force[sp.name] = sp
         return sp
@@ -219,6 +225,8 @@ class SetpointBoard:
                 self._on_change("setpoint_expired", sp)
             else:
                 self._tell_owner(revision, sp, event)
+            if fall_back:
+                self._on_end(sp.name)
         return expired
 
     def next_expiry_ms(self) -> int | None:

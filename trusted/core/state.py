@@ -83,7 +83,10 @@ class CoreState:
             stale_factor=config.stale_factor,
         )
         self.board = SetpointBoard(
-            self.db, backlog=config.watch_backlog, on_change=self._audit_setpoint
+            self.db,
+            backlog=config.watch_backlog,
+            on_change=self._audit_setpoint,
+            on_end=self._setpoint_ended,
         )
         # The highest CRLNumber accepted is kept next to the history (data/, 0700), so that an
         # older CRL put back while the core was down is refused at start (docs/CORE.md).
@@ -117,6 +120,9 @@ class CoreState:
                 ", ".join(capped[:20]) + (" ..." if len(capped) > 20 else ""),
             )
         self.board.log.start_at(start)
+        # Setpoints are not kept across a restart: nothing is in force now, so the setpoint
+        # points (`*_set`, docs/DATA-MODEL.md) no longer hold what a device runs.
+        self.db.mark_stale_now(n for n in self.db.points if n.endswith("_set"))
         self._declare_core_points()
         self._tasks = [
             asyncio.create_task(self._stale_loop(), name="stale"),
@@ -174,6 +180,9 @@ class CoreState:
             log.warning("could not record %s: %s", [s.name for s in samples], err.message)
             return
         self.audit.record_write(identity, [s.name for s in samples], revision)
+
+    def _setpoint_ended(self, name: str) -> None:
+        self.db.mark_stale_now([name])
 
     def wake_expiry(self) -> None:
         self._expiry_wake.set()
