@@ -29,6 +29,7 @@ __all__ = [
     "integer",
     "number",
     "parse_duration",
+    "parse_duration_option",
     "parse_size",
     "file_path",
     "show_value",
@@ -38,6 +39,7 @@ __all__ = [
 _MAX_SIZE = 2**63 - 1
 _DURATION = re.compile(r"(\d{1,15}(?:\.\d{1,15})?)\s*(ms|s|m|h|d)")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PLAIN_NUMBER = re.compile(r"\d{1,15}(?:\.\d{1,15})?")
 _SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,15})?)\s*([kmgt]?)(i?)b", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -104,6 +106,14 @@ def parse_duration(value: Any, key: str = "duration") -> float:
         f'{key}: expected a duration like "30d", got {show_value(value)} '
         "(units ms, s, m, h, d; a plain number is seconds)"
     )
+
+
+def parse_duration_option(text: str, option: str) -> float:
+    """A command-line duration: as parse_duration, and a plain number is seconds there too (on
+    the command line every value is a string; in TOML a string needs its unit)."""
+    if _PLAIN_NUMBER.fullmatch(text.strip()):
+        return parse_duration(float(text), option)
+    return parse_duration(text, option)
 
 
 def parse_size(value: Any, key: str = "size") -> int:

@@ -17,7 +17,7 @@ from smx.cli.output import Table, add_json_option, print_json, print_table, prot
 from smx.client import Stubs
 from smx.quality import quality_name
 from smx.setpoint_status import ANSWERED, status_name
-from smx.settings import parse_duration
+from smx.settings import parse_duration_option
 from smx.timestamps import iso_time, seconds_to_duration, seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
 from smx.v1 import control_service_pb2 as control_pb
@@ -33,6 +33,7 @@ KIND_NAMES = list(KINDS)
 POINT_HEADER = ("NAME", "VALUE", "UNIT", "QUALITY", "SOURCE TIME", "REVISION", "WRITER")
 POINT_WIDTHS = (28, 14, 6, 9, 24, 8, 0)
 POINT_RIGHT = (1, 5)
+MAX_WAIT_S = 24 * 3600.0  # the longest valid_for
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="+")
     p.add_argument("--since", default="1h", help="how far back, e.g. 15m, 2h, 7d (default 1h)")
     p.add_argument("--bucket", help="downsample into buckets of this width, e.g. 1m")
-    p.add_argument("--agg", choices=sorted(AGGREGATIONS), default="avg")
+    p.add_argument(
+        "--agg",
+        choices=sorted(AGGREGATIONS),
+        default="avg",
+        help="what each --bucket holds of its samples (default avg)",
+    )
     add_json_option(p, "one sample per line")
     client_command(p, points_history)
 
@@ -313,17 +319,19 @@ def points_declare(args: argparse.Namespace) -> int:
         name=args.name, unit=args.unit, kind=kind, description=args.description
     )
     if args.period:
-        meta.expected_period.CopyFrom(seconds_to_duration(parse_duration(args.period, "--period")))
+        meta.expected_period.CopyFrom(
+            seconds_to_duration(parse_duration_option(args.period, "--period"))
+        )
     connect(args).points.DeclarePoints(points_pb.DeclarePointsRequest(points=[meta]))
     print(f"declared {args.name}")
     return 0
 
 
 def points_history(args: argparse.Namespace) -> int:
-    start = seconds_to_ts(time.time() - parse_duration(args.since, "--since"))
+    start = seconds_to_ts(time.time() - parse_duration_option(args.since, "--since"))
     req = points_pb.ReadHistoryRequest(names=args.names, start_time=start)
     if args.bucket:
-        req.bucket.CopyFrom(seconds_to_duration(parse_duration(args.bucket, "--bucket")))
+        req.bucket.CopyFrom(seconds_to_duration(parse_duration_option(args.bucket, "--bucket")))
         req.aggregation = AGGREGATIONS[args.agg]
     chunks: Iterable[points_pb.ReadHistoryResponse] = connect(args).points.ReadHistory(req)
     table = Table(("NAME", "TIME", "VALUE", "QUALITY", "SAMPLES"), (28, 24, 14, 9, 0), (2,))
@@ -358,15 +366,18 @@ def _print_setpoint(sp: control_pb.Setpoint) -> None:
 
 
 def setpoint_request(args: argparse.Namespace) -> int:
-    valid = seconds_to_duration(parse_duration(args.valid_for, "--valid-for"))
+    valid = seconds_to_duration(parse_duration_option(args.valid_for, "--valid-for"))
     request = control_pb.RequestSetpointRequest(
         name=args.name, value=parse_value(args.value, args.kind), valid_for=valid
     )
+    wait_s = None if args.wait is None else parse_duration_option(args.wait, "--wait")
+    if wait_s is not None and wait_s > MAX_WAIT_S:
+        raise ValueError(f"--wait: at most 24h, a setpoint's longest validity (got {args.wait})")
     stubs = connect(args)
-    if args.wait is None:
+    if wait_s is None:
         sp = stubs.control.RequestSetpoint(request).setpoint
     else:
-        sp = _request_and_wait(stubs, request, parse_duration(args.wait, "--wait"))
+        sp = _request_and_wait(stubs, request, wait_s)
     if args.json:
         print_json(proto_json(sp))
     else:
@@ -374,8 +385,15 @@ def setpoint_request(args: argparse.Namespace) -> int:
     status = status_name(sp.status)
     if args.wait is None or status in ("APPLIED", "CLAMPED"):
         return 0
-    if status not in ANSWERED:
-        print(f"smx setpoint: no outcome within {args.wait}: still {status}", file=sys.stderr)
+    if status in ANSWERED:
+        why = f" ({sp.reason})" if sp.reason else ""
+        print(f"smx setpoint: {sp.name} not applied: {status}{why}", file=sys.stderr)
+    else:
+        print(
+            f"smx setpoint: no outcome within {args.wait}: still {status} (is the extension "
+            f"that owns {sp.name} running? `smx status` shows it)",
+            file=sys.stderr,
+        )
     return EXIT_FAILED
 
 
@@ -391,6 +409,7 @@ def _request_and_wait(
         heartbeat_interval=seconds_to_duration(min(max(wait_s, 0.1), 1.0)),
     )
     stream = stubs.control.WatchSetpointOutcomes(watch, timeout=wait_s + 10)
+    sp = None
     try:
         next(stream)  # the snapshot: the watch is in place
         sp = stubs.control.RequestSetpoint(request).setpoint
@@ -400,6 +419,14 @@ def _request_and_wait(
                 if change.id == sp.id:
                     sp = change
         return sp
+    except BaseException:
+        if sp is not None:  # requested, and in force for --valid-for: say which one it is
+            print(
+                f"smx setpoint: requested as id {sp.id} ({status_name(sp.status)} when the wait "
+                f"ended): `smx setpoint status --id {sp.id}` follows it",
+                file=sys.stderr,
+            )
+        raise
     finally:
         stream.cancel()
 

@@ -5,6 +5,8 @@ the setpoint."""
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 import time
 
 import pytest
@@ -64,14 +66,57 @@ async def test_wait_exits_by_the_outcome(site):
         code, out, err = await smx(site, *request, "-10000", "--wait")
         assert code == 1, out + err
         assert "REJECTED (below the discharge limit)" in out
+        assert err.strip() == (
+            "smx setpoint: battery/P_set not applied: REJECTED (below the discharge limit)"
+        )
 
         started = time.monotonic()
         code, out, err = await smx(site, *request, "1234", "--wait", "1s")
         assert code == 1 and time.monotonic() - started < 4.5, out + err
         assert "PENDING" in out
-        assert err.strip() == "smx setpoint: no outcome within 1s: still PENDING"
+        assert err.strip() == (
+            "smx setpoint: no outcome within 1s: still PENDING (is the extension that owns "
+            "battery/P_set running? `smx status` shows it)"
+        )
 
         code, out, err = await smx(site, *request, "100")  # without --wait: at once, 0
         assert code == 0 and "PENDING" in out, out + err
+
+        code, out, err = await smx(site, *request, "200", "--wait", "5")  # a number: seconds
+        assert code == 0 and "APPLIED" in out, out + err
+        code, out, err = await smx(site, *request, "200", "--wait", "2d")
+        assert code == 2
+        assert (
+            err.strip()
+            == "smx setpoint: --wait: at most 24h, a setpoint's longest validity (got 2d)"
+        )
+
+        # Interrupted while waiting: the setpoint stays requested, so its id is said.
+        proc = await asyncio.create_subprocess_exec(
+            *smx_command(),
+            "--home",
+            str(site.home),
+            *request,
+            "1234",
+            "--wait",
+            "30s",
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        await until(lambda: pending_1234(site), timeout=15)
+        proc.send_signal(signal.SIGINT)
+        _, err_bytes = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 130, err_bytes
+        said = re.search(
+            r"requested as id (\S+) \(PENDING when the wait ended\)", err_bytes.decode()
+        )
+        assert said, err_bytes
+        code, out, _ = await smx(site, "setpoint", "status", "--as", "ctrl", "--id", said[1])
+        assert code == 0 and "battery/P_set = 1234" in out
     finally:
         await owner.stop()
+
+
+async def pending_1234(site: TestSite) -> bool:
+    code, out, _ = await smx(site, "setpoint", "status", "--as", "ctrl", "battery/P_set")
+    return code == 0 and "= 1234: PENDING" in out

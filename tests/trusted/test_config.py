@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smx.settings import parse_duration_option
 from trusted.core.config import (
     ConfigError,
     CoreConfig,
@@ -161,6 +162,20 @@ def test_ipv6_tcp_listener(tmp_path: Path) -> None:
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text, "k") == seconds
+
+
+def test_on_the_command_line_a_plain_number_is_seconds() -> None:
+    # In TOML "5" (a string) is refused, as it likely lost its unit; a command line has only
+    # strings, and the error said "a plain number is seconds".
+    assert [parse_duration_option(t, "--wait") for t in ("5", " 1.5 ", "2m", "0")] == [
+        5.0,
+        1.5,
+        120.0,
+        0.0,
+    ]
+    for bad in ("-1", "nan", "inf", "1e3", "5 sec", ""):
+        with pytest.raises(ConfigError, match=r'^--wait: expected a duration like "30d"'):
+            parse_duration_option(bad, "--wait")
 
 
 @pytest.mark.parametrize(

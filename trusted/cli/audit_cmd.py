@@ -12,11 +12,12 @@ from smx.cli.errors import EXIT_FAILED, CliError
 from smx.cli.output import Table, add_json_option, print_json, proto_json
 from smx.identity import Identity, IdentityError
 from smx.names import Glob, InvalidName
+from smx.settings import parse_duration_option
 from smx.timestamps import seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
 from trusted.core.audit import KINDS, AuditError
 from trusted.core.audit_checkpoint import load_verifier, verify_log
-from trusted.core.config import ConfigError, load_core_config, parse_duration
+from trusted.core.config import ConfigError, load_core_config
 from trusted.pki import SERVER_NAME
 
 __all__ = ["register"]
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         kind=args.kind, identity=args.identity, point_pattern=args.point, page_size=PAGE_SIZE
     )
     if args.since:
-        since_s = parse_duration(args.since, "--since")
+        since_s = parse_duration_option(args.since, "--since")
         req.start_time.CopyFrom(seconds_to_ts(time.time() - since_s))
     stubs, shown = connect(args), 0
     table = Table(
