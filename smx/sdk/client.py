@@ -12,6 +12,7 @@ setpoints it requested on a stream (`request_setpoint`, `outcome`, `on_outcome`)
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -192,14 +193,23 @@ class Client:
         aggregation: str = "avg",
         timeout: float = HISTORY_TIMEOUT,
     ) -> AsyncIterator[HistorySample]:
-        """The stored samples of `names` (exact names, read rights needed) from `start`
-        (inclusive; None: the oldest kept) to `end` (exclusive; None: now), unix seconds, point
-        after point, each in time order. With `bucket` (seconds), one sample per bucket of that
-        width aligned to the epoch: `aggregation` (min, max, avg, last) of its numeric samples,
-        with the worst quality among them and their count. Raises CallFailed as the core
-        refuses (no right, an unknown point, a bad range) or when `timeout` passes."""
+        """The stored samples of `names` (a list of exact names, read rights needed) from
+        `start` (inclusive; None: the oldest kept) to `end` (exclusive; None: now), unix
+        seconds, point after point, each in time order; a name with no history yields nothing.
+        With `bucket` (seconds), one sample per bucket of that width aligned to the epoch:
+        `aggregation` (min, max, avg by default, last) of its numeric samples, with the worst
+        quality among them and their count. Raises CallFailed as the core refuses (no right, a
+        bad name or range) or when `timeout` passes; ValueError or TypeError before any call
+        for arguments that cannot be right."""
+        if isinstance(names, str):
+            raise TypeError(f"names: a list of point names, not the string {names!r}")
         code = aggregation_code(aggregation)  # a wrong name fails even without a bucket
         request = pb.ReadHistoryRequest(names=list(names))
+        for what, seconds in (("start", start), ("end", end), ("bucket", bucket)):
+            if seconds is not None and not (
+                isinstance(seconds, int | float) and math.isfinite(seconds)
+            ):
+                raise TypeError(f"{what}: a finite number of seconds, got {seconds!r}")
         if start is not None:
             request.start_time.CopyFrom(seconds_to_ts(start))
         if end is not None:

@@ -5,6 +5,7 @@ outcomes followed on the core's stream instead of polling."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import grpc
@@ -231,6 +232,13 @@ async def test_read_history_raw_and_downsampled(site):
         ]
         assert (minute.time, minute.value, minute.count) == (t0, 12.5, 3)
 
+        with pytest.raises(TypeError, match="names: a list of point names, not the string"):
+            [s async for s in gui.read_history("meter/Ap", t0)]
+        with pytest.raises(TypeError, match="bucket: a finite number of seconds, got '1m'"):
+            [s async for s in gui.read_history(["meter/Ap"], t0, bucket="1m")]  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="start: a finite number of seconds, got nan"):
+            [s async for s in gui.read_history(["meter/Ap"], math.nan)]
+        assert [s async for s in gui.read_history(["meter/nope"], t0)] == []  # no history
         with pytest.raises(ValueError, match="aggregation 'mean': one of min, max, avg, last"):
             [s async for s in gui.read_history(["meter/Ap"], t0, bucket=60, aggregation="mean")]
         with pytest.raises(grpc.aio.AioRpcError) as refused:  # no read right on it
