@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 BEGIN = 0xFE
+FLT_MAX = struct.unpack("<f", bytes.fromhex("ffff7f7f"))[0]
 # The controllers' input buffer: a longer frame is dropped, so the reader drops it too.
 MAX_FRAME = 64
 _MAX_N = MAX_FRAME - 2
@@ -77,9 +78,9 @@ def floats_of(payload: bytes, count: int) -> tuple[float, ...] | None:
 def shortest(value: float) -> float:
     """The float32 `value` as the shortest decimal that is the same float32: the controller
     sent 51.03854, not the 51.038543701171875 its 24 bits widen to as a double."""
-    if not math.isfinite(value):
-        return value
-    for digits in (6, 7, 8):
+    if not math.isfinite(value) or abs(value) > FLT_MAX:
+        return value  # not a float32's value: nothing to shorten
+    for digits in range(1, 9):
         candidate = float(f"{value:.{digits}g}")
         if struct.pack("<f", candidate) == struct.pack("<f", value):
             return candidate

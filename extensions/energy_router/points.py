@@ -69,7 +69,7 @@ class ErPoints:
         # A float the line garbled into NaN or infinity is no measurement; the others are
         # float32s, stored as the decimals the controller meant.
         return {
-            k: shortest(v) if isinstance(v, float) else v
+            k: shortest(v) + 0.0 if isinstance(v, float) else v  # + 0.0: never -0.0
             for k, v in readings.items()
             if not isinstance(v, float) or math.isfinite(v)
         }

@@ -95,6 +95,8 @@ def test_shortest_drops_the_widening_noise() -> None:
     assert widened == 3000.10009765625
     assert shortest(widened) == 3000.1
     assert shortest(struct.unpack("<f", struct.pack("<f", 16777217.0))[0]) == 16777216.0
+    assert shortest(struct.unpack("<f", struct.pack("<f", 1e-45))[0]) == 1e-45  # subnormal
+    assert shortest(1e300) == 1e300  # no float32: left as it is
 
 
 def test_a_frame_over_64_bytes_cannot_be_made() -> None:

@@ -75,6 +75,12 @@ def test_readings_are_the_decimals_the_controller_sent_not_float32_noise() -> No
     }
 
 
+def test_an_unsigned_reading_of_minus_zero_is_zero() -> None:
+    frame = Frame(BATTERY.data, m.BAT_P, pack_floats(-0.0, 0.0, -0.0))
+    readings = points().readings(BATTERY, frame)
+    assert [math.copysign(1.0, readings[k]) for k in ("er/SoC", "er/U_ESS")] == [1.0, 1.0]
+
+
 def test_a_garbled_float_is_not_published() -> None:
     nan = Frame(BATTERY.data, m.BAT_P, pack_floats(float("nan"), 10.0, float("inf")))
     assert points().readings(BATTERY, nan) == {"er/P_ESS": -10.0}
