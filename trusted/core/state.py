@@ -121,8 +121,9 @@ class CoreState:
             )
         self.board.log.start_at(start)
         # Setpoints are not kept across a restart: nothing is in force now, so the setpoint
-        # points (`*_set`, docs/DATA-MODEL.md) no longer hold what a device runs.
-        self.db.mark_stale_now(n for n in self.db.points if n.endswith("_set"))
+        # points (`*_set`, docs/DATA-MODEL.md) no longer hold a setpoint in force.
+        if marked := self.db.mark_stale_now(n for n in self.db.points if n.endswith("_set")):
+            log.info("marked STALE at start (no setpoint in force): %d points", len(marked))
         self._declare_core_points()
         self._tasks = [
             asyncio.create_task(self._stale_loop(), name="stale"),
@@ -182,7 +183,8 @@ class CoreState:
         self.audit.record_write(identity, [s.name for s in samples], revision)
 
     def _setpoint_ended(self, name: str) -> None:
-        self.db.mark_stale_now([name])
+        if self.db.mark_stale_now([name]):
+            log.info("marked STALE: %s (no setpoint in force)", name)
 
     def wake_expiry(self) -> None:
         self._expiry_wake.set()
