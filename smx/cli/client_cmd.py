@@ -335,9 +335,12 @@ def points_history(args: argparse.Namespace) -> int:
         req.aggregation = AGGREGATIONS[args.agg]
     chunks: Iterable[points_pb.ReadHistoryResponse] = connect(args).points.ReadHistory(req)
     table = Table(("NAME", "TIME", "VALUE", "QUALITY", "SAMPLES"), (28, 24, 14, 9, 0), (2,))
-    if not args.json:
-        table.start()
+    # The header once the core has answered: a refusal then prints its line alone.
+    header = not args.json
     for chunk in chunks:
+        if header:
+            table.start()
+            header = False
         for s in chunk.samples:
             if args.json:
                 print_json({"name": chunk.name, **proto_json(s)})
@@ -349,6 +352,8 @@ def points_history(args: argparse.Namespace) -> int:
                 quality_name(s.quality),
                 s.count or 1,
             )
+    if header:  # nothing stored yet: the header alone
+        table.start()
     return 0
 
 

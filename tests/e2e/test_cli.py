@@ -234,3 +234,25 @@ def test_grpcurl_over_the_unix_socket(running):
         timeout=30,
     )
     assert r.returncode == 0 and '"core/uptime"' in r.stdout, r.stderr
+
+
+def test_a_refused_history_prints_its_error_alone(running):
+    # A script reading stdout must not take a table header for an answer.
+    r = subprocess.run(
+        [sys.executable, "-m", "trusted.cli.main", "--home", str(running), "points", "history"]
+        + ["meter/*"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.startswith("smx points: INVALID_ARGUMENT"), r.stderr
+    # Nothing stored yet: the header alone, as the README says.
+    assert smx(running, "points", "history", "meter/P").split() == [
+        "NAME",
+        "TIME",
+        "VALUE",
+        "QUALITY",
+        "SAMPLES",
+    ]
