@@ -80,9 +80,12 @@ def shortest(value: float) -> float:
     sent 51.03854, not the 51.038543701171875 its 24 bits widen to as a double."""
     if not math.isfinite(value) or abs(value) > FLT_MAX:
         return value  # not a float32's value: nothing to shorten
+    bits = struct.pack("<f", value)
     for digits in range(1, 9):
         candidate = float(f"{value:.{digits}g}")
-        if struct.pack("<f", candidate) == struct.pack("<f", value):
+        # Rounded up past the largest float32 (3.403e38 from 3.4025e38), a candidate is no
+        # float32 at all.
+        if abs(candidate) <= FLT_MAX and struct.pack("<f", candidate) == bits:
             return candidate
     return float(f"{value:.9g}")  # 9 significant digits always give the float32 back
 

@@ -97,6 +97,8 @@ def test_shortest_drops_the_widening_noise() -> None:
     assert shortest(struct.unpack("<f", struct.pack("<f", 16777217.0))[0]) == 16777216.0
     assert shortest(struct.unpack("<f", struct.pack("<f", 1e-45))[0]) == 1e-45  # subnormal
     assert shortest(1e300) == 1e300  # no float32: left as it is
+    near_max = 3.4025001647762064e38  # a float32: at 4 digits, 3.403e38, past the largest one
+    assert shortest(near_max) == 3.4025002e38
 
 
 def test_a_frame_over_64_bytes_cannot_be_made() -> None:
