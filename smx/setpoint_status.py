@@ -13,7 +13,11 @@ from smx.v1 import control_service_pb2 as pb
 
 __all__ = [
     "ANSWERED",
+    "APPLIED_NOW",
+    "APPLIED_NOW_CODES",
     "MAX_REASON",
+    "MAX_VALID_S",
+    "MIN_VALID_S",
     "IN_FORCE",
     "IN_FORCE_CODES",
     "OWNER_REPORTS",
@@ -36,12 +40,17 @@ STATUSES: dict[str, pb.SetpointStatus] = {
 IN_FORCE = frozenset({"PENDING", "APPLIED", "CLAMPED", "UNCONFIRMED"})
 # What an owner may report (ReportSetpoint).
 OWNER_REPORTS = frozenset({"APPLIED", "CLAMPED", "REJECTED", "UNCONFIRMED"})
+# The device runs it: the owner said so (the requested value, or a limited one).
+APPLIED_NOW = frozenset({"APPLIED", "CLAMPED"})
 # The outcome is known: the owner reported what the device does, or the setpoint ended first
 # (not PENDING, not UNCONFIRMED).
 ANSWERED = frozenset(STATUSES) - {"PENDING", "UNCONFIRMED"}
 # The same sets as the API's enum values, for code that holds Setpoint messages.
 IN_FORCE_CODES = frozenset(STATUSES[name] for name in IN_FORCE)
 OWNER_REPORT_CODES = frozenset(STATUSES[name] for name in OWNER_REPORTS)
+APPLIED_NOW_CODES = frozenset(STATUSES[name] for name in APPLIED_NOW)
+# How long a setpoint may be requested for (valid_for), in seconds.
+MIN_VALID_S, MAX_VALID_S = 1.0, 24 * 3600.0
 # A status's reason is words for a person, kept and audited by the core: at most this long.
 MAX_REASON = 512
 _NAMES: dict[int, str] = {code: name for name, code in STATUSES.items()}

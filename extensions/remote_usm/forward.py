@@ -36,6 +36,7 @@ from extensions.sdk import (
     Unconfirmed,
 )
 from smx.client import TRANSIENT, describe_error
+from smx.setpoint_status import MIN_VALID_S  # the remote core refuses shorter validities
 from smx.terminal import printable
 
 from .config import RemoteConfig
@@ -50,7 +51,6 @@ __all__ = ["SetpointForwarder", "UNREACHABLE"]
 log = logging.getLogger(__name__)
 
 UNREACHABLE = "remote USM unreachable"
-MIN_VALID_S = 1.0  # the remote core refuses shorter validities
 # The local router waits for the handler a little longer than the handler waits for the remote.
 HANDLER_MARGIN_S = 2.0
 # While something is unconfirmed and the link is up, the remote is asked this often.

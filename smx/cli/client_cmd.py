@@ -16,7 +16,7 @@ from smx.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from smx.cli.output import Table, add_json_option, print_json, print_table, proto_json
 from smx.client import Stubs
 from smx.quality import quality_name
-from smx.setpoint_status import ANSWERED, status_name
+from smx.setpoint_status import ANSWERED, APPLIED_NOW, MAX_VALID_S, status_name
 from smx.settings import parse_duration_option
 from smx.timestamps import iso_time, seconds_to_duration, seconds_to_ts
 from smx.v1 import admin_service_pb2 as admin_pb
@@ -33,7 +33,6 @@ KIND_NAMES = list(KINDS)
 POINT_HEADER = ("NAME", "VALUE", "UNIT", "QUALITY", "SOURCE TIME", "REVISION", "WRITER")
 POINT_WIDTHS = (28, 14, 6, 9, 24, 8, 0)
 POINT_RIGHT = (1, 5)
-MAX_WAIT_S = 24 * 3600.0  # the longest valid_for
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -376,7 +375,7 @@ def setpoint_request(args: argparse.Namespace) -> int:
         name=args.name, value=parse_value(args.value, args.kind), valid_for=valid
     )
     wait_s = None if args.wait is None else parse_duration_option(args.wait, "--wait")
-    if wait_s is not None and wait_s > MAX_WAIT_S:
+    if wait_s is not None and wait_s > MAX_VALID_S:
         raise ValueError(f"--wait: at most 24h, a setpoint's longest validity (got {args.wait})")
     stubs = connect(args)
     if wait_s is None:
@@ -388,7 +387,7 @@ def setpoint_request(args: argparse.Namespace) -> int:
     else:
         _print_setpoint(sp)
     status = status_name(sp.status)
-    if args.wait is None or status in ("APPLIED", "CLAMPED"):
+    if args.wait is None or status in APPLIED_NOW:
         return 0
     if status in ANSWERED:
         why = f" ({sp.reason})" if sp.reason else ""

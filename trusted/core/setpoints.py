@@ -13,7 +13,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
-from smx.setpoint_status import IN_FORCE_CODES, OWNER_REPORT_CODES, status_name
+from smx.setpoint_status import (
+    APPLIED_NOW_CODES,
+    IN_FORCE_CODES,
+    MAX_VALID_S,
+    MIN_VALID_S,
+    OWNER_REPORT_CODES,
+    status_name,
+)
 from smx.timestamps import ms_to_ts, now_ms, ts_to_ms
 from smx.v1 import control_service_pb2 as pb
 from smx.v1 import point_pb2
@@ -24,8 +31,6 @@ __all__ = ["SetpointBoard"]
 
 log = logging.getLogger(__name__)
 
-APPLIED_NOW = frozenset({pb.SETPOINT_STATUS_APPLIED, pb.SETPOINT_STATUS_CLAMPED})
-MIN_VALID_S, MAX_VALID_S = 1.0, 24 * 3600.0
 # Finished setpoints kept for GetSetpoint by id.
 KEEP_FINISHED = 10_000
 MAX_REQUEST_KEY = 64
@@ -41,7 +46,7 @@ class SetpointBoard:
         *,
         backlog: int = 20_000,
         on_change: Callable[[str, pb.Setpoint], None] | None = None,
-        on_end: Callable[[str], None] | None = None,
+        on_end: Callable[[str], object] | None = None,
     ) -> None:
         self.revisions = revisions
         self.log = SetpointLog(revisions, backlog)
@@ -208,7 +213,7 @@ class SetpointBoard:
             # the current setpoint, or the one it applied while a newer one is not applied.
             current = self.current(sp.name)
             fall_back = self._current.get(sp.name) == sid or (
-                running and (current is None or current.status not in APPLIED_NOW)
+                running and (current is None or current.status not in APPLIED_NOW_CODES)
             )
             if sp.status not in IN_FORCE_CODES and not fall_back:
                 continue

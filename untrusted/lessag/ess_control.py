@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smx.sdk import CallFailed, SetpointState
+from smx.setpoint_status import APPLIED_NOW
 
 from .profile import ProfileStore
 from .settings import EssConfig
@@ -177,7 +178,7 @@ class EssControl:
         self.last["status"] = sp.status
         if sp.reason:
             self.last["reason"] = sp.reason
-        if sp.status in ("APPLIED", "CLAMPED"):
+        if sp.status in APPLIED_NOW:
             self.last["P_bat_DC_applied"] = sp.applied_value
         accepted = sp.status == "APPLIED" and self._accept_if_done == 1
         if sp.status in ("PENDING", "UNCONFIRMED"):
