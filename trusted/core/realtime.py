@@ -634,14 +634,13 @@ class RealtimeDB:
         due = [n for n, deadline in self._deadlines.items() if deadline <= now]
         for name in due:
             del self._deadlines[name]
-        if marked := self.mark_stale_now(due):
-            more = " ..." if len(marked) > 20 else ""
-            log.info("marked STALE: %s", ", ".join(marked[:20]) + more)
+        self.mark_stale_now(due, "overdue")
         return due
 
-    def mark_stale_now(self, names: Iterable[str]) -> list[str]:
+    def mark_stale_now(self, names: Iterable[str], why: str) -> list[str]:
         """Mark these points STALE under one new revision, their last value kept (a point past
-        its period, or a setpoint point once nothing is in force); returns those it changed."""
+        its period, or a setpoint point once nothing is in force), and log it with `why`;
+        returns those it changed."""
         marked = [
             n
             for n in names
@@ -659,6 +658,8 @@ class RealtimeDB:
             self.points[name] = point
             self._offer(name, point)
         self._log_change(self.revision)
+        more = " ..." if len(marked) > 20 else ""
+        log.info("marked STALE (%s): %s", why, ", ".join(marked[:20]) + more)
         return marked
 
 

@@ -40,6 +40,8 @@ CRL_NUMBER_FILE = "crl.number"
 
 # The core's own health points, refreshed every CORE_POINTS_PERIOD seconds.
 CORE_POINTS_PERIOD = 5.0
+# Why a setpoint point is marked STALE (docs/SETPOINTS.md), in the log.
+NO_SETPOINT = "no setpoint in force"
 CORE_POINTS = {
     "core/uptime": ("s", point_pb2.VALUE_KIND_DOUBLE, "seconds since the core started"),
     "core/rss": ("MB", point_pb2.VALUE_KIND_DOUBLE, "resident memory of the core process"),
@@ -86,7 +88,7 @@ class CoreState:
             self.db,
             backlog=config.watch_backlog,
             on_change=self._audit_setpoint,
-            on_end=self._setpoint_ended,
+            on_end=lambda name: self.db.mark_stale_now([name], NO_SETPOINT),
         )
         # The highest CRLNumber accepted is kept next to the history (data/, 0700), so that an
         # older CRL put back while the core was down is refused at start (docs/CORE.md).
@@ -122,8 +124,7 @@ class CoreState:
         self.board.log.start_at(start)
         # Setpoints are not kept across a restart: nothing is in force now, so the setpoint
         # points (`*_set`, docs/DATA-MODEL.md) no longer hold a setpoint in force.
-        if marked := self.db.mark_stale_now(n for n in self.db.points if n.endswith("_set")):
-            log.info("marked STALE at start (no setpoint in force): %d points", len(marked))
+        self.db.mark_stale_now((n for n in self.db.points if n.endswith("_set")), NO_SETPOINT)
         self._declare_core_points()
         self._tasks = [
             asyncio.create_task(self._stale_loop(), name="stale"),
@@ -181,10 +182,6 @@ class CoreState:
             log.warning("could not record %s: %s", [s.name for s in samples], err.message)
             return
         self.audit.record_write(identity, [s.name for s in samples], revision)
-
-    def _setpoint_ended(self, name: str) -> None:
-        if self.db.mark_stale_now([name]):
-            log.info("marked STALE: %s (no setpoint in force)", name)
 
     def wake_expiry(self) -> None:
         self._expiry_wake.set()
