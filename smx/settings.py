@@ -37,10 +37,11 @@ __all__ = [
 ]
 
 _MAX_SIZE = 2**63 - 1
-_DURATION = re.compile(r"(\d{1,15}(?:\.\d{1,15})?)\s*(ms|s|m|h|d)")
+_NUMBER = r"\d{1,15}(?:\.\d{1,15})?"  # what a duration or a size may start with
+_DURATION = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_PLAIN_NUMBER = re.compile(r"\d{1,15}(?:\.\d{1,15})?")
-_SIZE = re.compile(r"(\d{1,15}(?:\.\d{1,15})?)\s*([kmgt]?)(i?)b", re.IGNORECASE)
+_PLAIN_NUMBER = re.compile(_NUMBER)
+_SIZE = re.compile(rf"({_NUMBER})\s*([kmgt]?)(i?)b", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
